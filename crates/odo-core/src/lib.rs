@@ -1,0 +1,43 @@
+//! odo-core: the ids, wire messages and frame codec that every odo process
+//! shares.
+//!
+//! This crate owns:
+//! - [`ObjectId`] and [`Namespace`]: how objects are named
+//!   ([`Namespace::id_from_name`], [`Namespace::new_unique_id`],
+//!   [`Namespace::id_from_string`]) and which virtual shard they fall in;
+//! - [`wire`]: the messages that cross processes (fetch requests and
+//!   responses, RPC calls, alarm events, control messages between registry
+//!   and worker, and the typed [`WireError`]s callers act on);
+//! - [`codec`]: the frame layout, as pure functions over `bytes`.
+//!
+//! It does no I/O and knows nothing of sockets, tokio, storage or HTTP: the
+//! transport moves the frames this crate encodes.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use odo_core::wire::{FetchRequest, Frame, Message, Request, Target};
+//! use odo_core::{Namespace, codec};
+//!
+//! let ns = Namespace::new("COUNTER");
+//! let id = ns.id_from_name("hot");
+//! let frame = Frame {
+//!     request_id: 7,
+//!     message: Message::Request(Request::Fetch(FetchRequest {
+//!         target: Target { class: "COUNTER".into(), id, name: Some("hot".into()), shard: id.shard(4), epoch: 1 },
+//!         method: "POST".into(),
+//!         uri: "/counter/hot/increment".into(),
+//!         headers: vec![("accept".into(), b"*/*".to_vec())],
+//!     })),
+//!     body: Bytes::from_static(b"payload"),
+//! };
+//! let bytes = codec::encode(&frame)?;
+//! assert_eq!(codec::decode(bytes)?, frame);
+//! # Ok::<(), odo_core::codec::CodecError>(())
+//! ```
+
+pub mod codec;
+mod id;
+pub mod wire;
+
+pub use id::{IdError, Namespace, NamespaceTag, ObjectId};
+pub use wire::{Frame, WireError};

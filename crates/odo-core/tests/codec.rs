@@ -1,0 +1,364 @@
+//! Codec tests: round trips of every message type, golden bytes of one frame
+//! of each kind, and rejection of garbage.
+
+use bytes::{Bytes, BytesMut};
+use odo_core::codec::{self, CodecError, HEADER_LEN};
+use odo_core::wire::*;
+use odo_core::{Namespace, ObjectId};
+use proptest::prelude::*;
+
+fn id() -> impl Strategy<Value = ObjectId> {
+    any::<[u8; 32]>().prop_map(ObjectId::from_bytes)
+}
+
+fn target() -> impl Strategy<Value = Target> {
+    (
+        ".{0,12}",
+        id(),
+        proptest::option::of(".{0,12}"),
+        any::<u32>(),
+        any::<u64>(),
+    )
+        .prop_map(|(class, id, name, shard, epoch)| Target {
+            class,
+            id,
+            name,
+            shard,
+            epoch,
+        })
+}
+
+fn headers() -> impl Strategy<Value = Vec<Header>> {
+    proptest::collection::vec(
+        (
+            "[a-z-]{1,10}",
+            proptest::collection::vec(any::<u8>(), 0..16),
+        ),
+        0..6,
+    )
+}
+
+fn control() -> impl Strategy<Value = Control> {
+    prop_oneof![
+        (
+            any::<u32>(),
+            any::<u32>(),
+            ".{0,20}",
+            proptest::collection::vec(".{0,8}", 0..3)
+        )
+            .prop_map(|(worker, pid, endpoint, classes)| Control::WorkerHello {
+                worker,
+                pid,
+                endpoint,
+                classes
+            }),
+        (any::<u32>(), any::<u64>())
+            .prop_map(|(shard, epoch)| Control::AssignShard { shard, epoch }),
+        (any::<u32>(), any::<u64>())
+            .prop_map(|(shard, epoch)| Control::ReleaseShard { shard, epoch }),
+        any::<u64>().prop_map(|now_ms| Control::Heartbeat { now_ms }),
+        (
+            any::<u64>(),
+            proptest::collection::vec((any::<u64>(), proptest::option::of(".{0,10}")), 0..5)
+        )
+            .prop_map(|(version, shards)| Control::Placement(Placement {
+                version,
+                shards: shards
+                    .into_iter()
+                    .map(|(epoch, endpoint)| ShardPlacement { epoch, endpoint })
+                    .collect(),
+            })),
+        Just(Control::Drain),
+        Just(Control::Shutdown),
+    ]
+}
+
+fn wire_error() -> impl Strategy<Value = WireError> {
+    prop_oneof![
+        any::<u64>().prop_map(|epoch| WireError::Moved { epoch }),
+        ".{0,20}".prop_map(|reason| WireError::ObjectReset { reason }),
+        Just(WireError::Overloaded),
+        ".{0,20}".prop_map(|class| WireError::UnknownClass { class }),
+        ".{0,20}".prop_map(|message| WireError::BadRequest { message }),
+        ".{0,20}".prop_map(|message| WireError::Internal { message }),
+    ]
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (any::<u32>(), ".{0,20}", ".{0,10}").prop_map(|(protocol_version, token, peer)| {
+            Message::Hello(Hello {
+                protocol_version,
+                token,
+                peer,
+            })
+        }),
+        (any::<u32>(), ".{0,10}").prop_map(|(protocol_version, peer)| Message::Welcome(Welcome {
+            protocol_version,
+            peer
+        })),
+        prop_oneof![
+            (any::<u32>(), any::<u32>())
+                .prop_map(|(ours, theirs)| Refused::VersionMismatch { ours, theirs }),
+            Just(Refused::BadToken),
+            Just(Refused::NotAHandshake),
+        ]
+        .prop_map(Message::Refused),
+        (target(), "[A-Z]{1,7}", ".{0,30}", headers()).prop_map(
+            |(target, method, uri, headers)| {
+                Message::Request(Request::Fetch(FetchRequest {
+                    target,
+                    method,
+                    uri,
+                    headers,
+                }))
+            }
+        ),
+        (target(), ".{0,12}").prop_map(|(target, method)| Message::Request(Request::Rpc(
+            RpcCall { target, method }
+        ))),
+        (target(), any::<u64>(), any::<u32>()).prop_map(|(target, scheduled_ms, retry_count)| {
+            Message::Request(Request::Alarm(AlarmEvent {
+                target,
+                scheduled_ms,
+                retry_count,
+            }))
+        }),
+        control().prop_map(|c| Message::Request(Request::Control(c))),
+        (any::<u16>(), headers()).prop_map(|(status, headers)| Message::Response(Response::Fetch(
+            FetchResponse { status, headers }
+        ))),
+        Just(Message::Response(Response::Rpc)),
+        Just(Message::Response(Response::Alarm)),
+        Just(Message::Response(Response::Control(ControlReply::Ack))),
+        (any::<u64>(), any::<u64>()).prop_map(|(now_ms, live_objects)| Message::Response(
+            Response::Control(ControlReply::Heartbeat {
+                now_ms,
+                live_objects
+            })
+        )),
+        wire_error().prop_map(|e| Message::Response(Response::Error(e))),
+        Just(Message::Cancel),
+    ]
+}
+
+fn frame() -> impl Strategy<Value = Frame> {
+    (
+        any::<u64>(),
+        message(),
+        proptest::collection::vec(any::<u8>(), 0..64),
+    )
+        .prop_map(|(request_id, message, body)| Frame {
+            request_id,
+            message,
+            body: Bytes::from(body),
+        })
+}
+
+proptest! {
+    #[test]
+    fn every_message_round_trips(frame in frame()) {
+        let bytes = codec::encode(&frame).unwrap();
+        prop_assert_eq!(codec::decode(bytes).unwrap(), frame);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = codec::decode(Bytes::from(bytes));
+    }
+
+    #[test]
+    fn valid_header_with_garbage_envelope_never_panics(
+        kind in 1u8..=6,
+        envelope in proptest::collection::vec(any::<u8>(), 0..100),
+        body in proptest::collection::vec(any::<u8>(), 0..10),
+    ) {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[codec::FORMAT_VERSION, kind, 0, 0]);
+        buf.extend_from_slice(&9u64.to_le_bytes());
+        buf.extend_from_slice(&(envelope.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&envelope);
+        buf.extend_from_slice(&body);
+        let _ = codec::decode(buf.freeze());
+    }
+
+    #[test]
+    fn every_truncation_of_a_valid_frame_is_rejected(frame in frame(), cut in any::<prop::sample::Index>()) {
+        let bytes = codec::encode(&frame).unwrap();
+        let cut = cut.index(bytes.len());
+        prop_assert!(codec::decode(bytes.slice(..cut)).is_err());
+    }
+}
+
+fn sample_target() -> Target {
+    let id = Namespace::new("COUNTER").id_from_name("hot");
+    Target {
+        class: "COUNTER".into(),
+        id,
+        name: Some("hot".into()),
+        shard: 3,
+        epoch: 2,
+    }
+}
+
+/// Hex dump of an encoded frame: header on its own line, then 32 bytes a line.
+fn dump(frame: &Frame) -> String {
+    let bytes = codec::encode(frame).unwrap();
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let mut out = format!("header {}\n", hex(&bytes[..HEADER_LEN]));
+    for chunk in bytes[HEADER_LEN..].chunks(32) {
+        out.push_str(&hex(chunk));
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn golden_frames() {
+    let target = sample_target();
+    let frames = [
+        (
+            "hello",
+            Message::Hello(Hello {
+                protocol_version: PROTOCOL_VERSION,
+                token: "secret".into(),
+                peer: "router".into(),
+            }),
+            "",
+        ),
+        (
+            "welcome",
+            Message::Welcome(Welcome {
+                protocol_version: PROTOCOL_VERSION,
+                peer: "worker 0".into(),
+            }),
+            "",
+        ),
+        ("refused", Message::Refused(Refused::BadToken), ""),
+        (
+            "fetch",
+            Message::Request(Request::Fetch(FetchRequest {
+                target: target.clone(),
+                method: "POST".into(),
+                uri: "/counter/hot/increment?x=1".into(),
+                headers: vec![("x-a".into(), b"1".to_vec()), ("x-a".into(), b"2".to_vec())],
+            })),
+            "body",
+        ),
+        (
+            "rpc",
+            Message::Request(Request::Rpc(RpcCall {
+                target: target.clone(),
+                method: "add".into(),
+            })),
+            "\u{1}",
+        ),
+        (
+            "alarm",
+            Message::Request(Request::Alarm(AlarmEvent {
+                target,
+                scheduled_ms: 1_700_000_000_000,
+                retry_count: 1,
+            })),
+            "",
+        ),
+        (
+            "control",
+            Message::Request(Request::Control(Control::AssignShard {
+                shard: 1,
+                epoch: 5,
+            })),
+            "",
+        ),
+        (
+            "fetch-response",
+            Message::Response(Response::Fetch(FetchResponse {
+                status: 200,
+                headers: vec![("content-type".into(), b"text/plain".to_vec())],
+            })),
+            "42",
+        ),
+        (
+            "error-response",
+            Message::Response(Response::Error(WireError::Moved { epoch: 9 })),
+            "",
+        ),
+        ("cancel", Message::Cancel, ""),
+    ];
+    let mut out = String::new();
+    for (name, message, body) in frames {
+        let frame = Frame {
+            request_id: 0x0102_0304,
+            message,
+            body: Bytes::from(body),
+        };
+        out.push_str(&format!("# {name}\n{}", dump(&frame)));
+    }
+    insta::assert_snapshot!(out);
+}
+
+fn check_rejects(bytes: &[u8], expected: CodecError) {
+    assert_eq!(codec::decode(Bytes::copy_from_slice(bytes)), Err(expected));
+}
+
+fn header(version: u8, kind: u8, flags: u16, envelope: u32, body: u32) -> Vec<u8> {
+    let mut v = vec![version, kind];
+    v.extend_from_slice(&flags.to_le_bytes());
+    v.extend_from_slice(&1u64.to_le_bytes());
+    v.extend_from_slice(&envelope.to_le_bytes());
+    v.extend_from_slice(&body.to_le_bytes());
+    v
+}
+
+#[test]
+fn rejections() {
+    check_rejects(b"", CodecError::Truncated { len: 0 });
+    check_rejects(&[1; 19], CodecError::Truncated { len: 19 });
+    check_rejects(
+        &header(2, 6, 0, 0, 0),
+        CodecError::UnsupportedVersion { found: 2 },
+    );
+    check_rejects(&header(1, 0, 0, 0, 0), CodecError::UnknownKind { found: 0 });
+    check_rejects(
+        &header(1, 99, 0, 0, 0),
+        CodecError::UnknownKind { found: 99 },
+    );
+    check_rejects(
+        &header(1, 6, 1, 0, 0),
+        CodecError::ReservedFlags { found: 1 },
+    );
+    check_rejects(
+        &header(1, 6, 0, 0, 5),
+        CodecError::LengthMismatch {
+            announced: 25,
+            actual: 20,
+        },
+    );
+    check_rejects(
+        &header(1, 6, 0, u32::MAX, u32::MAX),
+        CodecError::LengthMismatch {
+            announced: 20 + 2 * u64::from(u32::MAX),
+            actual: 20,
+        },
+    );
+    let mut cancel_with_envelope = header(1, 6, 0, 1, 0);
+    cancel_with_envelope.push(0);
+    assert!(matches!(
+        codec::decode(Bytes::from(cancel_with_envelope)),
+        Err(CodecError::Envelope {
+            kind: Kind::Cancel,
+            ..
+        })
+    ));
+    // A Welcome envelope followed by a stray byte.
+    let mut trailing = header(1, 2, 0, 3, 0);
+    trailing.extend_from_slice(&[1, 0, 7]);
+    assert!(matches!(
+        codec::decode(Bytes::from(trailing)),
+        Err(CodecError::Envelope {
+            kind: Kind::Welcome,
+            ..
+        })
+    ));
+}
