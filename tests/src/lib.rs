@@ -1,1 +1,6 @@
-//! placeholder
+//! odo-tests: black-box tests of odo, the helper binaries they spawn, and the
+//! benchmarks behind `cargo xtask bench`.
+//!
+//! Nothing here is a library for users: it exists so that tests and
+//! benchmarks can depend on every odo crate at once without any odo crate
+//! depending on them.
