@@ -1,0 +1,729 @@
+//! The client side: a multiplexed request/response channel over one
+//! connection.
+//!
+//! One writer task batches queued frames into single writes; one reader
+//! task matches responses to calls by request id. A call spawns nothing: it
+//! encodes its frame, registers a slot, queues the frame and waits.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use odo_core::Frame;
+use odo_core::codec::{self, CodecError};
+use odo_core::wire::{Message, PROTOCOL_VERSION, Refused, Request, Response};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::endpoint::Endpoint;
+use crate::framing::{
+    self, CloseReason, DEFAULT_MAX_FRAME_LEN, EncodeError, Outgoing, encode_frame, frame_reader,
+};
+use crate::handshake::{HANDSHAKE_ID, hello_frame};
+use crate::stream::{ReadHalf, Stream};
+
+/// How a client connects.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// The cluster's shared token, presented in the handshake.
+    pub token: String,
+    /// Who this client is, for the server's logs (`router`, `worker 3`).
+    pub peer_name: String,
+    /// The bound on one frame, sent or received. Default 16 MiB.
+    pub max_frame_len: usize,
+    /// How long establishing the socket connection may take. Default 5 s.
+    pub connect_timeout: Duration,
+    /// How long the server may take to answer the handshake. Default 5 s.
+    pub handshake_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// A configuration with this token and default limits.
+    pub fn new(token: impl Into<String>) -> ClientConfig {
+        ClientConfig {
+            token: token.into(),
+            peer_name: "client".into(),
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            connect_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("token", &"<redacted>")
+            .field("peer_name", &self.peer_name)
+            .field("max_frame_len", &self.max_frame_len)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish()
+    }
+}
+
+/// Which step of establishing a connection timed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectStage {
+    /// Opening the socket.
+    Connect,
+    /// Waiting for the server's answer to the handshake.
+    Handshake,
+}
+
+impl fmt::Display for ConnectStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConnectStage::Connect => "connecting",
+            ConnectStage::Handshake => "the handshake",
+        })
+    }
+}
+
+/// Why [`Channel::connect`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The socket could not be opened (nothing listens, permission denied,
+    /// the host does not resolve...).
+    #[error("cannot connect to {endpoint}: {source}")]
+    Io {
+        /// Where we tried to connect.
+        endpoint: Endpoint,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
+    /// A step took longer than its configured timeout.
+    #[error("{stage} to {endpoint} timed out after {after:?}")]
+    Timeout {
+        /// Where we tried to connect.
+        endpoint: Endpoint,
+        /// The step that timed out.
+        stage: ConnectStage,
+        /// The configured timeout.
+        after: Duration,
+    },
+    /// The server refused the handshake (wrong token or protocol version).
+    #[error("{endpoint} refused the handshake: {reason}")]
+    Refused {
+        /// Where we tried to connect.
+        endpoint: Endpoint,
+        /// The server's reason.
+        reason: Refused,
+    },
+    /// The server welcomed us but speaks another protocol version.
+    #[error("{endpoint} speaks protocol version {theirs}, we speak {ours}")]
+    VersionMismatch {
+        /// Where we tried to connect.
+        endpoint: Endpoint,
+        /// Our [`PROTOCOL_VERSION`].
+        ours: u32,
+        /// The server's version.
+        theirs: u32,
+    },
+    /// The server answered the handshake with something that is not a
+    /// handshake answer.
+    #[error("{endpoint} broke the handshake: {reason}")]
+    Protocol {
+        /// Where we tried to connect.
+        endpoint: Endpoint,
+        /// What it sent.
+        reason: String,
+    },
+    /// The server closed the connection before answering the handshake
+    /// (it may be at its connection limit or shutting down).
+    #[error("{endpoint} closed the connection during the handshake")]
+    ClosedDuringHandshake {
+        /// Where we tried to connect.
+        endpoint: Endpoint,
+    },
+}
+
+/// Why a [`Channel::call`] failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The connection closed before the request was written: the server
+    /// never saw it, so it is safe to retry (on another channel).
+    #[error("request to {endpoint} not sent: {reason} (safe to retry)")]
+    NotSent {
+        /// The channel's endpoint.
+        endpoint: Endpoint,
+        /// Why the connection closed.
+        reason: CloseReason,
+    },
+    /// The request was written, then the connection closed before its
+    /// response arrived: the server may or may not have handled it.
+    #[error("request to {endpoint} lost: {reason} after it was written (outcome unknown)")]
+    Lost {
+        /// The channel's endpoint.
+        endpoint: Endpoint,
+        /// Why the connection closed.
+        reason: CloseReason,
+    },
+    /// No response within the call's deadline. The server was told to
+    /// cancel the call if it had been written.
+    #[error("request to {endpoint} exceeded its {deadline:?} deadline (written: {written})")]
+    DeadlineExceeded {
+        /// The channel's endpoint.
+        endpoint: Endpoint,
+        /// The deadline the call had.
+        deadline: Duration,
+        /// Whether the request had been written; if not, the server never
+        /// sees it.
+        written: bool,
+    },
+    /// The channel was already closed when the call was made; nothing was
+    /// sent. Replace the channel.
+    #[error("channel to {endpoint} is closed: {reason}")]
+    Closed {
+        /// The channel's endpoint.
+        endpoint: Endpoint,
+        /// Why it closed.
+        reason: CloseReason,
+    },
+    /// The peer broke the protocol (a malformed or unexpected frame) after
+    /// the request was written; the connection was dropped and the outcome
+    /// is unknown.
+    #[error("{endpoint} broke the protocol: {reason} (outcome unknown)")]
+    Protocol {
+        /// The channel's endpoint.
+        endpoint: Endpoint,
+        /// What the peer did.
+        reason: String,
+    },
+    /// The request frame would exceed the frame bound; nothing was sent.
+    #[error("request of {len} bytes exceeds the {max}-byte frame bound")]
+    TooLarge {
+        /// The encoded frame's size.
+        len: usize,
+        /// The configured bound.
+        max: usize,
+    },
+    /// The request could not be encoded; nothing was sent.
+    #[error("cannot encode request: {0}")]
+    Encode(#[from] CodecError),
+}
+
+impl CallError {
+    /// Whether the request certainly never reached the server, so sending it
+    /// again (on a live channel) cannot run it twice.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            CallError::NotSent { .. } | CallError::Closed { .. } => true,
+            CallError::DeadlineExceeded { written, .. } => !written,
+            CallError::Lost { .. }
+            | CallError::Protocol { .. }
+            | CallError::TooLarge { .. }
+            | CallError::Encode(_) => false,
+        }
+    }
+
+    /// Whether the request may have been written to the server (its outcome
+    /// is then unknown unless a response arrived).
+    pub fn was_written(&self) -> bool {
+        match self {
+            CallError::Lost { .. } | CallError::Protocol { .. } => true,
+            CallError::DeadlineExceeded { written, .. } => *written,
+            CallError::NotSent { .. }
+            | CallError::Closed { .. }
+            | CallError::TooLarge { .. }
+            | CallError::Encode(_) => false,
+        }
+    }
+}
+
+type CallResult = Result<(Response, Bytes), CallError>;
+
+/// A call waiting for its response.
+struct Slot {
+    tx: oneshot::Sender<CallResult>,
+    /// Set by the writer, under the lock, just before the request's bytes
+    /// go to the socket.
+    written: bool,
+}
+
+struct Pending {
+    calls: HashMap<u64, Slot>,
+    /// Set once, when the connection closes; no slot is added after.
+    closed: Option<CloseReason>,
+}
+
+/// State shared by the channel handles and its two tasks.
+struct Shared {
+    endpoint: Endpoint,
+    server_peer: String,
+    max_frame_len: usize,
+    next_id: AtomicU64,
+    pending: Mutex<Pending>,
+    /// Fires when the connection is gone; stops both tasks.
+    closed: CancellationToken,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (every critical section is a single map operation), so a poisoned
+        // lock is still usable.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Closes the connection once: fails every waiting call with what
+    /// happened to its request, and stops the tasks.
+    fn close(&self, reason: CloseReason) {
+        let calls = {
+            let mut pending = self.lock();
+            if pending.closed.is_some() {
+                return;
+            }
+            pending.closed = Some(reason.clone());
+            std::mem::take(&mut pending.calls)
+        };
+        self.closed.cancel();
+        if !calls.is_empty() {
+            debug!(endpoint = %self.endpoint, %reason, calls = calls.len(), "channel closed with calls in flight");
+        }
+        for (_, slot) in calls {
+            let error = match (&reason, slot.written) {
+                (_, false) => CallError::NotSent {
+                    endpoint: self.endpoint.clone(),
+                    reason: reason.clone(),
+                },
+                (CloseReason::Protocol { reason }, true) => CallError::Protocol {
+                    endpoint: self.endpoint.clone(),
+                    reason: reason.clone(),
+                },
+                (_, true) => CallError::Lost {
+                    endpoint: self.endpoint.clone(),
+                    reason: reason.clone(),
+                },
+            };
+            let _ = slot.tx.send(Err(error));
+        }
+    }
+
+    /// Forgets a call whose caller gave up. Returns whether its request was
+    /// written, or `None` if the call was already answered or failed.
+    fn forget(&self, id: u64) -> Option<bool> {
+        self.lock().calls.remove(&id).map(|slot| slot.written)
+    }
+}
+
+/// What the handles share. Dropping the last handle drops the queue's
+/// sender: the writer flushes what is queued (such as cancel frames), shuts
+/// the connection down and closes the channel.
+struct Handle {
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Outgoing>,
+}
+
+impl Handle {
+    fn send_cancel(&self, id: u64) {
+        let frame = Frame {
+            request_id: id,
+            message: Message::Cancel,
+            body: Bytes::new(),
+        };
+        if let Ok(bytes) = encode_frame(&frame, self.shared.max_frame_len) {
+            let _ = self.tx.send(Outgoing {
+                bytes,
+                request_id: None,
+            });
+        }
+    }
+}
+
+/// A multiplexed client connection: many calls in flight at once, each
+/// matched to its response by request id.
+///
+/// Cloning is cheap (an `Arc`); every clone uses the same connection, which
+/// closes when the last clone is dropped or [`Channel::close`] is called.
+/// A channel never reconnects: when [`Channel::closed`] resolves, replace
+/// it.
+#[derive(Clone)]
+pub struct Channel {
+    handle: Arc<Handle>,
+}
+
+impl fmt::Debug for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel")
+            .field("endpoint", &self.handle.shared.endpoint)
+            .field("server", &self.handle.shared.server_peer)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl Channel {
+    /// Connects to `endpoint` and runs the handshake. Resolves once the
+    /// server has welcomed this client.
+    pub async fn connect(
+        endpoint: &Endpoint,
+        config: ClientConfig,
+    ) -> Result<Channel, ConnectError> {
+        let stream = match tokio::time::timeout(config.connect_timeout, open(endpoint)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => {
+                return Err(ConnectError::Io {
+                    endpoint: endpoint.clone(),
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(ConnectError::Timeout {
+                    endpoint: endpoint.clone(),
+                    stage: ConnectStage::Connect,
+                    after: config.connect_timeout,
+                });
+            }
+        };
+        let (read, mut write) = stream.into_split();
+        let mut frames = frame_reader(read, config.max_frame_len);
+        let handshake = async {
+            let hello = encode_frame(
+                &hello_frame(&config.token, &config.peer_name),
+                config.max_frame_len,
+            )
+            .map_err(|e| ConnectError::Protocol {
+                endpoint: endpoint.clone(),
+                reason: format!("cannot encode the handshake: {e}"),
+            })?;
+            write
+                .write_all(&hello)
+                .await
+                .map_err(|source| ConnectError::Io {
+                    endpoint: endpoint.clone(),
+                    source,
+                })?;
+            read_welcome(endpoint, &mut frames, config.max_frame_len).await
+        };
+        let server_peer = match tokio::time::timeout(config.handshake_timeout, handshake).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(ConnectError::Timeout {
+                    endpoint: endpoint.clone(),
+                    stage: ConnectStage::Handshake,
+                    after: config.handshake_timeout,
+                });
+            }
+        };
+        debug!(%endpoint, server = %server_peer, "channel connected");
+
+        let shared = Arc::new(Shared {
+            endpoint: endpoint.clone(),
+            server_peer,
+            max_frame_len: config.max_frame_len,
+            next_id: AtomicU64::new(HANDSHAKE_ID + 1),
+            pending: Mutex::new(Pending {
+                calls: HashMap::new(),
+                closed: None,
+            }),
+            closed: CancellationToken::new(),
+        });
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let writer_shared = shared.clone();
+        tokio::spawn(async move {
+            let shared = writer_shared;
+            let result = framing::write_loop(write, &mut rx, &shared.closed, |batch| {
+                admit_batch(&shared, batch)
+            })
+            .await;
+            let reason = match result {
+                Ok(()) => CloseReason::Local,
+                Err(e) => {
+                    debug!(endpoint = %shared.endpoint, error = %e, "channel write failed");
+                    CloseReason::from_io(&e)
+                }
+            };
+            shared.close(reason);
+        });
+        tokio::spawn(read_loop(shared.clone(), frames));
+        Ok(Channel {
+            handle: Arc::new(Handle { shared, tx }),
+        })
+    }
+
+    /// Sends `request` with `body` and waits for the response, at most
+    /// `deadline`.
+    ///
+    /// Dropping the returned future cancels the call: its slot is freed and,
+    /// if the request was already written, a cancel frame tells the server
+    /// to drop its handler.
+    pub async fn call(&self, request: Request, body: Bytes, deadline: Duration) -> CallResult {
+        let shared = &*self.handle.shared;
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = Frame {
+            request_id: id,
+            message: Message::Request(request),
+            body,
+        };
+        let bytes = encode_frame(&frame, shared.max_frame_len).map_err(|e| match e {
+            EncodeError::Codec(e) => CallError::Encode(e),
+            EncodeError::TooLarge { len, max } => CallError::TooLarge { len, max },
+        })?;
+        drop(frame);
+        let (tx, mut rx) = oneshot::channel();
+        {
+            let mut pending = shared.lock();
+            if let Some(reason) = &pending.closed {
+                return Err(CallError::Closed {
+                    endpoint: shared.endpoint.clone(),
+                    reason: reason.clone(),
+                });
+            }
+            pending.calls.insert(id, Slot { tx, written: false });
+        }
+        let mut guard = CallGuard {
+            handle: &self.handle,
+            id,
+            armed: true,
+        };
+        // If the writer is gone the connection is closing, and closing
+        // fails our slot: the answer arrives through `rx` either way.
+        let _ = self.handle.tx.send(Outgoing {
+            bytes,
+            request_id: Some(id),
+        });
+        let answer = tokio::time::timeout(deadline, &mut rx).await;
+        guard.armed = false;
+        match answer {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(self.closed_error()),
+            Err(_) => match shared.forget(id) {
+                Some(written) => {
+                    if written {
+                        self.handle.send_cancel(id);
+                    }
+                    Err(CallError::DeadlineExceeded {
+                        endpoint: shared.endpoint.clone(),
+                        deadline,
+                        written,
+                    })
+                }
+                // Answered (or failed) just as the deadline passed.
+                None => rx.try_recv().unwrap_or_else(|_| Err(self.closed_error())),
+            },
+        }
+    }
+
+    fn closed_error(&self) -> CallError {
+        let shared = &self.handle.shared;
+        CallError::Closed {
+            endpoint: shared.endpoint.clone(),
+            reason: shared.lock().closed.clone().unwrap_or(CloseReason::Local),
+        }
+    }
+
+    /// Whether the connection is gone. A closed channel never reopens.
+    pub fn is_closed(&self) -> bool {
+        self.handle.shared.closed.is_cancelled()
+    }
+
+    /// Resolves when the connection is gone, for pools that replace dead
+    /// channels.
+    pub async fn closed(&self) {
+        self.handle.shared.closed.cancelled().await
+    }
+
+    /// Why the connection closed, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.handle.shared.lock().closed.clone()
+    }
+
+    /// Closes the connection now, for every clone. Calls in flight fail
+    /// with [`CallError::Lost`] (or [`CallError::NotSent`] if not yet
+    /// written).
+    pub fn close(&self) {
+        self.handle.shared.close(CloseReason::Local);
+    }
+
+    /// The endpoint this channel is connected to.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.handle.shared.endpoint
+    }
+
+    /// The server's name from its handshake answer.
+    pub fn server_peer(&self) -> &str {
+        &self.handle.shared.server_peer
+    }
+
+    /// How many calls are waiting for a response.
+    pub fn calls_in_flight(&self) -> usize {
+        self.handle.shared.lock().calls.len()
+    }
+}
+
+/// Cancels a call whose future is dropped before it finished.
+struct CallGuard<'a> {
+    handle: &'a Handle,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed && self.handle.shared.forget(self.id) == Some(true) {
+            self.handle.send_cancel(self.id);
+        }
+    }
+}
+
+/// The writer's check before a write: stop if the connection closed, drop
+/// requests whose callers gave up, and mark the rest written.
+fn admit_batch(shared: &Shared, batch: &mut Vec<Outgoing>) -> bool {
+    let mut pending = shared.lock();
+    if pending.closed.is_some() {
+        return false;
+    }
+    batch.retain(|frame| match frame.request_id {
+        None => true,
+        Some(id) => match pending.calls.get_mut(&id) {
+            Some(slot) => {
+                slot.written = true;
+                true
+            }
+            None => false,
+        },
+    });
+    true
+}
+
+async fn read_loop(shared: Arc<Shared>, mut frames: FramedRead<ReadHalf, LengthDelimitedCodec>) {
+    let reason = loop {
+        let next = tokio::select! {
+            biased;
+            _ = shared.closed.cancelled() => return,
+            next = frames.next() => next,
+        };
+        let bytes = match next {
+            None => break CloseReason::PeerClosed,
+            Some(Err(e)) => break CloseReason::from_read_error(e, shared.max_frame_len),
+            Some(Ok(bytes)) => bytes.freeze(),
+        };
+        match codec::decode(bytes) {
+            Ok(Frame {
+                request_id,
+                message: Message::Response(response),
+                body,
+            }) => {
+                let slot = shared.lock().calls.remove(&request_id);
+                // No slot: the caller gave up (deadline or drop) already.
+                if let Some(slot) = slot {
+                    let _ = slot.tx.send(Ok((response, body)));
+                }
+            }
+            Ok(frame) => {
+                break CloseReason::Protocol {
+                    reason: format!(
+                        "unexpected {:?} frame from the server",
+                        frame.message.kind()
+                    ),
+                };
+            }
+            Err(e) => {
+                break CloseReason::Protocol {
+                    reason: format!("malformed frame: {e}"),
+                };
+            }
+        }
+    };
+    match &reason {
+        CloseReason::PeerClosed => debug!(endpoint = %shared.endpoint, "server closed the channel"),
+        other => warn!(endpoint = %shared.endpoint, reason = %other, "dropping channel"),
+    }
+    shared.close(reason);
+}
+
+/// Reads the server's answer to our hello; returns the server's name.
+async fn read_welcome(
+    endpoint: &Endpoint,
+    frames: &mut FramedRead<ReadHalf, LengthDelimitedCodec>,
+    max_frame_len: usize,
+) -> Result<String, ConnectError> {
+    let protocol = |reason: String| ConnectError::Protocol {
+        endpoint: endpoint.clone(),
+        reason,
+    };
+    let bytes = match frames.next().await {
+        None => {
+            return Err(ConnectError::ClosedDuringHandshake {
+                endpoint: endpoint.clone(),
+            });
+        }
+        Some(Err(e)) => {
+            return Err(match CloseReason::from_read_error(e, max_frame_len) {
+                CloseReason::Protocol { reason } => protocol(reason),
+                other => protocol(other.to_string()),
+            });
+        }
+        Some(Ok(bytes)) => bytes.freeze(),
+    };
+    match codec::decode(bytes) {
+        Ok(Frame {
+            message: Message::Welcome(welcome),
+            ..
+        }) => {
+            if welcome.protocol_version != PROTOCOL_VERSION {
+                return Err(ConnectError::VersionMismatch {
+                    endpoint: endpoint.clone(),
+                    ours: PROTOCOL_VERSION,
+                    theirs: welcome.protocol_version,
+                });
+            }
+            Ok(welcome.peer)
+        }
+        Ok(Frame {
+            message: Message::Refused(reason),
+            ..
+        }) => Err(ConnectError::Refused {
+            endpoint: endpoint.clone(),
+            reason,
+        }),
+        Ok(frame) => Err(protocol(format!(
+            "expected a handshake answer, got a {:?} frame",
+            frame.message.kind()
+        ))),
+        Err(e) => Err(protocol(format!("malformed handshake answer: {e}"))),
+    }
+}
+
+/// Opens a socket to `endpoint`.
+async fn open(endpoint: &Endpoint) -> io::Result<Stream> {
+    match endpoint {
+        #[cfg(unix)]
+        Endpoint::Unix(path) => Ok(Stream::Unix(tokio::net::UnixStream::connect(path).await?)),
+        Endpoint::Tcp { host, port } => {
+            let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+            stream.set_nodelay(true)?;
+            Ok(Stream::Tcp(stream))
+        }
+        #[cfg(windows)]
+        Endpoint::Pipe(name) => open_pipe(name).await,
+    }
+}
+
+#[cfg(windows)]
+async fn open_pipe(name: &str) -> io::Result<Stream> {
+    use tokio::net::windows::named_pipe::ClientOptions;
+    /// Windows' ERROR_PIPE_BUSY: every instance is taken; the server creates
+    /// another as soon as it accepts.
+    const ERROR_PIPE_BUSY: i32 = 231;
+    loop {
+        match ClientOptions::new().open(name) {
+            Ok(client) => return Ok(Stream::PipeClient(client)),
+            Err(e) if e.raw_os_error() == Some(ERROR_PIPE_BUSY) => {
+                // Back off briefly; the caller's connect timeout bounds this.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

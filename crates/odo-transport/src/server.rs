@@ -1,0 +1,744 @@
+//! The server side: bind, accept, handshake, and handle each connection's
+//! requests concurrently until shutdown.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{FutureExt, StreamExt};
+use odo_core::Frame;
+use odo_core::codec;
+use odo_core::wire::{Message, Request, Response, WireError};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::{AbortHandle, JoinSet};
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::endpoint::Endpoint;
+use crate::framing::{
+    self, CloseReason, DEFAULT_MAX_FRAME_LEN, EncodeError, Outgoing, encode_frame, frame_reader,
+};
+use crate::handshake::{judge_first_frame, refused_frame, welcome_frame};
+use crate::stream::{ReadHalf, Stream, WriteHalf};
+
+/// Answers requests. One handler serves every connection of a server; each
+/// request runs in its own task, so calls are handled concurrently.
+///
+/// When the caller cancels (deadline or dropped call) or its connection
+/// dies, the future returned by [`Handler::handle`] is dropped: handlers
+/// that must not stop half-way should hand their work to a task they own.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one request and its body, returning the response and its
+    /// body.
+    fn handle(
+        &self,
+        request: Request,
+        body: Bytes,
+    ) -> impl Future<Output = (Response, Bytes)> + Send;
+}
+
+/// A [`Handler`] made from an async function or closure; see
+/// [`handler_fn`].
+#[derive(Clone)]
+pub struct HandlerFn<F> {
+    f: F,
+}
+
+impl<F> fmt::Debug for HandlerFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HandlerFn")
+    }
+}
+
+/// Makes a [`Handler`] from a function returning a future, such as
+/// `handler_fn(|request, body| async move { (Response::Rpc, body) })`.
+pub fn handler_fn<F, Fut>(f: F) -> HandlerFn<F>
+where
+    F: Fn(Request, Bytes) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = (Response, Bytes)> + Send + 'static,
+{
+    HandlerFn { f }
+}
+
+impl<F, Fut> Handler for HandlerFn<F>
+where
+    F: Fn(Request, Bytes) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = (Response, Bytes)> + Send + 'static,
+{
+    fn handle(
+        &self,
+        request: Request,
+        body: Bytes,
+    ) -> impl Future<Output = (Response, Bytes)> + Send {
+        (self.f)(request, body)
+    }
+}
+
+/// How a server listens and which limits it enforces.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// The cluster's shared token every client must present. Must not be
+    /// empty.
+    pub token: String,
+    /// This server's name, sent in the handshake answer (`worker 3`).
+    pub peer_name: String,
+    /// The bound on one frame, sent or received. Default 16 MiB.
+    pub max_frame_len: usize,
+    /// How long a new connection may take to complete the handshake before
+    /// it is dropped. Default 5 s.
+    pub handshake_timeout: Duration,
+    /// How many connections may be open at once; more are dropped at
+    /// accept, with a log line. Default 1024.
+    pub max_connections: usize,
+    /// How long a graceful shutdown waits for requests in flight before
+    /// aborting them. Default 10 s.
+    pub shutdown_grace: Duration,
+    /// Allow binding a TCP endpoint that is not a loopback address (such
+    /// as `tcp:0.0.0.0:7000`). Default false: only loopback.
+    pub allow_non_loopback: bool,
+}
+
+impl ServerConfig {
+    /// A configuration with this token and default limits.
+    pub fn new(token: impl Into<String>) -> ServerConfig {
+        ServerConfig {
+            token: token.into(),
+            peer_name: "server".into(),
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            handshake_timeout: Duration::from_secs(5),
+            max_connections: 1024,
+            shutdown_grace: Duration::from_secs(10),
+            allow_non_loopback: false,
+        }
+    }
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("token", &"<redacted>")
+            .field("peer_name", &self.peer_name)
+            .field("max_frame_len", &self.max_frame_len)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("allow_non_loopback", &self.allow_non_loopback)
+            .finish()
+    }
+}
+
+/// Why [`Server::bind`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Something already listens on the endpoint.
+    #[error("{endpoint} is in use: another server is listening on it")]
+    AddrInUse {
+        /// The endpoint asked for.
+        endpoint: Endpoint,
+    },
+    /// The TCP endpoint is not a loopback address and
+    /// [`ServerConfig::allow_non_loopback`] is not set.
+    #[error(
+        "{endpoint} is not a loopback address ({addr}); set allow_non_loopback to listen beyond this machine"
+    )]
+    NonLoopback {
+        /// The endpoint asked for.
+        endpoint: Endpoint,
+        /// The offending address.
+        addr: IpAddr,
+    },
+    /// The host name resolved to no address.
+    #[error("{endpoint}: the host resolves to no address")]
+    Unresolved {
+        /// The endpoint asked for.
+        endpoint: Endpoint,
+    },
+    /// The socket's directory exists and others may enter it.
+    #[error(
+        "socket directory {} has mode {mode:o}: it must be private (0700); fix it with chmod 700",
+        dir.display()
+    )]
+    DirectoryNotPrivate {
+        /// The directory.
+        dir: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The socket's directory belongs to another user.
+    #[error("socket directory {} is owned by uid {owner}, not by us (uid {us})", dir.display())]
+    DirectoryOwner {
+        /// The directory.
+        dir: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// Our effective uid.
+        us: u32,
+    },
+    /// The socket's directory path names something else.
+    #[error("socket directory {} is not a directory", dir.display())]
+    NotADirectory {
+        /// The path.
+        dir: PathBuf,
+    },
+    /// The socket's directory could not be created or inspected.
+    #[error("cannot create socket directory {}: {source}", dir.display())]
+    CreateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
+    /// The socket path exists and is not a socket; it is left alone.
+    #[error("{} exists and is not a socket; refusing to replace it", path.display())]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The configuration is unusable.
+    #[error("invalid server configuration: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// Any other failure to listen.
+    #[error("cannot listen on {endpoint}: {source}")]
+    Io {
+        /// The endpoint asked for.
+        endpoint: Endpoint,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
+}
+
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    #[cfg(unix)]
+    Unix {
+        listener: tokio::net::UnixListener,
+        /// Removes the socket file when the server is dropped.
+        _file: crate::unix::SocketFile,
+    },
+    #[cfg(windows)]
+    Pipe {
+        name: String,
+        next: tokio::net::windows::named_pipe::NamedPipeServer,
+    },
+}
+
+impl Listener {
+    /// Accepts one connection, with a description of the peer for logs.
+    async fn accept(&mut self) -> io::Result<(Stream, String)> {
+        match self {
+            Listener::Tcp(listener) => {
+                let (stream, addr) = listener.accept().await?;
+                stream.set_nodelay(true)?;
+                Ok((Stream::Tcp(stream), addr.to_string()))
+            }
+            #[cfg(unix)]
+            Listener::Unix { listener, .. } => {
+                let (stream, _) = listener.accept().await?;
+                Ok((Stream::Unix(stream), "unix peer".into()))
+            }
+            #[cfg(windows)]
+            Listener::Pipe { name, next } => {
+                next.connect().await?;
+                let fresh = pipe_instance(name, false)?;
+                let connected = std::mem::replace(next, fresh);
+                Ok((Stream::PipeServer(connected), "pipe peer".into()))
+            }
+        }
+    }
+}
+
+#[cfg(windows)]
+fn pipe_instance(
+    name: &str,
+    first: bool,
+) -> io::Result<tokio::net::windows::named_pipe::NamedPipeServer> {
+    tokio::net::windows::named_pipe::ServerOptions::new()
+        .first_pipe_instance(first)
+        .reject_remote_clients(true)
+        .create(name)
+}
+
+/// A bound server, listening; [`Server::serve`] accepts and handles
+/// connections.
+pub struct Server {
+    listener: Listener,
+    endpoint: Endpoint,
+    config: Arc<ServerConfig>,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("endpoint", &self.endpoint)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Server {
+    /// Starts listening on `endpoint`. When this returns, clients can
+    /// connect (their connections wait in the backlog until
+    /// [`Server::serve`] runs).
+    ///
+    /// A Unix socket is created inside a private directory (created with
+    /// mode 0700 if missing; refused if others can enter it or another user
+    /// owns it) with mode 0600. A stale socket file is replaced only when
+    /// nothing listens on it. A TCP endpoint must be a loopback address
+    /// unless [`ServerConfig::allow_non_loopback`] is set.
+    pub async fn bind(endpoint: &Endpoint, config: ServerConfig) -> Result<Server, BindError> {
+        if config.token.is_empty() {
+            return Err(BindError::Config {
+                reason: "the token is empty",
+            });
+        }
+        if config.max_frame_len < codec::HEADER_LEN || config.max_frame_len > u32::MAX as usize {
+            return Err(BindError::Config {
+                reason: "max_frame_len must be between the frame header size and 4 GiB",
+            });
+        }
+        if config.max_connections == 0 {
+            return Err(BindError::Config {
+                reason: "max_connections must be at least 1",
+            });
+        }
+        let (listener, bound) = match endpoint {
+            #[cfg(unix)]
+            Endpoint::Unix(path) => {
+                let (listener, file) = crate::unix::bind(endpoint, path).await?;
+                (
+                    Listener::Unix {
+                        listener,
+                        _file: file,
+                    },
+                    endpoint.clone(),
+                )
+            }
+            Endpoint::Tcp { host, port } => bind_tcp(endpoint, host, *port, &config).await?,
+            #[cfg(windows)]
+            Endpoint::Pipe(name) => {
+                let first = pipe_instance(name, true).map_err(|source| match source.kind() {
+                    io::ErrorKind::PermissionDenied => BindError::AddrInUse {
+                        endpoint: endpoint.clone(),
+                    },
+                    _ => BindError::Io {
+                        endpoint: endpoint.clone(),
+                        source,
+                    },
+                })?;
+                (
+                    Listener::Pipe {
+                        name: name.clone(),
+                        next: first,
+                    },
+                    endpoint.clone(),
+                )
+            }
+        };
+        info!(endpoint = %bound, "listening");
+        Ok(Server {
+            listener,
+            endpoint: bound,
+            config: Arc::new(config),
+        })
+    }
+
+    /// The endpoint the server actually listens on: for `tcp:…:0`, with the
+    /// port the system picked.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Accepts connections and handles their requests with `handler` until
+    /// `shutdown` resolves; then stops accepting, removes a Unix socket
+    /// file, lets requests in flight finish (up to
+    /// [`ServerConfig::shutdown_grace`], then aborts them), and returns.
+    pub async fn serve<H: Handler>(self, handler: Arc<H>, shutdown: impl Future<Output = ()>) {
+        let Server {
+            mut listener,
+            endpoint,
+            config,
+        } = self;
+        let permits = Arc::new(Semaphore::new(config.max_connections));
+        let draining = CancellationToken::new();
+        let mut connections = JoinSet::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(done) = connections.join_next(), if !connections.is_empty() => {
+                    if let Err(e) = done
+                        && e.is_panic()
+                    {
+                        warn!(%endpoint, "a connection task panicked");
+                    }
+                }
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let conn = Connection {
+                                config: config.clone(),
+                                handler: handler.clone(),
+                                draining: draining.clone(),
+                                peer,
+                                _permit: permit,
+                            };
+                            connections.spawn(conn.run(stream));
+                        }
+                        Err(_) => warn!(
+                            %endpoint, %peer, limit = config.max_connections,
+                            "dropping connection: connection limit reached"
+                        ),
+                    },
+                    Err(e) => {
+                        warn!(%endpoint, error = %e, "accept failed");
+                        // Out of file descriptors and the like: give the
+                        // system a moment instead of spinning.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        info!(%endpoint, connections = connections.len(), "shutting down: no longer accepting");
+        draining.cancel();
+        let drained = tokio::time::timeout(config.shutdown_grace, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                %endpoint, connections = connections.len(), grace = ?config.shutdown_grace,
+                "shutdown grace period over: aborting requests still in flight"
+            );
+            connections.shutdown().await;
+        }
+        info!(%endpoint, "server stopped");
+    }
+}
+
+async fn bind_tcp(
+    endpoint: &Endpoint,
+    host: &str,
+    port: u16,
+    config: &ServerConfig,
+) -> Result<(Listener, Endpoint), BindError> {
+    let io_error = |source: io::Error| BindError::Io {
+        endpoint: endpoint.clone(),
+        source,
+    };
+    let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(io_error)?
+            .collect(),
+    };
+    if addrs.is_empty() {
+        return Err(BindError::Unresolved {
+            endpoint: endpoint.clone(),
+        });
+    }
+    if !config.allow_non_loopback
+        && let Some(addr) = addrs.iter().find(|a| !a.ip().is_loopback())
+    {
+        return Err(BindError::NonLoopback {
+            endpoint: endpoint.clone(),
+            addr: addr.ip(),
+        });
+    }
+    let mut last_error = None;
+    for addr in addrs {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                let local = listener.local_addr().map_err(io_error)?;
+                let bound = Endpoint::Tcp {
+                    host: local.ip().to_string(),
+                    port: local.port(),
+                };
+                return Ok((Listener::Tcp(listener), bound));
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(match last_error {
+        Some(e) if e.kind() == io::ErrorKind::AddrInUse => BindError::AddrInUse {
+            endpoint: endpoint.clone(),
+        },
+        Some(e) => io_error(e),
+        None => BindError::Unresolved {
+            endpoint: endpoint.clone(),
+        },
+    })
+}
+
+/// One accepted connection.
+struct Connection<H> {
+    config: Arc<ServerConfig>,
+    handler: Arc<H>,
+    /// Fires at shutdown: take no new requests, finish those in flight.
+    draining: CancellationToken,
+    peer: String,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<H: Handler> Connection<H> {
+    async fn run(self, stream: Stream) {
+        let (read, mut write) = stream.into_split();
+        let mut frames = frame_reader(read, self.config.max_frame_len);
+        let client = tokio::select! {
+            _ = self.draining.cancelled() => {
+                debug!(peer = %self.peer, "dropping connection: shutting down during its handshake");
+                return;
+            }
+            client = self.handshake(&mut frames, &mut write) => client,
+        };
+        let Some(client) = client else { return };
+        debug!(peer = %self.peer, client = %client, "connection established");
+
+        let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
+        let write_failed = CancellationToken::new();
+        let writer = {
+            let write_failed = write_failed.clone();
+            let peer = self.peer.clone();
+            tokio::spawn(async move {
+                let never = CancellationToken::new();
+                if let Err(e) = framing::write_loop(write, &mut rx, &never, |_| true).await {
+                    debug!(%peer, error = %e, "write failed");
+                    write_failed.cancel();
+                }
+            })
+        };
+
+        let mut requests = JoinSet::new();
+        let mut in_flight: HashMap<u64, AbortHandle> = HashMap::new();
+        let mut draining = false;
+        // `None`: drained after a shutdown; `Some`: the connection is gone.
+        let closed = loop {
+            if draining && requests.is_empty() {
+                break None;
+            }
+            tokio::select! {
+                biased;
+                Some(done) = requests.join_next(), if !requests.is_empty() => {
+                    // Aborted (cancelled) tasks were removed when cancelled.
+                    if let Ok(id) = done {
+                        in_flight.remove(&id);
+                    }
+                }
+                _ = self.draining.cancelled(), if !draining => {
+                    debug!(peer = %self.peer, in_flight = requests.len(), "draining connection");
+                    draining = true;
+                }
+                _ = write_failed.cancelled() => break Some(CloseReason::Io {
+                    kind: io::ErrorKind::BrokenPipe,
+                    message: "writing to the peer failed".into(),
+                }),
+                next = frames.next() => {
+                    let bytes = match next {
+                        None => break Some(CloseReason::PeerClosed),
+                        Some(Err(e)) => break Some(CloseReason::from_read_error(e, self.config.max_frame_len)),
+                        Some(Ok(bytes)) => bytes.freeze(),
+                    };
+                    let requests = if draining { None } else { Some(&mut requests) };
+                    if let Err(reason) = self.on_frame(bytes, requests, &mut in_flight, &tx) {
+                        break Some(reason);
+                    }
+                }
+            }
+        };
+        match closed {
+            None => {
+                // Every response is queued; closing the queue lets the writer
+                // flush them and shut the connection down.
+                drop(tx);
+                let _ = writer.await;
+                debug!(peer = %self.peer, "connection drained");
+            }
+            Some(reason) => {
+                match &reason {
+                    CloseReason::PeerClosed => {
+                        debug!(peer = %self.peer, "connection closed by the peer")
+                    }
+                    reason => warn!(peer = %self.peer, %reason, "dropping connection"),
+                }
+                if !requests.is_empty() {
+                    debug!(peer = %self.peer, requests = requests.len(), "aborting the requests of a closed connection");
+                }
+                requests.shutdown().await;
+                writer.abort();
+            }
+        }
+    }
+
+    /// Runs the server side of the handshake; returns the client's name, or
+    /// `None` when the connection was dropped (already logged).
+    async fn handshake(
+        &self,
+        frames: &mut FramedRead<ReadHalf, LengthDelimitedCodec>,
+        write: &mut WriteHalf,
+    ) -> Option<String> {
+        let deadline = self.config.handshake_timeout;
+        let first = match tokio::time::timeout(deadline, frames.next()).await {
+            Err(_) => {
+                warn!(peer = %self.peer, timeout = ?deadline, "dropping connection: no handshake in time");
+                return None;
+            }
+            Ok(None) => {
+                debug!(peer = %self.peer, "dropping connection: closed before its handshake");
+                return None;
+            }
+            Ok(Some(Err(e))) => {
+                let reason = CloseReason::from_read_error(e, self.config.max_frame_len);
+                warn!(peer = %self.peer, %reason, "dropping connection during its handshake");
+                return None;
+            }
+            Ok(Some(Ok(bytes))) => bytes.freeze(),
+        };
+        let (answer, verdict) = match judge_first_frame(first, &self.config.token) {
+            Ok(hello) => (welcome_frame(&self.config.peer_name), Ok(hello.peer)),
+            Err(refused) => (refused_frame(refused.clone()), Err(refused)),
+        };
+        let sent = async {
+            let bytes = encode_frame(&answer, self.config.max_frame_len)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            write.write_all(&bytes).await?;
+            if verdict.is_err() {
+                write.shutdown().await?;
+            }
+            Ok::<(), io::Error>(())
+        };
+        let sent = tokio::time::timeout(deadline, sent).await;
+        match verdict {
+            Err(refused) => {
+                warn!(peer = %self.peer, reason = %refused, "dropping connection: handshake refused");
+                None
+            }
+            Ok(client) => match sent {
+                Ok(Ok(())) => Some(client),
+                Ok(Err(e)) => {
+                    debug!(peer = %self.peer, error = %e, "dropping connection: cannot answer its handshake");
+                    None
+                }
+                Err(_) => {
+                    warn!(peer = %self.peer, "dropping connection: it does not read its handshake answer");
+                    None
+                }
+            },
+        }
+    }
+
+    /// Acts on one frame from an established client. While draining
+    /// (`requests` is `None`) new requests are not started: their callers
+    /// learn the outcome is unknown when the connection closes. An error
+    /// closes the connection.
+    fn on_frame(
+        &self,
+        bytes: Bytes,
+        requests: Option<&mut JoinSet<u64>>,
+        in_flight: &mut HashMap<u64, AbortHandle>,
+        tx: &mpsc::UnboundedSender<Outgoing>,
+    ) -> Result<(), CloseReason> {
+        let frame = codec::decode(bytes).map_err(|e| CloseReason::Protocol {
+            reason: format!("malformed frame: {e}"),
+        })?;
+        match frame.message {
+            Message::Request(request) => {
+                let id = frame.request_id;
+                let Some(requests) = requests else {
+                    debug!(peer = %self.peer, request_id = id, "not starting a request: shutting down");
+                    return Ok(());
+                };
+                if in_flight.contains_key(&id) {
+                    return Err(CloseReason::Protocol {
+                        reason: format!("request id {id} is already in flight"),
+                    });
+                }
+                let handler = self.handler.clone();
+                let tx = tx.clone();
+                let max_frame_len = self.config.max_frame_len;
+                let body = frame.body;
+                let task = requests.spawn(async move {
+                    let answer = AssertUnwindSafe(handler.handle(request, body))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|_| {
+                            error_response(WireError::Internal {
+                                message: "the request handler panicked".into(),
+                            })
+                        });
+                    let bytes = encode_response(id, answer, max_frame_len);
+                    let _ = tx.send(Outgoing {
+                        bytes,
+                        request_id: None,
+                    });
+                    id
+                });
+                in_flight.insert(id, task);
+                Ok(())
+            }
+            Message::Cancel => {
+                // Unknown ids are calls that finished already.
+                if let Some(task) = in_flight.remove(&frame.request_id) {
+                    task.abort();
+                }
+                Ok(())
+            }
+            other => Err(CloseReason::Protocol {
+                reason: format!("unexpected {:?} frame from the client", other.kind()),
+            }),
+        }
+    }
+}
+
+fn error_response(error: WireError) -> (Response, Bytes) {
+    (Response::Error(error), Bytes::new())
+}
+
+/// Encodes a response; one that cannot be sent becomes an error response
+/// the caller can read.
+fn encode_response(
+    request_id: u64,
+    (response, body): (Response, Bytes),
+    max_frame_len: usize,
+) -> Bytes {
+    let frame = Frame {
+        request_id,
+        message: Message::Response(response),
+        body,
+    };
+    match encode_frame(&frame, max_frame_len) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let message = match e {
+                EncodeError::TooLarge { len, max } => {
+                    format!("the response of {len} bytes exceeds the {max}-byte frame bound")
+                }
+                EncodeError::Codec(e) => format!("cannot encode the response: {e}"),
+            };
+            warn!(request_id, %message, "answering with an error instead");
+            let frame = Frame {
+                request_id,
+                message: Message::Response(Response::Error(WireError::Internal { message })),
+                body: Bytes::new(),
+            };
+            // A short error message always fits a bound that can hold the
+            // header; if even that fails the frame is empty and the peer drops
+            // the connection, which is the best left to do.
+            encode_frame(&frame, max_frame_len.max(1024)).unwrap_or_default()
+        }
+    }
+}

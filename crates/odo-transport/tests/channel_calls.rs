@@ -1,0 +1,312 @@
+//! Calls over a real connection: multiplexing, deadlines, cancellation and
+//! what a call reports when its connection dies.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use odo_core::wire::{Response, WireError};
+use odo_transport::{CallError, Channel, ClientConfig, CloseReason, handler_fn};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+/// A handler that reports each request it starts, then never answers, and
+/// reports when its future is dropped.
+fn stuck_handler() -> (
+    impl odo_transport::Handler,
+    mpsc::UnboundedReceiver<&'static str>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handler = handler_fn(move |_request, _body| {
+        let tx = tx.clone();
+        async move {
+            let _signal = DropSignal(Some(tx.clone()));
+            let _ = tx.send("started");
+            std::future::pending::<(Response, Bytes)>().await
+        }
+    });
+    (handler, rx)
+}
+
+async fn many_concurrent_calls(kind: Kind) {
+    let server = start_echo(kind).await;
+    let channel = connect(&server.endpoint).await;
+    let mut calls = JoinSet::new();
+    for n in 0..10_000u64 {
+        let channel = channel.clone();
+        calls.spawn(async move {
+            let body = Bytes::from(format!("call number {n}"));
+            let (response, echoed) = channel
+                .call(request(n), body.clone(), LONG)
+                .await
+                .expect("call answered");
+            assert_eq!(response, Response::Rpc);
+            assert_eq!(echoed, body, "call {n} got someone else's response");
+        });
+    }
+    while let Some(done) = calls.join_next().await {
+        done.expect("call task");
+    }
+    assert_eq!(channel.calls_in_flight(), 0);
+    drop(channel);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_concurrent_calls_over_unix_each_get_their_own_response() {
+    many_concurrent_calls(Kind::Unix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_concurrent_calls_over_tcp_each_get_their_own_response() {
+    many_concurrent_calls(Kind::Tcp).await;
+}
+
+#[tokio::test]
+async fn large_bodies_round_trip() {
+    let server = start_echo(Kind::Unix).await;
+    let channel = connect(&server.endpoint).await;
+    let body = Bytes::from(
+        (0..4 * 1024 * 1024)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let (_, echoed) = channel
+        .call(request(1), body.clone(), LONG)
+        .await
+        .expect("call");
+    assert_eq!(echoed, body);
+    server.stop().await;
+}
+
+async fn deadline_then_cancel(kind: Kind) {
+    let (handler, mut events) = stuck_handler();
+    let server = start(kind, server_config(), handler).await;
+    let channel = connect(&server.endpoint).await;
+    let error = channel
+        .call(request(1), Bytes::new(), Duration::from_millis(100))
+        .await
+        .expect_err("the handler never answers");
+    let CallError::DeadlineExceeded { written, .. } = error else {
+        panic!("expected DeadlineExceeded, got {error:?}");
+    };
+    assert!(!error.is_retryable() || !written);
+    if written {
+        // The request reached the server; the cancel frame that followed
+        // drops the handler.
+        assert_eq!(events.recv().await, Some("started"));
+        assert_eq!(events.recv().await, Some("dropped"));
+    }
+    assert_eq!(channel.calls_in_flight(), 0);
+    assert!(
+        !channel.is_closed(),
+        "a deadline does not close the channel"
+    );
+    drop(channel);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn deadline_exceeded_cancels_the_handler_over_unix() {
+    deadline_then_cancel(Kind::Unix).await;
+}
+
+#[tokio::test]
+async fn deadline_exceeded_cancels_the_handler_over_tcp() {
+    deadline_then_cancel(Kind::Tcp).await;
+}
+
+async fn dropped_caller_cancels(kind: Kind) {
+    let (handler, mut events) = stuck_handler();
+    let server = start(kind, server_config(), handler).await;
+    let channel = connect(&server.endpoint).await;
+    let caller = {
+        let channel = channel.clone();
+        tokio::spawn(async move { channel.call(request(1), Bytes::new(), LONG).await })
+    };
+    assert_eq!(events.recv().await, Some("started"));
+    caller.abort();
+    assert!(caller.await.expect_err("aborted").is_cancelled());
+    assert_eq!(
+        events.recv().await,
+        Some("dropped"),
+        "the handler observes the cancel"
+    );
+    assert_eq!(channel.calls_in_flight(), 0);
+    // The channel keeps working for other calls (this one also gets stuck,
+    // so give it a short deadline).
+    let error = channel
+        .call(request(2), Bytes::new(), Duration::from_millis(50))
+        .await
+        .expect_err("stuck");
+    assert!(
+        matches!(error, CallError::DeadlineExceeded { .. }),
+        "{error:?}"
+    );
+    drop(channel);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn dropped_caller_cancels_the_handler_over_unix() {
+    dropped_caller_cancels(Kind::Unix).await;
+}
+
+#[tokio::test]
+async fn dropped_caller_cancels_the_handler_over_tcp() {
+    dropped_caller_cancels(Kind::Tcp).await;
+}
+
+async fn killed_connection(kind: Kind) {
+    let (handler, mut events) = stuck_handler();
+    let mut config = server_config();
+    // Shutdown aborts the stuck handler at once, dropping the connection.
+    config.shutdown_grace = Duration::ZERO;
+    let mut server = start(kind, config, handler).await;
+    let channel = connect(&server.endpoint).await;
+    let caller = {
+        let channel = channel.clone();
+        tokio::spawn(async move { channel.call(request(1), Bytes::new(), LONG).await })
+    };
+    assert_eq!(events.recv().await, Some("started"));
+    server.begin_stop();
+    let error = caller
+        .await
+        .expect("caller")
+        .expect_err("connection killed");
+    assert!(matches!(error, CallError::Lost { .. }), "{error:?}");
+    assert!(!error.is_retryable());
+    assert!(error.was_written());
+    channel.closed().await;
+    assert!(channel.is_closed());
+    assert!(channel.close_reason().is_some());
+
+    let error = channel
+        .call(request(2), Bytes::new(), LONG)
+        .await
+        .expect_err("closed");
+    assert!(
+        matches!(error, CallError::Closed { .. } | CallError::NotSent { .. }),
+        "{error:?}"
+    );
+    assert!(error.is_retryable());
+    server.join().await;
+}
+
+#[tokio::test]
+async fn killed_connection_fails_written_calls_as_lost_over_unix() {
+    killed_connection(Kind::Unix).await;
+}
+
+#[tokio::test]
+async fn killed_connection_fails_written_calls_as_lost_over_tcp() {
+    killed_connection(Kind::Tcp).await;
+}
+
+#[tokio::test]
+async fn calls_after_close_are_closed_and_retryable() {
+    let server = start_echo(Kind::Tcp).await;
+    let channel = connect(&server.endpoint).await;
+    let clone = channel.clone();
+    channel.close();
+    clone.closed().await;
+    let error = clone
+        .call(request(1), Bytes::new(), LONG)
+        .await
+        .expect_err("closed");
+    assert_eq!(
+        error,
+        CallError::Closed {
+            endpoint: server.endpoint.clone(),
+            reason: CloseReason::Local
+        }
+    );
+    assert!(error.is_retryable());
+    drop((channel, clone));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_request_is_refused_before_sending() {
+    let server = start_echo(Kind::Tcp).await;
+    let mut config = ClientConfig::new(TOKEN);
+    config.max_frame_len = 1024;
+    let channel = Channel::connect(&server.endpoint, config)
+        .await
+        .expect("connect");
+    let error = channel
+        .call(request(1), Bytes::from(vec![0; 2048]), LONG)
+        .await
+        .expect_err("too large");
+    assert!(
+        matches!(error, CallError::TooLarge { max: 1024, .. }),
+        "{error:?}"
+    );
+    assert!(!error.is_retryable());
+    let (_, body) = channel
+        .call(request(2), Bytes::from_static(b"small"), LONG)
+        .await
+        .expect("the channel still works");
+    assert_eq!(body, "small");
+    drop(channel);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_response_becomes_an_error_response() {
+    let mut config = server_config();
+    config.max_frame_len = 1024;
+    let handler =
+        handler_fn(|_request, _body| async { (Response::Rpc, Bytes::from(vec![7; 4096])) });
+    let server = start(Kind::Tcp, config, handler).await;
+    let channel = connect(&server.endpoint).await;
+    let (response, _) = channel
+        .call(request(1), Bytes::new(), LONG)
+        .await
+        .expect("answered");
+    assert!(
+        matches!(response, Response::Error(WireError::Internal { ref message }) if message.contains("exceeds")),
+        "{response:?}"
+    );
+    drop(channel);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_panicking_handler_answers_an_internal_error() {
+    let handler = handler_fn(|_request, body: Bytes| async move {
+        if body == "panic" {
+            panic!("handler bug");
+        }
+        (Response::Rpc, body)
+    });
+    let server = start(Kind::Unix, server_config(), handler).await;
+    let channel = connect(&server.endpoint).await;
+    let (response, _) = channel
+        .call(request(1), Bytes::from_static(b"panic"), LONG)
+        .await
+        .expect("answered");
+    assert!(
+        matches!(response, Response::Error(WireError::Internal { .. })),
+        "{response:?}"
+    );
+    let (_, body) = channel
+        .call(request(2), Bytes::from_static(b"fine"), LONG)
+        .await
+        .expect("still serving");
+    assert_eq!(body, "fine");
+    drop(channel);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn server_peer_name_comes_from_the_handshake() {
+    let server = start_echo(Kind::Tcp).await;
+    let channel = connect(&server.endpoint).await;
+    assert_eq!(channel.server_peer(), "test server");
+    assert_eq!(channel.endpoint(), &server.endpoint);
+    drop(channel);
+    server.stop().await;
+}
