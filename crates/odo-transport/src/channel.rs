@@ -658,10 +658,18 @@ async fn read_welcome(
                 endpoint: endpoint.clone(),
             });
         }
-        Some(Err(e)) => {
+        Some(Err(e))
+            if e.kind() == io::ErrorKind::InvalidData || e.kind() == io::ErrorKind::Other =>
+        {
             return Err(match CloseReason::from_read_error(e, max_frame_len) {
                 CloseReason::Protocol { reason } => protocol(reason),
                 other => protocol(other.to_string()),
+            });
+        }
+        Some(Err(source)) => {
+            return Err(ConnectError::Io {
+                endpoint: endpoint.clone(),
+                source,
             });
         }
         Some(Ok(bytes)) => bytes.freeze(),

@@ -41,25 +41,42 @@ pub(crate) fn refused_frame(reason: Refused) -> Frame {
     }
 }
 
-/// The server's verdict on a client's first frame.
-pub(crate) fn judge_first_frame(bytes: Bytes, token: &str) -> Result<Hello, Refused> {
+/// The server's verdict on a client's first frame: the client's hello, or
+/// the refusal to send with a description for the log.
+pub(crate) fn judge_first_frame(bytes: Bytes, token: &str) -> Result<Hello, (Refused, String)> {
+    let refuse = |refused: Refused, detail: String| Err((refused, detail));
     match codec::decode(bytes) {
         Ok(Frame {
             message: Message::Hello(hello),
             ..
         }) => {
             if hello.protocol_version != PROTOCOL_VERSION {
-                return Err(Refused::VersionMismatch {
+                let refused = Refused::VersionMismatch {
                     ours: PROTOCOL_VERSION,
                     theirs: hello.protocol_version,
-                });
+                };
+                let detail = refused.to_string();
+                return refuse(refused, detail);
             }
             if !tokens_match(hello.token.as_bytes(), token.as_bytes()) {
-                return Err(Refused::BadToken);
+                return refuse(
+                    Refused::BadToken,
+                    format!("wrong cluster token from {:?}", hello.peer),
+                );
             }
             Ok(hello)
         }
-        Ok(_) | Err(_) => Err(Refused::NotAHandshake),
+        Ok(frame) => refuse(
+            Refused::NotAHandshake,
+            format!(
+                "expected a handshake, got a {:?} frame",
+                frame.message.kind()
+            ),
+        ),
+        Err(e) => refuse(
+            Refused::NotAHandshake,
+            format!("malformed first frame: {e}"),
+        ),
     }
 }
 
@@ -89,27 +106,31 @@ mod tests {
         assert!(tokens_match(b"", b""));
     }
 
+    fn refusal(bytes: Bytes, token: &str) -> Refused {
+        judge_first_frame(bytes, token).expect_err("refused").0
+    }
+
     #[test]
     fn judging() {
         let good = codec::encode(&hello_frame("t", "me")).unwrap();
         assert_eq!(judge_first_frame(good.clone(), "t").unwrap().peer, "me");
-        assert_eq!(judge_first_frame(good, "u"), Err(Refused::BadToken));
+        assert_eq!(refusal(good, "u"), Refused::BadToken);
         let welcome = codec::encode(&welcome_frame("x")).unwrap();
-        assert_eq!(judge_first_frame(welcome, "t"), Err(Refused::NotAHandshake));
+        assert_eq!(refusal(welcome, "t"), Refused::NotAHandshake);
         assert_eq!(
-            judge_first_frame(Bytes::from_static(b"garbage"), "t"),
-            Err(Refused::NotAHandshake)
+            refusal(Bytes::from_static(b"garbage"), "t"),
+            Refused::NotAHandshake
         );
         let mut old = hello_frame("t", "me");
         if let Message::Hello(h) = &mut old.message {
             h.protocol_version = PROTOCOL_VERSION + 1;
         }
         assert_eq!(
-            judge_first_frame(codec::encode(&old).unwrap(), "t"),
-            Err(Refused::VersionMismatch {
+            refusal(codec::encode(&old).unwrap(), "t"),
+            Refused::VersionMismatch {
                 ours: PROTOCOL_VERSION,
                 theirs: PROTOCOL_VERSION + 1
-            })
+            }
         );
     }
 }

@@ -610,7 +610,7 @@ impl<H: Handler> Connection<H> {
         };
         let (answer, verdict) = match judge_first_frame(first, &self.config.token) {
             Ok(hello) => (welcome_frame(&self.config.peer_name), Ok(hello.peer)),
-            Err(refused) => (refused_frame(refused.clone()), Err(refused)),
+            Err((refused, detail)) => (refused_frame(refused), Err(detail)),
         };
         let sent = async {
             let bytes = encode_frame(&answer, self.config.max_frame_len)
@@ -623,8 +623,8 @@ impl<H: Handler> Connection<H> {
         };
         let sent = tokio::time::timeout(deadline, sent).await;
         match verdict {
-            Err(refused) => {
-                warn!(peer = %self.peer, reason = %refused, "dropping connection: handshake refused");
+            Err(detail) => {
+                warn!(peer = %self.peer, reason = %detail, "dropping connection: handshake refused");
                 None
             }
             Ok(client) => match sent {

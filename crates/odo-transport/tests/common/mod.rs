@@ -29,6 +29,7 @@ pub enum Kind {
 pub struct Running {
     pub endpoint: Endpoint,
     stop: Option<oneshot::Sender<()>>,
+    stopping: Option<oneshot::Receiver<()>>,
     task: JoinHandle<()>,
     // Keeps the socket directory alive as long as the server.
     pub dir: Option<tempfile::TempDir>,
@@ -44,6 +45,14 @@ impl Running {
     pub fn begin_stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+    }
+
+    /// Waits until the server has seen the shutdown signal: it no longer
+    /// accepts, and its connections drain.
+    pub async fn stopping(&mut self) {
+        if let Some(stopping) = self.stopping.take() {
+            stopping.await.expect("the server sees the shutdown");
         }
     }
 
@@ -89,12 +98,15 @@ pub async fn start_at<H: Handler>(
     let server = Server::bind(endpoint, config).await.expect("bind");
     let endpoint = server.endpoint().clone();
     let (stop, stopped) = oneshot::channel::<()>();
+    let (seen, stopping) = oneshot::channel::<()>();
     let task = tokio::spawn(server.serve(Arc::new(handler), async move {
         let _ = stopped.await;
+        let _ = seen.send(());
     }));
     Running {
         endpoint,
         stop: Some(stop),
+        stopping: Some(stopping),
         task,
         dir,
     }
@@ -224,5 +236,77 @@ impl Drop for DropSignal {
         if let Some(tx) = self.0.take() {
             let _ = tx.send("dropped");
         }
+    }
+}
+
+/// Log lines captured for one test (the test's runtime must be
+/// current-thread, so every task logs on the test's thread).
+///
+/// One global subscriber writes each event into the buffer of the thread
+/// that emitted it: per-thread subscribers race on tracing's global level
+/// cache when tests run in parallel.
+#[derive(Clone, Default)]
+pub struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+thread_local! {
+    static CAPTURE: std::cell::RefCell<Option<Logs>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Stops capturing this thread's logs when dropped.
+pub struct CaptureGuard(());
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        CAPTURE.with(|c| c.borrow_mut().take());
+    }
+}
+
+#[derive(Clone, Copy)]
+struct ThreadWriter;
+
+impl std::io::Write for ThreadWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        CAPTURE.with(|c| {
+            if let Some(logs) = &*c.borrow() {
+                logs.0.lock().expect("log buffer").extend_from_slice(buf);
+            }
+        });
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    /// Captures this thread's log output until the guard is dropped.
+    pub fn capture() -> (Logs, CaptureGuard) {
+        static INIT: std::sync::Once = std::sync::Once::new();
+        INIT.call_once(|| {
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(|| ThreadWriter)
+                .with_ansi(false)
+                .with_max_level(tracing::Level::DEBUG)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+        });
+        let logs = Logs::default();
+        CAPTURE.with(|c| *c.borrow_mut() = Some(logs.clone()));
+        (logs, CaptureGuard(()))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+    }
+
+    /// Asserts that some line contains every one of `parts`.
+    pub fn assert_line(&self, parts: &[&str]) {
+        let text = self.text();
+        assert!(
+            text.lines()
+                .any(|line| parts.iter().all(|p| line.contains(p))),
+            "no log line contains {parts:?}; the log:\n{text}"
+        );
     }
 }
