@@ -17,15 +17,14 @@ use futures_util::StreamExt;
 use odo_core::Frame;
 use odo_core::codec::{self, CodecError};
 use odo_core::wire::{Message, PROTOCOL_VERSION, Refused, Request, Response};
-use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::endpoint::Endpoint;
 use crate::framing::{
-    self, CloseReason, DEFAULT_MAX_FRAME_LEN, EncodeError, Outgoing, encode_frame, frame_reader,
+    CloseReason, DEFAULT_MAX_FRAME_LEN, EncodeError, FrameSink, encode_frame, frame_reader,
 };
 use crate::handshake::{HANDSHAKE_ID, hello_frame};
 use crate::stream::{ReadHalf, Stream};
@@ -168,16 +167,18 @@ pub enum CallError {
         /// Why the connection closed.
         reason: CloseReason,
     },
-    /// No response within the call's deadline. The server was told to
-    /// cancel the call if it had been written.
+    /// No response within the call's deadline. The request had been handed
+    /// to the connection, so a cancel frame followed it to tell the server
+    /// to drop the call.
     #[error("request to {endpoint} exceeded its {deadline:?} deadline (written: {written})")]
     DeadlineExceeded {
         /// The channel's endpoint.
         endpoint: Endpoint,
         /// The deadline the call had.
         deadline: Duration,
-        /// Whether the request had been written; if not, the server never
-        /// sees it.
+        /// Whether the request may have reached the server (always true
+        /// for a request handed to the connection, which is every request
+        /// this error is returned for today); if false, it never will.
         written: bool,
     },
     /// The channel was already closed when the call was made; nothing was
@@ -245,9 +246,9 @@ type CallResult = Result<(Response, Bytes), CallError>;
 /// A call waiting for its response.
 struct Slot {
     tx: oneshot::Sender<CallResult>,
-    /// Set by the writer, under the lock, just before the request's bytes
-    /// go to the socket.
-    written: bool,
+    /// The stream offset just past the request's frame: the request was
+    /// written once the socket took that many bytes.
+    end: u64,
 }
 
 struct Pending {
@@ -265,6 +266,7 @@ struct Shared {
     pending: Mutex<Pending>,
     /// Fires when the connection is gone; stops both tasks.
     closed: CancellationToken,
+    sink: FrameSink,
 }
 
 impl Shared {
@@ -286,12 +288,16 @@ impl Shared {
             pending.closed = Some(reason.clone());
             std::mem::take(&mut pending.calls)
         };
+        self.sink.close(reason.clone());
         self.closed.cancel();
+        // Nothing more reaches the socket: a request whose frame the socket
+        // had not wholly taken was never seen by the server.
+        let written = self.sink.written();
         if !calls.is_empty() {
             debug!(endpoint = %self.endpoint, %reason, calls = calls.len(), "channel closed with calls in flight");
         }
         for (_, slot) in calls {
-            let error = match (&reason, slot.written) {
+            let error = match (&reason, slot.end <= written) {
                 (_, false) => CallError::NotSent {
                     endpoint: self.endpoint.clone(),
                     reason: reason.clone(),
@@ -309,19 +315,23 @@ impl Shared {
         }
     }
 
-    /// Forgets a call whose caller gave up. Returns whether its request was
-    /// written, or `None` if the call was already answered or failed.
-    fn forget(&self, id: u64) -> Option<bool> {
-        self.lock().calls.remove(&id).map(|slot| slot.written)
+    /// Forgets a call whose caller gave up. Returns whether it was still
+    /// waiting.
+    fn forget(&self, id: u64) -> bool {
+        self.lock().calls.remove(&id).is_some()
     }
 }
 
-/// What the handles share. Dropping the last handle drops the queue's
-/// sender: the writer flushes what is queued (such as cancel frames), shuts
-/// the connection down and closes the channel.
+/// What the handles share. Dropping the last handle lets the writer flush
+/// what is queued (such as cancel frames) and then closes the connection.
 struct Handle {
     shared: Arc<Shared>,
-    tx: mpsc::UnboundedSender<Outgoing>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.sink.finish();
+    }
 }
 
 impl Handle {
@@ -332,10 +342,9 @@ impl Handle {
             body: Bytes::new(),
         };
         if let Ok(bytes) = encode_frame(&frame, self.shared.max_frame_len) {
-            let _ = self.tx.send(Outgoing {
-                bytes,
-                request_id: None,
-            });
+            // A failed send means the connection is gone, and the call
+            // with it.
+            let _ = self.shared.sink.send(&bytes);
         }
     }
 }
@@ -385,7 +394,7 @@ impl Channel {
                 });
             }
         };
-        let (read, mut write) = stream.into_split();
+        let (read, write) = stream.into_split();
         let mut frames = frame_reader(read, config.max_frame_len);
         let handshake = async {
             let hello = encode_frame(
@@ -427,27 +436,23 @@ impl Channel {
                 closed: None,
             }),
             closed: CancellationToken::new(),
+            sink: FrameSink::new(write),
         });
-        let (tx, mut rx) = mpsc::unbounded_channel();
         let writer_shared = shared.clone();
         tokio::spawn(async move {
             let shared = writer_shared;
-            let result = framing::write_loop(write, &mut rx, &shared.closed, |batch| {
-                admit_batch(&shared, batch)
-            })
-            .await;
-            let reason = match result {
+            let reason = match shared.sink.run().await {
                 Ok(()) => CloseReason::Local,
-                Err(e) => {
-                    debug!(endpoint = %shared.endpoint, error = %e, "channel write failed");
-                    CloseReason::from_io(&e)
+                Err(reason) => {
+                    debug!(endpoint = %shared.endpoint, %reason, "channel write failed");
+                    reason
                 }
             };
             shared.close(reason);
         });
         tokio::spawn(read_loop(shared.clone(), frames));
         Ok(Channel {
-            handle: Arc::new(Handle { shared, tx }),
+            handle: Arc::new(Handle { shared }),
         })
     }
 
@@ -472,6 +477,8 @@ impl Channel {
         drop(frame);
         let (tx, mut rx) = oneshot::channel();
         {
+            // Sending under the lock orders it with `close`: a call is either
+            // failed by the close, or refused here.
             let mut pending = shared.lock();
             if let Some(reason) = &pending.closed {
                 return Err(CallError::Closed {
@@ -479,38 +486,45 @@ impl Channel {
                     reason: reason.clone(),
                 });
             }
-            pending.calls.insert(id, Slot { tx, written: false });
+            // Alone on the connection, write now (lowest latency); with
+            // other calls in flight, let the writer task gather this frame
+            // with the others' into one write.
+            let sent = if pending.calls.is_empty() {
+                shared.sink.send(&bytes)
+            } else {
+                shared.sink.enqueue(&bytes)
+            };
+            let end = sent.map_err(|reason| CallError::NotSent {
+                endpoint: shared.endpoint.clone(),
+                reason,
+            })?;
+            pending.calls.insert(id, Slot { tx, end });
         }
+        drop(bytes);
         let mut guard = CallGuard {
             handle: &self.handle,
             id,
             armed: true,
         };
-        // If the writer is gone the connection is closing, and closing
-        // fails our slot: the answer arrives through `rx` either way.
-        let _ = self.handle.tx.send(Outgoing {
-            bytes,
-            request_id: Some(id),
-        });
         let answer = tokio::time::timeout(deadline, &mut rx).await;
         guard.armed = false;
         match answer {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(self.closed_error()),
-            Err(_) => match shared.forget(id) {
-                Some(written) => {
-                    if written {
-                        self.handle.send_cancel(id);
-                    }
-                    Err(CallError::DeadlineExceeded {
+            Err(_) => {
+                if shared.forget(id) {
+                    // The request is on its way or arrived: tell the server
+                    // to drop it.
+                    self.handle.send_cancel(id);
+                    return Err(CallError::DeadlineExceeded {
                         endpoint: shared.endpoint.clone(),
                         deadline,
-                        written,
-                    })
+                        written: true,
+                    });
                 }
                 // Answered (or failed) just as the deadline passed.
-                None => rx.try_recv().unwrap_or_else(|_| Err(self.closed_error())),
-            },
+                rx.try_recv().unwrap_or_else(|_| Err(self.closed_error()))
+            }
         }
     }
 
@@ -570,30 +584,10 @@ struct CallGuard<'a> {
 
 impl Drop for CallGuard<'_> {
     fn drop(&mut self) {
-        if self.armed && self.handle.shared.forget(self.id) == Some(true) {
+        if self.armed && self.handle.shared.forget(self.id) {
             self.handle.send_cancel(self.id);
         }
     }
-}
-
-/// The writer's check before a write: stop if the connection closed, drop
-/// requests whose callers gave up, and mark the rest written.
-fn admit_batch(shared: &Shared, batch: &mut Vec<Outgoing>) -> bool {
-    let mut pending = shared.lock();
-    if pending.closed.is_some() {
-        return false;
-    }
-    batch.retain(|frame| match frame.request_id {
-        None => true,
-        Some(id) => match pending.calls.get_mut(&id) {
-            Some(slot) => {
-                slot.written = true;
-                true
-            }
-            None => false,
-        },
-    });
-    true
 }
 
 async fn read_loop(shared: Arc<Shared>, mut frames: FramedRead<ReadHalf, LengthDelimitedCodec>) {

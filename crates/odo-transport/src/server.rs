@@ -16,8 +16,7 @@ use futures_util::{FutureExt, StreamExt};
 use odo_core::Frame;
 use odo_core::codec;
 use odo_core::wire::{Message, Request, Response, WireError};
-use tokio::io::AsyncWriteExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
@@ -25,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::endpoint::Endpoint;
 use crate::framing::{
-    self, CloseReason, DEFAULT_MAX_FRAME_LEN, EncodeError, Outgoing, encode_frame, frame_reader,
+    CloseReason, DEFAULT_MAX_FRAME_LEN, EncodeError, FrameSink, encode_frame, frame_reader,
 };
 use crate::handshake::{judge_first_frame, refused_frame, welcome_frame};
 use crate::stream::{ReadHalf, Stream, WriteHalf};
@@ -497,27 +496,29 @@ struct Connection<H> {
 
 impl<H: Handler> Connection<H> {
     async fn run(self, stream: Stream) {
-        let (read, mut write) = stream.into_split();
+        let (read, write) = stream.into_split();
         let mut frames = frame_reader(read, self.config.max_frame_len);
         let client = tokio::select! {
             _ = self.draining.cancelled() => {
                 debug!(peer = %self.peer, "dropping connection: shutting down during its handshake");
                 return;
             }
-            client = self.handshake(&mut frames, &mut write) => client,
+            client = self.handshake(&mut frames, &write) => client,
         };
         let Some(client) = client else { return };
         debug!(peer = %self.peer, client = %client, "connection established");
 
-        let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
+        let sink = Arc::new(FrameSink::new(write));
+        // However this task ends (even aborted), the socket is let go.
+        let _close = CloseOnDrop(sink.clone());
         let write_failed = CancellationToken::new();
         let writer = {
+            let sink = sink.clone();
             let write_failed = write_failed.clone();
             let peer = self.peer.clone();
             tokio::spawn(async move {
-                let never = CancellationToken::new();
-                if let Err(e) = framing::write_loop(write, &mut rx, &never, |_| true).await {
-                    debug!(%peer, error = %e, "write failed");
+                if let Err(reason) = sink.run().await {
+                    debug!(%peer, %reason, "write failed");
                     write_failed.cancel();
                 }
             })
@@ -553,8 +554,15 @@ impl<H: Handler> Connection<H> {
                         Some(Err(e)) => break Some(CloseReason::from_read_error(e, self.config.max_frame_len)),
                         Some(Ok(bytes)) => bytes.freeze(),
                     };
+                    // While more whole requests wait in the read buffer, hold
+                    // the answers back and write them together.
+                    sink.cork();
                     let requests = if draining { None } else { Some(&mut requests) };
-                    if let Err(reason) = self.on_frame(bytes, requests, &mut in_flight, &tx) {
+                    let handled = self.on_frame(bytes, requests, &mut in_flight, &sink);
+                    if !holds_whole_frame(frames.read_buffer()) {
+                        sink.uncork();
+                    }
+                    if let Err(reason) = handled {
                         break Some(reason);
                     }
                 }
@@ -562,9 +570,9 @@ impl<H: Handler> Connection<H> {
         };
         match closed {
             None => {
-                // Every response is queued; closing the queue lets the writer
-                // flush them and shut the connection down.
-                drop(tx);
+                // Every response is sent or queued: let the writer flush
+                // them, then close the connection.
+                sink.finish();
                 let _ = writer.await;
                 debug!(peer = %self.peer, "connection drained");
             }
@@ -578,8 +586,8 @@ impl<H: Handler> Connection<H> {
                 if !requests.is_empty() {
                     debug!(peer = %self.peer, requests = requests.len(), "aborting the requests of a closed connection");
                 }
+                sink.close(reason);
                 requests.shutdown().await;
-                writer.abort();
             }
         }
     }
@@ -589,7 +597,7 @@ impl<H: Handler> Connection<H> {
     async fn handshake(
         &self,
         frames: &mut FramedRead<ReadHalf, LengthDelimitedCodec>,
-        write: &mut WriteHalf,
+        write: &WriteHalf,
     ) -> Option<String> {
         let deadline = self.config.handshake_timeout;
         let first = match tokio::time::timeout(deadline, frames.next()).await {
@@ -615,11 +623,8 @@ impl<H: Handler> Connection<H> {
         let sent = async {
             let bytes = encode_frame(&answer, self.config.max_frame_len)
                 .map_err(|e| io::Error::other(e.to_string()))?;
-            write.write_all(&bytes).await?;
-            if verdict.is_err() {
-                write.shutdown().await?;
-            }
-            Ok::<(), io::Error>(())
+            // After a refusal, returning drops the connection.
+            write.write_all(&bytes).await
         };
         let sent = tokio::time::timeout(deadline, sent).await;
         match verdict {
@@ -645,12 +650,16 @@ impl<H: Handler> Connection<H> {
     /// (`requests` is `None`) new requests are not started: their callers
     /// learn the outcome is unknown when the connection closes. An error
     /// closes the connection.
+    ///
+    /// A request's handler is first polled right here: one that answers
+    /// without waiting costs no task. One that waits continues in its own
+    /// task, which a cancel frame aborts.
     fn on_frame(
         &self,
         bytes: Bytes,
         requests: Option<&mut JoinSet<u64>>,
         in_flight: &mut HashMap<u64, AbortHandle>,
-        tx: &mpsc::UnboundedSender<Outgoing>,
+        sink: &Arc<FrameSink>,
     ) -> Result<(), CloseReason> {
         let frame = codec::decode(bytes).map_err(|e| CloseReason::Protocol {
             reason: format!("malformed frame: {e}"),
@@ -668,10 +677,10 @@ impl<H: Handler> Connection<H> {
                     });
                 }
                 let handler = self.handler.clone();
-                let tx = tx.clone();
+                let sink = sink.clone();
                 let max_frame_len = self.config.max_frame_len;
                 let body = frame.body;
-                let task = requests.spawn(async move {
+                let mut handling = Box::pin(async move {
                     let answer = AssertUnwindSafe(handler.handle(request, body))
                         .catch_unwind()
                         .await
@@ -681,13 +690,17 @@ impl<H: Handler> Connection<H> {
                             })
                         });
                     let bytes = encode_response(id, answer, max_frame_len);
-                    let _ = tx.send(Outgoing {
-                        bytes,
-                        request_id: None,
-                    });
+                    // A failed send means the connection is closing; the
+                    // read loop notices.
+                    let _ = sink.send(&bytes);
                     id
                 });
-                in_flight.insert(id, task);
+                // The spawned task polls again with its own waker, so the
+                // no-op waker of this first poll loses no wake-up.
+                if handling.as_mut().now_or_never().is_none() {
+                    let task = requests.spawn(handling);
+                    in_flight.insert(id, task);
+                }
                 Ok(())
             }
             Message::Cancel => {
@@ -701,6 +714,23 @@ impl<H: Handler> Connection<H> {
                 reason: format!("unexpected {:?} frame from the client", other.kind()),
             }),
         }
+    }
+}
+
+/// Whether `buffer` starts with a whole length-prefixed frame.
+fn holds_whole_frame(buffer: &[u8]) -> bool {
+    match buffer.first_chunk::<4>() {
+        Some(prefix) => buffer.len() - 4 >= u32::from_be_bytes(*prefix) as usize,
+        None => false,
+    }
+}
+
+/// Closes a connection's sink when its task ends, however it ends.
+struct CloseOnDrop(Arc<FrameSink>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close(CloseReason::Local);
     }
 }
 

@@ -5,12 +5,14 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::tcp;
 
 #[cfg(unix)]
 use tokio::net::unix;
 
+#[cfg(windows)]
+use std::sync::Arc;
 #[cfg(windows)]
 use tokio::net::windows::named_pipe::{NamedPipeClient, NamedPipeServer};
 
@@ -41,13 +43,13 @@ impl Stream {
             }
             #[cfg(windows)]
             Stream::PipeClient(s) => {
-                let (r, w) = tokio::io::split(s);
-                (ReadHalf::PipeClient(r), WriteHalf::PipeClient(w))
+                let s = Arc::new(s);
+                (ReadHalf::PipeClient(s.clone()), WriteHalf::PipeClient(s))
             }
             #[cfg(windows)]
             Stream::PipeServer(s) => {
-                let (r, w) = tokio::io::split(s);
-                (ReadHalf::PipeServer(r), WriteHalf::PipeServer(w))
+                let s = Arc::new(s);
+                (ReadHalf::PipeServer(s.clone()), WriteHalf::PipeServer(s))
             }
         }
     }
@@ -59,20 +61,89 @@ pub(crate) enum ReadHalf {
     #[cfg(unix)]
     Unix(unix::OwnedReadHalf),
     #[cfg(windows)]
-    PipeClient(tokio::io::ReadHalf<NamedPipeClient>),
+    PipeClient(Arc<NamedPipeClient>),
     #[cfg(windows)]
-    PipeServer(tokio::io::ReadHalf<NamedPipeServer>),
+    PipeServer(Arc<NamedPipeServer>),
 }
 
-/// The writing half of a [`Stream`].
+/// Reads from a pipe shared with its writing half: wait for readiness, then
+/// read what is there.
+#[cfg(windows)]
+fn poll_read_with(
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+    mut ready: impl FnMut(&mut Context<'_>) -> Poll<io::Result<()>>,
+    mut try_read: impl FnMut(&mut [u8]) -> io::Result<usize>,
+) -> Poll<io::Result<()>> {
+    loop {
+        match ready(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => {}
+        }
+        match try_read(buf.initialize_unfilled()) {
+            Ok(n) => {
+                buf.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+}
+
+/// The writing half of a [`Stream`]. Writes take `&self`, so callers can
+/// write without waiting (see [`crate::framing::FrameSink`]) while a writer
+/// task waits for the socket when it is full.
 pub(crate) enum WriteHalf {
     Tcp(tcp::OwnedWriteHalf),
     #[cfg(unix)]
     Unix(unix::OwnedWriteHalf),
     #[cfg(windows)]
-    PipeClient(tokio::io::WriteHalf<NamedPipeClient>),
+    PipeClient(Arc<NamedPipeClient>),
     #[cfg(windows)]
-    PipeServer(tokio::io::WriteHalf<NamedPipeServer>),
+    PipeServer(Arc<NamedPipeServer>),
+}
+
+impl WriteHalf {
+    /// Writes what the socket takes now, without waiting.
+    pub(crate) fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            WriteHalf::Tcp(s) => s.try_write(buf),
+            #[cfg(unix)]
+            WriteHalf::Unix(s) => s.try_write(buf),
+            #[cfg(windows)]
+            WriteHalf::PipeClient(s) => s.try_write(buf),
+            #[cfg(windows)]
+            WriteHalf::PipeServer(s) => s.try_write(buf),
+        }
+    }
+
+    /// Waits until the socket may take more bytes.
+    pub(crate) async fn writable(&self) -> io::Result<()> {
+        match self {
+            WriteHalf::Tcp(s) => s.writable().await,
+            #[cfg(unix)]
+            WriteHalf::Unix(s) => s.writable().await,
+            #[cfg(windows)]
+            WriteHalf::PipeClient(s) => s.writable().await,
+            #[cfg(windows)]
+            WriteHalf::PipeServer(s) => s.writable().await,
+        }
+    }
+
+    /// Writes all of `buf`, waiting whenever the socket is full.
+    pub(crate) async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            match self.try_write(buf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
 impl AsyncRead for ReadHalf {
@@ -86,79 +157,13 @@ impl AsyncRead for ReadHalf {
             #[cfg(unix)]
             ReadHalf::Unix(s) => Pin::new(s).poll_read(cx, buf),
             #[cfg(windows)]
-            ReadHalf::PipeClient(s) => Pin::new(s).poll_read(cx, buf),
+            ReadHalf::PipeClient(s) => {
+                poll_read_with(cx, buf, |cx| s.poll_read_ready(cx), |b| s.try_read(b))
+            }
             #[cfg(windows)]
-            ReadHalf::PipeServer(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for WriteHalf {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WriteHalf::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            #[cfg(unix)]
-            WriteHalf::Unix(s) => Pin::new(s).poll_write(cx, buf),
-            #[cfg(windows)]
-            WriteHalf::PipeClient(s) => Pin::new(s).poll_write(cx, buf),
-            #[cfg(windows)]
-            WriteHalf::PipeServer(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WriteHalf::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            #[cfg(unix)]
-            WriteHalf::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            #[cfg(windows)]
-            WriteHalf::PipeClient(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            #[cfg(windows)]
-            WriteHalf::PipeServer(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            WriteHalf::Tcp(s) => s.is_write_vectored(),
-            #[cfg(unix)]
-            WriteHalf::Unix(s) => s.is_write_vectored(),
-            #[cfg(windows)]
-            WriteHalf::PipeClient(s) => s.is_write_vectored(),
-            #[cfg(windows)]
-            WriteHalf::PipeServer(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteHalf::Tcp(s) => Pin::new(s).poll_flush(cx),
-            #[cfg(unix)]
-            WriteHalf::Unix(s) => Pin::new(s).poll_flush(cx),
-            #[cfg(windows)]
-            WriteHalf::PipeClient(s) => Pin::new(s).poll_flush(cx),
-            #[cfg(windows)]
-            WriteHalf::PipeServer(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteHalf::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            #[cfg(unix)]
-            WriteHalf::Unix(s) => Pin::new(s).poll_shutdown(cx),
-            #[cfg(windows)]
-            WriteHalf::PipeClient(s) => Pin::new(s).poll_shutdown(cx),
-            #[cfg(windows)]
-            WriteHalf::PipeServer(s) => Pin::new(s).poll_shutdown(cx),
+            ReadHalf::PipeServer(s) => {
+                poll_read_with(cx, buf, |cx| s.poll_read_ready(cx), |b| s.try_read(b))
+            }
         }
     }
 }

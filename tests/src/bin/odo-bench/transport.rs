@@ -1,0 +1,370 @@
+//! The `transport` benchmark: odo's [`Channel`] against a raw
+//! length-prefixed tokio echo over the same socket type, in one run.
+//!
+//! For UDS and TCP it measures round-trip latency with one call in flight
+//! (64 B and 16 KiB bodies) and throughput with 64 calls in flight (64 B
+//! bodies), and prints odo/raw for each (latency: lower is better, target
+//! within 1.5x; throughput: higher is better, target at least 0.7x).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use odo_core::Namespace;
+use odo_core::wire::{Request, Response, RpcCall, Target};
+use odo_transport::{Channel, ClientConfig, Endpoint, Server, ServerConfig, handler_fn};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::sync::{Semaphore, oneshot};
+
+use crate::stats::{Latencies, ratio, us};
+
+/// How long each measurement runs (after a short warm-up).
+const MEASURE: Duration = Duration::from_millis(1500);
+const WARM_UP: Duration = Duration::from_millis(200);
+/// Calls in flight for the throughput measurements.
+const IN_FLIGHT: usize = 64;
+const TOKEN: &str = "bench-token";
+
+pub(crate) fn run() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("building the benchmark runtime")?;
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().context("temp dir for sockets")?;
+        let socket_dir = dir.path().join("run");
+        println!(
+            "{:<5} {:<22} {:>22} {:>22} {:>8}",
+            "net", "measurement", "odo", "raw", "odo/raw"
+        );
+        let uds_odo = Endpoint::Unix(socket_dir.join("odo.sock"));
+        let uds_raw = Endpoint::Unix(socket_dir.join("raw.sock"));
+        compare("uds", &uds_odo, &uds_raw).await?;
+        let tcp = Endpoint::tcp_loopback_any_port();
+        compare("tcp", &tcp, &tcp).await?;
+        println!("targets: latency odo/raw <= 1.50x, throughput odo/raw >= 0.70x");
+        Ok(())
+    })
+}
+
+/// Runs every measurement for one socket type.
+async fn compare(net: &str, odo_at: &Endpoint, raw_at: &Endpoint) -> anyhow::Result<()> {
+    let odo = OdoSide::start(odo_at).await?;
+    let raw = RawSide::start(raw_at).await?;
+    for size in [64, 16 * 1024] {
+        let body = Bytes::from(vec![0x5a; size]);
+        let mut odo_lat = latency(|| odo.call(body.clone())).await?;
+        let mut raw_lat = latency(|| raw.call(body.clone())).await?;
+        let (o50, o99) = (odo_lat.percentile(50.0), odo_lat.percentile(99.0));
+        let (r50, r99) = (raw_lat.percentile(50.0), raw_lat.percentile(99.0));
+        println!(
+            "{net:<5} {:<22} {:>22} {:>22} {:>8}",
+            format!("latency {} p50/p99 µs", human(size)),
+            format!("{}/{}", us(o50), us(o99)),
+            format!("{}/{}", us(r50), us(r99)),
+            ratio(o50.as_secs_f64(), r50.as_secs_f64()),
+        );
+    }
+    let body = Bytes::from(vec![0x5a; 64]);
+    let odo_rate = odo.throughput(body.clone()).await?;
+    let raw_rate = raw.throughput(body).await?;
+    println!(
+        "{net:<5} {:<22} {:>22} {:>22} {:>8}",
+        format!("{IN_FLIGHT} in flight calls/s"),
+        format!("{odo_rate:.0}"),
+        format!("{raw_rate:.0}"),
+        ratio(odo_rate, raw_rate),
+    );
+    odo.stop().await;
+    raw.stop().await;
+    Ok(())
+}
+
+fn human(size: usize) -> String {
+    if size >= 1024 {
+        format!("{} KiB", size / 1024)
+    } else {
+        format!("{size} B")
+    }
+}
+
+/// One call at a time for [`MEASURE`], after a warm-up.
+async fn latency<F, Fut>(mut call: F) -> anyhow::Result<Latencies>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let warm = Instant::now();
+    while warm.elapsed() < WARM_UP {
+        call().await?;
+    }
+    let mut samples = Latencies::with_capacity(100_000);
+    let start = Instant::now();
+    while start.elapsed() < MEASURE {
+        let t = Instant::now();
+        call().await?;
+        samples.push(t.elapsed());
+    }
+    Ok(samples)
+}
+
+/// odo's server (echo handler) and one channel to it.
+struct OdoSide {
+    channel: Channel,
+    request: Request,
+    stop: oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl OdoSide {
+    async fn start(endpoint: &Endpoint) -> anyhow::Result<OdoSide> {
+        let server = Server::bind(endpoint, ServerConfig::new(TOKEN)).await?;
+        let endpoint = server.endpoint().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let echo = handler_fn(|_request, body| async move { (Response::Rpc, body) });
+        let serving = tokio::spawn(server.serve(Arc::new(echo), async move {
+            let _ = stopped.await;
+        }));
+        let channel = Channel::connect(&endpoint, ClientConfig::new(TOKEN)).await?;
+        let ns = Namespace::new("BENCH");
+        let id = ns.id_from_name("object");
+        // A realistic envelope: what a router sends for an RPC call.
+        let request = Request::Rpc(RpcCall {
+            target: Target {
+                class: "BENCH".into(),
+                id,
+                name: Some("object".into()),
+                shard: id.shard(16),
+                epoch: 1,
+            },
+            method: "echo".into(),
+        });
+        Ok(OdoSide {
+            channel,
+            request,
+            stop,
+            serving,
+        })
+    }
+
+    async fn call(&self, body: Bytes) -> anyhow::Result<()> {
+        let len = body.len();
+        let (_, answer) = self
+            .channel
+            .call(self.request.clone(), body, Duration::from_secs(10))
+            .await?;
+        anyhow::ensure!(answer.len() == len, "odo echo returned {} bytes", answer.len());
+        Ok(())
+    }
+
+    /// Calls per second with [`IN_FLIGHT`] callers on the one channel.
+    async fn throughput(&self, body: Bytes) -> anyhow::Result<f64> {
+        let done = Arc::new(AtomicU64::new(0));
+        let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let end = Instant::now() + WARM_UP + MEASURE;
+        let mut callers = tokio::task::JoinSet::new();
+        for _ in 0..IN_FLIGHT {
+            let channel = self.channel.clone();
+            let request = self.request.clone();
+            let body = body.clone();
+            let done = done.clone();
+            let measuring = measuring.clone();
+            callers.spawn(async move {
+                while Instant::now() < end {
+                    channel
+                        .call(request.clone(), body.clone(), Duration::from_secs(10))
+                        .await?;
+                    if measuring.load(Ordering::Relaxed) {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                anyhow::Ok(())
+            });
+        }
+        tokio::time::sleep(WARM_UP).await;
+        measuring.store(true, Ordering::Relaxed);
+        let start = Instant::now();
+        while let Some(caller) = callers.join_next().await {
+            caller??;
+        }
+        Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    }
+
+    async fn stop(self) {
+        drop(self.channel);
+        let _ = self.stop.send(());
+        let _ = self.serving.await;
+    }
+}
+
+/// A raw tokio stream of either socket type.
+trait RawStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> RawStream for T {}
+
+/// A raw length-prefixed echo server (plain tokio reads and writes) and
+/// connections to it.
+struct RawSide {
+    endpoint: Endpoint,
+    /// One connection for the latency measurements.
+    conn: tokio::sync::Mutex<Box<dyn RawStream>>,
+    accept: tokio::task::JoinHandle<()>,
+    _socket: Option<std::path::PathBuf>,
+}
+
+impl RawSide {
+    async fn start(endpoint: &Endpoint) -> anyhow::Result<RawSide> {
+        let (accept, endpoint, socket) = match endpoint {
+            Endpoint::Unix(path) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let _ = std::fs::remove_file(path);
+                let listener = tokio::net::UnixListener::bind(path)?;
+                let accept = tokio::spawn(async move {
+                    while let Ok((stream, _)) = listener.accept().await {
+                        tokio::spawn(raw_echo(stream));
+                    }
+                });
+                (accept, endpoint.clone(), Some(path.clone()))
+            }
+            Endpoint::Tcp { host, port } => {
+                let listener = tokio::net::TcpListener::bind((host.as_str(), *port)).await?;
+                let local = listener.local_addr()?;
+                let accept = tokio::spawn(async move {
+                    while let Ok((stream, _)) = listener.accept().await {
+                        let _ = stream.set_nodelay(true);
+                        tokio::spawn(raw_echo(stream));
+                    }
+                });
+                let endpoint = Endpoint::Tcp {
+                    host: local.ip().to_string(),
+                    port: local.port(),
+                };
+                (accept, endpoint, None)
+            }
+        };
+        let conn = raw_connect(&endpoint).await?;
+        Ok(RawSide {
+            endpoint,
+            conn: tokio::sync::Mutex::new(conn),
+            accept,
+            _socket: socket,
+        })
+    }
+
+    async fn call(&self, body: Bytes) -> anyhow::Result<()> {
+        let mut conn = self.conn.lock().await;
+        let mut frame = Vec::with_capacity(4 + body.len());
+        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&body);
+        conn.write_all(&frame).await?;
+        let len = conn.read_u32().await? as usize;
+        let mut answer = vec![0; len];
+        conn.read_exact(&mut answer).await?;
+        anyhow::ensure!(len == body.len(), "raw echo returned {len} bytes");
+        Ok(())
+    }
+
+    /// Frames per second with [`IN_FLIGHT`] requests pipelined on one
+    /// connection: a writer task sends while fewer than 64 are outstanding,
+    /// a reader task counts the echoes.
+    async fn throughput(&self, body: Bytes) -> anyhow::Result<f64> {
+        let conn = raw_connect(&self.endpoint).await?;
+        let (read, write) = tokio::io::split(conn);
+        let window = Arc::new(Semaphore::new(IN_FLIGHT));
+        let end = Instant::now() + WARM_UP + MEASURE;
+        let mut frame = Vec::with_capacity(4 + body.len());
+        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&body);
+        let writer = {
+            let window = window.clone();
+            tokio::spawn(async move {
+                let mut write = write;
+                let mut sent = 0u64;
+                while Instant::now() < end {
+                    window.acquire().await?.forget();
+                    write.write_all(&frame).await?;
+                    sent += 1;
+                }
+                anyhow::Ok(sent)
+            })
+        };
+        let reader = tokio::spawn(async move {
+            let mut read = BufReader::new(read);
+            let mut buf = vec![0; 64 * 1024];
+            let mut received = 0u64;
+            let mut counted = 0u64;
+            let measure_from = Instant::now() + WARM_UP;
+            let mut start = None;
+            loop {
+                let len = match read.read_u32().await {
+                    Ok(len) => len as usize,
+                    Err(_) => break,
+                };
+                read.read_exact(&mut buf[..len]).await?;
+                received += 1;
+                window.add_permits(1);
+                if Instant::now() >= measure_from {
+                    start.get_or_insert_with(Instant::now);
+                    counted += 1;
+                }
+                if Instant::now() >= end {
+                    break;
+                }
+            }
+            let elapsed = start.map(|s| s.elapsed()).unwrap_or_default();
+            anyhow::Ok((received, counted, elapsed))
+        });
+        let (_received, counted, elapsed) = reader.await??;
+        writer.abort();
+        Ok(counted as f64 / elapsed.as_secs_f64().max(1e-9))
+    }
+
+    async fn stop(self) {
+        self.accept.abort();
+        if let Some(path) = &self._socket {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+async fn raw_connect(endpoint: &Endpoint) -> anyhow::Result<Box<dyn RawStream>> {
+    Ok(match endpoint {
+        Endpoint::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
+        Endpoint::Tcp { host, port } => {
+            let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+            stream.set_nodelay(true)?;
+            Box::new(stream)
+        }
+    })
+}
+
+/// Echoes length-prefixed frames: reads through a buffer, writes through a
+/// buffer flushed whenever no more input is already buffered.
+async fn raw_echo<S: RawStream>(stream: S) {
+    let (read, write) = tokio::io::split(stream);
+    let mut read = BufReader::new(read);
+    let mut write = BufWriter::new(write);
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        let Ok(len) = read.read_u32().await else { return };
+        let len = len as usize;
+        if len > buf.len() {
+            buf.resize(len, 0);
+        }
+        if read.read_exact(&mut buf[..len]).await.is_err() {
+            return;
+        }
+        if write.write_u32(len as u32).await.is_err() || write.write_all(&buf[..len]).await.is_err()
+        {
+            return;
+        }
+        if read.buffer().is_empty() && write.flush().await.is_err() {
+            return;
+        }
+    }
+}
