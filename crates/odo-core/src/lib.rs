@@ -8,7 +8,8 @@
 //! - [`wire`]: the messages that cross processes (fetch requests and
 //!   responses, RPC calls, alarm events, control messages between registry
 //!   and worker, and the typed [`WireError`]s callers act on);
-//! - [`codec`]: the frame layout, as pure functions over `bytes`.
+//! - [`codec`]: the frame layout, as pure functions over `bytes`;
+//! - [`launch`]: the command line a registry starts a worker process with.
 //!
 //! It does no I/O and knows nothing of sockets, tokio, storage or HTTP: the
 //! transport moves the frames this crate encodes.
@@ -37,6 +38,7 @@
 
 pub mod codec;
 mod id;
+pub mod launch;
 pub mod wire;
 
 pub use id::{IdError, Namespace, NamespaceTag, ObjectId};
