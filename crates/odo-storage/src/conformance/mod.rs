@@ -1,0 +1,195 @@
+//! The backend conformance suite: any [`Backend`] run through the same
+//! checks as the built-in ones.
+//!
+//! To check a new backend, implement [`Harness`] (how to open the backend on
+//! a directory, and whether it is durable) and call, each from its own
+//! `#[test]`:
+//!
+//! 1. [`state_machine`]: random sequences of every operation (list with
+//!    every option combination, transactions that fail half way,
+//!    `delete_all`, alarms, turns committed or rolled back, close and
+//!    reopen) compared step by step with a `BTreeMap` model. The case count
+//!    is 64 unless `PROPTEST_CASES` says otherwise.
+//! 2. [`durability`]: write, close, reopen, compare.
+//! 3. [`crash`] (durable backends): a child process commits and
+//!    acknowledges writes, is killed with SIGKILL, and every acknowledged
+//!    write must be there after reopening, with no commit half there.
+//!
+//! [`MemoryHarness`] and [`FjallHarness`] are the harnesses of the built-in
+//! backends. For a new one, in `tests/conformance_mine.rs`:
+//!
+//! ```no_run
+//! use std::path::Path;
+//!
+//! use odo_storage::conformance::{self, Harness};
+//! use odo_storage::{MemoryBackend, StorageError};
+//!
+//! struct MyHarness;
+//!
+//! impl Harness for MyHarness {
+//!     type Backend = MemoryBackend; // your backend here
+//!     fn open(&self, _dir: &Path) -> Result<MemoryBackend, StorageError> {
+//!         Ok(MemoryBackend::new())
+//!     }
+//!     fn durable(&self) -> bool {
+//!         false
+//!     }
+//! }
+//!
+//! // Each in its own #[test] function:
+//! conformance::state_machine(&MyHarness);
+//! conformance::durability(&MyHarness);
+//! // The argument is the name of the #[test] function making this call.
+//! conformance::crash(&MyHarness, "my_backend_survives_sigkill");
+//! ```
+
+mod crash;
+mod state_machine;
+
+use std::path::Path;
+
+use odo_core::{Namespace, ObjectId};
+
+use crate::{
+    Backend, FjallBackend, FjallOptions, ListOptions, MemoryBackend, StorageError, Store,
+    StoreOptions,
+};
+
+pub use crash::crash;
+pub use state_machine::state_machine;
+
+/// How the suite opens the backend under test.
+pub trait Harness {
+    /// The backend under test.
+    type Backend: Backend;
+
+    /// Opens the backend on `dir`: an empty directory for a new store, or
+    /// the directory of a store that was closed (or whose process was
+    /// killed) to reopen it.
+    fn open(&self, dir: &Path) -> Result<Self::Backend, StorageError>;
+
+    /// Whether the backend keeps its data across reopening (and crashes).
+    /// A non-durable backend must come back empty.
+    fn durable(&self) -> bool;
+}
+
+/// The harness of [`MemoryBackend`] (not durable).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MemoryHarness;
+
+impl Harness for MemoryHarness {
+    type Backend = MemoryBackend;
+
+    fn open(&self, _dir: &Path) -> Result<MemoryBackend, StorageError> {
+        Ok(MemoryBackend::new())
+    }
+
+    fn durable(&self) -> bool {
+        false
+    }
+}
+
+/// The harness of [`FjallBackend`] with the given options.
+#[derive(Debug, Default, Clone)]
+pub struct FjallHarness {
+    /// The options every open uses.
+    pub options: FjallOptions,
+}
+
+impl Harness for FjallHarness {
+    type Backend = FjallBackend;
+
+    fn open(&self, dir: &Path) -> Result<FjallBackend, StorageError> {
+        FjallBackend::open(dir, self.options.clone())
+    }
+
+    fn durable(&self) -> bool {
+        true
+    }
+}
+
+fn object_id(n: usize) -> ObjectId {
+    Namespace::new("CONFORMANCE").id_from_name(&n.to_string())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime builds")
+}
+
+/// Writes to several objects over several turns (puts, deletes,
+/// `delete_all`, alarms; the last turn not awaited), closes the store,
+/// reopens it, and compares every object's data and alarm and the alarm
+/// index with what was written (or with nothing, for a non-durable
+/// backend).
+///
+/// # Panics
+///
+/// Panics on any difference (it is a test).
+pub fn durability<H: Harness>(harness: &H) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let rt = runtime();
+    rt.block_on(async {
+        let store = Store::open(
+            harness.open(dir.path()).expect("open"),
+            StoreOptions::default(),
+        )
+        .expect("store");
+        for n in 0..3 {
+            let mut s = store.object(object_id(n));
+            for turn in 0..4u8 {
+                for k in 0..20u8 {
+                    let key = format!("key-{k:02}");
+                    s.put(&key, vec![turn, k, n as u8]).await.expect("put");
+                }
+                s.delete("key-03").await.expect("delete");
+                if turn == 1 && n == 2 {
+                    s.delete_all().await.expect("delete_all");
+                }
+                s.set_alarm(1_000 + n as u64).await.expect("set_alarm");
+                let wait = s.commit_turn().expect("wrote");
+                if turn < 3 {
+                    wait.await.expect("durable");
+                }
+            }
+            if n == 1 {
+                s.delete_alarm().await.expect("delete_alarm");
+                drop(s.commit_turn());
+            }
+        }
+        store.close().await.expect("close");
+        drop(store);
+
+        let store = Store::open(
+            harness.open(dir.path()).expect("reopen"),
+            StoreOptions::default(),
+        )
+        .expect("store");
+        let durable = harness.durable();
+        for n in 0..3 {
+            let mut s = store.object(object_id(n));
+            let listed = s.list(&ListOptions::default()).await.expect("list");
+            let expected: Vec<(String, bytes::Bytes)> = if durable {
+                (0..20u8)
+                    .filter(|k| *k != 3)
+                    .map(|k| (format!("key-{k:02}"), vec![3, k, n as u8].into()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            assert_eq!(listed, expected, "data of object {n} after reopen");
+            let alarm = s.get_alarm().await.expect("alarm");
+            let expected_alarm = (durable && n != 1).then_some(1_000 + n as u64);
+            assert_eq!(alarm, expected_alarm, "alarm of object {n} after reopen");
+        }
+        let due = store.due_alarms(u64::MAX, 10).expect("due alarms");
+        let expected: Vec<(ObjectId, u64)> = if durable {
+            vec![(object_id(0), 1_000), (object_id(2), 1_002)]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(due, expected, "alarm index after reopen");
+        store.close().await.expect("close");
+    });
+}

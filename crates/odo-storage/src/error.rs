@@ -1,0 +1,109 @@
+//! The one error type of the crate.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Everything that can go wrong in odo-storage.
+///
+/// The first four variants are caused by the caller's input and say which
+/// limit was exceeded; the others come from the store itself.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// A key is longer than [`MAX_KEY_BYTES`](crate::MAX_KEY_BYTES).
+    #[error("storage key is {len} bytes, the limit is {max} bytes")]
+    KeyTooLarge {
+        /// The key's length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A value is longer than [`MAX_VALUE_BYTES`](crate::MAX_VALUE_BYTES).
+    #[error("storage value is {len} bytes, the limit is {max} bytes")]
+    ValueTooLarge {
+        /// The value's length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A multi-key call names more than [`MAX_KEYS_PER_CALL`](crate::MAX_KEYS_PER_CALL) keys.
+    #[error("{count} keys in one call, the limit is {max}; split the call")]
+    TooManyKeys {
+        /// How many keys were given.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The options given to `list` contradict each other.
+    #[error("invalid list options: {0}")]
+    InvalidListOptions(&'static str),
+    /// A value could not be encoded or decoded by the typed helpers.
+    #[error("could not {action} the value of key {key:?}: {message}")]
+    Serialization {
+        /// `"encode"` or `"decode"`.
+        action: &'static str,
+        /// The key concerned.
+        key: String,
+        /// What the codec said.
+        message: String,
+    },
+    /// Another process (or another store in this process) holds the store
+    /// directory.
+    #[error("store directory {dir} is locked by {}", holder_name(*.holder_pid))]
+    Locked {
+        /// The locked directory.
+        dir: PathBuf,
+        /// The holder's process id, when it could be read from the lock file.
+        holder_pid: Option<u32>,
+    },
+    /// An I/O error outside the storage engine (lock file, directory).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Stored data failed a check (bad journal, bad format version, a key
+    /// that is not UTF-8...): the directory needs attention, retrying will
+    /// not help.
+    #[error("corrupt store: {context}")]
+    Corruption {
+        /// What was found.
+        context: String,
+    },
+    /// Any other failure of the storage engine, including a failed fsync
+    /// (after which the engine refuses further writes).
+    #[error("storage engine error while {context}: {message}")]
+    Backend {
+        /// What was being done.
+        context: String,
+        /// What the engine said.
+        message: String,
+    },
+    /// The store was closed.
+    #[error("the store is closed")]
+    Closed,
+    /// A commit of this object's writes failed, so its later writes were
+    /// never made durable either. The object must be reset: drop its
+    /// [`ObjectStorage`](crate::ObjectStorage) and take a new one.
+    #[error("commit failed: {0}")]
+    CommitFailed(#[source] Arc<StorageError>),
+}
+
+fn holder_name(pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!("process {pid}"),
+        None => "another process (pid unknown)".to_string(),
+    }
+}
+
+impl StorageError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,475 @@
+//! The durable backend on fjall (an LSM tree with a write-ahead journal).
+//!
+//! # Layout
+//!
+//! `<dir>/odo.lock` is the lock file (holding the holder's pid) and
+//! `<dir>/fjall/` the fjall database, with three keyspaces:
+//!
+//! | keyspace   | key                                  | value              |
+//! | ---------- | ------------------------------------ | ------------------ |
+//! | `data`     | object id (32 bytes) ‖ user key bytes | the value          |
+//! | `alarms`   | time (u64 big-endian) ‖ object id     | empty              |
+//! | `alarm_of` | object id                             | time (u64 big-endian) |
+//!
+//! So one object's data is one contiguous range ordered by the UTF-8 bytes
+//! of its keys, and the alarm index is ordered by time.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Write};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use odo_core::ObjectId;
+
+use crate::backend::Backend;
+use crate::batch::{AlarmChange, KeyRange, ObjectBatch, bytes_successor};
+use crate::error::StorageError;
+
+const ID_LEN: usize = 32;
+const LOCK_FILE: &str = "odo.lock";
+const DB_DIR: &str = "fjall";
+
+/// How far a commit goes before it is acknowledged. See `DURABILITY.md`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// The journal is written to the OS and `fsync`ed with data and
+    /// metadata (`PersistMode::SyncAll`).
+    SyncAll,
+    /// The journal is written to the OS and `fdatasync`ed
+    /// (`PersistMode::SyncData`). Survives power loss on file systems where
+    /// `fdatasync` is enough for an appended file, which is all common ones.
+    #[default]
+    SyncData,
+    /// The journal is written to the OS page cache but not synced
+    /// (`PersistMode::Buffer`): survives a crash of the process, not of the
+    /// machine.
+    Buffer,
+}
+
+impl Durability {
+    fn persist_mode(self) -> PersistMode {
+        match self {
+            Self::SyncAll => PersistMode::SyncAll,
+            Self::SyncData => PersistMode::SyncData,
+            Self::Buffer => PersistMode::Buffer,
+        }
+    }
+}
+
+/// Options of [`FjallBackend::open`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct FjallOptions {
+    /// What an acknowledged commit survives. Default: [`Durability::SyncData`].
+    pub durability: Durability,
+    /// fjall's block cache, in bytes. Default: 32 MiB.
+    pub cache_bytes: u64,
+}
+
+impl Default for FjallOptions {
+    fn default() -> Self {
+        Self {
+            durability: Durability::default(),
+            cache_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+impl FjallOptions {
+    /// The default options with another durability level.
+    pub fn with_durability(durability: Durability) -> Self {
+        Self {
+            durability,
+            ..Self::default()
+        }
+    }
+}
+
+/// A durable store in one directory, on fjall.
+///
+/// The directory is locked while the backend is open: a second
+/// [`open`](Self::open) of the same directory, from this process or
+/// another, fails with [`StorageError::Locked`] naming the holder's pid.
+#[derive(Debug)]
+pub struct FjallBackend {
+    dir: PathBuf,
+    durability: Durability,
+    inner: RwLock<Option<Open>>,
+}
+
+// Field order matters: fjall is dropped (and so closed) before the lock file
+// is released.
+struct Open {
+    data: Keyspace,
+    alarms: Keyspace,
+    alarm_of: Keyspace,
+    db: Database,
+    _lock: File,
+}
+
+impl std::fmt::Debug for Open {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Open").finish_non_exhaustive()
+    }
+}
+
+impl FjallBackend {
+    /// Opens (creating if needed) the store in `dir`.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::Locked`] if the directory is already open,
+    /// [`StorageError::Io`] if it cannot be created or locked,
+    /// [`StorageError::Corruption`] if fjall finds damaged data.
+    pub fn open(dir: impl AsRef<Path>, options: FjallOptions) -> Result<Self, StorageError> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StorageError::io(format!("creating {}", dir.display()), e))?;
+        let lock = lock_dir(&dir)?;
+        let db = Database::builder(dir.join(DB_DIR))
+            .cache_size(options.cache_bytes)
+            .open()
+            .map_err(|e| engine_error(format!("opening {}", dir.display()), e))?;
+        let keyspace = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(|e| engine_error(format!("opening keyspace {name}"), e))
+        };
+        let open = Open {
+            data: keyspace("data")?,
+            alarms: keyspace("alarms")?,
+            alarm_of: keyspace("alarm_of")?,
+            db,
+            _lock: lock,
+        };
+        Ok(Self {
+            dir,
+            durability: options.durability,
+            inner: RwLock::new(Some(open)),
+        })
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The durability level commits are acknowledged at.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Bytes the database occupies on disk (journal and tables).
+    pub fn disk_space(&self) -> Result<u64, StorageError> {
+        self.with(|open| {
+            open.db
+                .disk_space()
+                .map_err(|e| engine_error("measuring disk space", e))
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Open) -> Result<T, StorageError>) -> Result<T, StorageError> {
+        let guard = self.inner.read().map_err(|_| poisoned())?;
+        match guard.as_ref() {
+            Some(open) => f(open),
+            None => Err(StorageError::Closed),
+        }
+    }
+}
+
+fn poisoned() -> StorageError {
+    StorageError::Backend {
+        context: "locking the fjall backend".into(),
+        message: "lock poisoned by a panic".into(),
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<File, StorageError> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StorageError::io(format!("opening lock file {}", path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => {
+            let pid = std::process::id().to_string();
+            file.set_len(0)
+                .and_then(|()| file.write_all(pid.as_bytes()))
+                .map_err(|e| StorageError::io(format!("writing {}", path.display()), e))?;
+            Ok(file)
+        }
+        Err(TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            // Best effort: the holder may be between truncating and writing,
+            // and on some platforms a locked file cannot be read.
+            let holder_pid = file
+                .read_to_string(&mut text)
+                .ok()
+                .and_then(|_| text.trim().parse().ok());
+            Err(StorageError::Locked {
+                dir: dir.to_path_buf(),
+                holder_pid,
+            })
+        }
+        Err(TryLockError::Error(e)) => {
+            Err(StorageError::io(format!("locking {}", path.display()), e))
+        }
+    }
+}
+
+fn engine_error(context: impl Into<String>, error: fjall::Error) -> StorageError {
+    let context = context.into();
+    match error {
+        fjall::Error::Io(source) => StorageError::Io { context, source },
+        fjall::Error::JournalRecovery(_)
+        | fjall::Error::InvalidVersion(_)
+        | fjall::Error::Decompress(_)
+        | fjall::Error::InvalidTrailer
+        | fjall::Error::InvalidTag(_)
+        | fjall::Error::Unrecoverable
+        | fjall::Error::Storage(
+            fjall::LsmError::ChecksumMismatch { .. }
+            | fjall::LsmError::InvalidHeader(_)
+            | fjall::LsmError::InvalidTrailer
+            | fjall::LsmError::InvalidTag(_)
+            | fjall::LsmError::InvalidVersion(_)
+            | fjall::LsmError::Decompress(_)
+            | fjall::LsmError::Unrecoverable,
+        ) => StorageError::Corruption {
+            context: format!("{context}: {error:?}"),
+        },
+        other => StorageError::Backend {
+            context,
+            message: format!("{other:?}"),
+        },
+    }
+}
+
+fn data_key(object: &ObjectId, key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ID_LEN + key.len());
+    out.extend_from_slice(object.as_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+fn alarm_key(time: u64, object: &ObjectId) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + ID_LEN);
+    out.extend_from_slice(&time.to_be_bytes());
+    out.extend_from_slice(object.as_bytes());
+    out
+}
+
+fn parse_alarm_key(key: &[u8]) -> Result<(ObjectId, u64), StorageError> {
+    let (time, id) = key.split_at_checked(8).ok_or_else(|| bad_alarm_key(key))?;
+    let time: [u8; 8] = time.try_into().map_err(|_| bad_alarm_key(key))?;
+    let id: [u8; ID_LEN] = id.try_into().map_err(|_| bad_alarm_key(key))?;
+    Ok((ObjectId::from_bytes(id), u64::from_be_bytes(time)))
+}
+
+fn bad_alarm_key(key: &[u8]) -> StorageError {
+    StorageError::Corruption {
+        context: format!("alarm index key of {} bytes, expected 40", key.len()),
+    }
+}
+
+fn parse_time(value: &[u8]) -> Result<u64, StorageError> {
+    let time: [u8; 8] = value.try_into().map_err(|_| StorageError::Corruption {
+        context: format!("alarm time of {} bytes, expected 8", value.len()),
+    })?;
+    Ok(u64::from_be_bytes(time))
+}
+
+fn user_key(object: &ObjectId, key: &[u8]) -> Result<String, StorageError> {
+    let user = key
+        .strip_prefix(object.as_bytes().as_slice())
+        .ok_or_else(|| StorageError::Corruption {
+            context: format!("key outside object {object} in its range"),
+        })?;
+    String::from_utf8(user.to_vec()).map_err(|_| StorageError::Corruption {
+        context: format!("a key of object {object} is not UTF-8"),
+    })
+}
+
+fn lower_bound(object: &ObjectId, bound: &Bound<String>) -> Bound<Vec<u8>> {
+    match bound {
+        Bound::Included(key) => Bound::Included(data_key(object, key)),
+        Bound::Excluded(key) => Bound::Excluded(data_key(object, key)),
+        Bound::Unbounded => Bound::Included(object.as_bytes().to_vec()),
+    }
+}
+
+fn upper_bound(object: &ObjectId, bound: &Bound<String>) -> Bound<Vec<u8>> {
+    match bound {
+        Bound::Included(key) => Bound::Included(data_key(object, key)),
+        Bound::Excluded(key) => Bound::Excluded(data_key(object, key)),
+        Bound::Unbounded => match bytes_successor(object.as_bytes()) {
+            Some(next) => Bound::Excluded(next),
+            None => Bound::Unbounded,
+        },
+    }
+}
+
+impl Backend for FjallBackend {
+    fn get(&self, object: &ObjectId, key: &str) -> Result<Option<Bytes>, StorageError> {
+        self.with(|open| {
+            let value = open
+                .data
+                .get(data_key(object, key))
+                .map_err(|e| engine_error("reading a key", e))?;
+            Ok(value.map(|v| Bytes::copy_from_slice(&v)))
+        })
+    }
+
+    fn scan(
+        &self,
+        object: &ObjectId,
+        range: &KeyRange,
+        reverse: bool,
+        limit: Option<usize>,
+    ) -> Result<Vec<(String, Bytes)>, StorageError> {
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.with(|open| {
+            let bounds = (
+                lower_bound(object, &range.lower),
+                upper_bound(object, &range.upper),
+            );
+            let iter = open.data.range::<Vec<u8>, _>(bounds);
+            let iter: Box<dyn Iterator<Item = fjall::Guard>> = if reverse {
+                Box::new(iter.rev())
+            } else {
+                Box::new(iter)
+            };
+            let mut out = Vec::new();
+            for guard in iter.take(limit.unwrap_or(usize::MAX)) {
+                let (key, value) = guard
+                    .into_inner()
+                    .map_err(|e| engine_error("scanning keys", e))?;
+                out.push((user_key(object, &key)?, Bytes::copy_from_slice(&value)));
+            }
+            Ok(out)
+        })
+    }
+
+    fn alarm(&self, object: &ObjectId) -> Result<Option<u64>, StorageError> {
+        self.with(|open| {
+            let value = open
+                .alarm_of
+                .get(object.as_bytes())
+                .map_err(|e| engine_error("reading an alarm", e))?;
+            value.map(|v| parse_time(&v)).transpose()
+        })
+    }
+
+    fn due_alarms(&self, now_ms: u64, limit: usize) -> Result<Vec<(ObjectId, u64)>, StorageError> {
+        self.with(|open| {
+            let mut upper = now_ms.to_be_bytes().to_vec();
+            upper.extend_from_slice(&[0xff; ID_LEN]);
+            let bounds = (Bound::Unbounded, Bound::Included(upper));
+            let mut out = Vec::new();
+            for guard in open.alarms.range::<Vec<u8>, _>(bounds).take(limit) {
+                let key = guard
+                    .key()
+                    .map_err(|e| engine_error("scanning alarms", e))?;
+                out.push(parse_alarm_key(&key)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn next_alarm(&self) -> Result<Option<(ObjectId, u64)>, StorageError> {
+        self.with(|open| {
+            let Some(guard) = open.alarms.first_key_value() else {
+                return Ok(None);
+            };
+            let key = guard
+                .key()
+                .map_err(|e| engine_error("reading the first alarm", e))?;
+            parse_alarm_key(&key).map(Some)
+        })
+    }
+
+    fn commit(&self, writes: &[(ObjectId, Arc<ObjectBatch>)]) -> Result<(), StorageError> {
+        self.with(|open| {
+            let mut batch = open
+                .db
+                .batch()
+                .durability(Some(self.durability.persist_mode()));
+            for (object, writes) in writes {
+                if writes.clear {
+                    // One object's data is contiguous: tombstone each of its
+                    // keys, except those the batch writes anyway (a key may
+                    // appear only once in a fjall batch).
+                    for guard in open.data.prefix(object.as_bytes()) {
+                        let key = guard
+                            .key()
+                            .map_err(|e| engine_error("scanning keys to delete", e))?;
+                        let user = user_key(object, &key)?;
+                        if !writes.entries.contains_key(&user) {
+                            batch.remove(&open.data, key);
+                        }
+                    }
+                }
+                for (key, value) in &writes.entries {
+                    match value {
+                        Some(value) => {
+                            batch.insert(&open.data, data_key(object, key), value.as_ref())
+                        }
+                        None => batch.remove(&open.data, data_key(object, key)),
+                    }
+                }
+                let new_time = match writes.alarm {
+                    AlarmChange::Keep => continue,
+                    AlarmChange::Set(time) => Some(time),
+                    AlarmChange::Delete => None,
+                };
+                let old_time = open
+                    .alarm_of
+                    .get(object.as_bytes())
+                    .map_err(|e| engine_error("reading an alarm", e))?
+                    .map(|v| parse_time(&v))
+                    .transpose()?;
+                if old_time == new_time {
+                    continue;
+                }
+                if let Some(old) = old_time {
+                    batch.remove(&open.alarms, alarm_key(old, object));
+                }
+                match new_time {
+                    Some(time) => {
+                        batch.insert(&open.alarms, alarm_key(time, object), b"".as_slice());
+                        batch.insert(
+                            &open.alarm_of,
+                            object.as_bytes().as_slice(),
+                            time.to_be_bytes().as_slice(),
+                        );
+                    }
+                    None => batch.remove(&open.alarm_of, object.as_bytes().as_slice()),
+                }
+            }
+            batch
+                .commit()
+                .map_err(|e| engine_error("committing a batch", e))
+        })
+    }
+
+    fn close(&self) -> Result<(), StorageError> {
+        let mut guard = self.inner.write().map_err(|_| poisoned())?;
+        let Some(open) = guard.take() else {
+            return Ok(());
+        };
+        let flushed = open
+            .db
+            .persist(PersistMode::SyncAll)
+            .map_err(|e| engine_error("flushing on close", e));
+        drop(open);
+        flushed
+    }
+}

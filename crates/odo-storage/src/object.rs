@@ -1,0 +1,738 @@
+//! One object's view of its store: the API an object sees.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use odo_core::ObjectId;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use crate::batch::{AlarmChange, KeyRange, ObjectBatch, prefix_successor};
+use crate::error::StorageError;
+use crate::store::{CommitState, CommitWait, ObjectFailure, StoreInner, Submission};
+use crate::{MAX_KEY_BYTES, MAX_KEYS_PER_CALL, MAX_VALUE_BYTES};
+
+/// The options of [`ObjectStorage::list`]. Keys are compared by their UTF-8
+/// bytes.
+///
+/// `start` (inclusive) or `start_after` (exclusive) is the lower bound and
+/// `end` (exclusive) the upper bound, whatever the direction; `reverse`
+/// walks the same range from the top; `limit` counts from the walking end;
+/// `prefix` is a literal, case-sensitive byte prefix. Giving both `start`
+/// and `start_after`, or a `limit` of 0, is
+/// [`StorageError::InvalidListOptions`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListOptions {
+    /// The first key to include.
+    pub start: Option<String>,
+    /// Include only keys after this one.
+    pub start_after: Option<String>,
+    /// Include only keys before this one.
+    pub end: Option<String>,
+    /// Include only keys starting with this.
+    pub prefix: Option<String>,
+    /// Walk from the highest key down.
+    pub reverse: bool,
+    /// The most keys to return.
+    pub limit: Option<usize>,
+}
+
+impl ListOptions {
+    /// Checks the options and folds them into one range of keys.
+    pub fn key_range(&self) -> Result<KeyRange, StorageError> {
+        if self.start.is_some() && self.start_after.is_some() {
+            return Err(StorageError::InvalidListOptions(
+                "give `start` or `start_after`, not both",
+            ));
+        }
+        if self.limit == Some(0) {
+            return Err(StorageError::InvalidListOptions(
+                "`limit` must be at least 1",
+            ));
+        }
+        let mut lower = match (&self.start, &self.start_after) {
+            (Some(start), _) => Bound::Included(start.clone()),
+            (None, Some(after)) => Bound::Excluded(after.clone()),
+            (None, None) => Bound::Unbounded,
+        };
+        let mut upper = match &self.end {
+            Some(end) => Bound::Excluded(end.clone()),
+            None => Bound::Unbounded,
+        };
+        if let Some(prefix) = &self.prefix {
+            lower = tighter(lower, Bound::Included(prefix.clone()), true);
+            if let Some(next) = prefix_successor(prefix) {
+                upper = tighter(upper, Bound::Excluded(next), false);
+            }
+        }
+        Ok(KeyRange { lower, upper })
+    }
+}
+
+/// The tighter of two lower bounds (`lower`) or two upper bounds.
+fn tighter(a: Bound<String>, b: Bound<String>, lower: bool) -> Bound<String> {
+    let (ka, kb) = match (&a, &b) {
+        (Bound::Unbounded, _) => return b,
+        (_, Bound::Unbounded) => return a,
+        (Bound::Included(ka) | Bound::Excluded(ka), Bound::Included(kb) | Bound::Excluded(kb)) => {
+            (ka, kb)
+        }
+    };
+    if ka == kb {
+        return if matches!(a, Bound::Excluded(_)) {
+            a
+        } else {
+            b
+        };
+    }
+    if (ka > kb) == lower { a } else { b }
+}
+
+fn check_key(key: &str) -> Result<(), StorageError> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(StorageError::KeyTooLarge {
+            len: key.len(),
+            max: MAX_KEY_BYTES,
+        });
+    }
+    Ok(())
+}
+
+fn check_value(value: &[u8]) -> Result<(), StorageError> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(StorageError::ValueTooLarge {
+            len: value.len(),
+            max: MAX_VALUE_BYTES,
+        });
+    }
+    Ok(())
+}
+
+fn check_count(count: usize) -> Result<(), StorageError> {
+    if count > MAX_KEYS_PER_CALL {
+        return Err(StorageError::TooManyKeys {
+            count,
+            max: MAX_KEYS_PER_CALL,
+        });
+    }
+    Ok(())
+}
+
+/// A committed turn whose commit has not completed yet: its writes are
+/// visible to the object's later turns.
+#[derive(Debug)]
+struct InFlight {
+    batch: Arc<ObjectBatch>,
+    done: watch::Receiver<CommitState>,
+}
+
+/// A bounded cache of what the backend holds for this object. Correct
+/// because only this object's storage writes its keys (single activation),
+/// and it learns every write of its own once that write is committed.
+#[derive(Debug, Default)]
+struct ReadCache {
+    values: BTreeMap<String, Option<Bytes>>,
+    bytes: usize,
+    max_bytes: usize,
+    alarm: Option<Option<u64>>,
+}
+
+impl ReadCache {
+    const ENTRY_OVERHEAD: usize = 64;
+
+    fn cost(key: &str, value: &Option<Bytes>) -> usize {
+        key.len() + value.as_ref().map_or(0, Bytes::len) + Self::ENTRY_OVERHEAD
+    }
+
+    fn get(&self, key: &str) -> Option<Option<Bytes>> {
+        self.values.get(key).cloned()
+    }
+
+    fn insert(&mut self, key: &str, value: Option<Bytes>) {
+        let cost = Self::cost(key, &value);
+        if let Some(old) = self.values.remove(key) {
+            self.bytes -= Self::cost(key, &old);
+        }
+        if cost > self.max_bytes {
+            return;
+        }
+        while self.bytes + cost > self.max_bytes {
+            match self.values.pop_first() {
+                Some((k, v)) => self.bytes -= Self::cost(&k, &v),
+                None => break,
+            }
+        }
+        self.bytes += cost;
+        self.values.insert(key.to_string(), value);
+    }
+
+    /// Records that `batch` is now in the backend.
+    fn apply(&mut self, batch: &ObjectBatch) {
+        if batch.clear {
+            self.values.clear();
+            self.bytes = 0;
+        }
+        for (key, value) in &batch.entries {
+            self.insert(key, value.clone());
+        }
+        match batch.alarm {
+            AlarmChange::Keep => {}
+            AlarmChange::Set(time) => self.alarm = Some(Some(time)),
+            AlarmChange::Delete => self.alarm = Some(None),
+        }
+    }
+}
+
+/// The storage of one object, as its code sees it.
+///
+/// Writes go to a turn buffer; reads and lists see that buffer merged over
+/// the object's committed-but-not-yet-durable turns, over the backend. At
+/// the end of a turn the runtime calls [`commit_turn`](Self::commit_turn)
+/// (which hands the buffer to the group-commit thread and returns at once)
+/// or [`rollback_turn`](Self::rollback_turn) (which drops it). The next
+/// turn may run immediately: it sees the committed writes even before they
+/// are durable.
+///
+/// The runtime holds one `ObjectStorage` per live object and calls it one
+/// event at a time (`&mut self`). After a commit of this object fails,
+/// every call returns [`StorageError::CommitFailed`]: reset the object by
+/// dropping this value and taking a new one from [`Store::object`](crate::Store::object).
+#[derive(Debug)]
+pub struct ObjectStorage {
+    id: ObjectId,
+    store: Arc<StoreInner>,
+    /// `layers[0]` is the turn buffer, each further layer an open
+    /// transaction.
+    layers: Vec<ObjectBatch>,
+    in_flight: VecDeque<InFlight>,
+    cache: ReadCache,
+    failure: ObjectFailure,
+}
+
+impl ObjectStorage {
+    pub(crate) fn new(id: ObjectId, store: Arc<StoreInner>) -> Self {
+        let cache = ReadCache {
+            max_bytes: store.options.object_cache_bytes,
+            ..ReadCache::default()
+        };
+        Self {
+            id,
+            store,
+            layers: vec![ObjectBatch::default()],
+            in_flight: VecDeque::new(),
+            cache,
+            failure: ObjectFailure::default(),
+        }
+    }
+
+    /// The object this storage belongs to.
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+
+    /// The value of `key`, if any.
+    pub async fn get(&mut self, key: &str) -> Result<Option<Bytes>, StorageError> {
+        check_key(key)?;
+        self.read(key)
+    }
+
+    /// The values of `keys` that exist, sorted by key.
+    pub async fn get_many<K: AsRef<str>>(
+        &mut self,
+        keys: &[K],
+    ) -> Result<Vec<(String, Bytes)>, StorageError> {
+        check_count(keys.len())?;
+        for key in keys {
+            check_key(key.as_ref())?;
+        }
+        let mut found = BTreeMap::new();
+        for key in keys {
+            if let Some(value) = self.read(key.as_ref())? {
+                found.insert(key.as_ref().to_string(), value);
+            }
+        }
+        Ok(found.into_iter().collect())
+    }
+
+    /// Decodes the value of `key` (written by [`put_typed`](Self::put_typed),
+    /// postcard encoding).
+    pub async fn get_typed<T: DeserializeOwned>(
+        &mut self,
+        key: &str,
+    ) -> Result<Option<T>, StorageError> {
+        let Some(bytes) = self.get(key).await? else {
+            return Ok(None);
+        };
+        postcard::from_bytes(&bytes)
+            .map(Some)
+            .map_err(|e| StorageError::Serialization {
+                action: "decode",
+                key: key.to_string(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Sets `key` to `value`.
+    pub async fn put(&mut self, key: &str, value: impl Into<Bytes>) -> Result<(), StorageError> {
+        let value = value.into();
+        check_key(key)?;
+        check_value(&value)?;
+        self.write(key.to_string(), Some(value));
+        Ok(())
+    }
+
+    /// Encodes `value` with postcard and stores it under `key`.
+    pub async fn put_typed<T: Serialize + ?Sized>(
+        &mut self,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StorageError> {
+        let bytes = postcard::to_allocvec(value).map_err(|e| StorageError::Serialization {
+            action: "encode",
+            key: key.to_string(),
+            message: e.to_string(),
+        })?;
+        self.put(key, bytes).await
+    }
+
+    /// Sets every key of `entries`, all or none: if any key or value is over
+    /// its limit, nothing is written.
+    pub async fn put_many<K, V>(
+        &mut self,
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<(), StorageError>
+    where
+        K: Into<String>,
+        V: Into<Bytes>,
+    {
+        let entries: Vec<(String, Bytes)> = entries
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        check_count(entries.len())?;
+        for (key, value) in &entries {
+            check_key(key)?;
+            check_value(value)?;
+        }
+        for (key, value) in entries {
+            self.write(key, Some(value));
+        }
+        Ok(())
+    }
+
+    /// Deletes `key`; returns whether it existed.
+    pub async fn delete(&mut self, key: &str) -> Result<bool, StorageError> {
+        check_key(key)?;
+        let existed = self.read(key)?.is_some();
+        self.write(key.to_string(), None);
+        Ok(existed)
+    }
+
+    /// Deletes every key of `keys`; returns how many existed.
+    pub async fn delete_many<K: AsRef<str>>(&mut self, keys: &[K]) -> Result<usize, StorageError> {
+        check_count(keys.len())?;
+        for key in keys {
+            check_key(key.as_ref())?;
+        }
+        let mut count = 0;
+        for key in keys {
+            let key = key.as_ref();
+            if self.read(key)?.is_some() {
+                count += 1;
+            }
+            self.write(key.to_string(), None);
+        }
+        Ok(count)
+    }
+
+    /// Deletes all of the object's data and its alarm.
+    pub async fn delete_all(&mut self) -> Result<(), StorageError> {
+        self.check_failure()?;
+        let top = self.top();
+        top.clear = true;
+        top.entries.clear();
+        top.alarm = AlarmChange::Delete;
+        Ok(())
+    }
+
+    /// The keys and values selected by `options` (see [`ListOptions`]).
+    pub async fn list(
+        &mut self,
+        options: &ListOptions,
+    ) -> Result<Vec<(String, Bytes)>, StorageError> {
+        let range = options.key_range()?;
+        self.prune()?;
+        let Some(bounds) = range.as_bounds() else {
+            return Ok(Vec::new());
+        };
+        // Merge what is not in the backend yet, oldest first: a clear hides
+        // everything below it.
+        let mut overlay: BTreeMap<&str, Option<&Bytes>> = BTreeMap::new();
+        let mut hide_backend = false;
+        let layers = self
+            .in_flight
+            .iter()
+            .map(|f| f.batch.as_ref())
+            .chain(self.layers.iter());
+        for layer in layers {
+            if layer.clear {
+                overlay.clear();
+                hide_backend = true;
+            }
+            for (key, value) in layer.entries.range::<str, _>(bounds) {
+                overlay.insert(key.as_str(), value.as_ref());
+            }
+        }
+        let mut merged: BTreeMap<String, Bytes> = BTreeMap::new();
+        if !hide_backend {
+            // Each deletion may hide one backend key: fetch that many more,
+            // so that the first `limit` merged keys are exact (they all lie
+            // before the last key fetched, where the fetch is complete).
+            let deletions = overlay.values().filter(|v| v.is_none()).count();
+            let fetch = options.limit.map(|l| l.saturating_add(deletions));
+            let base = self
+                .store
+                .backend
+                .scan(&self.id, &range, options.reverse, fetch)?;
+            merged.extend(base);
+        }
+        for (key, value) in overlay {
+            match value {
+                Some(value) => {
+                    merged.insert(key.to_string(), value.clone());
+                }
+                None => {
+                    merged.remove(key);
+                }
+            }
+        }
+        let limit = options.limit.unwrap_or(usize::MAX);
+        Ok(if options.reverse {
+            merged.into_iter().rev().take(limit).collect()
+        } else {
+            merged.into_iter().take(limit).collect()
+        })
+    }
+
+    /// The alarm time (milliseconds since the Unix epoch), if one is set.
+    pub async fn get_alarm(&mut self) -> Result<Option<u64>, StorageError> {
+        self.prune()?;
+        let layers = self
+            .layers
+            .iter()
+            .rev()
+            .chain(self.in_flight.iter().rev().map(|f| f.batch.as_ref()));
+        for layer in layers {
+            match layer.alarm {
+                AlarmChange::Keep => {}
+                AlarmChange::Set(time) => return Ok(Some(time)),
+                AlarmChange::Delete => return Ok(None),
+            }
+        }
+        if let Some(alarm) = self.cache.alarm {
+            return Ok(alarm);
+        }
+        let alarm = self.store.backend.alarm(&self.id)?;
+        self.cache.alarm = Some(alarm);
+        Ok(alarm)
+    }
+
+    /// Sets the alarm to `time_ms` (milliseconds since the Unix epoch),
+    /// replacing any other.
+    pub async fn set_alarm(&mut self, time_ms: u64) -> Result<(), StorageError> {
+        self.check_failure()?;
+        self.top().alarm = AlarmChange::Set(time_ms);
+        Ok(())
+    }
+
+    /// Removes the alarm, if any.
+    pub async fn delete_alarm(&mut self) -> Result<(), StorageError> {
+        self.check_failure()?;
+        self.top().alarm = AlarmChange::Delete;
+        Ok(())
+    }
+
+    /// Runs `f` as a transaction: its writes are applied to the turn only
+    /// if it returns `Ok`; on `Err` (or if the future is dropped) every
+    /// write it made is rolled back. Reads inside see its own writes.
+    ///
+    /// ```
+    /// # use odo_storage::{MemoryBackend, Store, StoreOptions, StorageError};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// # let store = Store::open(MemoryBackend::new(), StoreOptions::default())?;
+    /// # let mut storage = store.object(odo_core::Namespace::new("A").id_from_name("x"));
+    /// let failed: Result<(), StorageError> = storage
+    ///     .transaction(async |tx| {
+    ///         tx.put("a", "1").await?;
+    ///         assert!(tx.get("a").await?.is_some());
+    ///         Err(StorageError::InvalidListOptions("changed my mind"))
+    ///     })
+    ///     .await;
+    /// assert!(failed.is_err());
+    /// assert_eq!(storage.get("a").await?, None);
+    /// # Ok::<(), StorageError>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
+    where
+        F: AsyncFnOnce(&mut Transaction<'_>) -> Result<T, E>,
+    {
+        self.layers.push(ObjectBatch::default());
+        let depth = self.layers.len() - 1;
+        let mut tx = Transaction {
+            storage: self,
+            depth,
+            committed: false,
+        };
+        let result = f(&mut tx).await;
+        if result.is_ok() {
+            tx.commit();
+        }
+        result
+    }
+
+    /// Ends a successful turn: hands its writes to the group-commit thread
+    /// and returns at once.
+    ///
+    /// The returned [`CommitWait`] resolves when this turn's writes and
+    /// every earlier write of the object are durable: the output gate. It is
+    /// `None` when the turn wrote nothing and nothing earlier is still in
+    /// flight, so a response may leave at once.
+    pub fn commit_turn(&mut self) -> Option<CommitWait> {
+        // An unfinished transaction cannot survive its `transaction` call
+        // (its guard rolls it back), so only the turn buffer remains.
+        self.layers.truncate(1);
+        let batch = std::mem::take(&mut self.layers[0]);
+        if let Err(StorageError::CommitFailed(error)) = self.prune() {
+            return Some(CommitWait::ready(Err(error)));
+        }
+        if batch.is_empty() {
+            return self
+                .in_flight
+                .back()
+                .map(|f| CommitWait::new(f.done.clone()));
+        }
+        let batch = Arc::new(batch);
+        let (done, receiver) = watch::channel(CommitState::Pending);
+        let submission = Submission {
+            object: self.id,
+            batch: batch.clone(),
+            done,
+            failure: self.failure.clone(),
+        };
+        if let Err(error) = self.store.submit(submission) {
+            return Some(CommitWait::ready(Err(Arc::new(error))));
+        }
+        self.in_flight.push_back(InFlight {
+            batch,
+            done: receiver.clone(),
+        });
+        Some(CommitWait::new(receiver))
+    }
+
+    /// A wait for every committed turn of this object, without ending the
+    /// current turn; `None` when nothing is in flight. This is the output
+    /// gate for a response whose turn wrote nothing.
+    pub fn pending_commit(&mut self) -> Option<CommitWait> {
+        if let Err(StorageError::CommitFailed(error)) = self.prune() {
+            return Some(CommitWait::ready(Err(error)));
+        }
+        self.in_flight
+            .back()
+            .map(|f| CommitWait::new(f.done.clone()))
+    }
+
+    /// Ends a failed turn: drops every write it made.
+    pub fn rollback_turn(&mut self) {
+        self.layers.truncate(1);
+        self.layers[0] = ObjectBatch::default();
+    }
+
+    /// Whether the current turn has written anything.
+    pub fn has_turn_writes(&self) -> bool {
+        self.layers.iter().any(|layer| !layer.is_empty())
+    }
+
+    /// How many committed turns of this object are not durable yet.
+    pub fn in_flight_turns(&mut self) -> usize {
+        let _ = self.prune();
+        self.in_flight.len()
+    }
+
+    fn top(&mut self) -> &mut ObjectBatch {
+        // `layers` always holds the turn buffer.
+        let last = self.layers.len() - 1;
+        &mut self.layers[last]
+    }
+
+    fn write(&mut self, key: String, value: Option<Bytes>) {
+        self.top().entries.insert(key, value);
+    }
+
+    fn check_failure(&self) -> Result<(), StorageError> {
+        match self.failure.get() {
+            Some(error) => Err(StorageError::CommitFailed(error.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Retires the in-flight turns whose commit completed, oldest first.
+    fn prune(&mut self) -> Result<(), StorageError> {
+        while let Some(front) = self.in_flight.front() {
+            let state = front.done.borrow().clone();
+            match state {
+                CommitState::Pending => break,
+                CommitState::Done(Ok(())) => {
+                    if let Some(done) = self.in_flight.pop_front() {
+                        self.cache.apply(&done.batch);
+                    }
+                }
+                CommitState::Done(Err(error)) => {
+                    let _ = self.failure.set(error);
+                    break;
+                }
+            }
+        }
+        self.check_failure()
+    }
+
+    fn read(&mut self, key: &str) -> Result<Option<Bytes>, StorageError> {
+        self.prune()?;
+        let layers = self
+            .layers
+            .iter()
+            .rev()
+            .chain(self.in_flight.iter().rev().map(|f| f.batch.as_ref()));
+        for layer in layers {
+            if let Some(value) = layer.entries.get(key) {
+                return Ok(value.clone());
+            }
+            if layer.clear {
+                return Ok(None);
+            }
+        }
+        if let Some(value) = self.cache.get(key) {
+            return Ok(value);
+        }
+        let value = self.store.backend.get(&self.id, key)?;
+        self.cache.insert(key, value.clone());
+        Ok(value)
+    }
+}
+
+/// An open transaction (see [`ObjectStorage::transaction`]): the same
+/// operations, on a buffer that joins the turn only if the transaction
+/// succeeds.
+#[derive(Debug)]
+pub struct Transaction<'a> {
+    storage: &'a mut ObjectStorage,
+    depth: usize,
+    committed: bool,
+}
+
+impl Transaction<'_> {
+    fn commit(&mut self) {
+        self.storage.layers.truncate(self.depth + 1);
+        if let Some(layer) = self.storage.layers.pop() {
+            let below = self.storage.top();
+            below.merge(layer);
+        }
+        self.committed = true;
+    }
+
+    /// See [`ObjectStorage::get`].
+    pub async fn get(&mut self, key: &str) -> Result<Option<Bytes>, StorageError> {
+        self.storage.get(key).await
+    }
+
+    /// See [`ObjectStorage::get_many`].
+    pub async fn get_many<K: AsRef<str>>(
+        &mut self,
+        keys: &[K],
+    ) -> Result<Vec<(String, Bytes)>, StorageError> {
+        self.storage.get_many(keys).await
+    }
+
+    /// See [`ObjectStorage::get_typed`].
+    pub async fn get_typed<T: DeserializeOwned>(
+        &mut self,
+        key: &str,
+    ) -> Result<Option<T>, StorageError> {
+        self.storage.get_typed(key).await
+    }
+
+    /// See [`ObjectStorage::put`].
+    pub async fn put(&mut self, key: &str, value: impl Into<Bytes>) -> Result<(), StorageError> {
+        self.storage.put(key, value).await
+    }
+
+    /// See [`ObjectStorage::put_typed`].
+    pub async fn put_typed<T: Serialize + ?Sized>(
+        &mut self,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StorageError> {
+        self.storage.put_typed(key, value).await
+    }
+
+    /// See [`ObjectStorage::put_many`].
+    pub async fn put_many<K, V>(
+        &mut self,
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<(), StorageError>
+    where
+        K: Into<String>,
+        V: Into<Bytes>,
+    {
+        self.storage.put_many(entries).await
+    }
+
+    /// See [`ObjectStorage::delete`].
+    pub async fn delete(&mut self, key: &str) -> Result<bool, StorageError> {
+        self.storage.delete(key).await
+    }
+
+    /// See [`ObjectStorage::delete_many`].
+    pub async fn delete_many<K: AsRef<str>>(&mut self, keys: &[K]) -> Result<usize, StorageError> {
+        self.storage.delete_many(keys).await
+    }
+
+    /// See [`ObjectStorage::delete_all`].
+    pub async fn delete_all(&mut self) -> Result<(), StorageError> {
+        self.storage.delete_all().await
+    }
+
+    /// See [`ObjectStorage::list`].
+    pub async fn list(
+        &mut self,
+        options: &ListOptions,
+    ) -> Result<Vec<(String, Bytes)>, StorageError> {
+        self.storage.list(options).await
+    }
+
+    /// See [`ObjectStorage::get_alarm`].
+    pub async fn get_alarm(&mut self) -> Result<Option<u64>, StorageError> {
+        self.storage.get_alarm().await
+    }
+
+    /// See [`ObjectStorage::set_alarm`].
+    pub async fn set_alarm(&mut self, time_ms: u64) -> Result<(), StorageError> {
+        self.storage.set_alarm(time_ms).await
+    }
+
+    /// See [`ObjectStorage::delete_alarm`].
+    pub async fn delete_alarm(&mut self) -> Result<(), StorageError> {
+        self.storage.delete_alarm().await
+    }
+}
+
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.storage.layers.truncate(self.depth);
+        }
+    }
+}
