@@ -14,7 +14,7 @@ use crate::error::StorageError;
 /// A backend that keeps everything in memory (for tests, development and
 /// objects whose state may be lost). Not durable: `commit` returns as soon
 /// as the writes are applied.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryBackend {
     state: RwLock<Option<MemoryState>>,
 }
@@ -24,6 +24,12 @@ struct MemoryState {
     data: HashMap<ObjectId, BTreeMap<String, Bytes>>,
     alarm_of: HashMap<ObjectId, u64>,
     alarms: BTreeSet<(u64, ObjectId)>,
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl MemoryBackend {

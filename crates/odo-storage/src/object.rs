@@ -277,6 +277,7 @@ impl ObjectStorage {
 
     /// Sets `key` to `value`.
     pub async fn put(&mut self, key: &str, value: impl Into<Bytes>) -> Result<(), StorageError> {
+        self.check_failure()?;
         let value = value.into();
         check_key(key)?;
         check_value(&value)?;
@@ -312,6 +313,7 @@ impl ObjectStorage {
             .into_iter()
             .map(|(k, v)| (k.into(), v.into()))
             .collect();
+        self.check_failure()?;
         check_count(entries.len())?;
         for (key, value) in &entries {
             check_key(key)?;

@@ -1,0 +1,114 @@
+//! What only the fjall backend does: locking its directory, surviving
+//! reopen, reporting bad directories as errors.
+
+use odo_core::Namespace;
+use odo_storage::{Backend, FjallBackend, FjallOptions, StorageError, Store, StoreOptions};
+
+fn id() -> odo_core::ObjectId {
+    Namespace::new("FJALL").id_from_name("x")
+}
+
+#[test]
+fn a_second_open_names_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = FjallBackend::open(dir.path(), FjallOptions::default()).unwrap();
+    let error = FjallBackend::open(dir.path(), FjallOptions::default()).unwrap_err();
+    match &error {
+        StorageError::Locked {
+            dir: locked,
+            holder_pid,
+        } => {
+            assert_eq!(locked, dir.path());
+            assert_eq!(*holder_pid, Some(std::process::id()));
+        }
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    let message = error.to_string();
+    assert!(
+        message.contains(&std::process::id().to_string()),
+        "{message}"
+    );
+    // Closing releases the directory, even while the value is still alive.
+    first.close().unwrap();
+    assert!(matches!(first.get(&id(), "k"), Err(StorageError::Closed)));
+    let again = FjallBackend::open(dir.path(), FjallOptions::default()).unwrap();
+    drop(again);
+    // Dropping releases it too.
+    FjallBackend::open(dir.path(), FjallOptions::default()).unwrap();
+}
+
+#[test]
+fn a_store_directory_that_is_a_file_is_an_io_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let error = FjallBackend::open(&file, FjallOptions::default()).unwrap_err();
+    assert!(matches!(error, StorageError::Io { .. }), "{error:?}");
+}
+
+#[test]
+fn garbage_in_the_database_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let backend = FjallBackend::open(dir.path(), FjallOptions::default()).unwrap();
+        let store = Store::open(backend, StoreOptions::default()).unwrap();
+        let mut s = store.object(id());
+        s.put("k", "v").await.unwrap();
+        s.commit_turn().unwrap().await.unwrap();
+        store.close().await.unwrap();
+    });
+    // Overwrite every file fjall wrote with garbage.
+    let mut stack = vec![dir.path().join("fjall")];
+    while let Some(path) = stack.pop() {
+        for entry in std::fs::read_dir(&path).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(entry.path());
+            } else {
+                std::fs::write(entry.path(), b"\xffnot fjall data at all\x00\x01").unwrap();
+            }
+        }
+    }
+    let result = std::panic::catch_unwind(|| {
+        FjallBackend::open(dir.path(), FjallOptions::default()).map(|b| b.get(&id(), "k"))
+    });
+    let result = result.expect("opening a damaged directory must not panic");
+    assert!(
+        matches!(
+            result,
+            Err(StorageError::Corruption { .. }
+                | StorageError::Io { .. }
+                | StorageError::Backend { .. })
+        ),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn data_and_alarms_survive_reopen_and_disk_space_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let backend = FjallBackend::open(dir.path(), FjallOptions::default()).unwrap();
+        let store = Store::open(backend, StoreOptions::default()).unwrap();
+        let mut s = store.object(id());
+        s.put("b", "2").await.unwrap();
+        s.put("a", "1").await.unwrap();
+        s.set_alarm(42).await.unwrap();
+        // Not awaited: closing commits it.
+        drop(s.commit_turn());
+        store.close().await.unwrap();
+    }
+    let backend = FjallBackend::open(dir.path(), FjallOptions::default()).unwrap();
+    assert!(backend.disk_space().unwrap() > 0);
+    let store = Store::open(backend, StoreOptions::default()).unwrap();
+    let mut s = store.object(id());
+    let all = s.list(&Default::default()).await.unwrap();
+    let keys: Vec<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["a", "b"]);
+    assert_eq!(s.get_alarm().await.unwrap(), Some(42));
+    assert_eq!(store.next_alarm().unwrap(), Some((id(), 42)));
+    store.close().await.unwrap();
+}
