@@ -296,6 +296,22 @@ pub enum ControlReply {
         /// Objects live on the responder.
         live_objects: u64,
     },
+    /// A worker's answer to a heartbeat: liveness plus the figures the
+    /// registry exports as metrics.
+    Stats(WorkerStats),
+}
+
+/// What a worker reports with each heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct WorkerStats {
+    /// The worker's clock, milliseconds since the Unix epoch.
+    pub now_ms: u64,
+    /// Objects live on the worker.
+    pub live_objects: u64,
+    /// Group commits (batches) since the worker started, over its stores.
+    pub commit_batches: u64,
+    /// Turns committed in those batches.
+    pub commit_turns: u64,
 }
 
 /// Errors that cross processes, with variants a caller acts on.

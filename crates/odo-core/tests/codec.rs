@@ -137,6 +137,14 @@ fn message() -> impl Strategy<Value = Message> {
                 live_objects
             })
         )),
+        any::<[u64; 4]>().prop_map(|[now_ms, live_objects, commit_batches, commit_turns]| {
+            Message::Response(Response::Control(ControlReply::Stats(WorkerStats {
+                now_ms,
+                live_objects,
+                commit_batches,
+                commit_turns,
+            })))
+        }),
         wire_error().prop_map(|e| Message::Response(Response::Error(e))),
         Just(Message::Cancel),
     ]

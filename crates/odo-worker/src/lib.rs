@@ -1,9 +1,30 @@
-//! odo-worker: where Durable Objects live.
+//! odo-worker: the object runtime, where Durable Objects live.
 //!
-//! This crate will own the object trait a user implements and its context
-//! (storage, alarm, stubs to other objects, background tasks), activation,
-//! turn-based execution, the output gate, alarms, eviction, RPC dispatch, the
-//! worker side of the control protocol and `odo_worker::serve`.
+//! This crate owns the [`DurableObject`] trait a user implements, the
+//! [`Context`] its handlers see (storage, alarm, stubs to other objects,
+//! background tasks), and the [`Runtime`] that activates objects, runs one
+//! event at a time per object, holds responses until their writes are durable
+//! (the output gate), fires alarms and evicts idle objects.
 //!
-//! It is not built yet: its issue ("odo-worker: the object runtime and the
-//! worker process") has not landed, so the crate deliberately exports nothing.
+//! It does not own storage engines (odo-storage), sockets and framing
+//! (odo-transport), placement (odo-registry) or HTTP (odo-router).
+//!
+//! See [`Runtime`] for an example.
+
+mod actor;
+mod class;
+mod config;
+mod context;
+mod object;
+mod process;
+mod runtime;
+mod stub;
+mod wire;
+
+pub use class::{ClassError, Classes};
+pub use config::{AlarmRetry, RuntimeConfig};
+pub use context::Context;
+pub use object::{AlarmInfo, DurableObject, ObjectError, Request, Response, RpcCall, RpcReply, is_reserved_method};
+pub use process::{WorkerError, serve};
+pub use runtime::{Runtime, ShardError, now_ms};
+pub use stub::{CallError, Cluster, NamespaceHandle, ObjectRef, Stub};

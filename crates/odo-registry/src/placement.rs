@@ -1,0 +1,255 @@
+//! The placement table: which worker serves each shard, at which epoch.
+//! Plain data; the supervisor changes it and publishes copies.
+
+use std::path::Path;
+
+use odo_core::ObjectId;
+use odo_core::wire::{Placement, ShardPlacement};
+use serde::{Deserialize, Serialize};
+
+use crate::RegistryError;
+
+/// The live owner of a shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Owner {
+    /// The worker slot.
+    pub slot: u32,
+    /// The worker process.
+    pub pid: u32,
+    /// Where it listens.
+    pub endpoint: String,
+}
+
+/// One shard's entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShardEntry {
+    /// Bumped every time the shard is assigned; a worker serves a request
+    /// only when the request's epoch is the one it was assigned.
+    pub epoch: u64,
+    /// The worker serving it, `None` while it is being (re)assigned.
+    pub owner: Option<Owner>,
+}
+
+/// The whole table. Every change bumps `version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlacementTable {
+    /// Bumped on every change.
+    pub version: u64,
+    /// One entry per shard.
+    pub shards: Vec<ShardEntry>,
+}
+
+impl PlacementTable {
+    /// A table of `shard_count` unassigned shards whose epochs continue from
+    /// `epochs` (from the data directory).
+    pub(crate) fn new(epochs: &[u64]) -> Self {
+        Self {
+            version: 1,
+            shards: epochs
+                .iter()
+                .map(|&epoch| ShardEntry { epoch, owner: None })
+                .collect(),
+        }
+    }
+
+    /// The number of shards, S.
+    pub fn shard_count(&self) -> u32 {
+        self.shards.len() as u32
+    }
+
+    /// The shard of `id` and its entry.
+    pub fn lookup(&self, id: &ObjectId) -> (u32, &ShardEntry) {
+        let shard = id.shard(self.shard_count());
+        (shard, &self.shards[shard as usize])
+    }
+
+    /// The shards a slot serves when `workers` slots exist: `shard mod
+    /// workers == slot`.
+    pub fn shards_of(&self, slot: u32, workers: u32) -> Vec<u32> {
+        (0..self.shard_count()).filter(|s| s % workers.max(1) == slot).collect()
+    }
+
+    /// Gives `shard` a new epoch, which it returns, leaving it unowned
+    /// until [`set_owner`](Self::set_owner): the new owner opens the shard
+    /// at that epoch before routers learn of it.
+    pub(crate) fn bump_epoch(&mut self, shard: u32) -> u64 {
+        let entry = &mut self.shards[shard as usize];
+        entry.epoch += 1;
+        entry.owner = None;
+        self.version += 1;
+        entry.epoch
+    }
+
+    /// Records `owner` as serving `shard` at its current epoch.
+    pub(crate) fn set_owner(&mut self, shard: u32, owner: Owner) {
+        self.shards[shard as usize].owner = Some(owner);
+        self.version += 1;
+    }
+
+    /// [`bump_epoch`](Self::bump_epoch) then [`set_owner`](Self::set_owner).
+    #[cfg(test)]
+    fn assign(&mut self, shard: u32, owner: Owner) -> u64 {
+        let epoch = self.bump_epoch(shard);
+        self.set_owner(shard, owner);
+        epoch
+    }
+
+    /// Marks every shard of `slot` unowned (its process is dead).
+    pub(crate) fn vacate(&mut self, slot: u32) {
+        let mut changed = false;
+        for entry in &mut self.shards {
+            if entry.owner.as_ref().is_some_and(|o| o.slot == slot) {
+                entry.owner = None;
+                changed = true;
+            }
+        }
+        if changed {
+            self.version += 1;
+        }
+    }
+
+    /// The epochs, for the data directory.
+    pub(crate) fn epochs(&self) -> Vec<u64> {
+        self.shards.iter().map(|s| s.epoch).collect()
+    }
+
+    /// The table as workers receive it.
+    pub fn to_wire(&self) -> Placement {
+        Placement {
+            version: self.version,
+            shards: self
+                .shards
+                .iter()
+                .map(|s| ShardPlacement {
+                    epoch: s.epoch,
+                    endpoint: s.owner.as_ref().map(|o| o.endpoint.clone()),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What the data directory records: S and the last epoch of each shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ClusterFile {
+    pub(crate) format: u32,
+    pub(crate) shard_count: u32,
+    pub(crate) epochs: Vec<u64>,
+}
+
+const CLUSTER_FILE: &str = "odo-cluster.json";
+
+impl ClusterFile {
+    /// Reads the data directory's record, or creates one with
+    /// `shard_count` shards.
+    pub(crate) fn load_or_create(data_dir: &Path, shard_count: u32) -> Result<Self, RegistryError> {
+        let path = data_dir.join(CLUSTER_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let file: ClusterFile = serde_json::from_slice(&bytes).map_err(|e| RegistryError::DataDir {
+                    path: path.clone(),
+                    reason: format!("unreadable cluster record: {e}"),
+                })?;
+                if file.format != 1 || file.epochs.len() != file.shard_count as usize || file.shard_count == 0 {
+                    return Err(RegistryError::DataDir {
+                        path,
+                        reason: "inconsistent cluster record (format, shard count or epochs)".into(),
+                    });
+                }
+                Ok(file)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let file = ClusterFile {
+                    format: 1,
+                    shard_count: shard_count.max(1),
+                    epochs: vec![0; shard_count.max(1) as usize],
+                };
+                file.save(data_dir)?;
+                Ok(file)
+            }
+            Err(e) => Err(RegistryError::DataDir {
+                path,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Writes the record atomically and durably (temporary file, fsync,
+    /// rename, fsync of the directory), so that epochs never go backwards.
+    pub(crate) fn save(&self, data_dir: &Path) -> Result<(), RegistryError> {
+        let path = data_dir.join(CLUSTER_FILE);
+        let tmp = data_dir.join(format!("{CLUSTER_FILE}.tmp"));
+        let io = |e: std::io::Error| RegistryError::DataDir {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| RegistryError::DataDir {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&tmp).map_err(io)?;
+            file.write_all(&bytes).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        #[cfg(unix)]
+        std::fs::File::open(data_dir).and_then(|d| d.sync_all()).map_err(io)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(slot: u32) -> Owner {
+        Owner {
+            slot,
+            pid: 100 + slot,
+            endpoint: format!("unix:/w{slot}"),
+        }
+    }
+
+    #[test]
+    fn assignment_bumps_epochs_and_versions() {
+        let mut table = PlacementTable::new(&[4, 0]);
+        assert_eq!(table.assign(0, owner(0)), 5);
+        assert_eq!(table.assign(1, owner(1)), 1);
+        assert_eq!(table.version, 5);
+        table.vacate(0);
+        assert_eq!(table.shards[0], ShardEntry { epoch: 5, owner: None });
+        assert_eq!(table.version, 6);
+        table.vacate(0);
+        assert_eq!(table.version, 6, "no change, no new version");
+        assert_eq!(table.assign(0, owner(0)), 6);
+        let wire = table.to_wire();
+        assert_eq!(wire.shards[0].endpoint.as_deref(), Some("unix:/w0"));
+        assert_eq!(table.epochs(), vec![6, 1]);
+    }
+
+    #[test]
+    fn slots_split_shards_evenly() {
+        let table = PlacementTable::new(&[0; 8]);
+        assert_eq!(table.shards_of(1, 4), vec![1, 5]);
+        assert_eq!(table.shards_of(0, 3), vec![0, 3, 6]);
+    }
+
+    #[test]
+    fn the_cluster_file_keeps_s_and_epochs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = ClusterFile::load_or_create(dir.path(), 3).unwrap();
+        assert_eq!(file.epochs, vec![0, 0, 0]);
+        file.epochs = vec![7, 8, 9];
+        file.save(dir.path()).unwrap();
+        // S is fixed at creation: a different worker count later does not
+        // change it.
+        assert_eq!(ClusterFile::load_or_create(dir.path(), 5).unwrap(), file);
+        std::fs::write(dir.path().join(CLUSTER_FILE), b"{garbage").unwrap();
+        assert!(matches!(
+            ClusterFile::load_or_create(dir.path(), 3),
+            Err(RegistryError::DataDir { .. })
+        ));
+    }
+}

@@ -1,0 +1,365 @@
+//! One live object: its mailbox, its turns, and its output gate.
+//!
+//! Each live object is one tokio task running [`run`]. It takes events from
+//! a bounded mailbox one at a time (so handlers never interleave), commits
+//! each successful turn's writes to the group commit, and holds each reply in
+//! the [`Gate`] until every write made before it is durable. It does not wait
+//! for durability before the next event: a hot object runs turn after turn
+//! while their commits are batched together.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use odo_storage::CommitWait;
+use odo_core::WireError;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, sleep_until};
+use tracing::{debug, warn};
+
+use crate::class::Factory;
+use crate::context::{Background, Context};
+use crate::object::{AlarmInfo, DurableObject, ObjectError, Request, Response, RpcCall, is_reserved_method};
+use crate::runtime::{ActorControl, Inner, ShardState};
+use crate::stub::ObjectRef;
+
+/// An event for one object, with where to send its outcome.
+#[derive(Debug)]
+pub(crate) struct Event {
+    pub(crate) kind: EventKind,
+    pub(crate) reply: oneshot::Sender<Result<Outcome, WireError>>,
+}
+
+#[derive(Debug)]
+pub(crate) enum EventKind {
+    Fetch(Request),
+    Call(RpcCall),
+    Alarm(AlarmInfo),
+    /// Deletes the alarm if it is still set for this time (after its last
+    /// retry failed).
+    ClearAlarm(u64),
+}
+
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Fetch(Response),
+    Call(Bytes),
+    /// The alarm handler ran and succeeded.
+    AlarmRan,
+    /// The alarm was no longer set for that time: nothing ran.
+    AlarmStale,
+    Done,
+}
+
+/// Everything an actor task needs to start.
+pub(crate) struct ActorStart {
+    pub(crate) runtime: Arc<Inner>,
+    pub(crate) target: ObjectRef,
+    pub(crate) shard: Arc<ShardState>,
+    pub(crate) rx: mpsc::Receiver<Event>,
+    pub(crate) control: Arc<ActorControl>,
+}
+
+type Reply = oneshot::Sender<Result<Outcome, WireError>>;
+
+/// Replies waiting for durability, in the order their turns ran.
+#[derive(Default)]
+struct Gate {
+    held: VecDeque<(Option<CommitWait>, Reply, Result<Outcome, WireError>)>,
+    /// A commit failed while a turn was running: that turn must fail too.
+    poisoned: bool,
+}
+
+impl Gate {
+    fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Queues a reply behind `durable` (and behind every earlier reply).
+    fn hold(&mut self, durable: Option<CommitWait>, reply: Reply, result: Result<Outcome, WireError>) {
+        if durable.is_none() && self.held.is_empty() {
+            let _ = reply.send(result);
+        } else {
+            self.held.push_back((durable, reply, result));
+        }
+    }
+
+    /// Waits for the oldest held commit, then releases every reply whose
+    /// writes are durable. On a failed commit, fails every held reply.
+    async fn release(&mut self) {
+        let first = match self.held.front() {
+            Some((Some(durable), _, _)) => durable.clone().wait().await,
+            _ => Ok(()),
+        };
+        if let Err(reason) = first {
+            self.fail_all(&reason.to_string());
+            return;
+        }
+        if let Some((_, reply, result)) = self.held.pop_front() {
+            let _ = reply.send(result);
+        }
+        // Release what is already durable without another trip through the
+        // event loop.
+        while let Some((durable, _, _)) = self.held.front() {
+            let done = match durable {
+                None => Some(Ok(())),
+                Some(d) => d.clone().wait().now_or_never(),
+            };
+            match done {
+                None => return,
+                Some(Err(reason)) => {
+                    self.fail_all(&reason.to_string());
+                    return;
+                }
+                Some(Ok(())) => {
+                    if let Some((_, reply, result)) = self.held.pop_front() {
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+        }
+    }
+
+    fn fail_all(&mut self, reason: &str) {
+        warn!(%reason, "commit failed: failing every held response and resetting the object");
+        for (_, reply, _) in self.held.drain(..) {
+            let _ = reply.send(Err(WireError::ObjectReset {
+                reason: format!("commit failed: {reason}"),
+            }));
+        }
+        self.poisoned = true;
+    }
+}
+
+/// Runs `fut` while releasing the gate, so replies leave as soon as their
+/// commits are durable even while a long turn runs.
+async fn drive<F: Future>(fut: F, gate: &mut Gate) -> F::Output {
+    let mut fut = pin!(fut);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut fut => return out,
+            () = gate.release(), if !gate.is_empty() => {}
+        }
+    }
+}
+
+/// The life of one object.
+pub(crate) async fn run<T: DurableObject>(start: ActorStart, factory: Factory<T>) {
+    let ActorStart {
+        runtime,
+        target,
+        shard,
+        mut rx,
+        control,
+    } = start;
+    let idle_timeout = runtime.config.idle_timeout;
+    let mut drain: watch::Receiver<bool> = shard.drain.subscribe();
+    let mut ctx = Context {
+        storage: shard.store.object(target.id),
+        target,
+        activation: String::new(),
+        cluster: runtime.cluster(),
+        background: Arc::new(Background::default()),
+    };
+    let mut instance: Option<T> = None;
+    let mut gate = Gate::default();
+    let mut idle_deadline = Instant::now() + idle_timeout;
+    loop {
+        let draining = *drain.borrow();
+        let quiet = gate.is_empty() && rx.is_empty();
+        if draining && quiet && runtime.try_remove(&ctx.target.id, &control, &rx) {
+            break;
+        }
+        tokio::select! {
+            biased;
+            () = gate.release(), if !gate.is_empty() => {
+                if gate.poisoned {
+                    reset(&mut instance, &mut ctx, &shard);
+                    gate.poisoned = false;
+                }
+            }
+            event = rx.recv() => {
+                // The sender lives in the object table until this task removes
+                // it, so the mailbox cannot close under us.
+                let Some(event) = event else { break };
+                control.touch(runtime.tick());
+                turn(&mut ctx, &mut instance, &mut gate, &shard, &factory, event).await;
+                idle_deadline = Instant::now() + idle_timeout;
+            }
+            () = sleep_until(idle_deadline), if gate.is_empty() => {
+                if ctx.background.is_idle() && runtime.try_remove(&ctx.target.id, &control, &rx) {
+                    debug!(id = %ctx.target.id, "evicted after idle timeout");
+                    break;
+                }
+                idle_deadline = Instant::now() + idle_timeout;
+            }
+            () = control.evict.notified() => {
+                if gate.is_empty() && ctx.background.is_idle() && runtime.try_remove(&ctx.target.id, &control, &rx) {
+                    debug!(id = %ctx.target.id, "evicted over the live-object cap");
+                    break;
+                }
+            }
+            _ = drain.changed(), if !draining => {}
+        }
+    }
+    drop(instance);
+    drop(ctx);
+    runtime.actor_exited(&shard);
+}
+
+/// Drops the instance and everything its turns left uncommitted.
+fn reset<T>(instance: &mut Option<T>, ctx: &mut Context, shard: &ShardState) {
+    *instance = None;
+    ctx.storage.rollback_turn();
+    // A fresh view: nothing cached from state that may never become durable.
+    ctx.storage = shard.store.object(ctx.target.id);
+}
+
+fn reset_error(ctx: &Context, why: &str) -> WireError {
+    warn!(class = %ctx.target.class, id = %ctx.target.id, reason = why, "object reset");
+    WireError::ObjectReset {
+        reason: why.to_owned(),
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic".into());
+    format!("handler panicked: {text}")
+}
+
+/// What a handler run came to.
+enum Ran {
+    Ok(Outcome),
+    /// The caller's mistake: reply with this error, keep the instance.
+    Refused(WireError),
+    /// The handler failed or panicked: reset the object.
+    Failed(String),
+}
+
+fn classify<O>(result: std::thread::Result<Result<O, ObjectError>>, wrap: impl FnOnce(O) -> Outcome) -> Ran {
+    match result {
+        Ok(Ok(out)) => Ran::Ok(wrap(out)),
+        Ok(Err(e)) if !e.resets() => Ran::Refused(WireError::BadRequest { message: e.to_string() }),
+        Ok(Err(e)) => Ran::Failed(e.to_string()),
+        Err(panic) => Ran::Failed(panic_message(&*panic)),
+    }
+}
+
+/// One event, start to end of its turn.
+async fn turn<T: DurableObject>(
+    ctx: &mut Context,
+    instance: &mut Option<T>,
+    gate: &mut Gate,
+    shard: &ShardState,
+    factory: &Factory<T>,
+    event: Event,
+) {
+    let Event { kind, reply } = event;
+    let obj = match instance {
+        Some(obj) => obj,
+        None => {
+            ctx.activation = shard.next_activation();
+            let created = std::panic::catch_unwind(AssertUnwindSafe(|| factory(ctx)));
+            let ran = match created {
+                Ok(mut obj) => {
+                    let result = drive(AssertUnwindSafe(obj.init(ctx)).catch_unwind(), gate).await;
+                    match classify(result, |()| Outcome::Done) {
+                        Ran::Ok(_) => Ok(obj),
+                        Ran::Refused(e) => Err(e.to_string()),
+                        Ran::Failed(why) => Err(why),
+                    }
+                }
+                Err(panic) => Err(panic_message(&*panic)),
+            };
+            match ran {
+                Ok(obj) => instance.insert(obj),
+                Err(why) => {
+                    let error = reset_error(ctx, &format!("initialisation failed: {why}"));
+                    reset(instance, ctx, shard);
+                    gate.hold(None, reply, Err(error));
+                    return;
+                }
+            }
+        }
+    };
+    let ran = match kind {
+        EventKind::Fetch(request) => {
+            let result = drive(AssertUnwindSafe(obj.fetch(ctx, request)).catch_unwind(), gate).await;
+            classify(result, Outcome::Fetch)
+        }
+        EventKind::Call(call) => {
+            if is_reserved_method(&call.method) {
+                Ran::Refused(WireError::BadRequest {
+                    message: format!("{:?} is a reserved method name", call.method),
+                })
+            } else {
+                let result = drive(AssertUnwindSafe(obj.call(ctx, call)).catch_unwind(), gate).await;
+                classify(result, |r| Outcome::Call(r.into_bytes()))
+            }
+        }
+        EventKind::Alarm(info) => run_alarm(obj, ctx, gate, info).await,
+        EventKind::ClearAlarm(scheduled_ms) => match ctx.storage.get_alarm().await {
+            Ok(Some(at)) if at == scheduled_ms => match ctx.storage.delete_alarm().await {
+                Ok(()) => Ran::Ok(Outcome::Done),
+                Err(e) => Ran::Failed(e.to_string()),
+            },
+            Ok(_) => Ran::Ok(Outcome::Done),
+            Err(e) => Ran::Failed(e.to_string()),
+        },
+    };
+    if gate.poisoned {
+        gate.poisoned = false;
+        let error = reset_error(ctx, "an earlier commit of this object failed");
+        reset(instance, ctx, shard);
+        gate.hold(None, reply, Err(error));
+        return;
+    }
+    match ran {
+        Ran::Ok(outcome) => {
+            let durable = ctx.storage.commit_turn();
+            gate.hold(durable, reply, Ok(outcome));
+        }
+        Ran::Refused(error) => {
+            ctx.storage.rollback_turn();
+            gate.hold(None, reply, Err(error));
+        }
+        Ran::Failed(why) => {
+            let error = reset_error(ctx, &why);
+            reset(instance, ctx, shard);
+            gate.hold(None, reply, Err(error));
+        }
+    }
+}
+
+/// Runs the alarm handler if the alarm is still set for that time, and
+/// clears it after a success unless the handler set a new one.
+async fn run_alarm<T: DurableObject>(obj: &mut T, ctx: &mut Context, gate: &mut Gate, info: AlarmInfo) -> Ran {
+    match ctx.storage.get_alarm().await {
+        Ok(Some(at)) if at == info.scheduled_ms => {}
+        Ok(_) => return Ran::Ok(Outcome::AlarmStale),
+        Err(e) => return Ran::Failed(e.to_string()),
+    }
+    let result = drive(AssertUnwindSafe(obj.alarm(ctx, info)).catch_unwind(), gate).await;
+    match classify(result, |()| Outcome::AlarmRan) {
+        Ran::Ok(outcome) => match ctx.storage.get_alarm().await {
+            Ok(Some(at)) if at == info.scheduled_ms => match ctx.storage.delete_alarm().await {
+                Ok(()) => Ran::Ok(outcome),
+                Err(e) => Ran::Failed(e.to_string()),
+            },
+            Ok(_) => Ran::Ok(outcome),
+            Err(e) => Ran::Failed(e.to_string()),
+        },
+        // An alarm handler's refusal is still a failure to retry.
+        Ran::Refused(e) => Ran::Failed(e.to_string()),
+        failed => failed,
+    }
+}

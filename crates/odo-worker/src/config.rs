@@ -1,0 +1,86 @@
+//! Runtime limits and policies, with their defaults.
+
+use std::time::Duration;
+
+/// Limits and timings of the object runtime. `Default` gives the documented
+/// defaults.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Events queued per object beyond the one running; one more is refused
+    /// with `Overloaded` at once. Default 1,024.
+    pub queue_depth: usize,
+    /// An object with no event and no background task for this long is
+    /// evicted. Default 30 s.
+    pub idle_timeout: Duration,
+    /// Live objects above this are evicted, least recently used first, as
+    /// soon as they are idle. Default 100,000.
+    pub max_live_objects: usize,
+    /// How failing alarms are retried.
+    pub alarm_retry: AlarmRetry,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            queue_depth: 1024,
+            idle_timeout: Duration::from_secs(30),
+            max_live_objects: 100_000,
+            alarm_retry: AlarmRetry::default(),
+        }
+    }
+}
+
+/// Exponential backoff for failing alarms: retry `n` (0-based) waits
+/// `min(first_delay * 2^n, max_delay)`; after `max_retries` failed retries
+/// the alarm is dropped with a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlarmRetry {
+    /// The delay before the first retry. Default 2 s.
+    pub first_delay: Duration,
+    /// The cap on any delay. Default 5 minutes.
+    pub max_delay: Duration,
+    /// Retries after the first failure. Default 6.
+    pub max_retries: u32,
+}
+
+impl Default for AlarmRetry {
+    fn default() -> Self {
+        Self {
+            first_delay: Duration::from_secs(2),
+            max_delay: Duration::from_secs(300),
+            max_retries: 6,
+        }
+    }
+}
+
+impl AlarmRetry {
+    /// The delay before running again an alarm that has failed `failures`
+    /// times (1 after the first failure), or `None` when it must be dropped.
+    pub fn delay_after(&self, failures: u32) -> Option<Duration> {
+        if failures == 0 || failures > self.max_retries {
+            return None;
+        }
+        let factor = 1u32.checked_shl(failures - 1).unwrap_or(u32::MAX);
+        Some(self.first_delay.saturating_mul(factor).min(self.max_delay))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_then_gives_up() {
+        let r = AlarmRetry::default();
+        let secs: Vec<_> = (1..=7).map(|n| r.delay_after(n).map(|d| d.as_secs())).collect();
+        assert_eq!(secs, [Some(2), Some(4), Some(8), Some(16), Some(32), Some(64), None]);
+        let capped = AlarmRetry {
+            max_delay: Duration::from_secs(5),
+            max_retries: 100,
+            ..r
+        };
+        assert_eq!(capped.delay_after(3), Some(Duration::from_secs(5)));
+        assert_eq!(capped.delay_after(64), Some(Duration::from_secs(5)));
+        assert_eq!(r.delay_after(0), None);
+    }
+}

@@ -1,0 +1,135 @@
+//! What an object sees of the world: its identity, its storage, other
+//! objects, and background work.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use odo_core::ObjectId;
+use odo_storage::ObjectStorage;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+
+use crate::object::{ObjectError, Request, Response};
+use crate::stub::{Cluster, NamespaceHandle, ObjectRef, Stub};
+
+/// The context of one live object, handed to every handler.
+pub struct Context {
+    pub(crate) target: ObjectRef,
+    pub(crate) activation: String,
+    pub(crate) storage: ObjectStorage,
+    pub(crate) cluster: Arc<dyn Cluster>,
+    pub(crate) background: Arc<Background>,
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("target", &self.target)
+            .field("activation", &self.activation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        self.target.id
+    }
+
+    /// The name the object was addressed by, when it was addressed by name.
+    pub fn name(&self) -> Option<&str> {
+        self.target.name.as_deref()
+    }
+
+    /// The object's class (namespace) name.
+    pub fn class(&self) -> &str {
+        &self.target.class
+    }
+
+    /// A value unique to this live instance: it changes whenever the object
+    /// is activated again (after eviction, a reset or a move).
+    pub fn activation(&self) -> &str {
+        &self.activation
+    }
+
+    /// The object's transactional storage, alarm included.
+    pub fn storage(&mut self) -> &mut ObjectStorage {
+        &mut self.storage
+    }
+
+    /// Keeps the object alive (not evicted) until `task` finishes. The task
+    /// runs concurrently with the object's events and cannot touch its state;
+    /// use it for work that outlives a response (the equivalent of
+    /// `waitUntil`).
+    pub fn wait_until(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let background = self.background.clone();
+        background.running.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            let _guard = BackgroundGuard(background);
+            task.await;
+        });
+    }
+
+    /// A handle on namespace `class`, to mint ids and stubs of other objects
+    /// (in any namespace, on any worker). Call them through
+    /// [`Context::fetch`] and [`Context::call`].
+    pub fn namespace(&self, class: &str) -> NamespaceHandle {
+        NamespaceHandle::new(class, self.cluster.clone(), true)
+    }
+
+    /// Sends `request` to another object, once every write this object made
+    /// so far is durable (the output gate). The writes of the current turn
+    /// made before the call are committed first, in their own batch.
+    pub async fn fetch(&mut self, stub: &Stub, request: Request) -> Result<Response, ObjectError> {
+        self.flush().await?;
+        Ok(stub.fetch_unchecked(request).await?)
+    }
+
+    /// Calls RPC method `method` of another object, once every write this
+    /// object made so far is durable (see [`Context::fetch`]).
+    pub async fn call<A: Serialize, R: DeserializeOwned>(
+        &mut self,
+        stub: &Stub,
+        method: &str,
+        args: &A,
+    ) -> Result<R, ObjectError> {
+        let args = Stub::encode_call(method, args)?;
+        self.flush().await?;
+        Ok(stub.call_encoded(method, args).await?)
+    }
+
+    /// Commits the writes of the current turn so far and waits until every
+    /// write this object made is durable.
+    pub async fn flush(&mut self) -> Result<(), ObjectError> {
+        match self.storage.commit_turn() {
+            Some(durable) => Ok(durable.wait().await?),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Counts an object's background tasks.
+#[derive(Debug, Default)]
+pub(crate) struct Background {
+    pub(crate) running: AtomicUsize,
+    pub(crate) finished: Notify,
+}
+
+impl Background {
+    pub(crate) fn is_idle(&self) -> bool {
+        self.running.load(Ordering::SeqCst) == 0
+    }
+}
+
+struct BackgroundGuard(Arc<Background>);
+
+impl Drop for BackgroundGuard {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.finished.notify_waiters();
+        }
+    }
+}

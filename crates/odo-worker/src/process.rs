@@ -1,0 +1,471 @@
+//! The worker role of a binary: serve the shards a registry assigns, over
+//! odo-transport, until the registry says stop or goes away.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use odo_core::WireError;
+use odo_core::launch::{StorageKind, WorkerLaunch};
+use odo_core::wire::{Control, ControlReply, Placement, Request, Response, Target, WorkerStats};
+use odo_storage::{Backend, FjallBackend, FjallOptions, MemoryBackend, StorageError, Store, StoreOptions};
+use odo_transport::{BindError, Channel, ClientConfig, ConnectError, Endpoint, EndpointError, Handler, Server, ServerConfig};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::class::Classes;
+use crate::config::RuntimeConfig;
+use crate::object::{Request as HttpRequest, Response as HttpResponse, RpcCall};
+use crate::runtime::{Runtime, now_ms};
+use crate::stub::{CallError, Cluster, ObjectRef};
+use crate::wire::{request_from_wire, request_to_wire, response_from_wire, response_to_wire};
+
+/// How long a call between workers may take.
+const CALL_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Why a worker process stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// An endpoint on the command line does not parse.
+    #[error("bad endpoint: {0}")]
+    Endpoint(#[from] EndpointError),
+    /// The worker cannot listen.
+    #[error("cannot listen: {0}")]
+    Bind(#[from] BindError),
+    /// The registry cannot be reached.
+    #[error("cannot reach the registry: {0}")]
+    Connect(#[from] ConnectError),
+    /// The registry refused or did not answer the worker's hello.
+    #[error("the registry did not accept this worker: {0}")]
+    Hello(String),
+    /// The token is missing.
+    #[error("no cluster token in the environment variable {0}")]
+    NoToken(&'static str),
+}
+
+/// Runs the worker role until the registry asks it to shut down, its
+/// control channel closes (the registry is gone), or the process gets
+/// SIGTERM or SIGINT. Then it finishes in-flight events, flushes and closes
+/// every store, and returns.
+///
+/// On Linux the worker also asks the kernel to kill it when its parent
+/// dies (`PR_SET_PDEATHSIG`), and exits at once if its parent is already
+/// not the registry that started it.
+pub async fn serve(classes: Classes, launch: WorkerLaunch, token: String, config: RuntimeConfig) -> Result<(), WorkerError> {
+    die_with_parent(launch.parent_pid);
+    if token.is_empty() {
+        return Err(WorkerError::NoToken(odo_core::launch::TOKEN_ENV));
+    }
+    let registry: Endpoint = launch.registry.parse()?;
+    let listen: Endpoint = launch.listen.parse()?;
+    let name = format!("worker {}", launch.index);
+    let runtime = Runtime::new(classes, config, launch.shard_count);
+
+    let server = Server::bind(
+        &listen,
+        ServerConfig {
+            peer_name: name.clone(),
+            ..ServerConfig::new(token.clone())
+        },
+    )
+    .await?;
+    let endpoint = server.endpoint().to_string();
+    let client = ClientConfig {
+        peer_name: name.clone(),
+        ..ClientConfig::new(token)
+    };
+    let cluster = Arc::new(WorkerCluster {
+        runtime: runtime.clone(),
+        own_endpoint: endpoint.clone(),
+        placement: RwLock::default(),
+        channels: Mutex::default(),
+        client: client.clone(),
+    });
+    runtime.set_cluster(Arc::new(cluster.clone()));
+    let (stop, mut stopped) = watch::channel(false);
+    let handler = Arc::new(WorkerHandler {
+        runtime: runtime.clone(),
+        cluster,
+        data_dir: PathBuf::from(&launch.data_dir),
+        storage: launch.storage,
+        stop: stop.clone(),
+    });
+    let mut server_stop = stopped.clone();
+    let serving = tokio::spawn(server.serve(handler, async move {
+        let _ = server_stop.wait_for(|s| *s).await;
+    }));
+
+    let control = Channel::connect(&registry, client).await?;
+    let hello = Request::Control(Control::WorkerHello {
+        worker: launch.index,
+        pid: std::process::id(),
+        endpoint: endpoint.clone(),
+        classes: runtime.classes().names(),
+    });
+    match control.call(hello, Bytes::new(), Duration::from_secs(30)).await {
+        Ok((Response::Control(ControlReply::Ack), _)) => {}
+        Ok((other, _)) => return Err(WorkerError::Hello(format!("unexpected answer {other:?}"))),
+        Err(e) => return Err(WorkerError::Hello(e.to_string())),
+    }
+    info!(worker = launch.index, %endpoint, pid = std::process::id(), "worker ready");
+
+    tokio::select! {
+        () = control.closed() => info!("the registry's control channel closed; shutting down"),
+        _ = stopped.wait_for(|s| *s) => info!("shutdown requested by the registry"),
+        () = termination() => info!("signal received; shutting down"),
+    }
+    stop.send_replace(true);
+    if serving.await.is_err() {
+        warn!("the worker's server task failed");
+    }
+    runtime.shutdown().await;
+    info!("worker stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C elsewhere).
+async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => std::future::pending::<()>().await,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn die_with_parent(parent_pid: u32) {
+    use rustix::process::{Signal, getppid, set_parent_process_death_signal};
+    if let Err(e) = set_parent_process_death_signal(Some(Signal::KILL)) {
+        warn!(error = %e, "cannot arm the parent-death signal; relying on the control channel");
+    }
+    // The parent may have died before the signal was armed.
+    let parent = getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32);
+    if parent != parent_pid {
+        warn!(parent, expected = parent_pid, "the registry is already gone; exiting");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_parent_pid: u32) {
+    // Elsewhere the closed control channel is the signal.
+}
+
+/// Answers the registry's control messages and routers' requests.
+struct WorkerHandler {
+    runtime: Runtime,
+    cluster: Arc<WorkerCluster>,
+    data_dir: PathBuf,
+    storage: StorageKind,
+    stop: watch::Sender<bool>,
+}
+
+impl WorkerHandler {
+    async fn open_store(&self, shard: u32) -> Result<Store, StorageError> {
+        let backend: Arc<dyn Backend> = match self.storage {
+            StorageKind::Memory => Arc::new(MemoryBackend::new()),
+            StorageKind::Fjall => {
+                let dir = self.data_dir.join("shards").join(shard.to_string());
+                let backend = tokio::task::spawn_blocking(move || FjallBackend::open(dir, FjallOptions::default()))
+                    .await
+                    .map_err(|e| StorageError::Backend {
+                        context: format!("opening shard {shard}"),
+                        message: e.to_string(),
+                    })??;
+                Arc::new(backend)
+            }
+        };
+        Store::open_shared(backend, StoreOptions::default())
+    }
+
+    async fn control(&self, control: Control) -> Result<ControlReply, WireError> {
+        let internal = |message: String| WireError::Internal { message };
+        match control {
+            Control::AssignShard { shard, epoch } => {
+                if let Some(held) = self.runtime.shard_epoch(shard) {
+                    if held == epoch {
+                        return Ok(ControlReply::Ack);
+                    }
+                    self.runtime.release_shard(shard).await;
+                }
+                let store = self.open_store(shard).await.map_err(|e| internal(format!("shard {shard}: {e}")))?;
+                self.runtime
+                    .open_shard(shard, epoch, store)
+                    .map_err(|e| internal(e.to_string()))?;
+                Ok(ControlReply::Ack)
+            }
+            Control::ReleaseShard { shard, .. } => {
+                self.runtime.release_shard(shard).await;
+                Ok(ControlReply::Ack)
+            }
+            Control::Heartbeat { .. } => {
+                let (commit_batches, commit_turns) = self.runtime.commit_totals();
+                Ok(ControlReply::Stats(WorkerStats {
+                    now_ms: now_ms(),
+                    live_objects: self.runtime.live_objects() as u64,
+                    commit_batches,
+                    commit_turns,
+                }))
+            }
+            Control::Placement(placement) => {
+                self.cluster.set_placement(placement);
+                Ok(ControlReply::Ack)
+            }
+            Control::Drain => {
+                self.runtime.shutdown().await;
+                Ok(ControlReply::Ack)
+            }
+            Control::Shutdown => {
+                self.stop.send_replace(true);
+                Ok(ControlReply::Ack)
+            }
+            Control::WorkerHello { .. } => Err(WireError::BadRequest {
+                message: "a worker does not take worker hellos".into(),
+            }),
+        }
+    }
+}
+
+fn object_ref(target: &Target) -> ObjectRef {
+    ObjectRef {
+        class: Arc::from(target.class.as_str()),
+        id: target.id,
+        name: target.name.as_deref().map(Arc::from),
+    }
+}
+
+impl Handler for WorkerHandler {
+    async fn handle(&self, request: Request, body: Bytes) -> (Response, Bytes) {
+        let result = match request {
+            Request::Fetch(fetch) => match request_from_wire(fetch, body) {
+                Ok((target, request)) => self
+                    .runtime
+                    .fetch(object_ref(&target), Some(target.epoch), request)
+                    .await
+                    .map(|response| {
+                        let (head, body) = response_to_wire(response);
+                        (Response::Fetch(head), body)
+                    }),
+                Err(e) => Err(e),
+            },
+            Request::Rpc(call) => self
+                .runtime
+                .call(
+                    object_ref(&call.target),
+                    Some(call.target.epoch),
+                    RpcCall {
+                        method: call.method,
+                        args: body,
+                    },
+                )
+                .await
+                .map(|result| (Response::Rpc, result)),
+            Request::Alarm(_) => Err(WireError::BadRequest {
+                message: "alarms are scheduled by the worker that holds the shard".into(),
+            }),
+            Request::Control(control) => self
+                .control(control)
+                .await
+                .map(|reply| (Response::Control(reply), Bytes::new())),
+        };
+        result.unwrap_or_else(|e| (Response::Error(e), Bytes::new()))
+    }
+}
+
+/// Routes calls between objects: to this runtime for shards held here, to
+/// the owning worker (by the registry's placement table) otherwise.
+struct WorkerCluster {
+    runtime: Runtime,
+    own_endpoint: String,
+    placement: RwLock<Placement>,
+    channels: Mutex<HashMap<String, Channel>>,
+    client: ClientConfig,
+}
+
+impl fmt::Debug for WorkerCluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerCluster").field("own_endpoint", &self.own_endpoint).finish_non_exhaustive()
+    }
+}
+
+/// Where a call goes.
+enum Route {
+    Local,
+    Remote { endpoint: String, target: Target },
+}
+
+impl WorkerCluster {
+    fn set_placement(&self, placement: Placement) {
+        let mut current = self.placement.write().unwrap_or_else(PoisonError::into_inner);
+        if placement.version >= current.version {
+            *current = placement;
+        }
+    }
+
+    fn route(&self, target: &ObjectRef) -> Result<Route, CallError> {
+        let shard = target.id.shard(self.runtime.shard_count());
+        if self.runtime.shard_epoch(shard).is_some() {
+            return Ok(Route::Local);
+        }
+        let placement = self.placement.read().unwrap_or_else(PoisonError::into_inner);
+        let entry = placement
+            .shards
+            .get(shard as usize)
+            .ok_or_else(|| CallError::Unavailable(format!("no placement known for shard {shard}")))?;
+        let endpoint = entry
+            .endpoint
+            .clone()
+            .ok_or_else(|| CallError::Unavailable(format!("shard {shard} is not assigned")))?;
+        if endpoint == self.own_endpoint {
+            return Ok(Route::Local);
+        }
+        Ok(Route::Remote {
+            endpoint,
+            target: Target {
+                class: target.class.to_string(),
+                id: target.id,
+                name: target.name.as_deref().map(str::to_owned),
+                shard,
+                epoch: entry.epoch,
+            },
+        })
+    }
+
+    async fn channel(&self, endpoint: &str) -> Result<Channel, CallError> {
+        let cached = self
+            .channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(endpoint)
+            .filter(|c| !c.is_closed())
+            .cloned();
+        if let Some(channel) = cached {
+            return Ok(channel);
+        }
+        let parsed: Endpoint = endpoint
+            .parse()
+            .map_err(|e: EndpointError| CallError::Unavailable(e.to_string()))?;
+        let channel = Channel::connect(&parsed, self.client.clone())
+            .await
+            .map_err(|e| CallError::Unavailable(e.to_string()))?;
+        self.channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(endpoint.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Sends a request to the owning worker, retrying what was never
+    /// written or was answered `Moved` (the placement may have changed)
+    /// until the deadline.
+    async fn remote(self: Arc<Self>, target: ObjectRef, make: impl Fn(Target) -> Request + Send, body: Bytes) -> Result<Option<(Response, Bytes)>, CallError> {
+        let give_up = tokio::time::Instant::now() + CALL_DEADLINE;
+        let mut delay = Duration::from_millis(10);
+        loop {
+            let (endpoint, wire_target) = match self.route(&target)? {
+                Route::Local => return Ok(None),
+                Route::Remote { endpoint, target } => (endpoint, target),
+            };
+            let retry = match self.channel(&endpoint).await {
+                Ok(channel) => match channel.call(make(wire_target), body.clone(), CALL_DEADLINE).await {
+                    Ok((Response::Error(WireError::Moved { .. }), _)) => true,
+                    Ok(answer) => return Ok(Some(answer)),
+                    Err(e) if e.is_retryable() => true,
+                    Err(e) => return Err(CallError::Object(WireError::ObjectReset { reason: e.to_string() })),
+                },
+                Err(_) => true,
+            };
+            if retry && tokio::time::Instant::now() + delay < give_up {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+                continue;
+            }
+            return Err(CallError::Unavailable(format!("object {} could not be reached", target.id)));
+        }
+    }
+}
+
+fn error_answer(response: Response) -> CallError {
+    match response {
+        Response::Error(e) => CallError::Object(e),
+        other => CallError::Object(WireError::Internal {
+            message: format!("unexpected answer {other:?}"),
+        }),
+    }
+}
+
+impl Cluster for Arc<WorkerCluster> {
+    fn fetch(&self, target: ObjectRef, request: HttpRequest) -> BoxFuture<'static, Result<HttpResponse, CallError>> {
+        let this = self.clone();
+        async move {
+            if let Route::Local = this.route(&target)? {
+                return Ok(this.runtime.fetch(target, None, request).await?);
+            }
+            let placeholder = Target {
+                class: target.class.to_string(),
+                id: target.id,
+                name: None,
+                shard: 0,
+                epoch: 0,
+            };
+            let (head, body) = request_to_wire(placeholder, request);
+            let answer = this
+                .clone()
+                .remote(target.clone(), move |t| Request::Fetch(odo_core::wire::FetchRequest { target: t, ..head.clone() }), body)
+                .await?;
+            match answer {
+                None => Err(CallError::Unavailable("the shard moved here mid-call; retry".into())),
+                Some((Response::Fetch(head), body)) => Ok(response_from_wire(head, body)?),
+                Some((other, _)) => Err(error_answer(other)),
+            }
+        }
+        .boxed()
+    }
+
+    fn call(&self, target: ObjectRef, method: String, args: Bytes) -> BoxFuture<'static, Result<Bytes, CallError>> {
+        let this = self.clone();
+        async move {
+            if let Route::Local = this.route(&target)? {
+                return Ok(this.runtime.call(target, None, RpcCall { method, args }).await?);
+            }
+            let answer = this
+                .clone()
+                .remote(
+                    target.clone(),
+                    move |t| {
+                        Request::Rpc(odo_core::wire::RpcCall {
+                            target: t,
+                            method: method.clone(),
+                        })
+                    },
+                    args,
+                )
+                .await?;
+            match answer {
+                None => Err(CallError::Unavailable("the shard moved here mid-call; retry".into())),
+                Some((Response::Rpc, body)) => Ok(body),
+                Some((other, _)) => Err(error_answer(other)),
+            }
+        }
+        .boxed()
+    }
+}
