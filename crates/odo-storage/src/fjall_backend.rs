@@ -171,6 +171,20 @@ impl FjallBackend {
         })
     }
 
+    /// Writes every in-memory table out to disk tables and waits (for
+    /// tools and measurements: commits never need it, the journal already
+    /// holds them).
+    pub fn flush_memtables(&self) -> Result<(), StorageError> {
+        self.with(|open| {
+            for keyspace in [&open.data, &open.alarms, &open.alarm_of] {
+                keyspace
+                    .rotate_memtable_and_wait()
+                    .map_err(|e| engine_error("flushing memtables", e))?;
+            }
+            Ok(())
+        })
+    }
+
     fn with<T>(&self, f: impl FnOnce(&Open) -> Result<T, StorageError>) -> Result<T, StorageError> {
         let guard = self.inner.read().map_err(|_| poisoned())?;
         match guard.as_ref() {
