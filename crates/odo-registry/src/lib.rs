@@ -212,6 +212,17 @@ pub enum RegistryError {
     NotReady(String),
 }
 
+/// The number of shards, S, of the data directory `data_dir`: read from its
+/// cluster record, or recorded as `default` if the directory is new. S never
+/// changes once recorded, whatever the worker count.
+pub fn shard_count(data_dir: &std::path::Path, default: u32) -> Result<u32, RegistryError> {
+    std::fs::create_dir_all(data_dir).map_err(|e| RegistryError::DataDir {
+        path: data_dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(placement::ClusterFile::load_or_create(data_dir, default)?.shard_count)
+}
+
 /// A running registry. Dropping it without [`Registry::shutdown`] kills
 /// the workers (they die with their parent) but does not flush them
 /// gracefully.

@@ -1,8 +1,70 @@
 //! odo-router: the HTTP front door and the Rust client API.
 //!
-//! This crate will own the HTTP front door (hyper), object id extraction,
-//! forwarding to the owning worker, retries on `Moved`, request limits, and
-//! the client API (`Namespace`, stubs) usable from any Rust program.
+//! This crate owns the path from a request to the object's worker:
+//! [`Router`] (hyper 1, HTTP/1.1 and HTTP/2) finds the object with an
+//! [`IdExtractor`] (by default [`PathRoutes`]: `/{class}/{name}/...`),
+//! enforces the limits (body size, name length, deadline), and hands the
+//! request to an [`ObjectService`]; [`ClusterService`] forwards it over a
+//! pooled, multiplexed channel to the worker that owns the object's shard,
+//! retrying only what is safe to retry. [`Client`] offers the same reach to
+//! Rust programs without HTTP.
 //!
-//! It is not built yet: its issue ("odo-registry, odo-router and `odo
-//! serve`") has not landed, so the crate deliberately exports nothing.
+//! It does not host objects (odo-worker) or supervise processes
+//! (odo-registry): it reads the registry's placement table.
+//!
+//! Answers: unknown class 404, malformed id or over-long name 400, body over
+//! the limit 413, object queue full 503 with `Retry-After`, object reset
+//! (the worker died with the request) 503, deadline 504.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use odo_router::{ClusterService, PathRoutes, Router, RouterConfig};
+//!
+//! # async fn run(registry: odo_registry::Registry) -> std::io::Result<()> {
+//! let client = odo_transport::ClientConfig::new(registry.token());
+//! let service = Arc::new(ClusterService::new(registry.placement(), client));
+//! let routes = Arc::new(PathRoutes::new(256).route("counter", "COUNTER"));
+//! let router = Arc::new(Router::new(routes, service, RouterConfig::default()));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await?;
+//! router.serve(listener, std::future::pending()).await;
+//! # Ok(()) }
+//! ```
+
+mod client;
+mod http;
+mod metrics;
+mod service;
+
+pub use client::{Client, ClientError, ClientNamespace, ClientStub};
+pub use http::{Admin, IdExtractor, PathRoutes, RouteError, Router, RouterConfig};
+pub use service::{ClusterService, ForwardError, Location, ObjectAddress, ObjectService};
+
+use odo_registry::Registry;
+
+/// The registry's view for the admin endpoints.
+impl Admin for Registry {
+    fn workers(&self) -> serde_json::Value {
+        serde_json::to_value(Registry::workers(self)).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let workers = Registry::workers(self);
+        out.push_str("# HELP odo_live_objects Objects live on each worker.\n# TYPE odo_live_objects gauge\n");
+        for w in &workers {
+            let _ = writeln!(out, "odo_live_objects{{worker=\"{}\"}} {}", w.slot, w.live_objects);
+        }
+        out.push_str("# HELP odo_worker_restarts_total Worker process restarts.\n# TYPE odo_worker_restarts_total counter\n");
+        for w in &workers {
+            let _ = writeln!(out, "odo_worker_restarts_total{{worker=\"{}\"}} {}", w.slot, w.restarts);
+        }
+        out.push_str("# HELP odo_commit_batches_total Group commits by each worker's current process.\n# TYPE odo_commit_batches_total counter\n");
+        for w in &workers {
+            let _ = writeln!(out, "odo_commit_batches_total{{worker=\"{}\"}} {}", w.slot, w.commit_batches);
+        }
+        out.push_str("# HELP odo_commit_turns_total Turns committed in those batches (turns / batches = average batch size).\n# TYPE odo_commit_turns_total counter\n");
+        for w in &workers {
+            let _ = writeln!(out, "odo_commit_turns_total{{worker=\"{}\"}} {}", w.slot, w.commit_turns);
+        }
+    }
+}

@@ -19,7 +19,7 @@ mod object;
 mod process;
 mod runtime;
 mod stub;
-mod wire;
+pub mod wire;
 
 pub use class::{ClassError, Classes};
 pub use config::{AlarmRetry, RuntimeConfig};

@@ -1,5 +1,6 @@
 //! Conversions between the wire envelopes of odo-core and the HTTP types
-//! objects see.
+//! objects see, for programs that carry requests to a [`Runtime`](crate::Runtime)
+//! themselves (an in-process front door).
 
 use bytes::Bytes;
 use odo_core::WireError;
@@ -7,8 +8,9 @@ use odo_core::wire::{FetchRequest, FetchResponse, Header, Target};
 
 use crate::object::{Request, Response};
 
-/// Rebuilds the HTTP request a router sent.
-pub(crate) fn request_from_wire(fetch: FetchRequest, body: Bytes) -> Result<(Target, Request), WireError> {
+/// Rebuilds the HTTP request a router sent; a malformed one is a
+/// [`WireError::BadRequest`].
+pub fn request_from_wire(fetch: FetchRequest, body: Bytes) -> Result<(Target, Request), WireError> {
     let bad = |message: String| WireError::BadRequest { message };
     let mut builder = http::Request::builder()
         .method(fetch.method.as_str())
@@ -21,7 +23,7 @@ pub(crate) fn request_from_wire(fetch: FetchRequest, body: Bytes) -> Result<(Tar
 }
 
 /// Splits an object's HTTP response into the wire envelope and body.
-pub(crate) fn response_to_wire(response: Response) -> (FetchResponse, Bytes) {
+pub fn response_to_wire(response: Response) -> (FetchResponse, Bytes) {
     let (parts, body) = response.into_parts();
     (
         FetchResponse {
@@ -33,7 +35,7 @@ pub(crate) fn response_to_wire(response: Response) -> (FetchResponse, Bytes) {
 }
 
 /// Builds the wire envelope of a request to another object.
-pub(crate) fn request_to_wire(target: Target, request: Request) -> (FetchRequest, Bytes) {
+pub fn request_to_wire(target: Target, request: Request) -> (FetchRequest, Bytes) {
     let (parts, body) = request.into_parts();
     (
         FetchRequest {
@@ -47,7 +49,7 @@ pub(crate) fn request_to_wire(target: Target, request: Request) -> (FetchRequest
 }
 
 /// Rebuilds an object's HTTP response from the wire.
-pub(crate) fn response_from_wire(fetch: FetchResponse, body: Bytes) -> Result<Response, WireError> {
+pub fn response_from_wire(fetch: FetchResponse, body: Bytes) -> Result<Response, WireError> {
     let mut builder = http::Response::builder().status(fetch.status);
     for (name, value) in &fetch.headers {
         builder = builder.header(name.as_str(), value.as_slice());
@@ -57,7 +59,8 @@ pub(crate) fn response_from_wire(fetch: FetchResponse, body: Bytes) -> Result<Re
     })
 }
 
-fn headers_to_wire(headers: &http::HeaderMap) -> Vec<Header> {
+/// Every header value, in order, as the wire carries them.
+pub fn headers_to_wire(headers: &http::HeaderMap) -> Vec<Header> {
     headers
         .iter()
         .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))

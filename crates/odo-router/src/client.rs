@@ -1,0 +1,190 @@
+//! The client API for Rust programs that reach objects without HTTP.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use odo_core::wire::FetchRequest;
+use odo_core::{IdError, Namespace, ObjectId, WireError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+use crate::http::{headers_from_wire, headers_to_wire};
+use crate::service::{ForwardError, ObjectAddress, ObjectService};
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The request did not reach an answer.
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+    /// Arguments or results that do not encode or decode.
+    #[error("rpc encoding: {0}")]
+    Encoding(String),
+    /// A malformed request or response.
+    #[error("http: {0}")]
+    Http(String),
+}
+
+/// Reaches objects through an [`ObjectService`] (usually a
+/// [`ClusterService`](crate::ClusterService)).
+///
+/// ```no_run
+/// # async fn demo(client: odo_router::Client) -> Result<(), odo_router::ClientError> {
+/// let counters = client.namespace("COUNTER");
+/// let stub = counters.get(counters.id_from_name("hot"));
+/// let response = stub.fetch(http::Request::post("/counter/hot/increment").body(bytes::Bytes::new()).unwrap()).await?;
+/// println!("{:?}", response.body());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    service: Arc<dyn ObjectService>,
+    deadline: Duration,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client").field("deadline", &self.deadline).finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client over `service`, with a 30 s deadline per call.
+    pub fn new(service: Arc<dyn ObjectService>) -> Self {
+        Self {
+            service,
+            deadline: Duration::from_secs(30),
+        }
+    }
+
+    /// The same client with another per-call deadline.
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// A handle on the namespace `class`.
+    pub fn namespace(&self, class: &str) -> ClientNamespace {
+        ClientNamespace {
+            namespace: Namespace::new(class),
+            client: self.clone(),
+        }
+    }
+}
+
+/// Mints ids and stubs of one namespace.
+#[derive(Debug, Clone)]
+pub struct ClientNamespace {
+    namespace: Namespace,
+    client: Client,
+}
+
+impl ClientNamespace {
+    /// The id of the object called `name`.
+    pub fn id_from_name(&self, name: &str) -> ObjectId {
+        self.namespace.id_from_name(name)
+    }
+
+    /// A new random id.
+    pub fn new_unique_id(&self) -> ObjectId {
+        self.namespace.new_unique_id()
+    }
+
+    /// Parses an id minted by this namespace.
+    pub fn id_from_string(&self, text: &str) -> Result<ObjectId, IdError> {
+        self.namespace.id_from_string(text)
+    }
+
+    /// A stub for the object with this id.
+    pub fn get(&self, id: ObjectId) -> ClientStub {
+        ClientStub {
+            address: ObjectAddress {
+                class: self.namespace.name().to_owned(),
+                id,
+                name: None,
+            },
+            client: self.client.clone(),
+        }
+    }
+
+    /// A stub for the object called `name` (its name travels with the
+    /// requests, for the object's `ctx.name()`).
+    pub fn get_by_name(&self, name: &str) -> ClientStub {
+        ClientStub {
+            address: ObjectAddress {
+                class: self.namespace.name().to_owned(),
+                id: self.namespace.id_from_name(name),
+                name: Some(name.to_owned()),
+            },
+            client: self.client.clone(),
+        }
+    }
+}
+
+/// Calls one object.
+#[derive(Debug, Clone)]
+pub struct ClientStub {
+    address: ObjectAddress,
+    client: Client,
+}
+
+impl ClientStub {
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        self.address.id
+    }
+
+    /// Sends an HTTP request to the object.
+    pub async fn fetch(&self, request: http::Request<Bytes>) -> Result<http::Response<Bytes>, ClientError> {
+        let (parts, body) = request.into_parts();
+        let envelope = FetchRequest {
+            target: placeholder_target(&self.address),
+            method: parts.method.to_string(),
+            uri: parts.uri.to_string(),
+            headers: headers_to_wire(&parts.headers),
+        };
+        let deadline = Instant::now() + self.client.deadline;
+        let (head, body) = self
+            .client
+            .service
+            .fetch(self.address.clone(), envelope, body, deadline)
+            .await?;
+        let mut response = http::Response::builder().status(head.status);
+        if let Some(headers) = response.headers_mut() {
+            headers_from_wire(&head.headers, headers);
+        }
+        response.body(body).map_err(|e| ClientError::Http(e.to_string()))
+    }
+
+    /// Calls RPC method `method` with `args`, decoding the result as `R`.
+    pub async fn call<A: Serialize, R: DeserializeOwned>(&self, method: &str, args: &A) -> Result<R, ClientError> {
+        let args = postcard::to_allocvec(args).map_err(|e| ClientError::Encoding(e.to_string()))?;
+        let deadline = Instant::now() + self.client.deadline;
+        let result = self
+            .client
+            .service
+            .call(self.address.clone(), method.to_owned(), Bytes::from(args), deadline)
+            .await?;
+        postcard::from_bytes(&result).map_err(|e| ClientError::Encoding(format!("result of {method:?}: {e}")))
+    }
+}
+
+/// The service fills in shard and epoch.
+pub(crate) fn placeholder_target(address: &ObjectAddress) -> odo_core::wire::Target {
+    odo_core::wire::Target {
+        class: address.class.clone(),
+        id: address.id,
+        name: address.name.clone(),
+        shard: 0,
+        epoch: 0,
+    }
+}
+
+impl From<WireError> for ClientError {
+    fn from(e: WireError) -> Self {
+        ClientError::Forward(ForwardError::Object(e))
+    }
+}

@@ -1,0 +1,430 @@
+//! Building and running a server around object classes: the registry and
+//! its workers, or an in-process runtime, behind the HTTP front door.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use clap::{Parser, Subcommand, ValueEnum};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use odo_core::launch::{StorageKind, TOKEN_ENV, WorkerLaunch};
+use odo_core::wire::{FetchRequest, FetchResponse};
+use odo_core::{ObjectId, WireError};
+use odo_registry::{Registry, RegistryConfig, TransportKind, WorkerCommand};
+use odo_router::{ForwardError, Location, ObjectAddress, ObjectService, PathRoutes, Router, RouterConfig};
+use odo_storage::{Backend, FjallBackend, FjallOptions, MemoryBackend, Store, StoreOptions};
+use odo_worker::{Classes, ClassError, DurableObject, ObjectRef, RpcCall, Runtime, RuntimeConfig};
+use tokio::time::Instant;
+use tracing::info;
+
+/// Why a server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum OdoError {
+    /// A class cannot be registered.
+    #[error(transparent)]
+    Class(#[from] ClassError),
+    /// The registry cannot start its workers.
+    #[error(transparent)]
+    Registry(#[from] odo_registry::RegistryError),
+    /// A store cannot be opened.
+    #[error(transparent)]
+    Storage(#[from] odo_storage::StorageError),
+    /// The HTTP address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A worker process failed.
+    #[error(transparent)]
+    Worker(#[from] odo_worker::WorkerError),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// How `serve` runs. `Default` matches `odo serve` without flags.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The HTTP address. Default 127.0.0.1:8787.
+    pub listen: SocketAddr,
+    /// Worker processes; 0 hosts the objects in this process. Default: the
+    /// available cores.
+    pub workers: u32,
+    /// The data directory. Default `./.odo`.
+    pub data_dir: PathBuf,
+    /// The storage backend. Default fjall.
+    pub storage: StorageKind,
+    /// How the router reaches workers. Default: Unix sockets where they
+    /// exist.
+    pub transport: TransportKind,
+    /// Limits of the front door.
+    pub router: RouterConfig,
+    /// Limits of the object runtime (used by the workers, or in-process).
+    pub runtime: RuntimeConfig,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            data_dir: PathBuf::from("./.odo"),
+            storage: StorageKind::Fjall,
+            transport: TransportKind::available()[0],
+            router: RouterConfig::default(),
+            runtime: RuntimeConfig::default(),
+        }
+    }
+}
+
+/// A server's object classes and the URL segment each is served under.
+///
+/// ```no_run
+/// use odo::{App, Context, DurableObject, ObjectError, Request, Response};
+///
+/// struct Greeter;
+/// impl DurableObject for Greeter {
+///     fn create(_: &Context) -> Self { Greeter }
+///     async fn fetch(&mut self, ctx: &mut Context, _: Request) -> Result<Response, ObjectError> {
+///         Ok(Response::new(format!("hello, {}", ctx.name().unwrap_or("stranger")).into()))
+///     }
+/// }
+///
+/// fn main() -> std::process::ExitCode {
+///     // `my-server serve --workers 2` serves GET /greeter/{name}.
+///     App::new().class::<Greeter>("greeter", "GREETER").main()
+/// }
+/// ```
+#[derive(Debug, Default)]
+pub struct App {
+    classes: Classes,
+    routes: Vec<(String, String)>,
+    error: Option<ClassError>,
+}
+
+impl App {
+    /// An app with no classes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serves class `T`, registered as `class`, under `/{segment}/{name}/...`.
+    pub fn class<T: DurableObject>(self, segment: &str, class: &str) -> Self {
+        self.class_with(segment, class, T::create)
+    }
+
+    /// Like [`App::class`], with a factory that builds each instance (and can
+    /// capture shared state).
+    pub fn class_with<T, F>(mut self, segment: &str, class: &str, factory: F) -> Self
+    where
+        T: DurableObject,
+        F: Fn(&odo_worker::Context) -> T + Send + Sync + 'static,
+    {
+        if self.error.is_none() {
+            match self.classes.register_with(class, factory) {
+                Ok(_) => self.routes.push((segment.to_owned(), class.to_owned())),
+                Err(e) => self.error = Some(e),
+            }
+        }
+        self
+    }
+
+    /// Runs the binary: the worker role when a registry started this
+    /// process as a worker, otherwise the command line (`serve`). Logs go to
+    /// stderr, filtered by `RUST_LOG` (default `info`).
+    pub fn main(self) -> ExitCode {
+        init_logging();
+        let runtime = match tokio::runtime::Runtime::new() {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                eprintln!("odo: cannot start the async runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match runtime.block_on(self.run(std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect())) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("odo: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    /// [`App::main`] for an async caller, with explicit arguments
+    /// (`args[0]` is the program).
+    pub async fn run(self, args: Vec<String>) -> Result<(), OdoError> {
+        match WorkerLaunch::parse(args.iter().skip(1).cloned()) {
+            Ok(Some(launch)) => {
+                if let Some(e) = self.error {
+                    return Err(e.into());
+                }
+                let token = std::env::var(TOKEN_ENV).unwrap_or_default();
+                return Ok(odo_worker::serve(self.classes, launch, token, RuntimeConfig::default()).await?);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(OdoError::Other(e.to_string())),
+        }
+        let cli = match Cli::try_parse_from(&args) {
+            Ok(cli) => cli,
+            Err(e) => {
+                // --help and --version are not errors.
+                let _ = e.print();
+                return if e.use_stderr() { Err(OdoError::Other("bad command line".into())) } else { Ok(()) };
+            }
+        };
+        match cli.command {
+            Command::Serve(flags) => self.serve(flags.into_options(), shutdown_signal()).await,
+        }
+    }
+
+    /// Serves until `shutdown` resolves, then stops gracefully: the router
+    /// stops accepting and finishes open requests, the workers finish
+    /// in-flight events, flush and exit, and the sockets are removed.
+    pub async fn serve(self, options: ServeOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<(), OdoError> {
+        if let Some(e) = self.error {
+            return Err(e.into());
+        }
+        let mut routes = PathRoutes::new(options.router.max_name_bytes);
+        for (segment, class) in &self.routes {
+            routes = routes.route(segment, class);
+        }
+        let listener = tokio::net::TcpListener::bind(options.listen)
+            .await
+            .map_err(|source| OdoError::Listen {
+                addr: options.listen,
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| OdoError::Listen {
+            addr: options.listen,
+            source,
+        })?;
+        if options.workers == 0 {
+            let local_service = LocalService::open(self.classes, &options).await?;
+            let router = Arc::new(Router::new(Arc::new(routes), Arc::new(local_service.clone()), options.router.clone()));
+            info!(listen = %local, "odo serving in-process (0 workers)");
+            println!("odo listening on http://{local}");
+            router.serve(listener, shutdown).await;
+            local_service.runtime.shutdown().await;
+            return Ok(());
+        }
+        let mut config = RegistryConfig::new(
+            WorkerCommand::current_exe().map_err(OdoError::Registry)?,
+            options.data_dir.clone(),
+        );
+        config.workers = options.workers;
+        config.storage = options.storage;
+        config.transport = options.transport;
+        let registry = Arc::new(Registry::start(config).await?);
+        registry.ready().await?;
+        let client = odo_transport::ClientConfig {
+            peer_name: "router".into(),
+            ..odo_transport::ClientConfig::new(registry.token())
+        };
+        let service = odo_router::ClusterService::new(registry.placement(), client);
+        let router = Arc::new(
+            Router::new(Arc::new(routes), Arc::new(service), options.router.clone()).with_admin(registry.clone()),
+        );
+        info!(listen = %local, workers = options.workers, "odo serving");
+        println!("odo listening on http://{local}");
+        router.serve(listener, shutdown).await;
+        match Arc::try_unwrap(registry) {
+            Ok(registry) => registry.shutdown().await,
+            Err(_) => return Err(OdoError::Other("the registry is still in use at shutdown".into())),
+        }
+        Ok(())
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Resolves on SIGINT or SIGTERM (Ctrl-C elsewhere).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            info!("signal received: shutting down");
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    info!("Ctrl-C received: shutting down");
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "odo", version, about = "odo: Open Durable Objects, a self-hostable Durable Objects server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the server: a registry, worker processes and the HTTP front door.
+    Serve(ServeFlags),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StorageFlag {
+    /// Durable, on disk (fjall), one database per shard under DATA_DIR/shards/N.
+    Fjall,
+    /// In memory: everything is lost when a worker exits.
+    Memory,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TransportFlag {
+    /// Unix domain sockets in a private runtime directory (Unix only).
+    Uds,
+    /// TCP on the loopback address.
+    Tcp,
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeFlags {
+    /// The HTTP address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    listen: SocketAddr,
+    /// Worker processes; 0 hosts every object in the main process
+    /// (development mode). Default: the number of available cores.
+    #[arg(long)]
+    workers: Option<u32>,
+    /// Where shard data and the cluster record live. The number of shards
+    /// is fixed when the directory is created.
+    #[arg(long, default_value = "./.odo")]
+    data_dir: PathBuf,
+    /// The storage backend.
+    #[arg(long, value_enum, default_value = "fjall")]
+    storage: StorageFlag,
+    /// How the router reaches the workers.
+    #[arg(long, value_enum, default_value = if cfg!(unix) { "uds" } else { "tcp" })]
+    transport: TransportFlag,
+    /// The largest request body, in bytes (larger answers 413).
+    #[arg(long, default_value_t = 1024 * 1024)]
+    max_body_bytes: usize,
+    /// The request deadline, in milliseconds (slower answers 504).
+    #[arg(long, default_value_t = 30_000)]
+    request_timeout_ms: u64,
+}
+
+impl ServeFlags {
+    fn into_options(self) -> ServeOptions {
+        let defaults = ServeOptions::default();
+        ServeOptions {
+            listen: self.listen,
+            workers: self.workers.unwrap_or(defaults.workers),
+            data_dir: self.data_dir,
+            storage: match self.storage {
+                StorageFlag::Fjall => StorageKind::Fjall,
+                StorageFlag::Memory => StorageKind::Memory,
+            },
+            transport: match self.transport {
+                TransportFlag::Uds => TransportKind::Uds,
+                TransportFlag::Tcp => TransportKind::Tcp,
+            },
+            router: RouterConfig {
+                max_body_bytes: self.max_body_bytes,
+                request_deadline: std::time::Duration::from_millis(self.request_timeout_ms),
+                ..RouterConfig::default()
+            },
+            runtime: RuntimeConfig::default(),
+        }
+    }
+}
+
+/// Objects hosted in this process (0 workers): the same runtime a worker
+/// runs, without the process boundary.
+#[derive(Clone)]
+struct LocalService {
+    runtime: Runtime,
+}
+
+impl LocalService {
+    async fn open(classes: Classes, options: &ServeOptions) -> Result<Self, OdoError> {
+        let shards = odo_registry::shard_count(&options.data_dir, 1)?;
+        let runtime = Runtime::new(classes, options.runtime.clone(), shards);
+        for shard in 0..shards {
+            let backend: Arc<dyn Backend> = match options.storage {
+                StorageKind::Memory => Arc::new(MemoryBackend::new()),
+                StorageKind::Fjall => {
+                    let dir = options.data_dir.join("shards").join(shard.to_string());
+                    let backend = tokio::task::spawn_blocking(move || FjallBackend::open(dir, FjallOptions::default()))
+                        .await
+                        .map_err(|e| OdoError::Other(format!("opening shard {shard}: {e}")))??;
+                    Arc::new(backend)
+                }
+            };
+            let store = Store::open_shared(backend, StoreOptions::default())?;
+            runtime
+                .open_shard(shard, 1, store)
+                .map_err(|e| OdoError::Other(e.to_string()))?;
+        }
+        Ok(Self { runtime })
+    }
+}
+
+fn object_ref(object: &ObjectAddress) -> ObjectRef {
+    ObjectRef {
+        class: Arc::from(object.class.as_str()),
+        id: object.id,
+        name: object.name.as_deref().map(Arc::from),
+    }
+}
+
+impl ObjectService for LocalService {
+    fn fetch(
+        &self,
+        object: ObjectAddress,
+        request: FetchRequest,
+        body: Bytes,
+        _deadline: Instant,
+    ) -> BoxFuture<'static, Result<(FetchResponse, Bytes), ForwardError>> {
+        let runtime = self.runtime.clone();
+        async move {
+            let (_, request) = odo_worker::wire::request_from_wire(request, body)?;
+            let response = runtime.fetch(object_ref(&object), None, request).await?;
+            Ok(odo_worker::wire::response_to_wire(response))
+        }
+        .boxed()
+    }
+
+    fn call(
+        &self,
+        object: ObjectAddress,
+        method: String,
+        args: Bytes,
+        _deadline: Instant,
+    ) -> BoxFuture<'static, Result<Bytes, ForwardError>> {
+        let runtime = self.runtime.clone();
+        async move { Ok(runtime.call(object_ref(&object), None, RpcCall { method, args }).await?) }.boxed()
+    }
+
+    fn locate(&self, id: &ObjectId) -> Option<Location> {
+        let shard = id.shard(self.runtime.shard_count());
+        Some(Location {
+            shard,
+            epoch: self.runtime.shard_epoch(shard).unwrap_or(0),
+            pid: Some(std::process::id()),
+        })
+    }
+}
+
+impl From<WireError> for OdoError {
+    fn from(e: WireError) -> Self {
+        OdoError::Other(e.to_string())
+    }
+}

@@ -1,0 +1,32 @@
+//! odo: Open Durable Objects, a self-hostable implementation of the
+//! Cloudflare Durable Objects model.
+//!
+//! This facade crate owns the [`App`] builder that turns object classes into
+//! a server (a registry with worker processes, or an in-process runtime,
+//! behind the HTTP front door), the `odo` binary with its [`demo`] classes,
+//! and re-exports of what a user writes against. The pieces live in their
+//! own crates: odo-core (ids, wire), odo-transport, odo-storage, odo-worker
+//! (the object runtime), odo-registry (processes and placement) and
+//! odo-router (HTTP and the client API).
+//!
+//! See [`App`] for a server around your own classes in a few lines.
+
+mod app;
+pub mod demo;
+
+pub use app::{App, OdoError, ServeOptions};
+pub use odo_core::launch::StorageKind;
+pub use odo_core::{Namespace, ObjectId};
+pub use odo_registry::TransportKind;
+pub use odo_router::{Client, RouterConfig};
+pub use odo_storage::ListOptions;
+pub use odo_worker::{
+    AlarmInfo, Context, DurableObject, ObjectError, Request, Response, RpcCall, RpcReply, RuntimeConfig, Stub,
+};
+
+/// The demo server's app: `Counter` under `/counter`, `Kv` under `/kv`.
+pub fn demo_app() -> App {
+    App::new()
+        .class::<demo::Counter>("counter", "COUNTER")
+        .class::<demo::Kv>("kv", "KV")
+}
