@@ -9,7 +9,7 @@
 //!    every option combination, transactions that fail half way,
 //!    `delete_all`, alarms, turns committed or rolled back, close and
 //!    reopen) compared step by step with a `BTreeMap` model. The case count
-//!    is 64 unless `PROPTEST_CASES` says otherwise.
+//!    is 256 unless `PROPTEST_CASES` says otherwise.
 //! 2. [`durability`]: write, close, reopen, compare.
 //! 3. [`crash`] (durable backends): a child process commits and
 //!    acknowledges writes, is killed with SIGKILL, and every acknowledged
