@@ -395,3 +395,21 @@ fn dropping_the_last_handle_commits_and_closes() {
         Err(StorageError::Closed)
     ));
 }
+
+/// The runtime spawns object turns on a multi-threaded executor.
+#[test]
+fn storage_and_its_futures_are_send() {
+    fn send<T: Send>(_: &T) {}
+    let store = memory_store();
+    let mut s = store.object(id("send"));
+    send(&s);
+    send(&store);
+    send(&s.get("k"));
+    send(&s.list(&Default::default()));
+    send(&s.transaction(async |tx| tx.put("k", "v").await));
+    let wait = s.commit_turn();
+    send(&wait);
+    if let Some(wait) = wait {
+        send(&wait.wait());
+    }
+}
