@@ -251,8 +251,31 @@ struct Slot {
     end: u64,
 }
 
+/// Request ids are sequential, so a multiplicative hash spreads them well
+/// and costs far less than the default SipHash.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
+
 struct Pending {
-    calls: HashMap<u64, Slot>,
+    calls: IdMap<Slot>,
     /// Set once, when the connection closes; no slot is added after.
     closed: Option<CloseReason>,
 }
@@ -280,6 +303,11 @@ impl Shared {
     /// Closes the connection once: fails every waiting call with what
     /// happened to its request, and stops the tasks.
     fn close(&self, reason: CloseReason) {
+        // First stop the writing: from here on nothing more reaches the
+        // socket, so a request whose frame the socket had not wholly taken
+        // was never seen by the server.
+        self.sink.close(reason.clone());
+        let written = self.sink.written();
         let calls = {
             let mut pending = self.lock();
             if pending.closed.is_some() {
@@ -288,11 +316,7 @@ impl Shared {
             pending.closed = Some(reason.clone());
             std::mem::take(&mut pending.calls)
         };
-        self.sink.close(reason.clone());
         self.closed.cancel();
-        // Nothing more reaches the socket: a request whose frame the socket
-        // had not wholly taken was never seen by the server.
-        let written = self.sink.written();
         if !calls.is_empty() {
             debug!(endpoint = %self.endpoint, %reason, calls = calls.len(), "channel closed with calls in flight");
         }
@@ -432,7 +456,7 @@ impl Channel {
             max_frame_len: config.max_frame_len,
             next_id: AtomicU64::new(HANDSHAKE_ID + 1),
             pending: Mutex::new(Pending {
-                calls: HashMap::new(),
+                calls: IdMap::default(),
                 closed: None,
             }),
             closed: CancellationToken::new(),
@@ -476,30 +500,23 @@ impl Channel {
         })?;
         drop(frame);
         let (tx, mut rx) = oneshot::channel();
-        {
-            // Sending under the lock orders it with `close`: a call is either
-            // failed by the close, or refused here.
-            let mut pending = shared.lock();
-            if let Some(reason) = &pending.closed {
-                return Err(CallError::Closed {
-                    endpoint: shared.endpoint.clone(),
-                    reason: reason.clone(),
-                });
-            }
-            // Alone on the connection, write now (lowest latency); with
-            // other calls in flight, let the writer task gather this frame
-            // with the others' into one write.
-            let sent = if pending.calls.is_empty() {
-                shared.sink.send(&bytes)
-            } else {
-                shared.sink.enqueue(&bytes)
-            };
-            let end = sent.map_err(|reason| CallError::NotSent {
+        // The slot is registered while the frame is queued, before any of it
+        // can reach the server (so before a response can come back), and in
+        // order with `close` (which stops the sink first).
+        shared
+            .sink
+            .send_with(&bytes, |end| {
+                let mut pending = shared.lock();
+                if let Some(reason) = &pending.closed {
+                    return Err(reason.clone());
+                }
+                pending.calls.insert(id, Slot { tx, end });
+                Ok(())
+            })
+            .map_err(|reason| CallError::Closed {
                 endpoint: shared.endpoint.clone(),
-                reason,
+                reason: reason.unwrap_or(CloseReason::Local),
             })?;
-            pending.calls.insert(id, Slot { tx, end });
-        }
         drop(bytes);
         let mut guard = CallGuard {
             handle: &self.handle,
@@ -591,10 +608,14 @@ impl Drop for CallGuard<'_> {
 }
 
 async fn read_loop(shared: Arc<Shared>, mut frames: FramedRead<ReadHalf, LengthDelimitedCodec>) {
+    // Pinned once: a fresh `cancelled()` future per frame would register
+    // with the token again each time.
+    let closed = shared.closed.clone();
+    let mut closed = std::pin::pin!(closed.cancelled());
     let reason = loop {
         let next = tokio::select! {
             biased;
-            _ = shared.closed.cancelled() => return,
+            _ = &mut closed => return,
             next = frames.next() => next,
         };
         let bytes = match next {

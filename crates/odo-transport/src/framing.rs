@@ -2,9 +2,9 @@
 //! frame encoding with its u32 prefix, and the batching writer loop.
 
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use odo_core::Frame;
 use odo_core::codec::{self, CodecError};
 use tokio::sync::Notify;
@@ -116,253 +116,358 @@ pub(crate) fn encode_frame(frame: &Frame, max_frame_len: usize) -> Result<Bytes,
 /// The sending side of a connection, shared by everyone who sends frames
 /// on it and by one writer task.
 ///
-/// [`FrameSink::send`] never waits: when nothing is queued it writes the
-/// frame straight to the socket (no task switch on the fast path); when the
-/// socket is full, it appends the frame to a buffer that the writer task
-/// drains, in large writes, as the socket accepts more. Frames therefore go
-/// out whole and in the order they were sent.
+/// Senders append their frame to a queue (a short critical section, a
+/// copy) and then try to become the one writing: whoever gets the socket
+/// writes everything queued, its own frame and those appended meanwhile, in
+/// one system call, on its own thread — no task switch. A sender that finds
+/// the socket taken leaves its frame to the current writer, which looks at
+/// the queue again before letting go. When the socket is full, the writer
+/// task waits for room and takes over. Frames go out whole and in the order
+/// they were queued.
 pub(crate) struct FrameSink {
-    state: Mutex<SinkState>,
+    queue: Mutex<Queue>,
+    /// Held only while writing without waiting (never across an await).
+    /// Lock order: `socket` before `queue`.
+    socket: Mutex<Socket>,
     wake: Notify,
 }
 
-struct SinkState {
-    /// The socket; `None` once closed (dropping it shuts the write side).
-    half: Option<Arc<WriteHalf>>,
-    /// Bytes accepted but not yet taken by the socket.
-    queued: BytesMut,
-    /// Total bytes accepted by [`FrameSink::send`].
+struct Queue {
+    /// Bytes accepted but not yet written.
+    bytes: BytesMut,
+    /// Total bytes accepted.
     accepted: u64,
-    /// Total bytes the socket took.
-    written: u64,
     /// Set once the sink closed; every later send fails with it.
     closed: Option<CloseReason>,
-    /// The writer task closes the sink once `queued` is empty.
-    finishing: bool,
-    /// Frames are only queued, until [`FrameSink::uncork`].
+    /// Senders only queue, until [`FrameSink::uncork`].
     corked: bool,
+    /// The socket is full: the writer task writes once it has room.
+    blocked: bool,
+    /// The writer task closes the sink once everything is written.
+    finishing: bool,
 }
 
-/// What the writer task does next.
-enum Step {
-    Wait,
-    WaitWritable(Arc<WriteHalf>),
-    Done(Result<(), CloseReason>),
+struct Socket {
+    /// `None` once closed (dropping it shuts the write side down).
+    half: Option<Arc<WriteHalf>>,
+    /// Total bytes the socket took.
+    written: u64,
+    /// The buffer being written, swapped with the queue's.
+    chunk: BytesMut,
 }
 
 impl FrameSink {
     pub(crate) fn new(half: WriteHalf) -> FrameSink {
         FrameSink {
-            state: Mutex::new(SinkState {
-                half: Some(Arc::new(half)),
-                queued: BytesMut::new(),
+            queue: Mutex::new(Queue {
+                bytes: BytesMut::new(),
                 accepted: 0,
-                written: 0,
                 closed: None,
-                finishing: false,
                 corked: false,
+                blocked: false,
+                finishing: false,
+            }),
+            socket: Mutex::new(Socket {
+                half: Some(Arc::new(half)),
+                written: 0,
+                chunk: BytesMut::new(),
             }),
             wake: Notify::new(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, SinkState> {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
         // Every critical section leaves the state consistent, so a poisoned
         // lock is still usable.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends one encoded frame: writes it now if nothing is queued ahead of
-    /// it, otherwise queues it. Returns the stream offset just past the
-    /// frame: the frame has reached the socket once [`FrameSink::written`]
-    /// is at least that.
+    fn socket(&self) -> MutexGuard<'_, Socket> {
+        self.socket.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends one encoded frame. Returns the stream offset just past it: the
+    /// frame has reached the socket once [`FrameSink::written`] is at least
+    /// that.
     pub(crate) fn send(&self, frame: &[u8]) -> Result<u64, CloseReason> {
-        self.submit(frame, true)
+        self.send_with(frame, |_| Ok(()))
+            .map_err(|e| e.unwrap_or(CloseReason::Local))
     }
 
-    /// Queues one encoded frame for the writer task, which writes everything
-    /// queued meanwhile in one go: the busy path, trading a task switch for
-    /// fewer system calls. Returns what [`FrameSink::send`] returns.
-    pub(crate) fn enqueue(&self, frame: &[u8]) -> Result<u64, CloseReason> {
-        self.submit(frame, false)
-    }
-
-    fn submit(&self, frame: &[u8], direct: bool) -> Result<u64, CloseReason> {
-        let mut state = self.lock();
-        let state = &mut *state;
-        let half = match (&state.closed, &state.half) {
-            (Some(reason), _) => return Err(reason.clone()),
-            (None, None) => return Err(CloseReason::Local),
-            (None, Some(half)) => half,
-        };
-        state.accepted += frame.len() as u64;
-        let end = state.accepted;
-        if !state.queued.is_empty() || state.corked {
-            // The writer task (or the corker) writes what is queued; this
-            // frame goes behind it.
-            state.queued.extend_from_slice(frame);
-            return Ok(end);
-        }
-        if !direct {
-            state.queued.extend_from_slice(frame);
-            self.wake.notify_one();
-            return Ok(end);
-        }
-        match half.try_write(frame) {
-            Ok(n) => {
-                state.written += n as u64;
-                if n == frame.len() {
-                    return Ok(end);
-                }
-                state.queued.extend_from_slice(&frame[n..]);
+    /// Like [`FrameSink::send`], running `accept` with the frame's end
+    /// offset once the frame is sure to be queued but before any of it can
+    /// be written; an error from `accept` drops the frame and is returned.
+    /// A closed sink fails with `Err(Some(reason))` without calling
+    /// `accept`.
+    pub(crate) fn send_with<E>(
+        &self,
+        frame: &[u8],
+        accept: impl FnOnce(u64) -> Result<(), E>,
+    ) -> Result<u64, Option<E>>
+    where
+        E: From<CloseReason>,
+    {
+        let end;
+        {
+            let mut queue = self.queue();
+            if let Some(reason) = &queue.closed {
+                return Err(Some(E::from(reason.clone())));
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                state.queued.extend_from_slice(frame);
+            end = queue.accepted + frame.len() as u64;
+            accept(end).map_err(Some)?;
+            queue.accepted = end;
+            let writable = !queue.corked && !queue.blocked;
+            if writable
+                && queue.bytes.is_empty()
+                && let Some(mut socket) = self.try_socket()
+            {
+                // The fast path: nothing is queued ahead of this frame and
+                // the socket is ours, so write it straight from the caller's
+                // buffer. (`try_lock` never waits, so taking `socket` while
+                // holding `queue` cannot deadlock.)
+                drop(queue);
+                self.write_frame(&mut socket, frame);
+                self.flush_holding(socket);
+                return Ok(end);
             }
-            Err(e) => {
-                let reason = CloseReason::from_io(&e);
-                state.closed = Some(reason.clone());
-                state.half = None;
-                self.wake.notify_one();
-                return Err(reason);
+            queue.bytes.extend_from_slice(frame);
+            if !writable {
+                return Ok(end);
             }
         }
-        self.wake.notify_one();
+        self.flush();
         Ok(end)
     }
 
-    /// Queues frames sent from now on, until [`FrameSink::uncork`]: a
-    /// server answering a burst of requests writes the answers together.
-    pub(crate) fn cork(&self) {
-        self.lock().corked = true;
+    fn try_socket(&self) -> Option<MutexGuard<'_, Socket>> {
+        match self.socket.try_lock() {
+            Ok(socket) => Some(socket),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
-    /// Writes what was queued while corked, here and now as far as the
-    /// socket takes it; the writer task writes the rest.
-    pub(crate) fn uncork(&self) {
-        let mut state = self.lock();
-        if !state.corked {
-            return;
+    /// Writes what is queued, unless someone else is writing (they will
+    /// write it) or the socket is full (the writer task will).
+    fn flush(&self) {
+        if let Some(socket) = self.try_socket() {
+            self.flush_holding(socket);
         }
-        state.corked = false;
-        if state.queued.is_empty() {
-            return;
+    }
+
+    /// Writes what is queued, then lets go of the socket, and writes again
+    /// if frames were queued meanwhile by senders who found it taken.
+    fn flush_holding<'a>(&'a self, mut socket: MutexGuard<'a, Socket>) {
+        loop {
+            self.write_queued(&mut socket);
+            drop(socket);
+            {
+                let queue = self.queue();
+                if queue.bytes.is_empty() || queue.blocked || queue.corked {
+                    return;
+                }
+            }
+            match self.try_socket() {
+                Some(next) => socket = next,
+                None => return,
+            }
         }
-        if let Step::Done(_) = Self::write_queued(&mut state) {
-            drop(state);
-            self.wake.notify_one();
-            return;
+    }
+
+    /// Writes one frame with nothing queued ahead of it; what the socket
+    /// does not take now is queued for the writer task.
+    fn write_frame(&self, socket: &mut Socket, frame: &[u8]) {
+        let Some(half) = &socket.half else { return };
+        let mut done = 0;
+        while done < frame.len() {
+            match half.try_write(&frame[done..]) {
+                Ok(0) => {
+                    self.fail(socket, io::ErrorKind::WriteZero.into());
+                    return;
+                }
+                Ok(n) => {
+                    done += n;
+                    socket.written += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.requeue_front(&frame[done..]);
+                    return;
+                }
+                Err(e) => {
+                    self.fail(socket, e);
+                    return;
+                }
+            }
         }
-        if !state.queued.is_empty() {
-            drop(state);
-            self.wake.notify_one();
+    }
+
+    /// Puts unwritten bytes back in front of the queue and hands over to
+    /// the writer task, which waits for room.
+    fn requeue_front(&self, rest: &[u8]) {
+        let mut queue = self.queue();
+        let mut bytes = BytesMut::with_capacity(rest.len() + queue.bytes.len());
+        bytes.extend_from_slice(rest);
+        bytes.extend_from_slice(&queue.bytes);
+        queue.bytes = bytes;
+        queue.blocked = true;
+        drop(queue);
+        self.wake.notify_one();
+    }
+
+    /// Closes the sink after a write failed.
+    fn fail(&self, socket: &mut Socket, error: io::Error) {
+        socket.half = None;
+        let mut queue = self.queue();
+        queue.closed.get_or_insert(CloseReason::from_io(&error));
+        queue.bytes = BytesMut::new();
+        drop(queue);
+        self.wake.notify_one();
+    }
+
+    /// Writes queued bytes while the socket takes them.
+    fn write_queued(&self, socket: &mut Socket) {
+        let socket = &mut *socket;
+        loop {
+            {
+                let mut queue = self.queue();
+                if queue.bytes.is_empty() || queue.blocked || queue.corked {
+                    return;
+                }
+                socket.chunk.clear();
+                std::mem::swap(&mut socket.chunk, &mut queue.bytes);
+            }
+            let Some(half) = &socket.half else { return };
+            let mut done = 0;
+            let failure = loop {
+                if done == socket.chunk.len() {
+                    break None;
+                }
+                match half.try_write(&socket.chunk[done..]) {
+                    Ok(0) => break Some(io::Error::from(io::ErrorKind::WriteZero)),
+                    Ok(n) => {
+                        done += n;
+                        socket.written += n as u64;
+                    }
+                    Err(e) => break Some(e),
+                }
+            };
+            match failure {
+                None => {}
+                Some(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let chunk = std::mem::take(&mut socket.chunk);
+                    self.requeue_front(&chunk[done..]);
+                    socket.chunk = chunk;
+                    return;
+                }
+                Some(e) => {
+                    self.fail(socket, e);
+                    return;
+                }
+            }
         }
     }
 
     /// How many bytes the socket has taken so far.
     pub(crate) fn written(&self) -> u64 {
-        self.lock().written
+        self.socket().written
+    }
+
+    /// Queues frames sent from now on, until [`FrameSink::uncork`]: a
+    /// server answering a burst of requests writes the answers together.
+    pub(crate) fn cork(&self) {
+        self.queue().corked = true;
+    }
+
+    /// Writes what was queued while corked.
+    pub(crate) fn uncork(&self) {
+        {
+            let mut queue = self.queue();
+            if !queue.corked {
+                return;
+            }
+            queue.corked = false;
+        }
+        self.flush();
+        // A flush that found the socket taken leaves the bytes to its holder.
     }
 
     /// Asks the writer task to write what is queued, then close.
     pub(crate) fn finish(&self) {
-        self.lock().finishing = true;
+        let mut queue = self.queue();
+        queue.finishing = true;
+        queue.corked = false;
+        drop(queue);
         self.wake.notify_one();
     }
 
     /// Closes now: drops what is queued and shuts the write side down (once
-    /// the writer task lets go of the socket too).
+    /// the writer task lets go of the socket too). After this returns,
+    /// nothing more is written and [`FrameSink::written`] is final.
     pub(crate) fn close(&self, reason: CloseReason) {
-        let mut state = self.lock();
-        state.closed.get_or_insert(reason);
-        state.half = None;
-        state.queued = BytesMut::new();
-        drop(state);
+        let mut socket = self.socket();
+        let mut queue = self.queue();
+        queue.closed.get_or_insert(reason);
+        queue.bytes = BytesMut::new();
+        queue.blocked = false;
+        socket.half = None;
+        drop(queue);
+        drop(socket);
         self.wake.notify_one();
     }
 
-    /// The writer task: writes queued bytes as the socket takes them, until
+    /// The writer task: waits for room whenever the socket is full, until
     /// the sink is finished (and drained) or closed. Returns `Ok` when it was
     /// finished or closed locally, and why otherwise.
     pub(crate) async fn run(&self) -> Result<(), CloseReason> {
         loop {
-            let step = self.step();
-            match step {
-                Step::Done(result) => return result,
-                Step::Wait => self.wake.notified().await,
-                Step::WaitWritable(half) => {
-                    // Also wake on close, so the socket is let go promptly.
-                    tokio::select! {
-                        biased;
-                        _ = self.wake.notified() => {}
-                        ready = half.writable() => {
-                            if let Err(e) = ready {
-                                let reason = CloseReason::from_io(&e);
-                                self.close(reason.clone());
-                                return Err(reason);
-                            }
+            let (blocked, idle, corked, finishing) = {
+                let queue = self.queue();
+                if let Some(reason) = &queue.closed {
+                    return match reason {
+                        CloseReason::Local => Ok(()),
+                        other => Err(other.clone()),
+                    };
+                }
+                (
+                    queue.blocked,
+                    queue.bytes.is_empty(),
+                    queue.corked,
+                    queue.finishing,
+                )
+            };
+            if blocked {
+                let half = self.socket().half.clone();
+                let Some(half) = half else { continue };
+                tokio::select! {
+                    biased;
+                    // Woken by close (or finish): look again.
+                    _ = self.wake.notified() => continue,
+                    ready = half.writable() => {
+                        if let Err(e) = ready {
+                            let reason = CloseReason::from_io(&e);
+                            self.close(reason.clone());
+                            return Err(reason);
                         }
                     }
                 }
+                self.queue().blocked = false;
+                // Blocks only behind a sender's non-waiting write.
+                let mut socket = self.socket();
+                self.write_queued(&mut socket);
+                continue;
             }
-        }
-    }
-
-    fn step(&self) -> Step {
-        let mut state = self.lock();
-        if let Some(reason) = &state.closed {
-            return Step::Done(match reason {
-                CloseReason::Local => Ok(()),
-                other => Err(other.clone()),
-            });
-        }
-        if state.corked {
-            // The corker writes when it uncorks.
-            return Step::Wait;
-        }
-        match Self::write_queued(&mut state) {
-            Step::Wait => {}
-            other => return other,
-        }
-        if state.finishing {
-            state.closed = Some(CloseReason::Local);
-            state.half = None;
-            return Step::Done(Ok(()));
-        }
-        Step::Wait
-    }
-
-    /// Writes queued bytes while the socket takes them. `Wait` when all are
-    /// written, `WaitWritable` when the socket is full, `Done` when writing
-    /// failed (the sink is then closed).
-    fn write_queued(state: &mut SinkState) -> Step {
-        let Some(half) = &state.half else {
-            return Step::Done(Ok(()));
-        };
-        while !state.queued.is_empty() {
-            match half.try_write(&state.queued) {
-                Ok(0) => {
-                    let reason = CloseReason::from_io(&io::ErrorKind::WriteZero.into());
-                    state.closed = Some(reason.clone());
-                    state.half = None;
-                    return Step::Done(Err(reason));
-                }
-                Ok(n) => {
-                    state.queued.advance(n);
-                    state.written += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Step::WaitWritable(half.clone());
-                }
-                Err(e) => {
-                    let reason = CloseReason::from_io(&e);
-                    state.closed = Some(reason.clone());
-                    state.half = None;
-                    return Step::Done(Err(reason));
-                }
+            if !idle && !corked {
+                // A sender is writing (or just gave up the socket to us):
+                // write what is left once it is done.
+                let mut socket = self.socket();
+                self.write_queued(&mut socket);
+                continue;
             }
+            if idle && finishing {
+                self.close(CloseReason::Local);
+                return Ok(());
+            }
+            self.wake.notified().await;
         }
-        state.queued.clear();
-        Step::Wait
     }
 }

@@ -527,6 +527,10 @@ impl<H: Handler> Connection<H> {
         let mut requests = JoinSet::new();
         let mut in_flight: HashMap<u64, AbortHandle> = HashMap::new();
         let mut draining = false;
+        // Pinned once: a fresh `cancelled()` future per frame would register
+        // with the token again each time.
+        let mut shutdown = std::pin::pin!(self.draining.cancelled());
+        let mut write_failed = std::pin::pin!(write_failed.cancelled());
         // `None`: drained after a shutdown; `Some`: the connection is gone.
         let closed = loop {
             if draining && requests.is_empty() {
@@ -540,11 +544,11 @@ impl<H: Handler> Connection<H> {
                         in_flight.remove(&id);
                     }
                 }
-                _ = self.draining.cancelled(), if !draining => {
+                _ = &mut shutdown, if !draining => {
                     debug!(peer = %self.peer, in_flight = requests.len(), "draining connection");
                     draining = true;
                 }
-                _ = write_failed.cancelled() => break Some(CloseReason::Io {
+                _ = &mut write_failed => break Some(CloseReason::Io {
                     kind: io::ErrorKind::BrokenPipe,
                     message: "writing to the peer failed".into(),
                 }),
