@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use odo_core::Frame;
 use odo_core::codec::{self, CodecError};
 use odo_core::wire::{Message, PROTOCOL_VERSION, Refused, Request, Response};
@@ -25,6 +25,7 @@ use tracing::{debug, warn};
 use crate::endpoint::Endpoint;
 use crate::framing::{
     CloseReason, DEFAULT_MAX_FRAME_LEN, EncodeError, FrameSink, encode_frame, frame_reader,
+    holds_whole_frame,
 };
 use crate::handshake::{HANDSHAKE_ID, hello_frame};
 use crate::stream::{ReadHalf, Stream};
@@ -612,42 +613,59 @@ async fn read_loop(shared: Arc<Shared>, mut frames: FramedRead<ReadHalf, LengthD
     // with the token again each time.
     let closed = shared.closed.clone();
     let mut closed = std::pin::pin!(closed.cancelled());
-    let reason = loop {
-        let next = tokio::select! {
+    // Responses already read, matched to their calls under one lock.
+    let mut answers: Vec<(u64, Response, Bytes)> = Vec::new();
+    let reason = 'read: loop {
+        let mut next = tokio::select! {
             biased;
             _ = &mut closed => return,
-            next = frames.next() => next,
+            next = frames.next() => Some(next),
         };
-        let bytes = match next {
-            None => break CloseReason::PeerClosed,
-            Some(Err(e)) => break CloseReason::from_read_error(e, shared.max_frame_len),
-            Some(Ok(bytes)) => bytes.freeze(),
-        };
-        match codec::decode(bytes) {
-            Ok(Frame {
-                request_id,
-                message: Message::Response(response),
-                body,
-            }) => {
-                let slot = shared.lock().calls.remove(&request_id);
-                // No slot: the caller gave up (deadline or drop) already.
-                if let Some(slot) = slot {
-                    let _ = slot.tx.send(Ok((response, body)));
+        // Take every whole frame already buffered without waiting.
+        let mut failure = None;
+        while let Some(item) = next {
+            let bytes = match item {
+                None => {
+                    failure = Some(CloseReason::PeerClosed);
+                    break;
+                }
+                Some(Err(e)) => {
+                    failure = Some(CloseReason::from_read_error(e, shared.max_frame_len));
+                    break;
+                }
+                Some(Ok(bytes)) => bytes.freeze(),
+            };
+            match codec::decode(bytes) {
+                Ok(Frame {
+                    request_id,
+                    message: Message::Response(response),
+                    body,
+                }) => answers.push((request_id, response, body)),
+                Ok(frame) => {
+                    failure = Some(CloseReason::Protocol {
+                        reason: format!(
+                            "unexpected {:?} frame from the server",
+                            frame.message.kind()
+                        ),
+                    });
+                    break;
+                }
+                Err(e) => {
+                    failure = Some(CloseReason::Protocol {
+                        reason: format!("malformed frame: {e}"),
+                    });
+                    break;
                 }
             }
-            Ok(frame) => {
-                break CloseReason::Protocol {
-                    reason: format!(
-                        "unexpected {:?} frame from the server",
-                        frame.message.kind()
-                    ),
-                };
-            }
-            Err(e) => {
-                break CloseReason::Protocol {
-                    reason: format!("malformed frame: {e}"),
-                };
-            }
+            next = if holds_whole_frame(frames.read_buffer()) {
+                frames.next().now_or_never()
+            } else {
+                None
+            };
+        }
+        deliver(&shared, &mut answers);
+        if let Some(reason) = failure {
+            break 'read reason;
         }
     };
     match &reason {
@@ -655,6 +673,26 @@ async fn read_loop(shared: Arc<Shared>, mut frames: FramedRead<ReadHalf, LengthD
         other => warn!(endpoint = %shared.endpoint, reason = %other, "dropping channel"),
     }
     shared.close(reason);
+}
+
+/// Hands responses to their callers, taking the lock once.
+fn deliver(shared: &Shared, answers: &mut Vec<(u64, Response, Bytes)>) {
+    if answers.is_empty() {
+        return;
+    }
+    let mut slots = Vec::with_capacity(answers.len());
+    {
+        let mut pending = shared.lock();
+        for (id, response, body) in answers.drain(..) {
+            // No slot: the caller gave up (deadline or drop) already.
+            if let Some(slot) = pending.calls.remove(&id) {
+                slots.push((slot, response, body));
+            }
+        }
+    }
+    for (slot, response, body) in slots {
+        let _ = slot.tx.send(Ok((response, body)));
+    }
 }
 
 /// Reads the server's answer to our hello; returns the server's name.

@@ -94,6 +94,16 @@ pub(crate) fn frame_reader(
     FramedRead::with_capacity(read, codec, 64 * 1024)
 }
 
+/// Whether `buffer` (a frame reader's buffer, which always starts at a
+/// length prefix between frames) holds a whole frame: reading it then
+/// needs no I/O.
+pub(crate) fn holds_whole_frame(buffer: &[u8]) -> bool {
+    match buffer.first_chunk::<PREFIX_LEN>() {
+        Some(prefix) => buffer.len() - PREFIX_LEN >= u32::from_be_bytes(*prefix) as usize,
+        None => false,
+    }
+}
+
 /// Encodes `frame` with its u32 big-endian length prefix, ready to write.
 pub(crate) fn encode_frame(frame: &Frame, max_frame_len: usize) -> Result<Bytes, EncodeError> {
     let mut buf = BytesMut::with_capacity(PREFIX_LEN + codec::HEADER_LEN + 64 + frame.body.len());

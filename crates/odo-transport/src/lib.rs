@@ -18,6 +18,29 @@
 //! configured otherwise. Malformed input closes only the offending
 //! connection, with a logged reason.
 //!
+//! ## How a call moves (and why it is fast)
+//!
+//! A call spawns nothing. It encodes its frame, registers a slot keyed by
+//! its request id and hands the frame to the connection's *sink*: if nobody
+//! else is writing, the caller writes the frame itself, straight from its
+//! buffer, in one system call; if another caller is writing, the frame is
+//! queued and that writer sends it with its own in the same write. Only
+//! when the socket is full does a writer task wait for room. One reader
+//! task per connection takes every whole response already buffered,
+//! matches them to their slots under one lock and wakes the callers.
+//!
+//! On the server, one task per connection reads requests and polls each
+//! handler once in place (see [`Handler`]); while more whole requests are
+//! buffered, answers are held back and written together.
+//!
+//! ## What a failed call tells you
+//!
+//! A request counts as written once the socket has taken its whole frame.
+//! When a connection dies, calls whose request was never (wholly) written
+//! fail with [`CallError::NotSent`] — the server cannot have seen them, so
+//! they are safe to retry — and the others with [`CallError::Lost`] (outcome
+//! unknown). [`CallError::is_retryable`] says which.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Duration;

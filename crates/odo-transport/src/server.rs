@@ -25,16 +25,24 @@ use tracing::{debug, info, warn};
 use crate::endpoint::Endpoint;
 use crate::framing::{
     CloseReason, DEFAULT_MAX_FRAME_LEN, EncodeError, FrameSink, encode_frame, frame_reader,
+    holds_whole_frame,
 };
 use crate::handshake::{judge_first_frame, refused_frame, welcome_frame};
 use crate::stream::{ReadHalf, Stream, WriteHalf};
 
-/// Answers requests. One handler serves every connection of a server; each
-/// request runs in its own task, so calls are handled concurrently.
+/// Answers requests. One handler serves every connection of a server, and
+/// calls are handled concurrently.
+///
+/// The future [`Handler::handle`] returns is first polled on the
+/// connection's own task: if it completes without waiting (a cache hit, an
+/// echo), it costs no task at all. If it waits, it continues in a task of
+/// its own, so a slow call never holds up the others on its connection. A
+/// handler must therefore not block the thread before its first `.await`
+/// (use `spawn_blocking` for heavy work).
 ///
 /// When the caller cancels (deadline or dropped call) or its connection
-/// dies, the future returned by [`Handler::handle`] is dropped: handlers
-/// that must not stop half-way should hand their work to a task they own.
+/// dies, the future is dropped: handlers that must not stop half-way should
+/// hand their work to a task they own.
 pub trait Handler: Send + Sync + 'static {
     /// Handles one request and its body, returning the response and its
     /// body.
@@ -718,14 +726,6 @@ impl<H: Handler> Connection<H> {
                 reason: format!("unexpected {:?} frame from the client", other.kind()),
             }),
         }
-    }
-}
-
-/// Whether `buffer` starts with a whole length-prefixed frame.
-fn holds_whole_frame(buffer: &[u8]) -> bool {
-    match buffer.first_chunk::<4>() {
-        Some(prefix) => buffer.len() - 4 >= u32::from_be_bytes(*prefix) as usize,
-        None => false,
     }
 }
 
