@@ -9,7 +9,7 @@ use bytes::Bytes;
 use common::*;
 use odo_core::wire::{Response, WireError};
 use odo_transport::{CallError, Channel, ClientConfig, CloseReason, handler_fn};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 /// A handler that reports each request it starts, then never answers, and
@@ -309,4 +309,85 @@ async fn server_peer_name_comes_from_the_handshake() {
     assert_eq!(channel.endpoint(), &server.endpoint);
     drop(channel);
     server.stop().await;
+}
+
+/// A server that completes the handshake and then never reads again, so
+/// the client's socket fills up.
+async fn deaf_server() -> (
+    odo_transport::Endpoint,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    use odo_core::Frame;
+    use odo_core::wire::{Message, PROTOCOL_VERSION, Welcome};
+    use tokio::io::AsyncWriteExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (release, released) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut stream: Box<dyn RawStream> = Box::new(stream);
+        read_frame(&mut stream).await.expect("hello");
+        let welcome = encoded(&Frame {
+            request_id: 0,
+            message: Message::Welcome(Welcome {
+                protocol_version: PROTOCOL_VERSION,
+                peer: "deaf".into(),
+            }),
+            body: Bytes::new(),
+        });
+        stream.write_all(&welcome).await.expect("welcome");
+        // Hold the connection open, reading nothing, until the test is done.
+        let _ = released.await;
+    });
+    let endpoint = odo_transport::Endpoint::Tcp {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+    };
+    (endpoint, release, task)
+}
+
+#[tokio::test]
+async fn requests_never_written_fail_as_not_sent_and_written_ones_as_lost() {
+    let (endpoint, release, server) = deaf_server().await;
+    let channel = connect(&endpoint).await;
+    const CALLS: u64 = 2_000;
+    let mut calls = JoinSet::new();
+    for n in 0..CALLS {
+        let channel = channel.clone();
+        calls.spawn(async move {
+            channel
+                .call(request(n), Bytes::from(vec![0; 16 * 1024]), LONG)
+                .await
+        });
+    }
+    // Every call is registered (written, or queued behind a full socket)
+    // once each task has run up to its wait.
+    while channel.calls_in_flight() < CALLS as usize {
+        tokio::task::yield_now().await;
+    }
+    channel.close();
+    let (mut lost, mut not_sent) = (0, 0);
+    while let Some(done) = calls.join_next().await {
+        match done.expect("call task") {
+            Err(error @ CallError::Lost { .. }) => {
+                assert!(!error.is_retryable());
+                lost += 1;
+            }
+            Err(error @ CallError::NotSent { .. }) => {
+                assert!(error.is_retryable());
+                not_sent += 1;
+            }
+            other => panic!("expected Lost or NotSent, got {other:?}"),
+        }
+    }
+    // 32 MiB cannot fit in the socket buffers of a peer that never reads,
+    // and the first 16 KiB request surely does.
+    assert!(lost > 0, "some requests were written");
+    assert!(not_sent > 0, "some requests were still queued");
+    let _ = release.send(());
+    server.await.expect("deaf server");
 }
