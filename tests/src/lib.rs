@@ -3,4 +3,8 @@
 //!
 //! Nothing here is a library for users: it exists so that tests and
 //! benchmarks can depend on every odo crate at once without any odo crate
-//! depending on them.
+//! depending on them. [`topology`] starts real servers; [`http`] talks to
+//! them.
+
+pub mod http;
+pub mod topology;

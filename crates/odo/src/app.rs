@@ -106,12 +106,21 @@ pub struct App {
     classes: Classes,
     routes: Vec<(String, String)>,
     error: Option<ClassError>,
+    runtime: RuntimeConfig,
 }
 
 impl App {
     /// An app with no classes.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The object runtime's limits, for worker processes and in-process
+    /// hosting alike (workers are this same binary, so they build the same
+    /// app).
+    pub fn runtime(mut self, config: RuntimeConfig) -> Self {
+        self.runtime = config;
+        self
     }
 
     /// Serves class `T`, registered as `class`, under `/{segment}/{name}/...`.
@@ -147,7 +156,11 @@ impl App {
                 return ExitCode::FAILURE;
             }
         };
-        match runtime.block_on(self.run(std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect())) {
+        let result = runtime.block_on(self.run(std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect()));
+        // Everything was shut down gracefully by now; a blocking read of
+        // standard input (`--exit-on-stdin-eof`) must not hold the exit.
+        runtime.shutdown_background();
+        match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("odo: {e}");
@@ -165,7 +178,7 @@ impl App {
                     return Err(e.into());
                 }
                 let token = std::env::var(TOKEN_ENV).unwrap_or_default();
-                return Ok(odo_worker::serve(self.classes, launch, token, RuntimeConfig::default()).await?);
+                return Ok(odo_worker::serve(self.classes, launch, token, self.runtime).await?);
             }
             Ok(None) => {}
             Err(e) => return Err(OdoError::Other(e.to_string())),
@@ -179,7 +192,18 @@ impl App {
             }
         };
         match cli.command {
-            Command::Serve(flags) => self.serve(flags.into_options(), shutdown_signal()).await,
+            Command::Serve(flags) => {
+                let stdin_eof = flags.exit_on_stdin_eof;
+                let mut options = flags.into_options();
+                options.runtime = self.runtime.clone();
+                let shutdown = async move {
+                    tokio::select! {
+                        () = shutdown_signal() => {}
+                        () = stdin_closed(), if stdin_eof => info!("standard input closed: shutting down"),
+                    }
+                };
+                self.serve(options, shutdown).await
+            }
         }
     }
 
@@ -265,6 +289,18 @@ async fn shutdown_signal() {
     info!("Ctrl-C received: shutting down");
 }
 
+/// Resolves when standard input reaches end of file (or fails).
+async fn stdin_closed() {
+    use tokio::io::AsyncReadExt;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 256];
+    while let Ok(n) = stdin.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "odo", version, about = "odo: Open Durable Objects, a self-hostable Durable Objects server")]
 struct Cli {
@@ -319,6 +355,10 @@ struct ServeFlags {
     /// The request deadline, in milliseconds (slower answers 504).
     #[arg(long, default_value_t = 30_000)]
     request_timeout_ms: u64,
+    /// Shut down gracefully when standard input reaches end of file (for
+    /// supervisors and test harnesses that hold a pipe to the server).
+    #[arg(long, hide = true)]
+    exit_on_stdin_eof: bool,
 }
 
 impl ServeFlags {

@@ -1,0 +1,193 @@
+//! The server the black-box tests and the multi-process harness run: the
+//! demo app of `odo serve` (Counter, Kv) plus a `Probe` class that provokes
+//! what the scenarios need (failing handlers, slow turns, transactions,
+//! alarms that fail, calls between objects, echoes).
+//!
+//! `ODO_TEST_IDLE_MS` sets the runtime's idle timeout (eviction scenarios);
+//! `ODO_TEST_QUEUE_DEPTH` its per-object queue depth (overload scenarios).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use odo::{AlarmInfo, Context, DurableObject, ObjectError, Request, Response, RuntimeConfig};
+
+fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response {
+    let mut response = Response::new(body.into());
+    *response.status_mut() = status;
+    response
+}
+
+fn param(request: &Request, name: &str) -> Option<String> {
+    request.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_owned())
+    })
+}
+
+fn number(request: &Request, name: &str) -> u64 {
+    param(request, name).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Routes under `/probe/{name}`.
+struct Probe;
+
+async fn get_u64(ctx: &mut Context, key: &str) -> Result<u64, ObjectError> {
+    Ok(ctx.storage().get_typed::<u64>(key).await?.unwrap_or(0))
+}
+
+impl DurableObject for Probe {
+    fn create(_: &Context) -> Self {
+        Probe
+    }
+
+    async fn fetch(&mut self, ctx: &mut Context, request: Request) -> Result<Response, ObjectError> {
+        let path: Vec<String> = request.uri().path().split('/').skip(3).map(str::to_owned).collect();
+        let path: Vec<&str> = path.iter().map(String::as_str).collect();
+        match (request.method().clone(), path.as_slice()) {
+            // Echo: status 200, the request's headers back as x-echo-*
+            // (repeats kept), the body back, and the URI in x-uri.
+            (_, ["echo"]) => {
+                let mut response = reply(StatusCode::OK, request.body().clone());
+                let headers = response.headers_mut();
+                for (name, value) in request.headers() {
+                    if name.as_str().starts_with("x-") {
+                        if let Ok(echo) = http::HeaderName::from_bytes(format!("x-echo-{}", &name.as_str()[2..]).as_bytes()) {
+                            headers.append(echo, value.clone());
+                        }
+                    }
+                }
+                if let Ok(uri) = http::HeaderValue::from_str(&request.uri().to_string()) {
+                    headers.insert("x-uri", uri);
+                }
+                headers.insert("x-method", http::HeaderValue::from_str(request.method().as_str()).unwrap_or(http::HeaderValue::from_static("?")));
+                Ok(response)
+            }
+            (Method::POST, ["fail"]) => {
+                let n = get_u64(ctx, "n").await?;
+                ctx.storage().put_typed("n", &(n + 1000)).await?;
+                Err(ObjectError::msg("failing on purpose"))
+            }
+            (Method::POST, ["panic"]) => {
+                ctx.storage().put_typed("n", &999u64).await?;
+                panic!("panicking on purpose");
+            }
+            (Method::POST, ["incr"]) => {
+                let n = get_u64(ctx, "n").await? + 1;
+                ctx.storage().put_typed("n", &n).await?;
+                Ok(reply(StatusCode::OK, n.to_string()))
+            }
+            (Method::GET, ["n"]) => Ok(reply(StatusCode::OK, get_u64(ctx, "n").await?.to_string())),
+            // A slow turn that records when it started and ended, to show
+            // that turns of one object never overlap.
+            (Method::POST, ["slow"]) => {
+                let log_in = get_u64(ctx, "inside").await?;
+                if log_in != 0 {
+                    return Ok(reply(StatusCode::CONFLICT, "two turns overlapped"));
+                }
+                ctx.storage().put_typed("inside", &1u64).await?;
+                tokio::time::sleep(Duration::from_millis(number(&request, "ms"))).await;
+                ctx.storage().put_typed("inside", &0u64).await?;
+                let n = get_u64(ctx, "slow").await? + 1;
+                ctx.storage().put_typed("slow", &n).await?;
+                Ok(reply(StatusCode::OK, n.to_string()))
+            }
+            // put_many of a..e, atomically; or a transaction that writes
+            // then fails half way.
+            (Method::POST, ["multi"]) => {
+                let entries: Vec<(String, Bytes)> = ["a", "b", "c", "d", "e"]
+                    .iter()
+                    .map(|k| (format!("m/{k}"), Bytes::from(k.to_uppercase())))
+                    .collect();
+                ctx.storage().put_many(entries).await?;
+                Ok(reply(StatusCode::OK, "ok"))
+            }
+            (Method::POST, ["tx"]) => {
+                let fail = param(&request, "fail").is_some();
+                let result: Result<(), ObjectError> = ctx
+                    .storage()
+                    .transaction(async |tx| {
+                        tx.put("t/1", Bytes::from_static(b"one")).await?;
+                        tx.put("t/2", Bytes::from_static(b"two")).await?;
+                        if fail {
+                            return Err(ObjectError::msg("transaction aborted half way"));
+                        }
+                        Ok(())
+                    })
+                    .await;
+                match result {
+                    Ok(()) => Ok(reply(StatusCode::OK, "committed")),
+                    Err(e) => Ok(reply(StatusCode::OK, format!("rolled back: {e}"))),
+                }
+            }
+            (Method::GET, ["keys"]) => {
+                let entries = ctx.storage().list(&odo::ListOptions::default()).await?;
+                let keys: Vec<String> = entries
+                    .into_iter()
+                    .filter(|(k, _)| k.starts_with("m/") || k.starts_with("t/"))
+                    .map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(&v)))
+                    .collect();
+                Ok(reply(StatusCode::OK, keys.join(",")))
+            }
+            // An alarm in `in_ms` whose handler fails its first `fail` runs.
+            (Method::POST, ["alarm"]) => {
+                ctx.storage().put_typed("alarm_fail", &number(&request, "fail")).await?;
+                let at = odo_worker::now_ms() + number(&request, "in_ms");
+                ctx.storage().set_alarm(at).await?;
+                Ok(reply(StatusCode::OK, "set"))
+            }
+            (Method::DELETE, ["alarm"]) => {
+                ctx.storage().delete_alarm().await?;
+                Ok(reply(StatusCode::OK, "deleted"))
+            }
+            (Method::GET, ["alarm"]) => {
+                let pending = ctx.storage().get_alarm().await?.is_some();
+                let fired = get_u64(ctx, "alarm_runs").await?;
+                let retry = get_u64(ctx, "alarm_retry").await?;
+                Ok(reply(StatusCode::OK, format!("pending={pending} fired={fired} last_retry={retry}")))
+            }
+            // Calls COUNTER `other`'s `add` RPC: usually another worker.
+            (Method::POST, ["add-to", other]) => {
+                let stub = ctx.namespace("COUNTER").get_by_name(other);
+                let total: u64 = ctx.call(&stub, "add", &number(&request, "n")).await?;
+                Ok(reply(StatusCode::OK, total.to_string()))
+            }
+            (Method::GET, ["whoami"]) => Ok(reply(
+                StatusCode::OK,
+                format!("{} {}", std::process::id(), ctx.activation()),
+            )),
+            _ => Ok(reply(StatusCode::NOT_FOUND, "no such probe route")),
+        }
+    }
+
+    async fn alarm(&mut self, ctx: &mut Context, alarm: AlarmInfo) -> Result<(), ObjectError> {
+        let fail = get_u64(ctx, "alarm_fail").await?;
+        if u64::from(alarm.retry_count) < fail {
+            return Err(ObjectError::msg("alarm failing on purpose"));
+        }
+        let runs = get_u64(ctx, "alarm_runs").await? + 1;
+        ctx.storage().put_typed("alarm_runs", &runs).await?;
+        ctx.storage().put_typed("alarm_retry", &u64::from(alarm.retry_count)).await?;
+        Ok(())
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+fn main() -> ExitCode {
+    let mut runtime = RuntimeConfig::default();
+    if let Some(ms) = env_u64("ODO_TEST_IDLE_MS") {
+        runtime.idle_timeout = Duration::from_millis(ms);
+    }
+    if let Some(depth) = env_u64("ODO_TEST_QUEUE_DEPTH") {
+        runtime.queue_depth = depth as usize;
+    }
+    // Failing alarms are retried quickly so scenarios stay short.
+    runtime.alarm_retry.first_delay = Duration::from_millis(50);
+    odo::demo_app().class::<Probe>("probe", "PROBE").runtime(runtime).main()
+}

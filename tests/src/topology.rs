@@ -1,0 +1,189 @@
+//! A real server topology for black-box tests: the server binary (router and
+//! registry) and its worker processes, in a temporary data directory, torn
+//! down however the test ends.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+/// How to start a server.
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    /// The binary (`odo` or `odo-test-server`).
+    pub binary: PathBuf,
+    /// Worker processes (0: in-process).
+    pub workers: u32,
+    /// `fjall` or `memory`.
+    pub storage: String,
+    /// `uds` or `tcp`.
+    pub transport: String,
+    /// Extra arguments after `serve ...`.
+    pub extra_args: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+/// A running server. Dropping it stops it (SIGTERM, then SIGKILL after
+/// 10 s) and reaps it; its workers exit with it.
+#[derive(Debug)]
+pub struct RunningServer {
+    child: Option<Child>,
+    // Held open: the server shuts down when it closes (if the test process
+    // dies, the kernel closes it).
+    stdin: Option<ChildStdin>,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The server's pid.
+    pub pid: u32,
+}
+
+impl ServerSpec {
+    /// The `odo` binary's demo server with defaults for tests.
+    pub fn new(binary: impl Into<PathBuf>, workers: u32) -> Self {
+        Self {
+            binary: binary.into(),
+            workers,
+            storage: "fjall".into(),
+            transport: if cfg!(unix) { "uds" } else { "tcp" }.into(),
+            extra_args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Starts the server on `data_dir` and waits for its ready line.
+    pub fn start(&self, data_dir: &Path) -> Result<RunningServer> {
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--workers", &self.workers.to_string()])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--storage", &self.storage])
+            .args(["--transport", &self.transport])
+            .arg("--exit-on-stdin-eof")
+            .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "warn");
+        }
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("spawn {}", self.binary.display()))?;
+        let pid = child.id();
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut server = RunningServer {
+            child: Some(child),
+            stdin,
+            base: String::new(),
+            pid,
+        };
+        // The ready line, read on a thread so a silent server cannot hang
+        // the test: it prints it once every worker holds its shards.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("odo listening on ") {
+                    let _ = tx.send(addr.trim().to_owned());
+                    break;
+                }
+            }
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(base) => server.base = base,
+            Err(_) => bail!("the server printed no ready line within 30 s"),
+        }
+        Ok(server)
+    }
+}
+
+impl RunningServer {
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().ok_or_else(|| anyhow!("already stopped"))?;
+        signal(child.id(), Signal::Term)?;
+        let status = child.wait()?;
+        Ok(status)
+    }
+
+    /// Sends SIGKILL to the server itself (not its workers) and reaps it.
+    pub fn kill(mut self) -> Result<()> {
+        let mut child = self.child.take().ok_or_else(|| anyhow!("already stopped"))?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        if let Some(mut child) = self.child.take() {
+            let _ = signal(child.id(), Signal::Term);
+            for _ in 0..200 {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Signals the tests send.
+#[derive(Debug, Clone, Copy)]
+pub enum Signal {
+    /// SIGTERM.
+    Term,
+    /// SIGKILL.
+    Kill,
+    /// SIGSTOP.
+    Stop,
+    /// SIGCONT.
+    Cont,
+}
+
+/// Sends `sig` to process `pid`.
+#[cfg(unix)]
+pub fn signal(pid: u32, sig: Signal) -> Result<()> {
+    use rustix::process::{Pid, Signal as S, kill_process};
+    let pid = Pid::from_raw(pid as i32).ok_or_else(|| anyhow!("pid 0"))?;
+    let sig = match sig {
+        Signal::Term => S::TERM,
+        Signal::Kill => S::KILL,
+        Signal::Stop => S::STOP,
+        Signal::Cont => S::CONT,
+    };
+    kill_process(pid, sig).with_context(|| format!("signal {pid:?}"))?;
+    Ok(())
+}
+
+/// Sends `sig` to process `pid`.
+#[cfg(not(unix))]
+pub fn signal(pid: u32, sig: Signal) -> Result<()> {
+    bail!("signals are not available on this platform (pid {pid}, {sig:?})")
+}
+
+/// Whether a process with this pid exists (and is not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
