@@ -111,7 +111,10 @@ impl ServerSpec {
 impl RunningServer {
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> Result<std::process::ExitStatus> {
-        let mut child = self.child.take().ok_or_else(|| anyhow!("already stopped"))?;
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("already stopped"))?;
         signal(child.id(), Signal::Term)?;
         let status = child.wait()?;
         Ok(status)
@@ -119,7 +122,10 @@ impl RunningServer {
 
     /// Sends SIGKILL to the server itself (not its workers) and reaps it.
     pub fn kill(mut self) -> Result<()> {
-        let mut child = self.child.take().ok_or_else(|| anyhow!("already stopped"))?;
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("already stopped"))?;
         child.kill()?;
         child.wait()?;
         Ok(())

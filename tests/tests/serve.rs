@@ -31,7 +31,10 @@ async fn workers(client: &HttpClient) -> Vec<Worker> {
 }
 
 async fn owner_pid(client: &HttpClient, class: &str, name: &str) -> u32 {
-    let answer = client.get(&format!("/_odo/placement/{class}/{name}")).await.unwrap();
+    let answer = client
+        .get(&format!("/_odo/placement/{class}/{name}"))
+        .await
+        .unwrap();
     let value: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
     value["pid"].as_u64().expect("an assigned shard") as u32
 }
@@ -40,10 +43,18 @@ async fn owner_pid(client: &HttpClient, class: &str, name: &str) -> u32 {
 async fn every_row_of_the_http_contract() {
     let dir = tempfile::tempdir().unwrap();
     let (_server, c) = start(&spec(2), dir.path());
-    let check = async |method: &str, path: &str, body: &'static str, status: u16, expected: &str| {
-        let answer = c.send(method, path, &[], Bytes::from_static(body.as_bytes())).await.unwrap();
-        assert_eq!((answer.status, answer.text().as_str()), (status, expected), "{method} {path}");
-    };
+    let check =
+        async |method: &str, path: &str, body: &'static str, status: u16, expected: &str| {
+            let answer = c
+                .send(method, path, &[], Bytes::from_static(body.as_bytes()))
+                .await
+                .unwrap();
+            assert_eq!(
+                (answer.status, answer.text().as_str()),
+                (status, expected),
+                "{method} {path}"
+            );
+        };
     check("GET", "/hello", "", 200, "hello").await;
     check("GET", "/counter/c1", "", 200, "0").await;
     check("POST", "/counter/c1/increment", "", 200, "1").await;
@@ -56,9 +67,18 @@ async fn every_row_of_the_http_contract() {
         assert!(Instant::now() < deadline, "the alarm never fired");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let whoami: serde_json::Value = serde_json::from_slice(&c.get("/counter/c1/whoami").await.unwrap().body).unwrap();
-    assert_eq!(whoami["id"], odo_core::Namespace::new("COUNTER").id_from_name("c1").to_string());
-    assert_eq!(whoami["pid"].as_u64().unwrap() as u32, owner_pid(&c, "counter", "c1").await);
+    let whoami: serde_json::Value =
+        serde_json::from_slice(&c.get("/counter/c1/whoami").await.unwrap().body).unwrap();
+    assert_eq!(
+        whoami["id"],
+        odo_core::Namespace::new("COUNTER")
+            .id_from_name("c1")
+            .to_string()
+    );
+    assert_eq!(
+        whoami["pid"].as_u64().unwrap() as u32,
+        owner_pid(&c, "counter", "c1").await
+    );
     assert!(whoami["activation"].is_string());
 
     check("PUT", "/kv/k/a", "1", 204, "").await;
@@ -69,7 +89,14 @@ async fn every_row_of_the_http_contract() {
     check("DELETE", "/kv/k/c", "", 200, "true").await;
     check("DELETE", "/kv/k/c", "", 200, "false").await;
     check("GET", "/kv/k", "", 200, r#"[["a","1"],["b","2"]]"#).await;
-    check("GET", "/kv/k?reverse=true&limit=1", "", 200, r#"[["b","2"]]"#).await;
+    check(
+        "GET",
+        "/kv/k?reverse=true&limit=1",
+        "",
+        200,
+        r#"[["b","2"]]"#,
+    )
+    .await;
     check("GET", "/kv/k?start_after=a", "", 200, r#"[["b","2"]]"#).await;
     let bad = c.get("/kv/k?start=a&start_after=a").await.unwrap();
     assert_eq!(bad.status, 400, "{}", bad.text());
@@ -77,7 +104,11 @@ async fn every_row_of_the_http_contract() {
 
     let workers = workers(&c).await;
     assert_eq!(workers.len(), 2);
-    assert!(workers.iter().all(|w| w.pid.is_some() && !w.shards.is_empty()));
+    assert!(
+        workers
+            .iter()
+            .all(|w| w.pid.is_some() && !w.shards.is_empty())
+    );
     let metrics = c.get("/_odo/metrics").await.unwrap().text();
     for metric in [
         "odo_http_requests_total{class=\"COUNTER\",status=\"200\"}",
@@ -86,7 +117,10 @@ async fn every_row_of_the_http_contract() {
         "odo_worker_restarts_total",
         "odo_commit_batches_total",
     ] {
-        assert!(metrics.contains(metric), "metrics lack {metric}:\n{metrics}");
+        assert!(
+            metrics.contains(metric),
+            "metrics lack {metric}:\n{metrics}"
+        );
     }
 }
 
@@ -143,7 +177,10 @@ async fn a_thousand_counters_spread_over_four_workers_each_on_one_pid() {
 async fn sigkill_of_the_owning_worker_loses_no_acknowledged_increment() {
     let dir = tempfile::tempdir().unwrap();
     let (_server, c) = start(&spec(2), dir.path());
-    assert_eq!(c.post("/counter/victim/increment").await.unwrap().status, 200);
+    assert_eq!(
+        c.post("/counter/victim/increment").await.unwrap().status,
+        200
+    );
     let victim = owner_pid(&c, "counter", "victim").await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let clients: Vec<_> = (0..8)
@@ -165,7 +202,15 @@ async fn sigkill_of_the_owning_worker_loses_no_acknowledged_increment() {
         })
         .collect();
     // Let load build, then kill the owner.
-    while c.get("/counter/victim").await.unwrap().text().parse::<u64>().unwrap() < 100 {
+    while c
+        .get("/counter/victim")
+        .await
+        .unwrap()
+        .text()
+        .parse::<u64>()
+        .unwrap()
+        < 100
+    {
         tokio::task::yield_now().await;
     }
     signal(victim, Signal::Kill).unwrap();
@@ -176,7 +221,10 @@ async fn sigkill_of_the_owning_worker_loses_no_acknowledged_increment() {
         if answer.status == 200 && owner_pid(&c, "counter", "victim").await != victim {
             break;
         }
-        assert!(killed_at.elapsed() < Duration::from_secs(10), "the counter never came back");
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(10),
+            "the counter never came back"
+        );
     }
     let recovery = killed_at.elapsed();
     // Keep incrementing a little on the new worker, then stop.
@@ -188,18 +236,39 @@ async fn sigkill_of_the_owning_worker_loses_no_acknowledged_increment() {
         acknowledged += ok;
         failed += unavailable;
     }
-    let final_value: u64 = c.get("/counter/victim").await.unwrap().text().parse().unwrap();
-    eprintln!("acknowledged={acknowledged} failed={failed} final={final_value} recovery={recovery:?}");
-    assert!(final_value >= acknowledged, "lost {} acknowledged increments", acknowledged - final_value);
-    assert!(final_value <= acknowledged + failed, "more increments than requests");
-    assert!(recovery < Duration::from_secs(2), "recovery took {recovery:?}");
+    let final_value: u64 = c
+        .get("/counter/victim")
+        .await
+        .unwrap()
+        .text()
+        .parse()
+        .unwrap();
+    eprintln!(
+        "acknowledged={acknowledged} failed={failed} final={final_value} recovery={recovery:?}"
+    );
+    assert!(
+        final_value >= acknowledged,
+        "lost {} acknowledged increments",
+        acknowledged - final_value
+    );
+    assert!(
+        final_value <= acknowledged + failed,
+        "more increments than requests"
+    );
+    assert!(
+        recovery < Duration::from_secs(2),
+        "recovery took {recovery:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_worker_is_killed_and_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let (_server, c) = start(&spec(2), dir.path());
-    assert_eq!(c.post("/counter/frozen/increment").await.unwrap().text(), "1");
+    assert_eq!(
+        c.post("/counter/frozen/increment").await.unwrap().text(),
+        "1"
+    );
     let frozen = owner_pid(&c, "counter", "frozen").await;
     signal(frozen, Signal::Stop).unwrap();
     let stopped_at = Instant::now();
@@ -209,7 +278,10 @@ async fn a_stopped_worker_is_killed_and_replaced() {
             assert_eq!(answer.text(), "2");
             break;
         }
-        assert!(stopped_at.elapsed() < Duration::from_secs(15), "never replaced");
+        assert!(
+            stopped_at.elapsed() < Duration::from_secs(15),
+            "never replaced"
+        );
     }
     assert_ne!(owner_pid(&c, "counter", "frozen").await, frozen);
     assert!(!process_alive(frozen), "the stopped worker must be dead");
@@ -219,9 +291,18 @@ async fn a_stopped_worker_is_killed_and_replaced() {
 fn worker_pids_of(server_pid: u32) -> Vec<u32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
         if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(server_pid) {
             pids.push(pid);
         }
@@ -236,18 +317,30 @@ async fn sigterm_exits_cleanly_and_sigkill_takes_the_workers_along() {
     c.post("/counter/t/increment").await.unwrap();
     let pids = worker_pids_of(server.pid);
     assert_eq!(pids.len(), 2, "two workers");
-    let status = tokio::task::spawn_blocking(move || server.terminate()).await.unwrap().unwrap();
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "{status:?}");
-    assert!(pids.iter().all(|&p| !process_alive(p)), "a worker outlived a SIGTERM'd server");
+    assert!(
+        pids.iter().all(|&p| !process_alive(p)),
+        "a worker outlived a SIGTERM'd server"
+    );
 
     let (server, c) = start(&spec(2), dir.path());
     assert_eq!(c.get("/counter/t").await.unwrap().text(), "1");
     let pids = worker_pids_of(server.pid);
     assert_eq!(pids.len(), 2);
-    tokio::task::spawn_blocking(move || server.kill()).await.unwrap().unwrap();
+    tokio::task::spawn_blocking(move || server.kill())
+        .await
+        .unwrap()
+        .unwrap();
     let killed = Instant::now();
     while pids.iter().any(|&p| process_alive(p)) {
-        assert!(killed.elapsed() < Duration::from_secs(2), "workers outlived their registry by 2 s");
+        assert!(
+            killed.elapsed() < Duration::from_secs(2),
+            "workers outlived their registry by 2 s"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -261,8 +354,17 @@ async fn a_restart_on_the_same_data_keeps_state_and_fires_pending_alarms() {
             c.post("/counter/keep/increment").await.unwrap();
         }
         c.send("PUT", "/kv/keep/x", &[], "y").await.unwrap();
-        assert_eq!(c.post("/counter/keep/alarm?in_ms=1500").await.unwrap().status, 200);
-        let status = tokio::task::spawn_blocking(move || server.terminate()).await.unwrap().unwrap();
+        assert_eq!(
+            c.post("/counter/keep/alarm?in_ms=1500")
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+        let status = tokio::task::spawn_blocking(move || server.terminate())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(status.success());
     }
     let (_server, c) = start(&spec(2), dir.path());
@@ -270,7 +372,9 @@ async fn a_restart_on_the_same_data_keeps_state_and_fires_pending_alarms() {
     // No request touches the counter: the alarm fires on its own.
     while started.elapsed() < Duration::from_secs(20) {
         let metrics = c.get("/_odo/metrics").await.unwrap().text();
-        if metrics.contains("odo_commit_turns_total") && c.get("/counter/keep/alarms").await.unwrap().text() == "1" {
+        if metrics.contains("odo_commit_turns_total")
+            && c.get("/counter/keep/alarms").await.unwrap().text() == "1"
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -290,16 +394,43 @@ async fn bad_input_gets_clear_answers() {
     assert_eq!(c.get("/nope/x").await.unwrap().status, 404);
     assert_eq!(c.get("/counter/id:1234").await.unwrap().status, 400);
     let foreign = odo_core::Namespace::new("KV").id_from_name("x");
-    assert_eq!(c.get(&format!("/counter/id:{foreign}")).await.unwrap().status, 400);
+    assert_eq!(
+        c.get(&format!("/counter/id:{foreign}"))
+            .await
+            .unwrap()
+            .status,
+        400
+    );
     let own = odo_core::Namespace::new("COUNTER").id_from_name("x");
-    assert_eq!(c.get(&format!("/counter/id:{own}")).await.unwrap().status, 200);
-    assert_eq!(c.get(&format!("/counter/{}", "n".repeat(300))).await.unwrap().status, 400);
+    assert_eq!(
+        c.get(&format!("/counter/id:{own}")).await.unwrap().status,
+        200
+    );
+    assert_eq!(
+        c.get(&format!("/counter/{}", "n".repeat(300)))
+            .await
+            .unwrap()
+            .status,
+        400
+    );
     let big = Bytes::from(vec![7u8; 1024 * 1024 + 1]);
-    assert_eq!(c.send("PUT", "/kv/b/k", &[], big).await.unwrap().status, 413);
+    assert_eq!(
+        c.send("PUT", "/kv/b/k", &[], big).await.unwrap().status,
+        413
+    );
     // A value over the storage limit (but under the body limit).
-    assert_eq!(c.send("PUT", "/kv/b/k", &[], vec![1u8; 200 * 1024]).await.unwrap().status, 413);
+    assert_eq!(
+        c.send("PUT", "/kv/b/k", &[], vec![1u8; 200 * 1024])
+            .await
+            .unwrap()
+            .status,
+        413
+    );
     // Deadline: a turn slower than the request deadline.
-    assert_eq!(c.post("/probe/slow/slow?ms=1500").await.unwrap().status, 504);
+    assert_eq!(
+        c.post("/probe/slow/slow?ms=1500").await.unwrap().status,
+        504
+    );
     // Overload: one running turn and one queued; the rest are refused.
     let slow: Vec<_> = (0..6)
         .map(|_| {
@@ -320,9 +451,14 @@ async fn bad_input_gets_clear_answers() {
     let addr = server.base.trim_start_matches("http://").to_owned();
     let mut raw = std::net::TcpStream::connect(&addr).unwrap();
     raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    raw.write_all(b"\x16\x03\x01garbage that is not HTTP\r\n\r\n").unwrap();
+    raw.write_all(b"\x16\x03\x01garbage that is not HTTP\r\n\r\n")
+        .unwrap();
     let mut answer = Vec::new();
     let _ = raw.read_to_end(&mut answer);
-    assert!(answer.is_empty() || answer.starts_with(b"HTTP/1.1 400"), "{:?}", String::from_utf8_lossy(&answer));
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 400"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
     assert_eq!(c.get("/hello").await.unwrap().text(), "hello");
 }

@@ -79,7 +79,15 @@ fn ci() -> Result<()> {
 }
 
 fn bench(names: &[String]) -> Result<()> {
-    let mut args = vec!["run", "--release", "-p", "odo-tests", "--bin", "odo-bench", "--"];
+    let mut args = vec![
+        "run",
+        "--release",
+        "-p",
+        "odo-tests",
+        "--bin",
+        "odo-bench",
+        "--",
+    ];
     args.extend(names.iter().map(String::as_str));
     cargo(&args)
 }
@@ -108,13 +116,7 @@ fn cross_check() -> Result<()> {
             );
             continue;
         }
-        cargo(&[
-            "check",
-            "--workspace",
-            "--all-targets",
-            "--target",
-            target,
-        ])?;
+        cargo(&["check", "--workspace", "--all-targets", "--target", target])?;
     }
     Ok(())
 }

@@ -197,7 +197,9 @@ pub fn decode(frame: Bytes) -> Result<Frame, CodecError> {
 }
 
 fn to_vec<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
-    postcard::to_allocvec(value).map_err(|e| e.to_string())
+    // Sized for a typical envelope up front: growing from empty reallocates
+    // several times per frame, a cost every call pays.
+    postcard::to_extend(value, Vec::with_capacity(256)).map_err(|e| e.to_string())
 }
 
 fn from_slice<T: DeserializeOwned>(kind: Kind, envelope: &[u8]) -> Result<T, CodecError> {

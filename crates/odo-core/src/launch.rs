@@ -131,10 +131,19 @@ impl WorkerLaunch {
         if args.next().as_deref() != Some(WORKER_ROLE_ARG) {
             return Ok(None);
         }
-        let (mut index, mut registry, mut listen, mut data_dir, mut storage, mut shards, mut parent) =
-            (None, None, None, None, None, None, None);
+        let (
+            mut index,
+            mut registry,
+            mut listen,
+            mut data_dir,
+            mut storage,
+            mut shards,
+            mut parent,
+        ) = (None, None, None, None, None, None, None);
         while let Some(flag) = args.next() {
-            let value = args.next().ok_or_else(|| LaunchError::NoValue(flag.clone()))?;
+            let value = args
+                .next()
+                .ok_or_else(|| LaunchError::NoValue(flag.clone()))?;
             match flag.as_str() {
                 "--index" => index = Some(number("--index", &value)?),
                 "--registry" => registry = Some(value),
@@ -197,15 +206,33 @@ mod tests {
     fn errors_name_the_flag() {
         let mut args = launch().to_args();
         args.truncate(args.len() - 2);
-        assert_eq!(WorkerLaunch::parse(args), Err(LaunchError::Missing("--parent-pid")));
+        assert_eq!(
+            WorkerLaunch::parse(args),
+            Err(LaunchError::Missing("--parent-pid"))
+        );
         let mut args = launch().to_args();
         args[2] = "two".into();
-        assert!(matches!(WorkerLaunch::parse(args), Err(LaunchError::BadValue { flag: "--index", .. })));
+        assert!(matches!(
+            WorkerLaunch::parse(args),
+            Err(LaunchError::BadValue {
+                flag: "--index",
+                ..
+            })
+        ));
         let mut args = launch().to_args();
         args[10] = "rocks".into();
-        assert!(matches!(WorkerLaunch::parse(args), Err(LaunchError::BadValue { flag: "--storage", .. })));
+        assert!(matches!(
+            WorkerLaunch::parse(args),
+            Err(LaunchError::BadValue {
+                flag: "--storage",
+                ..
+            })
+        ));
         let mut args = launch().to_args();
         args.push("--what".into());
-        assert_eq!(WorkerLaunch::parse(args), Err(LaunchError::NoValue("--what".into())));
+        assert_eq!(
+            WorkerLaunch::parse(args),
+            Err(LaunchError::NoValue("--what".into()))
+        );
     }
 }

@@ -258,7 +258,10 @@ impl Shared {
 
     /// Applies `change` to the table, records epochs durably, and publishes
     /// the new table.
-    pub(crate) fn update_table<T>(&self, change: impl FnOnce(&mut PlacementTable) -> T) -> Result<T, RegistryError> {
+    pub(crate) fn update_table<T>(
+        &self,
+        change: impl FnOnce(&mut PlacementTable) -> T,
+    ) -> Result<T, RegistryError> {
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         let before = table.version;
         let out = change(&mut table);
@@ -286,17 +289,26 @@ impl Registry {
             ));
         }
         if config.token.is_empty() {
-            return Err(RegistryError::Config("the cluster token must not be empty".into()));
+            return Err(RegistryError::Config(
+                "the cluster token must not be empty".into(),
+            ));
         }
         std::fs::create_dir_all(&config.data_dir).map_err(|e| RegistryError::DataDir {
             path: config.data_dir.clone(),
             reason: e.to_string(),
         })?;
-        let record = placement::ClusterFile::load_or_create(&config.data_dir, config.shards.unwrap_or(config.workers))?;
+        let record = placement::ClusterFile::load_or_create(
+            &config.data_dir,
+            config.shards.unwrap_or(config.workers),
+        )?;
         let (runtime_dir, remove_runtime_dir) = match &config.runtime_dir {
             Some(dir) => (dir.clone(), false),
             None => (
-                std::env::temp_dir().join(format!("odo-{}-{}", std::process::id(), &random_token()[..8])),
+                std::env::temp_dir().join(format!(
+                    "odo-{}-{}",
+                    std::process::id(),
+                    &random_token()[..8]
+                )),
                 true,
             ),
         };
@@ -341,7 +353,10 @@ impl Registry {
             async move {
                 let answer = match request {
                     Request::Control(Control::WorkerHello {
-                        worker, pid, endpoint, ..
+                        worker,
+                        pid,
+                        endpoint,
+                        ..
                     }) => match shared.slots.hello(worker, pid, endpoint) {
                         Ok(()) => Response::Control(ControlReply::Ack),
                         Err(message) => Response::Error(WireError::BadRequest { message }),

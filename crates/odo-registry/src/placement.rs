@@ -66,7 +66,9 @@ impl PlacementTable {
     /// The shards a slot serves when `workers` slots exist: `shard mod
     /// workers == slot`.
     pub fn shards_of(&self, slot: u32, workers: u32) -> Vec<u32> {
-        (0..self.shard_count()).filter(|s| s % workers.max(1) == slot).collect()
+        (0..self.shard_count())
+            .filter(|s| s % workers.max(1) == slot)
+            .collect()
     }
 
     /// Gives `shard` a new epoch, which it returns, leaving it unowned
@@ -146,14 +148,19 @@ impl ClusterFile {
         let path = data_dir.join(CLUSTER_FILE);
         match std::fs::read(&path) {
             Ok(bytes) => {
-                let file: ClusterFile = serde_json::from_slice(&bytes).map_err(|e| RegistryError::DataDir {
-                    path: path.clone(),
-                    reason: format!("unreadable cluster record: {e}"),
-                })?;
-                if file.format != 1 || file.epochs.len() != file.shard_count as usize || file.shard_count == 0 {
+                let file: ClusterFile =
+                    serde_json::from_slice(&bytes).map_err(|e| RegistryError::DataDir {
+                        path: path.clone(),
+                        reason: format!("unreadable cluster record: {e}"),
+                    })?;
+                if file.format != 1
+                    || file.epochs.len() != file.shard_count as usize
+                    || file.shard_count == 0
+                {
                     return Err(RegistryError::DataDir {
                         path,
-                        reason: "inconsistent cluster record (format, shard count or epochs)".into(),
+                        reason: "inconsistent cluster record (format, shard count or epochs)"
+                            .into(),
                     });
                 }
                 Ok(file)
@@ -195,7 +202,9 @@ impl ClusterFile {
         }
         std::fs::rename(&tmp, &path).map_err(io)?;
         #[cfg(unix)]
-        std::fs::File::open(data_dir).and_then(|d| d.sync_all()).map_err(io)?;
+        std::fs::File::open(data_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
         Ok(())
     }
 }
@@ -219,7 +228,13 @@ mod tests {
         assert_eq!(table.assign(1, owner(1)), 1);
         assert_eq!(table.version, 5);
         table.vacate(0);
-        assert_eq!(table.shards[0], ShardEntry { epoch: 5, owner: None });
+        assert_eq!(
+            table.shards[0],
+            ShardEntry {
+                epoch: 5,
+                owner: None
+            }
+        );
         assert_eq!(table.version, 6);
         table.vacate(0);
         assert_eq!(table.version, 6, "no change, no new version");

@@ -115,7 +115,9 @@ impl Slots {
             }
             other => {
                 slot.waiting = other;
-                Err(format!("slot {worker} does not expect a hello from pid {pid}"))
+                Err(format!(
+                    "slot {worker} does not expect a hello from pid {pid}"
+                ))
             }
         }
     }
@@ -132,7 +134,12 @@ impl Slots {
                     pid: slot.pid,
                     endpoint: slot.endpoint.clone(),
                     shards: (0..table.shard_count())
-                        .filter(|&s| table.shards[s as usize].owner.as_ref().is_some_and(|o| o.slot == i))
+                        .filter(|&s| {
+                            table.shards[s as usize]
+                                .owner
+                                .as_ref()
+                                .is_some_and(|o| o.slot == i)
+                        })
                         .collect(),
                     state: slot.state,
                     restarts: slot.restarts,
@@ -145,7 +152,10 @@ impl Slots {
     }
 
     fn channels(&self) -> Vec<Channel> {
-        self.0.iter().filter_map(|s| lock(s).channel.clone()).collect()
+        self.0
+            .iter()
+            .filter_map(|s| lock(s).channel.clone())
+            .collect()
     }
 }
 
@@ -156,7 +166,9 @@ fn push_placement(shared: &Shared) {
     for channel in shared.slots.channels() {
         let message = Request::Control(Control::Placement(placement.clone()));
         tokio::spawn(async move {
-            let _ = channel.call(message, Bytes::new(), Duration::from_secs(5)).await;
+            let _ = channel
+                .call(message, Bytes::new(), Duration::from_secs(5))
+                .await;
         });
     }
 }
@@ -228,7 +240,13 @@ async fn kill(child: &mut Child) -> String {
 async fn run_worker(slot: u32, shared: &Shared, stopping: &mut watch::Receiver<bool>) -> String {
     let config = &shared.config;
     let listen = match config.transport {
-        TransportKind::Uds => format!("unix:{}", shared.runtime_dir.join(format!("worker-{slot}.sock")).display()),
+        TransportKind::Uds => format!(
+            "unix:{}",
+            shared
+                .runtime_dir
+                .join(format!("worker-{slot}.sock"))
+                .display()
+        ),
         TransportKind::Tcp => "tcp:127.0.0.1:0".to_owned(),
     };
     let shard_count = shared.placement.borrow().shard_count();
@@ -279,9 +297,19 @@ async fn run_worker(slot: u32, shared: &Shared, stopping: &mut watch::Receiver<b
     let channel = match endpoint.parse::<Endpoint>() {
         Ok(parsed) => match Channel::connect(&parsed, shared.client_config()).await {
             Ok(channel) => channel,
-            Err(e) => return format!("cannot connect to {endpoint}: {e}; killed: {}", kill(&mut child).await),
+            Err(e) => {
+                return format!(
+                    "cannot connect to {endpoint}: {e}; killed: {}",
+                    kill(&mut child).await
+                );
+            }
         },
-        Err(e) => return format!("bad endpoint {endpoint:?}: {e}; killed: {}", kill(&mut child).await),
+        Err(e) => {
+            return format!(
+                "bad endpoint {endpoint:?}: {e}; killed: {}",
+                kill(&mut child).await
+            );
+        }
     };
 
     // Assign the slot's shards: a new epoch, recorded durably, then the
@@ -290,10 +318,18 @@ async fn run_worker(slot: u32, shared: &Shared, stopping: &mut watch::Receiver<b
     for shard in shards {
         let epoch = match shared.update_table(|t| t.bump_epoch(shard)) {
             Ok(epoch) => epoch,
-            Err(e) => return format!("cannot record epochs: {e}; killed: {}", kill(&mut child).await),
+            Err(e) => {
+                return format!(
+                    "cannot record epochs: {e}; killed: {}",
+                    kill(&mut child).await
+                );
+            }
         };
         let assign = Request::Control(Control::AssignShard { shard, epoch });
-        match channel.call(assign, Bytes::new(), config.startup_timeout).await {
+        match channel
+            .call(assign, Bytes::new(), config.startup_timeout)
+            .await
+        {
             Ok((Response::Control(ControlReply::Ack), _)) => {}
             answer => {
                 return format!(
@@ -308,7 +344,10 @@ async fn run_worker(slot: u32, shared: &Shared, stopping: &mut watch::Receiver<b
             endpoint: endpoint.clone(),
         };
         if let Err(e) = shared.update_table(|t| t.set_owner(shard, owner)) {
-            return format!("cannot record the placement: {e}; killed: {}", kill(&mut child).await);
+            return format!(
+                "cannot record the placement: {e}; killed: {}",
+                kill(&mut child).await
+            );
         }
     }
     {

@@ -47,7 +47,9 @@ pub struct Client {
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client").field("deadline", &self.deadline).finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
     }
 }
 
@@ -138,7 +140,10 @@ impl ClientStub {
     }
 
     /// Sends an HTTP request to the object.
-    pub async fn fetch(&self, request: http::Request<Bytes>) -> Result<http::Response<Bytes>, ClientError> {
+    pub async fn fetch(
+        &self,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, ClientError> {
         let (parts, body) = request.into_parts();
         let envelope = FetchRequest {
             target: placeholder_target(&self.address),
@@ -156,19 +161,31 @@ impl ClientStub {
         if let Some(headers) = response.headers_mut() {
             headers_from_wire(&head.headers, headers);
         }
-        response.body(body).map_err(|e| ClientError::Http(e.to_string()))
+        response
+            .body(body)
+            .map_err(|e| ClientError::Http(e.to_string()))
     }
 
     /// Calls RPC method `method` with `args`, decoding the result as `R`.
-    pub async fn call<A: Serialize, R: DeserializeOwned>(&self, method: &str, args: &A) -> Result<R, ClientError> {
+    pub async fn call<A: Serialize, R: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: &A,
+    ) -> Result<R, ClientError> {
         let args = postcard::to_allocvec(args).map_err(|e| ClientError::Encoding(e.to_string()))?;
         let deadline = Instant::now() + self.client.deadline;
         let result = self
             .client
             .service
-            .call(self.address.clone(), method.to_owned(), Bytes::from(args), deadline)
+            .call(
+                self.address.clone(),
+                method.to_owned(),
+                Bytes::from(args),
+                deadline,
+            )
             .await?;
-        postcard::from_bytes(&result).map_err(|e| ClientError::Encoding(format!("result of {method:?}: {e}")))
+        postcard::from_bytes(&result)
+            .map_err(|e| ClientError::Encoding(format!("result of {method:?}: {e}")))
     }
 }
 

@@ -96,7 +96,8 @@ impl PathRoutes {
 
     /// Routes `/{segment}/...` to `class`.
     pub fn route(mut self, segment: &str, class: &str) -> Self {
-        self.classes.insert(segment.to_owned(), Namespace::new(class));
+        self.classes
+            .insert(segment.to_owned(), Namespace::new(class));
         self
     }
 }
@@ -111,10 +112,9 @@ impl IdExtractor for PathRoutes {
             .classes
             .get(segment)
             .ok_or_else(|| RouteError::UnknownClass(segment.to_owned()))?;
-        let name = segments
-            .next()
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| RouteError::BadObject(format!("missing object name after /{segment}/")))?;
+        let name = segments.next().filter(|s| !s.is_empty()).ok_or_else(|| {
+            RouteError::BadObject(format!("missing object name after /{segment}/"))
+        })?;
         if let Some(hex) = name.strip_prefix("id:") {
             let id = namespace
                 .id_from_string(hex)
@@ -164,16 +164,19 @@ pub struct Router {
 
 impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Router").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Router")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> http::Response<Body> {
     let mut response = http::Response::new(Full::new(Bytes::from(body.into())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
@@ -186,7 +189,10 @@ fn json(value: &impl serde::Serialize) -> http::Response<Body> {
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
         }
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot render JSON: {e}\n")),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot render JSON: {e}\n"),
+        ),
     }
 }
 
@@ -194,7 +200,13 @@ fn json(value: &impl serde::Serialize) -> http::Response<Body> {
 fn is_hop_by_hop(name: &str) -> bool {
     matches!(
         name,
-        "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "te" | "trailer" | "upgrade"
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
     )
 }
 
@@ -214,7 +226,10 @@ pub(crate) fn headers_from_wire(headers: &[Header], into: &mut HeaderMap) {
         if is_hop_by_hop(name) || name.eq_ignore_ascii_case("content-length") {
             continue;
         }
-        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(value)) {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
             (Ok(name), Ok(value)) => {
                 into.append(name, value);
             }
@@ -228,23 +243,39 @@ fn error_response(error: ForwardError) -> http::Response<Body> {
         ForwardError::Object(WireError::UnknownClass { class }) => {
             text(StatusCode::NOT_FOUND, format!("unknown class {class}\n"))
         }
-        ForwardError::Object(WireError::BadRequest { message }) => text(StatusCode::BAD_REQUEST, format!("{message}\n")),
+        ForwardError::Object(WireError::BadRequest { message }) => {
+            text(StatusCode::BAD_REQUEST, format!("{message}\n"))
+        }
         ForwardError::Object(WireError::Overloaded) => {
-            let mut response = text(StatusCode::SERVICE_UNAVAILABLE, "object overloaded: retry later\n");
-            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            let mut response = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "object overloaded: retry later\n",
+            );
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
             response
         }
         ForwardError::Object(WireError::ObjectReset { reason }) | ForwardError::Lost(reason) => {
-            text(StatusCode::SERVICE_UNAVAILABLE, format!("object reset: {reason}\n"))
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("object reset: {reason}\n"),
+            )
         }
         ForwardError::Object(WireError::Moved { .. }) | ForwardError::Unavailable(_) => {
-            let mut response = text(StatusCode::SERVICE_UNAVAILABLE, "object unavailable: retry later\n");
-            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            let mut response = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "object unavailable: retry later\n",
+            );
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
             response
         }
-        ForwardError::Object(WireError::Internal { message }) => {
-            text(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {message}\n"))
-        }
+        ForwardError::Object(WireError::Internal { message }) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal error: {message}\n"),
+        ),
         ForwardError::Deadline => text(StatusCode::GATEWAY_TIMEOUT, "request deadline exceeded\n"),
     }
 }
@@ -252,7 +283,11 @@ fn error_response(error: ForwardError) -> http::Response<Body> {
 impl Router {
     /// A front door that finds objects with `extractor` and reaches them
     /// through `service`.
-    pub fn new(extractor: Arc<dyn IdExtractor>, service: Arc<dyn ObjectService>, config: RouterConfig) -> Self {
+    pub fn new(
+        extractor: Arc<dyn IdExtractor>,
+        service: Arc<dyn ObjectService>,
+        config: RouterConfig,
+    ) -> Self {
         Self {
             extractor,
             service,
@@ -300,7 +335,9 @@ impl Router {
                 let router = router.clone();
                 async move { Ok::<_, Infallible>(router.handle(request).await) }
             });
-            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
             let connection = graceful.watch(connection);
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
@@ -311,7 +348,10 @@ impl Router {
             });
         }
         info!("router stopping: finishing open requests");
-        if tokio::time::timeout(self.config.shutdown_grace, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(self.config.shutdown_grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
             warn!("open requests did not finish within the grace period");
         }
     }
@@ -321,11 +361,17 @@ impl Router {
         let started = Instant::now();
         let (parts, body) = request.into_parts();
         let (class, response) = self.route(parts, body, started).await;
-        self.metrics.record(&class, response.status().as_u16(), started.elapsed());
+        self.metrics
+            .record(&class, response.status().as_u16(), started.elapsed());
         response
     }
 
-    async fn route(&self, parts: http::request::Parts, body: Incoming, started: Instant) -> (String, http::Response<Body>) {
+    async fn route(
+        &self,
+        parts: http::request::Parts,
+        body: Incoming,
+        started: Instant,
+    ) -> (String, http::Response<Body>) {
         let path = parts.uri.path();
         if path == "/hello" && parts.method == Method::GET {
             return ("-".into(), text(StatusCode::OK, "hello"));
@@ -337,10 +383,16 @@ impl Router {
             Ok(Some(object)) => object,
             Ok(None) => return ("-".into(), text(StatusCode::NOT_FOUND, "not found\n")),
             Err(RouteError::UnknownClass(segment)) => {
-                return ("-".into(), text(StatusCode::NOT_FOUND, format!("unknown class {segment}\n")));
+                return (
+                    "-".into(),
+                    text(StatusCode::NOT_FOUND, format!("unknown class {segment}\n")),
+                );
             }
             Err(RouteError::BadObject(message)) => {
-                return ("-".into(), text(StatusCode::BAD_REQUEST, format!("{message}\n")));
+                return (
+                    "-".into(),
+                    text(StatusCode::BAD_REQUEST, format!("{message}\n")),
+                );
             }
         };
         let class = object.class.clone();
@@ -360,23 +412,45 @@ impl Router {
             return (class, too_large());
         }
         let deadline = started + self.config.request_deadline;
-        let body = match tokio::time::timeout_at(deadline, Limited::new(body, max).collect()).await {
+        let body = match tokio::time::timeout_at(deadline, Limited::new(body, max).collect()).await
+        {
             Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return (class, too_large()),
-            Ok(Err(e)) => return (class, text(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}\n"))),
+            Ok(Err(e))
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return (class, too_large());
+            }
+            Ok(Err(e)) => {
+                return (
+                    class,
+                    text(
+                        StatusCode::BAD_REQUEST,
+                        format!("cannot read the body: {e}\n"),
+                    ),
+                );
+            }
             Err(_) => return (class, error_response(ForwardError::Deadline)),
         };
         let envelope = FetchRequest {
             target: placeholder_target(&object),
             method: parts.method.to_string(),
-            uri: parts.uri.path_and_query().map_or_else(|| "/".to_owned(), |pq| pq.to_string()),
+            uri: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |pq| pq.to_string()),
             headers: headers_to_wire(&parts.headers),
         };
-        let forwarded = tokio::time::timeout_at(deadline, self.service.fetch(object, envelope, body, deadline)).await;
+        let forwarded = tokio::time::timeout_at(
+            deadline,
+            self.service.fetch(object, envelope, body, deadline),
+        )
+        .await;
         let response = match forwarded {
             Ok(Ok((head, body))) => {
                 let mut response = http::Response::new(Full::new(body));
-                *response.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                *response.status_mut() =
+                    StatusCode::from_u16(head.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 headers_from_wire(&head.headers, response.headers_mut());
                 response
             }
@@ -394,9 +468,10 @@ impl Router {
                 admin.metrics(&mut out);
             }
             let mut response = text(StatusCode::OK, out);
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
             return response;
         }
         if path == "workers" {
@@ -425,8 +500,12 @@ impl Router {
                     }))
                 }
                 Ok(None) => text(StatusCode::NOT_FOUND, "not found\n"),
-                Err(RouteError::UnknownClass(segment)) => text(StatusCode::NOT_FOUND, format!("unknown class {segment}\n")),
-                Err(RouteError::BadObject(message)) => text(StatusCode::BAD_REQUEST, format!("{message}\n")),
+                Err(RouteError::UnknownClass(segment)) => {
+                    text(StatusCode::NOT_FOUND, format!("unknown class {segment}\n"))
+                }
+                Err(RouteError::BadObject(message)) => {
+                    text(StatusCode::BAD_REQUEST, format!("{message}\n"))
+                }
             };
         }
         text(StatusCode::NOT_FOUND, "not found\n")
@@ -451,16 +530,31 @@ mod tests {
         assert_eq!(named.id, ns.id_from_name("hot"));
         assert_eq!(named.name.as_deref(), Some("hot"));
         assert_eq!(extract("/").unwrap(), None);
-        assert_eq!(extract("/nope/x"), Err(RouteError::UnknownClass("nope".into())));
+        assert_eq!(
+            extract("/nope/x"),
+            Err(RouteError::UnknownClass("nope".into()))
+        );
         assert!(matches!(extract("/counter"), Err(RouteError::BadObject(_))));
-        assert!(matches!(extract("/counter/"), Err(RouteError::BadObject(_))));
-        assert!(matches!(extract("/counter/123456789"), Err(RouteError::BadObject(m)) if m.contains("limit")));
+        assert!(matches!(
+            extract("/counter/"),
+            Err(RouteError::BadObject(_))
+        ));
+        assert!(
+            matches!(extract("/counter/123456789"), Err(RouteError::BadObject(m)) if m.contains("limit"))
+        );
         let id = ns.id_from_name("x");
-        let by_id = extract(&format!("/counter/id:{}", id.to_string().to_uppercase())).unwrap().unwrap();
+        let by_id = extract(&format!("/counter/id:{}", id.to_string().to_uppercase()))
+            .unwrap()
+            .unwrap();
         assert_eq!((by_id.id, by_id.name), (id, None));
         let foreign = Namespace::new("KV").id_from_name("x");
-        assert!(matches!(extract(&format!("/counter/id:{foreign}")), Err(RouteError::BadObject(m)) if m.contains("another namespace")));
-        assert!(matches!(extract("/counter/id:abc"), Err(RouteError::BadObject(_))));
+        assert!(
+            matches!(extract(&format!("/counter/id:{foreign}")), Err(RouteError::BadObject(m)) if m.contains("another namespace"))
+        );
+        assert!(matches!(
+            extract("/counter/id:abc"),
+            Err(RouteError::BadObject(_))
+        ));
     }
 
     #[test]
@@ -470,7 +564,13 @@ mod tests {
         map.append("x-a", HeaderValue::from_static("2"));
         map.append("connection", HeaderValue::from_static("keep-alive"));
         let wire = headers_to_wire(&map);
-        assert_eq!(wire, vec![("x-a".to_owned(), b"1".to_vec()), ("x-a".to_owned(), b"2".to_vec())]);
+        assert_eq!(
+            wire,
+            vec![
+                ("x-a".to_owned(), b"1".to_vec()),
+                ("x-a".to_owned(), b"2".to_vec())
+            ]
+        );
         let mut back = HeaderMap::new();
         headers_from_wire(
             &[

@@ -50,21 +50,39 @@ impl Admin for Registry {
     fn metrics(&self, out: &mut String) {
         use std::fmt::Write;
         let workers = Registry::workers(self);
-        out.push_str("# HELP odo_live_objects Objects live on each worker.\n# TYPE odo_live_objects gauge\n");
+        out.push_str(
+            "# HELP odo_live_objects Objects live on each worker.\n# TYPE odo_live_objects gauge\n",
+        );
         for w in &workers {
-            let _ = writeln!(out, "odo_live_objects{{worker=\"{}\"}} {}", w.slot, w.live_objects);
+            let _ = writeln!(
+                out,
+                "odo_live_objects{{worker=\"{}\"}} {}",
+                w.slot, w.live_objects
+            );
         }
         out.push_str("# HELP odo_worker_restarts_total Worker process restarts.\n# TYPE odo_worker_restarts_total counter\n");
         for w in &workers {
-            let _ = writeln!(out, "odo_worker_restarts_total{{worker=\"{}\"}} {}", w.slot, w.restarts);
+            let _ = writeln!(
+                out,
+                "odo_worker_restarts_total{{worker=\"{}\"}} {}",
+                w.slot, w.restarts
+            );
         }
         out.push_str("# HELP odo_commit_batches_total Group commits by each worker's current process.\n# TYPE odo_commit_batches_total counter\n");
         for w in &workers {
-            let _ = writeln!(out, "odo_commit_batches_total{{worker=\"{}\"}} {}", w.slot, w.commit_batches);
+            let _ = writeln!(
+                out,
+                "odo_commit_batches_total{{worker=\"{}\"}} {}",
+                w.slot, w.commit_batches
+            );
         }
         out.push_str("# HELP odo_commit_turns_total Turns committed in those batches (turns / batches = average batch size).\n# TYPE odo_commit_turns_total counter\n");
         for w in &workers {
-            let _ = writeln!(out, "odo_commit_turns_total{{worker=\"{}\"}} {}", w.slot, w.commit_turns);
+            let _ = writeln!(
+                out,
+                "odo_commit_turns_total{{worker=\"{}\"}} {}",
+                w.slot, w.commit_turns
+            );
         }
     }
 }

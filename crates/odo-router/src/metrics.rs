@@ -38,15 +38,26 @@ impl Metrics {
             }
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Appends the router's metrics.
     pub(crate) fn render(&self, out: &mut String) {
-        out.push_str("# HELP odo_http_requests_total HTTP requests answered, by class and status.\n");
+        out.push_str(
+            "# HELP odo_http_requests_total HTTP requests answered, by class and status.\n",
+        );
         out.push_str("# TYPE odo_http_requests_total counter\n");
-        for ((class, status), n) in self.requests.lock().unwrap_or_else(PoisonError::into_inner).iter() {
-            let _ = writeln!(out, "odo_http_requests_total{{class=\"{class}\",status=\"{status}\"}} {n}");
+        for ((class, status), n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "odo_http_requests_total{{class=\"{class}\",status=\"{status}\"}} {n}"
+            );
         }
         out.push_str("# HELP odo_http_request_duration_seconds Time to answer HTTP requests.\n");
         out.push_str("# TYPE odo_http_request_duration_seconds histogram\n");
@@ -58,7 +69,10 @@ impl Metrics {
             );
         }
         let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "odo_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "odo_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
         let _ = writeln!(
             out,
             "odo_http_request_duration_seconds_sum {}",
@@ -80,7 +94,10 @@ mod tests {
         m.record("-", 404, Duration::from_secs(20));
         let mut out = String::new();
         m.render(&mut out);
-        assert!(out.contains("odo_http_requests_total{class=\"COUNTER\",status=\"200\"} 2\n"), "{out}");
+        assert!(
+            out.contains("odo_http_requests_total{class=\"COUNTER\",status=\"200\"} 2\n"),
+            "{out}"
+        );
         assert!(out.contains("odo_http_requests_total{class=\"-\",status=\"404\"} 1\n"));
         assert!(out.contains("odo_http_request_duration_seconds_bucket{le=\"0.0005\"} 0\n"));
         assert!(out.contains("odo_http_request_duration_seconds_bucket{le=\"0.001\"} 1\n"));

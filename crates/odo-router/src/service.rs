@@ -182,9 +182,13 @@ impl ClusterService {
                             Ok((Response::Error(WireError::Moved { epoch }), _)) => {
                                 format!("moved (epoch {epoch})")
                             }
-                            Ok((Response::Error(error), _)) => return Err(ForwardError::Object(error)),
+                            Ok((Response::Error(error), _)) => {
+                                return Err(ForwardError::Object(error));
+                            }
                             Ok(answer) => return Ok(answer),
-                            Err(CallError::DeadlineExceeded { .. }) => return Err(ForwardError::Deadline),
+                            Err(CallError::DeadlineExceeded { .. }) => {
+                                return Err(ForwardError::Deadline);
+                            }
                             Err(e) if e.is_retryable() => e.to_string(),
                             Err(e) => return Err(ForwardError::Lost(e.to_string())),
                         }

@@ -15,15 +15,17 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use odo_storage::CommitWait;
 use odo_core::WireError;
+use odo_storage::CommitWait;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, warn};
 
 use crate::class::Factory;
 use crate::context::{Background, Context};
-use crate::object::{AlarmInfo, DurableObject, ObjectError, Request, Response, RpcCall, is_reserved_method};
+use crate::object::{
+    AlarmInfo, DurableObject, ObjectError, Request, Response, RpcCall, is_reserved_method,
+};
 use crate::runtime::{ActorControl, Inner, ShardState};
 use crate::stub::ObjectRef;
 
@@ -80,7 +82,12 @@ impl Gate {
     }
 
     /// Queues a reply behind `durable` (and behind every earlier reply).
-    fn hold(&mut self, durable: Option<CommitWait>, reply: Reply, result: Result<Outcome, WireError>) {
+    fn hold(
+        &mut self,
+        durable: Option<CommitWait>,
+        reply: Reply,
+        result: Result<Outcome, WireError>,
+    ) {
         if durable.is_none() && self.held.is_empty() {
             let _ = reply.send(result);
         } else {
@@ -245,10 +252,15 @@ enum Ran {
     Failed(String),
 }
 
-fn classify<O>(result: std::thread::Result<Result<O, ObjectError>>, wrap: impl FnOnce(O) -> Outcome) -> Ran {
+fn classify<O>(
+    result: std::thread::Result<Result<O, ObjectError>>,
+    wrap: impl FnOnce(O) -> Outcome,
+) -> Ran {
     match result {
         Ok(Ok(out)) => Ran::Ok(wrap(out)),
-        Ok(Err(e)) if !e.resets() => Ran::Refused(WireError::BadRequest { message: e.to_string() }),
+        Ok(Err(e)) if !e.resets() => Ran::Refused(WireError::BadRequest {
+            message: e.to_string(),
+        }),
         Ok(Err(e)) => Ran::Failed(e.to_string()),
         Err(panic) => Ran::Failed(panic_message(&*panic)),
     }
@@ -293,7 +305,11 @@ async fn turn<T: DurableObject>(
     };
     let ran = match kind {
         EventKind::Fetch(request) => {
-            let result = drive(AssertUnwindSafe(obj.fetch(ctx, request)).catch_unwind(), gate).await;
+            let result = drive(
+                AssertUnwindSafe(obj.fetch(ctx, request)).catch_unwind(),
+                gate,
+            )
+            .await;
             classify(result, Outcome::Fetch)
         }
         EventKind::Call(call) => {
@@ -302,7 +318,8 @@ async fn turn<T: DurableObject>(
                     message: format!("{:?} is a reserved method name", call.method),
                 })
             } else {
-                let result = drive(AssertUnwindSafe(obj.call(ctx, call)).catch_unwind(), gate).await;
+                let result =
+                    drive(AssertUnwindSafe(obj.call(ctx, call)).catch_unwind(), gate).await;
                 classify(result, |r| Outcome::Call(r.into_bytes()))
             }
         }
@@ -342,7 +359,12 @@ async fn turn<T: DurableObject>(
 
 /// Runs the alarm handler if the alarm is still set for that time, and
 /// clears it after a success unless the handler set a new one.
-async fn run_alarm<T: DurableObject>(obj: &mut T, ctx: &mut Context, gate: &mut Gate, info: AlarmInfo) -> Ran {
+async fn run_alarm<T: DurableObject>(
+    obj: &mut T,
+    ctx: &mut Context,
+    gate: &mut Gate,
+    info: AlarmInfo,
+) -> Ran {
     match ctx.storage.get_alarm().await {
         Ok(Some(at)) if at == info.scheduled_ms => {}
         Ok(_) => return Ran::Ok(Outcome::AlarmStale),

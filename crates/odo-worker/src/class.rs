@@ -107,7 +107,9 @@ impl Classes {
     }
 
     pub(crate) fn by_tag(&self, tag: NamespaceTag) -> Option<&Arc<ClassEntry>> {
-        self.by_tag.get(&tag).and_then(|name| self.by_name.get(name))
+        self.by_tag
+            .get(&tag)
+            .and_then(|name| self.by_name.get(name))
     }
 }
 

@@ -72,8 +72,21 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_cap_then_gives_up() {
         let r = AlarmRetry::default();
-        let secs: Vec<_> = (1..=7).map(|n| r.delay_after(n).map(|d| d.as_secs())).collect();
-        assert_eq!(secs, [Some(2), Some(4), Some(8), Some(16), Some(32), Some(64), None]);
+        let secs: Vec<_> = (1..=7)
+            .map(|n| r.delay_after(n).map(|d| d.as_secs()))
+            .collect();
+        assert_eq!(
+            secs,
+            [
+                Some(2),
+                Some(4),
+                Some(8),
+                Some(16),
+                Some(32),
+                Some(64),
+                None
+            ]
+        );
         let capped = AlarmRetry {
             max_delay: Duration::from_secs(5),
             max_retries: 100,

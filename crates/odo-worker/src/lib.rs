@@ -24,7 +24,9 @@ pub mod wire;
 pub use class::{ClassError, Classes};
 pub use config::{AlarmRetry, RuntimeConfig};
 pub use context::Context;
-pub use object::{AlarmInfo, DurableObject, ObjectError, Request, Response, RpcCall, RpcReply, is_reserved_method};
+pub use object::{
+    AlarmInfo, DurableObject, ObjectError, Request, Response, RpcCall, RpcReply, is_reserved_method,
+};
 pub use process::{WorkerError, serve};
 pub use runtime::{Runtime, ShardError, now_ms};
 pub use stub::{CallError, Cluster, NamespaceHandle, ObjectRef, Stub};

@@ -109,9 +109,8 @@ pub struct RpcCall {
 impl RpcCall {
     /// Decodes the arguments as `T`.
     pub fn args<T: DeserializeOwned>(&self) -> Result<T, ObjectError> {
-        postcard::from_bytes(&self.args).map_err(|e| {
-            ObjectError::BadArguments(format!("arguments of {:?}: {e}", self.method))
-        })
+        postcard::from_bytes(&self.args)
+            .map_err(|e| ObjectError::BadArguments(format!("arguments of {:?}: {e}", self.method)))
     }
 }
 
@@ -172,6 +171,9 @@ impl ObjectError {
 
     /// Whether this error resets the object.
     pub fn resets(&self) -> bool {
-        !matches!(self, ObjectError::UnknownMethod(_) | ObjectError::BadArguments(_))
+        !matches!(
+            self,
+            ObjectError::UnknownMethod(_) | ObjectError::BadArguments(_)
+        )
     }
 }

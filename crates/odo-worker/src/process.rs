@@ -13,8 +13,13 @@ use futures_util::future::BoxFuture;
 use odo_core::WireError;
 use odo_core::launch::{StorageKind, WorkerLaunch};
 use odo_core::wire::{Control, ControlReply, Placement, Request, Response, Target, WorkerStats};
-use odo_storage::{Backend, FjallBackend, FjallOptions, MemoryBackend, StorageError, Store, StoreOptions};
-use odo_transport::{BindError, Channel, ClientConfig, ConnectError, Endpoint, EndpointError, Handler, Server, ServerConfig};
+use odo_storage::{
+    Backend, FjallBackend, FjallOptions, MemoryBackend, StorageError, Store, StoreOptions,
+};
+use odo_transport::{
+    BindError, Channel, ClientConfig, ConnectError, Endpoint, EndpointError, Handler, Server,
+    ServerConfig,
+};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -56,7 +61,12 @@ pub enum WorkerError {
 /// On Linux the worker also asks the kernel to kill it when its parent
 /// dies (`PR_SET_PDEATHSIG`), and exits at once if its parent is already
 /// not the registry that started it.
-pub async fn serve(classes: Classes, launch: WorkerLaunch, token: String, config: RuntimeConfig) -> Result<(), WorkerError> {
+pub async fn serve(
+    classes: Classes,
+    launch: WorkerLaunch,
+    token: String,
+    config: RuntimeConfig,
+) -> Result<(), WorkerError> {
     die_with_parent(launch.parent_pid);
     if token.is_empty() {
         return Err(WorkerError::NoToken(odo_core::launch::TOKEN_ENV));
@@ -107,7 +117,10 @@ pub async fn serve(classes: Classes, launch: WorkerLaunch, token: String, config
         endpoint: endpoint.clone(),
         classes: runtime.classes().names(),
     });
-    match control.call(hello, Bytes::new(), Duration::from_secs(30)).await {
+    match control
+        .call(hello, Bytes::new(), Duration::from_secs(30))
+        .await
+    {
         Ok((Response::Control(ControlReply::Ack), _)) => {}
         Ok((other, _)) => return Err(WorkerError::Hello(format!("unexpected answer {other:?}"))),
         Err(e) => return Err(WorkerError::Hello(e.to_string())),
@@ -133,7 +146,10 @@ async fn termination() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}
@@ -160,7 +176,11 @@ fn die_with_parent(parent_pid: u32) {
     // The parent may have died before the signal was armed.
     let parent = getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32);
     if parent != parent_pid {
-        warn!(parent, expected = parent_pid, "the registry is already gone; exiting");
+        warn!(
+            parent,
+            expected = parent_pid,
+            "the registry is already gone; exiting"
+        );
         std::process::exit(1);
     }
 }
@@ -185,12 +205,14 @@ impl WorkerHandler {
             StorageKind::Memory => Arc::new(MemoryBackend::new()),
             StorageKind::Fjall => {
                 let dir = self.data_dir.join("shards").join(shard.to_string());
-                let backend = tokio::task::spawn_blocking(move || FjallBackend::open(dir, FjallOptions::default()))
-                    .await
-                    .map_err(|e| StorageError::Backend {
-                        context: format!("opening shard {shard}"),
-                        message: e.to_string(),
-                    })??;
+                let backend = tokio::task::spawn_blocking(move || {
+                    FjallBackend::open(dir, FjallOptions::default())
+                })
+                .await
+                .map_err(|e| StorageError::Backend {
+                    context: format!("opening shard {shard}"),
+                    message: e.to_string(),
+                })??;
                 Arc::new(backend)
             }
         };
@@ -207,7 +229,10 @@ impl WorkerHandler {
                     }
                     self.runtime.release_shard(shard).await;
                 }
-                let store = self.open_store(shard).await.map_err(|e| internal(format!("shard {shard}: {e}")))?;
+                let store = self
+                    .open_store(shard)
+                    .await
+                    .map_err(|e| internal(format!("shard {shard}: {e}")))?;
                 self.runtime
                     .open_shard(shard, epoch, store)
                     .map_err(|e| internal(e.to_string()))?;
@@ -303,7 +328,9 @@ struct WorkerCluster {
 
 impl fmt::Debug for WorkerCluster {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkerCluster").field("own_endpoint", &self.own_endpoint).finish_non_exhaustive()
+        f.debug_struct("WorkerCluster")
+            .field("own_endpoint", &self.own_endpoint)
+            .finish_non_exhaustive()
     }
 }
 
@@ -315,7 +342,10 @@ enum Route {
 
 impl WorkerCluster {
     fn set_placement(&self, placement: Placement) {
-        let mut current = self.placement.write().unwrap_or_else(PoisonError::into_inner);
+        let mut current = self
+            .placement
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         if placement.version >= current.version {
             *current = placement;
         }
@@ -326,11 +356,13 @@ impl WorkerCluster {
         if self.runtime.shard_epoch(shard).is_some() {
             return Ok(Route::Local);
         }
-        let placement = self.placement.read().unwrap_or_else(PoisonError::into_inner);
-        let entry = placement
-            .shards
-            .get(shard as usize)
-            .ok_or_else(|| CallError::Unavailable(format!("no placement known for shard {shard}")))?;
+        let placement = self
+            .placement
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let entry = placement.shards.get(shard as usize).ok_or_else(|| {
+            CallError::Unavailable(format!("no placement known for shard {shard}"))
+        })?;
         let endpoint = entry
             .endpoint
             .clone()
@@ -377,7 +409,12 @@ impl WorkerCluster {
     /// Sends a request to the owning worker, retrying what was never
     /// written or was answered `Moved` (the placement may have changed)
     /// until the deadline.
-    async fn remote(self: Arc<Self>, target: ObjectRef, make: impl Fn(Target) -> Request + Send, body: Bytes) -> Result<Option<(Response, Bytes)>, CallError> {
+    async fn remote(
+        self: Arc<Self>,
+        target: ObjectRef,
+        make: impl Fn(Target) -> Request + Send,
+        body: Bytes,
+    ) -> Result<Option<(Response, Bytes)>, CallError> {
         let give_up = tokio::time::Instant::now() + CALL_DEADLINE;
         let mut delay = Duration::from_millis(10);
         loop {
@@ -386,11 +423,18 @@ impl WorkerCluster {
                 Route::Remote { endpoint, target } => (endpoint, target),
             };
             let retry = match self.channel(&endpoint).await {
-                Ok(channel) => match channel.call(make(wire_target), body.clone(), CALL_DEADLINE).await {
+                Ok(channel) => match channel
+                    .call(make(wire_target), body.clone(), CALL_DEADLINE)
+                    .await
+                {
                     Ok((Response::Error(WireError::Moved { .. }), _)) => true,
                     Ok(answer) => return Ok(Some(answer)),
                     Err(e) if e.is_retryable() => true,
-                    Err(e) => return Err(CallError::Object(WireError::ObjectReset { reason: e.to_string() })),
+                    Err(e) => {
+                        return Err(CallError::Object(WireError::ObjectReset {
+                            reason: e.to_string(),
+                        }));
+                    }
                 },
                 Err(_) => true,
             };
@@ -399,7 +443,10 @@ impl WorkerCluster {
                 delay = (delay * 2).min(Duration::from_millis(500));
                 continue;
             }
-            return Err(CallError::Unavailable(format!("object {} could not be reached", target.id)));
+            return Err(CallError::Unavailable(format!(
+                "object {} could not be reached",
+                target.id
+            )));
         }
     }
 }
@@ -414,7 +461,11 @@ fn error_answer(response: Response) -> CallError {
 }
 
 impl Cluster for Arc<WorkerCluster> {
-    fn fetch(&self, target: ObjectRef, request: HttpRequest) -> BoxFuture<'static, Result<HttpResponse, CallError>> {
+    fn fetch(
+        &self,
+        target: ObjectRef,
+        request: HttpRequest,
+    ) -> BoxFuture<'static, Result<HttpResponse, CallError>> {
         let this = self.clone();
         async move {
             if let Route::Local = this.route(&target)? {
@@ -430,10 +481,21 @@ impl Cluster for Arc<WorkerCluster> {
             let (head, body) = request_to_wire(placeholder, request);
             let answer = this
                 .clone()
-                .remote(target.clone(), move |t| Request::Fetch(odo_core::wire::FetchRequest { target: t, ..head.clone() }), body)
+                .remote(
+                    target.clone(),
+                    move |t| {
+                        Request::Fetch(odo_core::wire::FetchRequest {
+                            target: t,
+                            ..head.clone()
+                        })
+                    },
+                    body,
+                )
                 .await?;
             match answer {
-                None => Err(CallError::Unavailable("the shard moved here mid-call; retry".into())),
+                None => Err(CallError::Unavailable(
+                    "the shard moved here mid-call; retry".into(),
+                )),
                 Some((Response::Fetch(head), body)) => Ok(response_from_wire(head, body)?),
                 Some((other, _)) => Err(error_answer(other)),
             }
@@ -441,11 +503,19 @@ impl Cluster for Arc<WorkerCluster> {
         .boxed()
     }
 
-    fn call(&self, target: ObjectRef, method: String, args: Bytes) -> BoxFuture<'static, Result<Bytes, CallError>> {
+    fn call(
+        &self,
+        target: ObjectRef,
+        method: String,
+        args: Bytes,
+    ) -> BoxFuture<'static, Result<Bytes, CallError>> {
         let this = self.clone();
         async move {
             if let Route::Local = this.route(&target)? {
-                return Ok(this.runtime.call(target, None, RpcCall { method, args }).await?);
+                return Ok(this
+                    .runtime
+                    .call(target, None, RpcCall { method, args })
+                    .await?);
             }
             let answer = this
                 .clone()
@@ -461,7 +531,9 @@ impl Cluster for Arc<WorkerCluster> {
                 )
                 .await?;
             match answer {
-                None => Err(CallError::Unavailable("the shard moved here mid-call; retry".into())),
+                None => Err(CallError::Unavailable(
+                    "the shard moved here mid-call; retry".into(),
+                )),
                 Some((Response::Rpc, body)) => Ok(body),
                 Some((other, _)) => Err(error_answer(other)),
             }

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -133,7 +133,10 @@ fn next_activation() -> String {
         // Falls back to the pid and time if the OS generator is unavailable:
         // uniqueness within the process still holds through the counter.
         if getrandom::fill(&mut bytes).is_err() {
-            let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+            let t = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as u64;
             bytes = (t ^ u64::from(std::process::id())).to_le_bytes();
         }
         u64::from_le_bytes(bytes)
@@ -210,7 +213,10 @@ impl Runtime {
 
     /// The shards served here, with their epochs, sorted.
     pub fn shards(&self) -> Vec<(u32, u64)> {
-        let mut shards: Vec<_> = read(&self.inner.shards).values().map(|s| (s.shard, s.epoch)).collect();
+        let mut shards: Vec<_> = read(&self.inner.shards)
+            .values()
+            .map(|s| (s.shard, s.epoch))
+            .collect();
         shards.sort_unstable();
         shards
     }
@@ -233,7 +239,11 @@ impl Runtime {
     /// (a worker process forwards calls for shards it does not hold). By
     /// default every call is delivered in this runtime.
     pub fn set_cluster(&self, cluster: Arc<dyn Cluster>) {
-        *self.inner.cluster.write().unwrap_or_else(PoisonError::into_inner) = Some(cluster);
+        *self
+            .inner
+            .cluster
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(cluster);
     }
 
     /// A handle on namespace `class`, for programs that hold the runtime.
@@ -257,7 +267,11 @@ impl Runtime {
             alarm_task: Mutex::new(None),
         });
         {
-            let mut shards = self.inner.shards.write().unwrap_or_else(PoisonError::into_inner);
+            let mut shards = self
+                .inner
+                .shards
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
             if shards.contains_key(&shard) {
                 return Err(ShardError::AlreadyOpen(shard));
             }
@@ -315,16 +329,34 @@ impl Runtime {
     /// Delivers an HTTP request to an object. `epoch`, when given, must be
     /// the epoch this runtime holds the object's shard at, or the answer is
     /// [`WireError::Moved`].
-    pub async fn fetch(&self, target: ObjectRef, epoch: Option<u64>, request: Request) -> Result<Response, WireError> {
-        match self.inner.deliver(target, epoch, EventKind::Fetch(request)).await? {
+    pub async fn fetch(
+        &self,
+        target: ObjectRef,
+        epoch: Option<u64>,
+        request: Request,
+    ) -> Result<Response, WireError> {
+        match self
+            .inner
+            .deliver(target, epoch, EventKind::Fetch(request))
+            .await?
+        {
             Outcome::Fetch(response) => Ok(response),
             other => Err(unexpected(other)),
         }
     }
 
     /// Delivers an RPC call to an object; returns the encoded result.
-    pub async fn call(&self, target: ObjectRef, epoch: Option<u64>, call: RpcCall) -> Result<Bytes, WireError> {
-        match self.inner.deliver(target, epoch, EventKind::Call(call)).await? {
+    pub async fn call(
+        &self,
+        target: ObjectRef,
+        epoch: Option<u64>,
+        call: RpcCall,
+    ) -> Result<Bytes, WireError> {
+        match self
+            .inner
+            .deliver(target, epoch, EventKind::Call(call))
+            .await?
+        {
             Outcome::Call(result) => Ok(result),
             other => Err(unexpected(other)),
         }
@@ -354,9 +386,7 @@ impl Inner {
     }
 
     fn table(&self, id: &ObjectId) -> &Mutex<HashMap<ObjectId, Slot>> {
-        let mut h = self.hasher.build_hasher();
-        id.hash(&mut h);
-        &self.tables[(h.finish() as usize) % TABLE_SHARDS]
+        &self.tables[(self.hasher.hash_one(id) as usize) % TABLE_SHARDS]
     }
 
     pub(crate) async fn deliver(
@@ -365,12 +395,18 @@ impl Inner {
         epoch: Option<u64>,
         kind: EventKind,
     ) -> Result<Outcome, WireError> {
-        let class = self.classes.get(&target.class).ok_or_else(|| WireError::UnknownClass {
-            class: target.class.to_string(),
-        })?;
+        let class = self
+            .classes
+            .get(&target.class)
+            .ok_or_else(|| WireError::UnknownClass {
+                class: target.class.to_string(),
+            })?;
         if !class.namespace.owns(&target.id) {
             return Err(WireError::BadRequest {
-                message: format!("object id {} does not belong to class {}", target.id, target.class),
+                message: format!(
+                    "object id {} does not belong to class {}",
+                    target.id, target.class
+                ),
             });
         }
         let shard_no = target.id.shard(self.shard_count);
@@ -388,7 +424,13 @@ impl Inner {
         })?
     }
 
-    fn enqueue(&self, class: &Arc<ClassEntry>, target: ObjectRef, shard: Arc<ShardState>, event: Event) -> Result<(), WireError> {
+    fn enqueue(
+        &self,
+        class: &Arc<ClassEntry>,
+        target: ObjectRef,
+        shard: Arc<ShardState>,
+        event: Event,
+    ) -> Result<(), WireError> {
         let mut table = lock(self.table(&target.id));
         let mut event = event;
         if let Some(slot) = table.get(&target.id) {
@@ -442,12 +484,20 @@ impl Inner {
     /// Removes an actor's slot if its mailbox is empty. Senders only send
     /// while holding the table lock, so once this returns `true` no event
     /// can reach the exiting actor: the next event starts a new one.
-    pub(crate) fn try_remove(&self, id: &ObjectId, control: &Arc<ActorControl>, rx: &mpsc::Receiver<Event>) -> bool {
+    pub(crate) fn try_remove(
+        &self,
+        id: &ObjectId,
+        control: &Arc<ActorControl>,
+        rx: &mpsc::Receiver<Event>,
+    ) -> bool {
         let mut table = lock(self.table(id));
         if !rx.is_empty() {
             return false;
         }
-        if table.get(id).is_some_and(|slot| Arc::ptr_eq(&slot.control, control)) {
+        if table
+            .get(id)
+            .is_some_and(|slot| Arc::ptr_eq(&slot.control, control))
+        {
             table.remove(id);
         }
         true
@@ -465,10 +515,15 @@ impl Inner {
 struct LocalCluster(Weak<Inner>);
 
 impl LocalCluster {
-    fn deliver(&self, target: ObjectRef, kind: EventKind) -> BoxFuture<'static, Result<Outcome, CallError>> {
+    fn deliver(
+        &self,
+        target: ObjectRef,
+        kind: EventKind,
+    ) -> BoxFuture<'static, Result<Outcome, CallError>> {
         let inner = self.0.upgrade();
         async move {
-            let inner = inner.ok_or_else(|| CallError::Unavailable("the runtime has shut down".into()))?;
+            let inner =
+                inner.ok_or_else(|| CallError::Unavailable("the runtime has shut down".into()))?;
             Ok(inner.deliver(target, None, kind).await?)
         }
         .boxed()
@@ -476,7 +531,11 @@ impl LocalCluster {
 }
 
 impl Cluster for LocalCluster {
-    fn fetch(&self, target: ObjectRef, request: Request) -> BoxFuture<'static, Result<Response, CallError>> {
+    fn fetch(
+        &self,
+        target: ObjectRef,
+        request: Request,
+    ) -> BoxFuture<'static, Result<Response, CallError>> {
         let outcome = self.deliver(target, EventKind::Fetch(request));
         async move {
             match outcome.await? {
@@ -487,7 +546,12 @@ impl Cluster for LocalCluster {
         .boxed()
     }
 
-    fn call(&self, target: ObjectRef, method: String, args: Bytes) -> BoxFuture<'static, Result<Bytes, CallError>> {
+    fn call(
+        &self,
+        target: ObjectRef,
+        method: String,
+        args: Bytes,
+    ) -> BoxFuture<'static, Result<Bytes, CallError>> {
         let outcome = self.deliver(target, EventKind::Call(RpcCall { method, args }));
         async move {
             match outcome.await? {
@@ -503,7 +567,9 @@ impl Cluster for LocalCluster {
 /// cap allows.
 async fn janitor(inner: Weak<Inner>, wake: Arc<Notify>) {
     loop {
-        let Some(strong) = inner.upgrade() else { return };
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
         let cap = strong.config.max_live_objects;
         let live = strong.live.load(Ordering::SeqCst);
         if live > cap {
@@ -512,11 +578,12 @@ async fn janitor(inner: Weak<Inner>, wake: Arc<Notify>) {
             let excess = live - cap + (cap / 16).max(1);
             let mut candidates: Vec<(u64, Arc<ActorControl>)> = Vec::with_capacity(live);
             for table in strong.tables.iter() {
-                candidates.extend(
-                    lock(table)
-                        .values()
-                        .map(|slot| (slot.control.last_used.load(Ordering::Relaxed), slot.control.clone())),
-                );
+                candidates.extend(lock(table).values().map(|slot| {
+                    (
+                        slot.control.last_used.load(Ordering::Relaxed),
+                        slot.control.clone(),
+                    )
+                }));
             }
             candidates.sort_unstable_by_key(|(tick, _)| *tick);
             for (_, control) in candidates.into_iter().take(excess) {
@@ -542,7 +609,7 @@ async fn alarm_loop(inner: Weak<Inner>, shard: Arc<ShardState>) {
     let mut alarm_changes = shard.store.alarm_changes();
     loop {
         let Some(rt) = inner.upgrade() else { return };
-        
+
         let now = now_ms();
         let skip = running.len() + retries.len();
         let pending = match shard.store.due_alarms(u64::MAX, skip + 64) {

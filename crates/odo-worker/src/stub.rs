@@ -27,7 +27,9 @@ pub enum CallError {
     Encoding(String),
     /// A stub minted inside an object was called directly, bypassing the
     /// output gate.
-    #[error("inside an object, call other objects through ctx.fetch / ctx.call so the output gate holds")]
+    #[error(
+        "inside an object, call other objects through ctx.fetch / ctx.call so the output gate holds"
+    )]
     Ungated,
 }
 
@@ -35,11 +37,20 @@ pub enum CallError {
 /// hosts; a worker process implements it by forwarding to the owning worker.
 pub trait Cluster: Send + Sync + 'static {
     /// Sends an HTTP request to an object.
-    fn fetch(&self, target: ObjectRef, request: Request) -> BoxFuture<'static, Result<Response, CallError>>;
+    fn fetch(
+        &self,
+        target: ObjectRef,
+        request: Request,
+    ) -> BoxFuture<'static, Result<Response, CallError>>;
 
     /// Calls an RPC method of an object with encoded arguments; returns the
     /// encoded result.
-    fn call(&self, target: ObjectRef, method: String, args: Bytes) -> BoxFuture<'static, Result<Bytes, CallError>>;
+    fn call(
+        &self,
+        target: ObjectRef,
+        method: String,
+        args: Bytes,
+    ) -> BoxFuture<'static, Result<Bytes, CallError>>;
 }
 
 /// Names one object: its class and id, and its name when it has one.
@@ -64,7 +75,9 @@ pub struct NamespaceHandle {
 
 impl fmt::Debug for NamespaceHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NamespaceHandle").field("class", &self.class).finish_non_exhaustive()
+        f.debug_struct("NamespaceHandle")
+            .field("class", &self.class)
+            .finish_non_exhaustive()
     }
 }
 
@@ -120,7 +133,9 @@ pub struct Stub {
 
 impl fmt::Debug for Stub {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Stub").field("target", &self.target).finish_non_exhaustive()
+        f.debug_struct("Stub")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
     }
 }
 
@@ -145,7 +160,11 @@ impl Stub {
     ///
     /// Inside an object, call [`Context::call`](crate::Context::call)
     /// instead (see [`Stub::fetch`]).
-    pub async fn call<A: Serialize, R: DeserializeOwned>(&self, method: &str, args: &A) -> Result<R, CallError> {
+    pub async fn call<A: Serialize, R: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: &A,
+    ) -> Result<R, CallError> {
         self.check_ungated()?;
         self.call_unchecked(method, args).await
     }
@@ -173,12 +192,24 @@ impl Stub {
             .map_err(|e| CallError::Encoding(e.to_string()))
     }
 
-    pub(crate) async fn call_encoded<R: DeserializeOwned>(&self, method: &str, args: Bytes) -> Result<R, CallError> {
-        let result = self.cluster.call(self.target.clone(), method.to_owned(), args).await?;
-        postcard::from_bytes(&result).map_err(|e| CallError::Encoding(format!("result of {method:?}: {e}")))
+    pub(crate) async fn call_encoded<R: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: Bytes,
+    ) -> Result<R, CallError> {
+        let result = self
+            .cluster
+            .call(self.target.clone(), method.to_owned(), args)
+            .await?;
+        postcard::from_bytes(&result)
+            .map_err(|e| CallError::Encoding(format!("result of {method:?}: {e}")))
     }
 
-    async fn call_unchecked<A: Serialize, R: DeserializeOwned>(&self, method: &str, args: &A) -> Result<R, CallError> {
+    async fn call_unchecked<A: Serialize, R: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: &A,
+    ) -> Result<R, CallError> {
         let args = Self::encode_call(method, args)?;
         self.call_encoded(method, args).await
     }

@@ -18,7 +18,9 @@ pub fn request_from_wire(fetch: FetchRequest, body: Bytes) -> Result<(Target, Re
     for (name, value) in &fetch.headers {
         builder = builder.header(name.as_str(), value.as_slice());
     }
-    let request = builder.body(body).map_err(|e| bad(format!("malformed request: {e}")))?;
+    let request = builder
+        .body(body)
+        .map_err(|e| bad(format!("malformed request: {e}")))?;
     Ok((fetch.target, request))
 }
 
@@ -121,6 +123,9 @@ mod tests {
             uri: "/".into(),
             headers: vec![("bad header".into(), b"v".to_vec())],
         };
-        assert!(matches!(request_from_wire(fetch, Bytes::new()), Err(WireError::BadRequest { .. })));
+        assert!(matches!(
+            request_from_wire(fetch, Bytes::new()),
+            Err(WireError::BadRequest { .. })
+        ));
     }
 }

@@ -5,16 +5,16 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use odo_core::{ObjectId, WireError};
 use odo_storage::{
     Backend, FjallBackend, FjallOptions, KeyRange, MemoryBackend, ObjectBatch, StorageError, Store,
     StoreOptions,
 };
 use odo_worker::{
-    AlarmInfo, AlarmRetry, Classes, Context, DurableObject, ObjectError, ObjectRef, Request, Response,
-    RpcCall, RpcReply, Runtime, RuntimeConfig, now_ms,
+    AlarmInfo, AlarmRetry, Classes, Context, DurableObject, ObjectError, ObjectRef, Request,
+    Response, RpcCall, RpcReply, Runtime, RuntimeConfig, now_ms,
 };
-use futures_util::FutureExt;
 use tokio::sync::{Notify, mpsc};
 
 /// What objects report to the test.
@@ -103,7 +103,12 @@ impl DurableObject for Counter {
                 Ok(text("unblocked"))
             }
             "/alarm" => {
-                let at: u64 = req.uri().query().unwrap_or("0").parse().map_err(ObjectError::msg)?;
+                let at: u64 = req
+                    .uri()
+                    .query()
+                    .unwrap_or("0")
+                    .parse()
+                    .map_err(ObjectError::msg)?;
                 ctx.storage().set_alarm(at).await?;
                 Ok(text("set"))
             }
@@ -146,7 +151,8 @@ impl DurableObject for Counter {
     }
 
     async fn alarm(&mut self, ctx: &mut Context, alarm: AlarmInfo) -> Result<(), ObjectError> {
-        self.env.note(Note::Alarm(alarm.scheduled_ms, alarm.retry_count));
+        self.env
+            .note(Note::Alarm(alarm.scheduled_ms, alarm.retry_count));
         if self.env.alarm_failures.load(Ordering::SeqCst) > alarm.retry_count as usize {
             return Err(ObjectError::msg("alarm fails on purpose"));
         }
@@ -182,7 +188,9 @@ fn config() -> RuntimeConfig {
 fn open_store(kind: Kind, dir: &std::path::Path) -> Store {
     let backend: Arc<dyn Backend> = match kind {
         Kind::Memory => Arc::new(MemoryBackend::new()),
-        Kind::Fjall => Arc::new(FjallBackend::open(dir.join("shard-0"), FjallOptions::default()).unwrap()),
+        Kind::Fjall => {
+            Arc::new(FjallBackend::open(dir.join("shard-0"), FjallOptions::default()).unwrap())
+        }
     };
     Store::open_shared(backend, StoreOptions::default()).unwrap()
 }
@@ -206,7 +214,11 @@ impl Harness {
         let env = Arc::new(Env::default());
         let runtime = Runtime::new(classes(&env), config, 1);
         runtime.open_shard(0, 1, store).unwrap();
-        Self { runtime, env, _dir: dir }
+        Self {
+            runtime,
+            env,
+            _dir: dir,
+        }
     }
 
     fn target(&self, name: &str) -> ObjectRef {
@@ -219,7 +231,10 @@ impl Harness {
     }
 
     async fn fetch(&self, name: &str, path: &str) -> Result<String, WireError> {
-        let request = http::Request::builder().uri(path).body(Bytes::new()).unwrap();
+        let request = http::Request::builder()
+            .uri(path)
+            .body(Bytes::new())
+            .unwrap();
         let response = self.runtime.fetch(self.target(name), None, request).await?;
         Ok(String::from_utf8(response.into_body().to_vec()).unwrap())
     }
@@ -236,11 +251,23 @@ async fn events_of_one_object_never_interleave_and_keep_arrival_order() {
         let h = Harness::new(kind, config());
         let calls = (0..200).map(|_| h.fetch("c", "/increment"));
         let results = futures_util::future::join_all(calls).await;
-        let values: Vec<u64> = results.into_iter().map(|r| r.unwrap().parse().unwrap()).collect();
-        assert_eq!(values, (1..=200).collect::<Vec<_>>(), "{kind:?}: arrival order");
+        let values: Vec<u64> = results
+            .into_iter()
+            .map(|r| r.unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(
+            values,
+            (1..=200).collect::<Vec<_>>(),
+            "{kind:?}: arrival order"
+        );
         let notes = h.env.notes.lock().unwrap().clone();
-        let turns: Vec<Note> = notes.into_iter().filter(|n| !matches!(n, Note::Init)).collect();
-        let expected: Vec<Note> = (1..=200).flat_map(|n| [Note::Start(n), Note::End(n)]).collect();
+        let turns: Vec<Note> = notes
+            .into_iter()
+            .filter(|n| !matches!(n, Note::Init))
+            .collect();
+        let expected: Vec<Note> = (1..=200)
+            .flat_map(|n| [Note::Start(n), Note::End(n)])
+            .collect();
         assert_eq!(turns, expected, "{kind:?}: turns interleaved");
         assert_eq!(h.fetch("c", "/get").await.unwrap(), "200");
         h.runtime.shutdown().await;
@@ -257,15 +284,24 @@ async fn a_panicking_or_failing_handler_resets_only_its_object() {
         let before = h.fetch("c", "/whoami").await.unwrap();
         for path in ["/panic", "/fail"] {
             let err = h.fetch("c", path).await.unwrap_err();
-            assert!(matches!(err, WireError::ObjectReset { .. }), "{kind:?} {path}: {err:?}");
+            assert!(
+                matches!(err, WireError::ObjectReset { .. }),
+                "{kind:?} {path}: {err:?}"
+            );
             // The failed turn's write (1000) is gone; a new instance serves.
             assert_eq!(h.fetch("c", "/get").await.unwrap(), "1", "{kind:?} {path}");
         }
         let after = h.fetch("c", "/whoami").await.unwrap();
-        assert_ne!(before, after, "{kind:?}: a reset object must be a new instance");
+        assert_ne!(
+            before, after,
+            "{kind:?}: a reset object must be a new instance"
+        );
         let bystander_before = h.fetch("bystander", "/whoami").await.unwrap();
         assert_eq!(h.fetch("bystander", "/get").await.unwrap(), "1");
-        assert_eq!(h.fetch("bystander", "/whoami").await.unwrap(), bystander_before);
+        assert_eq!(
+            h.fetch("bystander", "/whoami").await.unwrap(),
+            bystander_before
+        );
         h.runtime.shutdown().await;
     })
     .await;
@@ -276,7 +312,10 @@ async fn a_failing_init_fails_the_event_and_retries_on_the_next() {
     let h = Harness::new(Kind::Memory, config());
     for _ in 0..2 {
         let err = h.fetch("bad-init", "/get").await.unwrap_err();
-        assert!(matches!(&err, WireError::ObjectReset { reason } if reason.contains("init refuses")), "{err:?}");
+        assert!(
+            matches!(&err, WireError::ObjectReset { reason } if reason.contains("init refuses")),
+            "{err:?}"
+        );
     }
     assert_eq!(h.fetch("fine", "/get").await.unwrap(), "0");
     assert_eq!(*h.env.notes.lock().unwrap(), vec![Note::Init]);
@@ -297,7 +336,10 @@ async fn a_full_queue_answers_overloaded_at_once() {
         let runtime = h.runtime.clone();
         let target = h.target("q");
         async move {
-            let request = http::Request::builder().uri("/block").body(Bytes::new()).unwrap();
+            let request = http::Request::builder()
+                .uri("/block")
+                .body(Bytes::new())
+                .unwrap();
             runtime.fetch(target, None, request).await
         }
     });
@@ -309,7 +351,10 @@ async fn a_full_queue_answers_overloaded_at_once() {
         assert!(call.as_mut().now_or_never().is_none());
     }
     let overflow = h.fetch("q", "/get").now_or_never();
-    assert!(matches!(overflow, Some(Err(WireError::Overloaded))), "{overflow:?}");
+    assert!(
+        matches!(overflow, Some(Err(WireError::Overloaded))),
+        "{overflow:?}"
+    );
     h.env.unblock.notify_one();
     assert_eq!(first.await.unwrap().unwrap().into_body(), "unblocked");
     for call in queued {
@@ -346,13 +391,30 @@ async fn unknown_class_and_foreign_ids_are_refused() {
     let h = Harness::new(Kind::Memory, config());
     let mut target = h.target("x");
     target.class = Arc::from("NOPE");
-    let err = h.runtime.fetch(target, None, Request::new(Bytes::new())).await.unwrap_err();
-    assert_eq!(err, WireError::UnknownClass { class: "NOPE".into() });
+    let err = h
+        .runtime
+        .fetch(target, None, Request::new(Bytes::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        WireError::UnknownClass {
+            class: "NOPE".into()
+        }
+    );
     let mut target = h.target("x");
     target.id = odo_core::Namespace::new("OTHER").id_from_name("x");
-    let err = h.runtime.fetch(target, None, Request::new(Bytes::new())).await.unwrap_err();
+    let err = h
+        .runtime
+        .fetch(target, None, Request::new(Bytes::new()))
+        .await
+        .unwrap_err();
     assert!(matches!(err, WireError::BadRequest { .. }), "{err:?}");
-    let err = h.runtime.fetch(h.target("x"), Some(7), Request::new(Bytes::new())).await.unwrap_err();
+    let err = h
+        .runtime
+        .fetch(h.target("x"), Some(7), Request::new(Bytes::new()))
+        .await
+        .unwrap_err();
     assert_eq!(err, WireError::Moved { epoch: 1 });
     h.runtime.shutdown().await;
 }
@@ -428,7 +490,10 @@ async fn an_alarm_that_always_fails_is_dropped_after_its_retries() {
             runs.push(note);
         }
     }
-    assert_eq!(runs, [Note::Alarm(at, 0), Note::Alarm(at, 1), Note::Alarm(at, 2)]);
+    assert_eq!(
+        runs,
+        [Note::Alarm(at, 0), Note::Alarm(at, 1), Note::Alarm(at, 2)]
+    );
     // After the last retry the alarm is cleared by a turn of its own; wait
     // for it (bounded), never for a fixed time.
     let mut cleared = false;
@@ -448,11 +513,19 @@ async fn alarms_fire_after_the_store_is_reopened_without_any_request() {
     let dir = tempfile::tempdir().unwrap();
     let at = now_ms() + 200;
     {
-        let h = Harness::with_store(open_store(Kind::Fjall, dir.path()), config(), tempfile::tempdir().unwrap());
+        let h = Harness::with_store(
+            open_store(Kind::Fjall, dir.path()),
+            config(),
+            tempfile::tempdir().unwrap(),
+        );
         h.fetch("sleeper", &format!("/alarm?{at}")).await.unwrap();
         h.runtime.shutdown().await;
     }
-    let h = Harness::with_store(open_store(Kind::Fjall, dir.path()), config(), tempfile::tempdir().unwrap());
+    let h = Harness::with_store(
+        open_store(Kind::Fjall, dir.path()),
+        config(),
+        tempfile::tempdir().unwrap(),
+    );
     let (tx, mut rx) = mpsc::unbounded_channel();
     *h.env.alarm_tx.lock().unwrap() = Some(tx);
     loop {
@@ -486,7 +559,10 @@ async fn idle_objects_are_evicted_and_come_back_with_their_state() {
         );
         assert_eq!(h.fetch("e", "/increment").await.unwrap(), "1");
         let first = h.fetch("e", "/whoami").await.unwrap();
-        wait_until("the idle object is evicted", || h.runtime.live_objects() == 0).await;
+        wait_until("the idle object is evicted", || {
+            h.runtime.live_objects() == 0
+        })
+        .await;
         assert_eq!(h.fetch("e", "/get").await.unwrap(), "1");
         assert_ne!(h.fetch("e", "/whoami").await.unwrap(), first);
         h.runtime.shutdown().await;
@@ -507,7 +583,10 @@ async fn the_live_object_cap_evicts_least_recently_used() {
         for i in 0..40 {
             h.fetch(&format!("o{i}"), "/increment").await.unwrap();
         }
-        wait_until("live objects fall under the cap", || h.runtime.live_objects() <= 8).await;
+        wait_until("live objects fall under the cap", || {
+            h.runtime.live_objects() <= 8
+        })
+        .await;
         for i in 0..40 {
             assert_eq!(h.fetch(&format!("o{i}"), "/get").await.unwrap(), "1");
         }
@@ -530,7 +609,10 @@ async fn background_tasks_keep_an_object_alive() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(h.runtime.live_objects(), 1);
     h.env.background_release.notify_waiters();
-    wait_until("the object is evicted once its task ends", || h.runtime.live_objects() == 0).await;
+    wait_until("the object is evicted once its task ends", || {
+        h.runtime.live_objects() == 0
+    })
+    .await;
     h.runtime.shutdown().await;
 }
 
@@ -542,7 +624,10 @@ async fn releasing_a_shard_finishes_in_flight_events_then_answers_moved() {
         let runtime = h.runtime.clone();
         let target = h.target("d");
         async move {
-            let request = http::Request::builder().uri("/block").body(Bytes::new()).unwrap();
+            let request = http::Request::builder()
+                .uri("/block")
+                .body(Bytes::new())
+                .unwrap();
             runtime.fetch(target, None, request).await
         }
     });
@@ -552,8 +637,14 @@ async fn releasing_a_shard_finishes_in_flight_events_then_answers_moved() {
         async move { runtime.release_shard(0).await }
     });
     // New events are refused as soon as the shard starts draining.
-    wait_until("the shard starts draining", || h.runtime.shards().is_empty()).await;
-    assert!(matches!(h.fetch("d", "/get").await, Err(WireError::Moved { .. })));
+    wait_until("the shard starts draining", || {
+        h.runtime.shards().is_empty()
+    })
+    .await;
+    assert!(matches!(
+        h.fetch("d", "/get").await,
+        Err(WireError::Moved { .. })
+    ));
     h.env.unblock.notify_one();
     assert_eq!(in_flight.await.unwrap().unwrap().into_body(), "unblocked");
     assert!(release.await.unwrap());
@@ -629,7 +720,10 @@ async fn responses_wait_for_durability_but_later_events_do_not() {
         let runtime = h.runtime.clone();
         let target = h.target("g");
         async move {
-            let request = http::Request::builder().uri("/increment").body(Bytes::new()).unwrap();
+            let request = http::Request::builder()
+                .uri("/increment")
+                .body(Bytes::new())
+                .unwrap();
             runtime.fetch(target, None, request).await
         }
     });
@@ -639,12 +733,21 @@ async fn responses_wait_for_durability_but_later_events_do_not() {
         let runtime = h.runtime.clone();
         let target = h.target("g");
         async move {
-            let request = http::Request::builder().uri("/increment").body(Bytes::new()).unwrap();
+            let request = http::Request::builder()
+                .uri("/increment")
+                .body(Bytes::new())
+                .unwrap();
             runtime.fetch(target, None, request).await
         }
     });
-    wait_until("the second turn ran", || h.env.notes.lock().unwrap().contains(&Note::End(2))).await;
-    assert!(!first.is_finished() && !second.is_finished(), "responses must wait for the commit");
+    wait_until("the second turn ran", || {
+        h.env.notes.lock().unwrap().contains(&Note::End(2))
+    })
+    .await;
+    assert!(
+        !first.is_finished() && !second.is_finished(),
+        "responses must wait for the commit"
+    );
     latch.set(true);
     assert_eq!(first.await.unwrap().unwrap().into_body(), "1");
     assert_eq!(second.await.unwrap().unwrap().into_body(), "2");

@@ -14,9 +14,11 @@ use odo_core::launch::{StorageKind, TOKEN_ENV, WorkerLaunch};
 use odo_core::wire::{FetchRequest, FetchResponse};
 use odo_core::{ObjectId, WireError};
 use odo_registry::{Registry, RegistryConfig, TransportKind, WorkerCommand};
-use odo_router::{ForwardError, Location, ObjectAddress, ObjectService, PathRoutes, Router, RouterConfig};
+use odo_router::{
+    ForwardError, Location, ObjectAddress, ObjectService, PathRoutes, Router, RouterConfig,
+};
 use odo_storage::{Backend, FjallBackend, FjallOptions, MemoryBackend, Store, StoreOptions};
-use odo_worker::{Classes, ClassError, DurableObject, ObjectRef, RpcCall, Runtime, RuntimeConfig};
+use odo_worker::{ClassError, Classes, DurableObject, ObjectRef, RpcCall, Runtime, RuntimeConfig};
 use tokio::time::Instant;
 use tracing::info;
 
@@ -156,7 +158,13 @@ impl App {
                 return ExitCode::FAILURE;
             }
         };
-        let result = runtime.block_on(self.run(std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect()));
+        let result = runtime.block_on(
+            self.run(
+                std::env::args_os()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect(),
+            ),
+        );
         // Everything was shut down gracefully by now; a blocking read of
         // standard input (`--exit-on-stdin-eof`) must not hold the exit.
         runtime.shutdown_background();
@@ -188,7 +196,11 @@ impl App {
             Err(e) => {
                 // --help and --version are not errors.
                 let _ = e.print();
-                return if e.use_stderr() { Err(OdoError::Other("bad command line".into())) } else { Ok(()) };
+                return if e.use_stderr() {
+                    Err(OdoError::Other("bad command line".into()))
+                } else {
+                    Ok(())
+                };
             }
         };
         match cli.command {
@@ -210,7 +222,11 @@ impl App {
     /// Serves until `shutdown` resolves, then stops gracefully: the router
     /// stops accepting and finishes open requests, the workers finish
     /// in-flight events, flush and exit, and the sockets are removed.
-    pub async fn serve(self, options: ServeOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<(), OdoError> {
+    pub async fn serve(
+        self,
+        options: ServeOptions,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), OdoError> {
         if let Some(e) = self.error {
             return Err(e.into());
         }
@@ -230,7 +246,11 @@ impl App {
         })?;
         if options.workers == 0 {
             let local_service = LocalService::open(self.classes, &options).await?;
-            let router = Arc::new(Router::new(Arc::new(routes), Arc::new(local_service.clone()), options.router.clone()));
+            let router = Arc::new(Router::new(
+                Arc::new(routes),
+                Arc::new(local_service.clone()),
+                options.router.clone(),
+            ));
             info!(listen = %local, "odo serving in-process (0 workers)");
             println!("odo listening on http://{local}");
             router.serve(listener, shutdown).await;
@@ -252,14 +272,19 @@ impl App {
         };
         let service = odo_router::ClusterService::new(registry.placement(), client);
         let router = Arc::new(
-            Router::new(Arc::new(routes), Arc::new(service), options.router.clone()).with_admin(registry.clone()),
+            Router::new(Arc::new(routes), Arc::new(service), options.router.clone())
+                .with_admin(registry.clone()),
         );
         info!(listen = %local, workers = options.workers, "odo serving");
         println!("odo listening on http://{local}");
         router.serve(listener, shutdown).await;
         match Arc::try_unwrap(registry) {
             Ok(registry) => registry.shutdown().await,
-            Err(_) => return Err(OdoError::Other("the registry is still in use at shutdown".into())),
+            Err(_) => {
+                return Err(OdoError::Other(
+                    "the registry is still in use at shutdown".into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -268,7 +293,10 @@ impl App {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Resolves on SIGINT or SIGTERM (Ctrl-C elsewhere).
@@ -276,7 +304,10 @@ async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
@@ -302,7 +333,11 @@ async fn stdin_closed() {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "odo", version, about = "odo: Open Durable Objects, a self-hostable Durable Objects server")]
+#[command(
+    name = "odo",
+    version,
+    about = "odo: Open Durable Objects, a self-hostable Durable Objects server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -402,9 +437,11 @@ impl LocalService {
                 StorageKind::Memory => Arc::new(MemoryBackend::new()),
                 StorageKind::Fjall => {
                     let dir = options.data_dir.join("shards").join(shard.to_string());
-                    let backend = tokio::task::spawn_blocking(move || FjallBackend::open(dir, FjallOptions::default()))
-                        .await
-                        .map_err(|e| OdoError::Other(format!("opening shard {shard}: {e}")))??;
+                    let backend = tokio::task::spawn_blocking(move || {
+                        FjallBackend::open(dir, FjallOptions::default())
+                    })
+                    .await
+                    .map_err(|e| OdoError::Other(format!("opening shard {shard}: {e}")))??;
                     Arc::new(backend)
                 }
             };
@@ -450,7 +487,12 @@ impl ObjectService for LocalService {
         _deadline: Instant,
     ) -> BoxFuture<'static, Result<Bytes, ForwardError>> {
         let runtime = self.runtime.clone();
-        async move { Ok(runtime.call(object_ref(&object), None, RpcCall { method, args }).await?) }.boxed()
+        async move {
+            Ok(runtime
+                .call(object_ref(&object), None, RpcCall { method, args })
+                .await?)
+        }
+        .boxed()
     }
 
     fn locate(&self, id: &ObjectId) -> Option<Location> {

@@ -5,7 +5,9 @@
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use odo_storage::{ListOptions, StorageError};
-use odo_worker::{AlarmInfo, Context, DurableObject, ObjectError, Request, Response, RpcCall, RpcReply, now_ms};
+use odo_worker::{
+    AlarmInfo, Context, DurableObject, ObjectError, Request, Response, RpcCall, RpcReply, now_ms,
+};
 
 fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response {
     let mut response = Response::new(body.into());
@@ -19,7 +21,13 @@ fn ok(body: impl Into<Bytes>) -> Response {
 
 /// The path after `/{class}/{name}`, split on `/`.
 fn rest(request: &Request) -> Vec<&str> {
-    request.uri().path().trim_start_matches('/').split('/').skip(2).collect()
+    request
+        .uri()
+        .path()
+        .trim_start_matches('/')
+        .split('/')
+        .skip(2)
+        .collect()
 }
 
 fn query(request: &Request) -> Vec<(String, String)> {
@@ -45,7 +53,11 @@ impl DurableObject for Counter {
         Counter
     }
 
-    async fn fetch(&mut self, ctx: &mut Context, request: Request) -> Result<Response, ObjectError> {
+    async fn fetch(
+        &mut self,
+        ctx: &mut Context,
+        request: Request,
+    ) -> Result<Response, ObjectError> {
         let method = request.method().clone();
         match (method, rest(&request).as_slice()) {
             (Method::POST, ["increment"]) => {
@@ -56,10 +68,19 @@ impl DurableObject for Counter {
             (Method::GET, [] | [""]) => Ok(ok(read(ctx, "count").await?.to_string())),
             (Method::POST, ["alarm"]) => {
                 let params = query(&request);
-                let Some(in_ms) = params.iter().find(|(k, _)| k == "in_ms").and_then(|(_, v)| v.parse::<u64>().ok()) else {
-                    return Ok(reply(StatusCode::BAD_REQUEST, "in_ms must be a non-negative integer\n"));
+                let Some(in_ms) = params
+                    .iter()
+                    .find(|(k, _)| k == "in_ms")
+                    .and_then(|(_, v)| v.parse::<u64>().ok())
+                else {
+                    return Ok(reply(
+                        StatusCode::BAD_REQUEST,
+                        "in_ms must be a non-negative integer\n",
+                    ));
                 };
-                ctx.storage().set_alarm(now_ms().saturating_add(in_ms)).await?;
+                ctx.storage()
+                    .set_alarm(now_ms().saturating_add(in_ms))
+                    .await?;
                 Ok(ok("ok"))
             }
             (Method::GET, ["alarms"]) => Ok(ok(read(ctx, "alarms").await?.to_string())),
@@ -70,9 +91,10 @@ impl DurableObject for Counter {
                     "activation": ctx.activation(),
                 });
                 let mut response = ok(body.to_string());
-                response
-                    .headers_mut()
-                    .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
                 Ok(response)
             }
             _ => Ok(reply(StatusCode::NOT_FOUND, "no such counter route\n")),
@@ -109,8 +131,12 @@ pub struct Kv;
 /// A storage error that is the caller's fault, as an HTTP answer.
 fn refused(error: &StorageError) -> Option<Response> {
     match error {
-        StorageError::ValueTooLarge { .. } => Some(reply(StatusCode::PAYLOAD_TOO_LARGE, format!("{error}\n"))),
-        StorageError::KeyTooLarge { .. } | StorageError::InvalidListOptions(_) | StorageError::TooManyKeys { .. } => {
+        StorageError::ValueTooLarge { .. } => {
+            Some(reply(StatusCode::PAYLOAD_TOO_LARGE, format!("{error}\n")))
+        }
+        StorageError::KeyTooLarge { .. }
+        | StorageError::InvalidListOptions(_)
+        | StorageError::TooManyKeys { .. } => {
             Some(reply(StatusCode::BAD_REQUEST, format!("{error}\n")))
         }
         _ => None,
@@ -133,7 +159,11 @@ fn list_options(params: &[(String, String)]) -> Result<ListOptions, String> {
                 }
             }
             "limit" => {
-                options.limit = Some(value.parse().map_err(|_| format!("limit={value:?} is not a non-negative integer"))?)
+                options.limit = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("limit={value:?} is not a non-negative integer"))?,
+                )
             }
             other => return Err(format!("unknown list option {other:?}")),
         }
@@ -146,7 +176,11 @@ impl DurableObject for Kv {
         Kv
     }
 
-    async fn fetch(&mut self, ctx: &mut Context, request: Request) -> Result<Response, ObjectError> {
+    async fn fetch(
+        &mut self,
+        ctx: &mut Context,
+        request: Request,
+    ) -> Result<Response, ObjectError> {
         let segments = rest(&request);
         let raw_key = segments.join("/");
         let key = match percent_encoding::percent_decode_str(&raw_key).decode_utf8() {
@@ -158,30 +192,45 @@ impl DurableObject for Kv {
             (Method::GET, true) => {
                 let options = match list_options(&query(&request)) {
                     Ok(options) => options,
-                    Err(message) => return Ok(reply(StatusCode::BAD_REQUEST, format!("{message}\n"))),
+                    Err(message) => {
+                        return Ok(reply(StatusCode::BAD_REQUEST, format!("{message}\n")));
+                    }
                 };
                 storage.list(&options).await.map(|entries| {
                     let rows: Vec<(String, String)> = entries
                         .into_iter()
                         .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
                         .collect();
-                    let mut response = ok(serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into()));
-                    response
-                        .headers_mut()
-                        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+                    let mut response =
+                        ok(serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into()));
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
                     response
                 })
             }
             (Method::PUT, false) => {
                 let value = request.into_body();
-                storage.put(&key, value).await.map(|()| reply(StatusCode::NO_CONTENT, Bytes::new()))
+                storage
+                    .put(&key, value)
+                    .await
+                    .map(|()| reply(StatusCode::NO_CONTENT, Bytes::new()))
             }
             (Method::GET, false) => storage.get(&key).await.map(|value| match value {
                 Some(value) => ok(value),
                 None => reply(StatusCode::NOT_FOUND, "no such key\n"),
             }),
-            (Method::DELETE, false) => storage.delete(&key).await.map(|existed| ok(existed.to_string())),
-            _ => return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")),
+            (Method::DELETE, false) => storage
+                .delete(&key)
+                .await
+                .map(|existed| ok(existed.to_string())),
+            _ => {
+                return Ok(reply(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method not allowed\n",
+                ));
+            }
         };
         match result {
             Ok(response) => Ok(response),
@@ -201,7 +250,11 @@ mod tests {
     use super::*;
 
     fn parse(q: &str) -> Result<ListOptions, String> {
-        list_options(&form_urlencoded::parse(q.as_bytes()).into_owned().collect::<Vec<_>>())
+        list_options(
+            &form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect::<Vec<_>>(),
+        )
     }
 
     #[test]

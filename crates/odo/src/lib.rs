@@ -21,7 +21,8 @@ pub use odo_registry::TransportKind;
 pub use odo_router::{Client, RouterConfig};
 pub use odo_storage::ListOptions;
 pub use odo_worker::{
-    AlarmInfo, Context, DurableObject, ObjectError, Request, Response, RpcCall, RpcReply, RuntimeConfig, Stub,
+    AlarmInfo, Context, DurableObject, ObjectError, Request, Response, RpcCall, RpcReply,
+    RuntimeConfig, Stub,
 };
 
 /// The demo server's app: `Counter` under `/counter`, `Kv` under `/kv`.

@@ -29,7 +29,9 @@ fn param(request: &Request, name: &str) -> Option<String> {
 }
 
 fn number(request: &Request, name: &str) -> u64 {
-    param(request, name).and_then(|v| v.parse().ok()).unwrap_or(0)
+    param(request, name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Routes under `/probe/{name}`.
@@ -44,8 +46,18 @@ impl DurableObject for Probe {
         Probe
     }
 
-    async fn fetch(&mut self, ctx: &mut Context, request: Request) -> Result<Response, ObjectError> {
-        let path: Vec<String> = request.uri().path().split('/').skip(3).map(str::to_owned).collect();
+    async fn fetch(
+        &mut self,
+        ctx: &mut Context,
+        request: Request,
+    ) -> Result<Response, ObjectError> {
+        let path: Vec<String> = request
+            .uri()
+            .path()
+            .split('/')
+            .skip(3)
+            .map(str::to_owned)
+            .collect();
         let path: Vec<&str> = path.iter().map(String::as_str).collect();
         match (request.method().clone(), path.as_slice()) {
             // Echo: status 200, the request's headers back as x-echo-*
@@ -54,16 +66,21 @@ impl DurableObject for Probe {
                 let mut response = reply(StatusCode::OK, request.body().clone());
                 let headers = response.headers_mut();
                 for (name, value) in request.headers() {
-                    if name.as_str().starts_with("x-") {
-                        if let Ok(echo) = http::HeaderName::from_bytes(format!("x-echo-{}", &name.as_str()[2..]).as_bytes()) {
-                            headers.append(echo, value.clone());
-                        }
+                    if let Some(suffix) = name.as_str().strip_prefix("x-")
+                        && let Ok(echo) =
+                            http::HeaderName::from_bytes(format!("x-echo-{suffix}").as_bytes())
+                    {
+                        headers.append(echo, value.clone());
                     }
                 }
                 if let Ok(uri) = http::HeaderValue::from_str(&request.uri().to_string()) {
                     headers.insert("x-uri", uri);
                 }
-                headers.insert("x-method", http::HeaderValue::from_str(request.method().as_str()).unwrap_or(http::HeaderValue::from_static("?")));
+                headers.insert(
+                    "x-method",
+                    http::HeaderValue::from_str(request.method().as_str())
+                        .unwrap_or(http::HeaderValue::from_static("?")),
+                );
                 Ok(response)
             }
             (Method::POST, ["fail"]) => {
@@ -134,7 +151,9 @@ impl DurableObject for Probe {
             }
             // An alarm in `in_ms` whose handler fails its first `fail` runs.
             (Method::POST, ["alarm"]) => {
-                ctx.storage().put_typed("alarm_fail", &number(&request, "fail")).await?;
+                ctx.storage()
+                    .put_typed("alarm_fail", &number(&request, "fail"))
+                    .await?;
                 let at = odo_worker::now_ms() + number(&request, "in_ms");
                 ctx.storage().set_alarm(at).await?;
                 Ok(reply(StatusCode::OK, "set"))
@@ -147,7 +166,10 @@ impl DurableObject for Probe {
                 let pending = ctx.storage().get_alarm().await?.is_some();
                 let fired = get_u64(ctx, "alarm_runs").await?;
                 let retry = get_u64(ctx, "alarm_retry").await?;
-                Ok(reply(StatusCode::OK, format!("pending={pending} fired={fired} last_retry={retry}")))
+                Ok(reply(
+                    StatusCode::OK,
+                    format!("pending={pending} fired={fired} last_retry={retry}"),
+                ))
             }
             // Calls COUNTER `other`'s `add` RPC: usually another worker.
             (Method::POST, ["add-to", other]) => {
@@ -170,7 +192,9 @@ impl DurableObject for Probe {
         }
         let runs = get_u64(ctx, "alarm_runs").await? + 1;
         ctx.storage().put_typed("alarm_runs", &runs).await?;
-        ctx.storage().put_typed("alarm_retry", &u64::from(alarm.retry_count)).await?;
+        ctx.storage()
+            .put_typed("alarm_retry", &u64::from(alarm.retry_count))
+            .await?;
         Ok(())
     }
 }
@@ -189,5 +213,8 @@ fn main() -> ExitCode {
     }
     // Failing alarms are retried quickly so scenarios stay short.
     runtime.alarm_retry.first_delay = Duration::from_millis(50);
-    odo::demo_app().class::<Probe>("probe", "PROBE").runtime(runtime).main()
+    odo::demo_app()
+        .class::<Probe>("probe", "PROBE")
+        .runtime(runtime)
+        .main()
 }

@@ -52,7 +52,6 @@ pub(crate) fn run() -> anyhow::Result<()> {
         let uds_odo = Endpoint::Unix(socket_dir.join("odo.sock"));
         let uds_raw = Endpoint::Unix(socket_dir.join("raw.sock"));
         compare("uds", &uds_odo, &uds_raw).await?;
-        if std::env::var("ONLY_TP").is_ok() { return Ok(()); }
         let tcp = Endpoint::tcp_loopback_any_port();
         compare("tcp", &tcp, &tcp).await?;
         println!("targets: latency odo/raw <= 1.50x, throughput odo/raw >= 0.70x");
@@ -64,12 +63,6 @@ pub(crate) fn run() -> anyhow::Result<()> {
 async fn compare(net: &str, odo_at: &Endpoint, raw_at: &Endpoint) -> anyhow::Result<()> {
     let odo = OdoSide::start(odo_at).await?;
     let raw = RawSide::start(raw_at).await?;
-    if std::env::var("ONLY_TP").is_ok() {
-        let body = Bytes::from(vec![0x5a; 64]);
-        if std::env::var("RAW").is_ok() { for _ in 0..3 { let r = raw.throughput(body.clone()).await?; println!("raw {r:.0}"); } } else {
-        for _ in 0..3 { let r = odo.throughput(body.clone()).await?.0; println!("odo {r:.0}"); } }
-        return Ok(());
-    }
     for size in [64, 16 * 1024] {
         let body = Bytes::from(vec![0x5a; size]);
         let (mut o50, mut o99, mut r50, mut r99) =
