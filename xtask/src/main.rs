@@ -2,7 +2,9 @@
 //! cargo does.
 //!
 //! - `cargo xtask ci`: everything CI checks, in order (format, lints, tests,
-//!   cross-platform compilation).
+//!   the multi-process matrix, cross-platform compilation).
+//! - `cargo xtask test-multiprocess`: the scenario suite on every backend x
+//!   transport.
 //! - `cargo xtask bench [NAME...]`: the benchmarks, in release mode.
 //!
 //! Each step prints the command it runs, and the first failing step stops
@@ -13,6 +15,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+mod multiprocess;
+
 /// Targets whose compilation `ci` checks besides the host's, so that
 /// platform-specific code (named pipes, Unix sockets) keeps compiling.
 const CROSS_TARGETS: &[&str] = &["x86_64-pc-windows-gnu", "aarch64-apple-darwin"];
@@ -22,7 +26,9 @@ usage: cargo xtask <command>
 
 commands:
   ci               cargo fmt --check, cargo clippy -D warnings, cargo test --workspace,
-                   cargo check for the cross targets (Windows, macOS)
+                   cargo xtask test-multiprocess, cargo check for the cross targets (Windows, macOS)
+  test-multiprocess [--backend memory,fjall] [--transport uds,tcp] [--filter NAME] [--keep-going]
+                   every scenario on every backend x transport, with real child processes
   bench [NAME...]  run benchmarks in release mode (no name: all; `bench --help` lists them)
   cross-check      only the cross-target cargo check step of ci
 ";
@@ -47,6 +53,7 @@ fn run() -> Result<()> {
         "ci" => ci(),
         "bench" => bench(rest),
         "cross-check" => cross_check(),
+        "test-multiprocess" => multiprocess::run(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             Ok(())
@@ -70,6 +77,7 @@ fn ci() -> Result<()> {
         "warnings",
     ])?;
     cargo(&["test", "--workspace"])?;
+    multiprocess::run(&[])?;
     cross_check()?;
     println!(
         "xtask: ci passed in {:.0} s",
