@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 use crate::endpoint::Endpoint;
 use crate::framing::{
     CloseReason, DEFAULT_MAX_FRAME_LEN, EncodeError, FrameSink, encode_frame, frame_reader,
-    holds_whole_frame,
+    holds_whole_frame, with_encoded,
 };
 use crate::handshake::{HANDSHAKE_ID, hello_frame};
 use crate::stream::{ReadHalf, Stream};
@@ -366,11 +366,10 @@ impl Handle {
             message: Message::Cancel,
             body: Bytes::new(),
         };
-        if let Ok(bytes) = encode_frame(&frame, self.shared.max_frame_len) {
-            // A failed send means the connection is gone, and the call
-            // with it.
-            let _ = self.shared.sink.send(&bytes);
-        }
+        // A failed send means the connection is gone, and the call with it.
+        let _ = with_encoded(&frame, self.shared.max_frame_len, |bytes| {
+            self.shared.sink.send(bytes)
+        });
     }
 }
 
@@ -495,18 +494,12 @@ impl Channel {
             message: Message::Request(request),
             body,
         };
-        let bytes = encode_frame(&frame, shared.max_frame_len).map_err(|e| match e {
-            EncodeError::Codec(e) => CallError::Encode(e),
-            EncodeError::TooLarge { len, max } => CallError::TooLarge { len, max },
-        })?;
-        drop(frame);
         let (tx, mut rx) = oneshot::channel();
         // The slot is registered while the frame is queued, before any of it
         // can reach the server (so before a response can come back), and in
         // order with `close` (which stops the sink first).
-        shared
-            .sink
-            .send_with(&bytes, |end| {
+        let sent = with_encoded(&frame, shared.max_frame_len, |bytes| {
+            shared.sink.send_with(bytes, |end| {
                 let mut pending = shared.lock();
                 if let Some(reason) = &pending.closed {
                     return Err(reason.clone());
@@ -514,11 +507,16 @@ impl Channel {
                 pending.calls.insert(id, Slot { tx, end });
                 Ok(())
             })
-            .map_err(|reason| CallError::Closed {
-                endpoint: shared.endpoint.clone(),
-                reason: reason.unwrap_or(CloseReason::Local),
-            })?;
-        drop(bytes);
+        })
+        .map_err(|e| match e {
+            EncodeError::Codec(e) => CallError::Encode(e),
+            EncodeError::TooLarge { len, max } => CallError::TooLarge { len, max },
+        })?;
+        drop(frame);
+        sent.map_err(|reason| CallError::Closed {
+            endpoint: shared.endpoint.clone(),
+            reason: reason.unwrap_or(CloseReason::Local),
+        })?;
         let mut guard = CallGuard {
             handle: &self.handle,
             id,

@@ -107,8 +107,47 @@ pub(crate) fn holds_whole_frame(buffer: &[u8]) -> bool {
 /// Encodes `frame` with its u32 big-endian length prefix, ready to write.
 pub(crate) fn encode_frame(frame: &Frame, max_frame_len: usize) -> Result<Bytes, EncodeError> {
     let mut buf = BytesMut::with_capacity(PREFIX_LEN + codec::HEADER_LEN + 64 + frame.body.len());
+    encode_prefixed(frame, max_frame_len, &mut buf)?;
+    Ok(buf.freeze())
+}
+
+/// Encodes `frame` with its prefix into a per-thread scratch buffer and
+/// hands the bytes to `send`: a frame that is written (or copied into a
+/// queue) at once needs no allocation of its own.
+pub(crate) fn with_encoded<R>(
+    frame: &Frame,
+    max_frame_len: usize,
+    send: impl FnOnce(&[u8]) -> R,
+) -> Result<R, EncodeError> {
+    /// Scratch buffers grown past this are not kept.
+    const KEEP: usize = 1024 * 1024;
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+    }
+    SCRATCH.with(|scratch| {
+        // `send` never encodes, so the buffer is free here; should that
+        // change, fall back to a fresh buffer rather than panic.
+        let Ok(mut buf) = scratch.try_borrow_mut() else {
+            return encode_frame(frame, max_frame_len).map(|bytes| send(&bytes));
+        };
+        buf.clear();
+        let encoded = encode_prefixed(frame, max_frame_len, &mut buf).map(|()| send(&buf));
+        if buf.capacity() > KEEP {
+            *buf = BytesMut::new();
+        }
+        encoded
+    })
+}
+
+/// Appends `frame` with its prefix to the empty buffer `buf`.
+fn encode_prefixed(
+    frame: &Frame,
+    max_frame_len: usize,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    buf.reserve(PREFIX_LEN + codec::HEADER_LEN + 256 + frame.body.len());
     buf.put_u32(0);
-    codec::encode_into(frame, &mut buf)?;
+    codec::encode_into(frame, buf)?;
     let len = buf.len() - PREFIX_LEN;
     let prefix = match u32::try_from(len) {
         Ok(prefix) if len <= max_frame_len => prefix,
@@ -120,7 +159,7 @@ pub(crate) fn encode_frame(frame: &Frame, max_frame_len: usize) -> Result<Bytes,
         }
     };
     buf[..PREFIX_LEN].copy_from_slice(&prefix.to_be_bytes());
-    Ok(buf.freeze())
+    Ok(())
 }
 
 /// The sending side of a connection, shared by everyone who sends frames

@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use crate::endpoint::Endpoint;
 use crate::framing::{
     CloseReason, DEFAULT_MAX_FRAME_LEN, EncodeError, FrameSink, encode_frame, frame_reader,
-    holds_whole_frame,
+    holds_whole_frame, with_encoded,
 };
 use crate::handshake::{judge_first_frame, refused_frame, welcome_frame};
 use crate::stream::{ReadHalf, Stream, WriteHalf};
@@ -701,10 +701,7 @@ impl<H: Handler> Connection<H> {
                                 message: "the request handler panicked".into(),
                             })
                         });
-                    let bytes = encode_response(id, answer, max_frame_len);
-                    // A failed send means the connection is closing; the
-                    // read loop notices.
-                    let _ = sink.send(&bytes);
+                    send_response(&sink, id, answer, max_frame_len);
                     id
                 });
                 // The spawned task polls again with its own waker, so the
@@ -742,37 +739,36 @@ fn error_response(error: WireError) -> (Response, Bytes) {
     (Response::Error(error), Bytes::new())
 }
 
-/// Encodes a response; one that cannot be sent becomes an error response
-/// the caller can read.
-fn encode_response(
+/// Sends a response; one that cannot be encoded becomes an error response
+/// the caller can read. A failed send means the connection is closing,
+/// which the read loop notices.
+fn send_response(
+    sink: &FrameSink,
     request_id: u64,
     (response, body): (Response, Bytes),
     max_frame_len: usize,
-) -> Bytes {
+) {
     let frame = Frame {
         request_id,
         message: Message::Response(response),
         body,
     };
-    match encode_frame(&frame, max_frame_len) {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            let message = match e {
-                EncodeError::TooLarge { len, max } => {
-                    format!("the response of {len} bytes exceeds the {max}-byte frame bound")
-                }
-                EncodeError::Codec(e) => format!("cannot encode the response: {e}"),
-            };
-            warn!(request_id, %message, "answering with an error instead");
-            let frame = Frame {
-                request_id,
-                message: Message::Response(Response::Error(WireError::Internal { message })),
-                body: Bytes::new(),
-            };
-            // A short error message always fits a bound that can hold the
-            // header; if even that fails the frame is empty and the peer drops
-            // the connection, which is the best left to do.
-            encode_frame(&frame, max_frame_len.max(1024)).unwrap_or_default()
+    let Err(e) = with_encoded(&frame, max_frame_len, |bytes| sink.send(bytes)) else {
+        return;
+    };
+    let message = match e {
+        EncodeError::TooLarge { len, max } => {
+            format!("the response of {len} bytes exceeds the {max}-byte frame bound")
         }
-    }
+        EncodeError::Codec(e) => format!("cannot encode the response: {e}"),
+    };
+    warn!(request_id, %message, "answering with an error instead");
+    let frame = Frame {
+        request_id,
+        message: Message::Response(Response::Error(WireError::Internal { message })),
+        body: Bytes::new(),
+    };
+    // A short error message fits any bound that holds a frame header plus a
+    // little; if even that fails, the caller's deadline ends the call.
+    let _ = with_encoded(&frame, max_frame_len, |bytes| sink.send(bytes));
 }
