@@ -71,7 +71,7 @@ impl ServerSpec {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
         if std::env::var_os("RUST_LOG").is_none() {
-            command.env("RUST_LOG", "warn");
+            command.env("RUST_LOG", "error");
         }
         let mut child = command
             .spawn()

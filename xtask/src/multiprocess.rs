@@ -87,7 +87,8 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     if !status.success() {
         bail!("building the scenario runner failed");
     }
-    let out_root = PathBuf::from("target/multiprocess");
+    // Absolute: the runner's working directory is its package's.
+    let out_root = std::env::current_dir()?.join("target/multiprocess");
     let _ = std::fs::remove_dir_all(&out_root);
     let mut cells: Vec<String> = Vec::new();
     let mut results: BTreeMap<String, BTreeMap<String, Outcome>> = BTreeMap::new();

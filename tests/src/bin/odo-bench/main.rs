@@ -3,9 +3,11 @@
 //! Each benchmark measures its baseline in the same run and prints absolute
 //! figures plus the ratio odo/baseline. Nothing here asserts on time.
 
+mod e2e;
 mod stats;
 mod storage;
 mod transport;
+mod worker;
 
 type Bench = fn() -> anyhow::Result<()>;
 
@@ -19,6 +21,16 @@ const BENCHES: &[(&str, &str, Bench)] = &[
         "storage",
         "group-committed increments against raw fjall batches and per-write fsync",
         storage::run,
+    ),
+    (
+        "worker",
+        "in-process object runtime: events/s, activations/s, memory per object, durable increments",
+        worker::run,
+    ),
+    (
+        "e2e",
+        "HTTP load on the odo server against workerd (wrk, fjall with fsync)",
+        e2e::run,
     ),
 ];
 
