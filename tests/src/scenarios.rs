@@ -89,10 +89,10 @@ impl World {
 /// What a scenario needs from its cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Needs {
-    /// Any cell.
-    Nothing,
     /// A backend whose data survives a restart.
     Durability,
+    /// Process signals and `/proc` (to find and signal processes).
+    LinuxProcesses,
 }
 
 type Run = for<'a> fn(&'a mut World, &'a mut Transcript) -> LocalBoxFuture<'a, Result<()>>;
@@ -103,7 +103,7 @@ pub struct Scenario {
     /// Its name (and its snapshot's).
     pub name: &'static str,
     /// What the cell must offer, or it is skipped.
-    pub needs: Needs,
+    pub needs: &'static [Needs],
     /// The scenario.
     pub run: Run,
 }
@@ -111,13 +111,16 @@ pub struct Scenario {
 impl Scenario {
     /// Why this scenario cannot run on `world`'s cell, if it cannot.
     pub fn skip_reason(&self, world: &World) -> Option<String> {
-        match self.needs {
+        self.needs.iter().find_map(|need| match need {
             Needs::Durability if !world.durable() => Some(format!(
                 "the {} backend keeps nothing across a process restart",
                 world.backend
             )),
+            Needs::LinuxProcesses if !cfg!(target_os = "linux") => {
+                Some("needs Linux's /proc and signals to find and stop processes".into())
+            }
             _ => None,
-        }
+        })
     }
 }
 
@@ -131,38 +134,38 @@ macro_rules! scenario {
 
 /// Every scenario, in the order they run.
 pub fn all() -> Vec<Scenario> {
-    let s = |name, needs, run| Scenario { name, needs, run };
+    let s = |name, needs: &'static [Needs], run| Scenario { name, needs, run };
     vec![
-        s("ids", Needs::Nothing, ids),
-        s("storage_list", Needs::Nothing, storage_list),
-        s("transactions", Needs::Nothing, transactions),
-        s("serialisation", Needs::Nothing, serialisation),
-        s("reset_after_failure", Needs::Nothing, reset_after_failure),
-        s("rpc_across_workers", Needs::Nothing, rpc_across_workers),
-        s("alarms", Needs::Nothing, alarms),
+        s("ids", &[], ids),
+        s("storage_list", &[], storage_list),
+        s("transactions", &[], transactions),
+        s("serialisation", &[], serialisation),
+        s("reset_after_failure", &[], reset_after_failure),
+        s("rpc_across_workers", &[], rpc_across_workers),
+        s("alarms", &[], alarms),
         s(
             "alarm_after_restart",
-            Needs::Durability,
+            &[Needs::Durability],
             alarm_after_restart,
         ),
-        s("eviction", Needs::Nothing, eviction),
-        s("fidelity", Needs::Nothing, fidelity),
-        s("overload", Needs::Nothing, overload),
-        s("bad_input", Needs::Nothing, bad_input),
+        s("eviction", &[], eviction),
+        s("fidelity", &[], fidelity),
+        s("overload", &[], overload),
+        s("bad_input", &[], bad_input),
         s(
             "fault_sigkill_worker",
-            Needs::Durability,
+            &[Needs::Durability, Needs::LinuxProcesses],
             fault_sigkill_worker,
         ),
-        s("fault_sigstop_worker", Needs::Nothing, fault_sigstop_worker),
         s(
-            "fault_malformed_frames",
-            Needs::Nothing,
-            fault_malformed_frames,
+            "fault_sigstop_worker",
+            &[Needs::LinuxProcesses],
+            fault_sigstop_worker,
         ),
+        s("fault_malformed_frames", &[], fault_malformed_frames),
         s(
             "fault_sigkill_registry",
-            Needs::Nothing,
+            &[Needs::LinuxProcesses],
             fault_sigkill_registry,
         ),
     ]
@@ -532,14 +535,12 @@ scenario!(bad_input, |w, t| {
     Ok(())
 });
 
+/// One load task: the values it got acknowledged, and its 503 answers.
+type LoadClient = tokio::task::JoinHandle<Result<(Vec<u64>, u64)>>;
+
 /// Increments `path` from `clients` tasks until `stop`; returns the values
 /// acknowledged and how many answered 503.
-fn load(
-    c: &HttpClient,
-    path: &str,
-    clients: usize,
-    stop: Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<Result<(Vec<u64>, u64)>>> {
+fn load(c: &HttpClient, path: &str, clients: usize, stop: Arc<AtomicBool>) -> Vec<LoadClient> {
     (0..clients)
         .map(|_| {
             let c = c.clone();

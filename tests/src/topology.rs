@@ -183,13 +183,25 @@ pub fn signal(pid: u32, sig: Signal) -> Result<()> {
     bail!("signals are not available on this platform (pid {pid}, {sig:?})")
 }
 
-/// Whether a process with this pid exists (and is not a zombie).
+/// Whether a process with this pid exists (and, on Linux, is not a
+/// zombie).
+#[cfg(unix)]
 pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        return !stat
             .rsplit(')')
             .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'));
     }
+    if cfg!(target_os = "linux") {
+        return false;
+    }
+    rustix::process::Pid::from_raw(pid as i32)
+        .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
+}
+
+/// Whether a process with this pid exists.
+#[cfg(not(unix))]
+pub fn process_alive(_pid: u32) -> bool {
+    false
 }

@@ -41,7 +41,7 @@ impl Transcript {
         let mut line = if path.len() > 120 {
             format!(
                 "{method} {}... ({} bytes)",
-                &path[..path.floor_char_boundary(60)],
+                path.chars().take(60).collect::<String>(),
                 path.len()
             )
         } else {

@@ -2,7 +2,7 @@
 //! backend x transport matrix, with real child processes.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
