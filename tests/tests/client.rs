@@ -1,0 +1,115 @@
+//! The Rust client API and the registry as a library: an in-process
+//! registry starts real worker processes (the test server binary in its
+//! worker role), and a `Client` reaches objects without HTTP.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use odo_registry::{Registry, RegistryConfig, TransportKind, WorkerCommand};
+use odo_router::{Client, ClusterService};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_fetches_and_calls_objects_on_worker_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let command = WorkerCommand {
+        program: env!("CARGO_BIN_EXE_odo-test-server").into(),
+        args: Vec::new(),
+    };
+    let mut config = RegistryConfig::new(command, dir.path().join("data"));
+    config.workers = 2;
+    config.transport = TransportKind::Tcp;
+    let registry = Registry::start(config).await.unwrap();
+    registry.ready().await.unwrap();
+    assert_eq!(registry.workers().len(), 2);
+
+    let transport = odo_transport::ClientConfig::new(registry.token());
+    let client = Client::new(Arc::new(ClusterService::new(
+        registry.placement(),
+        transport,
+    )));
+    let counters = client.namespace("COUNTER");
+    let stub = counters.get_by_name("embedded");
+    let request = http::Request::post("/counter/embedded/increment")
+        .body(Bytes::new())
+        .unwrap();
+    let response = stub.fetch(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.body(), "1");
+    // Typed RPC: the demo counter's `add` and `get`.
+    let total: u64 = stub.call("add", &41u64).await.unwrap();
+    assert_eq!(total, 42);
+    let read: u64 = stub.call("get", &()).await.unwrap();
+    assert_eq!(read, 42);
+    // The same object by id, parsed from text in upper case.
+    let id = counters
+        .id_from_string(&stub.id().to_string().to_uppercase())
+        .unwrap();
+    let read: u64 = counters.get(id).call("get", &()).await.unwrap();
+    assert_eq!(read, 42);
+    // Unknown methods are the caller's error.
+    let err = stub.call::<u64, u64>("nope", &1).await.unwrap_err();
+    assert!(err.to_string().contains("unknown method"), "{err}");
+    // Ids of another namespace are refused before any request.
+    assert!(
+        counters
+            .id_from_string(&client.namespace("KV").new_unique_id().to_string())
+            .is_err()
+    );
+    registry.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_workers_serve_the_same_contract_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = odo_tests::topology::ServerSpec::new(env!("CARGO_BIN_EXE_odo-test-server"), 0);
+    let server = spec.start(dir.path()).unwrap();
+    let c = odo_tests::http::HttpClient::new(&server.base);
+    assert_eq!(c.get("/hello").await.unwrap().text(), "hello");
+    assert_eq!(
+        c.post("/counter/local/increment").await.unwrap().text(),
+        "1"
+    );
+    assert_eq!(
+        c.post("/counter/local/increment").await.unwrap().text(),
+        "2"
+    );
+    let who: serde_json::Value =
+        serde_json::from_slice(&c.get("/counter/local/whoami").await.unwrap().body).unwrap();
+    assert_eq!(
+        who["pid"].as_u64().unwrap() as u32,
+        server.pid,
+        "objects live in the main process"
+    );
+    assert_eq!(
+        c.send("PUT", "/kv/local/k", &[], "v").await.unwrap().status,
+        204
+    );
+    assert_eq!(
+        c.get("/kv/local?prefix=k").await.unwrap().text(),
+        r#"[["k","v"]]"#
+    );
+    assert_eq!(c.post("/probe/local/fail").await.unwrap().status, 503);
+    // HTTP/2 when the client asks for it (prior knowledge, h2c).
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<Bytes>>();
+    let request = http::Request::post(format!("{}/counter/local/increment", server.base))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let response = h2.request(request).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(body, "3");
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    // Restarted on the same data, state is there.
+    let server = spec.start(dir.path()).unwrap();
+    let c = odo_tests::http::HttpClient::new(&server.base);
+    assert_eq!(c.get("/counter/local").await.unwrap().text(), "3");
+}
