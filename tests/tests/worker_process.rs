@@ -98,7 +98,11 @@ fn fetch(method: &str, name: &str, epoch: u64) -> Request {
             epoch,
         },
         method: method.into(),
-        uri: format!("/counter/{name}"),
+        uri: if method == "POST" {
+            format!("/counter/{name}/increment")
+        } else {
+            format!("/counter/{name}")
+        },
         headers: vec![],
     })
 }
@@ -191,7 +195,7 @@ async fn acknowledged_writes_survive_sigkill_of_the_worker() {
     )
     .unwrap();
     let mut object = store.object(Namespace::new("COUNTER").id_from_name("c"));
-    let stored: u64 = object.get_typed("n").await.unwrap().unwrap();
+    let stored: u64 = object.get_typed("count").await.unwrap().unwrap();
     assert!(
         stored >= highest,
         "acknowledged value {highest} lost: the store holds {stored}"
@@ -231,6 +235,6 @@ async fn the_worker_exits_cleanly_when_the_registry_goes_away() {
     )
     .unwrap();
     let mut object = store.object(Namespace::new("COUNTER").id_from_name("d"));
-    assert_eq!(object.get_typed::<u64>("n").await.unwrap(), Some(1));
+    assert_eq!(object.get_typed::<u64>("count").await.unwrap(), Some(1));
     store.close().await.unwrap();
 }

@@ -230,6 +230,22 @@ impl Harness {
         }
     }
 
+    /// Sends a request from a task of its own; the handle answers the
+    /// raw response.
+    fn spawn_fetch(
+        &self,
+        name: &str,
+        path: &str,
+    ) -> tokio::task::JoinHandle<Result<Response, WireError>> {
+        let runtime = self.runtime.clone();
+        let target = self.target(name);
+        let request = http::Request::builder()
+            .uri(path)
+            .body(Bytes::new())
+            .unwrap();
+        tokio::spawn(async move { runtime.fetch(target, None, request).await })
+    }
+
     async fn fetch(&self, name: &str, path: &str) -> Result<String, WireError> {
         let request = http::Request::builder()
             .uri(path)
@@ -332,17 +348,7 @@ async fn a_full_queue_answers_overloaded_at_once() {
         },
     );
     let blocked = h.env.blocked.notified();
-    let first = tokio::spawn({
-        let runtime = h.runtime.clone();
-        let target = h.target("q");
-        async move {
-            let request = http::Request::builder()
-                .uri("/block")
-                .body(Bytes::new())
-                .unwrap();
-            runtime.fetch(target, None, request).await
-        }
-    });
+    let first = h.spawn_fetch("q", "/block");
     blocked.await;
     // The first event runs; two more fit in the queue; the fourth does not.
     // A first poll of a call enqueues its event.
@@ -620,17 +626,7 @@ async fn background_tasks_keep_an_object_alive() {
 async fn releasing_a_shard_finishes_in_flight_events_then_answers_moved() {
     let h = Harness::new(Kind::Fjall, config());
     let blocked = h.env.blocked.notified();
-    let in_flight = tokio::spawn({
-        let runtime = h.runtime.clone();
-        let target = h.target("d");
-        async move {
-            let request = http::Request::builder()
-                .uri("/block")
-                .body(Bytes::new())
-                .unwrap();
-            runtime.fetch(target, None, request).await
-        }
-    });
+    let in_flight = h.spawn_fetch("d", "/block");
     blocked.await;
     let release = tokio::spawn({
         let runtime = h.runtime.clone();
@@ -716,30 +712,10 @@ async fn responses_wait_for_durability_but_later_events_do_not() {
     latch.set(false);
     assert_eq!(h.fetch("g", "/get").await.unwrap(), "0");
 
-    let first = tokio::spawn({
-        let runtime = h.runtime.clone();
-        let target = h.target("g");
-        async move {
-            let request = http::Request::builder()
-                .uri("/increment")
-                .body(Bytes::new())
-                .unwrap();
-            runtime.fetch(target, None, request).await
-        }
-    });
+    let first = h.spawn_fetch("g", "/increment");
     // The second increment runs on the first one's written, not yet durable,
     // state: its turn ends (Note::End(2)) while the first response is held.
-    let second = tokio::spawn({
-        let runtime = h.runtime.clone();
-        let target = h.target("g");
-        async move {
-            let request = http::Request::builder()
-                .uri("/increment")
-                .body(Bytes::new())
-                .unwrap();
-            runtime.fetch(target, None, request).await
-        }
-    });
+    let second = h.spawn_fetch("g", "/increment");
     wait_until("the second turn ran", || {
         h.env.notes.lock().unwrap().contains(&Note::End(2))
     })

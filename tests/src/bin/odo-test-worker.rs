@@ -1,33 +1,11 @@
-//! A worker binary for black-box tests: hosts the test classes and serves
-//! the worker role when started with a worker command line.
+//! A worker binary for black-box tests: hosts the demo `Counter` and serves
+//! the worker role when started with a worker command line, without the
+//! rest of the `odo` app (so tests can play the registry themselves).
 
 use std::process::ExitCode;
 
-use bytes::Bytes;
 use odo_core::launch::{TOKEN_ENV, WorkerLaunch};
-use odo_worker::{Classes, Context, DurableObject, ObjectError, Request, Response, RuntimeConfig};
-
-/// `POST /increment` adds one and answers the new value; `GET` answers it.
-struct Counter;
-
-impl DurableObject for Counter {
-    fn create(_: &Context) -> Self {
-        Counter
-    }
-
-    async fn fetch(
-        &mut self,
-        ctx: &mut Context,
-        request: Request,
-    ) -> Result<Response, ObjectError> {
-        let n: u64 = ctx.storage().get_typed("n").await?.unwrap_or(0);
-        if request.method() == "POST" {
-            ctx.storage().put_typed("n", &(n + 1)).await?;
-            return Ok(Response::new(Bytes::from((n + 1).to_string())));
-        }
-        Ok(Response::new(Bytes::from(n.to_string())))
-    }
-}
+use odo_worker::{Classes, RuntimeConfig};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -47,7 +25,7 @@ fn main() -> ExitCode {
     };
     let token = std::env::var(TOKEN_ENV).unwrap_or_default();
     let mut classes = Classes::default();
-    if let Err(e) = classes.register::<Counter>("COUNTER") {
+    if let Err(e) = classes.register::<odo::demo::Counter>("COUNTER") {
         eprintln!("odo-test-worker: {e}");
         return ExitCode::FAILURE;
     }
