@@ -504,8 +504,12 @@ impl Channel {
                 if let Some(reason) = &pending.closed {
                     return Err(reason.clone());
                 }
+                // Alone, write now. With other calls in flight, their
+                // callers are likely ready to send too (woken by the same
+                // burst of responses): defer, so one write carries them all.
+                let defer = !pending.calls.is_empty();
                 pending.calls.insert(id, Slot { tx, end });
-                Ok(())
+                Ok(defer)
             })
         })
         .map_err(|e| match e {
@@ -513,7 +517,7 @@ impl Channel {
             EncodeError::TooLarge { len, max } => CallError::TooLarge { len, max },
         })?;
         drop(frame);
-        sent.map_err(|reason| CallError::Closed {
+        let sent = sent.map_err(|reason| CallError::Closed {
             endpoint: shared.endpoint.clone(),
             reason: reason.unwrap_or(CloseReason::Local),
         })?;
@@ -522,6 +526,13 @@ impl Channel {
             id,
             armed: true,
         };
+        if sent.flush {
+            // Let the other ready callers queue their frames, then write
+            // them all at once. (Dropped meanwhile, the guard's cancel frame
+            // flushes the queue instead.)
+            tokio::task::yield_now().await;
+            shared.sink.flush();
+        }
         let answer = tokio::time::timeout(deadline, &mut rx).await;
         guard.armed = false;
         match answer {

@@ -162,6 +162,16 @@ fn encode_prefixed(
     Ok(())
 }
 
+/// What [`FrameSink::send_with`] did with a frame.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sent {
+    /// The stream offset just past the frame.
+    pub(crate) end: u64,
+    /// The frame was deferred into an empty queue: the sender must call
+    /// [`FrameSink::flush`].
+    pub(crate) flush: bool,
+}
+
 /// The sending side of a connection, shared by everyone who sends frames
 /// on it and by one writer task.
 ///
@@ -239,7 +249,8 @@ impl FrameSink {
     /// frame has reached the socket once [`FrameSink::written`] is at least
     /// that.
     pub(crate) fn send(&self, frame: &[u8]) -> Result<u64, CloseReason> {
-        self.send_with(frame, |_| Ok(()))
+        self.send_with(frame, |_| Ok(false))
+            .map(|sent| sent.end)
             .map_err(|e| e.unwrap_or(CloseReason::Local))
     }
 
@@ -248,11 +259,17 @@ impl FrameSink {
     /// be written; an error from `accept` drops the frame and is returned.
     /// A closed sink fails with `Err(Some(reason))` without calling
     /// `accept`.
+    ///
+    /// `accept` also says whether to *defer* the write: a deferred frame that
+    /// finds the queue empty is only queued, and the sender must call
+    /// [`FrameSink::flush`] soon (after letting other ready senders queue
+    /// theirs), which [`Sent::flush`] then says; one that finds frames
+    /// queued joins them, and whoever queued the first writes them all.
     pub(crate) fn send_with<E>(
         &self,
         frame: &[u8],
-        accept: impl FnOnce(u64) -> Result<(), E>,
-    ) -> Result<u64, Option<E>>
+        accept: impl FnOnce(u64) -> Result<bool, E>,
+    ) -> Result<Sent, Option<E>>
     where
         E: From<CloseReason>,
     {
@@ -263,9 +280,17 @@ impl FrameSink {
                 return Err(Some(E::from(reason.clone())));
             }
             end = queue.accepted + frame.len() as u64;
-            accept(end).map_err(Some)?;
+            let defer = accept(end).map_err(Some)?;
             queue.accepted = end;
             let writable = !queue.corked && !queue.blocked;
+            if defer {
+                // Every non-empty queue has someone bound to write it: the
+                // sender that found it empty (here: us), a sender holding
+                // the socket, the corker, or the writer task.
+                let flush = writable && queue.bytes.is_empty();
+                queue.bytes.extend_from_slice(frame);
+                return Ok(Sent { end, flush });
+            }
             if writable
                 && queue.bytes.is_empty()
                 && let Some(mut socket) = self.try_socket()
@@ -277,15 +302,15 @@ impl FrameSink {
                 drop(queue);
                 self.write_frame(&mut socket, frame);
                 self.flush_holding(socket);
-                return Ok(end);
+                return Ok(Sent { end, flush: false });
             }
             queue.bytes.extend_from_slice(frame);
             if !writable {
-                return Ok(end);
+                return Ok(Sent { end, flush: false });
             }
         }
         self.flush();
-        Ok(end)
+        Ok(Sent { end, flush: false })
     }
 
     fn try_socket(&self) -> Option<MutexGuard<'_, Socket>> {
@@ -298,7 +323,7 @@ impl FrameSink {
 
     /// Writes what is queued, unless someone else is writing (they will
     /// write it) or the socket is full (the writer task will).
-    fn flush(&self) {
+    pub(crate) fn flush(&self) {
         if let Some(socket) = self.try_socket() {
             self.flush_holding(socket);
         }

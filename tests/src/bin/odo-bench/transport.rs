@@ -333,17 +333,7 @@ impl RawSide {
         frame.extend_from_slice(&body);
         let writer = {
             let window = window.clone();
-            // Keeps the window full until aborted: stopping on its own
-            // clock could leave the reader waiting for an echo of nothing.
-            tokio::spawn(async move {
-                let mut write = write;
-                loop {
-                    window.acquire().await?.forget();
-                    write.write_all(&frame).await?;
-                }
-                #[allow(unreachable_code)]
-                anyhow::Ok(())
-            })
+            tokio::spawn(keep_window_full(write, window, frame))
         };
         let reader = tokio::spawn(async move {
             let mut read = BufReader::new(read);
@@ -384,6 +374,19 @@ impl RawSide {
         if let Some(path) = &self._socket {
             let _ = std::fs::remove_file(path);
         }
+    }
+}
+
+/// Writes `frame` whenever the window has room, until aborted. (Stopping on
+/// its own clock could leave the reader waiting for the echo of nothing.)
+async fn keep_window_full(
+    mut write: impl tokio::io::AsyncWrite + Unpin,
+    window: Arc<Semaphore>,
+    frame: Vec<u8>,
+) -> anyhow::Result<()> {
+    loop {
+        window.acquire().await?.forget();
+        write.write_all(&frame).await?;
     }
 }
 
