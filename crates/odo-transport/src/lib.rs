@@ -20,11 +20,14 @@
 //!
 //! ## How a call moves (and why it is fast)
 //!
-//! A call spawns nothing. It encodes its frame, registers a slot keyed by
-//! its request id and hands the frame to the connection's *sink*: if nobody
-//! else is writing, the caller writes the frame itself, straight from its
-//! buffer, in one system call; if another caller is writing, the frame is
-//! queued and that writer sends it with its own in the same write. Only
+//! A call spawns nothing. It encodes its frame (into a per-thread scratch
+//! buffer), registers a slot keyed by its request id and hands the frame to
+//! the connection's *sink*. A call alone on its connection writes its frame
+//! itself, straight away, in one system call: no task switch. When other
+//! calls are in flight, the first caller to find the queue empty queues its
+//! frame, yields one scheduler turn so that the other callers woken by the
+//! same burst of responses queue theirs, and then writes them all at once;
+//! a caller that finds someone else writing leaves its frame to them. Only
 //! when the socket is full does a writer task wait for room. One reader
 //! task per connection takes every whole response already buffered,
 //! matches them to their slots under one lock and wakes the callers.
