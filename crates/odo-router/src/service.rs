@@ -2,9 +2,8 @@
 //! [`ObjectService`] trait, and [`ClusterService`], which forwards to the
 //! owning worker by the registry's placement table.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,7 +12,7 @@ use futures_util::future::BoxFuture;
 use odo_core::wire::{FetchRequest, FetchResponse, Request, Response, RpcCall, Target};
 use odo_core::{ObjectId, WireError};
 use odo_registry::PlacementTable;
-use odo_transport::{CallError, Channel, ClientConfig, Endpoint};
+use odo_transport::{CallError, ChannelPool, ClientConfig};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::debug;
@@ -100,8 +99,7 @@ pub struct ClusterService {
 
 struct ClusterInner {
     placement: watch::Receiver<Arc<PlacementTable>>,
-    channels: Mutex<HashMap<String, Channel>>,
-    client: ClientConfig,
+    channels: ChannelPool,
 }
 
 impl fmt::Debug for ClusterService {
@@ -118,34 +116,9 @@ impl ClusterService {
         Self {
             inner: Arc::new(ClusterInner {
                 placement,
-                channels: Mutex::default(),
-                client,
+                channels: ChannelPool::new(client),
             }),
         }
-    }
-
-    async fn channel(&self, endpoint: &str) -> Result<Channel, String> {
-        let cached = self
-            .inner
-            .channels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(endpoint)
-            .filter(|c| !c.is_closed())
-            .cloned();
-        if let Some(channel) = cached {
-            return Ok(channel);
-        }
-        let parsed: Endpoint = endpoint.parse().map_err(|e| format!("{e}"))?;
-        let channel = Channel::connect(&parsed, self.inner.client.clone())
-            .await
-            .map_err(|e| e.to_string())?;
-        self.inner
-            .channels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(endpoint.to_owned(), channel.clone());
-        Ok(channel)
     }
 
     /// Sends `make(target)` with `body` to the object's owner, retrying
@@ -174,7 +147,7 @@ impl ClusterService {
             };
             let why_retry = match endpoint {
                 None => format!("shard {} has no worker", target.shard),
-                Some(endpoint) => match self.channel(&endpoint).await {
+                Some(endpoint) => match self.inner.channels.get(&endpoint).await {
                     Err(e) => format!("cannot connect to {endpoint}: {e}"),
                     Ok(channel) => {
                         let left = deadline.saturating_duration_since(Instant::now());

@@ -85,6 +85,7 @@ mod channel;
 mod endpoint;
 mod framing;
 mod handshake;
+mod pool;
 mod server;
 mod stream;
 #[cfg(unix)]
@@ -93,4 +94,5 @@ mod unix;
 pub use channel::{CallError, Channel, ClientConfig, ConnectError, ConnectStage};
 pub use endpoint::{Endpoint, EndpointError};
 pub use framing::{CloseReason, DEFAULT_MAX_FRAME_LEN};
+pub use pool::{ChannelPool, PoolError};
 pub use server::{BindError, Handler, HandlerFn, Server, ServerConfig, handler_fn};

@@ -1,10 +1,9 @@
 //! The worker role of a binary: serve the shards a registry assigns, over
 //! odo-transport, until the registry says stop or goes away.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,8 +16,8 @@ use odo_storage::{
     Backend, FjallBackend, FjallOptions, MemoryBackend, StorageError, Store, StoreOptions,
 };
 use odo_transport::{
-    BindError, Channel, ClientConfig, ConnectError, Endpoint, EndpointError, Handler, Server,
-    ServerConfig,
+    BindError, Channel, ChannelPool, ClientConfig, ConnectError, Endpoint, EndpointError, Handler,
+    Server, ServerConfig,
 };
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -93,8 +92,7 @@ pub async fn serve(
         runtime: runtime.clone(),
         own_endpoint: endpoint.clone(),
         placement: RwLock::default(),
-        channels: Mutex::default(),
-        client: client.clone(),
+        channels: ChannelPool::new(client.clone()),
     });
     runtime.set_cluster(Arc::new(cluster.clone()));
     let (stop, mut stopped) = watch::channel(false);
@@ -322,8 +320,7 @@ struct WorkerCluster {
     runtime: Runtime,
     own_endpoint: String,
     placement: RwLock<Placement>,
-    channels: Mutex<HashMap<String, Channel>>,
-    client: ClientConfig,
+    channels: ChannelPool,
 }
 
 impl fmt::Debug for WorkerCluster {
@@ -382,30 +379,6 @@ impl WorkerCluster {
         })
     }
 
-    async fn channel(&self, endpoint: &str) -> Result<Channel, CallError> {
-        let cached = self
-            .channels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(endpoint)
-            .filter(|c| !c.is_closed())
-            .cloned();
-        if let Some(channel) = cached {
-            return Ok(channel);
-        }
-        let parsed: Endpoint = endpoint
-            .parse()
-            .map_err(|e: EndpointError| CallError::Unavailable(e.to_string()))?;
-        let channel = Channel::connect(&parsed, self.client.clone())
-            .await
-            .map_err(|e| CallError::Unavailable(e.to_string()))?;
-        self.channels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(endpoint.to_owned(), channel.clone());
-        Ok(channel)
-    }
-
     /// Sends a request to the owning worker, retrying what was never
     /// written or was answered `Moved` (the placement may have changed)
     /// until the deadline.
@@ -422,7 +395,7 @@ impl WorkerCluster {
                 Route::Local => return Ok(None),
                 Route::Remote { endpoint, target } => (endpoint, target),
             };
-            let retry = match self.channel(&endpoint).await {
+            let retry = match self.channels.get(&endpoint).await {
                 Ok(channel) => match channel
                     .call(make(wire_target), body.clone(), CALL_DEADLINE)
                     .await
