@@ -62,7 +62,7 @@ pub(crate) struct ActorStart {
     pub(crate) runtime: Arc<Inner>,
     pub(crate) target: ObjectRef,
     pub(crate) shard: Arc<ShardState>,
-    pub(crate) rx: mpsc::Receiver<Event>,
+    pub(crate) rx: mpsc::Receiver<Box<Event>>,
     pub(crate) control: Arc<ActorControl>,
 }
 
@@ -273,9 +273,9 @@ async fn turn<T: DurableObject>(
     gate: &mut Gate,
     shard: &ShardState,
     factory: &Factory<T>,
-    event: Event,
+    event: Box<Event>,
 ) {
-    let Event { kind, reply } = event;
+    let Event { kind, reply } = *event;
     let obj = match instance {
         Some(obj) => obj,
         None => {

@@ -85,7 +85,9 @@ pub(crate) struct Inner {
 }
 
 struct Slot {
-    tx: mpsc::Sender<Event>,
+    // Boxed: the mailbox's first block is allocated eagerly, and an idle
+    // object should cost pointers, not 32 request-sized slots.
+    tx: mpsc::Sender<Box<Event>>,
     control: Arc<ActorControl>,
 }
 
@@ -418,7 +420,7 @@ impl Inner {
             return Err(WireError::Moved { epoch: shard.epoch });
         }
         let (reply, outcome) = oneshot::channel();
-        self.enqueue(class, target, shard, Event { kind, reply })?;
+        self.enqueue(class, target, shard, Box::new(Event { kind, reply }))?;
         outcome.await.map_err(|_| WireError::ObjectReset {
             reason: "the object stopped before answering".into(),
         })?
@@ -429,7 +431,7 @@ impl Inner {
         class: &Arc<ClassEntry>,
         target: ObjectRef,
         shard: Arc<ShardState>,
-        event: Event,
+        event: Box<Event>,
     ) -> Result<(), WireError> {
         let mut table = lock(self.table(&target.id));
         let mut event = event;
@@ -488,7 +490,7 @@ impl Inner {
         &self,
         id: &ObjectId,
         control: &Arc<ActorControl>,
-        rx: &mpsc::Receiver<Event>,
+        rx: &mpsc::Receiver<Box<Event>>,
     ) -> bool {
         let mut table = lock(self.table(id));
         if !rx.is_empty() {
