@@ -431,10 +431,17 @@ async fn alarms_fire_replace_delete_and_retry() {
         let h = Harness::new(kind, config());
         let (tx, mut rx) = mpsc::unbounded_channel();
         *h.env.alarm_tx.lock().unwrap() = Some(tx);
-        let mut next_alarm = async || loop {
-            if let Note::Alarm(at, retry) = rx.recv().await.unwrap() {
-                return (at, retry);
-            }
+        // Bounded: a missing alarm fails the test instead of hanging it.
+        let mut next_alarm = async || {
+            tokio::time::timeout(Duration::from_secs(30), async {
+                loop {
+                    if let Note::Alarm(at, retry) = rx.recv().await.unwrap() {
+                        return (at, retry);
+                    }
+                }
+            })
+            .await
+            .expect("an alarm fires within 30 s")
         };
 
         // Fire.
@@ -656,6 +663,14 @@ struct LatchBackend {
     changed: Condvar,
 }
 
+struct OpenOnDrop(Arc<LatchBackend>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.set(true);
+    }
+}
+
 impl LatchBackend {
     fn set(&self, open: bool) {
         *self.open.lock().unwrap() = open;
@@ -708,6 +723,9 @@ async fn responses_wait_for_durability_but_later_events_do_not() {
     });
     let store = Store::open_shared(latch.clone(), StoreOptions::default()).unwrap();
     let h = Harness::with_store(store, config(), tempfile::tempdir().unwrap());
+    // Dropped before the harness: a failing assertion must not leave the
+    // commit thread stuck at the latch while the store closes.
+    let _open_on_exit = OpenOnDrop(latch.clone());
     // Nothing pending: answers at once even with commits stuck.
     latch.set(false);
     assert_eq!(h.fetch("g", "/get").await.unwrap(), "0");
