@@ -499,7 +499,7 @@ async fn an_alarm_that_always_fails_is_dropped_after_its_retries() {
     h.fetch("a", &format!("/alarm?{at}")).await.unwrap();
     let mut runs = Vec::new();
     while runs.len() < 3 {
-        if let note @ Note::Alarm(..) = rx.recv().await.unwrap() {
+        if let note @ Note::Alarm(..) = recv(&mut rx).await {
             runs.push(note);
         }
     }
@@ -542,12 +542,20 @@ async fn alarms_fire_after_the_store_is_reopened_without_any_request() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     *h.env.alarm_tx.lock().unwrap() = Some(tx);
     loop {
-        if let Note::Alarm(when, 0) = rx.recv().await.unwrap() {
+        if let Note::Alarm(when, 0) = recv(&mut rx).await {
             assert_eq!(when, at);
             break;
         }
     }
     h.runtime.shutdown().await;
+}
+
+/// The next note, within 30 s (a missing alarm fails instead of hanging).
+async fn recv(rx: &mut mpsc::UnboundedReceiver<Note>) -> Note {
+    tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("a note within 30 s")
+        .expect("the sender is alive")
 }
 
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
