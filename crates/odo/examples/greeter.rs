@@ -16,7 +16,9 @@ impl DurableObject for Greeter {
         let visits: u64 = ctx.storage().get_typed("visits").await?.unwrap_or(0) + 1;
         ctx.storage().put_typed("visits", &visits).await?;
         let name = ctx.name().unwrap_or("?");
-        Ok(Response::new(format!("hello {name} (visit {visits})").into()))
+        Ok(Response::new(
+            format!("hello {name} (visit {visits})").into(),
+        ))
     }
 }
 
