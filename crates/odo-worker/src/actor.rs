@@ -11,18 +11,18 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
 use odo_core::WireError;
 use odo_storage::CommitWait;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, warn};
 
 use crate::class::Factory;
-use crate::context::{Background, Context};
+use crate::context::{Context, background_idle};
 use crate::object::{
     AlarmInfo, DurableObject, ObjectError, Request, Response, RpcCall, is_reserved_method,
 };
@@ -57,12 +57,78 @@ pub(crate) enum Outcome {
     Done,
 }
 
+/// One object's queue of events, bounded. Senders push while holding the
+/// object table's lock; the actor pops. Unlike a channel it allocates
+/// nothing while empty, so an idle object costs a few pointers.
+#[derive(Debug)]
+pub(crate) struct Mailbox {
+    queue: std::sync::Mutex<VecDeque<Event>>,
+    ready: tokio::sync::Notify,
+    capacity: usize,
+}
+
+impl Mailbox {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            queue: std::sync::Mutex::new(VecDeque::new()),
+            ready: tokio::sync::Notify::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Event>> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues `event`; `false` (and the event dropped) when the queue is
+    /// full.
+    pub(crate) fn push(&self, event: Event) -> bool {
+        let mut queue = self.queue();
+        if queue.len() >= self.capacity {
+            return false;
+        }
+        queue.push_back(event);
+        drop(queue);
+        // Keeps a permit if the actor is not waiting yet.
+        self.ready.notify_one();
+        true
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue().is_empty()
+    }
+
+    /// Drops every queued event (their callers see the object stop).
+    pub(crate) fn clear(&self) {
+        let dropped = std::mem::take(&mut *self.queue());
+        drop(dropped);
+    }
+
+    /// The next event. Cancel-safe: an event is taken only when returned.
+    async fn recv(&self) -> Event {
+        loop {
+            {
+                let mut queue = self.queue();
+                if let Some(event) = queue.pop_front() {
+                    if queue.is_empty() {
+                        // Give the memory back between bursts.
+                        queue.shrink_to_fit();
+                    }
+                    return event;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
 /// Everything an actor task needs to start.
 pub(crate) struct ActorStart {
     pub(crate) runtime: Arc<Inner>,
     pub(crate) target: ObjectRef,
     pub(crate) shard: Arc<ShardState>,
-    pub(crate) rx: mpsc::Receiver<Box<Event>>,
     pub(crate) control: Arc<ActorControl>,
 }
 
@@ -161,25 +227,33 @@ pub(crate) async fn run<T: DurableObject>(start: ActorStart, factory: Factory<T>
         runtime,
         target,
         shard,
-        mut rx,
         control,
     } = start;
+    // However this task ends (even by a panic outside a handler), the
+    // object leaves the table and its queued callers are answered.
+    let _exit = Exit {
+        runtime: runtime.clone(),
+        control: control.clone(),
+        shard: shard.clone(),
+        id: target.id,
+    };
+    let mailbox = &control.mailbox;
     let idle_timeout = runtime.config.idle_timeout;
     let mut drain: watch::Receiver<bool> = shard.drain.subscribe();
     let mut ctx = Context {
         storage: shard.store.object(target.id),
         target,
-        activation: String::new(),
+        activation: 0,
         cluster: runtime.cluster(),
-        background: Arc::new(Background::default()),
+        background: OnceLock::new(),
     };
     let mut instance: Option<T> = None;
     let mut gate = Gate::default();
     let mut idle_deadline = Instant::now() + idle_timeout;
     loop {
         let draining = *drain.borrow();
-        let quiet = gate.is_empty() && rx.is_empty();
-        if draining && quiet && runtime.try_remove(&ctx.target.id, &control, &rx) {
+        let quiet = gate.is_empty() && mailbox.is_empty();
+        if draining && quiet && runtime.try_remove(&ctx.target.id, &control) {
             break;
         }
         tokio::select! {
@@ -190,23 +264,22 @@ pub(crate) async fn run<T: DurableObject>(start: ActorStart, factory: Factory<T>
                     gate.poisoned = false;
                 }
             }
-            event = rx.recv() => {
-                // The sender lives in the object table until this task removes
-                // it, so the mailbox cannot close under us.
-                let Some(event) = event else { break };
+            event = mailbox.recv() => {
                 control.touch(runtime.tick());
-                turn(&mut ctx, &mut instance, &mut gate, &shard, &factory, event).await;
+                // Boxed so that an idle object's task does not carry the
+                // largest turn's state inline.
+                Box::pin(turn(&mut ctx, &mut instance, &mut gate, &shard, &factory, event)).await;
                 idle_deadline = Instant::now() + idle_timeout;
             }
             () = sleep_until(idle_deadline), if gate.is_empty() => {
-                if ctx.background.is_idle() && runtime.try_remove(&ctx.target.id, &control, &rx) {
+                if background_idle(&ctx) && runtime.try_remove(&ctx.target.id, &control) {
                     debug!(id = %ctx.target.id, "evicted after idle timeout");
                     break;
                 }
                 idle_deadline = Instant::now() + idle_timeout;
             }
             () = control.evict.notified() => {
-                if gate.is_empty() && ctx.background.is_idle() && runtime.try_remove(&ctx.target.id, &control, &rx) {
+                if gate.is_empty() && background_idle(&ctx) && runtime.try_remove(&ctx.target.id, &control) {
                     debug!(id = %ctx.target.id, "evicted over the live-object cap");
                     break;
                 }
@@ -216,7 +289,21 @@ pub(crate) async fn run<T: DurableObject>(start: ActorStart, factory: Factory<T>
     }
     drop(instance);
     drop(ctx);
-    runtime.actor_exited(&shard);
+}
+
+/// Runs when an actor task ends, normally or not.
+struct Exit {
+    runtime: Arc<Inner>,
+    control: Arc<ActorControl>,
+    shard: Arc<ShardState>,
+    id: odo_core::ObjectId,
+}
+
+impl Drop for Exit {
+    fn drop(&mut self) {
+        self.runtime.forget(&self.id, &self.control);
+        self.runtime.actor_exited(&self.shard);
+    }
 }
 
 /// Drops the instance and everything its turns left uncommitted.
@@ -273,9 +360,9 @@ async fn turn<T: DurableObject>(
     gate: &mut Gate,
     shard: &ShardState,
     factory: &Factory<T>,
-    event: Box<Event>,
+    event: Event,
 ) {
-    let Event { kind, reply } = *event;
+    let Event { kind, reply } = event;
     let obj = match instance {
         Some(obj) => obj,
         None => {

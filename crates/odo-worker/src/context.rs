@@ -3,14 +3,13 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use odo_core::ObjectId;
 use odo_storage::ObjectStorage;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::Notify;
 
 use crate::object::{ObjectError, Request, Response};
 use crate::stub::{Cluster, NamespaceHandle, ObjectRef, Stub};
@@ -18,10 +17,11 @@ use crate::stub::{Cluster, NamespaceHandle, ObjectRef, Stub};
 /// The context of one live object, handed to every handler.
 pub struct Context {
     pub(crate) target: ObjectRef,
-    pub(crate) activation: String,
+    pub(crate) activation: u64,
     pub(crate) storage: ObjectStorage,
     pub(crate) cluster: Arc<dyn Cluster>,
-    pub(crate) background: Arc<Background>,
+    /// Created by the first `wait_until`: most objects never need it.
+    pub(crate) background: OnceLock<Arc<AtomicUsize>>,
 }
 
 impl fmt::Debug for Context {
@@ -51,8 +51,8 @@ impl Context {
 
     /// A value unique to this live instance: it changes whenever the object
     /// is activated again (after eviction, a reset or a move).
-    pub fn activation(&self) -> &str {
-        &self.activation
+    pub fn activation(&self) -> String {
+        crate::runtime::activation_name(self.activation)
     }
 
     /// The object's transactional storage, alarm included.
@@ -65,8 +65,8 @@ impl Context {
     /// use it for work that outlives a response (the equivalent of
     /// `waitUntil`).
     pub fn wait_until(&self, task: impl Future<Output = ()> + Send + 'static) {
-        let background = self.background.clone();
-        background.running.fetch_add(1, Ordering::SeqCst);
+        let background = self.background.get_or_init(Arc::default).clone();
+        background.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
             let _guard = BackgroundGuard(background);
             task.await;
@@ -111,25 +111,17 @@ impl Context {
     }
 }
 
-/// Counts an object's background tasks.
-#[derive(Debug, Default)]
-pub(crate) struct Background {
-    pub(crate) running: AtomicUsize,
-    pub(crate) finished: Notify,
+/// Whether the object has no background task running.
+pub(crate) fn background_idle(ctx: &Context) -> bool {
+    ctx.background
+        .get()
+        .is_none_or(|running| running.load(Ordering::SeqCst) == 0)
 }
 
-impl Background {
-    pub(crate) fn is_idle(&self) -> bool {
-        self.running.load(Ordering::SeqCst) == 0
-    }
-}
-
-struct BackgroundGuard(Arc<Background>);
+struct BackgroundGuard(Arc<AtomicUsize>);
 
 impl Drop for BackgroundGuard {
     fn drop(&mut self) {
-        if self.0.running.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.finished.notify_waiters();
-        }
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

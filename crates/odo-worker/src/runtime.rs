@@ -13,11 +13,11 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use odo_core::{ObjectId, WireError};
 use odo_storage::Store;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::actor::{ActorStart, Event, EventKind, Outcome};
+use crate::actor::{ActorStart, Event, EventKind, Mailbox, Outcome};
 use crate::class::{ClassEntry, Classes};
 use crate::config::RuntimeConfig;
 use crate::object::{AlarmInfo, Request, Response, RpcCall};
@@ -85,17 +85,15 @@ pub(crate) struct Inner {
 }
 
 struct Slot {
-    // Boxed: the mailbox's first block is allocated eagerly, and an idle
-    // object should cost pointers, not 32 request-sized slots.
-    tx: mpsc::Sender<Box<Event>>,
     control: Arc<ActorControl>,
 }
 
 /// Shared between the object table and one actor.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ActorControl {
     last_used: AtomicU64,
     pub(crate) evict: Notify,
+    pub(crate) mailbox: Mailbox,
 }
 
 impl ActorControl {
@@ -116,8 +114,9 @@ pub(crate) struct ShardState {
 }
 
 impl ShardState {
-    pub(crate) fn next_activation(&self) -> String {
-        next_activation()
+    pub(crate) fn next_activation(&self) -> u64 {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        COUNTER.fetch_add(1, Ordering::Relaxed)
     }
 
     fn is_draining(&self) -> bool {
@@ -125,11 +124,11 @@ impl ShardState {
     }
 }
 
-/// A value unique to each activation in this process, and across processes
-/// with overwhelming probability (a random per-process prefix).
-fn next_activation() -> String {
+/// The printed form of activation number `n`: unique in this process by
+/// the counter, and across processes with overwhelming probability by a
+/// random per-process prefix.
+pub(crate) fn activation_name(n: u64) -> String {
     static PREFIX: OnceLock<u64> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = *PREFIX.get_or_init(|| {
         let mut bytes = [0u8; 8];
         // Falls back to the pid and time if the OS generator is unavailable:
@@ -143,7 +142,7 @@ fn next_activation() -> String {
         }
         u64::from_le_bytes(bytes)
     });
-    format!("{prefix:016x}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!("{prefix:016x}-{n}")
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -420,7 +419,7 @@ impl Inner {
             return Err(WireError::Moved { epoch: shard.epoch });
         }
         let (reply, outcome) = oneshot::channel();
-        self.enqueue(class, target, shard, Box::new(Event { kind, reply }))?;
+        self.enqueue(class, target, shard, Event { kind, reply })?;
         outcome.await.map_err(|_| WireError::ObjectReset {
             reason: "the object stopped before answering".into(),
         })?
@@ -431,34 +430,30 @@ impl Inner {
         class: &Arc<ClassEntry>,
         target: ObjectRef,
         shard: Arc<ShardState>,
-        event: Box<Event>,
+        event: Event,
     ) -> Result<(), WireError> {
         let mut table = lock(self.table(&target.id));
-        let mut event = event;
         if let Some(slot) = table.get(&target.id) {
-            match slot.tx.try_send(event) {
-                Ok(()) => return Ok(()),
-                Err(mpsc::error::TrySendError::Full(_)) => return Err(WireError::Overloaded),
-                Err(mpsc::error::TrySendError::Closed(returned)) => {
-                    // The actor died without removing itself (it cannot, short
-                    // of a bug): start a fresh one.
-                    table.remove(&target.id);
-                    event = returned;
-                }
-            }
+            return if slot.control.mailbox.push(event) {
+                Ok(())
+            } else {
+                Err(WireError::Overloaded)
+            };
         }
-        let (tx, rx) = mpsc::channel(self.config.queue_depth);
-        if tx.try_send(event).is_err() {
+        let control = Arc::new(ActorControl {
+            last_used: AtomicU64::new(0),
+            evict: Notify::new(),
+            mailbox: Mailbox::new(self.config.queue_depth),
+        });
+        if !control.mailbox.push(event) {
             return Err(WireError::Internal {
                 message: "a new mailbox refused its first event".into(),
             });
         }
-        let control = Arc::new(ActorControl::default());
         control.touch(self.tick());
         table.insert(
             target.id,
             Slot {
-                tx,
                 control: control.clone(),
             },
         );
@@ -473,7 +468,6 @@ impl Inner {
             runtime,
             target,
             shard,
-            rx,
             control,
         });
         drop(table);
@@ -483,17 +477,27 @@ impl Inner {
         Ok(())
     }
 
+    /// Removes an exiting actor's slot whatever its mailbox holds, and drops
+    /// the queued events, so their callers get an error instead of waiting
+    /// forever (used when an actor task ends abnormally).
+    pub(crate) fn forget(&self, id: &ObjectId, control: &Arc<ActorControl>) {
+        let mut table = lock(self.table(id));
+        if table
+            .get(id)
+            .is_some_and(|slot| Arc::ptr_eq(&slot.control, control))
+        {
+            table.remove(id);
+        }
+        drop(table);
+        control.mailbox.clear();
+    }
+
     /// Removes an actor's slot if its mailbox is empty. Senders only send
     /// while holding the table lock, so once this returns `true` no event
     /// can reach the exiting actor: the next event starts a new one.
-    pub(crate) fn try_remove(
-        &self,
-        id: &ObjectId,
-        control: &Arc<ActorControl>,
-        rx: &mpsc::Receiver<Box<Event>>,
-    ) -> bool {
+    pub(crate) fn try_remove(&self, id: &ObjectId, control: &Arc<ActorControl>) -> bool {
         let mut table = lock(self.table(id));
-        if !rx.is_empty() {
+        if !control.mailbox.is_empty() {
             return false;
         }
         if table
