@@ -398,10 +398,17 @@ impl Router {
         let class = object.class.clone();
         let max = self.config.max_body_bytes;
         let too_large = || {
-            text(
+            let mut response = text(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body over the {max}-byte limit\n"),
-            )
+            );
+            // The rest of the body is never read, so the connection cannot
+            // carry another request: say so, or a client reusing it races
+            // the close.
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            response
         };
         let declared = parts
             .headers
