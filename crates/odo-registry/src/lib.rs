@@ -256,7 +256,8 @@ impl Shared {
         }
     }
 
-    /// Applies `change` to the table, records epochs durably, and publishes
+    /// Applies `change` to the table, records epochs and the assignment
+    /// durably, and publishes
     /// the new table.
     pub(crate) fn update_table<T>(
         &self,
@@ -270,6 +271,7 @@ impl Shared {
                 format: 1,
                 shard_count: table.shard_count(),
                 epochs: table.epochs(),
+                assignment: table.assignment(),
             };
             record.save(&self.config.data_dir)?;
             self.placement.send_replace(Arc::new(table.clone()));

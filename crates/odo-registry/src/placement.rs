@@ -115,6 +115,14 @@ impl PlacementTable {
         self.shards.iter().map(|s| s.epoch).collect()
     }
 
+    /// Each shard's worker slot, for the data directory.
+    pub(crate) fn assignment(&self) -> Vec<Option<u32>> {
+        self.shards
+            .iter()
+            .map(|s| s.owner.as_ref().map(|o| o.slot))
+            .collect()
+    }
+
     /// The table as workers receive it.
     pub fn to_wire(&self) -> Placement {
         Placement {
@@ -137,6 +145,11 @@ pub(crate) struct ClusterFile {
     pub(crate) format: u32,
     pub(crate) shard_count: u32,
     pub(crate) epochs: Vec<u64>,
+    /// The worker slot serving each shard when the record was written
+    /// (`None`: unassigned). Informational: a restarted registry assigns
+    /// shards afresh, with new epochs.
+    #[serde(default)]
+    pub(crate) assignment: Vec<Option<u32>>,
 }
 
 const CLUSTER_FILE: &str = "odo-cluster.json";
@@ -170,6 +183,7 @@ impl ClusterFile {
                     format: 1,
                     shard_count: shard_count.max(1),
                     epochs: vec![0; shard_count.max(1) as usize],
+                    assignment: vec![None; shard_count.max(1) as usize],
                 };
                 file.save(data_dir)?;
                 Ok(file)
@@ -257,6 +271,7 @@ mod tests {
         let mut file = ClusterFile::load_or_create(dir.path(), 3).unwrap();
         assert_eq!(file.epochs, vec![0, 0, 0]);
         file.epochs = vec![7, 8, 9];
+        file.assignment = vec![Some(0), None, Some(1)];
         file.save(dir.path()).unwrap();
         // S is fixed at creation: a different worker count later does not
         // change it.
