@@ -51,9 +51,17 @@ pub(crate) fn run() -> anyhow::Result<()> {
             "{:<5} {:<22} {:>22} {:>22} {:>8}",
             "net", "measurement", "odo", "raw", "odo/raw"
         );
-        let uds_odo = Endpoint::Unix(socket_dir.join("odo.sock"));
-        let uds_raw = Endpoint::Unix(socket_dir.join("raw.sock"));
-        compare("uds", &uds_odo, &uds_raw).await?;
+        #[cfg(unix)]
+        {
+            let uds_odo = Endpoint::Unix(socket_dir.join("odo.sock"));
+            let uds_raw = Endpoint::Unix(socket_dir.join("raw.sock"));
+            compare("uds", &uds_odo, &uds_raw).await?;
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = socket_dir;
+            println!("uds   skipped: this platform has no Unix sockets");
+        }
         let tcp = Endpoint::tcp_loopback_any_port();
         compare("tcp", &tcp, &tcp).await?;
         println!("targets: latency odo/raw <= 1.50x, throughput odo/raw >= 0.70x");
@@ -263,6 +271,7 @@ struct RawSide {
 impl RawSide {
     async fn start(endpoint: &Endpoint) -> anyhow::Result<RawSide> {
         let (accept, endpoint, socket) = match endpoint {
+            #[cfg(unix)]
             Endpoint::Unix(path) => {
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir)?;
@@ -291,6 +300,8 @@ impl RawSide {
                 };
                 (accept, endpoint, None)
             }
+            #[cfg(windows)]
+            Endpoint::Pipe(_) => anyhow::bail!("the raw baseline has no named-pipe variant"),
         };
         let conn = raw_connect(&endpoint).await?;
         Ok(RawSide {
@@ -392,12 +403,15 @@ async fn keep_window_full(
 
 async fn raw_connect(endpoint: &Endpoint) -> anyhow::Result<Box<dyn RawStream>> {
     Ok(match endpoint {
+        #[cfg(unix)]
         Endpoint::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
         Endpoint::Tcp { host, port } => {
             let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
             stream.set_nodelay(true)?;
             Box::new(stream)
         }
+        #[cfg(windows)]
+        Endpoint::Pipe(_) => anyhow::bail!("the raw baseline has no named-pipe variant"),
     })
 }
 
