@@ -1,5 +1,9 @@
 //! Calls over a real connection: multiplexing, deadlines, cancellation and
 //! what a call reports when its connection dies.
+// These tests exercise Unix sockets next to TCP; on other platforms the
+// crate's own code is compile-checked, and TCP is covered by the
+// multi-process matrix.
+#![cfg(unix)]
 
 mod common;
 

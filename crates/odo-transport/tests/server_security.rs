@@ -1,5 +1,9 @@
 //! Where and how servers listen: private socket directories, private
 //! sockets, stale sockets, loopback-only TCP.
+// These tests exercise Unix sockets next to TCP; on other platforms the
+// crate's own code is compile-checked, and TCP is covered by the
+// multi-process matrix.
+#![cfg(unix)]
 
 mod common;
 

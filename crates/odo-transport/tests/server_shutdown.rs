@@ -1,4 +1,8 @@
 //! Graceful shutdown and the connection limit.
+// These tests exercise Unix sockets next to TCP; on other platforms the
+// crate's own code is compile-checked, and TCP is covered by the
+// multi-process matrix.
+#![cfg(unix)]
 
 mod common;
 
