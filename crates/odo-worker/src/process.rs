@@ -395,23 +395,23 @@ impl WorkerCluster {
                 Route::Local => return Ok(None),
                 Route::Remote { endpoint, target } => (endpoint, target),
             };
-            let retry = match self.channels.get(&endpoint).await {
-                Ok(channel) => match channel
+            // Never written, or answered Moved: safe to send again.
+            if let Ok(channel) = self.channels.get(&endpoint).await {
+                match channel
                     .call(make(wire_target), body.clone(), CALL_DEADLINE)
                     .await
                 {
-                    Ok((Response::Error(WireError::Moved { .. }), _)) => true,
+                    Ok((Response::Error(WireError::Moved { .. }), _)) => {}
                     Ok(answer) => return Ok(Some(answer)),
-                    Err(e) if e.is_retryable() => true,
+                    Err(e) if e.is_retryable() => {}
                     Err(e) => {
                         return Err(CallError::Object(WireError::ObjectReset {
                             reason: e.to_string(),
                         }));
                     }
-                },
-                Err(_) => true,
-            };
-            if retry && tokio::time::Instant::now() + delay < give_up {
+                }
+            }
+            if tokio::time::Instant::now() + delay < give_up {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_millis(500));
                 continue;
