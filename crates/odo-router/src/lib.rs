@@ -41,6 +41,14 @@ pub use service::{ClusterService, ForwardError, Location, ObjectAddress, ObjectS
 
 use odo_registry::Registry;
 
+/// A per-worker metric: name, Prometheus type, help text, value.
+type WorkerMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&odo_registry::WorkerStatus) -> u64,
+);
+
 /// The registry's view for the admin endpoints.
 impl Admin for Registry {
     fn workers(&self) -> serde_json::Value {
@@ -48,41 +56,39 @@ impl Admin for Registry {
     }
 
     fn metrics(&self, out: &mut String) {
-        use std::fmt::Write;
         let workers = Registry::workers(self);
-        out.push_str(
-            "# HELP odo_live_objects Objects live on each worker.\n# TYPE odo_live_objects gauge\n",
-        );
-        for w in &workers {
-            let _ = writeln!(
-                out,
-                "odo_live_objects{{worker=\"{}\"}} {}",
-                w.slot, w.live_objects
-            );
-        }
-        out.push_str("# HELP odo_worker_restarts_total Worker process restarts.\n# TYPE odo_worker_restarts_total counter\n");
-        for w in &workers {
-            let _ = writeln!(
-                out,
-                "odo_worker_restarts_total{{worker=\"{}\"}} {}",
-                w.slot, w.restarts
-            );
-        }
-        out.push_str("# HELP odo_commit_batches_total Group commits by each worker's current process.\n# TYPE odo_commit_batches_total counter\n");
-        for w in &workers {
-            let _ = writeln!(
-                out,
-                "odo_commit_batches_total{{worker=\"{}\"}} {}",
-                w.slot, w.commit_batches
-            );
-        }
-        out.push_str("# HELP odo_commit_turns_total Turns committed in those batches (turns / batches = average batch size).\n# TYPE odo_commit_turns_total counter\n");
-        for w in &workers {
-            let _ = writeln!(
-                out,
-                "odo_commit_turns_total{{worker=\"{}\"}} {}",
-                w.slot, w.commit_turns
-            );
+        let per_worker: [WorkerMetric; 4] = [
+            (
+                "odo_live_objects",
+                "gauge",
+                "Objects live on each worker.",
+                |w| w.live_objects,
+            ),
+            (
+                "odo_worker_restarts_total",
+                "counter",
+                "Worker process restarts.",
+                |w| u64::from(w.restarts),
+            ),
+            (
+                "odo_commit_batches_total",
+                "counter",
+                "Group commits by each worker's current process.",
+                |w| w.commit_batches,
+            ),
+            (
+                "odo_commit_turns_total",
+                "counter",
+                "Turns committed in those batches (turns / batches = average batch size).",
+                |w| w.commit_turns,
+            ),
+        ];
+        for (name, kind, help, value) in per_worker {
+            use std::fmt::Write;
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+            for w in &workers {
+                let _ = writeln!(out, "{name}{{worker=\"{}\"}} {}", w.slot, value(w));
+            }
         }
     }
 }
