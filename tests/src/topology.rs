@@ -63,6 +63,10 @@ impl ServerSpec {
             .args(["--workers", &self.workers.to_string()])
             .arg("--data-dir")
             .arg(data_dir)
+            // Inside the test's directory, so nothing is left behind even
+            // when a test kills the server.
+            .arg("--runtime-dir")
+            .arg(data_dir.join("run"))
             .args(["--storage", &self.storage])
             .args(["--transport", &self.transport])
             .arg("--exit-on-stdin-eof")

@@ -305,14 +305,17 @@ impl Registry {
         )?;
         let (runtime_dir, remove_runtime_dir) = match &config.runtime_dir {
             Some(dir) => (dir.clone(), false),
-            None => (
-                std::env::temp_dir().join(format!(
-                    "odo-{}-{}",
-                    std::process::id(),
-                    &random_token()[..8]
-                )),
-                true,
-            ),
+            None => {
+                remove_stale_runtime_dirs(&std::env::temp_dir());
+                (
+                    std::env::temp_dir().join(format!(
+                        "odo-{}-{}",
+                        std::process::id(),
+                        &random_token()[..8]
+                    )),
+                    true,
+                )
+            }
         };
         create_private_dir(&runtime_dir)?;
         let control_endpoint: Endpoint = match config.transport {
@@ -465,6 +468,44 @@ impl Drop for Registry {
         if self.remove_runtime_dir && !self.supervisors.is_empty() {
             let _ = std::fs::remove_dir_all(&self.shared.runtime_dir);
         }
+    }
+}
+
+/// Removes runtime directories (`odo-<pid>-<random>`) that registries
+/// killed without a shutdown left in `temp`: only those whose pid no longer
+/// runs (checked through `/proc`, so only on Linux) and that we own.
+fn remove_stale_runtime_dirs(temp: &std::path::Path) {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(temp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("odo-"))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let ours = entry
+                .metadata()
+                .is_ok_and(|m| m.is_dir() && m.uid() == rustix::process::getuid().as_raw());
+            if !ours {
+                continue;
+            }
+        }
+        tracing::info!(dir = %entry.path().display(), pid, "removing a dead registry's runtime directory");
+        let _ = std::fs::remove_dir_all(entry.path());
     }
 }
 

@@ -65,6 +65,9 @@ pub struct ServeOptions {
     /// How the router reaches workers. Default: Unix sockets where they
     /// exist.
     pub transport: TransportKind,
+    /// The private directory for the sockets. Default: a new directory under
+    /// the system's temporary directory, removed at shutdown.
+    pub runtime_dir: Option<PathBuf>,
     /// Limits of the front door.
     pub router: RouterConfig,
     /// Limits of the object runtime (used by the workers, or in-process).
@@ -79,6 +82,7 @@ impl Default for ServeOptions {
             data_dir: PathBuf::from("./.odo"),
             storage: StorageKind::Fjall,
             transport: TransportKind::available()[0],
+            runtime_dir: None,
             router: RouterConfig::default(),
             runtime: RuntimeConfig::default(),
         }
@@ -264,6 +268,7 @@ impl App {
         config.workers = options.workers;
         config.storage = options.storage;
         config.transport = options.transport;
+        config.runtime_dir = options.runtime_dir.clone();
         let registry = Arc::new(Registry::start(config).await?);
         registry.ready().await?;
         let client = odo_transport::ClientConfig {
@@ -384,6 +389,11 @@ struct ServeFlags {
     /// How the router reaches the workers.
     #[arg(long, value_enum, default_value = if cfg!(unix) { "uds" } else { "tcp" })]
     transport: TransportFlag,
+    /// The private directory (created with mode 0700) for the sockets
+    /// between the processes. Default: a new directory under the system's
+    /// temporary directory, removed at shutdown.
+    #[arg(long)]
+    runtime_dir: Option<PathBuf>,
     /// The largest request body, in bytes (larger answers 413).
     #[arg(long, default_value_t = 1024 * 1024)]
     max_body_bytes: usize,
@@ -411,6 +421,7 @@ impl ServeFlags {
                 TransportFlag::Uds => TransportKind::Uds,
                 TransportFlag::Tcp => TransportKind::Tcp,
             },
+            runtime_dir: self.runtime_dir,
             router: RouterConfig {
                 max_body_bytes: self.max_body_bytes,
                 request_deadline: std::time::Duration::from_millis(self.request_timeout_ms),
