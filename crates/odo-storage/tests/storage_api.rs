@@ -6,9 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use odo_core::{Namespace, ObjectId};
+use odo_storage::Backend;
+use odo_storage::conformance::InterceptCommits;
 use odo_storage::{
-    Backend, KeyRange, MAX_KEY_BYTES, MAX_KEYS_PER_CALL, MAX_VALUE_BYTES, MemoryBackend,
-    ObjectBatch, ObjectStorage, StorageError, Store, StoreOptions,
+    MAX_KEY_BYTES, MAX_KEYS_PER_CALL, MAX_VALUE_BYTES, MemoryBackend, ObjectStorage, StorageError,
+    Store, StoreOptions,
 };
 
 fn id(name: &str) -> ObjectId {
@@ -298,61 +300,34 @@ async fn a_closed_store_refuses_commits() {
 
 /// A memory backend whose commits fail while `fail` is set: the failure
 /// path of group commit, which real disks rarely take on demand.
-#[derive(Debug, Default)]
-struct FlakyBackend {
-    inner: MemoryBackend,
-    fail: AtomicBool,
-}
-
-impl Backend for FlakyBackend {
-    fn get(&self, o: &ObjectId, k: &str) -> Result<Option<Bytes>, StorageError> {
-        self.inner.get(o, k)
-    }
-    fn scan(
-        &self,
-        o: &ObjectId,
-        r: &KeyRange,
-        rev: bool,
-        l: Option<usize>,
-    ) -> Result<Vec<(String, Bytes)>, StorageError> {
-        self.inner.scan(o, r, rev, l)
-    }
-    fn alarm(&self, o: &ObjectId) -> Result<Option<u64>, StorageError> {
-        self.inner.alarm(o)
-    }
-    fn due_alarms(&self, now: u64, limit: usize) -> Result<Vec<(ObjectId, u64)>, StorageError> {
-        self.inner.due_alarms(now, limit)
-    }
-    fn next_alarm(&self) -> Result<Option<(ObjectId, u64)>, StorageError> {
-        self.inner.next_alarm()
-    }
-    fn commit(&self, writes: &[(ObjectId, Arc<ObjectBatch>)]) -> Result<(), StorageError> {
-        if self.fail.load(Ordering::SeqCst) {
+fn flaky_backend() -> (InterceptCommits<MemoryBackend>, Arc<AtomicBool>) {
+    let fail = Arc::new(AtomicBool::new(false));
+    let failing = fail.clone();
+    let backend = InterceptCommits::new(MemoryBackend::new(), move |_| {
+        if failing.load(Ordering::SeqCst) {
             return Err(StorageError::Backend {
                 context: "committing".into(),
                 message: "injected failure".into(),
             });
         }
-        self.inner.commit(writes)
-    }
-    fn close(&self) -> Result<(), StorageError> {
-        self.inner.close()
-    }
+        Ok(())
+    });
+    (backend, fail)
 }
 
 #[tokio::test]
 async fn a_failed_commit_fails_the_object_until_it_is_reset() {
-    let backend = Arc::new(FlakyBackend::default());
-    let store = Store::open_shared(backend.clone(), StoreOptions::default()).unwrap();
+    let (backend, fail) = flaky_backend();
+    let store = Store::open(backend, StoreOptions::default()).unwrap();
     let mut s = store.object(id("flaky"));
     s.put("k", "1").await.unwrap();
     commit(&mut s).await;
 
-    backend.fail.store(true, Ordering::SeqCst);
+    fail.store(true, Ordering::SeqCst);
     s.put("k", "2").await.unwrap();
     let failed = s.commit_turn().unwrap();
     assert!(matches!(failed.await, Err(StorageError::CommitFailed(_))));
-    backend.fail.store(false, Ordering::SeqCst);
+    fail.store(false, Ordering::SeqCst);
     // Everything behind the failure fails too, even though the disk is back.
     assert!(matches!(
         s.get("k").await,

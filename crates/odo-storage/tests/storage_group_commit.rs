@@ -1,56 +1,26 @@
 //! Group commit, made deterministic: a backend that holds its first commit
 //! until the test has queued more turns behind it.
 
+use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, Sender, channel};
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use odo_core::{Namespace, ObjectId};
-use odo_storage::{
-    Backend, KeyRange, MemoryBackend, ObjectBatch, StorageError, Store, StoreOptions,
-};
+use odo_storage::conformance::InterceptCommits;
+use odo_storage::{KeyRange, MemoryBackend, Store, StoreOptions};
 
-/// Tells the test when the first commit starts, then waits for its go.
-#[derive(Debug)]
-struct GatedBackend {
-    inner: MemoryBackend,
-    entered: Sender<usize>,
-    release: Mutex<Option<Receiver<()>>>,
-}
-
-impl Backend for GatedBackend {
-    fn get(&self, o: &ObjectId, k: &str) -> Result<Option<Bytes>, StorageError> {
-        self.inner.get(o, k)
-    }
-    fn scan(
-        &self,
-        o: &ObjectId,
-        r: &KeyRange,
-        rev: bool,
-        l: Option<usize>,
-    ) -> Result<Vec<(String, Bytes)>, StorageError> {
-        self.inner.scan(o, r, rev, l)
-    }
-    fn alarm(&self, o: &ObjectId) -> Result<Option<u64>, StorageError> {
-        self.inner.alarm(o)
-    }
-    fn due_alarms(&self, now: u64, limit: usize) -> Result<Vec<(ObjectId, u64)>, StorageError> {
-        self.inner.due_alarms(now, limit)
-    }
-    fn next_alarm(&self) -> Result<Option<(ObjectId, u64)>, StorageError> {
-        self.inner.next_alarm()
-    }
-    fn commit(&self, writes: &[(ObjectId, Arc<ObjectBatch>)]) -> Result<(), StorageError> {
-        let _ = self.entered.send(writes.len());
-        let release = self.release.lock().unwrap().take();
+/// A memory backend that tells the test when each commit starts (and its
+/// size) and holds the first one until the test says go.
+fn gated_backend(entered: Sender<usize>, release: Receiver<()>) -> InterceptCommits<MemoryBackend> {
+    let release = Mutex::new(Some(release));
+    InterceptCommits::new(MemoryBackend::new(), move |writes| {
+        let _ = entered.send(writes.len());
+        let release = release.lock().unwrap().take();
         if let Some(release) = release {
             let _ = release.recv();
         }
-        self.inner.commit(writes)
-    }
-    fn close(&self) -> Result<(), StorageError> {
-        self.inner.close()
-    }
+        Ok(())
+    })
 }
 
 fn id(n: usize) -> ObjectId {
@@ -61,11 +31,7 @@ fn id(n: usize) -> ObjectId {
 fn turns_queued_during_a_commit_share_the_next_one() {
     let (entered, entered_rx) = channel();
     let (release, release_rx) = channel();
-    let backend = GatedBackend {
-        inner: MemoryBackend::new(),
-        entered,
-        release: Mutex::new(Some(release_rx)),
-    };
+    let backend = gated_backend(entered, release_rx);
     let store = Store::open(backend, StoreOptions::default()).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()

@@ -6,11 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use odo_core::{ObjectId, WireError};
-use odo_storage::{
-    Backend, FjallBackend, FjallOptions, KeyRange, MemoryBackend, ObjectBatch, StorageError, Store,
-    StoreOptions,
-};
+use odo_core::WireError;
+use odo_storage::conformance::InterceptCommits;
+use odo_storage::{Backend, FjallBackend, FjallOptions, MemoryBackend, Store, StoreOptions};
 use odo_worker::{
     AlarmInfo, AlarmRetry, Classes, Context, DurableObject, ObjectError, ObjectRef, Request,
     Response, RpcCall, RpcReply, Runtime, RuntimeConfig, now_ms,
@@ -662,16 +660,30 @@ async fn releasing_a_shard_finishes_in_flight_events_then_answers_moved() {
     assert_eq!(h.runtime.live_objects(), 0);
 }
 
-/// A real memory backend whose commits wait at a latch the test controls:
-/// the only way to observe a response held by the output gate.
+/// A latch the commits of a real memory backend wait at: the only way to
+/// observe a response held by the output gate.
 #[derive(Debug)]
-struct LatchBackend {
-    inner: MemoryBackend,
+struct Latch {
     open: Mutex<bool>,
     changed: Condvar,
 }
 
-struct OpenOnDrop(Arc<LatchBackend>);
+impl Latch {
+    fn set(&self, open: bool) {
+        *self.open.lock().unwrap() = open;
+        self.changed.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.changed.wait(open).unwrap();
+        }
+    }
+}
+
+/// Opens the latch when dropped.
+struct OpenOnDrop(Arc<Latch>);
 
 impl Drop for OpenOnDrop {
     fn drop(&mut self) {
@@ -679,57 +691,18 @@ impl Drop for OpenOnDrop {
     }
 }
 
-impl LatchBackend {
-    fn set(&self, open: bool) {
-        *self.open.lock().unwrap() = open;
-        self.changed.notify_all();
-    }
-}
-
-impl Backend for LatchBackend {
-    fn get(&self, object: &ObjectId, key: &str) -> Result<Option<Bytes>, StorageError> {
-        self.inner.get(object, key)
-    }
-    fn scan(
-        &self,
-        object: &ObjectId,
-        range: &KeyRange,
-        reverse: bool,
-        limit: Option<usize>,
-    ) -> Result<Vec<(String, Bytes)>, StorageError> {
-        self.inner.scan(object, range, reverse, limit)
-    }
-    fn alarm(&self, object: &ObjectId) -> Result<Option<u64>, StorageError> {
-        self.inner.alarm(object)
-    }
-    fn due_alarms(&self, now_ms: u64, limit: usize) -> Result<Vec<(ObjectId, u64)>, StorageError> {
-        self.inner.due_alarms(now_ms, limit)
-    }
-    fn next_alarm(&self) -> Result<Option<(ObjectId, u64)>, StorageError> {
-        self.inner.next_alarm()
-    }
-    fn commit(&self, writes: &[(ObjectId, Arc<ObjectBatch>)]) -> Result<(), StorageError> {
-        let mut open = self.open.lock().unwrap();
-        while !*open {
-            open = self.changed.wait(open).unwrap();
-        }
-        drop(open);
-        self.inner.commit(writes)
-    }
-    fn close(&self) -> Result<(), StorageError> {
-        self.set(true);
-        self.inner.close()
-    }
-}
-
 #[tokio::test]
 async fn responses_wait_for_durability_but_later_events_do_not() {
-    let latch = Arc::new(LatchBackend {
-        inner: MemoryBackend::new(),
+    let latch = Arc::new(Latch {
         open: Mutex::new(true),
         changed: Condvar::new(),
     });
-    let store = Store::open_shared(latch.clone(), StoreOptions::default()).unwrap();
+    let waits = latch.clone();
+    let backend = InterceptCommits::new(MemoryBackend::new(), move |_| {
+        waits.wait();
+        Ok(())
+    });
+    let store = Store::open(backend, StoreOptions::default()).unwrap();
     let h = Harness::with_store(store, config(), tempfile::tempdir().unwrap());
     // Dropped before the harness: a failing assertion must not leave the
     // commit thread stuck at the latch while the store closes.

@@ -44,6 +44,7 @@
 //! ```
 
 mod crash;
+mod intercept;
 mod state_machine;
 
 use std::path::Path;
@@ -56,6 +57,7 @@ use crate::{
 };
 
 pub use crash::crash;
+pub use intercept::{CommitHook, InterceptCommits};
 pub use state_machine::state_machine;
 
 /// How the suite opens the backend under test.
