@@ -696,16 +696,12 @@ scenario!(fault_sigkill_registry, |w, t| {
     let server = world.server_pid();
     signal(server, Signal::Kill)?;
     let killed = Instant::now();
-    let gone = eventually(Duration::from_secs(5), async || {
+    let gone = eventually(Duration::from_secs(2), async || {
         Ok(workers.iter().all(|&p| !process_alive(p)))
     })
     .await?;
     t.figure("exit_ms", killed.elapsed().as_millis());
-    t.fact("no orphan workers", gone);
-    t.fact(
-        "within 2 s",
-        killed.elapsed() < Duration::from_secs(2) || !gone,
-    );
+    t.fact("no orphan workers within 2 s", gone);
     drop(world);
     Ok(())
 });

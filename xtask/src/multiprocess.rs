@@ -149,7 +149,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         }
     }
     print_matrix(&cells, &results);
-    let differences = compare_cells(&out_root, &options, &cells);
+    let differences = compare_cells(&out_root, &cells);
     println!(
         "xtask: test-multiprocess finished in {:.0} s: {} cell(s), {} failing, {} transcript difference(s)",
         started.elapsed().as_secs_f64(),
@@ -221,7 +221,7 @@ fn print_matrix(cells: &[String], results: &BTreeMap<String, BTreeMap<String, Ou
 
 /// Compares each scenario's transcript across the cells that ran it;
 /// prints a line diff against the first cell. Returns the differences.
-fn compare_cells(root: &Path, options: &Options, cells: &[String]) -> usize {
+fn compare_cells(root: &Path, cells: &[String]) -> usize {
     let dir_of = |cell: &str| root.join(cell.replace('/', "-"));
     let Some(first) = cells.iter().find(|c| dir_of(c).exists()) else {
         return 0;
@@ -254,7 +254,6 @@ fn compare_cells(root: &Path, options: &Options, cells: &[String]) -> usize {
             }
         }
     }
-    let _ = options;
     differences
 }
 

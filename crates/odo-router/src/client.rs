@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use odo_core::wire::FetchRequest;
-use odo_core::{IdError, Namespace, ObjectId, WireError};
+use odo_core::{IdError, Namespace, ObjectId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
@@ -197,11 +197,5 @@ pub(crate) fn placeholder_target(address: &ObjectAddress) -> odo_core::wire::Tar
         name: address.name.clone(),
         shard: 0,
         epoch: 0,
-    }
-}
-
-impl From<WireError> for ClientError {
-    fn from(e: WireError) -> Self {
-        ClientError::Forward(ForwardError::Object(e))
     }
 }

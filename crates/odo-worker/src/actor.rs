@@ -366,7 +366,7 @@ async fn turn<T: DurableObject>(
     let obj = match instance {
         Some(obj) => obj,
         None => {
-            ctx.activation = shard.next_activation();
+            ctx.activation = crate::runtime::next_activation();
             let created = std::panic::catch_unwind(AssertUnwindSafe(|| factory(ctx)));
             let ran = match created {
                 Ok(mut obj) => {

@@ -381,7 +381,8 @@ impl WorkerCluster {
 
     /// Sends a request to the owning worker, retrying what was never
     /// written or was answered `Moved` (the placement may have changed)
-    /// until the deadline.
+    /// until the deadline. `None`: the shard is now served here; deliver
+    /// locally.
     async fn remote(
         self: Arc<Self>,
         target: ObjectRef,
@@ -452,6 +453,7 @@ impl Cluster for Arc<WorkerCluster> {
                 epoch: 0,
             };
             let (head, body) = request_to_wire(placeholder, request);
+            let wire_head = head.clone();
             let answer = this
                 .clone()
                 .remote(
@@ -459,16 +461,18 @@ impl Cluster for Arc<WorkerCluster> {
                     move |t| {
                         Request::Fetch(odo_core::wire::FetchRequest {
                             target: t,
-                            ..head.clone()
+                            ..wire_head.clone()
                         })
                     },
-                    body,
+                    body.clone(),
                 )
                 .await?;
             match answer {
-                None => Err(CallError::Unavailable(
-                    "the shard moved here mid-call; retry".into(),
-                )),
+                // The shard moved to this worker while we retried.
+                None => {
+                    let (_, request) = request_from_wire(head, body)?;
+                    Ok(this.runtime.fetch(target, None, request).await?)
+                }
                 Some((Response::Fetch(head), body)) => Ok(response_from_wire(head, body)?),
                 Some((other, _)) => Err(error_answer(other)),
             }
@@ -490,6 +494,7 @@ impl Cluster for Arc<WorkerCluster> {
                     .call(target, None, RpcCall { method, args })
                     .await?);
             }
+            let wire_method = method.clone();
             let answer = this
                 .clone()
                 .remote(
@@ -497,16 +502,18 @@ impl Cluster for Arc<WorkerCluster> {
                     move |t| {
                         Request::Rpc(odo_core::wire::RpcCall {
                             target: t,
-                            method: method.clone(),
+                            method: wire_method.clone(),
                         })
                     },
-                    args,
+                    args.clone(),
                 )
                 .await?;
             match answer {
-                None => Err(CallError::Unavailable(
-                    "the shard moved here mid-call; retry".into(),
-                )),
+                // The shard moved to this worker while we retried.
+                None => Ok(this
+                    .runtime
+                    .call(target, None, RpcCall { method, args })
+                    .await?),
                 Some((Response::Rpc, body)) => Ok(body),
                 Some((other, _)) => Err(error_answer(other)),
             }

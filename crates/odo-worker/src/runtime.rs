@@ -114,14 +114,15 @@ pub(crate) struct ShardState {
 }
 
 impl ShardState {
-    pub(crate) fn next_activation(&self) -> u64 {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    }
-
     fn is_draining(&self) -> bool {
         *self.drain.borrow()
     }
+}
+
+/// A number unique to each activation in this process.
+pub(crate) fn next_activation() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    COUNTER.fetch_add(1, Ordering::Relaxed)
 }
 
 /// The printed form of activation number `n`: unique in this process by

@@ -10,9 +10,9 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use odo_core::ObjectId;
 use odo_core::launch::{StorageKind, TOKEN_ENV, WorkerLaunch};
 use odo_core::wire::{FetchRequest, FetchResponse};
-use odo_core::{ObjectId, WireError};
 use odo_registry::{Registry, RegistryConfig, TransportKind, WorkerCommand};
 use odo_router::{
     ForwardError, Location, ObjectAddress, ObjectService, PathRoutes, Router, RouterConfig,
@@ -513,11 +513,5 @@ impl ObjectService for LocalService {
             epoch: self.runtime.shard_epoch(shard).unwrap_or(0),
             pid: Some(std::process::id()),
         })
-    }
-}
-
-impl From<WireError> for OdoError {
-    fn from(e: WireError) -> Self {
-        OdoError::Other(e.to_string())
     }
 }

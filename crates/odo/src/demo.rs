@@ -234,13 +234,8 @@ impl DurableObject for Kv {
         };
         match result {
             Ok(response) => Ok(response),
-            Err(error) => match refused(&error) {
-                Some(response) => {
-                    // The turn wrote nothing: nothing to roll back.
-                    Ok(response)
-                }
-                None => Err(error.into()),
-            },
+            // A refused write wrote nothing; any other failure resets.
+            Err(error) => refused(&error).ok_or_else(|| error.into()),
         }
     }
 }

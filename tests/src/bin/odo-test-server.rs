@@ -20,12 +20,10 @@ fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response {
 }
 
 fn param(request: &Request, name: &str) -> Option<String> {
-    request.uri().query().and_then(|q| {
-        q.split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.to_owned())
-    })
+    let query = request.uri().query()?;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 fn number(request: &Request, name: &str) -> u64 {

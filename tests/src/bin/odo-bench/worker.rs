@@ -224,6 +224,27 @@ fn next_random(state: &mut u64) -> u64 {
 /// Runs `callers` tasks, each calling `event(object index)` in a loop over
 /// `objects` objects (chosen at random), for [`WARM_UP`] + [`MEASURE`];
 /// counts and times the events that start inside the measured window.
+/// [`closed_loop`] of fetches through `runtime`, caller `i` to `targets[i]`.
+async fn fetch_loop(
+    runtime: &Runtime,
+    targets: &[ObjectRef],
+    callers: usize,
+) -> anyhow::Result<Figures> {
+    let rt = runtime.clone();
+    let targets: Arc<[ObjectRef]> = targets.into();
+    closed_loop(callers, targets.len(), move |i| {
+        let rt = rt.clone();
+        let target = targets[i].clone();
+        async move {
+            rt.fetch(target, None, request())
+                .await
+                .map(drop)
+                .map_err(|e| anyhow::anyhow!("fetch: {e}"))
+        }
+    })
+    .await
+}
+
 async fn closed_loop<F, Fut>(callers: usize, objects: usize, event: F) -> anyhow::Result<Figures>
 where
     F: Fn(usize) -> Fut + Clone + Send + 'static,
@@ -319,19 +340,7 @@ async fn odo_events(objects: usize) -> anyhow::Result<Figures> {
     let runtime = echo_runtime()?;
     let targets = refs("ECHO", "o", objects);
     activate_all(&runtime, &targets).await?;
-    let rt = runtime.clone();
-    let t = targets.clone();
-    let figures = closed_loop(CALLERS, objects, move |i| {
-        let rt = rt.clone();
-        let target = t[i].clone();
-        async move {
-            rt.fetch(target, None, request())
-                .await
-                .map(drop)
-                .map_err(|e| anyhow::anyhow!("fetch: {e}"))
-        }
-    })
-    .await?;
+    let figures = fetch_loop(&runtime, &targets, CALLERS).await?;
     runtime.shutdown().await;
     Ok(figures)
 }
@@ -541,20 +550,8 @@ async fn odo_durable(objects: usize) -> anyhow::Result<Figures> {
     let runtime = Runtime::new(classes, idle_config(), 1);
     runtime.open_shard(0, 1, Store::open(backend, StoreOptions::default())?)?;
     let targets = refs("COUNTER", "c", objects);
-    let rt = runtime.clone();
-    let t = targets.clone();
     let before = runtime.commit_totals();
-    let mut figures = closed_loop(DURABLE_CALLERS, objects, move |i| {
-        let rt = rt.clone();
-        let target = t[i].clone();
-        async move {
-            rt.fetch(target, None, request())
-                .await
-                .map(drop)
-                .map_err(|e| anyhow::anyhow!("fetch: {e}"))
-        }
-    })
-    .await?;
+    let mut figures = fetch_loop(&runtime, &targets, DURABLE_CALLERS).await?;
     let after = runtime.commit_totals();
     let batches = after.0 - before.0;
     figures.avg_batch = if batches == 0 {
