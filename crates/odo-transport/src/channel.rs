@@ -2,10 +2,12 @@
 //! connection.
 //!
 //! One writer task batches queued frames into single writes; one reader
-//! task matches responses to calls by request id. A call spawns nothing: it
-//! encodes its frame, registers a slot, queues the frame and waits.
+//! task matches responses to calls by request id; one watcher task fails
+//! calls whose deadline passed. A call spawns nothing and arms no timer of
+//! its own: it encodes its frame, registers a slot (with its deadline),
+//! queues the frame and waits.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +19,8 @@ use futures_util::{FutureExt, StreamExt};
 use odo_core::Frame;
 use odo_core::codec::{self, CodecError};
 use odo_core::wire::{Message, PROTOCOL_VERSION, Refused, Request, Response};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -250,6 +253,11 @@ struct Slot {
     /// The stream offset just past the request's frame: the request was
     /// written once the socket took that many bytes.
     end: u64,
+    /// When the call fails with [`CallError::DeadlineExceeded`] (`None`: a
+    /// deadline too far away to represent, so never).
+    expires: Option<Instant>,
+    /// The deadline the caller gave, for the error.
+    deadline: Duration,
 }
 
 /// Request ids are sequential, so a multiplicative hash spreads them well
@@ -277,8 +285,26 @@ type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
 
 struct Pending {
     calls: IdMap<Slot>,
+    /// Every waiting call's expiry, earliest first. One ordered set kept
+    /// under the lock the call map needs anyway costs far less than a
+    /// runtime timer armed and disarmed per call.
+    expiries: BTreeSet<(Instant, u64)>,
+    /// When the watcher task wakes next (`None`: only when notified).
+    watching: Option<Instant>,
     /// Set once, when the connection closes; no slot is added after.
     closed: Option<CloseReason>,
+}
+
+impl Pending {
+    /// Removes a call's slot (and its expiry); whoever removes it answers
+    /// the call.
+    fn take(&mut self, id: u64) -> Option<Slot> {
+        let slot = self.calls.remove(&id)?;
+        if let Some(at) = slot.expires {
+            self.expiries.remove(&(at, id));
+        }
+        Some(slot)
+    }
 }
 
 /// State shared by the channel handles and its two tasks.
@@ -288,9 +314,11 @@ struct Shared {
     max_frame_len: usize,
     next_id: AtomicU64,
     pending: Mutex<Pending>,
-    /// Fires when the connection is gone; stops both tasks.
+    /// Fires when the connection is gone; stops the tasks.
     closed: CancellationToken,
     sink: FrameSink,
+    /// Wakes the watcher task when a call expires before it would wake.
+    expiry_moved: Notify,
 }
 
 impl Shared {
@@ -315,6 +343,7 @@ impl Shared {
                 return;
             }
             pending.closed = Some(reason.clone());
+            pending.expiries.clear();
             std::mem::take(&mut pending.calls)
         };
         self.closed.cancel();
@@ -343,7 +372,18 @@ impl Shared {
     /// Forgets a call whose caller gave up. Returns whether it was still
     /// waiting.
     fn forget(&self, id: u64) -> bool {
-        self.lock().calls.remove(&id).is_some()
+        self.lock().take(id).is_some()
+    }
+
+    /// Tells the server to drop a call it may be handling.
+    fn send_cancel(&self, id: u64) {
+        let frame = Frame {
+            request_id: id,
+            message: Message::Cancel,
+            body: Bytes::new(),
+        };
+        // A failed send means the connection is gone, and the call with it.
+        let _ = with_encoded(&frame, self.max_frame_len, |bytes| self.sink.send(bytes));
     }
 }
 
@@ -356,20 +396,6 @@ struct Handle {
 impl Drop for Handle {
     fn drop(&mut self) {
         self.shared.sink.finish();
-    }
-}
-
-impl Handle {
-    fn send_cancel(&self, id: u64) {
-        let frame = Frame {
-            request_id: id,
-            message: Message::Cancel,
-            body: Bytes::new(),
-        };
-        // A failed send means the connection is gone, and the call with it.
-        let _ = with_encoded(&frame, self.shared.max_frame_len, |bytes| {
-            self.shared.sink.send(bytes)
-        });
     }
 }
 
@@ -457,10 +483,13 @@ impl Channel {
             next_id: AtomicU64::new(HANDSHAKE_ID + 1),
             pending: Mutex::new(Pending {
                 calls: IdMap::default(),
+                expiries: BTreeSet::new(),
+                watching: None,
                 closed: None,
             }),
             closed: CancellationToken::new(),
             sink: FrameSink::new(write),
+            expiry_moved: Notify::new(),
         });
         let writer_shared = shared.clone();
         tokio::spawn(async move {
@@ -475,6 +504,7 @@ impl Channel {
             shared.close(reason);
         });
         tokio::spawn(read_loop(shared.clone(), frames));
+        tokio::spawn(watch_deadlines(shared.clone()));
         Ok(Channel {
             handle: Arc::new(Handle { shared }),
         })
@@ -494,7 +524,9 @@ impl Channel {
             message: Message::Request(request),
             body,
         };
-        let (tx, mut rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel();
+        let expires = Instant::now().checked_add(deadline);
+        let mut wake_watcher = false;
         // The slot is registered while the frame is queued, before any of it
         // can reach the server (so before a response can come back), and in
         // order with `close` (which stops the sink first).
@@ -508,7 +540,21 @@ impl Channel {
                 // callers are likely ready to send too (woken by the same
                 // burst of responses): defer, so one write carries them all.
                 let defer = !pending.calls.is_empty();
-                pending.calls.insert(id, Slot { tx, end });
+                pending.calls.insert(
+                    id,
+                    Slot {
+                        tx,
+                        end,
+                        expires,
+                        deadline,
+                    },
+                );
+                if let Some(at) = expires {
+                    pending.expiries.insert((at, id));
+                    // Calls mostly expire in the order they are made, so
+                    // the watcher rarely needs waking early.
+                    wake_watcher = pending.watching.is_none_or(|watching| at < watching);
+                }
                 Ok(defer)
             })
         })
@@ -517,6 +563,9 @@ impl Channel {
             EncodeError::TooLarge { len, max } => CallError::TooLarge { len, max },
         })?;
         drop(frame);
+        if wake_watcher {
+            shared.expiry_moved.notify_one();
+        }
         let sent = sent.map_err(|reason| CallError::Closed {
             endpoint: shared.endpoint.clone(),
             reason: reason.unwrap_or(CloseReason::Local),
@@ -533,26 +582,11 @@ impl Channel {
             tokio::task::yield_now().await;
             shared.sink.flush();
         }
-        let answer = tokio::time::timeout(deadline, &mut rx).await;
+        // The reader answers the call, or the watcher fails it once its
+        // deadline passed, or `close` fails it with the connection.
+        let answer = rx.await;
         guard.armed = false;
-        match answer {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(self.closed_error()),
-            Err(_) => {
-                if shared.forget(id) {
-                    // The request is on its way or arrived: tell the server
-                    // to drop it.
-                    self.handle.send_cancel(id);
-                    return Err(CallError::DeadlineExceeded {
-                        endpoint: shared.endpoint.clone(),
-                        deadline,
-                        written: true,
-                    });
-                }
-                // Answered (or failed) just as the deadline passed.
-                rx.try_recv().unwrap_or_else(|_| Err(self.closed_error()))
-            }
-        }
+        answer.unwrap_or_else(|_| Err(self.closed_error()))
     }
 
     fn closed_error(&self) -> CallError {
@@ -612,7 +646,7 @@ struct CallGuard<'a> {
 impl Drop for CallGuard<'_> {
     fn drop(&mut self) {
         if self.armed && self.handle.shared.forget(self.id) {
-            self.handle.send_cancel(self.id);
+            self.handle.shared.send_cancel(self.id);
         }
     }
 }
@@ -694,13 +728,64 @@ fn deliver(shared: &Shared, answers: &mut Vec<(u64, Response, Bytes)>) {
         let mut pending = shared.lock();
         for (id, response, body) in answers.drain(..) {
             // No slot: the caller gave up (deadline or drop) already.
-            if let Some(slot) = pending.calls.remove(&id) {
+            if let Some(slot) = pending.take(id) {
                 slots.push((slot, response, body));
             }
         }
     }
     for (slot, response, body) in slots {
         let _ = slot.tx.send(Ok((response, body)));
+    }
+}
+
+/// The watcher task: fails each call whose deadline passed (and tells the
+/// server to drop it), sleeping until the earliest deadline in between.
+async fn watch_deadlines(shared: Arc<Shared>) {
+    let closed = shared.closed.clone();
+    let mut closed = std::pin::pin!(closed.cancelled());
+    let mut expired = Vec::new();
+    loop {
+        let next = {
+            let mut pending = shared.lock();
+            if pending.closed.is_some() {
+                return;
+            }
+            let now = Instant::now();
+            while let Some(&(at, id)) = pending.expiries.first() {
+                if at > now {
+                    break;
+                }
+                pending.expiries.pop_first();
+                if let Some(slot) = pending.calls.remove(&id) {
+                    expired.push((id, slot));
+                }
+            }
+            let next = pending.expiries.first().map(|&(at, _)| at);
+            pending.watching = next;
+            next
+        };
+        for (id, slot) in expired.drain(..) {
+            // The request was handed to the connection: it is on its way or
+            // arrived, so tell the server to drop it.
+            shared.send_cancel(id);
+            let _ = slot.tx.send(Err(CallError::DeadlineExceeded {
+                endpoint: shared.endpoint.clone(),
+                deadline: slot.deadline,
+                written: true,
+            }));
+        }
+        let sleep = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = &mut closed => return,
+            _ = shared.expiry_moved.notified() => {}
+            _ = sleep => {}
+        }
     }
 }
 

@@ -31,6 +31,10 @@
 //! when the socket is full does a writer task wait for room. One reader
 //! task per connection takes every whole response already buffered,
 //! matches them to their slots under one lock and wakes the callers.
+//! Deadlines arm no timer per call: each slot's expiry goes into one
+//! ordered set under the same lock, and a watcher task per connection
+//! sleeps until the earliest, fails what expired and sends the server a
+//! cancel frame for each.
 //!
 //! On the server, one task per connection reads requests and polls each
 //! handler once in place (see [`Handler`]); while more whole requests are

@@ -122,6 +122,48 @@ async fn deadline_exceeded_cancels_the_handler_over_tcp() {
     deadline_then_cancel(Kind::Tcp).await;
 }
 
+#[tokio::test]
+async fn a_short_deadline_behind_a_long_one_still_expires() {
+    let (handler, mut events) = stuck_handler();
+    let server = start(Kind::Unix, server_config(), handler).await;
+    let channel = connect(&server.endpoint).await;
+    // The first call's deadline is far away; the second's comes much
+    // sooner, and must be noticed although nothing was due before it.
+    let patient = {
+        let channel = channel.clone();
+        tokio::spawn(async move { channel.call(request(1), Bytes::new(), LONG).await })
+    };
+    assert_eq!(events.recv().await, Some("started"));
+    let short = Duration::from_millis(100);
+    let error = tokio::time::timeout(LONG / 2, channel.call(request(2), Bytes::new(), short))
+        .await
+        .expect("the short deadline fired before the long one")
+        .expect_err("the handler never answers");
+    assert!(
+        matches!(error, CallError::DeadlineExceeded { deadline, written: true, .. } if deadline == short),
+        "{error:?}"
+    );
+    assert_eq!(channel.calls_in_flight(), 1, "the patient call still waits");
+    patient.abort();
+    let _ = patient.await;
+    assert_eq!(channel.calls_in_flight(), 0);
+    drop(channel);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_deadline_too_far_to_represent_means_no_deadline() {
+    let server = start_echo(Kind::Unix).await;
+    let channel = connect(&server.endpoint).await;
+    let (_, echoed) = channel
+        .call(request(1), Bytes::from_static(b"forever"), Duration::MAX)
+        .await
+        .expect("answered");
+    assert_eq!(echoed, Bytes::from_static(b"forever"));
+    drop(channel);
+    server.stop().await;
+}
+
 async fn dropped_caller_cancels(kind: Kind) {
     let (handler, mut events) = stuck_handler();
     let server = start(kind, server_config(), handler).await;
