@@ -426,18 +426,18 @@ async fn keep_window_full(
     let mut batch = Vec::with_capacity(IN_FLIGHT * frame.len());
     loop {
         window.acquire().await?.forget();
-        let mut frames = 1;
-        if let Writes::Batched = writes {
-            while let Ok(permit) = window.try_acquire() {
-                permit.forget();
-                frames += 1;
+        match writes {
+            Writes::PerFrame => write.write_all(&frame).await?,
+            Writes::Batched => {
+                batch.clear();
+                batch.extend_from_slice(&frame);
+                while let Ok(permit) = window.try_acquire() {
+                    permit.forget();
+                    batch.extend_from_slice(&frame);
+                }
+                write.write_all(&batch).await?;
             }
         }
-        batch.clear();
-        for _ in 0..frames {
-            batch.extend_from_slice(&frame);
-        }
-        write.write_all(&batch).await?;
     }
 }
 
