@@ -522,14 +522,35 @@ async fn an_alarm_that_always_fails_is_dropped_after_its_retries() {
 #[tokio::test]
 async fn alarms_fire_after_the_store_is_reopened_without_any_request() {
     let dir = tempfile::tempdir().unwrap();
-    let at = now_ms() + 200;
+    let at = now_ms() + 50;
     {
+        // Here the alarm fires once and fails, and its retry would wait an
+        // hour: it is still stored, due, when this runtime stops. (Waiting
+        // for that firing, rather than racing the clock to stop first,
+        // keeps the test deterministic on a slow machine.)
+        let hour = Duration::from_secs(3600);
         let h = Harness::with_store(
             open_store(Kind::Fjall, dir.path()),
-            config(),
+            RuntimeConfig {
+                alarm_retry: AlarmRetry {
+                    first_delay: hour,
+                    max_delay: hour,
+                    max_retries: 6,
+                },
+                ..config()
+            },
             tempfile::tempdir().unwrap(),
         );
+        h.env.alarm_failures.store(usize::MAX, Ordering::SeqCst);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        *h.env.alarm_tx.lock().unwrap() = Some(tx);
         h.fetch("sleeper", &format!("/alarm?{at}")).await.unwrap();
+        loop {
+            if let Note::Alarm(when, 0) = recv(&mut rx).await {
+                assert_eq!(when, at);
+                break;
+            }
+        }
         h.runtime.shutdown().await;
     }
     let h = Harness::with_store(
