@@ -33,6 +33,11 @@ impl Default for RuntimeConfig {
 /// Exponential backoff for failing alarms: retry `n` (0-based) waits
 /// `min(first_delay * 2^n, max_delay)`; after `max_retries` failed retries
 /// the alarm is dropped with a log line.
+///
+/// The alarm itself is durable; its failure count is not. The count lives
+/// in the runtime that holds the shard, so when the worker restarts or the
+/// shard moves, a failing alarm runs again at once with `retry_count` 0
+/// and gets a full set of retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AlarmRetry {
     /// The delay before the first retry. Default 2 s.
