@@ -151,6 +151,76 @@ async fn a_short_deadline_behind_a_long_one_still_expires() {
     server.stop().await;
 }
 
+/// Answered calls and calls that expire, interleaved on one channel, with
+/// deadlines that expire out of the order the calls were made.
+async fn mixed_deadlines(kind: Kind) {
+    const ANSWERED: u64 = 400;
+    const STUCK: u64 = 200;
+    let (dropped_tx, mut dropped) = mpsc::unbounded_channel();
+    let handler = handler_fn(move |_request, body: Bytes| {
+        let dropped_tx = dropped_tx.clone();
+        async move {
+            if body.as_ref() == b"stuck" {
+                let _signal = DropSignal(Some(dropped_tx));
+                std::future::pending::<()>().await;
+            }
+            (Response::Rpc, body)
+        }
+    });
+    let server = start(kind, server_config(), handler).await;
+    let channel = connect(&server.endpoint).await;
+    let mut calls = JoinSet::new();
+    for n in 0..ANSWERED + STUCK {
+        let channel = channel.clone();
+        calls.spawn(async move {
+            if n % 3 == 0 && n / 3 < STUCK {
+                // 20 to 400 ms, in a scrambled order.
+                let deadline = Duration::from_millis(20 + (n * 37) % 381);
+                let error = channel
+                    .call(request(n), Bytes::from_static(b"stuck"), deadline)
+                    .await
+                    .expect_err("a stuck call expires");
+                assert!(
+                    matches!(error, CallError::DeadlineExceeded { deadline: d, written: true, .. } if d == deadline),
+                    "call {n}: {error:?}"
+                );
+            } else {
+                let body = Bytes::from(format!("call {n}"));
+                let (_, echoed) = channel
+                    .call(request(n), body.clone(), LONG)
+                    .await
+                    .expect("answered");
+                assert_eq!(echoed, body);
+            }
+        });
+    }
+    let everything = async {
+        while let Some(done) = calls.join_next().await {
+            done.expect("call task");
+        }
+        // Each expired call's cancel frame dropped its handler.
+        for _ in 0..STUCK {
+            assert_eq!(dropped.recv().await, Some("dropped"));
+        }
+    };
+    tokio::time::timeout(LONG, everything)
+        .await
+        .expect("every call ends and every stuck handler is cancelled");
+    assert_eq!(channel.calls_in_flight(), 0);
+    drop(channel);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_and_expiring_calls_interleave_over_unix() {
+    mixed_deadlines(Kind::Unix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_and_expiring_calls_interleave_over_tcp() {
+    mixed_deadlines(Kind::Tcp).await;
+}
+
 #[tokio::test]
 async fn a_deadline_too_far_to_represent_means_no_deadline() {
     let server = start_echo(Kind::Unix).await;
