@@ -1,8 +1,8 @@
 //! `cargo xtask`: the project's automation, in Rust so that it runs wherever
 //! cargo does.
 //!
-//! - `cargo xtask ci`: everything CI checks, in order (format, lints, tests,
-//!   the multi-process matrix, cross-platform compilation).
+//! - `cargo xtask ci`: everything CI checks, in order (format, lints, docs,
+//!   tests, the multi-process matrix, cross-platform compilation).
 //! - `cargo xtask test-multiprocess`: the scenario suite on every backend x
 //!   transport.
 //! - `cargo xtask bench [NAME...]`: the benchmarks, in release mode.
@@ -25,8 +25,9 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci               cargo fmt --check, cargo clippy -D warnings, cargo test --workspace,
-                   cargo xtask test-multiprocess, cargo check for the cross targets (Windows, macOS)
+  ci               cargo fmt --check, cargo clippy -D warnings, cargo doc (warnings denied),
+                   cargo test --workspace, cargo xtask test-multiprocess, cargo check for the
+                   cross targets (Windows, macOS)
   test-multiprocess [--backend memory,fjall] [--transport uds,tcp] [--filter NAME] [--keep-going]
                    every scenario on every backend x transport, with real child processes
   bench [NAME...]  run benchmarks in release mode (no name: all; `bench --help` lists them)
@@ -76,6 +77,11 @@ fn ci() -> Result<()> {
         "-D",
         "warnings",
     ])?;
+    // Broken intra-doc links and malformed docs fail here, not on docs.rs.
+    cargo_with_env(
+        &["doc", "--workspace", "--no-deps"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
     cargo(&["test", "--workspace"])?;
     multiprocess::run(&[])?;
     cross_check()?;
@@ -143,10 +149,17 @@ fn installed_targets() -> Option<Vec<String>> {
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
+    cargo_with_env(args, &[])
+}
+
+/// Runs cargo with `args`, and `env` added to its environment.
+fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    println!("xtask: $ cargo {}", args.join(" "));
+    let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v:?} ")).collect();
+    println!("xtask: $ {}cargo {}", shown.concat(), args.join(" "));
     let status = Command::new(&cargo)
         .args(args)
+        .envs(env.iter().copied())
         .status()
         .with_context(|| format!("could not start {cargo}"))?;
     if !status.success() {
