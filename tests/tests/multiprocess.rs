@@ -73,6 +73,20 @@ fn main() -> ExitCode {
         eprintln!("multiprocess: cannot create {}: {e}", out.display());
         return ExitCode::FAILURE;
     }
+    let all = scenarios::all();
+    let selected: Vec<_> = all
+        .iter()
+        .filter(|s| args.filter.as_deref().is_none_or(|f| s.name.contains(f)))
+        .collect();
+    if selected.is_empty() {
+        let names: Vec<_> = all.iter().map(|s| s.name).collect();
+        eprintln!(
+            "[{cell}] no scenario matches --filter {:?}; the scenarios are: {}",
+            args.filter.as_deref().unwrap_or_default(),
+            names.join(", ")
+        );
+        return ExitCode::FAILURE;
+    }
     let binary = PathBuf::from(env!("CARGO_BIN_EXE_odo-test-server"));
     let mut world = match World::start(binary, &args.backend, &args.transport) {
         Ok(world) => world,
@@ -81,10 +95,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let selected: Vec<_> = scenarios::all()
-        .into_iter()
-        .filter(|s| args.filter.as_deref().is_none_or(|f| s.name.contains(f)))
-        .collect();
     let total = selected.len();
     let mut results = String::new();
     let mut failed = 0;
