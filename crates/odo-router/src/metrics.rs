@@ -16,7 +16,12 @@ const BUCKETS: [f64; 14] = [
 /// What the router counts.
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Requests by class, then status.
+    requests: Mutex<BTreeMap<String, BTreeMap<u16, u64>>>,
+    /// Requests per latency bucket, *not* cumulative (each request counts
+    /// once, in the first bucket that holds it; slower than every bound:
+    /// in none); [`Metrics::render`] sums them into Prometheus' cumulative
+    /// form.
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_micros: AtomicU64,
@@ -24,18 +29,20 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     /// Records one answered request: its class (`-` when none) and status.
+    /// Runs on every request: a class seen before costs no allocation, and
+    /// the histogram one atomic add.
     pub(crate) fn record(&self, class: &str, status: u16, elapsed: Duration) {
-        *self
-            .requests
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry((class.to_owned(), status))
-            .or_default() += 1;
+        {
+            let mut requests = self.requests.lock().unwrap_or_else(PoisonError::into_inner);
+            let by_status = match requests.get_mut(class) {
+                Some(by_status) => by_status,
+                None => requests.entry(class.to_owned()).or_default(),
+            };
+            *by_status.entry(status).or_default() += 1;
+        }
         let seconds = elapsed.as_secs_f64();
-        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
-            if seconds <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(bucket) = BUCKETS.iter().position(|bound| seconds <= *bound) {
+            self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_micros
@@ -48,24 +55,27 @@ impl Metrics {
             "# HELP odo_http_requests_total HTTP requests answered, by class and status.\n",
         );
         out.push_str("# TYPE odo_http_requests_total counter\n");
-        for ((class, status), n) in self
+        for (class, by_status) in self
             .requests
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
         {
-            let _ = writeln!(
-                out,
-                "odo_http_requests_total{{class=\"{class}\",status=\"{status}\"}} {n}"
-            );
+            for (status, n) in by_status {
+                let _ = writeln!(
+                    out,
+                    "odo_http_requests_total{{class=\"{class}\",status=\"{status}\"}} {n}"
+                );
+            }
         }
         out.push_str("# HELP odo_http_request_duration_seconds Time to answer HTTP requests.\n");
         out.push_str("# TYPE odo_http_request_duration_seconds histogram\n");
+        let mut cumulative = 0;
         for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
             let _ = writeln!(
                 out,
-                "odo_http_request_duration_seconds_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Ordering::Relaxed)
+                "odo_http_request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
             );
         }
         let count = self.count.load(Ordering::Relaxed);
@@ -101,7 +111,9 @@ mod tests {
         assert!(out.contains("odo_http_requests_total{class=\"-\",status=\"404\"} 1\n"));
         assert!(out.contains("odo_http_request_duration_seconds_bucket{le=\"0.0005\"} 0\n"));
         assert!(out.contains("odo_http_request_duration_seconds_bucket{le=\"0.001\"} 1\n"));
+        assert!(out.contains("odo_http_request_duration_seconds_bucket{le=\"0.025\"} 1\n"));
         assert!(out.contains("odo_http_request_duration_seconds_bucket{le=\"0.05\"} 2\n"));
+        assert!(out.contains("odo_http_request_duration_seconds_bucket{le=\"10\"} 2\n"));
         assert!(out.contains("odo_http_request_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(out.contains("odo_http_request_duration_seconds_count 3\n"));
     }
