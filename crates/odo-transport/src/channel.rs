@@ -260,6 +260,11 @@ struct Slot {
     deadline: Duration,
 }
 
+/// The longest deadline a call can have; [`Channel::call`] treats a longer
+/// one as no deadline. (About a century: far enough to mean "never", near
+/// enough that the runtime's timer arithmetic cannot overflow.)
+pub const MAX_DEADLINE: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 /// Request ids are sequential, so a multiplicative hash spreads them well
 /// and costs far less than the default SipHash.
 #[derive(Default, Clone, Copy)]
@@ -307,7 +312,8 @@ impl Pending {
     }
 }
 
-/// State shared by the channel handles and its two tasks.
+/// State shared by the channel handles and its three tasks (writer,
+/// reader, deadline watcher).
 struct Shared {
     endpoint: Endpoint,
     server_peer: String,
@@ -323,9 +329,9 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Pending> {
-        // A panic while holding this lock cannot leave the map inconsistent
-        // (every critical section is a single map operation), so a poisoned
-        // lock is still usable.
+        // No critical section can panic half-way (they are map and set
+        // operations on plain data: a slot and its expiry go in and out
+        // together), so a poisoned lock is still usable.
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -377,13 +383,31 @@ impl Shared {
 
     /// Tells the server to drop a call it may be handling.
     fn send_cancel(&self, id: u64) {
-        let frame = Frame {
-            request_id: id,
-            message: Message::Cancel,
-            body: Bytes::new(),
-        };
-        // A failed send means the connection is gone, and the call with it.
-        let _ = with_encoded(&frame, self.max_frame_len, |bytes| self.sink.send(bytes));
+        self.send_cancels(std::iter::once(id));
+    }
+
+    /// Tells the server to drop these calls, in as few writes as the socket
+    /// allows.
+    fn send_cancels(&self, ids: impl IntoIterator<Item = u64>) {
+        let mut flush = false;
+        for id in ids {
+            let frame = Frame {
+                request_id: id,
+                message: Message::Cancel,
+                body: Bytes::new(),
+            };
+            // Deferred: queued now, written together below. A failed send
+            // means the connection is gone, and the calls with it.
+            let sent = with_encoded(&frame, self.max_frame_len, |bytes| {
+                self.sink.send_with(bytes, |_| Ok::<_, CloseReason>(true))
+            });
+            if let Ok(Ok(sent)) = sent {
+                flush |= sent.flush;
+            }
+        }
+        if flush {
+            self.sink.flush();
+        }
     }
 }
 
@@ -504,14 +528,15 @@ impl Channel {
             shared.close(reason);
         });
         tokio::spawn(read_loop(shared.clone(), frames));
-        tokio::spawn(watch_deadlines(shared.clone()));
+        tokio::spawn(watch_deadlines(ClosesOnDrop(shared.clone())));
         Ok(Channel {
             handle: Arc::new(Handle { shared }),
         })
     }
 
     /// Sends `request` with `body` and waits for the response, at most
-    /// `deadline`.
+    /// `deadline` ([`CallError::DeadlineExceeded`] after that). A deadline
+    /// of more than [`MAX_DEADLINE`] (such as `Duration::MAX`) means none.
     ///
     /// Dropping the returned future cancels the call: its slot is freed and,
     /// if the request was already written, a cancel frame tells the server
@@ -525,7 +550,11 @@ impl Channel {
             body,
         };
         let (tx, rx) = oneshot::channel();
-        let expires = Instant::now().checked_add(deadline);
+        let expires = if deadline <= MAX_DEADLINE {
+            Instant::now().checked_add(deadline)
+        } else {
+            None
+        };
         let mut wake_watcher = false;
         // The slot is registered while the frame is queued, before any of it
         // can reach the server (so before a response can come back), and in
@@ -740,11 +769,17 @@ fn deliver(shared: &Shared, answers: &mut Vec<(u64, Response, Bytes)>) {
 
 /// The watcher task: fails each call whose deadline passed (and tells the
 /// server to drop it), sleeping until the earliest deadline in between.
-async fn watch_deadlines(shared: Arc<Shared>) {
+///
+/// Deadlines are this task's alone, so it owns a [`ClosesOnDrop`]: should it
+/// end any other way than by the channel closing (a panic, or the runtime
+/// that spawned it shutting down, even before it first ran), the channel
+/// closes and waiting calls fail instead of hanging.
+async fn watch_deadlines(guard: ClosesOnDrop) {
+    let shared = &guard.0;
     let closed = shared.closed.clone();
     let mut closed = std::pin::pin!(closed.cancelled());
-    let mut expired = Vec::new();
     loop {
+        let mut expired = Vec::new();
         let next = {
             let mut pending = shared.lock();
             if pending.closed.is_some() {
@@ -764,16 +799,19 @@ async fn watch_deadlines(shared: Arc<Shared>) {
             pending.watching = next;
             next
         };
-        for (id, slot) in expired.drain(..) {
-            // The request was handed to the connection: it is on its way or
-            // arrived, so tell the server to drop it.
-            shared.send_cancel(id);
+        // Callers first, then the server: each of these requests was handed
+        // to the connection, so it is on its way or arrived, and a cancel
+        // frame tells the server to drop it.
+        let mut cancels = Vec::with_capacity(expired.len());
+        for (id, slot) in expired {
             let _ = slot.tx.send(Err(CallError::DeadlineExceeded {
                 endpoint: shared.endpoint.clone(),
                 deadline: slot.deadline,
                 written: true,
             }));
+            cancels.push(id);
         }
+        shared.send_cancels(cancels);
         let sleep = async {
             match next {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -786,6 +824,15 @@ async fn watch_deadlines(shared: Arc<Shared>) {
             _ = shared.expiry_moved.notified() => {}
             _ = sleep => {}
         }
+    }
+}
+
+/// Closes the channel when dropped (a no-op if it is closed already).
+struct ClosesOnDrop(Arc<Shared>);
+
+impl Drop for ClosesOnDrop {
+    fn drop(&mut self) {
+        self.0.close(CloseReason::Local);
     }
 }
 

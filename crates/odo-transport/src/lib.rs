@@ -95,7 +95,7 @@ mod stream;
 #[cfg(unix)]
 mod unix;
 
-pub use channel::{CallError, Channel, ClientConfig, ConnectError, ConnectStage};
+pub use channel::{CallError, Channel, ClientConfig, ConnectError, ConnectStage, MAX_DEADLINE};
 pub use endpoint::{Endpoint, EndpointError};
 pub use framing::{CloseReason, DEFAULT_MAX_FRAME_LEN};
 pub use pool::{ChannelPool, PoolError};

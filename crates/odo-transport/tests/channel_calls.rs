@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use odo_core::wire::{Response, WireError};
-use odo_transport::{CallError, Channel, ClientConfig, CloseReason, handler_fn};
+use odo_transport::{CallError, Channel, ClientConfig, CloseReason, MAX_DEADLINE, handler_fn};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
@@ -127,11 +127,12 @@ async fn a_short_deadline_behind_a_long_one_still_expires() {
     let (handler, mut events) = stuck_handler();
     let server = start(Kind::Unix, server_config(), handler).await;
     let channel = connect(&server.endpoint).await;
-    // The first call's deadline is far away; the second's comes much
-    // sooner, and must be noticed although nothing was due before it.
+    // The first call's deadline is as far away as a deadline can be; the
+    // second's comes much sooner, and must be noticed although nothing was
+    // due before it.
     let patient = {
         let channel = channel.clone();
-        tokio::spawn(async move { channel.call(request(1), Bytes::new(), LONG).await })
+        tokio::spawn(async move { channel.call(request(1), Bytes::new(), MAX_DEADLINE).await })
     };
     assert_eq!(events.recv().await, Some("started"));
     let short = Duration::from_millis(100);
@@ -222,14 +223,48 @@ async fn answered_and_expiring_calls_interleave_over_tcp() {
 }
 
 #[tokio::test]
-async fn a_deadline_too_far_to_represent_means_no_deadline() {
+async fn a_deadline_beyond_the_maximum_means_no_deadline() {
     let server = start_echo(Kind::Unix).await;
     let channel = connect(&server.endpoint).await;
-    let (_, echoed) = channel
-        .call(request(1), Bytes::from_static(b"forever"), Duration::MAX)
-        .await
-        .expect("answered");
-    assert_eq!(echoed, Bytes::from_static(b"forever"));
+    for deadline in [
+        MAX_DEADLINE,
+        MAX_DEADLINE + Duration::from_secs(1),
+        Duration::MAX,
+    ] {
+        let (_, echoed) = channel
+            .call(request(1), Bytes::from_static(b"forever"), deadline)
+            .await
+            .expect("answered");
+        assert_eq!(echoed, Bytes::from_static(b"forever"));
+    }
+    drop(channel);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn calls_fail_instead_of_hanging_once_the_channels_runtime_is_gone() {
+    let server = start_echo(Kind::Unix).await;
+    // Connected on a runtime of its own, which then shuts down and takes
+    // the channel's tasks (reader, writer, deadline watcher) with it.
+    let endpoint = server.endpoint.clone();
+    let channel = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(connect(&endpoint))
+    })
+    .await
+    .expect("the connecting thread");
+    let answer = tokio::time::timeout(
+        LONG,
+        channel.call(request(1), Bytes::new(), Duration::from_millis(100)),
+    )
+    .await
+    .expect("the call ends instead of hanging");
+    let error = answer.expect_err("the channel is gone");
+    assert!(error.is_retryable(), "never sent: {error:?}");
+    assert!(channel.is_closed());
     drop(channel);
     server.stop().await;
 }
