@@ -1,6 +1,8 @@
 //! What only the fjall backend does: locking its directory, surviving
 //! reopen, reporting bad directories as errors.
 
+use std::time::Duration;
+
 use odo_core::Namespace;
 use odo_storage::{Backend, FjallBackend, FjallOptions, StorageError, Store, StoreOptions};
 
@@ -35,6 +37,56 @@ fn a_second_open_names_the_holder() {
     drop(again);
     // Dropping releases it too.
     FjallBackend::open(dir.path(), FjallOptions::default()).unwrap();
+}
+
+/// Holds the lock file of `dir` through a second open file, the way a child
+/// process forked while a backend was open holds it until it `exec`s, with
+/// `pid` written in it.
+fn hold_lock(dir: &std::path::Path, pid: u32) -> std::fs::File {
+    let path = dir.join("odo.lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    file.try_lock().unwrap();
+    std::fs::write(&path, pid.to_string()).unwrap();
+    file
+}
+
+#[test]
+fn a_lock_this_process_left_behind_is_waited_out() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(FjallBackend::open(dir.path(), FjallOptions::default()).unwrap());
+    let lingering = hold_lock(dir.path(), std::process::id());
+    // Released a little later, as the child's `exec` would.
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        drop(lingering);
+    });
+    let backend = FjallBackend::open(dir.path(), FjallOptions::default())
+        .expect("the open waits for the leftover lock");
+    release.join().unwrap();
+    backend.close().unwrap();
+}
+
+#[test]
+fn another_process_lock_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(FjallBackend::open(dir.path(), FjallOptions::default()).unwrap());
+    // pid 1 never runs odo tests: the lock is another process's.
+    let _held = hold_lock(dir.path(), 1);
+    let error = FjallBackend::open(dir.path(), FjallOptions::default()).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            StorageError::Locked {
+                holder_pid: Some(1),
+                ..
+            }
+        ),
+        "{error:?}"
+    );
 }
 
 #[test]
