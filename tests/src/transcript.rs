@@ -74,9 +74,19 @@ impl Transcript {
     }
 
     /// Records a fact the scenario checked (must be the same on every
-    /// cell: write booleans and deterministic values, not timings).
+    /// cell: write booleans and deterministic values, not timings). A
+    /// boolean fact is an invariant: one that is `false` fails the scenario
+    /// (see [`Transcript::false_facts`]), whatever the snapshot says.
     pub fn fact(&mut self, name: &str, value: impl std::fmt::Display) {
         self.lines.push(format!("fact {name}: {value}"));
+    }
+
+    /// The facts recorded as `false`.
+    pub fn false_facts(&self) -> Vec<&str> {
+        self.lines
+            .iter()
+            .filter_map(|line| line.strip_prefix("fact ")?.strip_suffix(": false"))
+            .collect()
     }
 
     /// Records a figure for the summary (not compared between cells).

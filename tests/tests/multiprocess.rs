@@ -114,6 +114,9 @@ fn main() -> ExitCode {
             let outcome = match run {
                 Err(_) => Err("timed out after 90 s".to_owned()),
                 Ok(Err(e)) => Err(format!("{e:#}")),
+                Ok(Ok(())) if !transcript.false_facts().is_empty() => {
+                    Err(format!("false: {}", transcript.false_facts().join("; ")))
+                }
                 Ok(Ok(())) => {
                     let text = transcript.text();
                     let name = scenario.name;

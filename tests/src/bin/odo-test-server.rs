@@ -96,6 +96,10 @@ impl DurableObject for Probe {
                 Ok(reply(StatusCode::OK, n.to_string()))
             }
             (Method::GET, ["n"]) => Ok(reply(StatusCode::OK, get_u64(ctx, "n").await?.to_string())),
+            (Method::GET, ["slow"]) => Ok(reply(
+                StatusCode::OK,
+                get_u64(ctx, "slow").await?.to_string(),
+            )),
             // A slow turn that records when it started and ended, to show
             // that turns of one object never overlap.
             (Method::POST, ["slow"]) => {
