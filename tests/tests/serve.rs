@@ -272,10 +272,20 @@ async fn a_stopped_worker_is_killed_and_replaced() {
     let frozen = owner_pid(&c, "counter", "frozen").await;
     signal(frozen, Signal::Stop).unwrap();
     let stopped_at = Instant::now();
+    let mut attempts = 0u64;
     loop {
+        attempts += 1;
         let answer = c.post("/counter/frozen/increment").await.unwrap();
         if answer.status == 200 {
-            assert_eq!(answer.text(), "2");
+            // A refused attempt's outcome is unknown: SIGSTOP takes effect
+            // asynchronously, so on a loaded machine the worker may still
+            // commit an increment whose answer never leaves it. None is
+            // lost, and none counts twice.
+            let value: u64 = answer.text().parse().unwrap();
+            assert!(
+                (2..=1 + attempts).contains(&value),
+                "{value} after {attempts} attempts"
+            );
             break;
         }
         assert!(
