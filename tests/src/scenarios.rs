@@ -15,7 +15,7 @@ use futures_util::future::LocalBoxFuture;
 use odo_core::Namespace;
 
 use crate::http::HttpClient;
-use crate::topology::{RunningServer, ServerSpec, Signal, process_alive, signal};
+use crate::topology::{RunningServer, ServerSpec, Signal, process_alive, signal, stop_process};
 use crate::transcript::Transcript;
 
 /// Worker processes in every topology (and so the shard count).
@@ -629,7 +629,7 @@ scenario!(fault_sigstop_worker, |w, t| {
     let c = w.client.clone();
     t.post(&c, "/counter/frozen/increment").await?;
     let frozen = owner_pid(&c, "counter/frozen").await?;
-    signal(frozen, Signal::Stop)?;
+    stop_process(frozen).await?;
     let stopped = Instant::now();
     let answer = loop {
         let answer = c.post("/counter/frozen/increment").await?;

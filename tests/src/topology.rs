@@ -209,3 +209,45 @@ pub fn process_alive(pid: u32) -> bool {
 pub fn process_alive(_pid: u32) -> bool {
     false
 }
+
+/// Whether every thread of process `pid` is stopped (SIGSTOP takes effect
+/// asynchronously: until then a thread may still finish a request), or
+/// `None` where this cannot be read (outside Linux).
+pub fn process_stopped(pid: u32) -> Option<bool> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Some(false);
+    };
+    let mut any = false;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // The state follows the command name, which ends at the last ')'.
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.trim_start().chars().next());
+        if !matches!(state, Some('T' | 't')) {
+            return Some(false);
+        }
+        any = true;
+    }
+    Some(any)
+}
+
+/// Stops process `pid` with SIGSTOP and waits (up to 10 s) until every
+/// one of its threads has stopped, where that can be seen.
+pub async fn stop_process(pid: u32) -> Result<()> {
+    signal(pid, Signal::Stop)?;
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    while process_stopped(pid) == Some(false) {
+        if std::time::Instant::now() > give_up {
+            bail!("process {pid} did not stop within 10 s of SIGSTOP");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use odo_tests::http::HttpClient;
-use odo_tests::topology::{RunningServer, ServerSpec, Signal, process_alive, signal};
+use odo_tests::topology::{RunningServer, ServerSpec, Signal, process_alive, signal, stop_process};
 
 fn spec(workers: u32) -> ServerSpec {
     ServerSpec::new(env!("CARGO_BIN_EXE_odo-test-server"), workers)
@@ -270,7 +270,7 @@ async fn a_stopped_worker_is_killed_and_replaced() {
         "1"
     );
     let frozen = owner_pid(&c, "counter", "frozen").await;
-    signal(frozen, Signal::Stop).unwrap();
+    stop_process(frozen).await.unwrap();
     let stopped_at = Instant::now();
     let mut attempts = 0u64;
     loop {
