@@ -629,6 +629,9 @@ scenario!(fault_sigstop_worker, |w, t| {
     let c = w.client.clone();
     t.post(&c, "/counter/frozen/increment").await?;
     let frozen = owner_pid(&c, "counter/frozen").await?;
+    // Outside Linux the stop cannot be watched: should the frozen worker
+    // still answer the first request, "by another process" comes out false
+    // and fails the cell.
     stop_process(frozen).await?;
     let stopped = Instant::now();
     let answer = loop {

@@ -239,15 +239,19 @@ pub fn process_stopped(pid: u32) -> Option<bool> {
 }
 
 /// Stops process `pid` with SIGSTOP and waits (up to 10 s) until every
-/// one of its threads has stopped, where that can be seen.
-pub async fn stop_process(pid: u32) -> Result<()> {
+/// one of its threads has stopped, where that can be seen. Returns whether
+/// it was seen (`false` outside Linux: the stop may still be landing).
+pub async fn stop_process(pid: u32) -> Result<bool> {
     signal(pid, Signal::Stop)?;
     let give_up = std::time::Instant::now() + Duration::from_secs(10);
-    while process_stopped(pid) == Some(false) {
-        if std::time::Instant::now() > give_up {
-            bail!("process {pid} did not stop within 10 s of SIGSTOP");
+    loop {
+        match process_stopped(pid) {
+            Some(true) => return Ok(true),
+            None => return Ok(false),
+            Some(false) if std::time::Instant::now() > give_up => {
+                bail!("process {pid} did not stop within 10 s of SIGSTOP")
+            }
+            Some(false) => tokio::time::sleep(Duration::from_millis(1)).await,
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    Ok(())
 }
