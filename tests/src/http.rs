@@ -55,6 +55,11 @@ impl HttpClient {
         }
     }
 
+    /// The base URL (`http://127.0.0.1:PORT`).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// Sends a request with headers and body; fails only on transport
     /// errors or after 30 s.
     pub async fn send(

@@ -126,11 +126,18 @@ impl Scenario {
 
 macro_rules! scenario {
     ($name:ident, |$w:ident, $t:ident| $body:block) => {
-        fn $name<'a>($w: &'a mut World, $t: &'a mut Transcript) -> LocalBoxFuture<'a, Result<()>> {
+        pub(crate) fn $name<'a>(
+            $w: &'a mut World,
+            $t: &'a mut Transcript,
+        ) -> LocalBoxFuture<'a, Result<()>> {
             Box::pin(async move { $body })
         }
     };
 }
+
+// Scenario modules, one per topic. Declared here, after the `scenario!`
+// macro they use (a macro is visible only below its definition).
+mod reset_race;
 
 /// Every scenario, in the order they run.
 pub fn all() -> Vec<Scenario> {
@@ -141,6 +148,11 @@ pub fn all() -> Vec<Scenario> {
         s("transactions", &[], transactions),
         s("serialisation", &[], serialisation),
         s("reset_after_failure", &[], reset_after_failure),
+        s(
+            "reset_keeps_acknowledged_writes",
+            &[],
+            reset_race::reset_keeps_acknowledged_writes,
+        ),
         s("rpc_across_workers", &[], rpc_across_workers),
         s("alarms", &[], alarms),
         s(

@@ -553,6 +553,15 @@ impl ObjectStorage {
         self.layers[0] = ObjectBatch::default();
     }
 
+    /// Whether a commit of this object has failed. Every later call then
+    /// fails with [`StorageError::CommitFailed`], and no turn committed
+    /// through this view can still become durable: the runtime resets the
+    /// object and takes a new view from [`Store::object`](crate::Store::object),
+    /// which reads only what is durable.
+    pub fn has_failed(&self) -> bool {
+        self.failure.get().is_some()
+    }
+
     /// Whether the current turn has written anything.
     pub fn has_turn_writes(&self) -> bool {
         self.layers.iter().any(|layer| !layer.is_empty())

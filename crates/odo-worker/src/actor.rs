@@ -135,11 +135,15 @@ pub(crate) struct ActorStart {
 type Reply = oneshot::Sender<Result<Outcome, WireError>>;
 
 /// Replies waiting for durability, in the order their turns ran.
+///
+/// Each reply waits for its own turn's [`CommitWait`], which covers every
+/// earlier write of the object made through the same storage view. A reply
+/// whose commit failed is answered `ObjectReset` instead; the turns that ran
+/// on its state fail with it, because their commits are refused once an
+/// earlier commit of their view failed.
 #[derive(Default)]
 struct Gate {
     held: VecDeque<(Option<CommitWait>, Reply, Result<Outcome, WireError>)>,
-    /// A commit failed while a turn was running: that turn must fail too.
-    poisoned: bool,
 }
 
 impl Gate {
@@ -162,49 +166,38 @@ impl Gate {
     }
 
     /// Waits for the oldest held commit, then releases every reply whose
-    /// writes are durable. On a failed commit, fails every held reply.
+    /// commit has completed, in order.
     async fn release(&mut self) {
         let first = match self.held.front() {
             Some((Some(durable), _, _)) => durable.clone().wait().await,
             _ => Ok(()),
         };
-        if let Err(reason) = first {
-            self.fail_all(&reason.to_string());
-            return;
-        }
-        if let Some((_, reply, result)) = self.held.pop_front() {
-            let _ = reply.send(result);
-        }
-        // Release what is already durable without another trip through the
+        self.answer_front(first);
+        // Release what is already done without another trip through the
         // event loop.
         while let Some((durable, _, _)) = self.held.front() {
             let done = match durable {
-                None => Some(Ok(())),
-                Some(d) => d.clone().wait().now_or_never(),
+                None => Ok(()),
+                Some(d) => match d.clone().wait().now_or_never() {
+                    Some(done) => done,
+                    None => return,
+                },
             };
-            match done {
-                None => return,
-                Some(Err(reason)) => {
-                    self.fail_all(&reason.to_string());
-                    return;
-                }
-                Some(Ok(())) => {
-                    if let Some((_, reply, result)) = self.held.pop_front() {
-                        let _ = reply.send(result);
-                    }
-                }
-            }
+            self.answer_front(done);
         }
     }
 
-    fn fail_all(&mut self, reason: &str) {
-        warn!(%reason, "commit failed: failing every held response and resetting the object");
-        for (_, reply, _) in self.held.drain(..) {
-            let _ = reply.send(Err(WireError::ObjectReset {
+    fn answer_front(&mut self, durable: Result<(), odo_storage::StorageError>) {
+        let Some((_, reply, result)) = self.held.pop_front() else {
+            return;
+        };
+        let result = match durable {
+            Ok(()) => result,
+            Err(reason) => Err(WireError::ObjectReset {
                 reason: format!("commit failed: {reason}"),
-            }));
-        }
-        self.poisoned = true;
+            }),
+        };
+        let _ = reply.send(result);
     }
 }
 
@@ -259,10 +252,7 @@ pub(crate) async fn run<T: DurableObject>(start: ActorStart, factory: Factory<T>
         tokio::select! {
             biased;
             () = gate.release(), if !gate.is_empty() => {
-                if gate.poisoned {
-                    reset(&mut instance, &mut ctx, &shard);
-                    gate.poisoned = false;
-                }
+                renew_failed_view(&mut instance, &mut ctx, &shard);
             }
             event = mailbox.recv() => {
                 control.touch(runtime.tick());
@@ -306,12 +296,26 @@ impl Drop for Exit {
     }
 }
 
-/// Drops the instance and everything its turns left uncommitted.
+/// Resets the object after a failed turn: drops the instance and the
+/// failed turn's writes, and nothing else. Turns that already committed
+/// stay in the storage view (their commits may still be in flight), so the
+/// next activation reads them, and its replies wait for them.
 fn reset<T>(instance: &mut Option<T>, ctx: &mut Context, shard: &ShardState) {
     *instance = None;
     ctx.storage.rollback_turn();
-    // A fresh view: nothing cached from state that may never become durable.
-    ctx.storage = shard.store.object(ctx.target.id);
+    renew_failed_view(instance, ctx, shard);
+}
+
+/// After a commit of the object failed: drops the instance (its later
+/// turns ran on state that will never be durable) and replaces the storage
+/// view with a fresh one that reads only what is durable. Safe at once:
+/// once a commit of a view failed, none of its turns can still land.
+fn renew_failed_view<T>(instance: &mut Option<T>, ctx: &mut Context, shard: &ShardState) {
+    if ctx.storage.has_failed() {
+        warn!(class = %ctx.target.class, id = %ctx.target.id, "a commit of this object failed: object reset");
+        *instance = None;
+        ctx.storage = shard.store.object(ctx.target.id);
+    }
 }
 
 fn reset_error(ctx: &Context, why: &str) -> WireError {
@@ -420,21 +424,18 @@ async fn turn<T: DurableObject>(
             Err(e) => Ran::Failed(e.to_string()),
         },
     };
-    if gate.poisoned {
-        gate.poisoned = false;
-        let error = reset_error(ctx, "an earlier commit of this object failed");
-        reset(instance, ctx, shard);
-        gate.hold(None, reply, Err(error));
-        return;
-    }
     match ran {
         Ran::Ok(outcome) => {
+            // If a commit of the object failed during the turn, this wait
+            // fails at once: the turn ran on state that was never durable.
             let durable = ctx.storage.commit_turn();
             gate.hold(durable, reply, Ok(outcome));
+            renew_failed_view(instance, ctx, shard);
         }
         Ran::Refused(error) => {
             ctx.storage.rollback_turn();
             gate.hold(None, reply, Err(error));
+            renew_failed_view(instance, ctx, shard);
         }
         Ran::Failed(why) => {
             let error = reset_error(ctx, &why);

@@ -94,3 +94,125 @@ impl<B: Backend> Backend for InterceptCommits<B> {
         self.inner.close()
     }
 }
+
+/// A valve for commits: every commit waits at it until the test lets one
+/// through with a verdict (commit, or fail with an injected error), or
+/// opens it for good. Build the backend with
+/// [`CommitValve::backend`]; the valve is shared with the test.
+///
+/// A valve that is dropped, or whose [`CommitValve::open_on_drop`] guard is
+/// dropped (a failing assertion unwinding), opens, so a commit thread
+/// never stays stuck at it while its store closes.
+///
+/// ```
+/// use odo_storage::conformance::CommitValve;
+/// use odo_storage::{MemoryBackend, Store, StoreOptions};
+///
+/// let valve = CommitValve::new();
+/// let _open = valve.open_on_drop();
+/// let store = Store::open(valve.backend(MemoryBackend::new()), StoreOptions::default())?;
+/// valve.allow(false); // the next commit fails
+/// valve.open(); // and every later one goes through
+/// # Ok::<(), odo_storage::StorageError>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct CommitValve {
+    state: std::sync::Mutex<ValveState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct ValveState {
+    open: bool,
+    /// Verdicts for the next commits, oldest first.
+    verdicts: std::collections::VecDeque<bool>,
+    /// Commits waiting at the valve now.
+    waiting: usize,
+    /// Commits that went through (committed or failed).
+    passed: u64,
+}
+
+impl CommitValve {
+    /// A closed valve.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ValveState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `inner`, with every commit passing this valve first.
+    pub fn backend<B: Backend>(self: &Arc<Self>, inner: B) -> InterceptCommits<B> {
+        let valve = self.clone();
+        InterceptCommits::new(inner, move |_| valve.pass())
+    }
+
+    /// Lets the next commit through: it commits if `commit`, or fails with
+    /// an injected [`StorageError::Backend`] error.
+    pub fn allow(&self, commit: bool) {
+        self.state().verdicts.push_back(commit);
+        self.changed.notify_all();
+    }
+
+    /// Lets every commit through from now on (verdicts already given are
+    /// used first).
+    pub fn open(&self) {
+        self.state().open = true;
+        self.changed.notify_all();
+    }
+
+    /// Commits waiting at the valve right now.
+    pub fn waiting(&self) -> usize {
+        self.state().waiting
+    }
+
+    /// Commits that have passed the valve so far.
+    pub fn passed(&self) -> u64 {
+        self.state().passed
+    }
+
+    /// A guard that opens the valve when dropped.
+    pub fn open_on_drop(self: &Arc<Self>) -> OpenOnDrop {
+        OpenOnDrop(self.clone())
+    }
+
+    fn pass(&self) -> Result<(), StorageError> {
+        let mut state = self.state();
+        state.waiting += 1;
+        let verdict = loop {
+            if let Some(verdict) = state.verdicts.pop_front() {
+                break verdict;
+            }
+            if state.open {
+                break true;
+            }
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        };
+        state.waiting -= 1;
+        state.passed += 1;
+        if verdict {
+            Ok(())
+        } else {
+            Err(StorageError::Backend {
+                context: "committing".into(),
+                message: "failure injected by CommitValve".into(),
+            })
+        }
+    }
+}
+
+/// Opens its [`CommitValve`] when dropped.
+#[derive(Debug)]
+pub struct OpenOnDrop(Arc<CommitValve>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}

@@ -57,7 +57,7 @@ use crate::{
 };
 
 pub use crash::crash;
-pub use intercept::{CommitHook, InterceptCommits};
+pub use intercept::{CommitHook, CommitValve, InterceptCommits, OpenOnDrop};
 pub use state_machine::state_machine;
 
 /// How the suite opens the backend under test.
