@@ -137,6 +137,7 @@ macro_rules! scenario {
 
 // Scenario modules, one per topic. Declared here, after the `scenario!`
 // macro they use (a macro is visible only below its definition).
+mod alarm_flood;
 mod reset_race;
 
 /// Every scenario, in the order they run.
@@ -155,6 +156,7 @@ pub fn all() -> Vec<Scenario> {
         ),
         s("rpc_across_workers", &[], rpc_across_workers),
         s("alarms", &[], alarms),
+        s("alarm_during_flood", &[], alarm_flood::alarm_during_flood),
         s(
             "alarm_after_restart",
             &[Needs::Durability],

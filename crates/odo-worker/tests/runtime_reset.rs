@@ -122,7 +122,7 @@ impl Harness {
 
     /// Sends `path` to object `name`. The event is in the object's mailbox
     /// when this returns, so events keep the order of these calls.
-    fn send(&self, name: &str, path: &str) -> JoinHandle<Result<String, WireError>> {
+    fn send(&self, name: &str, path: &str) -> Answer {
         let runtime = self.runtime.clone();
         let target = ObjectRef {
             class: Arc::from("COUNTER"),
@@ -148,7 +148,10 @@ impl Harness {
     }
 }
 
-async fn answer(handle: JoinHandle<Result<String, WireError>>) -> Result<String, WireError> {
+/// A request on its way: its task answers the body or the error.
+type Answer = JoinHandle<Result<String, WireError>>;
+
+async fn answer(handle: Answer) -> Result<String, WireError> {
     tokio::time::timeout(Duration::from_secs(20), handle)
         .await
         .expect("an answer within 20 s")
@@ -294,7 +297,7 @@ fn step() -> impl Strategy<Value = Step> {
 async fn check(steps: Vec<Step>) -> Result<(), TestCaseError> {
     let h = Harness::new();
     let _open = h.valve.open_on_drop();
-    let mut sent: Vec<(usize, &'static str, JoinHandle<Result<String, WireError>>)> = Vec::new();
+    let mut sent: Vec<(usize, &'static str, Answer)> = Vec::new();
     for step in steps {
         match step {
             Step::Send(object, path) => {
