@@ -21,26 +21,29 @@ use odo_core::codec::{self, CodecError};
 use odo_core::wire::{Message, PROTOCOL_VERSION, Refused, Request, Response};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
-use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::endpoint::Endpoint;
 use crate::framing::{
-    CloseReason, DEFAULT_MAX_FRAME_LEN, EncodeError, FrameSink, encode_frame, frame_reader,
-    holds_whole_frame, with_encoded,
+    CloseReason, DEFAULT_MAX_FRAME_LEN, EncodeError, FrameReader, FrameSink, encode_frame,
+    handshake_reader, holds_whole_frame, lift_bound, with_encoded,
 };
-use crate::handshake::{HANDSHAKE_ID, hello_frame};
-use crate::stream::{ReadHalf, Stream};
+use crate::handshake::{HANDSHAKE_ID, MAX_HANDSHAKE_FRAME_LEN, MAX_TOKEN_LEN, hello_frame};
+use crate::stream::Stream;
 
 /// How a client connects.
 #[derive(Clone)]
 pub struct ClientConfig {
-    /// The cluster's shared token, presented in the handshake.
+    /// The cluster's shared token, presented in the handshake; at most
+    /// [`MAX_TOKEN_LEN`](crate::MAX_TOKEN_LEN) bytes.
     pub token: String,
-    /// Who this client is, for the server's logs (`router`, `worker 3`).
+    /// Who this client is, for the server's logs (`router`, `worker 3`);
+    /// cut to [`MAX_PEER_NAME_LEN`](crate::MAX_PEER_NAME_LEN) bytes.
     pub peer_name: String,
-    /// The bound on one frame, sent or received. Default 16 MiB.
+    /// The bound on one frame, sent or received, once the handshake is
+    /// done. Default 16 MiB. The server's answer to the handshake is
+    /// bounded to [`MAX_HANDSHAKE_FRAME_LEN`](crate::MAX_HANDSHAKE_FRAME_LEN).
     pub max_frame_len: usize,
     /// How long establishing the socket connection may take. Default 5 s.
     pub connect_timeout: Duration,
@@ -147,6 +150,13 @@ pub enum ConnectError {
     ClosedDuringHandshake {
         /// Where we tried to connect.
         endpoint: Endpoint,
+    },
+    /// The client configuration is unusable (such as a token longer than
+    /// [`MAX_TOKEN_LEN`](crate::MAX_TOKEN_LEN)); nothing was sent.
+    #[error("invalid client configuration: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: &'static str,
     },
 }
 
@@ -452,6 +462,11 @@ impl Channel {
         endpoint: &Endpoint,
         config: ClientConfig,
     ) -> Result<Channel, ConnectError> {
+        if config.token.len() > MAX_TOKEN_LEN {
+            return Err(ConnectError::Config {
+                reason: "the token is longer than MAX_TOKEN_LEN (512 bytes)",
+            });
+        }
         let stream = match tokio::time::timeout(config.connect_timeout, open(endpoint)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(source)) => {
@@ -469,11 +484,13 @@ impl Channel {
             }
         };
         let (read, write) = stream.into_split();
-        let mut frames = frame_reader(read, config.max_frame_len);
+        // The server's answer is a handshake frame: nothing bigger is read
+        // (nor room made for it) until it has welcomed us.
+        let mut frames = handshake_reader(read);
         let handshake = async {
             let hello = encode_frame(
                 &hello_frame(&config.token, &config.peer_name),
-                config.max_frame_len,
+                MAX_HANDSHAKE_FRAME_LEN,
             )
             .map_err(|e| ConnectError::Protocol {
                 endpoint: endpoint.clone(),
@@ -486,7 +503,7 @@ impl Channel {
                     endpoint: endpoint.clone(),
                     source,
                 })?;
-            read_welcome(endpoint, &mut frames, config.max_frame_len).await
+            read_welcome(endpoint, &mut frames).await
         };
         let server_peer = match tokio::time::timeout(config.handshake_timeout, handshake).await {
             Ok(result) => result?,
@@ -498,6 +515,7 @@ impl Channel {
                 });
             }
         };
+        lift_bound(&mut frames, config.max_frame_len);
         debug!(%endpoint, server = %server_peer, "channel connected");
 
         let shared = Arc::new(Shared {
@@ -680,7 +698,7 @@ impl Drop for CallGuard<'_> {
     }
 }
 
-async fn read_loop(shared: Arc<Shared>, mut frames: FramedRead<ReadHalf, LengthDelimitedCodec>) {
+async fn read_loop(shared: Arc<Shared>, mut frames: FrameReader) {
     // Pinned once: a fresh `cancelled()` future per frame would register
     // with the token again each time.
     let closed = shared.closed.clone();
@@ -839,8 +857,7 @@ impl Drop for ClosesOnDrop {
 /// Reads the server's answer to our hello; returns the server's name.
 async fn read_welcome(
     endpoint: &Endpoint,
-    frames: &mut FramedRead<ReadHalf, LengthDelimitedCodec>,
-    max_frame_len: usize,
+    frames: &mut FrameReader,
 ) -> Result<String, ConnectError> {
     let protocol = |reason: String| ConnectError::Protocol {
         endpoint: endpoint.clone(),
@@ -855,7 +872,7 @@ async fn read_welcome(
         Some(Err(e))
             if e.kind() == io::ErrorKind::InvalidData || e.kind() == io::ErrorKind::Other =>
         {
-            return Err(match CloseReason::from_read_error(e, max_frame_len) {
+            return Err(match CloseReason::from_handshake_read_error(e) {
                 CloseReason::Protocol { reason } => protocol(reason),
                 other => protocol(other.to_string()),
             });

@@ -10,6 +10,7 @@ use odo_core::codec::{self, CodecError};
 use tokio::sync::Notify;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
+use crate::handshake::MAX_HANDSHAKE_FRAME_LEN;
 use crate::stream::{ReadHalf, WriteHalf};
 
 /// The default bound on one frame (header, envelope and body): 16 MiB.
@@ -50,9 +51,21 @@ impl CloseReason {
     /// Classifies an error from the frame reader: a frame over the bound or
     /// a truncated frame is the peer's fault, anything else is I/O.
     pub(crate) fn from_read_error(err: io::Error, max_frame_len: usize) -> CloseReason {
+        Self::classify_read_error(err, || format!("the {max_frame_len}-byte bound"))
+    }
+
+    /// Like [`CloseReason::from_read_error`], for a frame read before the
+    /// handshake completed (bounded by [`MAX_HANDSHAKE_FRAME_LEN`]).
+    pub(crate) fn from_handshake_read_error(err: io::Error) -> CloseReason {
+        Self::classify_read_error(err, || {
+            format!("the {MAX_HANDSHAKE_FRAME_LEN}-byte handshake bound")
+        })
+    }
+
+    fn classify_read_error(err: io::Error, bound: impl FnOnce() -> String) -> CloseReason {
         if err.kind() == io::ErrorKind::InvalidData {
             return CloseReason::Protocol {
-                reason: format!("frame length over the {max_frame_len}-byte bound ({err})"),
+                reason: format!("frame length over {} ({err})", bound()),
             };
         }
         if err.kind() == io::ErrorKind::Other && err.to_string().contains("bytes remaining") {
@@ -80,18 +93,34 @@ pub(crate) enum EncodeError {
     TooLarge { len: usize, max: usize },
 }
 
-/// A bounded frame reader over `read`: yields each frame without its
-/// prefix, and fails on a prefix over `max_frame_len`.
-pub(crate) fn frame_reader(
-    read: ReadHalf,
-    max_frame_len: usize,
-) -> FramedRead<ReadHalf, LengthDelimitedCodec> {
+/// A bounded frame reader: yields each frame without its prefix, and fails
+/// on a prefix over its bound.
+pub(crate) type FrameReader = FramedRead<ReadHalf, LengthDelimitedCodec>;
+
+/// The read buffer of an established connection.
+const READ_CAPACITY: usize = 64 * 1024;
+
+/// A frame reader for a connection whose handshake is not done: bounded to
+/// [`MAX_HANDSHAKE_FRAME_LEN`], with a buffer of about that size.
+///
+/// The codec checks a length prefix against the bound as soon as it has the
+/// four bytes, and only then reserves room for the frame: a prefix over the
+/// bound fails the read without allocating anything.
+pub(crate) fn handshake_reader(read: ReadHalf) -> FrameReader {
     let codec = LengthDelimitedCodec::builder()
         .length_field_type::<u32>()
         .big_endian()
-        .max_frame_length(max_frame_len)
+        .max_frame_length(MAX_HANDSHAKE_FRAME_LEN)
         .new_codec();
-    FramedRead::with_capacity(read, codec, 64 * 1024)
+    FramedRead::with_capacity(read, codec, PREFIX_LEN + MAX_HANDSHAKE_FRAME_LEN)
+}
+
+/// Once the handshake is done: frames up to `max_frame_len` from now on
+/// (bytes already buffered after the handshake frame are kept), and a
+/// buffer for traffic.
+pub(crate) fn lift_bound(frames: &mut FrameReader, max_frame_len: usize) {
+    frames.decoder_mut().set_max_frame_length(max_frame_len);
+    frames.read_buffer_mut().reserve(READ_CAPACITY);
 }
 
 /// Whether `buffer` (a frame reader's buffer, which always starts at a
@@ -543,5 +572,105 @@ impl FrameSink {
             }
             self.wake.notified().await;
         }
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::stream::Stream;
+
+    /// A frame reader on one end of a socket pair, and the other end.
+    fn pair() -> (FrameReader, tokio::net::UnixStream) {
+        let (ours, theirs) = tokio::net::UnixStream::pair().expect("socket pair");
+        let (read, _write) = Stream::Unix(ours).into_split();
+        (handshake_reader(read), theirs)
+    }
+
+    fn prefixed(len: usize, fill: u8) -> Vec<u8> {
+        let mut bytes = u32::try_from(len).expect("small").to_be_bytes().to_vec();
+        bytes.resize(PREFIX_LEN + len, fill);
+        bytes
+    }
+
+    #[tokio::test]
+    async fn before_the_handshake_a_prefix_just_over_the_bound_fails_without_room_made() {
+        for prefix in [
+            MAX_HANDSHAKE_FRAME_LEN + 1,
+            DEFAULT_MAX_FRAME_LEN,
+            u32::MAX as usize,
+        ] {
+            let (mut frames, mut peer) = pair();
+            let capacity = frames.read_buffer().capacity();
+            // The prefix alone: no byte of the frame follows.
+            let prefix = u32::try_from(prefix).expect("a u32");
+            peer.write_all(&prefix.to_be_bytes()).await.expect("write");
+            let error = frames
+                .next()
+                .await
+                .expect("an item")
+                .expect_err("over the bound");
+            let reason = CloseReason::from_handshake_read_error(error);
+            assert!(
+                reason
+                    .to_string()
+                    .contains("over the 669-byte handshake bound"),
+                "{reason}"
+            );
+            assert!(
+                frames.read_buffer().capacity() <= capacity,
+                "no room was made for the announced frame"
+            );
+            assert!(capacity < 1024, "a handshake-sized buffer: {capacity}");
+        }
+    }
+
+    #[tokio::test]
+    async fn before_the_handshake_a_frame_at_the_bound_is_read() {
+        let (mut frames, mut peer) = pair();
+        peer.write_all(&prefixed(MAX_HANDSHAKE_FRAME_LEN, 7))
+            .await
+            .expect("write");
+        let frame = frames.next().await.expect("an item").expect("a frame");
+        assert_eq!(frame.len(), MAX_HANDSHAKE_FRAME_LEN);
+    }
+
+    #[tokio::test]
+    async fn after_the_handshake_the_configured_bound_applies() {
+        let (mut frames, mut peer) = pair();
+        let max = 1024 * 1024;
+        // The handshake frame and a big one behind it, in one write: the
+        // big one is already buffered when the bound is lifted.
+        let mut bytes = prefixed(10, 1);
+        bytes.extend(prefixed(max, 2));
+        bytes.extend(prefixed(max + 1, 3));
+        let writer = tokio::spawn(async move {
+            let _ = peer.write_all(&bytes).await;
+            peer
+        });
+        assert_eq!(frames.next().await.expect("item").expect("frame").len(), 10);
+        lift_bound(&mut frames, max);
+        let big = frames
+            .next()
+            .await
+            .expect("item")
+            .expect("a frame at the bound");
+        assert_eq!(big.len(), max);
+        assert!(big.iter().all(|&b| b == 2));
+        let error = frames
+            .next()
+            .await
+            .expect("an item")
+            .expect_err("over the configured bound");
+        let reason = CloseReason::from_read_error(error, max);
+        assert!(
+            reason.to_string().contains("over the 1048576-byte bound"),
+            "{reason}"
+        );
+        drop(frames);
+        drop(writer.await.expect("writer"));
     }
 }

@@ -18,6 +18,32 @@
 //! configured otherwise. Malformed input closes only the offending
 //! connection, with a logged reason.
 //!
+//! ## What a stranger can cost
+//!
+//! Nothing a connection sends before it has authenticated costs more than a
+//! handshake:
+//!
+//! - **Frames before the handshake are bounded to the handshake's size**,
+//!   [`MAX_HANDSHAKE_FRAME_LEN`] (669 bytes: a hello with a token of at most
+//!   [`MAX_TOKEN_LEN`] and a name cut to [`MAX_PEER_NAME_LEN`]), on both
+//!   ends: the server reading a hello, the client reading the answer. A
+//!   length prefix over it closes the connection as soon as its four bytes
+//!   arrive, before any room is made for the frame. Only after the
+//!   handshake does the configured `max_frame_len` apply.
+//! - **A handshake has a deadline**, [`ServerConfig::handshake_timeout`].
+//! - **Two caps.** At most [`ServerConfig::max_unauthenticated`] connections
+//!   (default 64) may be in their handshake at once; a new connection that
+//!   finds that cap full is still accepted, and the *oldest*
+//!   unauthenticated connection is closed instead, so silent strangers age
+//!   out while a real peer, which authenticates within a round trip, gets
+//!   in. Authenticated peers have their own cap,
+//!   [`ServerConfig::max_connections`] (default 1024), and a connection
+//!   takes one of those places only once its handshake succeeded: a stranger
+//!   never holds one.
+//! - **The log is rate-limited**: connections dropped before their
+//!   handshake (and peers turned away at the connection limit) are logged
+//!   at most once per five seconds each, with how many went unlogged.
+//!
 //! ## How a call moves (and why it is fast)
 //!
 //! A call spawns nothing. It encodes its frame (into a per-thread scratch
@@ -85,6 +111,7 @@
 //! # }
 //! ```
 
+mod admission;
 mod channel;
 mod endpoint;
 mod framing;
@@ -98,5 +125,8 @@ mod unix;
 pub use channel::{CallError, Channel, ClientConfig, ConnectError, ConnectStage, MAX_DEADLINE};
 pub use endpoint::{Endpoint, EndpointError};
 pub use framing::{CloseReason, DEFAULT_MAX_FRAME_LEN};
+pub use handshake::{MAX_HANDSHAKE_FRAME_LEN, MAX_PEER_NAME_LEN, MAX_TOKEN_LEN};
 pub use pool::{ChannelPool, PoolError};
-pub use server::{BindError, Handler, HandlerFn, Server, ServerConfig, handler_fn};
+pub use server::{
+    BindError, DEFAULT_MAX_UNAUTHENTICATED, Handler, HandlerFn, Server, ServerConfig, handler_fn,
+};

@@ -16,19 +16,30 @@ use futures_util::{FutureExt, StreamExt};
 use odo_core::Frame;
 use odo_core::codec;
 use odo_core::wire::{Message, Request, Response, WireError};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::{AbortHandle, JoinSet};
-use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::admission::{Admission, Admitted, LogLimiter, NotAdmitted, Pending};
 use crate::endpoint::Endpoint;
 use crate::framing::{
-    CloseReason, DEFAULT_MAX_FRAME_LEN, EncodeError, FrameSink, encode_frame, frame_reader,
-    holds_whole_frame, with_encoded,
+    CloseReason, DEFAULT_MAX_FRAME_LEN, EncodeError, FrameReader, FrameSink, encode_frame,
+    handshake_reader, holds_whole_frame, lift_bound, with_encoded,
 };
-use crate::handshake::{judge_first_frame, refused_frame, welcome_frame};
-use crate::stream::{ReadHalf, Stream, WriteHalf};
+use crate::handshake::{
+    MAX_HANDSHAKE_FRAME_LEN, MAX_TOKEN_LEN, judge_first_frame, refused_frame, welcome_frame,
+};
+use crate::stream::{Stream, WriteHalf};
+
+/// The default cap on connections that have not completed the handshake.
+pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 64;
+
+/// How often a server logs connections it drops before their handshake
+/// (and peers it turns away at its connection limit): one line per
+/// interval, counting the others, so a flood of strangers cannot flood the
+/// log.
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Answers requests. One handler serves every connection of a server, and
 /// calls are handled concurrently.
@@ -94,18 +105,34 @@ where
 #[derive(Clone)]
 pub struct ServerConfig {
     /// The cluster's shared token every client must present. Must not be
-    /// empty.
+    /// empty, nor longer than [`MAX_TOKEN_LEN`](crate::MAX_TOKEN_LEN).
     pub token: String,
-    /// This server's name, sent in the handshake answer (`worker 3`).
+    /// This server's name, sent in the handshake answer (`worker 3`); cut
+    /// to [`MAX_PEER_NAME_LEN`](crate::MAX_PEER_NAME_LEN) bytes.
     pub peer_name: String,
-    /// The bound on one frame, sent or received. Default 16 MiB.
+    /// The bound on one frame, sent or received, once the handshake is
+    /// done. Default 16 MiB. Before it, frames are bounded to
+    /// [`MAX_HANDSHAKE_FRAME_LEN`](crate::MAX_HANDSHAKE_FRAME_LEN) whatever
+    /// this says.
     pub max_frame_len: usize,
     /// How long a new connection may take to complete the handshake before
     /// it is dropped. Default 5 s.
     pub handshake_timeout: Duration,
-    /// How many connections may be open at once; more are dropped at
-    /// accept, with a log line. Default 1024.
+    /// How many authenticated peers may be connected at once. A connection
+    /// takes one of these places only once its handshake succeeded; a peer
+    /// that finds them all taken is closed right after its handshake (it
+    /// sees [`ConnectError::ClosedDuringHandshake`](crate::ConnectError)),
+    /// with a log line. Connections still in their handshake do not count
+    /// here: see [`ServerConfig::max_unauthenticated`]. Default 1024.
     pub max_connections: usize,
+    /// How many connections may be in their handshake (not yet
+    /// authenticated) at once. A new connection that finds this cap full
+    /// is still accepted at once: the oldest unauthenticated connection is
+    /// closed to make room. A real peer authenticates within a round trip,
+    /// so silent or slow strangers are the ones that go, and they can never
+    /// keep a real peer out or take its place. Default
+    /// [`DEFAULT_MAX_UNAUTHENTICATED`] (64).
+    pub max_unauthenticated: usize,
     /// How long a graceful shutdown waits for requests in flight before
     /// aborting them. Default 10 s.
     pub shutdown_grace: Duration,
@@ -123,6 +150,7 @@ impl ServerConfig {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             handshake_timeout: Duration::from_secs(5),
             max_connections: 1024,
+            max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
             shutdown_grace: Duration::from_secs(10),
             allow_non_loopback: false,
         }
@@ -137,6 +165,7 @@ impl fmt::Debug for ServerConfig {
             .field("max_frame_len", &self.max_frame_len)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("max_connections", &self.max_connections)
+            .field("max_unauthenticated", &self.max_unauthenticated)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("allow_non_loopback", &self.allow_non_loopback)
             .finish()
@@ -312,6 +341,11 @@ impl Server {
                 reason: "the token is empty",
             });
         }
+        if config.token.len() > MAX_TOKEN_LEN {
+            return Err(BindError::Config {
+                reason: "the token is longer than MAX_TOKEN_LEN (512 bytes)",
+            });
+        }
         if config.max_frame_len < codec::HEADER_LEN || config.max_frame_len > u32::MAX as usize {
             return Err(BindError::Config {
                 reason: "max_frame_len must be between the frame header size and 4 GiB",
@@ -320,6 +354,11 @@ impl Server {
         if config.max_connections == 0 {
             return Err(BindError::Config {
                 reason: "max_connections must be at least 1",
+            });
+        }
+        if config.max_unauthenticated == 0 {
+            return Err(BindError::Config {
+                reason: "max_unauthenticated must be at least 1",
             });
         }
         let (listener, bound) = match endpoint {
@@ -379,7 +418,11 @@ impl Server {
             endpoint,
             config,
         } = self;
-        let permits = Arc::new(Semaphore::new(config.max_connections));
+        let admission = Admission::new(config.max_unauthenticated, config.max_connections);
+        let logs = Arc::new(DropLogs {
+            strangers: LogLimiter::new(DROP_LOG_INTERVAL),
+            full: LogLimiter::new(DROP_LOG_INTERVAL),
+        });
         let draining = CancellationToken::new();
         let mut connections = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
@@ -394,22 +437,23 @@ impl Server {
                     }
                 }
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            let conn = Connection {
-                                config: config.clone(),
-                                handler: handler.clone(),
-                                draining: draining.clone(),
-                                peer,
-                                _permit: permit,
-                            };
-                            connections.spawn(conn.run(stream));
+                    Ok((stream, peer)) => {
+                        // Never refused nor queued here: with the
+                        // unauthenticated cap full, the oldest stranger
+                        // makes room (and logs its own close).
+                        let Admitted { pending, evicted_another } = admission.admit();
+                        if evicted_another {
+                            debug!(%endpoint, %peer, "unauthenticated cap full: closing the oldest to make room");
                         }
-                        Err(_) => warn!(
-                            %endpoint, %peer, limit = config.max_connections,
-                            "dropping connection: connection limit reached"
-                        ),
-                    },
+                        let conn = Connection {
+                            config: config.clone(),
+                            handler: handler.clone(),
+                            draining: draining.clone(),
+                            peer,
+                            logs: logs.clone(),
+                        };
+                        connections.spawn(conn.run(stream, pending));
+                    }
                     Err(e) => {
                         warn!(%endpoint, error = %e, "accept failed");
                         // Out of file descriptors and the like: give the
@@ -492,6 +536,14 @@ async fn bind_tcp(
     })
 }
 
+/// The server's rate-limited logs of connections it drops.
+struct DropLogs {
+    /// Connections dropped before their handshake completed.
+    strangers: LogLimiter,
+    /// Peers turned away at the authenticated cap.
+    full: LogLimiter,
+}
+
 /// One accepted connection.
 struct Connection<H> {
     config: Arc<ServerConfig>,
@@ -499,21 +551,35 @@ struct Connection<H> {
     /// Fires at shutdown: take no new requests, finish those in flight.
     draining: CancellationToken,
     peer: String,
-    _permit: OwnedSemaphorePermit,
+    logs: Arc<DropLogs>,
 }
 
 impl<H: Handler> Connection<H> {
-    async fn run(self, stream: Stream) {
+    async fn run(self, stream: Stream, pending: Pending) {
         let (read, write) = stream.into_split();
-        let mut frames = frame_reader(read, self.config.max_frame_len);
-        let client = tokio::select! {
+        // Until the handshake is done, a frame is at most a handshake's size
+        // and the buffer about as big.
+        let mut frames = handshake_reader(read);
+        let evicted = pending.evicted();
+        let established = tokio::select! {
+            biased;
             _ = self.draining.cancelled() => {
                 debug!(peer = %self.peer, "dropping connection: shutting down during its handshake");
                 return;
             }
-            client = self.handshake(&mut frames, &write) => client,
+            _ = evicted.cancelled() => {
+                self.stranger_dropped(
+                    "too many unauthenticated connections, closing the oldest",
+                    format_args!("the limit is {}", self.config.max_unauthenticated),
+                );
+                return;
+            }
+            established = self.handshake(&mut frames, &write, pending) => established,
         };
-        let Some(client) = client else { return };
+        let Some((client, _permit)) = established else {
+            return;
+        };
+        lift_bound(&mut frames, self.config.max_frame_len);
         debug!(peer = %self.peer, client = %client, "connection established");
 
         let sink = Arc::new(FrameSink::new(write));
@@ -604,17 +670,19 @@ impl<H: Handler> Connection<H> {
         }
     }
 
-    /// Runs the server side of the handshake; returns the client's name, or
-    /// `None` when the connection was dropped (already logged).
+    /// Runs the server side of the handshake; returns the client's name and
+    /// its authenticated place, or `None` when the connection was dropped
+    /// (already logged).
     async fn handshake(
         &self,
-        frames: &mut FramedRead<ReadHalf, LengthDelimitedCodec>,
+        frames: &mut FrameReader,
         write: &WriteHalf,
-    ) -> Option<String> {
+        pending: Pending,
+    ) -> Option<(String, OwnedSemaphorePermit)> {
         let deadline = self.config.handshake_timeout;
         let first = match tokio::time::timeout(deadline, frames.next()).await {
             Err(_) => {
-                warn!(peer = %self.peer, timeout = ?deadline, "dropping connection: no handshake in time");
+                self.stranger_dropped("no handshake in time", format_args!("{deadline:?}"));
                 return None;
             }
             Ok(None) => {
@@ -622,39 +690,74 @@ impl<H: Handler> Connection<H> {
                 return None;
             }
             Ok(Some(Err(e))) => {
-                let reason = CloseReason::from_read_error(e, self.config.max_frame_len);
-                warn!(peer = %self.peer, %reason, "dropping connection during its handshake");
+                let reason = CloseReason::from_handshake_read_error(e);
+                self.stranger_dropped("bad handshake frame", reason);
                 return None;
             }
             Ok(Some(Ok(bytes))) => bytes.freeze(),
         };
-        let (answer, verdict) = match judge_first_frame(first, &self.config.token) {
-            Ok(hello) => (welcome_frame(&self.config.peer_name), Ok(hello.peer)),
-            Err((refused, detail)) => (refused_frame(refused), Err(detail)),
+        let hello = match judge_first_frame(first, &self.config.token) {
+            Ok(hello) => hello,
+            Err((refused, detail)) => {
+                // Tell the client why, if it reads; then close.
+                let _ =
+                    tokio::time::timeout(deadline, answer(write, &refused_frame(refused))).await;
+                self.stranger_dropped("handshake refused", detail);
+                return None;
+            }
         };
-        let sent = async {
-            let bytes = encode_frame(&answer, self.config.max_frame_len)
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            // After a refusal, returning drops the connection.
-            write.write_all(&bytes).await
+        let permit = match pending.authenticate() {
+            Ok(permit) => permit,
+            Err(NotAdmitted::Evicted) => {
+                self.stranger_dropped(
+                    "too many unauthenticated connections, closing the oldest",
+                    format_args!("the limit is {}", self.config.max_unauthenticated),
+                );
+                return None;
+            }
+            Err(NotAdmitted::Full) => {
+                let limit = self.config.max_connections;
+                match self.logs.full.allow() {
+                    Some(unlogged) => warn!(
+                        peer = %self.peer, client = %hello.peer, limit, unlogged,
+                        "dropping connection: connection limit reached"
+                    ),
+                    None => debug!(
+                        peer = %self.peer, client = %hello.peer, limit,
+                        "dropping connection: connection limit reached"
+                    ),
+                }
+                return None;
+            }
         };
-        let sent = tokio::time::timeout(deadline, sent).await;
-        match verdict {
-            Err(detail) => {
-                warn!(peer = %self.peer, reason = %detail, "dropping connection: handshake refused");
+        let welcome = welcome_frame(&self.config.peer_name);
+        match tokio::time::timeout(deadline, answer(write, &welcome)).await {
+            Ok(Ok(())) => Some((hello.peer, permit)),
+            Ok(Err(e)) => {
+                debug!(peer = %self.peer, error = %e, "dropping connection: cannot answer its handshake");
                 None
             }
-            Ok(client) => match sent {
-                Ok(Ok(())) => Some(client),
-                Ok(Err(e)) => {
-                    debug!(peer = %self.peer, error = %e, "dropping connection: cannot answer its handshake");
-                    None
-                }
-                Err(_) => {
-                    warn!(peer = %self.peer, "dropping connection: it does not read its handshake answer");
-                    None
-                }
-            },
+            Err(_) => {
+                self.stranger_dropped(
+                    "it does not read its handshake answer",
+                    format_args!("{deadline:?}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Logs that a connection is dropped before its handshake completed: a
+    /// warning at most once per [`DROP_LOG_INTERVAL`] for the whole server
+    /// (saying how many went unlogged since the last one), a debug line
+    /// otherwise.
+    fn stranger_dropped(&self, what: &str, reason: impl fmt::Display) {
+        match self.logs.strangers.allow() {
+            Some(unlogged) => warn!(
+                peer = %self.peer, %reason, unlogged,
+                "dropping connection: {what}"
+            ),
+            None => debug!(peer = %self.peer, %reason, "dropping connection: {what}"),
         }
     }
 
@@ -724,6 +827,13 @@ impl<H: Handler> Connection<H> {
             }),
         }
     }
+}
+
+/// Writes a handshake answer.
+async fn answer(write: &WriteHalf, frame: &Frame) -> io::Result<()> {
+    let bytes = encode_frame(frame, MAX_HANDSHAKE_FRAME_LEN)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    write.write_all(&bytes).await
 }
 
 /// Closes a connection's sink when its task ends, however it ends.

@@ -139,7 +139,13 @@ async fn a_truncated_frame_closes_the_connection() {
 
 #[tokio::test]
 async fn a_length_prefix_over_the_bound_closes_the_connection() {
-    before_handshake(Kind::Tcp, &over_the_bound(), "over the 16777216-byte bound").await;
+    // Before the handshake, the bound is the handshake's own size.
+    before_handshake(
+        Kind::Tcp,
+        &over_the_bound(),
+        "over the 669-byte handshake bound",
+    )
+    .await;
     after_handshake(
         Kind::Unix,
         &over_the_bound(),
