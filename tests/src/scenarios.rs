@@ -138,7 +138,10 @@ macro_rules! scenario {
 // Scenario modules, one per topic. Declared here, after the `scenario!`
 // macro they use (a macro is visible only below its definition).
 mod alarm_flood;
+mod front_door;
 mod reset_race;
+mod secrets;
+mod strangers;
 
 /// Every scenario, in the order they run.
 pub fn all() -> Vec<Scenario> {
@@ -177,10 +180,21 @@ pub fn all() -> Vec<Scenario> {
             fault_sigstop_worker,
         ),
         s("fault_malformed_frames", &[], fault_malformed_frames),
+        s("front_door_limits", &[], front_door::front_door_limits),
         s(
             "fault_sigkill_registry",
             &[Needs::LinuxProcesses],
             fault_sigkill_registry,
+        ),
+        s(
+            "secrets_and_files",
+            &[Needs::LinuxProcesses],
+            secrets::secrets_and_files,
+        ),
+        s(
+            "fault_strangers",
+            &[Needs::LinuxProcesses],
+            strangers::fault_strangers,
         ),
     ]
 }

@@ -54,8 +54,8 @@ impl ServerSpec {
         }
     }
 
-    /// Starts the server on `data_dir` and waits for its ready line.
-    pub fn start(&self, data_dir: &Path) -> Result<RunningServer> {
+    /// The server's command line on `data_dir`.
+    fn command(&self, data_dir: &Path) -> Command {
         let mut command = Command::new(&self.binary);
         command
             .arg("serve")
@@ -71,12 +71,56 @@ impl ServerSpec {
             .args(["--transport", &self.transport])
             .arg("--exit-on-stdin-eof")
             .args(&self.extra_args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "error");
         }
+        command
+    }
+
+    /// Runs the server on `data_dir` with standard input closed (a server
+    /// that starts stops again at once) and returns how it exited and what
+    /// it wrote on stderr; killed if it has not exited within `limit`.
+    pub fn run_to_exit(
+        &self,
+        data_dir: &Path,
+        limit: Duration,
+    ) -> Result<(std::process::ExitStatus, String)> {
+        let mut child = self
+            .command(data_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawn {}", self.binary.display()))?;
+        let mut stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        });
+        let give_up = std::time::Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if std::time::Instant::now() > give_up {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the server did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let stderr = reader
+            .join()
+            .map_err(|_| anyhow!("the stderr reader panicked"))?;
+        Ok((status, stderr))
+    }
+
+    /// Starts the server on `data_dir` and waits for its ready line.
+    pub fn start(&self, data_dir: &Path) -> Result<RunningServer> {
+        let mut command = self.command(data_dir);
+        command.stdin(Stdio::piped()).stdout(Stdio::piped());
         let mut child = command
             .spawn()
             .with_context(|| format!("spawn {}", self.binary.display()))?;

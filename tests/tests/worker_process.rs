@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use odo_core::launch::{StorageKind, TOKEN_ENV, WorkerLaunch};
+use odo_core::launch::{StorageKind, WorkerLaunch};
 use odo_core::wire::{Control, ControlReply, FetchRequest, Request, Response, Target};
 use odo_core::{Namespace, WireError};
 use odo_storage::{FjallBackend, FjallOptions, Store, StoreOptions};
@@ -78,13 +78,19 @@ fn spawn_worker(dir: &std::path::Path, registry: &Endpoint) -> ChildGuard {
         shard_count: 1,
         parent_pid: std::process::id(),
     };
-    let child = Command::new(env!("CARGO_BIN_EXE_odo-test-worker"))
-        .args(launch.to_args())
-        .env(TOKEN_ENV, TOKEN)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn the worker");
-    ChildGuard(child)
+    let mut child = ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_odo-test-worker"))
+            .args(launch.to_args())
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawn the worker"),
+    );
+    // The token on standard input, as a registry hands it over.
+    let mut stdin = child.0.stdin.take().expect("a pipe to the worker");
+    std::io::Write::write_all(&mut stdin, &odo_core::launch::encode_token(TOKEN).unwrap())
+        .expect("hand over the token");
+    drop(stdin);
+    child
 }
 
 fn fetch(method: &str, name: &str, epoch: u64) -> Request {

@@ -3,18 +3,85 @@
 //!
 //! The registry re-executes the current binary as
 //! `BINARY __odo-worker --index N --registry ENDPOINT --listen ENDPOINT
-//! --data-dir PATH --storage KIND --shards S --parent-pid PID`, with the
-//! cluster token in the environment variable [`TOKEN_ENV`] so that it never
-//! appears in a process listing. The binary's `main` hands such a command
-//! line to the worker runtime instead of its own CLI.
+//! --data-dir PATH --storage KIND --shards S --parent-pid PID`. The
+//! binary's `main` hands such a command line to the worker runtime instead
+//! of its own CLI.
+//!
+//! # The cluster token
+//!
+//! The token is secret, so it is in neither the command line (any process
+//! listing shows it) nor the environment (`/proc/<pid>/environ` shows it to
+//! every process of the same user, and every program the worker starts
+//! inherits it). The registry starts the worker with its standard input on
+//! a pipe, writes the token there as one line ([`encode_token`]: the token
+//! and `\n`, at most [`TOKEN_MAX_BYTES`] bytes before the newline) and
+//! closes the pipe. The worker reads that one line before it starts
+//! anything else ([`decode_token`] checks it) and refuses to run without
+//! it. A program the worker starts later inherits only the drained pipe.
 
 use std::fmt;
 
 /// The first argument that selects the worker role.
 pub const WORKER_ROLE_ARG: &str = "__odo-worker";
 
-/// The environment variable that carries the cluster token to a worker.
-pub const TOKEN_ENV: &str = "ODO_CLUSTER_TOKEN";
+/// The longest token, in bytes (the newline not counted).
+pub const TOKEN_MAX_BYTES: usize = 512;
+
+/// Why a token cannot be handed over.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// No token line: the input was empty or ended before its newline.
+    #[error("no cluster token line on standard input (the registry writes it there)")]
+    Missing,
+    /// The token is empty.
+    #[error("the cluster token is empty")]
+    Empty,
+    /// The token is longer than [`TOKEN_MAX_BYTES`].
+    #[error("the cluster token is longer than {TOKEN_MAX_BYTES} bytes")]
+    TooLong,
+    /// The token holds something other than printable ASCII.
+    #[error("the cluster token must be printable ASCII without spaces")]
+    Malformed,
+}
+
+fn check_token(token: &[u8]) -> Result<(), TokenError> {
+    if token.is_empty() {
+        return Err(TokenError::Empty);
+    }
+    if token.len() > TOKEN_MAX_BYTES {
+        return Err(TokenError::TooLong);
+    }
+    if !token.iter().all(u8::is_ascii_graphic) {
+        return Err(TokenError::Malformed);
+    }
+    Ok(())
+}
+
+/// The bytes a registry writes on a worker's standard input: the token and
+/// a newline. Fails for a token a worker would refuse.
+pub fn encode_token(token: &str) -> Result<Vec<u8>, TokenError> {
+    check_token(token.as_bytes())?;
+    let mut line = Vec::with_capacity(token.len() + 1);
+    line.extend_from_slice(token.as_bytes());
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// The token in `line`, the bytes a worker read from its standard input up
+/// to and including the first newline (at most [`TOKEN_MAX_BYTES`] + 1
+/// bytes are worth reading: more is [`TokenError::TooLong`]).
+pub fn decode_token(line: &[u8]) -> Result<String, TokenError> {
+    let Some(token) = line.strip_suffix(b"\n") else {
+        return Err(if line.len() > TOKEN_MAX_BYTES {
+            TokenError::TooLong
+        } else {
+            TokenError::Missing
+        });
+    };
+    check_token(token)?;
+    // Checked: printable ASCII.
+    Ok(token.iter().map(|&b| char::from(b)).collect())
+}
 
 /// Where a worker keeps shard data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +124,8 @@ impl std::str::FromStr for StorageKind {
     }
 }
 
-/// Everything a worker process is told at start, besides its token.
+/// Everything a worker process is told on its command line (the token
+/// comes on standard input: see the [module](self) documentation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerLaunch {
     /// The worker's slot, 0-based; stable across restarts of the slot.
@@ -200,6 +268,28 @@ mod tests {
     fn other_command_lines_are_not_workers() {
         assert_eq!(WorkerLaunch::parse(["serve".to_owned()]), Ok(None));
         assert_eq!(WorkerLaunch::parse(Vec::<String>::new()), Ok(None));
+    }
+
+    #[test]
+    fn tokens_round_trip_as_one_line() {
+        let line = encode_token("abc123").unwrap();
+        assert_eq!(line, b"abc123\n");
+        assert_eq!(decode_token(&line).as_deref(), Ok("abc123"));
+        assert_eq!(decode_token(b""), Err(TokenError::Missing));
+        assert_eq!(decode_token(b"abc"), Err(TokenError::Missing));
+        assert_eq!(decode_token(b"\n"), Err(TokenError::Empty));
+        assert_eq!(decode_token(b"a b\n"), Err(TokenError::Malformed));
+        assert_eq!(decode_token(b"a\r\n"), Err(TokenError::Malformed));
+        let long = "t".repeat(TOKEN_MAX_BYTES + 1);
+        assert_eq!(encode_token(&long), Err(TokenError::TooLong));
+        assert_eq!(decode_token(long.as_bytes()), Err(TokenError::TooLong));
+        let longest = "t".repeat(TOKEN_MAX_BYTES);
+        assert_eq!(
+            decode_token(&encode_token(&longest).unwrap()),
+            Ok(longest.clone())
+        );
+        assert_eq!(encode_token(""), Err(TokenError::Empty));
+        assert_eq!(encode_token("tok\nen"), Err(TokenError::Malformed));
     }
 
     #[test]

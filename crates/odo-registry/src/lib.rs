@@ -12,6 +12,12 @@
 //! process has been reaped, so two instances of an object never live at
 //! once.
 //!
+//! It touches only what it made: the data directory is locked for its
+//! whole life ([`DataDirLock`]: a second server fails naming the holder's
+//! pid), its sockets live in a private directory of its own inside the one
+//! it is given (which keeps its mode), and workers get the cluster token on
+//! their standard input, never in their environment.
+//!
 //! It knows nothing of HTTP (odo-router) or of objects and storage
 //! (odo-worker): it moves shards, not requests.
 //!
@@ -28,7 +34,9 @@
 //! # Ok(()) }
 //! ```
 
+mod datadir;
 mod placement;
+mod runtime_dir;
 mod supervisor;
 
 use std::path::PathBuf;
@@ -43,9 +51,11 @@ use odo_transport::{BindError, ClientConfig, Endpoint, Server, ServerConfig, han
 use tokio::sync::{oneshot, watch};
 use tracing::info;
 
+pub use datadir::{DATA_DIR_LOCK_FILE, DataDirLock};
 pub use placement::{Owner, PlacementTable, ShardEntry};
 pub use supervisor::{WorkerState, WorkerStatus};
 
+use runtime_dir::RuntimeDir;
 use supervisor::Slots;
 
 /// Which transport workers listen on.
@@ -104,16 +114,23 @@ pub struct RegistryConfig {
     /// Virtual shards, used only when the data directory is new. Default:
     /// the worker count.
     pub shards: Option<u32>,
-    /// Where the cluster record and shard data live.
+    /// Where the cluster record and shard data live. Locked for the
+    /// registry's whole life ([`DataDirLock`]).
     pub data_dir: PathBuf,
-    /// The private directory for sockets. Default: a new directory under
-    /// the system's temporary directory, removed at shutdown.
+    /// Where the registry creates its private directory for sockets: a new
+    /// `odo-<pid>-<random>` directory (mode 0700) inside this one, which is
+    /// created if missing and otherwise left as it is; only the private
+    /// directory is removed at shutdown. Default: the system's temporary
+    /// directory.
     pub runtime_dir: Option<PathBuf>,
     /// How workers are reached.
     pub transport: TransportKind,
     /// The storage backend workers use.
     pub storage: StorageKind,
-    /// The cluster token. Default: 32 random bytes, hex.
+    /// The cluster token: printable ASCII without spaces, at most
+    /// [`odo_core::launch::TOKEN_MAX_BYTES`] bytes. Workers get it on their
+    /// standard input, never in their environment. Default: 32 random
+    /// bytes, hex.
     pub token: String,
     /// How often each worker is heartbeaten. Default 250 ms.
     pub heartbeat_interval: Duration,
@@ -131,6 +148,9 @@ pub struct RegistryConfig {
     pub crash_loop_limit: u32,
     /// How long a worker may take to exit after `Shutdown`. Default 10 s.
     pub shutdown_grace: Duration,
+    /// How long [`Registry::workers_fresh`] waits for each worker's
+    /// figures before it falls back to the last ones. Default 250 ms.
+    pub stats_timeout: Duration,
 }
 
 impl RegistryConfig {
@@ -153,6 +173,7 @@ impl RegistryConfig {
             max_restart_backoff: Duration::from_secs(5),
             crash_loop_limit: 5,
             shutdown_grace: Duration::from_secs(10),
+            stats_timeout: Duration::from_millis(250),
         }
     }
 }
@@ -177,6 +198,20 @@ fn random_token() -> String {
 /// Why the registry cannot start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// Another server (or another holder in this process) has the data
+    /// directory.
+    #[error(
+        "data directory {dir} is in use by another odo server ({}; lock file {lock_file})",
+        holder(.holder_pid)
+    )]
+    DataDirLocked {
+        /// The data directory.
+        dir: PathBuf,
+        /// Its lock file.
+        lock_file: PathBuf,
+        /// The holder's pid, as its lock file says.
+        holder_pid: Option<u32>,
+    },
     /// The data directory is unusable.
     #[error("data directory {path}: {reason}")]
     DataDir {
@@ -212,15 +247,18 @@ pub enum RegistryError {
     NotReady(String),
 }
 
+/// "pid N", or that it is unknown.
+fn holder(pid: &Option<u32>) -> String {
+    pid.map_or_else(|| "pid unknown".to_owned(), |pid| format!("pid {pid}"))
+}
+
 /// The number of shards, S, of the data directory `data_dir`: read from its
 /// cluster record, or recorded as `default` if the directory is new. S never
-/// changes once recorded, whatever the worker count.
+/// changes once recorded, whatever the worker count. Locks the directory
+/// meanwhile, so it fails with [`RegistryError::DataDirLocked`] while a
+/// server has it; a server keeps a [`DataDirLock`] and asks it instead.
 pub fn shard_count(data_dir: &std::path::Path, default: u32) -> Result<u32, RegistryError> {
-    std::fs::create_dir_all(data_dir).map_err(|e| RegistryError::DataDir {
-        path: data_dir.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    Ok(placement::ClusterFile::load_or_create(data_dir, default)?.shard_count)
+    DataDirLock::acquire(data_dir)?.shard_count(default)
 }
 
 /// A running registry. Dropping it without [`Registry::shutdown`] kills
@@ -232,7 +270,8 @@ pub struct Registry {
     control_stop: Option<oneshot::Sender<()>>,
     control_task: Option<tokio::task::JoinHandle<()>>,
     supervisors: Vec<tokio::task::JoinHandle<()>>,
-    remove_runtime_dir: bool,
+    /// Removed at shutdown (or drop).
+    runtime_dir: Option<RuntimeDir>,
 }
 
 /// State shared by the supervisors, the control server and the handle.
@@ -244,6 +283,9 @@ pub(crate) struct Shared {
     pub(crate) placement: watch::Sender<Arc<PlacementTable>>,
     /// Serialises changes to the table and the cluster record.
     pub(crate) table: Mutex<PlacementTable>,
+    /// The data directory's lock, taken under `table` and released when
+    /// the registry goes: no cluster record is written without it.
+    pub(crate) data_lock: Mutex<Option<DataDirLock>>,
     pub(crate) slots: Slots,
     pub(crate) stopping: watch::Sender<bool>,
 }
@@ -267,13 +309,23 @@ impl Shared {
         let before = table.version;
         let out = change(&mut table);
         if table.version != before {
+            let held = self
+                .data_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let Some(lock) = held.as_ref() else {
+                return Err(RegistryError::DataDir {
+                    path: self.config.data_dir.clone(),
+                    reason: "the registry has let go of its data directory".into(),
+                });
+            };
             let record = placement::ClusterFile {
                 format: 1,
                 shard_count: table.shard_count(),
                 epochs: table.epochs(),
                 assignment: table.assignment(),
             };
-            record.save(&self.config.data_dir)?;
+            record.save(lock.dir())?;
             self.placement.send_replace(Arc::new(table.clone()));
         }
         Ok(out)
@@ -281,57 +333,59 @@ impl Shared {
 }
 
 impl Registry {
-    /// Creates the directories, binds the control endpoint and starts one
-    /// supervisor per worker slot. Returns at once: await
-    /// [`Registry::ready`] for the workers.
+    /// Locks the data directory, creates the runtime directory, binds the
+    /// control endpoint and starts one supervisor per worker slot. Returns
+    /// at once: await [`Registry::ready`] for the workers.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::DataDirLocked`] (naming the holder's pid) when
+    /// another server has the data directory; the others when a directory,
+    /// the endpoint or the configuration is unusable.
     pub async fn start(config: RegistryConfig) -> Result<Registry, RegistryError> {
         if config.workers == 0 {
             return Err(RegistryError::Config(
                 "a registry needs at least one worker (0 workers means in-process hosting, without a registry)".into(),
             ));
         }
-        if config.token.is_empty() {
-            return Err(RegistryError::Config(
-                "the cluster token must not be empty".into(),
-            ));
+        if let Err(e) = odo_core::launch::encode_token(&config.token) {
+            return Err(RegistryError::Config(e.to_string()));
         }
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| RegistryError::DataDir {
-            path: config.data_dir.clone(),
-            reason: e.to_string(),
-        })?;
+        let data_lock = DataDirLock::acquire(&config.data_dir)?;
         let record = placement::ClusterFile::load_or_create(
-            &config.data_dir,
+            data_lock.dir(),
             config.shards.unwrap_or(config.workers),
         )?;
-        let (runtime_dir, remove_runtime_dir) = match &config.runtime_dir {
-            Some(dir) => (dir.clone(), false),
-            None => {
-                remove_stale_runtime_dirs(&std::env::temp_dir());
-                (
-                    std::env::temp_dir().join(format!(
-                        "odo-{}-{}",
-                        std::process::id(),
-                        &random_token()[..8]
-                    )),
-                    true,
+        let runtime = RuntimeDir::create(config.runtime_dir.as_deref())?;
+        let runtime_dir = runtime.path().to_path_buf();
+        let bound = async {
+            let control_endpoint: Endpoint = match config.transport {
+                TransportKind::Uds => {
+                    format!("unix:{}", runtime_dir.join("registry.sock").display())
+                }
+                TransportKind::Tcp => "tcp:127.0.0.1:0".to_owned(),
+            }
+            .parse()
+            .map_err(|e| RegistryError::Config(format!("control endpoint: {e}")))?;
+            Ok::<_, RegistryError>(
+                Server::bind(
+                    &control_endpoint,
+                    ServerConfig {
+                        peer_name: "registry".into(),
+                        ..ServerConfig::new(config.token.clone())
+                    },
                 )
+                .await?,
+            )
+        }
+        .await;
+        let server = match bound {
+            Ok(server) => server,
+            Err(e) => {
+                runtime.remove();
+                return Err(e);
             }
         };
-        create_private_dir(&runtime_dir)?;
-        let control_endpoint: Endpoint = match config.transport {
-            TransportKind::Uds => format!("unix:{}", runtime_dir.join("registry.sock").display()),
-            TransportKind::Tcp => "tcp:127.0.0.1:0".to_owned(),
-        }
-        .parse()
-        .map_err(|e| RegistryError::Config(format!("control endpoint: {e}")))?;
-        let server = Server::bind(
-            &control_endpoint,
-            ServerConfig {
-                peer_name: "registry".into(),
-                ..ServerConfig::new(config.token.clone())
-            },
-        )
-        .await?;
         let control_endpoint = server.endpoint().clone();
         let table = PlacementTable::new(&record.epochs);
         let (placement, _) = watch::channel(Arc::new(table.clone()));
@@ -342,6 +396,7 @@ impl Registry {
             control_endpoint,
             placement,
             table: Mutex::new(table),
+            data_lock: Mutex::new(Some(data_lock)),
             stopping: watch::Sender::new(false),
         });
         info!(
@@ -385,7 +440,7 @@ impl Registry {
             control_stop: Some(control_stop),
             control_task: Some(control_task),
             supervisors,
-            remove_runtime_dir,
+            runtime_dir: Some(runtime),
         })
     }
 
@@ -421,9 +476,36 @@ impl Registry {
         self.shared.placement.subscribe()
     }
 
-    /// Each worker slot's state.
+    /// Each worker slot's state, with the figures of each worker's last
+    /// heartbeat (`stats_age_ms` says how old they are).
     pub fn workers(&self) -> Vec<WorkerStatus> {
         self.shared.slots.status(&self.shared.placement.borrow())
+    }
+
+    /// [`Registry::workers`] with fresh figures: asks every running worker
+    /// for them at once, waiting up to
+    /// [`stats_timeout`](RegistryConfig::stats_timeout); a worker that does
+    /// not answer in time keeps its last figures (and their age).
+    pub async fn workers_fresh(&self) -> Vec<WorkerStatus> {
+        let timeout = self.shared.config.stats_timeout;
+        let mut asks = tokio::task::JoinSet::new();
+        for (slot, pid, channel) in self.shared.slots.running() {
+            let shared = self.shared.clone();
+            asks.spawn(async move {
+                let ask = Request::Control(Control::Heartbeat { now_ms: 0 });
+                if let Ok((Response::Control(ControlReply::Stats(stats)), _)) =
+                    channel.call(ask, Bytes::new(), timeout).await
+                {
+                    shared.slots.record_stats(slot, pid, stats);
+                }
+            });
+        }
+        // Each call ends by its deadline; the outer bound only guards.
+        let _ = tokio::time::timeout(timeout * 2, async {
+            while asks.join_next().await.is_some() {}
+        })
+        .await;
+        self.workers()
     }
 
     /// The cluster token (for routers' client configuration).
@@ -451,10 +533,26 @@ impl Registry {
         if let Some(task) = self.control_task.take() {
             let _ = task.await;
         }
-        if self.remove_runtime_dir {
-            let _ = std::fs::remove_dir_all(&self.shared.runtime_dir);
+        if let Some(dir) = self.runtime_dir.take() {
+            dir.remove();
         }
+        self.release_data_dir();
         info!("registry stopped");
+    }
+
+    /// Lets go of the data directory: from here on nothing writes the
+    /// cluster record, and another server may take the directory.
+    fn release_data_dir(&self) {
+        let _table = self
+            .shared
+            .table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.shared
+            .data_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
     }
 }
 
@@ -465,67 +563,9 @@ impl Drop for Registry {
         for supervisor in &self.supervisors {
             supervisor.abort();
         }
-        if self.remove_runtime_dir && !self.supervisors.is_empty() {
-            let _ = std::fs::remove_dir_all(&self.shared.runtime_dir);
+        if let Some(dir) = self.runtime_dir.take() {
+            dir.remove();
         }
+        self.release_data_dir();
     }
-}
-
-/// Removes runtime directories (`odo-<pid>-<random>`) that registries
-/// killed without a shutdown left in `temp`: only those whose pid no longer
-/// runs (checked through `/proc`, so only on Linux) and that we own.
-fn remove_stale_runtime_dirs(temp: &std::path::Path) {
-    if !cfg!(target_os = "linux") {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(temp) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("odo-"))
-            .and_then(|rest| rest.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::MetadataExt;
-            let ours = entry
-                .metadata()
-                .is_ok_and(|m| m.is_dir() && m.uid() == rustix::process::getuid().as_raw());
-            if !ours {
-                continue;
-            }
-        }
-        tracing::info!(dir = %entry.path().display(), pid, "removing a dead registry's runtime directory");
-        let _ = std::fs::remove_dir_all(entry.path());
-    }
-}
-
-fn create_private_dir(dir: &std::path::Path) -> Result<(), RegistryError> {
-    let err = |e: std::io::Error| RegistryError::RuntimeDir {
-        path: dir.to_path_buf(),
-        reason: e.to_string(),
-    };
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir).map_err(err)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
-    }
-    Ok(())
 }

@@ -2,6 +2,7 @@
 //! Plain data; the supervisor changes it and publishes copies.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use odo_core::ObjectId;
 use odo_core::wire::{Placement, ShardPlacement};
@@ -197,24 +198,44 @@ impl ClusterFile {
 
     /// Writes the record atomically and durably (temporary file, fsync,
     /// rename, fsync of the directory), so that epochs never go backwards.
+    /// The temporary file's name is its writer's own (pid and a counter),
+    /// and it is removed if the write fails.
     pub(crate) fn save(&self, data_dir: &Path) -> Result<(), RegistryError> {
+        static WRITES: AtomicU64 = AtomicU64::new(0);
         let path = data_dir.join(CLUSTER_FILE);
-        let tmp = data_dir.join(format!("{CLUSTER_FILE}.tmp"));
+        let tmp = data_dir.join(format!(
+            "{CLUSTER_FILE}.{}-{}.tmp",
+            std::process::id(),
+            WRITES.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = self.write_and_rename(data_dir, &path, &tmp);
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
+    }
+
+    fn write_and_rename(
+        &self,
+        data_dir: &Path,
+        path: &Path,
+        tmp: &Path,
+    ) -> Result<(), RegistryError> {
         let io = |e: std::io::Error| RegistryError::DataDir {
-            path: path.clone(),
+            path: path.to_path_buf(),
             reason: e.to_string(),
         };
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| RegistryError::DataDir {
-            path: path.clone(),
+            path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
         {
             use std::io::Write;
-            let mut file = std::fs::File::create(&tmp).map_err(io)?;
+            let mut file = std::fs::File::create(tmp).map_err(io)?;
             file.write_all(&bytes).map_err(io)?;
             file.sync_all().map_err(io)?;
         }
-        std::fs::rename(&tmp, &path).map_err(io)?;
+        std::fs::rename(tmp, path).map_err(io)?;
         #[cfg(unix)]
         std::fs::File::open(data_dir)
             .and_then(|d| d.sync_all())
@@ -276,6 +297,12 @@ mod tests {
         // S is fixed at creation: a different worker count later does not
         // change it.
         assert_eq!(ClusterFile::load_or_create(dir.path(), 5).unwrap(), file);
+        // Nothing but the record is left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(CLUSTER_FILE)]);
         std::fs::write(dir.path().join(CLUSTER_FILE), b"{garbage").unwrap();
         assert!(matches!(
             ClusterFile::load_or_create(dir.path(), 3),

@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use odo_core::launch::{TOKEN_ENV, WorkerLaunch};
+use odo_core::launch::WorkerLaunch;
 use odo_core::wire::{Control, ControlReply, Request, Response, WorkerStats};
 use odo_transport::{Channel, Endpoint};
 use serde::Serialize;
+use tokio::io::AsyncWriteExt;
 use tokio::process::Child;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -49,12 +50,18 @@ pub struct WorkerStatus {
     pub state: WorkerState,
     /// How many times the slot's process was restarted.
     pub restarts: u32,
-    /// Objects live in the current process (from its last heartbeat).
+    /// Objects live in the current process, as of `stats_age_ms` ago (the
+    /// last heartbeat, or a refresh by
+    /// [`Registry::workers_fresh`](crate::Registry::workers_fresh)).
     pub live_objects: u64,
     /// Group commits by the current process.
     pub commit_batches: u64,
     /// Turns committed by the current process.
     pub commit_turns: u64,
+    /// How old the figures above are, in milliseconds: since the registry
+    /// received them. `None` while the current process has reported none
+    /// (the figures are then 0).
+    pub stats_age_ms: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -67,8 +74,8 @@ struct SlotState {
     channel: Option<Channel>,
     /// The process whose hello is awaited, and where to hand its endpoint.
     waiting: Option<(u32, oneshot::Sender<String>)>,
-    /// The last figures the running process reported.
-    stats: Option<WorkerStats>,
+    /// The last figures the running process reported, and when they came.
+    stats: Option<(WorkerStats, Instant)>,
 }
 
 /// Every slot's state.
@@ -122,6 +129,37 @@ impl Slots {
         }
     }
 
+    /// Records figures process `pid` of `slot` reported, unless that process
+    /// is gone or newer figures (by its clock) are already there.
+    pub(crate) fn record_stats(&self, slot: u32, pid: u32, stats: WorkerStats) {
+        let Some(state) = self.0.get(slot as usize) else {
+            return;
+        };
+        let mut state = lock(state);
+        if state.pid != Some(pid) {
+            return;
+        }
+        if state
+            .stats
+            .is_some_and(|(known, _)| known.now_ms > stats.now_ms)
+        {
+            return;
+        }
+        state.stats = Some((stats, Instant::now()));
+    }
+
+    /// The running processes: slot, pid and the registry's channel to each.
+    pub(crate) fn running(&self) -> Vec<(u32, u32, Channel)> {
+        self.0
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let s = lock(s);
+                Some((i as u32, s.pid?, s.channel.clone()?))
+            })
+            .collect()
+    }
+
     pub(crate) fn status(&self, table: &PlacementTable) -> Vec<WorkerStatus> {
         self.0
             .iter()
@@ -143,9 +181,12 @@ impl Slots {
                         .collect(),
                     state: slot.state,
                     restarts: slot.restarts,
-                    live_objects: slot.stats.map_or(0, |s| s.live_objects),
-                    commit_batches: slot.stats.map_or(0, |s| s.commit_batches),
-                    commit_turns: slot.stats.map_or(0, |s| s.commit_turns),
+                    live_objects: slot.stats.map_or(0, |(s, _)| s.live_objects),
+                    commit_batches: slot.stats.map_or(0, |(s, _)| s.commit_batches),
+                    commit_turns: slot.stats.map_or(0, |(s, _)| s.commit_turns),
+                    stats_age_ms: slot
+                        .stats
+                        .map(|(_, at)| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)),
                 }
             })
             .collect()
@@ -259,30 +300,48 @@ async fn run_worker(slot: u32, shared: &Shared, stopping: &mut watch::Receiver<b
         shard_count,
         parent_pid: std::process::id(),
     };
+    // The token goes through a pipe on the worker's standard input, never
+    // its environment or command line (see odo_core::launch).
+    let token_line = match odo_core::launch::encode_token(&config.token) {
+        Ok(line) => line,
+        Err(e) => return format!("cannot hand over the token: {e}"),
+    };
     let mut command = tokio::process::Command::new(&config.command.program);
     command
         .args(&config.command.args)
         .args(launch.to_args())
-        .env(TOKEN_ENV, &config.token)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .kill_on_drop(true);
     let (hello_tx, hello) = oneshot::channel();
-    let (mut child, pid) = {
+    let (mut child, pid, stdin) = {
         // Held across the spawn so the hello cannot arrive before its slot
         // expects it.
         let mut state = shared.slots.slot(slot);
-        let child = match command.spawn() {
+        let mut child = match command.spawn() {
             Ok(child) => child,
             Err(e) => return format!("cannot spawn {}: {e}", config.command.program.display()),
         };
         let Some(pid) = child.id() else {
             return "the worker exited at once".into();
         };
+        let stdin = child.stdin.take();
         state.state = WorkerState::Starting;
         state.pid = Some(pid);
         state.waiting = Some((pid, hello_tx));
-        (child, pid)
+        (child, pid, stdin)
     };
+    // The token fits in a pipe's buffer: this does not wait for the worker.
+    // Closing the pipe afterwards leaves nothing for its children to read.
+    let handed = match stdin {
+        Some(mut stdin) => stdin.write_all(&token_line).await,
+        None => Err(std::io::Error::other("no pipe to the worker's stdin")),
+    };
+    if let Err(e) = handed {
+        return format!(
+            "cannot hand the token to the worker: {e}; killed: {}",
+            kill(&mut child).await
+        );
+    }
     let endpoint = tokio::select! {
         endpoint = hello => match endpoint {
             Ok(endpoint) => endpoint,
@@ -370,7 +429,7 @@ async fn run_worker(slot: u32, shared: &Shared, stopping: &mut watch::Receiver<b
                 match channel.call(beat, Bytes::new(), config.heartbeat_interval).await {
                     Ok((Response::Control(ControlReply::Stats(stats)), _)) => {
                         misses = 0;
-                        shared.slots.slot(slot).stats = Some(stats);
+                        shared.slots.record_stats(slot, pid, stats);
                     }
                     Ok((Response::Control(ControlReply::Heartbeat { .. }), _)) => misses = 0,
                     _ => misses += 1,

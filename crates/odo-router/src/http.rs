@@ -2,7 +2,6 @@
 //! for it), object routing, limits, admin endpoints.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -13,13 +12,11 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::graceful::GracefulShutdown;
 use odo_core::wire::{FetchRequest, Header};
 use odo_core::{Namespace, WireError};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::warn;
 
 use crate::client::placeholder_target;
 use crate::metrics::Metrics;
@@ -36,11 +33,23 @@ pub struct RouterConfig {
     /// The longest object name in a URL, in bytes; longer ones answer 400.
     /// Default 256.
     pub max_name_bytes: usize,
-    /// The most HTTP connections open at once; more wait in the accept
-    /// queue. Default 10,000.
+    /// The most HTTP connections open at once. A client over the cap is
+    /// answered at once, `503` with `Retry-After: 1` and
+    /// `Connection: close`, and closed, never left waiting in silence.
+    /// Default 10,000.
     pub max_connections: usize,
     /// How long shutdown waits for open requests. Default 10 s.
     pub shutdown_grace: Duration,
+    /// How long a client has to send a whole request head: on a new
+    /// connection, counted from when it was accepted; on a kept-alive
+    /// HTTP/1.1 connection, from the first byte of the next request. Then
+    /// the connection is closed. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// How long a connection may stay open with nothing to do: an HTTP/1.1
+    /// connection kept alive between requests, an HTTP/2 connection with no
+    /// request in progress, or a response the client does not read. Then it
+    /// is closed (gracefully: HTTP/2 sends `GOAWAY`). Default 60 s.
+    pub idle_timeout: Duration,
 }
 
 impl Default for RouterConfig {
@@ -51,6 +60,8 @@ impl Default for RouterConfig {
             max_name_bytes: 256,
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -305,55 +316,12 @@ impl Router {
 
     /// Accepts connections on `listener` until `shutdown` resolves, then
     /// stops accepting and lets open requests finish (up to the configured
-    /// grace period).
+    /// grace period). Accept errors back off, clients over the connection
+    /// cap are answered 503 at once, and every connection is bounded by the
+    /// header-read and idle timeouts (see [`RouterConfig`]).
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        let graceful = GracefulShutdown::new();
-        let permits = Arc::new(tokio::sync::Semaphore::new(self.config.max_connections));
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            let permit = tokio::select! {
-                () = &mut shutdown => break,
-                permit = permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-            };
-            let (stream, peer) = tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
-            let router = self.clone();
-            let service = hyper::service::service_fn(move |request| {
-                let router = router.clone();
-                async move { Ok::<_, Infallible>(router.handle(request).await) }
-            });
-            let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            let connection = graceful.watch(connection);
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    // Malformed HTTP ends that connection only.
-                    debug!(%peer, error = %e, "connection ended with an error");
-                }
-                drop(permit);
-            });
-        }
-        info!("router stopping: finishing open requests");
-        if tokio::time::timeout(self.config.shutdown_grace, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            warn!("open requests did not finish within the grace period");
-        }
+        let config = self.config.clone();
+        crate::accept::serve(self, config, listener, shutdown).await;
     }
 
     /// Answers one request.

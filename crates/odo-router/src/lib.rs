@@ -30,6 +30,7 @@
 //! # Ok(()) }
 //! ```
 
+mod accept;
 mod client;
 mod http;
 mod metrics;

@@ -27,6 +27,6 @@ pub use context::Context;
 pub use object::{
     AlarmInfo, DurableObject, ObjectError, Request, Response, RpcCall, RpcReply, is_reserved_method,
 };
-pub use process::{WorkerError, serve};
+pub use process::{WorkerError, read_token, serve};
 pub use runtime::{Runtime, ShardError, now_ms};
 pub use stub::{CallError, Cluster, NamespaceHandle, ObjectRef, Stub};

@@ -47,9 +47,28 @@ pub enum WorkerError {
     /// The registry refused or did not answer the worker's hello.
     #[error("the registry did not accept this worker: {0}")]
     Hello(String),
-    /// The token is missing.
-    #[error("no cluster token in the environment variable {0}")]
-    NoToken(&'static str),
+    /// The registry did not hand over a usable token.
+    #[error("cannot start without the cluster token: {0}")]
+    Token(#[from] odo_core::launch::TokenError),
+    /// Standard input, where the token comes from, cannot be read.
+    #[error("cannot read the cluster token from standard input: {0}")]
+    TokenInput(#[source] std::io::Error),
+}
+
+/// Reads the cluster token a registry writes on a worker's standard input:
+/// one line, at most [`TOKEN_MAX_BYTES`](odo_core::launch::TOKEN_MAX_BYTES)
+/// bytes before its newline (see [`odo_core::launch`]). Call it with
+/// `std::io::stdin().lock()` before starting anything else, and pass the
+/// token to [`serve`].
+pub fn read_token(input: impl std::io::BufRead) -> Result<String, WorkerError> {
+    use std::io::BufRead;
+    let limit = odo_core::launch::TOKEN_MAX_BYTES as u64 + 1;
+    let mut line = Vec::new();
+    input
+        .take(limit)
+        .read_until(b'\n', &mut line)
+        .map_err(WorkerError::TokenInput)?;
+    Ok(odo_core::launch::decode_token(&line)?)
 }
 
 /// Runs the worker role until the registry asks it to shut down, its
@@ -68,7 +87,7 @@ pub async fn serve(
 ) -> Result<(), WorkerError> {
     die_with_parent(launch.parent_pid);
     if token.is_empty() {
-        return Err(WorkerError::NoToken(odo_core::launch::TOKEN_ENV));
+        return Err(odo_core::launch::TokenError::Empty.into());
     }
     let registry: Endpoint = launch.registry.parse()?;
     let listen: Endpoint = launch.listen.parse()?;

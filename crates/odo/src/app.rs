@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use odo_core::ObjectId;
-use odo_core::launch::{StorageKind, TOKEN_ENV, WorkerLaunch};
+use odo_core::launch::{StorageKind, WorkerLaunch};
 use odo_core::wire::{FetchRequest, FetchResponse};
 use odo_registry::{Registry, RegistryConfig, TransportKind, WorkerCommand};
 use odo_router::{
@@ -189,7 +189,12 @@ impl App {
                 if let Some(e) = self.error {
                     return Err(e.into());
                 }
-                let token = std::env::var(TOKEN_ENV).unwrap_or_default();
+                // Before anything else: the registry's token line on stdin
+                // (see odo_core::launch).
+                let token =
+                    tokio::task::spawn_blocking(|| odo_worker::read_token(std::io::stdin().lock()))
+                        .await
+                        .map_err(|e| OdoError::Other(format!("reading the token: {e}")))??;
                 return Ok(odo_worker::serve(self.classes, launch, token, self.runtime).await?);
             }
             Ok(None) => {}
@@ -300,12 +305,25 @@ impl App {
 const DEFAULT_LOG_FILTER: &str = "info,fjall=warn,lsm_tree=warn";
 
 fn init_logging() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    let color = log_color(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(color)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Whether logs are colored: only on a terminal, and not when `NO_COLOR`
+/// is set to a non-empty value (<https://no-color.org>). A log written to a
+/// file or a pipe carries no escape codes.
+fn log_color(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Resolves on SIGINT or SIGTERM (Ctrl-C elsewhere).
@@ -404,6 +422,19 @@ struct ServeFlags {
     /// The request deadline, in milliseconds (slower answers 504).
     #[arg(long, default_value_t = 30_000)]
     request_timeout_ms: u64,
+    /// How long a client has to send a whole request head, in milliseconds
+    /// (from accept, or from the first byte on a kept-alive connection);
+    /// then the connection is closed.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    header_read_timeout_ms: u64,
+    /// How long a connection may stay open with no request in progress, in
+    /// milliseconds; then it is closed.
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout_ms: u64,
+    /// The most HTTP connections open at once; a client over it is answered
+    /// 503 at once and closed.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
     /// Shut down gracefully when standard input reaches end of file (for
     /// supervisors and test harnesses that hold a pipe to the server).
     #[arg(long, hide = true)]
@@ -429,6 +460,9 @@ impl ServeFlags {
             router: RouterConfig {
                 max_body_bytes: self.max_body_bytes,
                 request_deadline: std::time::Duration::from_millis(self.request_timeout_ms),
+                header_read_timeout: std::time::Duration::from_millis(self.header_read_timeout_ms),
+                idle_timeout: std::time::Duration::from_millis(self.idle_timeout_ms),
+                max_connections: self.max_connections,
                 ..RouterConfig::default()
             },
             runtime: RuntimeConfig::default(),
@@ -441,11 +475,14 @@ impl ServeFlags {
 #[derive(Clone)]
 struct LocalService {
     runtime: Runtime,
+    /// Held while the service lives: one server per data directory.
+    _data_lock: Arc<odo_registry::DataDirLock>,
 }
 
 impl LocalService {
     async fn open(classes: Classes, options: &ServeOptions) -> Result<Self, OdoError> {
-        let shards = odo_registry::shard_count(&options.data_dir, 1)?;
+        let data_lock = odo_registry::DataDirLock::acquire(&options.data_dir)?;
+        let shards = data_lock.shard_count(1)?;
         let runtime = Runtime::new(classes, options.runtime.clone(), shards);
         for shard in 0..shards {
             let backend: Arc<dyn Backend> = match options.storage {
@@ -465,7 +502,10 @@ impl LocalService {
                 .open_shard(shard, 1, store)
                 .map_err(|e| OdoError::Other(e.to_string()))?;
         }
-        Ok(Self { runtime })
+        Ok(Self {
+            runtime,
+            _data_lock: Arc::new(data_lock),
+        })
     }
 }
 
@@ -517,5 +557,51 @@ impl ObjectService for LocalService {
             epoch: self.runtime.shard_epoch(shard).unwrap_or(0),
             pid: Some(std::process::id()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn logs_are_colored_only_on_a_terminal_without_no_color() {
+        assert!(log_color(true, None));
+        assert!(log_color(true, Some(OsStr::new(""))));
+        assert!(!log_color(true, Some(OsStr::new("1"))));
+        assert!(!log_color(false, None));
+        assert!(!log_color(false, Some(OsStr::new("1"))));
+    }
+
+    fn serve_options(args: &[&str]) -> Result<ServeOptions, clap::Error> {
+        let cli = Cli::try_parse_from(["odo", "serve"].iter().chain(args))?;
+        let Command::Serve(flags) = cli.command;
+        Ok(flags.into_options())
+    }
+
+    #[test]
+    fn front_door_flags() {
+        let defaults = serve_options(&[]).unwrap().router;
+        assert_eq!(defaults.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(defaults.idle_timeout, Duration::from_secs(60));
+        assert_eq!(defaults.max_connections, 10_000);
+        let router = serve_options(&[
+            "--header-read-timeout-ms",
+            "250",
+            "--idle-timeout-ms",
+            "5000",
+            "--max-connections",
+            "7",
+        ])
+        .unwrap()
+        .router;
+        assert_eq!(router.header_read_timeout, Duration::from_millis(250));
+        assert_eq!(router.idle_timeout, Duration::from_secs(5));
+        assert_eq!(router.max_connections, 7);
+        assert!(serve_options(&["--header-read-timeout-ms", "0"]).is_err());
+        assert!(serve_options(&["--idle-timeout-ms", "0"]).is_err());
     }
 }

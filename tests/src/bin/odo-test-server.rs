@@ -183,6 +183,16 @@ impl DurableObject for Probe {
                 StatusCode::OK,
                 format!("{} {}", std::process::id(), ctx.activation()),
             )),
+            // The environment a program started by object code inherits:
+            // `env`'s output (secrets tests).
+            (Method::GET, ["child-env"]) => {
+                let output = tokio::process::Command::new("env")
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .await
+                    .map_err(|e| ObjectError::msg(format!("cannot run env: {e}")))?;
+                Ok(reply(StatusCode::OK, output.stdout))
+            }
             _ => Ok(reply(StatusCode::NOT_FOUND, "no such probe route")),
         }
     }

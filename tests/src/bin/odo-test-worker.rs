@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use odo_core::launch::{TOKEN_ENV, WorkerLaunch};
+use odo_core::launch::WorkerLaunch;
 use odo_worker::{Classes, RuntimeConfig};
 
 fn main() -> ExitCode {
@@ -23,7 +23,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let token = std::env::var(TOKEN_ENV).unwrap_or_default();
+    // The token comes on standard input, one line (see odo_core::launch).
+    let token = match odo_worker::read_token(std::io::stdin().lock()) {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("odo-test-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut classes = Classes::default();
     if let Err(e) = classes.register::<odo::demo::Counter>("COUNTER") {
         eprintln!("odo-test-worker: {e}");

@@ -1,0 +1,153 @@
+//! The lock on a whole data directory: one server at a time.
+//!
+//! `<data>/odo.lock` is locked (an advisory lock on the open file, which
+//! the kernel releases when the process dies however it dies) and holds
+//! the holder's pid, so that a second server fails at once naming it.
+//! Shard stores have their own locks inside; this one covers what is
+//! shared above them: the cluster record and the shard layout.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::RegistryError;
+use crate::placement::ClusterFile;
+
+/// The lock file's name inside the data directory.
+pub const DATA_DIR_LOCK_FILE: &str = "odo.lock";
+
+/// How long an acquisition waits for a lock this process itself still
+/// holds although none of its [`DataDirLock`]s has the directory: a child
+/// forked at the moment the last one was dropped shares the lock until it
+/// `exec`s.
+const STALE_OWN_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// This process's claim on a data directory (canonical path), held by its
+/// [`DataDirLock`]: tells this process's own holders apart, which the file
+/// lock cannot always do.
+#[derive(Debug)]
+struct Claim(PathBuf);
+
+impl Claim {
+    fn claimed() -> &'static Mutex<HashSet<PathBuf>> {
+        static CLAIMED: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
+        CLAIMED.get_or_init(Mutex::default)
+    }
+
+    fn take(dir: PathBuf) -> Option<Claim> {
+        let newly = Self::claimed()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(dir.clone());
+        newly.then(|| Claim(dir))
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        Self::claimed()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.0);
+    }
+}
+
+/// The exclusive right to a data directory, for as long as it lives: a
+/// registry holds one for its whole life, and so does a server hosting
+/// objects in its own process (`--workers 0`).
+///
+/// ```no_run
+/// # fn run() -> Result<(), odo_registry::RegistryError> {
+/// let lock = odo_registry::DataDirLock::acquire("./.odo".as_ref())?;
+/// let shards = lock.shard_count(4)?;
+/// # let _ = shards; Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct DataDirLock {
+    dir: PathBuf,
+    // Field order: the file lock goes before this process forgets its claim.
+    _file: File,
+    _claim: Claim,
+}
+
+impl DataDirLock {
+    /// Creates `data_dir` if needed and locks it.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::DataDirLocked`] naming the holder's pid when
+    /// another server (or another holder in this process) has it,
+    /// [`RegistryError::DataDir`] when it cannot be created or locked.
+    pub fn acquire(data_dir: &Path) -> Result<Self, RegistryError> {
+        let io = |what: &str, e: std::io::Error| RegistryError::DataDir {
+            path: data_dir.to_path_buf(),
+            reason: format!("{what}: {e}"),
+        };
+        std::fs::create_dir_all(data_dir).map_err(|e| io("cannot create it", e))?;
+        let canonical = data_dir
+            .canonicalize()
+            .map_err(|e| io("cannot resolve it", e))?;
+        let path = data_dir.join(DATA_DIR_LOCK_FILE);
+        let claim = Claim::take(canonical).ok_or_else(|| RegistryError::DataDirLocked {
+            dir: data_dir.to_path_buf(),
+            lock_file: path.clone(),
+            holder_pid: Some(std::process::id()),
+        })?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| io(&format!("cannot open {}", path.display()), e))?;
+        let give_up = Instant::now() + STALE_OWN_LOCK_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) => {
+                    // Best effort: the holder may be between truncating and
+                    // writing, and some platforms refuse to read a locked
+                    // file.
+                    let holder_pid = std::fs::read_to_string(&path)
+                        .ok()
+                        .and_then(|text| text.trim().parse().ok());
+                    if holder_pid == Some(std::process::id()) && Instant::now() < give_up {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                    return Err(RegistryError::DataDirLocked {
+                        dir: data_dir.to_path_buf(),
+                        lock_file: path,
+                        holder_pid,
+                    });
+                }
+                Err(TryLockError::Error(e)) => {
+                    return Err(io(&format!("cannot lock {}", path.display()), e));
+                }
+            }
+        }
+        file.set_len(0)
+            .and_then(|()| file.write_all(format!("{}\n", std::process::id()).as_bytes()))
+            .map_err(|e| io(&format!("cannot write {}", path.display()), e))?;
+        Ok(DataDirLock {
+            dir: data_dir.to_path_buf(),
+            _file: file,
+            _claim: claim,
+        })
+    }
+
+    /// The locked directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The number of shards, S, of the directory: read from its cluster
+    /// record, or recorded as `default` if the directory is new. S never
+    /// changes once recorded, whatever the worker count.
+    pub fn shard_count(&self, default: u32) -> Result<u32, RegistryError> {
+        Ok(ClusterFile::load_or_create(&self.dir, default)?.shard_count)
+    }
+}

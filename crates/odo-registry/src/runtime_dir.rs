@@ -1,0 +1,171 @@
+//! The registry's private runtime directory (sockets), and the clean-up of
+//! those that registries killed without a shutdown left behind.
+//!
+//! odo never changes a directory it was handed: it creates its own
+//! `odo-<pid>-<random>` directory (mode 0700) inside the given one (or the
+//! system's temporary directory), writes a marker file in it, and removes
+//! only that directory at shutdown. The clean-up removes a directory only
+//! when odo provably made it: named so, holding the marker with the same
+//! pid, both owned by this user, and that pid no longer runs.
+
+use std::path::{Path, PathBuf};
+
+use crate::RegistryError;
+
+/// The marker file inside every runtime directory odo creates; it holds
+/// the creating process's pid.
+pub(crate) const MARKER: &str = ".odo-runtime";
+
+/// A runtime directory this process created. Removed by
+/// [`RuntimeDir::remove`], never implicitly.
+#[derive(Debug)]
+pub(crate) struct RuntimeDir {
+    path: PathBuf,
+}
+
+impl RuntimeDir {
+    /// Creates a fresh private directory inside `parent` (the system's
+    /// temporary directory if `None`; `parent` is created if missing, with
+    /// mode 0700, and left as it is otherwise), after removing the stale
+    /// ones there.
+    pub(crate) fn create(parent: Option<&Path>) -> Result<Self, RegistryError> {
+        let parent = parent.map_or_else(std::env::temp_dir, Path::to_path_buf);
+        let err = |path: &Path, e: std::io::Error| RegistryError::RuntimeDir {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        if !parent.is_dir() {
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::DirBuilderExt;
+                builder.mode(0o700);
+            }
+            builder.create(&parent).map_err(|e| err(&parent, e))?;
+        }
+        remove_stale(&parent);
+        let pid = std::process::id();
+        let mut attempts = 0;
+        let path = loop {
+            let path = parent.join(format!("odo-{pid}-{}", &crate::random_token()[..8]));
+            let mut builder = std::fs::DirBuilder::new();
+            // Not recursive: a directory already there is not ours.
+            builder.recursive(false);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::DirBuilderExt;
+                builder.mode(0o700);
+            }
+            match builder.create(&path) {
+                Ok(()) => break path,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 8 => {
+                    attempts += 1;
+                }
+                Err(e) => return Err(err(&path, e)),
+            }
+        };
+        let dir = RuntimeDir { path };
+        let marked = (|| {
+            // Ours, just made: its mode may be set, whatever the umask did.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(0o700))?;
+            }
+            std::fs::write(dir.path.join(MARKER), format!("{pid}\n"))
+        })();
+        if let Err(e) = marked {
+            dir.remove();
+            return Err(err(&dir.path, e));
+        }
+        Ok(dir)
+    }
+
+    /// The directory.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the directory and what is in it.
+    pub(crate) fn remove(&self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %self.path.display(), error = %e, "cannot remove the runtime directory");
+        }
+    }
+}
+
+/// Removes the runtime directories in `parent` that registries killed
+/// without a shutdown left behind: see the [module](self) documentation.
+/// Whether a pid runs is read from `/proc`, so this does nothing outside
+/// Linux.
+pub(crate) fn remove_stale(parent: &Path) {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_prefix("odo-"))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !made_by_odo(&path, pid) || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        tracing::info!(dir = %path.display(), pid, "removing a dead registry's runtime directory");
+        if let Err(e) = std::fs::remove_dir_all(&path) {
+            tracing::warn!(dir = %path.display(), error = %e, "cannot remove a dead registry's runtime directory");
+        }
+    }
+}
+
+/// Whether `dir` is a runtime directory process `pid` of this user made:
+/// a real directory (not a link) owned by us, holding odo's marker, a
+/// regular file owned by us that names `pid`.
+fn made_by_odo(dir: &Path, pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let us = rustix::process::geteuid().as_raw();
+        let ours = |path: &Path, dir: bool| {
+            std::fs::symlink_metadata(path).is_ok_and(|m| {
+                m.uid() == us
+                    && if dir {
+                        m.file_type().is_dir()
+                    } else {
+                        m.file_type().is_file()
+                    }
+            })
+        };
+        let marker = dir.join(MARKER);
+        ours(dir, true) && ours(&marker, false) && marker_pid(&marker) == Some(pid)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (dir, pid);
+        false
+    }
+}
+
+/// The pid a marker file names (it is read only up to a few bytes).
+#[cfg(unix)]
+fn marker_pid(marker: &Path) -> Option<u32> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(marker)
+        .ok()?
+        .take(32)
+        .read_to_string(&mut text)
+        .ok()?;
+    text.trim().parse().ok()
+}

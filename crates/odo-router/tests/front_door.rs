@@ -1,0 +1,186 @@
+//! The front door's connection limits, over real loopback sockets: the
+//! connection cap answers at once instead of leaving a client in silence,
+//! a half-sent request head and an idle kept-alive connection are closed
+//! (HTTP/1.1 and HTTP/2), and an idle connection is not mistaken for a slow
+//! head.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{GUARD, Read, Served, connect, hello, read_some, read_to_close};
+use odo_router::RouterConfig;
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_the_connection_cap_is_answered_at_once() {
+    let served = Served::start(RouterConfig {
+        max_connections: 4,
+        ..RouterConfig::default()
+    })
+    .await;
+    // Four clients hold every permit: each was served once, so each holds
+    // an accepted connection.
+    let mut holders = Vec::new();
+    for _ in 0..4 {
+        let mut stream = connect(served.addr).await;
+        assert_eq!(hello(&mut stream).await, "HTTP/1.1 200 OK");
+        holders.push(stream);
+    }
+    // The fifth is answered 503 and closed, instead of waiting in the
+    // accept queue.
+    let mut fifth = connect(served.addr).await;
+    fifth
+        .write_all(b"GET /hello HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (answer, closed) = read_to_close(&mut fifth, GUARD).await;
+    eprintln!(
+        "fifth client at the cap: {} bytes, closed={closed}, after {:?}",
+        answer.len(),
+        started.elapsed()
+    );
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(
+        answer.starts_with("http/1.1 503 "),
+        "no 503 for the client over the cap within {GUARD:?}: {answer:?}"
+    );
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer:?}");
+    assert!(answer.contains("\r\nretry-after: "), "{answer:?}");
+    assert!(closed, "the refused connection was not closed");
+    // The holders were not disturbed.
+    assert_eq!(hello(&mut holders[0]).await, "HTTP/1.1 200 OK");
+    // One holder leaves: service resumes for a new client once the server
+    // has seen the close.
+    drop(holders.pop());
+    let deadline = Instant::now() + GUARD;
+    loop {
+        let mut stream = connect(served.addr).await;
+        stream
+            .write_all(b"GET /hello HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let (answer, _) = read_to_close(&mut stream, GUARD).await;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        if answer.starts_with("HTTP/1.1 200 ") {
+            break;
+        }
+        assert!(
+            answer.starts_with("HTTP/1.1 503 "),
+            "neither served nor refused: {answer:?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "still refused {GUARD:?} after a holder left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(holders);
+    served.stop().await;
+}
+
+fn timeouts(header_read_ms: u64, idle_ms: u64) -> RouterConfig {
+    RouterConfig {
+        header_read_timeout: Duration::from_millis(header_read_ms),
+        idle_timeout: Duration::from_millis(idle_ms),
+        ..RouterConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_not_sent_in_time_is_closed() {
+    let served = Served::start(timeouts(300, 60_000)).await;
+    // Half a head, then nothing.
+    let mut half = connect(served.addr).await;
+    half.write_all(b"GET /hello HTTP/1.1\r\nhost: te")
+        .await
+        .unwrap();
+    // Nothing at all.
+    let mut mute = connect(served.addr).await;
+    // A head trickled a byte at a time, never finished.
+    let mut trickle = connect(served.addr).await;
+    trickle.write_all(b"GET /hello HTTP/1.1\r\n").await.unwrap();
+    let (mut trickle_read, mut trickle_write) = trickle.into_split();
+    let trickler = tokio::spawn(async move {
+        while trickle_write.write_all(b"x").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    // Meanwhile others are served.
+    let mut other = connect(served.addr).await;
+    assert_eq!(hello(&mut other).await, "HTTP/1.1 200 OK");
+    assert_eq!(
+        read_some(&mut half, GUARD).await,
+        Read::Closed,
+        "half a head"
+    );
+    assert_eq!(read_some(&mut mute, GUARD).await, Read::Closed, "no head");
+    let mut buf = [0u8; 16];
+    let trickled = tokio::time::timeout(
+        GUARD,
+        tokio::io::AsyncReadExt::read(&mut trickle_read, &mut buf),
+    )
+    .await;
+    assert!(
+        matches!(trickled, Ok(Ok(0)) | Ok(Err(_))),
+        "a trickled head was not closed: {trickled:?}"
+    );
+    trickler.abort();
+    assert_eq!(hello(&mut other).await, "HTTP/1.1 200 OK");
+    served.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let served = Served::start(timeouts(60_000, 300)).await;
+    let mut stream = connect(served.addr).await;
+    assert_eq!(hello(&mut stream).await, "HTTP/1.1 200 OK");
+    assert_eq!(read_some(&mut stream, GUARD).await, Read::Closed);
+    served.stop().await;
+}
+
+/// The header timeout is not an idle timeout: a kept-alive connection that
+/// waits longer than it between requests is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_outlives_the_header_timeout() {
+    let served = Served::start(timeouts(200, 60_000)).await;
+    let mut stream = connect(served.addr).await;
+    assert_eq!(hello(&mut stream).await, "HTTP/1.1 200 OK");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(hello(&mut stream).await, "HTTP/1.1 200 OK");
+    served.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let served = Served::start(timeouts(60_000, 300)).await;
+    let stream = connect(served.addr).await;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("an HTTP/2 handshake");
+    let connection = tokio::spawn(connection);
+    let request = http::Request::post(format!("http://{}/echo/h2", served.addr))
+        .body(Full::new(bytes::Bytes::from_static(b"over h2")))
+        .unwrap();
+    let response = tokio::time::timeout(GUARD, sender.send_request(request))
+        .await
+        .expect("an answer within the guard")
+        .expect("an answer");
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"over h2");
+    // No more requests: the server closes the connection.
+    let ended = tokio::time::timeout(GUARD, connection).await;
+    assert!(
+        ended.is_ok(),
+        "an idle HTTP/2 connection stayed open past {GUARD:?}"
+    );
+    served.stop().await;
+}

@@ -1,0 +1,286 @@
+//! odo touches only what it made and keeps its secret to itself: one lock
+//! on the whole data directory (a second server fails, naming the holder,
+//! and changes nothing), the cluster token never in a worker's environment
+//! (nor so in that of a program object code starts), and worker figures
+//! that say how old they are or are fetched fresh.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use odo_registry::{Registry, RegistryConfig, WorkerCommand};
+use odo_tests::topology::ServerSpec;
+
+fn spec(workers: u32) -> ServerSpec {
+    ServerSpec::new(env!("CARGO_BIN_EXE_odo-test-server"), workers)
+}
+
+fn cluster_record(data_dir: &Path) -> Vec<u8> {
+    std::fs::read(data_dir.join("odo-cluster.json")).expect("the cluster record")
+}
+
+/// A second `odo serve` on a data directory a running server holds exits
+/// non-zero naming the lock and the holder's pid, and leaves the cluster
+/// record as it was, byte for byte. TCP, so that the two servers' sockets
+/// cannot collide and only the data directory is shared.
+#[test]
+fn a_second_server_on_a_data_dir_in_use_fails_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = spec(2);
+    spec.transport = "tcp".into();
+    let first = spec.start(dir.path()).expect("the first server starts");
+    let before = cluster_record(dir.path());
+    let (status, stderr) = spec
+        .run_to_exit(dir.path(), Duration::from_secs(60))
+        .unwrap();
+    let after = cluster_record(dir.path());
+    assert!(!status.success(), "the second server must fail: {stderr}");
+    assert!(
+        stderr.contains(&format!("pid {}", first.pid)) && stderr.contains("odo.lock"),
+        "the error names the lock and its holder {}: {stderr}",
+        first.pid
+    );
+    assert!(
+        before == after,
+        "the cluster record changed under the running server:\n{}\n---\n{}",
+        String::from_utf8_lossy(&before),
+        String::from_utf8_lossy(&after)
+    );
+    let status = first.terminate().unwrap();
+    assert!(status.success(), "{status}");
+    // Once the holder is gone, the directory is free again.
+    let again = spec
+        .start(dir.path())
+        .expect("a server starts after the holder");
+    drop(again);
+}
+
+/// The same with in-process hosting (`--workers 0`) and the memory backend,
+/// where no shard store lock stands in for the data directory's.
+#[test]
+fn an_in_process_server_locks_its_data_dir_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = spec(0);
+    spec.storage = "memory".into();
+    let first = spec.start(dir.path()).expect("the first server starts");
+    let before = cluster_record(dir.path());
+    let (status, stderr) = spec
+        .run_to_exit(dir.path(), Duration::from_secs(60))
+        .unwrap();
+    assert!(!status.success(), "the second server must fail: {stderr}");
+    assert!(
+        stderr.contains(&format!("pid {}", first.pid)),
+        "the error names the holder {}: {stderr}",
+        first.pid
+    );
+    assert_eq!(before, cluster_record(dir.path()));
+    drop(first);
+}
+
+/// A pid that no process has now: a child that exited and was reaped.
+#[cfg(unix)]
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+/// A server without `--runtime-dir` works in the system's temporary
+/// directory (here a directory of the test's, through `TMPDIR`), where it
+/// first removes the runtime directories killed registries left: only
+/// those odo provably made, not a user's that merely looks like one.
+#[cfg(target_os = "linux")]
+#[test]
+fn only_odos_own_dead_runtime_dirs_are_removed() {
+    let temp = tempfile::tempdir().unwrap();
+    let dead = dead_pid();
+    // A user's directory that happens to be named like odo's.
+    let user = temp.path().join(format!("odo-{dead}-x"));
+    std::fs::create_dir(&user).unwrap();
+    std::fs::write(user.join("thesis.tex"), "years of work").unwrap();
+    // One a killed odo left: its marker names the dead pid.
+    let stale = temp.path().join(format!("odo-{dead}-0123abcd"));
+    std::fs::create_dir(&stale).unwrap();
+    std::fs::write(stale.join(".odo-runtime"), format!("{dead}\n")).unwrap();
+    // A marker naming another pid than the directory's proves nothing.
+    let mismatched = temp.path().join(format!("odo-{dead}-4567cdef"));
+    std::fs::create_dir(&mismatched).unwrap();
+    std::fs::write(mismatched.join(".odo-runtime"), "1\n").unwrap();
+
+    // Standard input closed: the server starts, then stops at once.
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_odo-test-server"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
+        .args(["--storage", "memory", "--exit-on-stdin-eof"])
+        .arg("--data-dir")
+        .arg(temp.path().join("data"))
+        .env("TMPDIR", temp.path())
+        .env("RUST_LOG", "error")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    assert!(
+        user.join("thesis.tex").exists(),
+        "the user's directory {} was removed",
+        user.display()
+    );
+    assert!(mismatched.exists(), "a directory with another pid's marker");
+    assert!(!stale.exists(), "odo's dead runtime directory is removed");
+    let mut left: Vec<String> = std::fs::read_dir(temp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    let mut expected = vec![
+        "data".to_owned(),
+        format!("odo-{dead}-4567cdef"),
+        format!("odo-{dead}-x"),
+    ];
+    expected.sort();
+    assert_eq!(left, expected, "the server removed its own at shutdown");
+}
+
+/// A registry in this process whose workers are the test server (the demo
+/// app plus the probe class), with a token the test knows.
+fn registry_config(dir: &Path, token: &str) -> RegistryConfig {
+    let command = WorkerCommand {
+        program: env!("CARGO_BIN_EXE_odo-test-server").into(),
+        args: Vec::new(),
+    };
+    let mut config = RegistryConfig::new(command, dir.join("data"));
+    config.workers = 1;
+    config.runtime_dir = Some(dir.join("run"));
+    config.storage = odo_core::launch::StorageKind::Memory;
+    config.token = token.to_owned();
+    config
+}
+
+fn client(registry: &Registry) -> odo_router::Client {
+    let transport = odo_transport::ClientConfig::new(registry.token());
+    let service = odo_router::ClusterService::new(registry.placement(), transport);
+    odo_router::Client::new(Arc::new(service))
+}
+
+async fn probe(client: &odo_router::Client, name: &str, route: &str) -> (u16, Bytes) {
+    let request = http::Request::get(format!("/probe/{name}/{route}"))
+        .body(Bytes::new())
+        .unwrap();
+    let response = client
+        .namespace("PROBE")
+        .get_by_name(name)
+        .fetch(request)
+        .await
+        .expect("the probe answers");
+    (response.status().as_u16(), response.into_body())
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// The token is in neither the worker's own environment (as `/proc`
+/// shows it to any process of the same user) nor that of a program the
+/// object code starts.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_in_no_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "a-token-this-test-knows-0123456789abcdef";
+    let registry = Registry::start(registry_config(dir.path(), token))
+        .await
+        .unwrap();
+    registry.ready().await.unwrap();
+    let pid = registry.workers()[0].pid.expect("a running worker");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let in_worker = contains(&environ, token) || contains(&environ, "ODO_CLUSTER_TOKEN");
+
+    let client = client(&registry);
+    let (status, child_env) = probe(&client, "env", "child-env").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&child_env));
+    assert!(
+        contains(&child_env, "PATH="),
+        "env printed the child's environment: {}",
+        String::from_utf8_lossy(&child_env)
+    );
+    let in_child = contains(&child_env, token) || contains(&child_env, "ODO_CLUSTER_TOKEN");
+    registry.shutdown().await;
+    assert!(
+        !in_worker && !in_child,
+        "the token leaks: in the worker's environ {in_worker}, in its child's {in_child}"
+    );
+}
+
+/// A worker started without a token on its standard input refuses to run,
+/// with an error that says so.
+#[cfg(unix)]
+#[test]
+fn a_worker_without_a_token_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let launch = odo_core::launch::WorkerLaunch {
+        index: 0,
+        registry: format!("unix:{}", dir.path().join("registry.sock").display()),
+        listen: format!("unix:{}", dir.path().join("worker.sock").display()),
+        data_dir: dir.path().display().to_string(),
+        storage: odo_core::launch::StorageKind::Memory,
+        shard_count: 1,
+        parent_pid: std::process::id(),
+    };
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_odo-test-server"))
+        .args(launch.to_args())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("token"), "{stderr}");
+}
+
+/// `GET /_odo/workers` figures: `workers()` gives the last heartbeat's
+/// with their age; `workers_fresh()` asks the workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_figures_say_how_old_they_are_or_are_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = registry_config(dir.path(), "figures-token-0123456789");
+    // One heartbeat at start, then none within the test.
+    config.heartbeat_interval = Duration::from_secs(3600);
+    let registry = Registry::start(config).await.unwrap();
+    registry.ready().await.unwrap();
+    let started = Instant::now();
+    while registry.workers()[0].stats_age_ms.is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no first heartbeat"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let client = client(&registry);
+    for name in ["a", "b", "c"] {
+        assert_eq!(probe(&client, name, "n").await.0, 200);
+    }
+    // The last heartbeat predates the activations: the figure lags, and
+    // says so.
+    let last = registry.workers().remove(0);
+    assert_eq!(last.live_objects, 0, "{last:?}");
+    assert!(last.stats_age_ms.is_some(), "{last:?}");
+    let json = serde_json::to_value(registry.workers()).unwrap();
+    assert!(json[0]["stats_age_ms"].is_u64(), "{json}");
+    // Asked afresh, the worker reports its three objects.
+    let fresh = registry.workers_fresh().await.remove(0);
+    assert_eq!(fresh.live_objects, 3, "{fresh:?}");
+    assert!(fresh.stats_age_ms.is_some(), "{fresh:?}");
+    // The fresh figures are kept.
+    assert_eq!(registry.workers()[0].live_objects, 3);
+    registry.shutdown().await;
+}
