@@ -138,6 +138,7 @@ macro_rules! scenario {
 // Scenario modules, one per topic. Declared here, after the `scenario!`
 // macro they use (a macro is visible only below its definition).
 mod alarm_flood;
+mod calls;
 mod front_door;
 mod reset_race;
 mod secrets;
@@ -158,6 +159,7 @@ pub fn all() -> Vec<Scenario> {
             reset_race::reset_keeps_acknowledged_writes,
         ),
         s("rpc_across_workers", &[], rpc_across_workers),
+        s("calls_and_cycles", &[], calls::calls_and_cycles),
         s("alarms", &[], alarms),
         s("alarm_during_flood", &[], alarm_flood::alarm_during_flood),
         s(
@@ -563,11 +565,22 @@ scenario!(bad_input, |w, t| {
     Ok(())
 });
 
-/// One load task: the values it got acknowledged, and its 503 answers.
+/// One load task: the values it got acknowledged, and its failed answers.
 type LoadClient = tokio::task::JoinHandle<Result<(Vec<u64>, u64)>>;
 
+/// Whether a failed answer says what a client may do: 503 (never
+/// delivered) marked retryable, 502 (outcome unknown) marked not.
+fn says_whether_to_retry(answer: &crate::http::Answer) -> bool {
+    match answer.status {
+        503 => answer.header("x-odo-retryable") == ["true"],
+        502 => answer.header("x-odo-retryable") == ["false"],
+        _ => false,
+    }
+}
+
 /// Increments `path` from `clients` tasks until `stop`; returns the values
-/// acknowledged and how many answered 503.
+/// acknowledged and how many failed (503: never delivered; 502: the worker
+/// died with it, outcome unknown), each saying whether a retry is safe.
 fn load(c: &HttpClient, path: &str, clients: usize, stop: Arc<AtomicBool>) -> Vec<LoadClient> {
     (0..clients)
         .map(|_| {
@@ -580,8 +593,14 @@ fn load(c: &HttpClient, path: &str, clients: usize, stop: Arc<AtomicBool>) -> Ve
                     let answer = c.post(&path).await?;
                     match answer.status {
                         200 => acked.push(answer.text().parse::<u64>()?),
-                        503 => failed += 1,
-                        other => return Err(anyhow!("unexpected {other}: {}", answer.text())),
+                        502 | 503 if says_whether_to_retry(&answer) => failed += 1,
+                        other => {
+                            return Err(anyhow!(
+                                "unexpected {other} {:?}: {}",
+                                answer.headers,
+                                answer.text()
+                            ));
+                        }
                     }
                 }
                 Ok((acked, failed))
@@ -637,7 +656,7 @@ scenario!(fault_sigkill_worker, |w, t| {
     let lost = acked.iter().filter(|&&v| v > final_value).count();
     t.figure("requests", acked.len() as u64 + failed);
     t.figure("acknowledged", acked.len());
-    t.figure("failed_503", failed);
+    t.figure("failed", failed);
     t.figure("lost", lost);
     t.figure("recovery_ms", recovery.as_millis());
     t.fact("served again", back);

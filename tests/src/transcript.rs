@@ -17,7 +17,12 @@ pub struct Transcript {
 
 /// Headers worth recording; the rest (date, content-length) vary or add
 /// nothing.
-const RECORDED_HEADERS: &[&str] = &["retry-after", "content-type"];
+const RECORDED_HEADERS: &[&str] = &[
+    "retry-after",
+    "content-type",
+    "x-odo-error",
+    "x-odo-retryable",
+];
 
 fn show_body(body: &Bytes) -> String {
     match std::str::from_utf8(body) {

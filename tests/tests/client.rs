@@ -49,6 +49,16 @@ async fn a_client_fetches_and_calls_objects_on_worker_processes() {
     // Unknown methods are the caller's error.
     let err = stub.call::<u64, u64>("nope", &1).await.unwrap_err();
     assert!(err.to_string().contains("unknown method"), "{err}");
+    assert!(!err.retryable());
+    assert_eq!(err.outcome(), odo_router::Outcome::Failed);
+    // A class no worker hosts was never delivered.
+    let err = client
+        .namespace("NOBODY")
+        .get_by_name("x")
+        .call::<u64, u64>("add", &1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.outcome(), odo_router::Outcome::NotDelivered, "{err}");
     // Ids of another namespace are refused before any request.
     assert!(
         counters
@@ -88,7 +98,10 @@ async fn zero_workers_serve_the_same_contract_in_process() {
         c.get("/kv/local?prefix=k").await.unwrap().text(),
         r#"[["k","v"]]"#
     );
-    assert_eq!(c.post("/probe/local/fail").await.unwrap().status, 503);
+    // The object's handler failed: 500, not safe to retry blindly.
+    let failed = c.post("/probe/local/fail").await.unwrap();
+    assert_eq!(failed.status, 500);
+    assert_eq!(failed.header("x-odo-retryable"), ["false"]);
     // HTTP/2 when the client asks for it (prior knowledge, h2c).
     let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)

@@ -193,7 +193,16 @@ async fn sigkill_of_the_owning_worker_loses_no_acknowledged_increment() {
                     let answer = c.post("/counter/victim/increment").await.unwrap();
                     match answer.status {
                         200 => ok += 1,
-                        503 => unavailable += 1,
+                        // Never delivered (503) or lost with the worker
+                        // (502, outcome unknown): each says which.
+                        503 | 502 => {
+                            let retryable = answer.status == 503;
+                            assert_eq!(
+                                answer.header("x-odo-retryable"),
+                                [if retryable { "true" } else { "false" }]
+                            );
+                            unavailable += 1;
+                        }
                         other => panic!("unexpected status {other}: {}", answer.text()),
                     }
                 }
@@ -284,7 +293,7 @@ async fn a_stopped_worker_is_killed_and_replaced() {
             } else {
                 // Where the stop cannot be watched it may land late, and the
                 // worker may commit an increment whose answer never leaves
-                // it (the router says 503, outcome unknown). None is lost,
+                // it (the router says 502, outcome unknown). None is lost,
                 // none counts twice.
                 assert!(
                     (2..=1 + attempts).contains(&value),

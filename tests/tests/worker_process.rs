@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use odo_core::launch::{StorageKind, WorkerLaunch};
-use odo_core::wire::{Control, ControlReply, FetchRequest, Request, Response, Target};
+use odo_core::wire::{
+    CallMeta, Control, ControlReply, FetchRequest, HttpHead, Request, Response, Target,
+};
 use odo_core::{Namespace, WireError};
 use odo_storage::{FjallBackend, FjallOptions, Store, StoreOptions};
 use odo_transport::{Channel, ClientConfig, Endpoint, Server, ServerConfig, handler_fn};
@@ -103,13 +105,19 @@ fn fetch(method: &str, name: &str, epoch: u64) -> Request {
             shard: 0,
             epoch,
         },
-        method: method.into(),
-        uri: if method == "POST" {
-            format!("/counter/{name}/increment")
-        } else {
-            format!("/counter/{name}")
+        meta: CallMeta {
+            deadline_ms: 10_000,
+            chain: vec![],
         },
-        headers: vec![],
+        head: HttpHead {
+            method: method.into(),
+            uri: if method == "POST" {
+                format!("/counter/{name}/increment")
+            } else {
+                format!("/counter/{name}")
+            },
+            headers: vec![],
+        },
     })
 }
 

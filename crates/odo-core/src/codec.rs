@@ -24,7 +24,7 @@ use crate::wire::{Frame, Kind, Message};
 
 /// The version of the frame layout and envelope encoding. Any change to
 /// either, other than appending an enum variant, bumps it.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 
 /// The size of the fixed header in bytes.
 pub const HEADER_LEN: usize = 20;

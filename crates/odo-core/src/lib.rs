@@ -16,7 +16,7 @@
 //!
 //! ```
 //! use bytes::Bytes;
-//! use odo_core::wire::{FetchRequest, Frame, Message, Request, Target};
+//! use odo_core::wire::{CallMeta, FetchRequest, Frame, HttpHead, Message, Request, Target};
 //! use odo_core::{Namespace, codec};
 //!
 //! let ns = Namespace::new("COUNTER");
@@ -25,9 +25,12 @@
 //!     request_id: 7,
 //!     message: Message::Request(Request::Fetch(FetchRequest {
 //!         target: Target { class: "COUNTER".into(), id, name: Some("hot".into()), shard: id.shard(4), epoch: 1 },
-//!         method: "POST".into(),
-//!         uri: "/counter/hot/increment".into(),
-//!         headers: vec![("accept".into(), b"*/*".to_vec())],
+//!         meta: CallMeta { deadline_ms: 30_000, chain: vec![] },
+//!         head: HttpHead {
+//!             method: "POST".into(),
+//!             uri: "/counter/hot/increment".into(),
+//!             headers: vec![("accept".into(), b"*/*".to_vec())],
+//!         },
 //!     })),
 //!     body: Bytes::from_static(b"payload"),
 //! };

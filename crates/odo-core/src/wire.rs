@@ -150,6 +150,21 @@ pub struct Target {
     pub epoch: u64,
 }
 
+/// What a call carries besides its target: how long the callee has, and
+/// which objects are waiting on it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CallMeta {
+    /// The caller's remaining deadline, in milliseconds from when the frame
+    /// is sent. The callee passes what is left of it on to the calls it
+    /// makes, never a fresh default. 0 means none is left.
+    pub deadline_ms: u64,
+    /// The objects whose turns wait on this call, outermost first: the
+    /// call chain. A call to an object already in its chain would wait on
+    /// itself, so it is refused ([`WireError::CallCycle`]). Empty for a
+    /// call from outside any object.
+    pub chain: Vec<ObjectId>,
+}
+
 /// An HTTP header: name and raw value bytes. Repeated headers stay separate
 /// entries, in order.
 pub type Header = (String, Vec<u8>);
@@ -172,6 +187,16 @@ pub enum Request {
 pub struct FetchRequest {
     /// The object.
     pub target: Target,
+    /// The deadline and call chain.
+    pub meta: CallMeta,
+    /// The request's method, URI and headers.
+    pub head: HttpHead,
+}
+
+/// The head of an HTTP request as the wire carries it: everything but the
+/// body, which travels as the frame's raw body.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HttpHead {
     /// The HTTP method, such as `GET`.
     pub method: String,
     /// The request URI, path and query as received.
@@ -185,6 +210,8 @@ pub struct FetchRequest {
 pub struct RpcCall {
     /// The object.
     pub target: Target,
+    /// The deadline and call chain.
+    pub meta: CallMeta,
     /// The method name.
     pub method: String,
 }
@@ -312,6 +339,11 @@ pub struct WorkerStats {
     pub commit_batches: u64,
     /// Turns committed in those batches.
     pub commit_turns: u64,
+    /// How long the longest poll of object code now running has run, in
+    /// milliseconds (0 when none is running): a poll that never returns (an
+    /// endless loop, a blocking call) stalls its thread, and the registry
+    /// kills a worker stalled past its limit even if it still answers.
+    pub stalled_ms: u64,
 }
 
 /// Errors that cross processes, with variants a caller acts on.
@@ -324,8 +356,9 @@ pub enum WireError {
         /// The epoch the responder knows of, 0 if it holds no epoch.
         epoch: u64,
     },
-    /// The object was reset while handling this request (a handler failed,
-    /// or a commit failed): the outcome is unknown to the caller.
+    /// The object's handler failed (returned an error or panicked) and the
+    /// object was reset: the writes of the failed turn were rolled back
+    /// (writes it committed before a call it made stay; see DURABILITY.md).
     #[error("object reset: {reason}")]
     ObjectReset {
         /// What happened.
@@ -352,4 +385,40 @@ pub enum WireError {
         /// What happened.
         message: String,
     },
+    /// The call would wait on an object that is already waiting on it: the
+    /// target is in the call chain. Refused before delivery.
+    #[error("call cycle: {}", cycle_text(chain))]
+    CallCycle {
+        /// The chain, outermost first, ending with the object called again.
+        chain: Vec<ObjectId>,
+    },
+    /// The request reached the object, but its outcome is unknown: the
+    /// object stopped before answering, or a commit its answer waited for
+    /// failed. It may or may not have taken effect: do not retry blindly.
+    #[error("outcome unknown: {reason}")]
+    OutcomeUnknown {
+        /// What happened.
+        reason: String,
+    },
+    /// The caller's deadline passed before the object answered (or before
+    /// the call could start).
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
+}
+
+fn cycle_text(chain: &[ObjectId]) -> String {
+    chain
+        .iter()
+        .map(ObjectId::to_string)
+        .collect::<Vec<_>>()
+        .join(" -> ")
+}
+
+impl WireError {
+    /// Whether the request was never delivered to the object and may be
+    /// sent again as it is, later or elsewhere: `Moved` (ask the placement
+    /// again) and `Overloaded` (the queue was full).
+    pub fn retryable(&self) -> bool {
+        matches!(self, WireError::Moved { .. } | WireError::Overloaded)
+    }
 }

@@ -28,6 +28,11 @@ fn target() -> impl Strategy<Value = Target> {
         })
 }
 
+fn meta() -> impl Strategy<Value = CallMeta> {
+    (any::<u64>(), proptest::collection::vec(id(), 0..4))
+        .prop_map(|(deadline_ms, chain)| CallMeta { deadline_ms, chain })
+}
+
 fn headers() -> impl Strategy<Value = Vec<Header>> {
     proptest::collection::vec(
         (
@@ -81,6 +86,9 @@ fn wire_error() -> impl Strategy<Value = WireError> {
         ".{0,20}".prop_map(|class| WireError::UnknownClass { class }),
         ".{0,20}".prop_map(|message| WireError::BadRequest { message }),
         ".{0,20}".prop_map(|message| WireError::Internal { message }),
+        proptest::collection::vec(id(), 0..4).prop_map(|chain| WireError::CallCycle { chain }),
+        ".{0,20}".prop_map(|reason| WireError::OutcomeUnknown { reason }),
+        Just(WireError::DeadlineExceeded),
     ]
 }
 
@@ -104,19 +112,26 @@ fn message() -> impl Strategy<Value = Message> {
             Just(Refused::NotAHandshake),
         ]
         .prop_map(Message::Refused),
-        (target(), "[A-Z]{1,7}", ".{0,30}", headers()).prop_map(
-            |(target, method, uri, headers)| {
+        (target(), meta(), "[A-Z]{1,7}", ".{0,30}", headers()).prop_map(
+            |(target, meta, method, uri, headers)| {
                 Message::Request(Request::Fetch(FetchRequest {
                     target,
-                    method,
-                    uri,
-                    headers,
+                    meta,
+                    head: HttpHead {
+                        method,
+                        uri,
+                        headers,
+                    },
                 }))
             }
         ),
-        (target(), ".{0,12}").prop_map(|(target, method)| Message::Request(Request::Rpc(
-            RpcCall { target, method }
-        ))),
+        (target(), meta(), ".{0,12}").prop_map(|(target, meta, method)| Message::Request(
+            Request::Rpc(RpcCall {
+                target,
+                meta,
+                method
+            })
+        )),
         (target(), any::<u64>(), any::<u32>()).prop_map(|(target, scheduled_ms, retry_count)| {
             Message::Request(Request::Alarm(AlarmEvent {
                 target,
@@ -137,14 +152,23 @@ fn message() -> impl Strategy<Value = Message> {
                 live_objects
             })
         )),
-        any::<[u64; 4]>().prop_map(|[now_ms, live_objects, commit_batches, commit_turns]| {
-            Message::Response(Response::Control(ControlReply::Stats(WorkerStats {
+        any::<[u64; 5]>().prop_map(
+            |[
                 now_ms,
                 live_objects,
                 commit_batches,
                 commit_turns,
-            })))
-        }),
+                stalled_ms,
+            ]| {
+                Message::Response(Response::Control(ControlReply::Stats(WorkerStats {
+                    now_ms,
+                    live_objects,
+                    commit_batches,
+                    commit_turns,
+                    stalled_ms,
+                })))
+            }
+        ),
         wire_error().prop_map(|e| Message::Response(Response::Error(e))),
         Just(Message::Cancel),
     ]
@@ -248,9 +272,15 @@ fn golden_frames() {
             "fetch",
             Message::Request(Request::Fetch(FetchRequest {
                 target: target.clone(),
-                method: "POST".into(),
-                uri: "/counter/hot/increment?x=1".into(),
-                headers: vec![("x-a".into(), b"1".to_vec()), ("x-a".into(), b"2".to_vec())],
+                meta: CallMeta {
+                    deadline_ms: 30_000,
+                    chain: Vec::new(),
+                },
+                head: HttpHead {
+                    method: "POST".into(),
+                    uri: "/counter/hot/increment?x=1".into(),
+                    headers: vec![("x-a".into(), b"1".to_vec()), ("x-a".into(), b"2".to_vec())],
+                },
             })),
             "body",
         ),
@@ -258,6 +288,10 @@ fn golden_frames() {
             "rpc",
             Message::Request(Request::Rpc(RpcCall {
                 target: target.clone(),
+                meta: CallMeta {
+                    deadline_ms: 1_500,
+                    chain: vec![Namespace::new("PROBE").id_from_name("caller")],
+                },
                 method: "add".into(),
             })),
             "\u{1}",
@@ -292,6 +326,16 @@ fn golden_frames() {
             Message::Response(Response::Error(WireError::Moved { epoch: 9 })),
             "",
         ),
+        (
+            "cycle-response",
+            Message::Response(Response::Error(WireError::CallCycle {
+                chain: vec![
+                    Namespace::new("PROBE").id_from_name("a"),
+                    Namespace::new("PROBE").id_from_name("a"),
+                ],
+            })),
+            "",
+        ),
         ("cancel", Message::Cancel, ""),
     ];
     let mut out = String::new();
@@ -321,36 +365,42 @@ fn header(version: u8, kind: u8, flags: u16, envelope: u32, body: u32) -> Vec<u8
 
 #[test]
 fn rejections() {
+    const V: u8 = codec::FORMAT_VERSION;
     check_rejects(b"", CodecError::Truncated { len: 0 });
     check_rejects(&[1; 19], CodecError::Truncated { len: 19 });
     check_rejects(
-        &header(2, 6, 0, 0, 0),
-        CodecError::UnsupportedVersion { found: 2 },
+        &header(V + 1, 6, 0, 0, 0),
+        CodecError::UnsupportedVersion { found: V + 1 },
     );
-    check_rejects(&header(1, 0, 0, 0, 0), CodecError::UnknownKind { found: 0 });
+    // The format before call deadlines and chains.
     check_rejects(
-        &header(1, 99, 0, 0, 0),
+        &header(1, 6, 0, 0, 0),
+        CodecError::UnsupportedVersion { found: 1 },
+    );
+    check_rejects(&header(V, 0, 0, 0, 0), CodecError::UnknownKind { found: 0 });
+    check_rejects(
+        &header(V, 99, 0, 0, 0),
         CodecError::UnknownKind { found: 99 },
     );
     check_rejects(
-        &header(1, 6, 1, 0, 0),
+        &header(V, 6, 1, 0, 0),
         CodecError::ReservedFlags { found: 1 },
     );
     check_rejects(
-        &header(1, 6, 0, 0, 5),
+        &header(V, 6, 0, 0, 5),
         CodecError::LengthMismatch {
             announced: 25,
             actual: 20,
         },
     );
     check_rejects(
-        &header(1, 6, 0, u32::MAX, u32::MAX),
+        &header(V, 6, 0, u32::MAX, u32::MAX),
         CodecError::LengthMismatch {
             announced: 20 + 2 * u64::from(u32::MAX),
             actual: 20,
         },
     );
-    let mut cancel_with_envelope = header(1, 6, 0, 1, 0);
+    let mut cancel_with_envelope = header(V, 6, 0, 1, 0);
     cancel_with_envelope.push(0);
     assert!(matches!(
         codec::decode(Bytes::from(cancel_with_envelope)),
@@ -360,7 +410,7 @@ fn rejections() {
         })
     ));
     // A Welcome envelope followed by a stray byte.
-    let mut trailing = header(1, 2, 0, 3, 0);
+    let mut trailing = header(V, 2, 0, 3, 0);
     trailing.extend_from_slice(&[1, 0, 7]);
     assert!(matches!(
         codec::decode(Bytes::from(trailing)),

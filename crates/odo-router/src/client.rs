@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use odo_core::wire::FetchRequest;
+use odo_core::wire::HttpHead;
 use odo_core::{IdError, Namespace, ObjectId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -13,11 +13,13 @@ use tokio::time::Instant;
 
 use crate::http::{headers_from_wire, headers_to_wire};
 use crate::service::{ForwardError, ObjectAddress, ObjectService};
+use odo_transport::forward::Outcome;
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The request did not reach an answer.
+    /// The request did not reach an answer. [`ClientError::retryable`] and
+    /// [`ClientError::outcome`] say whether it may have taken effect.
     #[error(transparent)]
     Forward(#[from] ForwardError),
     /// Arguments or results that do not encode or decode.
@@ -26,6 +28,27 @@ pub enum ClientError {
     /// A malformed request or response.
     #[error("http: {0}")]
     Http(String),
+}
+
+impl ClientError {
+    /// Whether sending the same call again is safe and may succeed: it was
+    /// never delivered, and what stopped it is transient.
+    pub fn retryable(&self) -> bool {
+        match self {
+            ClientError::Forward(e) => e.retryable(),
+            ClientError::Encoding(_) | ClientError::Http(_) => false,
+        }
+    }
+
+    /// What is known of the call's effect on the object.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            ClientError::Forward(e) => e.outcome(),
+            // Refused before anything was sent, or the answer could not be
+            // decoded after the object ran the call.
+            ClientError::Encoding(_) | ClientError::Http(_) => Outcome::Unknown,
+        }
+    }
 }
 
 /// Reaches objects through an [`ObjectService`] (usually a
@@ -145,8 +168,7 @@ impl ClientStub {
         request: http::Request<Bytes>,
     ) -> Result<http::Response<Bytes>, ClientError> {
         let (parts, body) = request.into_parts();
-        let envelope = FetchRequest {
-            target: placeholder_target(&self.address),
+        let envelope = HttpHead {
             method: parts.method.to_string(),
             uri: parts.uri.to_string(),
             headers: headers_to_wire(&parts.headers),
@@ -186,16 +208,5 @@ impl ClientStub {
             .await?;
         postcard::from_bytes(&result)
             .map_err(|e| ClientError::Encoding(format!("result of {method:?}: {e}")))
-    }
-}
-
-/// The service fills in shard and epoch.
-pub(crate) fn placeholder_target(address: &ObjectAddress) -> odo_core::wire::Target {
-    odo_core::wire::Target {
-        class: address.class.clone(),
-        id: address.id,
-        name: address.name.clone(),
-        shard: 0,
-        epoch: 0,
     }
 }

@@ -8,19 +8,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use odo_core::wire::{FetchRequest, Header};
-use odo_core::{Namespace, WireError};
+use odo_core::Namespace;
+use odo_core::wire::{Header, HttpHead};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::client::placeholder_target;
 use crate::metrics::Metrics;
 use crate::service::{ForwardError, ObjectAddress, ObjectService};
+use crate::status::error_response;
 
 /// Limits and timings of the front door. `Default` gives the documented
 /// defaults.
@@ -249,48 +249,6 @@ pub(crate) fn headers_from_wire(headers: &[Header], into: &mut HeaderMap) {
     }
 }
 
-fn error_response(error: ForwardError) -> http::Response<Body> {
-    match error {
-        ForwardError::Object(WireError::UnknownClass { class }) => {
-            text(StatusCode::NOT_FOUND, format!("unknown class {class}\n"))
-        }
-        ForwardError::Object(WireError::BadRequest { message }) => {
-            text(StatusCode::BAD_REQUEST, format!("{message}\n"))
-        }
-        ForwardError::Object(WireError::Overloaded) => {
-            let mut response = text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "object overloaded: retry later\n",
-            );
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-            response
-        }
-        ForwardError::Object(WireError::ObjectReset { reason }) | ForwardError::Lost(reason) => {
-            text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("object reset: {reason}\n"),
-            )
-        }
-        ForwardError::Object(WireError::Moved { .. }) | ForwardError::Unavailable(_) => {
-            let mut response = text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "object unavailable: retry later\n",
-            );
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-            response
-        }
-        ForwardError::Object(WireError::Internal { message }) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("internal error: {message}\n"),
-        ),
-        ForwardError::Deadline => text(StatusCode::GATEWAY_TIMEOUT, "request deadline exceeded\n"),
-    }
-}
-
 impl Router {
     /// A front door that finds objects with `extractor` and reaches them
     /// through `service`.
@@ -405,10 +363,14 @@ impl Router {
                     ),
                 );
             }
-            Err(_) => return (class, error_response(ForwardError::Deadline)),
+            Err(_) => {
+                return (
+                    class,
+                    error_response(&ForwardError::Deadline { written: false }),
+                );
+            }
         };
-        let envelope = FetchRequest {
-            target: placeholder_target(&object),
+        let envelope = HttpHead {
             method: parts.method.to_string(),
             uri: parts
                 .uri
@@ -429,8 +391,10 @@ impl Router {
                 headers_from_wire(&head.headers, response.headers_mut());
                 response
             }
-            Ok(Err(error)) => error_response(error),
-            Err(_) => error_response(ForwardError::Deadline),
+            Ok(Err(error)) => error_response(&error),
+            // The service gave up at the same deadline it was given; this
+            // is its backstop, and the call may have been sent.
+            Err(_) => error_response(&ForwardError::Deadline { written: true }),
         };
         (class, response)
     }

@@ -13,8 +13,12 @@
 //! (odo-registry): it reads the registry's placement table.
 //!
 //! Answers: unknown class 404, malformed id or over-long name 400, body over
-//! the limit 413, object queue full 503 with `Retry-After`, object reset
-//! (the worker died with the request) 503, deadline 504.
+//! the limit 413; a failed call answers by what the client can do with it
+//! (never delivered and worth retrying: 503 with `Retry-After`; the
+//! object's handler failed: 500; outcome unknown: 502; deadline: 504; call
+//! cycle: 508), with the headers `x-odo-error` (the kind) and
+//! `x-odo-retryable` (`true` only when the request never reached the
+//! object). The table is in the `status` module's docs and DURABILITY.md.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -35,10 +39,13 @@ mod client;
 mod http;
 mod metrics;
 mod service;
+mod status;
 
 pub use client::{Client, ClientError, ClientNamespace, ClientStub};
 pub use http::{Admin, IdExtractor, PathRoutes, RouteError, Router, RouterConfig};
+pub use odo_transport::forward::Outcome;
 pub use service::{ClusterService, ForwardError, Location, ObjectAddress, ObjectService};
+pub use status::{ERROR_HEADER, RETRYABLE_HEADER};
 
 use odo_registry::Registry;
 

@@ -4,15 +4,18 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use odo_core::wire::{FetchRequest, FetchResponse, Request, Response, RpcCall, Target};
+use odo_core::wire::{
+    CallMeta, FetchRequest, FetchResponse, HttpHead, Request, Response, RpcCall, Target,
+};
 use odo_core::{ObjectId, WireError};
 use odo_registry::PlacementTable;
-use odo_transport::{CallError, ChannelPool, ClientConfig};
+pub use odo_transport::forward::ForwardError;
+use odo_transport::forward::{self, Attempt, Backoff};
+use odo_transport::{ChannelPool, ClientConfig};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::debug;
@@ -28,35 +31,16 @@ pub struct ObjectAddress {
     pub name: Option<String>,
 }
 
-/// Why a forwarded request has no answer from its object.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ForwardError {
-    /// The object's side answered with an error.
-    #[error(transparent)]
-    Object(#[from] WireError),
-    /// No worker could take the request before the deadline; it was never
-    /// delivered.
-    #[error("no worker available for the object: {0}")]
-    Unavailable(String),
-    /// The request reached a worker that died before answering: the
-    /// outcome is unknown and the request is not retried.
-    #[error("object reset: {0}")]
-    Lost(String),
-    /// The request deadline passed.
-    #[error("deadline exceeded")]
-    Deadline,
-}
-
 /// Delivers requests to objects. [`ClusterService`] forwards to worker
 /// processes; a program hosting objects in-process implements it over its
 /// own runtime.
 pub trait ObjectService: Send + Sync + 'static {
-    /// Delivers an HTTP request (its envelope and body) to an object, by
+    /// Delivers an HTTP request (its head and body) to an object, by
     /// `deadline`.
     fn fetch(
         &self,
         object: ObjectAddress,
-        request: FetchRequest,
+        request: HttpHead,
         body: Bytes,
         deadline: Instant,
     ) -> BoxFuture<'static, Result<(FetchResponse, Bytes), ForwardError>>;
@@ -90,8 +74,10 @@ pub struct Location {
 ///
 /// A request that was never written (no worker yet, a closed channel) or
 /// that a worker answered `Moved` is retried once the placement table
-/// changes, until the deadline. A request written to a worker that then
-/// died is not retried: it answers [`ForwardError::Lost`].
+/// changes, until the deadline ([`Attempt::of`], the rule the workers'
+/// calls between objects follow too). A request written to a worker that
+/// then died is not retried: it answers [`ForwardError::Lost`]. The
+/// request's remaining deadline travels with it.
 #[derive(Clone)]
 pub struct ClusterService {
     inner: Arc<ClusterInner>,
@@ -121,17 +107,17 @@ impl ClusterService {
         }
     }
 
-    /// Sends `make(target)` with `body` to the object's owner, retrying
-    /// what is safe to retry until `deadline`.
+    /// Sends `make(target, meta)` with `body` to the object's owner,
+    /// retrying what is safe to retry until `deadline`.
     async fn forward(
         self,
         object: ObjectAddress,
-        make: impl Fn(Target) -> Request + Send,
+        make: impl Fn(Target, CallMeta) -> Request + Send,
         body: Bytes,
         deadline: Instant,
     ) -> Result<(Response, Bytes), ForwardError> {
         let mut placement = self.inner.placement.clone();
-        let mut backoff = Duration::from_millis(5);
+        let mut backoff = Backoff::default();
         loop {
             let (target, endpoint) = {
                 let table = placement.borrow_and_update();
@@ -150,20 +136,12 @@ impl ClusterService {
                 Some(endpoint) => match self.inner.channels.get(&endpoint).await {
                     Err(e) => format!("cannot connect to {endpoint}: {e}"),
                     Ok(channel) => {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        match channel.call(make(target), body.clone(), left).await {
-                            Ok((Response::Error(WireError::Moved { epoch }), _)) => {
-                                format!("moved (epoch {epoch})")
-                            }
-                            Ok((Response::Error(error), _)) => {
-                                return Err(ForwardError::Object(error));
-                            }
-                            Ok(answer) => return Ok(answer),
-                            Err(CallError::DeadlineExceeded { .. }) => {
-                                return Err(ForwardError::Deadline);
-                            }
-                            Err(e) if e.is_retryable() => e.to_string(),
-                            Err(e) => return Err(ForwardError::Lost(e.to_string())),
+                        let request = make(target, forward::call_meta(deadline, Vec::new()));
+                        let left = forward::remaining(deadline);
+                        match Attempt::of(channel.call(request, body.clone(), left).await) {
+                            Attempt::Answered(response, body) => return Ok((response, body)),
+                            Attempt::Failed(error) => return Err(error),
+                            Attempt::Retry(why) => why,
                         }
                     }
                 },
@@ -171,12 +149,10 @@ impl ClusterService {
             debug!(id = %object.id, reason = %why_retry, "retrying once the placement changes");
             // Wait for a placement change, or retry after a short backoff in
             // case the change already happened; never past the deadline.
-            let wait = backoff.min(deadline.saturating_duration_since(Instant::now()));
-            if wait.is_zero() {
+            let Some(wait) = backoff.next_wait(deadline) else {
                 return Err(ForwardError::Unavailable(why_retry));
-            }
+            };
             let _ = tokio::time::timeout(wait, placement.changed()).await;
-            backoff = (backoff * 2).min(Duration::from_millis(200));
         }
     }
 }
@@ -191,16 +167,17 @@ impl ObjectService for ClusterService {
     fn fetch(
         &self,
         object: ObjectAddress,
-        request: FetchRequest,
+        head: HttpHead,
         body: Bytes,
         deadline: Instant,
     ) -> BoxFuture<'static, Result<(FetchResponse, Bytes), ForwardError>> {
         let this = self.clone();
         async move {
-            let make = move |target| {
+            let make = move |target, meta| {
                 Request::Fetch(FetchRequest {
                     target,
-                    ..request.clone()
+                    meta,
+                    head: head.clone(),
                 })
             };
             match this.forward(object, make, body, deadline).await? {
@@ -220,9 +197,10 @@ impl ObjectService for ClusterService {
     ) -> BoxFuture<'static, Result<Bytes, ForwardError>> {
         let this = self.clone();
         async move {
-            let make = move |target| {
+            let make = move |target, meta| {
                 Request::Rpc(RpcCall {
                     target,
+                    meta,
                     method: method.clone(),
                 })
             };

@@ -114,6 +114,7 @@
 mod admission;
 mod channel;
 mod endpoint;
+pub mod forward;
 mod framing;
 mod handshake;
 mod pool;

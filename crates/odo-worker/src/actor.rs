@@ -22,18 +22,21 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{debug, warn};
 
 use crate::class::Factory;
-use crate::context::{Context, background_idle};
+use crate::context::{Context, background_idle, start_deferred};
 use crate::object::{
     AlarmInfo, DurableObject, ObjectError, Request, Response, RpcCall, is_reserved_method,
 };
 use crate::runtime::{ActorControl, Inner, ShardState};
-use crate::stub::ObjectRef;
+use crate::stub::{CallScope, ObjectRef};
 
 /// An event for one object, with where to send its outcome.
 #[derive(Debug)]
 pub(crate) struct Event {
     pub(crate) kind: EventKind,
     pub(crate) reply: oneshot::Sender<Result<Outcome, WireError>>,
+    /// The caller's deadline and chain, inherited by the calls the handler
+    /// makes.
+    pub(crate) scope: CallScope,
 }
 
 #[derive(Debug)]
@@ -193,8 +196,8 @@ impl Gate {
         };
         let result = match durable {
             Ok(()) => result,
-            Err(reason) => Err(WireError::ObjectReset {
-                reason: format!("commit failed: {reason}"),
+            Err(reason) => Err(WireError::OutcomeUnknown {
+                reason: format!("a commit this answer waited for failed: {reason}"),
             }),
         };
         let _ = reply.send(result);
@@ -233,12 +236,17 @@ pub(crate) async fn run<T: DurableObject>(start: ActorStart, factory: Factory<T>
     let mailbox = &control.mailbox;
     let idle_timeout = runtime.config.idle_timeout;
     let mut drain: watch::Receiver<bool> = shard.drain.subscribe();
+    // Two receivers: one waited on between events, one during a turn.
+    let mut force: watch::Receiver<bool> = shard.force_stop.subscribe();
+    let mut force_in_turn = force.clone();
     let mut ctx = Context {
         storage: shard.store.object(target.id),
         target,
         activation: 0,
         cluster: runtime.cluster(),
+        scope: CallScope::outside(runtime.config.call_timeout),
         background: OnceLock::new(),
+        deferred: Vec::new(),
     };
     let mut instance: Option<T> = None;
     let mut gate = Gate::default();
@@ -258,9 +266,20 @@ pub(crate) async fn run<T: DurableObject>(start: ActorStart, factory: Factory<T>
                 control.touch(runtime.tick());
                 // Boxed so that an idle object's task does not carry the
                 // largest turn's state inline.
-                Box::pin(turn(&mut ctx, &mut instance, &mut gate, &shard, &factory, event)).await;
+                let turn = Box::pin(turn(&mut ctx, &mut instance, &mut gate, &shard, &factory, event));
+                tokio::select! {
+                    biased;
+                    () = turn => {}
+                    // The shard's release gave up waiting: the turn is
+                    // dropped and its caller answered `OutcomeUnknown`.
+                    () = stopped(&mut force_in_turn) => {
+                        warn!(id = %ctx.target.id, "stopped in the middle of an event: the shard was released");
+                        break;
+                    }
+                }
                 idle_deadline = Instant::now() + idle_timeout;
             }
+            () = stopped(&mut force) => break,
             () = sleep_until(idle_deadline), if gate.is_empty() => {
                 if background_idle(&ctx) && runtime.try_remove(&ctx.target.id, &control) {
                     debug!(id = %ctx.target.id, "evicted after idle timeout");
@@ -279,6 +298,11 @@ pub(crate) async fn run<T: DurableObject>(start: ActorStart, factory: Factory<T>
     }
     drop(instance);
     drop(ctx);
+}
+
+/// Resolves once `force` says stop (or its sender is gone).
+async fn stopped(force: &mut watch::Receiver<bool>) {
+    let _ = force.wait_for(|stop| *stop).await;
 }
 
 /// Runs when an actor task ends, normally or not.
@@ -366,7 +390,8 @@ async fn turn<T: DurableObject>(
     factory: &Factory<T>,
     event: Event,
 ) {
-    let Event { kind, reply } = event;
+    let Event { kind, reply, scope } = event;
+    ctx.scope = scope.entered(ctx.target.id);
     let obj = match instance {
         Some(obj) => obj,
         None => {
@@ -386,6 +411,7 @@ async fn turn<T: DurableObject>(
             match ran {
                 Ok(obj) => instance.insert(obj),
                 Err(why) => {
+                    ctx.deferred.clear();
                     let error = reset_error(ctx, &format!("initialisation failed: {why}"));
                     reset(instance, ctx, shard);
                     gate.hold(None, reply, Err(error));
@@ -424,11 +450,13 @@ async fn turn<T: DurableObject>(
             Err(e) => Ran::Failed(e.to_string()),
         },
     };
+    let deferred = std::mem::take(&mut ctx.deferred);
     match ran {
         Ran::Ok(outcome) => {
             // If a commit of the object failed during the turn, this wait
             // fails at once: the turn ran on state that was never durable.
             let durable = ctx.storage.commit_turn();
+            start_deferred(deferred, durable.clone());
             gate.hold(durable, reply, Ok(outcome));
             renew_failed_view(instance, ctx, shard);
         }

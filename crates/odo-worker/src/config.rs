@@ -17,6 +17,14 @@ pub struct RuntimeConfig {
     pub max_live_objects: usize,
     /// How failing alarms are retried.
     pub alarm_retry: AlarmRetry,
+    /// The deadline of events that do not bring their caller's (alarms,
+    /// calls from a program holding the runtime): how long calls they make
+    /// to other objects may take in all. Default 30 s.
+    pub call_timeout: Duration,
+    /// How long releasing a shard (a move, a drain, shutdown) waits for its
+    /// objects to finish their events; then the objects still running are
+    /// stopped, their events answered `OutcomeUnknown`. Default 10 s.
+    pub release_grace: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -26,6 +34,8 @@ impl Default for RuntimeConfig {
             idle_timeout: Duration::from_secs(30),
             max_live_objects: 100_000,
             alarm_retry: AlarmRetry::default(),
+            call_timeout: crate::stub::DEFAULT_CALL_DEADLINE,
+            release_grace: Duration::from_secs(10),
         }
     }
 }

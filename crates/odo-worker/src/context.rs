@@ -5,6 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use odo_core::ObjectId;
 use odo_storage::ObjectStorage;
@@ -12,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::object::{ObjectError, Request, Response};
-use crate::stub::{Cluster, NamespaceHandle, ObjectRef, Stub};
+use crate::stub::{CallScope, Cluster, NamespaceHandle, ObjectRef, Stub};
 
 /// The context of one live object, handed to every handler.
 pub struct Context {
@@ -20,8 +21,21 @@ pub struct Context {
     pub(crate) activation: u64,
     pub(crate) storage: ObjectStorage,
     pub(crate) cluster: Arc<dyn Cluster>,
+    /// The scope of the event being handled, this object included in its
+    /// chain: calls made now inherit its deadline.
+    pub(crate) scope: CallScope,
     /// Created by the first `wait_until`: most objects never need it.
     pub(crate) background: OnceLock<Arc<AtomicUsize>>,
+    /// Tasks started by `wait_until` in the current turn: they run once
+    /// the turn's writes are durable, and never if it fails.
+    pub(crate) deferred: Vec<Deferred>,
+}
+
+/// A `wait_until` task waiting for its turn to end, holding the object
+/// alive (its guard) meanwhile.
+pub(crate) struct Deferred {
+    task: futures_util::future::BoxFuture<'static, ()>,
+    guard: BackgroundGuard,
 }
 
 impl fmt::Debug for Context {
@@ -64,12 +78,18 @@ impl Context {
     /// runs concurrently with the object's events and cannot touch its state;
     /// use it for work that outlives a response (the equivalent of
     /// `waitUntil`).
-    pub fn wait_until(&self, task: impl Future<Output = ()> + Send + 'static) {
+    ///
+    /// It passes the same output gate as the turn's response: it starts
+    /// only once the writes the turn made (and every earlier write of the
+    /// object) are durable, so nothing it sends can reveal state a crash
+    /// could take back; if the turn fails, or its commit does, it never
+    /// runs.
+    pub fn wait_until(&mut self, task: impl Future<Output = ()> + Send + 'static) {
         let background = self.background.get_or_init(Arc::default).clone();
         background.fetch_add(1, Ordering::SeqCst);
-        tokio::spawn(async move {
-            let _guard = BackgroundGuard(background);
-            task.await;
+        self.deferred.push(Deferred {
+            task: Box::pin(task),
+            guard: BackgroundGuard(background),
         });
     }
 
@@ -77,15 +97,32 @@ impl Context {
     /// (in any namespace, on any worker). Call them through
     /// [`Context::fetch`] and [`Context::call`].
     pub fn namespace(&self, class: &str) -> NamespaceHandle {
-        NamespaceHandle::new(class, self.cluster.clone(), true)
+        NamespaceHandle::new(class, self.cluster.clone(), true, Duration::ZERO)
+    }
+
+    /// The time left before the caller of the event being handled stops
+    /// waiting: calls to other objects must be answered within it.
+    pub fn remaining(&self) -> Duration {
+        self.scope
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now())
     }
 
     /// Sends `request` to another object, once every write this object made
     /// so far is durable (the output gate). The writes of the current turn
-    /// made before the call are committed first, in their own batch.
+    /// made before the call are committed first, in their own batch: they
+    /// stay even if the turn fails later (see DURABILITY.md).
+    ///
+    /// The call has what is left of the current event's deadline
+    /// ([`Context::remaining`]); a call to an object that is waiting on this
+    /// one (a cycle, such as a call to itself) fails at once with
+    /// [`odo_core::WireError::CallCycle`].
     pub async fn fetch(&mut self, stub: &Stub, request: Request) -> Result<Response, ObjectError> {
+        self.scope
+            .check_cycle(&stub.target().id)
+            .map_err(crate::stub::CallError::from)?;
         self.flush().await?;
-        Ok(stub.fetch_unchecked(request).await?)
+        Ok(stub.fetch_unchecked(request, self.scope.clone()).await?)
     }
 
     /// Calls RPC method `method` of another object, once every write this
@@ -97,8 +134,11 @@ impl Context {
         args: &A,
     ) -> Result<R, ObjectError> {
         let args = Stub::encode_call(method, args)?;
+        self.scope
+            .check_cycle(&stub.target().id)
+            .map_err(crate::stub::CallError::from)?;
         self.flush().await?;
-        Ok(stub.call_encoded(method, args).await?)
+        Ok(stub.call_encoded(method, args, self.scope.clone()).await?)
     }
 
     /// Commits the writes of the current turn so far and waits until every
@@ -118,7 +158,24 @@ pub(crate) fn background_idle(ctx: &Context) -> bool {
         .is_none_or(|running| running.load(Ordering::SeqCst) == 0)
 }
 
-struct BackgroundGuard(Arc<AtomicUsize>);
+/// Starts the tasks a successful turn deferred, each once `durable` (the
+/// turn's output gate) resolves; a failed commit drops them.
+pub(crate) fn start_deferred(tasks: Vec<Deferred>, durable: Option<odo_storage::CommitWait>) {
+    for Deferred { task, guard } in tasks {
+        let durable = durable.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let Some(durable) = durable
+                && durable.wait().await.is_err()
+            {
+                return;
+            }
+            task.await;
+        });
+    }
+}
+
+pub(crate) struct BackgroundGuard(Arc<AtomicUsize>);
 
 impl Drop for BackgroundGuard {
     fn drop(&mut self) {

@@ -29,4 +29,6 @@ pub use object::{
 };
 pub use process::{WorkerError, read_token, serve};
 pub use runtime::{Runtime, ShardError, now_ms};
-pub use stub::{CallError, Cluster, NamespaceHandle, ObjectRef, Stub};
+pub use stub::{
+    CallError, CallScope, Cluster, DEFAULT_CALL_DEADLINE, NamespaceHandle, ObjectRef, Stub,
+};

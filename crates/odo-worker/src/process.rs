@@ -11,10 +11,13 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use odo_core::WireError;
 use odo_core::launch::{StorageKind, WorkerLaunch};
-use odo_core::wire::{Control, ControlReply, Placement, Request, Response, Target, WorkerStats};
+use odo_core::wire::{
+    CallMeta, Control, ControlReply, Placement, Request, Response, Target, WorkerStats,
+};
 use odo_storage::{
     Backend, FjallBackend, FjallOptions, MemoryBackend, StorageError, Store, StoreOptions,
 };
+use odo_transport::forward::{self, Attempt, Backoff, ForwardError};
 use odo_transport::{
     BindError, Channel, ChannelPool, ClientConfig, ConnectError, Endpoint, EndpointError, Handler,
     Server, ServerConfig,
@@ -26,11 +29,10 @@ use crate::class::Classes;
 use crate::config::RuntimeConfig;
 use crate::object::{Request as HttpRequest, Response as HttpResponse, RpcCall};
 use crate::runtime::{Runtime, now_ms};
-use crate::stub::{CallError, Cluster, ObjectRef};
-use crate::wire::{request_from_wire, request_to_wire, response_from_wire, response_to_wire};
-
-/// How long a call between workers may take.
-const CALL_DEADLINE: Duration = Duration::from_secs(30);
+use crate::stub::{CallError, CallScope, Cluster, ObjectRef};
+use crate::wire::{
+    request_from_parts, request_from_wire, request_parts, response_from_wire, response_to_wire,
+};
 
 /// Why a worker process stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -266,6 +268,7 @@ impl WorkerHandler {
                     live_objects: self.runtime.live_objects() as u64,
                     commit_batches,
                     commit_turns,
+                    stalled_ms: 0,
                 }))
             }
             Control::Placement(placement) => {
@@ -287,6 +290,15 @@ impl WorkerHandler {
     }
 }
 
+/// The scope a received call runs in: the caller's remaining deadline
+/// (counted from now) and its chain.
+fn scope_of(meta: CallMeta) -> CallScope {
+    CallScope {
+        deadline: forward::deadline_of(&meta),
+        chain: meta.chain.into(),
+    }
+}
+
 fn object_ref(target: &Target) -> ObjectRef {
     ObjectRef {
         class: Arc::from(target.class.as_str()),
@@ -299,9 +311,14 @@ impl Handler for WorkerHandler {
     async fn handle(&self, request: Request, body: Bytes) -> (Response, Bytes) {
         let result = match request {
             Request::Fetch(fetch) => match request_from_wire(fetch, body) {
-                Ok((target, request)) => self
+                Ok((target, meta, request)) => self
                     .runtime
-                    .fetch(object_ref(&target), Some(target.epoch), request)
+                    .fetch_within(
+                        object_ref(&target),
+                        Some(target.epoch),
+                        request,
+                        scope_of(meta),
+                    )
                     .await
                     .map(|response| {
                         let (head, body) = response_to_wire(response);
@@ -311,13 +328,14 @@ impl Handler for WorkerHandler {
             },
             Request::Rpc(call) => self
                 .runtime
-                .call(
+                .call_within(
                     object_ref(&call.target),
                     Some(call.target.epoch),
                     RpcCall {
                         method: call.method,
                         args: body,
                     },
+                    scope_of(call.meta),
                 )
                 .await
                 .map(|result| (Response::Rpc, result)),
@@ -367,7 +385,9 @@ impl WorkerCluster {
         }
     }
 
-    fn route(&self, target: &ObjectRef) -> Result<Route, CallError> {
+    /// Where `target` lives now. A shard with no known owner is a reason
+    /// to wait and look again (the placement may be about to change).
+    fn route(&self, target: &ObjectRef) -> Result<Route, String> {
         let shard = target.id.shard(self.runtime.shard_count());
         if self.runtime.shard_epoch(shard).is_some() {
             return Ok(Route::Local);
@@ -376,13 +396,14 @@ impl WorkerCluster {
             .placement
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        let entry = placement.shards.get(shard as usize).ok_or_else(|| {
-            CallError::Unavailable(format!("no placement known for shard {shard}"))
-        })?;
+        let entry = placement
+            .shards
+            .get(shard as usize)
+            .ok_or_else(|| format!("no placement known for shard {shard}"))?;
         let endpoint = entry
             .endpoint
             .clone()
-            .ok_or_else(|| CallError::Unavailable(format!("shard {shard} is not assigned")))?;
+            .ok_or_else(|| format!("shard {shard} is not assigned"))?;
         if endpoint == self.own_endpoint {
             return Ok(Route::Local);
         }
@@ -398,58 +419,57 @@ impl WorkerCluster {
         })
     }
 
-    /// Sends a request to the owning worker, retrying what was never
-    /// written or was answered `Moved` (the placement may have changed)
-    /// until the deadline. `None`: the shard is now served here; deliver
-    /// locally.
+    /// Sends a request to the owning worker within `scope`'s deadline,
+    /// retrying by the shared rule ([`Attempt::of`]: only what was never
+    /// written, or was answered `Moved`). `None`: the shard is served here
+    /// (now); deliver locally.
     async fn remote(
         self: Arc<Self>,
         target: ObjectRef,
-        make: impl Fn(Target) -> Request + Send,
+        make: impl Fn(Target, CallMeta) -> Request + Send,
         body: Bytes,
+        scope: &CallScope,
     ) -> Result<Option<(Response, Bytes)>, CallError> {
-        let give_up = tokio::time::Instant::now() + CALL_DEADLINE;
-        let mut delay = Duration::from_millis(10);
+        let mut backoff = Backoff::default();
+        let chain = scope.chain.to_vec();
         loop {
-            let (endpoint, wire_target) = match self.route(&target)? {
-                Route::Local => return Ok(None),
-                Route::Remote { endpoint, target } => (endpoint, target),
-            };
-            // Never written, or answered Moved: safe to send again.
-            if let Ok(channel) = self.channels.get(&endpoint).await {
-                match channel
-                    .call(make(wire_target), body.clone(), CALL_DEADLINE)
-                    .await
-                {
-                    Ok((Response::Error(WireError::Moved { .. }), _)) => {}
-                    Ok(answer) => return Ok(Some(answer)),
-                    Err(e) if e.is_retryable() => {}
-                    Err(e) => {
-                        return Err(CallError::Object(WireError::ObjectReset {
-                            reason: e.to_string(),
-                        }));
+            let why_retry = match self.route(&target) {
+                Ok(Route::Local) => return Ok(None),
+                Err(why) => why,
+                Ok(Route::Remote {
+                    endpoint,
+                    target: wire_target,
+                }) => match self.channels.get(&endpoint).await {
+                    Err(e) => format!("cannot connect to {endpoint}: {e}"),
+                    Ok(channel) => {
+                        let left = forward::remaining(scope.deadline);
+                        let request = make(
+                            wire_target,
+                            forward::call_meta(scope.deadline, chain.clone()),
+                        );
+                        match Attempt::of(channel.call(request, body.clone(), left).await) {
+                            Attempt::Answered(response, body) => return Ok(Some((response, body))),
+                            Attempt::Failed(error) => return Err(error.into()),
+                            Attempt::Retry(why) => why,
+                        }
                     }
-                }
+                },
+            };
+            match backoff.next_wait(scope.deadline) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => return Err(ForwardError::Unavailable(why_retry).into()),
             }
-            if tokio::time::Instant::now() + delay < give_up {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(500));
-                continue;
-            }
-            return Err(CallError::Unavailable(format!(
-                "object {} could not be reached",
-                target.id
-            )));
         }
     }
 }
 
 fn error_answer(response: Response) -> CallError {
     match response {
-        Response::Error(e) => CallError::Object(e),
-        other => CallError::Object(WireError::Internal {
+        Response::Error(e) => e.into(),
+        other => WireError::Internal {
             message: format!("unexpected answer {other:?}"),
-        }),
+        }
+        .into(),
     }
 }
 
@@ -458,39 +478,41 @@ impl Cluster for Arc<WorkerCluster> {
         &self,
         target: ObjectRef,
         request: HttpRequest,
+        scope: CallScope,
     ) -> BoxFuture<'static, Result<HttpResponse, CallError>> {
         let this = self.clone();
         async move {
-            if let Route::Local = this.route(&target)? {
-                return Ok(this.runtime.fetch(target, None, request).await?);
+            if let Ok(Route::Local) = this.route(&target) {
+                return Ok(this
+                    .runtime
+                    .fetch_within(target, None, request, scope)
+                    .await?);
             }
-            let placeholder = Target {
-                class: target.class.to_string(),
-                id: target.id,
-                name: None,
-                shard: 0,
-                epoch: 0,
-            };
-            let (head, body) = request_to_wire(placeholder, request);
+            let (head, body) = request_parts(request);
             let wire_head = head.clone();
             let answer = this
                 .clone()
                 .remote(
                     target.clone(),
-                    move |t| {
+                    move |target, meta| {
                         Request::Fetch(odo_core::wire::FetchRequest {
-                            target: t,
-                            ..wire_head.clone()
+                            target,
+                            meta,
+                            head: wire_head.clone(),
                         })
                     },
                     body.clone(),
+                    &scope,
                 )
                 .await?;
             match answer {
                 // The shard moved to this worker while we retried.
                 None => {
-                    let (_, request) = request_from_wire(head, body)?;
-                    Ok(this.runtime.fetch(target, None, request).await?)
+                    let request = request_from_parts(head, body)?;
+                    Ok(this
+                        .runtime
+                        .fetch_within(target, None, request, scope)
+                        .await?)
                 }
                 Some((Response::Fetch(head), body)) => Ok(response_from_wire(head, body)?),
                 Some((other, _)) => Err(error_answer(other)),
@@ -504,13 +526,14 @@ impl Cluster for Arc<WorkerCluster> {
         target: ObjectRef,
         method: String,
         args: Bytes,
+        scope: CallScope,
     ) -> BoxFuture<'static, Result<Bytes, CallError>> {
         let this = self.clone();
         async move {
-            if let Route::Local = this.route(&target)? {
+            if let Ok(Route::Local) = this.route(&target) {
                 return Ok(this
                     .runtime
-                    .call(target, None, RpcCall { method, args })
+                    .call_within(target, None, RpcCall { method, args }, scope)
                     .await?);
             }
             let wire_method = method.clone();
@@ -518,20 +541,22 @@ impl Cluster for Arc<WorkerCluster> {
                 .clone()
                 .remote(
                     target.clone(),
-                    move |t| {
+                    move |target, meta| {
                         Request::Rpc(odo_core::wire::RpcCall {
-                            target: t,
+                            target,
+                            meta,
                             method: wire_method.clone(),
                         })
                     },
                     args.clone(),
+                    &scope,
                 )
                 .await?;
             match answer {
                 // The shard moved to this worker while we retried.
                 None => Ok(this
                     .runtime
-                    .call(target, None, RpcCall { method, args })
+                    .call_within(target, None, RpcCall { method, args }, scope)
                     .await?),
                 Some((Response::Rpc, body)) => Ok(body),
                 Some((other, _)) => Err(error_answer(other)),

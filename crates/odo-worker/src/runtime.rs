@@ -13,6 +13,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use odo_core::{ObjectId, WireError};
 use odo_storage::Store;
+use odo_transport::forward::ForwardError;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -21,7 +22,7 @@ use crate::actor::{ActorStart, Event, EventKind, Mailbox, Outcome};
 use crate::class::{ClassEntry, Classes};
 use crate::config::RuntimeConfig;
 use crate::object::{AlarmInfo, Request, Response, RpcCall};
-use crate::stub::{CallError, Cluster, NamespaceHandle, ObjectRef};
+use crate::stub::{CallError, CallScope, Cluster, NamespaceHandle, ObjectRef};
 
 const TABLE_SHARDS: usize = 32;
 
@@ -108,6 +109,9 @@ pub(crate) struct ShardState {
     epoch: u64,
     pub(crate) store: Store,
     pub(crate) drain: watch::Sender<bool>,
+    /// Set when a release stops waiting for the shard's objects: every
+    /// actor still running stops at once.
+    pub(crate) force_stop: watch::Sender<bool>,
     actors: AtomicUsize,
     actors_gone: Notify,
     alarm_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -250,7 +254,12 @@ impl Runtime {
 
     /// A handle on namespace `class`, for programs that hold the runtime.
     pub fn namespace(&self, class: &str) -> NamespaceHandle {
-        NamespaceHandle::new(class, self.inner.cluster(), false)
+        NamespaceHandle::new(
+            class,
+            self.inner.cluster(),
+            false,
+            self.inner.config.call_timeout,
+        )
     }
 
     /// Starts serving `shard` at `epoch` from `store`, including its alarms.
@@ -264,6 +273,7 @@ impl Runtime {
             epoch,
             store,
             drain: watch::Sender::new(false),
+            force_stop: watch::Sender::new(false),
             actors: AtomicUsize::new(0),
             actors_gone: Notify::new(),
             alarm_task: Mutex::new(None),
@@ -292,6 +302,10 @@ impl Runtime {
     /// running events finish and their writes become durable, every object
     /// of the shard is dropped, and its store is flushed and closed. Returns
     /// `false` if the shard was not open here.
+    ///
+    /// Bounded: objects still busy after [`RuntimeConfig::release_grace`]
+    /// (an event that never ends) are stopped, their events answered
+    /// `OutcomeUnknown`; what they had committed is still made durable.
     pub async fn release_shard(&self, shard: u32) -> bool {
         let state = self
             .inner
@@ -301,12 +315,19 @@ impl Runtime {
             .remove(&shard);
         let Some(state) = state else { return false };
         state.drain.send_replace(true);
-        loop {
-            let gone = state.actors_gone.notified();
-            if state.actors.load(Ordering::SeqCst) == 0 {
-                break;
-            }
-            gone.await;
+        let grace = self.inner.config.release_grace;
+        if tokio::time::timeout(grace, all_actors_gone(&state))
+            .await
+            .is_err()
+        {
+            warn!(
+                shard,
+                busy = state.actors.load(Ordering::SeqCst),
+                ?grace,
+                "objects still busy after the release grace period; stopping them"
+            );
+            state.force_stop.send_replace(true);
+            all_actors_gone(&state).await;
         }
         let task = lock(&state.alarm_task).take();
         if let Some(task) = task {
@@ -328,18 +349,33 @@ impl Runtime {
         }
     }
 
-    /// Delivers an HTTP request to an object. `epoch`, when given, must be
-    /// the epoch this runtime holds the object's shard at, or the answer is
-    /// [`WireError::Moved`].
+    /// Delivers an HTTP request to an object, with the runtime's
+    /// [`call_timeout`](RuntimeConfig::call_timeout) as its deadline.
+    /// `epoch`, when given, must be the epoch this runtime holds the
+    /// object's shard at, or the answer is [`WireError::Moved`].
     pub async fn fetch(
         &self,
         target: ObjectRef,
         epoch: Option<u64>,
         request: Request,
     ) -> Result<Response, WireError> {
+        let scope = CallScope::outside(self.inner.config.call_timeout);
+        self.fetch_within(target, epoch, request, scope).await
+    }
+
+    /// [`Runtime::fetch`] within a caller's `scope`: its deadline (then
+    /// [`WireError::DeadlineExceeded`]) and call chain (a target already in
+    /// it is refused with [`WireError::CallCycle`]).
+    pub async fn fetch_within(
+        &self,
+        target: ObjectRef,
+        epoch: Option<u64>,
+        request: Request,
+        scope: CallScope,
+    ) -> Result<Response, WireError> {
         match self
             .inner
-            .deliver(target, epoch, EventKind::Fetch(request))
+            .deliver(target, epoch, EventKind::Fetch(request), scope)
             .await?
         {
             Outcome::Fetch(response) => Ok(response),
@@ -354,14 +390,38 @@ impl Runtime {
         epoch: Option<u64>,
         call: RpcCall,
     ) -> Result<Bytes, WireError> {
+        let scope = CallScope::outside(self.inner.config.call_timeout);
+        self.call_within(target, epoch, call, scope).await
+    }
+
+    /// [`Runtime::call`] within a caller's `scope` (see
+    /// [`Runtime::fetch_within`]).
+    pub async fn call_within(
+        &self,
+        target: ObjectRef,
+        epoch: Option<u64>,
+        call: RpcCall,
+        scope: CallScope,
+    ) -> Result<Bytes, WireError> {
         match self
             .inner
-            .deliver(target, epoch, EventKind::Call(call))
+            .deliver(target, epoch, EventKind::Call(call), scope)
             .await?
         {
             Outcome::Call(result) => Ok(result),
             other => Err(unexpected(other)),
         }
+    }
+}
+
+/// Resolves once no actor of `state` is left.
+async fn all_actors_gone(state: &ShardState) {
+    loop {
+        let gone = state.actors_gone.notified();
+        if state.actors.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        gone.await;
     }
 }
 
@@ -391,12 +451,24 @@ impl Inner {
         &self.tables[(self.hasher.hash_one(id) as usize) % TABLE_SHARDS]
     }
 
+    /// Delivers one event to its object and waits for the outcome. Calls
+    /// (fetch, RPC) are refused before delivery if they would close a cycle
+    /// or their deadline has passed, and given up at their deadline;
+    /// alarms run to completion.
     pub(crate) async fn deliver(
         &self,
         target: ObjectRef,
         epoch: Option<u64>,
         kind: EventKind,
+        scope: CallScope,
     ) -> Result<Outcome, WireError> {
+        let is_call = matches!(kind, EventKind::Fetch(_) | EventKind::Call(_));
+        if is_call {
+            scope.check_cycle(&target.id)?;
+            if scope.deadline <= tokio::time::Instant::now() {
+                return Err(WireError::DeadlineExceeded);
+            }
+        }
         let class = self
             .classes
             .get(&target.class)
@@ -420,10 +492,19 @@ impl Inner {
             return Err(WireError::Moved { epoch: shard.epoch });
         }
         let (reply, outcome) = oneshot::channel();
-        self.enqueue(class, target, shard, Event { kind, reply })?;
-        outcome.await.map_err(|_| WireError::ObjectReset {
+        let deadline = scope.deadline;
+        self.enqueue(class, target, shard, Event { kind, reply, scope })?;
+        let stopped = |_| WireError::OutcomeUnknown {
             reason: "the object stopped before answering".into(),
-        })?
+        };
+        if is_call {
+            match tokio::time::timeout_at(deadline, outcome).await {
+                Ok(answer) => answer.map_err(stopped)?,
+                Err(_) => Err(WireError::DeadlineExceeded),
+            }
+        } else {
+            outcome.await.map_err(stopped)?
+        }
     }
 
     fn enqueue(
@@ -526,12 +607,16 @@ impl LocalCluster {
         &self,
         target: ObjectRef,
         kind: EventKind,
+        scope: CallScope,
     ) -> BoxFuture<'static, Result<Outcome, CallError>> {
         let inner = self.0.upgrade();
         async move {
-            let inner =
-                inner.ok_or_else(|| CallError::Unavailable("the runtime has shut down".into()))?;
-            Ok(inner.deliver(target, None, kind).await?)
+            let inner = inner.ok_or_else(|| {
+                CallError::from(ForwardError::Unavailable(
+                    "the runtime has shut down".into(),
+                ))
+            })?;
+            Ok(inner.deliver(target, None, kind, scope).await?)
         }
         .boxed()
     }
@@ -542,12 +627,13 @@ impl Cluster for LocalCluster {
         &self,
         target: ObjectRef,
         request: Request,
+        scope: CallScope,
     ) -> BoxFuture<'static, Result<Response, CallError>> {
-        let outcome = self.deliver(target, EventKind::Fetch(request));
+        let outcome = self.deliver(target, EventKind::Fetch(request), scope);
         async move {
             match outcome.await? {
                 Outcome::Fetch(response) => Ok(response),
-                other => Err(CallError::Object(unexpected(other))),
+                other => Err(unexpected(other).into()),
             }
         }
         .boxed()
@@ -558,12 +644,13 @@ impl Cluster for LocalCluster {
         target: ObjectRef,
         method: String,
         args: Bytes,
+        scope: CallScope,
     ) -> BoxFuture<'static, Result<Bytes, CallError>> {
-        let outcome = self.deliver(target, EventKind::Call(RpcCall { method, args }));
+        let outcome = self.deliver(target, EventKind::Call(RpcCall { method, args }), scope);
         async move {
             match outcome.await? {
                 Outcome::Call(result) => Ok(result),
-                other => Err(CallError::Object(unexpected(other))),
+                other => Err(unexpected(other).into()),
             }
         }
         .boxed()
@@ -682,8 +769,11 @@ async fn alarm_loop(inner: Weak<Inner>, shard: Arc<ShardState>) {
             };
             running.insert(id);
             let rt2 = rt.clone();
+            let scope = CallScope::outside(rt.config.call_timeout);
             tasks.spawn(async move {
-                let result = rt2.deliver(target, None, EventKind::Alarm(info)).await;
+                let result = rt2
+                    .deliver(target, None, EventKind::Alarm(info), scope)
+                    .await;
                 (id, at, result)
             });
         }
@@ -728,8 +818,9 @@ async fn alarm_loop(inner: Weak<Inner>, shard: Arc<ShardState>) {
                                 let target = ObjectRef { class: class.name.clone(), id, name: None };
                                 running.insert(id);
                                 let rt2 = rt.clone();
+                                let scope = CallScope::outside(rt.config.call_timeout);
                                 tasks.spawn(async move {
-                                    let result = rt2.deliver(target, None, EventKind::ClearAlarm(at)).await;
+                                    let result = rt2.deliver(target, None, EventKind::ClearAlarm(at), scope).await;
                                     (id, at, result.map(|_| Outcome::AlarmStale))
                                 });
                             }

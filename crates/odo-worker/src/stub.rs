@@ -3,25 +3,26 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use odo_core::{Namespace, ObjectId, WireError};
+use odo_transport::forward::ForwardError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::time::Instant;
 
 use crate::object::{Request, Response, is_reserved_method};
 
 /// Why a call to an object failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
-    /// The object's side answered with an error (reset, overloaded, unknown
-    /// class, moved, bad request).
+    /// The call was not answered: the object's side answered with an
+    /// error, it could not be reached, or its outcome is unknown
+    /// ([`ForwardError::outcome`] says which, and whether a retry is safe).
     #[error(transparent)]
-    Object(#[from] WireError),
-    /// The object could not be reached (its worker is down or restarting).
-    #[error("object unavailable: {0}")]
-    Unavailable(String),
+    Forward(#[from] ForwardError),
     /// The arguments or result did not encode or decode.
     #[error("rpc encoding: {0}")]
     Encoding(String),
@@ -33,23 +34,83 @@ pub enum CallError {
     Ungated,
 }
 
+impl From<WireError> for CallError {
+    fn from(error: WireError) -> Self {
+        CallError::Forward(ForwardError::Object(error))
+    }
+}
+
+/// The deadline of calls that start outside any caller's deadline (calls
+/// from a program holding the runtime, or made by an alarm handler).
+pub const DEFAULT_CALL_DEADLINE: Duration = Duration::from_secs(30);
+
+/// What a call inherits from the event that makes it: the time left and
+/// the objects waiting on it.
+///
+/// Every event an object handles runs within one: the caller's remaining
+/// deadline (never a fresh default per hop) and the call chain. A call to
+/// an object already in the chain would wait on itself, and is refused at
+/// once with [`WireError::CallCycle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallScope {
+    /// When the caller stops waiting.
+    pub deadline: Instant,
+    /// The objects whose turns wait on this call, outermost first.
+    pub chain: Arc<[ObjectId]>,
+}
+
+impl CallScope {
+    /// A scope outside any object, ending `timeout` from now.
+    pub fn outside(timeout: Duration) -> Self {
+        Self {
+            deadline: Instant::now() + timeout.min(odo_transport::MAX_DEADLINE),
+            chain: Arc::from([]),
+        }
+    }
+
+    /// The scope of calls made by `id` while it handles an event of this
+    /// scope: same deadline, `id` added to the chain.
+    pub fn entered(&self, id: ObjectId) -> Self {
+        let mut chain = Vec::with_capacity(self.chain.len() + 1);
+        chain.extend_from_slice(&self.chain);
+        chain.push(id);
+        Self {
+            deadline: self.deadline,
+            chain: chain.into(),
+        }
+    }
+
+    /// Whether a call from this scope to `target` would wait on itself;
+    /// the error then names the cycle.
+    pub fn check_cycle(&self, target: &ObjectId) -> Result<(), WireError> {
+        if self.chain.contains(target) {
+            let mut chain = self.chain.to_vec();
+            chain.push(*target);
+            return Err(WireError::CallCycle { chain });
+        }
+        Ok(())
+    }
+}
+
 /// Delivers calls to objects. The runtime implements it for objects it
 /// hosts; a worker process implements it by forwarding to the owning worker.
 pub trait Cluster: Send + Sync + 'static {
-    /// Sends an HTTP request to an object.
+    /// Sends an HTTP request to an object, within `scope`.
     fn fetch(
         &self,
         target: ObjectRef,
         request: Request,
+        scope: CallScope,
     ) -> BoxFuture<'static, Result<Response, CallError>>;
 
-    /// Calls an RPC method of an object with encoded arguments; returns the
-    /// encoded result.
+    /// Calls an RPC method of an object with encoded arguments, within
+    /// `scope`; returns the encoded result.
     fn call(
         &self,
         target: ObjectRef,
         method: String,
         args: Bytes,
+        scope: CallScope,
     ) -> BoxFuture<'static, Result<Bytes, CallError>>;
 }
 
@@ -71,6 +132,7 @@ pub struct NamespaceHandle {
     class: Arc<str>,
     cluster: Arc<dyn Cluster>,
     inside_object: bool,
+    timeout: Duration,
 }
 
 impl fmt::Debug for NamespaceHandle {
@@ -82,12 +144,18 @@ impl fmt::Debug for NamespaceHandle {
 }
 
 impl NamespaceHandle {
-    pub(crate) fn new(class: &str, cluster: Arc<dyn Cluster>, inside_object: bool) -> Self {
+    pub(crate) fn new(
+        class: &str,
+        cluster: Arc<dyn Cluster>,
+        inside_object: bool,
+        timeout: Duration,
+    ) -> Self {
         Self {
             namespace: Namespace::new(class),
             class: Arc::from(class),
             cluster,
             inside_object,
+            timeout,
         }
     }
 
@@ -119,6 +187,7 @@ impl NamespaceHandle {
             target,
             cluster: self.cluster.clone(),
             inside_object: self.inside_object,
+            timeout: self.timeout,
         }
     }
 }
@@ -129,6 +198,9 @@ pub struct Stub {
     target: ObjectRef,
     cluster: Arc<dyn Cluster>,
     inside_object: bool,
+    /// The deadline of a call made through this stub from outside any
+    /// object (calls from inside carry their event's scope instead).
+    timeout: Duration,
 }
 
 impl fmt::Debug for Stub {
@@ -153,7 +225,8 @@ impl Stub {
     /// fails with [`CallError::Ungated`].
     pub async fn fetch(&self, request: Request) -> Result<Response, CallError> {
         self.check_ungated()?;
-        self.fetch_unchecked(request).await
+        self.fetch_unchecked(request, CallScope::outside(self.timeout))
+            .await
     }
 
     /// Calls RPC method `method` with `args`, decoding the result as `R`.
@@ -177,15 +250,22 @@ impl Stub {
         }
     }
 
-    pub(crate) async fn fetch_unchecked(&self, request: Request) -> Result<Response, CallError> {
-        self.cluster.fetch(self.target.clone(), request).await
+    pub(crate) async fn fetch_unchecked(
+        &self,
+        request: Request,
+        scope: CallScope,
+    ) -> Result<Response, CallError> {
+        self.cluster
+            .fetch(self.target.clone(), request, scope)
+            .await
     }
 
     pub(crate) fn encode_call<A: Serialize>(method: &str, args: &A) -> Result<Bytes, CallError> {
         if is_reserved_method(method) {
-            return Err(CallError::Object(WireError::BadRequest {
+            return Err(WireError::BadRequest {
                 message: format!("{method:?} is a reserved method name"),
-            }));
+            }
+            .into());
         }
         postcard::to_allocvec(args)
             .map(Bytes::from)
@@ -196,10 +276,11 @@ impl Stub {
         &self,
         method: &str,
         args: Bytes,
+        scope: CallScope,
     ) -> Result<R, CallError> {
         let result = self
             .cluster
-            .call(self.target.clone(), method.to_owned(), args)
+            .call(self.target.clone(), method.to_owned(), args, scope)
             .await?;
         postcard::from_bytes(&result)
             .map_err(|e| CallError::Encoding(format!("result of {method:?}: {e}")))
@@ -211,6 +292,7 @@ impl Stub {
         args: &A,
     ) -> Result<R, CallError> {
         let args = Self::encode_call(method, args)?;
-        self.call_encoded(method, args).await
+        self.call_encoded(method, args, CallScope::outside(self.timeout))
+            .await
     }
 }

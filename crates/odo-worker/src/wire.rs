@@ -4,24 +4,45 @@
 
 use bytes::Bytes;
 use odo_core::WireError;
-use odo_core::wire::{FetchRequest, FetchResponse, Header, Target};
+use odo_core::wire::{CallMeta, FetchRequest, FetchResponse, Header, HttpHead, Target};
 
 use crate::object::{Request, Response};
 
-/// Rebuilds the HTTP request a router sent; a malformed one is a
+/// Rebuilds the HTTP request a router or worker sent; a malformed one is a
 /// [`WireError::BadRequest`].
-pub fn request_from_wire(fetch: FetchRequest, body: Bytes) -> Result<(Target, Request), WireError> {
-    let bad = |message: String| WireError::BadRequest { message };
+pub fn request_from_wire(
+    fetch: FetchRequest,
+    body: Bytes,
+) -> Result<(Target, CallMeta, Request), WireError> {
+    let request = request_from_parts(fetch.head, body)?;
+    Ok((fetch.target, fetch.meta, request))
+}
+
+/// Rebuilds an HTTP request from its wire head and body; a malformed one
+/// is a [`WireError::BadRequest`].
+pub fn request_from_parts(head: HttpHead, body: Bytes) -> Result<Request, WireError> {
     let mut builder = http::Request::builder()
-        .method(fetch.method.as_str())
-        .uri(fetch.uri.as_str());
-    for (name, value) in &fetch.headers {
+        .method(head.method.as_str())
+        .uri(head.uri.as_str());
+    for (name, value) in &head.headers {
         builder = builder.header(name.as_str(), value.as_slice());
     }
-    let request = builder
-        .body(body)
-        .map_err(|e| bad(format!("malformed request: {e}")))?;
-    Ok((fetch.target, request))
+    builder.body(body).map_err(|e| WireError::BadRequest {
+        message: format!("malformed request: {e}"),
+    })
+}
+
+/// Splits an HTTP request into its wire head and body.
+pub fn request_parts(request: Request) -> (HttpHead, Bytes) {
+    let (parts, body) = request.into_parts();
+    (
+        HttpHead {
+            method: parts.method.to_string(),
+            uri: parts.uri.to_string(),
+            headers: headers_to_wire(&parts.headers),
+        },
+        body,
+    )
 }
 
 /// Splits an object's HTTP response into the wire envelope and body.
@@ -30,20 +51,6 @@ pub fn response_to_wire(response: Response) -> (FetchResponse, Bytes) {
     (
         FetchResponse {
             status: parts.status.as_u16(),
-            headers: headers_to_wire(&parts.headers),
-        },
-        body,
-    )
-}
-
-/// Builds the wire envelope of a request to another object.
-pub fn request_to_wire(target: Target, request: Request) -> (FetchRequest, Bytes) {
-    let (parts, body) = request.into_parts();
-    (
-        FetchRequest {
-            target,
-            method: parts.method.to_string(),
-            uri: parts.uri.to_string(),
             headers: headers_to_wire(&parts.headers),
         },
         body,
@@ -75,13 +82,6 @@ mod tests {
 
     #[test]
     fn repeated_headers_and_bodies_survive_the_round_trip() {
-        let target = Target {
-            class: "C".into(),
-            id: odo_core::Namespace::new("C").id_from_name("x"),
-            name: None,
-            shard: 0,
-            epoch: 1,
-        };
         let request = http::Request::builder()
             .method("PUT")
             .uri("/kv/x/k?a=1&a=2")
@@ -90,17 +90,16 @@ mod tests {
             .header("x-b", "3")
             .body(Bytes::from_static(&[0, 255, 1]))
             .unwrap();
-        let (wire, body) = request_to_wire(target.clone(), request);
+        let (head, body) = request_parts(request);
         assert_eq!(
-            wire.headers,
+            head.headers,
             vec![
                 ("x-a".to_owned(), b"1".to_vec()),
                 ("x-a".to_owned(), b"2".to_vec()),
                 ("x-b".to_owned(), b"3".to_vec())
             ]
         );
-        let (back_target, back) = request_from_wire(wire, body).unwrap();
-        assert_eq!(back_target, target);
+        let back = request_from_parts(head, body).unwrap();
         assert_eq!(back.method(), "PUT");
         assert_eq!(back.uri(), "/kv/x/k?a=1&a=2");
         let values: Vec<_> = back.headers().get_all("x-a").iter().collect();
@@ -110,21 +109,13 @@ mod tests {
 
     #[test]
     fn malformed_requests_are_bad_requests() {
-        let target = Target {
-            class: "C".into(),
-            id: odo_core::Namespace::new("C").id_from_name("x"),
-            name: None,
-            shard: 0,
-            epoch: 1,
-        };
-        let fetch = FetchRequest {
-            target,
+        let head = HttpHead {
             method: "GET".into(),
             uri: "/".into(),
             headers: vec![("bad header".into(), b"v".to_vec())],
         };
         assert!(matches!(
-            request_from_wire(fetch, Bytes::new()),
+            request_from_parts(head, Bytes::new()),
             Err(WireError::BadRequest { .. })
         ));
     }

@@ -12,13 +12,15 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use odo_core::ObjectId;
 use odo_core::launch::{StorageKind, WorkerLaunch};
-use odo_core::wire::{FetchRequest, FetchResponse};
+use odo_core::wire::{FetchResponse, HttpHead};
 use odo_registry::{Registry, RegistryConfig, TransportKind, WorkerCommand};
 use odo_router::{
     ForwardError, Location, ObjectAddress, ObjectService, PathRoutes, Router, RouterConfig,
 };
 use odo_storage::{Backend, FjallBackend, FjallOptions, MemoryBackend, Store, StoreOptions};
-use odo_worker::{ClassError, Classes, DurableObject, ObjectRef, RpcCall, Runtime, RuntimeConfig};
+use odo_worker::{
+    CallScope, ClassError, Classes, DurableObject, ObjectRef, RpcCall, Runtime, RuntimeConfig,
+};
 use tokio::time::Instant;
 use tracing::info;
 
@@ -521,14 +523,20 @@ impl ObjectService for LocalService {
     fn fetch(
         &self,
         object: ObjectAddress,
-        request: FetchRequest,
+        head: HttpHead,
         body: Bytes,
-        _deadline: Instant,
+        deadline: Instant,
     ) -> BoxFuture<'static, Result<(FetchResponse, Bytes), ForwardError>> {
         let runtime = self.runtime.clone();
         async move {
-            let (_, request) = odo_worker::wire::request_from_wire(request, body)?;
-            let response = runtime.fetch(object_ref(&object), None, request).await?;
+            let request = odo_worker::wire::request_from_parts(head, body)?;
+            let scope = CallScope {
+                deadline,
+                chain: Arc::from([]),
+            };
+            let response = runtime
+                .fetch_within(object_ref(&object), None, request, scope)
+                .await?;
             Ok(odo_worker::wire::response_to_wire(response))
         }
         .boxed()
@@ -539,12 +547,16 @@ impl ObjectService for LocalService {
         object: ObjectAddress,
         method: String,
         args: Bytes,
-        _deadline: Instant,
+        deadline: Instant,
     ) -> BoxFuture<'static, Result<Bytes, ForwardError>> {
         let runtime = self.runtime.clone();
         async move {
+            let scope = CallScope {
+                deadline,
+                chain: Arc::from([]),
+            };
             Ok(runtime
-                .call(object_ref(&object), None, RpcCall { method, args })
+                .call_within(object_ref(&object), None, RpcCall { method, args }, scope)
                 .await?)
         }
         .boxed()

@@ -179,6 +179,52 @@ impl DurableObject for Probe {
                 let total: u64 = ctx.call(&stub, "add", &number(&request, "n")).await?;
                 Ok(reply(StatusCode::OK, total.to_string()))
             }
+            // `relay/a/b/...`: fetch `/probe/a/relay/b/...`; an empty rest
+            // answers where the chain ended and the deadline left there,
+            // `hang` never answers. A failed call is answered as text.
+            (_, ["relay", rest @ ..]) => match rest
+                .iter()
+                .copied()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .as_slice()
+            {
+                [] => Ok(reply(
+                    StatusCode::OK,
+                    format!(
+                        "end at {} with {} ms left",
+                        ctx.name().unwrap_or("?"),
+                        ctx.remaining().as_millis()
+                    ),
+                )),
+                ["hang"] => std::future::pending().await,
+                [next, more @ ..] => {
+                    let stub = ctx.namespace("PROBE").get_by_name(next);
+                    let uri = format!("/probe/{next}/relay/{}", more.join("/"));
+                    let request = http::Request::builder()
+                        .method(Method::POST)
+                        .uri(uri)
+                        .body(Bytes::new())
+                        .map_err(ObjectError::msg)?;
+                    match ctx.fetch(&stub, request).await {
+                        Ok(response) => Ok(response),
+                        Err(e) => Ok(reply(StatusCode::OK, format!("call failed: {e}"))),
+                    }
+                }
+            },
+            // Writes m/before, calls COUNTER `other` (committing m/before
+            // first), writes m/after, then fails: m/before stays.
+            (Method::POST, ["partial", other]) => {
+                ctx.storage()
+                    .put("m/before", Bytes::from_static(b"1"))
+                    .await?;
+                let stub = ctx.namespace("COUNTER").get_by_name(other);
+                let _: u64 = ctx.call(&stub, "add", &1u64).await?;
+                ctx.storage()
+                    .put("m/after", Bytes::from_static(b"1"))
+                    .await?;
+                Err(ObjectError::msg("failing after a call"))
+            }
             (Method::GET, ["whoami"]) => Ok(reply(
                 StatusCode::OK,
                 format!("{} {}", std::process::id(), ctx.activation()),

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use odo_core::ObjectId;
-use odo_core::wire::{FetchRequest, FetchResponse};
+use odo_core::wire::{FetchResponse, HttpHead};
 use odo_router::{
     ForwardError, Location, ObjectAddress, ObjectService, PathRoutes, Router, RouterConfig,
 };
@@ -30,7 +30,7 @@ impl ObjectService for Echo {
     fn fetch(
         &self,
         _object: ObjectAddress,
-        _request: FetchRequest,
+        _request: HttpHead,
         body: Bytes,
         _deadline: Instant,
     ) -> BoxFuture<'static, Result<(FetchResponse, Bytes), ForwardError>> {

@@ -26,6 +26,8 @@ pub(crate) enum Note {
     End(u64),
     Alarm(u64, u32),
     Init,
+    /// A `wait_until` task ran.
+    Background(u64),
 }
 
 /// Shared by the test and every instance.
@@ -75,11 +77,7 @@ impl DurableObject for Counter {
         Ok(())
     }
 
-    async fn fetch(
-        &mut self,
-        ctx: &mut Context,
-        req: Request,
-    ) -> Result<Response, ObjectError> {
+    async fn fetch(&mut self, ctx: &mut Context, req: Request) -> Result<Response, ObjectError> {
         let path = req.uri().path().to_owned();
         match path.as_str() {
             "/increment" => {
@@ -138,6 +136,70 @@ impl DurableObject for Counter {
                 match other.call::<u64, u64>("add", &1).await {
                     Err(e) => Ok(text(e)),
                     Ok(_) => Ok(text("the gate was bypassed")),
+                }
+            }
+            // Writes `before`, calls `other` (which commits `before` first),
+            // writes `after`, then fails.
+            "/partial" => {
+                ctx.storage().put("before", "1").await?;
+                let other = ctx.namespace("COUNTER").get_by_name("other");
+                let _: u64 = ctx.call(&other, "add", &1u64).await?;
+                ctx.storage().put("after", "1").await?;
+                Err(ObjectError::msg("failing after a call"))
+            }
+            "/keys" => {
+                let keys: Vec<String> = ctx
+                    .storage()
+                    .list(&odo_storage::ListOptions::default())
+                    .await?
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .collect();
+                Ok(text(keys.join(",")))
+            }
+            // Increments, and tells the test from a `wait_until` task; with
+            // `?fail`, the turn then fails.
+            path @ ("/notify-later" | "/notify-later-fail") => {
+                let n = count(ctx).await? + 1;
+                ctx.storage().put_typed("n", &n).await?;
+                let env = self.env.clone();
+                ctx.wait_until(async move { env.note(Note::Background(n)) });
+                if path.ends_with("fail") {
+                    return Err(ObjectError::msg("failing after wait_until"));
+                }
+                Ok(text(n))
+            }
+            // `/relay/a/b/...`: fetch `/relay/b/...` from object `a`; an
+            // empty rest answers where the chain ended, `hang` never answers.
+            // A failed call is answered as text (the object is not reset).
+            path if path.starts_with("/relay") => {
+                let rest: Vec<&str> = path
+                    .trim_start_matches("/relay")
+                    .split('/')
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                match rest.as_slice() {
+                    [] => Ok(text(format!(
+                        "end at {} with {} ms left",
+                        ctx.name().unwrap_or("?"),
+                        ctx.remaining().as_millis()
+                    ))),
+                    ["hang"] => {
+                        self.env.blocked.notify_one();
+                        std::future::pending().await
+                    }
+                    [next, more @ ..] => {
+                        let stub = ctx.namespace("COUNTER").get_by_name(next);
+                        let uri = format!("/relay/{}", more.join("/"));
+                        let request = http::Request::builder()
+                            .uri(uri)
+                            .body(Bytes::new())
+                            .map_err(ObjectError::msg)?;
+                        match ctx.fetch(&stub, request).await {
+                            Ok(response) => Ok(response),
+                            Err(e) => Ok(text(format!("call failed: {e}"))),
+                        }
+                    }
                 }
             }
             other => Err(ObjectError::msg(format!("no route {other}"))),

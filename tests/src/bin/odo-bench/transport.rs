@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::Bytes;
 use odo_core::Namespace;
-use odo_core::wire::{Request, Response, RpcCall, Target};
+use odo_core::wire::{CallMeta, Request, Response, RpcCall, Target};
 use odo_transport::{Channel, ClientConfig, Endpoint, Server, ServerConfig, handler_fn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{Semaphore, oneshot};
@@ -206,6 +206,7 @@ impl OdoSide {
                 shard: id.shard(16),
                 epoch: 1,
             },
+            meta: CallMeta::default(),
             method: "echo".into(),
         });
         Ok(OdoSide {
