@@ -97,7 +97,7 @@ fn bench(names: &[String]) -> Result<()> {
         "run",
         "--release",
         "-p",
-        "odo-tests",
+        "odo-bench",
         "--bin",
         "odo-bench",
         "--",
