@@ -134,9 +134,15 @@ pub struct RegistryConfig {
     pub token: String,
     /// How often each worker is heartbeaten. Default 250 ms.
     pub heartbeat_interval: Duration,
-    /// Consecutive unanswered heartbeats (each waiting one interval) after
-    /// which a worker is killed. Default 4.
-    pub heartbeat_misses: u32,
+    /// How long a worker has to answer a heartbeat; one that does not is
+    /// killed (SIGKILL) as hung. Only one heartbeat is in flight at a time,
+    /// so a busy worker that answers late is not punished twice. Default
+    /// 2 s.
+    pub heartbeat_timeout: Duration,
+    /// How long one poll of object code may run without returning (an
+    /// endless loop, a blocking call) before the worker is killed as stuck,
+    /// even if its other threads still answer heartbeats. Default 10 s.
+    pub stall_limit: Duration,
     /// How long a new worker may take to say hello. Default 10 s.
     pub startup_timeout: Duration,
     /// First restart delay; doubles per consecutive failure. Default 50 ms.
@@ -167,7 +173,8 @@ impl RegistryConfig {
             storage: StorageKind::Fjall,
             token: random_token(),
             heartbeat_interval: Duration::from_millis(250),
-            heartbeat_misses: 4,
+            heartbeat_timeout: Duration::from_secs(2),
+            stall_limit: Duration::from_secs(10),
             startup_timeout: Duration::from_secs(10),
             restart_backoff: Duration::from_millis(50),
             max_restart_backoff: Duration::from_secs(5),
@@ -285,7 +292,10 @@ pub(crate) struct Shared {
     pub(crate) table: Mutex<PlacementTable>,
     /// The data directory's lock, taken under `table` and released when
     /// the registry goes: no cluster record is written without it.
-    pub(crate) data_lock: Mutex<Option<DataDirLock>>,
+    pub(crate) data_lock: Arc<Mutex<Option<DataDirLock>>>,
+    /// Serialises writes of the cluster record, in the order of the table
+    /// versions they record (each write runs on a blocking thread).
+    record_writer: tokio::sync::Mutex<()>,
     pub(crate) slots: Slots,
     pub(crate) stopping: watch::Sender<bool>,
 }
@@ -298,36 +308,51 @@ impl Shared {
         }
     }
 
-    /// Applies `change` to the table, records epochs and the assignment
-    /// durably, and publishes
-    /// the new table.
-    pub(crate) fn update_table<T>(
+    /// Applies `change` to the table; if it changed, records S, the epochs
+    /// and the assignment durably (the file write and its fsync on a
+    /// blocking thread, never on the async executor) and then publishes the
+    /// new table. Returns once the record is durable: an epoch is never
+    /// used before it is recorded.
+    pub(crate) async fn update_table<T>(
         &self,
         change: impl FnOnce(&mut PlacementTable) -> T,
     ) -> Result<T, RegistryError> {
-        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        let before = table.version;
-        let out = change(&mut table);
-        if table.version != before {
-            let held = self
-                .data_lock
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+        let _writer = self.record_writer.lock().await;
+        let (out, changed) = {
+            let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+            let before = table.version;
+            let out = change(&mut table);
+            (out, (table.version != before).then(|| table.clone()))
+        };
+        let Some(table) = changed else {
+            return Ok(out);
+        };
+        let record = placement::ClusterFile {
+            format: 1,
+            shard_count: table.shard_count(),
+            epochs: table.epochs(),
+            assignment: table.assignment(),
+        };
+        let data_lock = self.data_lock.clone();
+        let data_dir = self.config.data_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            // Held while writing: a registry letting go of its directory
+            // waits for the write, and nothing writes after it.
+            let held = data_lock.lock().unwrap_or_else(PoisonError::into_inner);
             let Some(lock) = held.as_ref() else {
                 return Err(RegistryError::DataDir {
-                    path: self.config.data_dir.clone(),
+                    path: data_dir,
                     reason: "the registry has let go of its data directory".into(),
                 });
             };
-            let record = placement::ClusterFile {
-                format: 1,
-                shard_count: table.shard_count(),
-                epochs: table.epochs(),
-                assignment: table.assignment(),
-            };
-            record.save(lock.dir())?;
-            self.placement.send_replace(Arc::new(table.clone()));
-        }
+            record.save(lock.dir())
+        })
+        .await
+        .map_err(|e| RegistryError::DataDir {
+            path: self.config.data_dir.clone(),
+            reason: format!("writing the cluster record failed: {e}"),
+        })??;
+        self.placement.send_replace(Arc::new(table));
         Ok(out)
     }
 }
@@ -396,7 +421,8 @@ impl Registry {
             control_endpoint,
             placement,
             table: Mutex::new(table),
-            data_lock: Mutex::new(Some(data_lock)),
+            data_lock: Arc::new(Mutex::new(Some(data_lock))),
+            record_writer: tokio::sync::Mutex::new(()),
             stopping: watch::Sender::new(false),
         });
         info!(

@@ -231,7 +231,7 @@ pub(crate) async fn supervise(slot: u32, shared: Arc<Shared>) {
             state.endpoint = None;
             state.stats = None;
         }
-        if let Err(e) = shared.update_table(|t| t.vacate(slot)) {
+        if let Err(e) = shared.update_table(|t| t.vacate(slot)).await {
             error!(slot, error = %e, "cannot record the placement");
         }
         push_placement(&shared);
@@ -375,7 +375,7 @@ async fn run_worker(slot: u32, shared: &Shared, stopping: &mut watch::Receiver<b
     // worker opens the shard, then routers learn of it.
     let shards = shared.placement.borrow().shards_of(slot, config.workers);
     for shard in shards {
-        let epoch = match shared.update_table(|t| t.bump_epoch(shard)) {
+        let epoch = match shared.update_table(|t| t.bump_epoch(shard)).await {
             Ok(epoch) => epoch,
             Err(e) => {
                 return format!(
@@ -402,7 +402,7 @@ async fn run_worker(slot: u32, shared: &Shared, stopping: &mut watch::Receiver<b
             pid,
             endpoint: endpoint.clone(),
         };
-        if let Err(e) = shared.update_table(|t| t.set_owner(shard, owner)) {
+        if let Err(e) = shared.update_table(|t| t.set_owner(shard, owner)).await {
             return format!(
                 "cannot record the placement: {e}; killed: {}",
                 kill(&mut child).await
@@ -420,23 +420,33 @@ async fn run_worker(slot: u32, shared: &Shared, stopping: &mut watch::Receiver<b
 
     let mut ticks = tokio::time::interval(config.heartbeat_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut misses = 0;
+    let stall_limit = config.stall_limit.as_millis() as u64;
     loop {
         tokio::select! {
             status = child.wait() => return format!("exited: {}", describe(status)),
             _ = ticks.tick() => {
                 let beat = Request::Control(Control::Heartbeat { now_ms: 0 });
-                match channel.call(beat, Bytes::new(), config.heartbeat_interval).await {
+                match channel.call(beat, Bytes::new(), config.heartbeat_timeout).await {
                     Ok((Response::Control(ControlReply::Stats(stats)), _)) => {
-                        misses = 0;
+                        if stats.stalled_ms >= stall_limit {
+                            warn!(slot, pid, stalled_ms = stats.stalled_ms, "object code has not returned from a poll for too long; killing the worker");
+                            return format!(
+                                "stalled: a poll of object code ran {} ms; killed: {}",
+                                stats.stalled_ms,
+                                kill(&mut child).await
+                            );
+                        }
                         shared.slots.record_stats(slot, pid, stats);
                     }
-                    Ok((Response::Control(ControlReply::Heartbeat { .. }), _)) => misses = 0,
-                    _ => misses += 1,
-                }
-                if misses >= config.heartbeat_misses {
-                    warn!(slot, pid, misses, "worker missed its heartbeats; killing it");
-                    return format!("missed {misses} heartbeats; killed: {}", kill(&mut child).await);
+                    Ok((Response::Control(ControlReply::Heartbeat { .. }), _)) => {}
+                    answer => {
+                        warn!(slot, pid, ?answer, timeout = ?config.heartbeat_timeout, "worker did not answer its heartbeat; killing it");
+                        return format!(
+                            "no heartbeat answer within {:?}; killed: {}",
+                            config.heartbeat_timeout,
+                            kill(&mut child).await
+                        );
+                    }
                 }
             }
             () = until_stopping(stopping) => {

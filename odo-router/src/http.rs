@@ -153,9 +153,10 @@ impl IdExtractor for PathRoutes {
 
 /// Information for the admin endpoints.
 pub trait Admin: Send + Sync + 'static {
-    /// `GET /_odo/workers`: each worker's pid, endpoint, shards, state and
-    /// restarts, as JSON.
-    fn workers(&self) -> serde_json::Value;
+    /// `GET /_odo/workers`: each worker's pid, endpoint, shards, state,
+    /// restarts and figures, as JSON (fresh where the implementation can
+    /// ask; otherwise saying how old they are).
+    fn workers(&self) -> futures_util::future::BoxFuture<'_, serde_json::Value>;
 
     /// Appends process-level metrics (live objects, restarts, commit
     /// batches) in the Prometheus text format.
@@ -303,7 +304,7 @@ impl Router {
             return ("-".into(), text(StatusCode::OK, "hello"));
         }
         if let Some(admin_path) = path.strip_prefix("/_odo/") {
-            return ("-".into(), self.admin(admin_path));
+            return ("-".into(), self.admin(admin_path).await);
         }
         let object = match self.extractor.extract(&parts) {
             Ok(Some(object)) => object,
@@ -399,7 +400,7 @@ impl Router {
         (class, response)
     }
 
-    fn admin(&self, path: &str) -> http::Response<Body> {
+    async fn admin(&self, path: &str) -> http::Response<Body> {
         if path == "metrics" {
             let mut out = String::new();
             self.metrics.render(&mut out);
@@ -415,7 +416,7 @@ impl Router {
         }
         if path == "workers" {
             return match &self.admin {
-                Some(admin) => json(&admin.workers()),
+                Some(admin) => json(&admin.workers().await),
                 None => json(&serde_json::json!([])),
             };
         }

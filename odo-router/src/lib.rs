@@ -59,8 +59,12 @@ type WorkerMetric = (
 
 /// The registry's view for the admin endpoints.
 impl Admin for Registry {
-    fn workers(&self) -> serde_json::Value {
-        serde_json::to_value(Registry::workers(self)).unwrap_or(serde_json::Value::Null)
+    fn workers(&self) -> futures_util::future::BoxFuture<'_, serde_json::Value> {
+        // Asks every running worker for its figures now (bounded), falling
+        // back to its last heartbeat's, with their age.
+        Box::pin(async move {
+            serde_json::to_value(self.workers_fresh().await).unwrap_or(serde_json::Value::Null)
+        })
     }
 
     fn metrics(&self, out: &mut String) {

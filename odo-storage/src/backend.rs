@@ -9,6 +9,24 @@ use odo_core::ObjectId;
 use crate::batch::{KeyRange, ObjectBatch};
 use crate::error::StorageError;
 
+/// How much one [`Backend::scan`] may return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanLimit {
+    /// The most entries.
+    pub entries: usize,
+    /// Stop after the entry that brings the keys' and values' bytes to this
+    /// or more.
+    pub bytes: usize,
+}
+
+impl ScanLimit {
+    /// Whether a scan that has returned `entries` entries of `bytes` bytes
+    /// must stop.
+    pub fn reached(&self, entries: usize, bytes: usize) -> bool {
+        entries >= self.entries || bytes >= self.bytes
+    }
+}
+
 /// One store (one shard) of a storage engine.
 ///
 /// A backend holds the data and alarms of many objects. It is opened by its
@@ -38,14 +56,16 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     fn get(&self, object: &ObjectId, key: &str) -> Result<Option<Bytes>, StorageError>;
 
     /// The keys and values of `object` within `range`, in key order (or
-    /// descending when `reverse`), at most `limit` of them counted from the
-    /// walking end.
+    /// descending when `reverse`), counted from the walking end: at most
+    /// `limit.entries` of them, and stopping after the entry that brings the
+    /// keys' and values' bytes to `limit.bytes` or more. Listings call it
+    /// page by page (off the async threads), so one call must stay bounded.
     fn scan(
         &self,
         object: &ObjectId,
         range: &KeyRange,
         reverse: bool,
-        limit: Option<usize>,
+        limit: ScanLimit,
     ) -> Result<Vec<(String, Bytes)>, StorageError>;
 
     /// The alarm time of `object` (milliseconds since the Unix epoch), if set.

@@ -37,6 +37,19 @@ pub enum StorageError {
     /// The options given to `list` contradict each other.
     #[error("invalid list options: {0}")]
     InvalidListOptions(&'static str),
+    /// A listing's answer would hold more than a listing may hold in memory
+    /// ([`StoreOptions::max_list_entries`](crate::StoreOptions) entries or
+    /// [`StoreOptions::max_list_bytes`](crate::StoreOptions) bytes). It is
+    /// refused, never cut short: list in pages.
+    #[error(
+        "the listing would exceed {max_entries} entries or {max_bytes} bytes: list in pages, with `limit` (at most {max_entries}) and each next page starting after the last key of the one before (`start_after`)"
+    )]
+    ListTooLarge {
+        /// The most entries a listing may answer.
+        max_entries: usize,
+        /// The most bytes of keys and values a listing may answer.
+        max_bytes: usize,
+    },
     /// A value could not be encoded or decoded by the typed helpers.
     #[error("could not {action} the value of key {key:?}: {message}")]
     Serialization {

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use odo_core::ObjectId;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, ScanLimit};
 use crate::batch::{AlarmChange, KeyRange, ObjectBatch, bytes_successor};
 use crate::error::StorageError;
 
@@ -410,7 +410,7 @@ impl Backend for FjallBackend {
         object: &ObjectId,
         range: &KeyRange,
         reverse: bool,
-        limit: Option<usize>,
+        limit: ScanLimit,
     ) -> Result<Vec<(String, Bytes)>, StorageError> {
         if range.is_empty() {
             return Ok(Vec::new());
@@ -427,11 +427,17 @@ impl Backend for FjallBackend {
                 Box::new(iter)
             };
             let mut out = Vec::new();
-            for guard in iter.take(limit.unwrap_or(usize::MAX)) {
+            let mut bytes = 0;
+            for guard in iter {
+                if limit.reached(out.len(), bytes) {
+                    break;
+                }
                 let (key, value) = guard
                     .into_inner()
                     .map_err(|e| engine_error("scanning keys", e))?;
-                out.push((user_key(object, &key)?, Bytes::copy_from_slice(&value)));
+                let key = user_key(object, &key)?;
+                bytes += key.len() + value.len();
+                out.push((key, Bytes::copy_from_slice(&value)));
             }
             Ok(out)
         })

@@ -46,7 +46,7 @@
 //!
 //! # Conformance
 //!
-//! With the `conformance` feature, [`conformance`] runs any backend through
+//! With the `conformance` feature, the `conformance` module runs any backend through
 //! a model-based property test, a durability test and (for durable
 //! backends) a real SIGKILL crash test. To check a new backend, implement
 //! `conformance::Harness` (how to open it on a directory, whether it is
@@ -57,6 +57,7 @@ mod backend;
 mod batch;
 mod error;
 mod fjall_backend;
+mod listing;
 mod memory;
 mod object;
 mod store;
@@ -64,7 +65,7 @@ mod store;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use backend::Backend;
+pub use backend::{Backend, ScanLimit};
 pub use batch::{AlarmChange, KeyRange, ObjectBatch};
 pub use error::StorageError;
 pub use fjall_backend::{Durability, FjallBackend, FjallOptions};

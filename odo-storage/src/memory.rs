@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use bytes::Bytes;
 use odo_core::ObjectId;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, ScanLimit};
 use crate::batch::{AlarmChange, KeyRange, ObjectBatch};
 use crate::error::StorageError;
 
@@ -70,20 +70,28 @@ impl Backend for MemoryBackend {
         object: &ObjectId,
         range: &KeyRange,
         reverse: bool,
-        limit: Option<usize>,
+        limit: ScanLimit,
     ) -> Result<Vec<(String, Bytes)>, StorageError> {
         self.with(|s| {
             let (Some(data), Some(bounds)) = (s.data.get(object), range.as_bounds()) else {
                 return Vec::new();
             };
-            let limit = limit.unwrap_or(usize::MAX);
             let iter = data.range::<str, _>(bounds);
-            let pick = |(k, v): (&String, &Bytes)| (k.clone(), v.clone());
-            if reverse {
-                iter.rev().take(limit).map(pick).collect()
+            let iter: Box<dyn Iterator<Item = (&String, &Bytes)>> = if reverse {
+                Box::new(iter.rev())
             } else {
-                iter.take(limit).map(pick).collect()
+                Box::new(iter)
+            };
+            let mut out = Vec::new();
+            let mut bytes = 0;
+            for (key, value) in iter {
+                if limit.reached(out.len(), bytes) {
+                    break;
+                }
+                bytes += key.len() + value.len();
+                out.push((key.clone(), value.clone()));
             }
+            out
         })
     }
 

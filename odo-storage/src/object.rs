@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::batch::{AlarmChange, KeyRange, ObjectBatch, prefix_successor};
 use crate::error::StorageError;
+use crate::listing::{self, AnswerBound};
 use crate::store::{CommitState, CommitWait, ObjectFailure, StoreInner, Submission};
 use crate::{MAX_KEY_BYTES, MAX_KEYS_PER_CALL, MAX_VALUE_BYTES};
 
@@ -361,6 +362,14 @@ impl ObjectStorage {
     }
 
     /// The keys and values selected by `options` (see [`ListOptions`]).
+    ///
+    /// A listing holds at most [`StoreOptions::max_list_entries`](crate::StoreOptions)
+    /// entries and [`StoreOptions::max_list_bytes`](crate::StoreOptions)
+    /// bytes: an answer that would be larger (with no `limit`, or too large a
+    /// one) is refused with [`StorageError::ListTooLarge`] as soon as the
+    /// scan crosses the bound, never cut short. Page with `limit` and
+    /// `start_after`. The backend is read in bounded pages on blocking
+    /// threads, never on the async executor.
     pub async fn list(
         &mut self,
         options: &ListOptions,
@@ -370,7 +379,7 @@ impl ObjectStorage {
         let Some(bounds) = range.as_bounds() else {
             return Ok(Vec::new());
         };
-        // Merge what is not in the backend yet, oldest first: a clear hides
+        // What is not in the backend yet, oldest first: a clear hides
         // everything below it.
         let mut overlay: BTreeMap<&str, Option<&Bytes>> = BTreeMap::new();
         let mut hide_backend = false;
@@ -388,35 +397,27 @@ impl ObjectStorage {
                 overlay.insert(key.as_str(), value.as_ref());
             }
         }
-        let mut merged: BTreeMap<String, Bytes> = BTreeMap::new();
-        if !hide_backend {
-            // Each deletion may hide one backend key: fetch that many more,
-            // so that the first `limit` merged keys are exact (they all lie
-            // before the last key fetched, where the fetch is complete).
-            let deletions = overlay.values().filter(|v| v.is_none()).count();
-            let fetch = options.limit.map(|l| l.saturating_add(deletions));
-            let base = self
-                .store
-                .backend
-                .scan(&self.id, &range, options.reverse, fetch)?;
-            merged.extend(base);
-        }
-        for (key, value) in overlay {
-            match value {
-                Some(value) => {
-                    merged.insert(key.to_string(), value.clone());
-                }
-                None => {
-                    merged.remove(key);
-                }
-            }
-        }
-        let limit = options.limit.unwrap_or(usize::MAX);
-        Ok(if options.reverse {
-            merged.into_iter().rev().take(limit).collect()
+        let owned = |(key, value): (&&str, &Option<&Bytes>)| ((*key).to_owned(), value.cloned());
+        let overlay: Vec<(String, Option<Bytes>)> = if options.reverse {
+            overlay.iter().rev().map(owned).collect()
         } else {
-            merged.into_iter().take(limit).collect()
-        })
+            overlay.iter().map(owned).collect()
+        };
+        let bound = AnswerBound {
+            entries: self.store.options.max_list_entries,
+            bytes: self.store.options.max_list_bytes,
+        };
+        listing::merged(
+            &self.store.backend,
+            self.id,
+            range,
+            options.reverse,
+            overlay,
+            hide_backend,
+            options.limit.unwrap_or(usize::MAX),
+            bound,
+        )
+        .await
     }
 
     /// The alarm time (milliseconds since the Unix epoch), if one is set.

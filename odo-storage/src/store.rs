@@ -27,6 +27,13 @@ pub struct StoreOptions {
     /// Bytes of point-read cache per [`ObjectStorage`] (keys plus values);
     /// 0 disables the cache. Default: 64 KiB.
     pub object_cache_bytes: usize,
+    /// The most entries one listing may answer; a listing that would answer
+    /// more is refused with [`StorageError::ListTooLarge`] (use `limit` and
+    /// `start_after` to page). Default: 10,000.
+    pub max_list_entries: usize,
+    /// The most bytes (keys plus values) one listing may answer, likewise.
+    /// Default: 8 MiB.
+    pub max_list_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -34,6 +41,8 @@ impl Default for StoreOptions {
         Self {
             max_batch_turns: 8192,
             object_cache_bytes: 64 * 1024,
+            max_list_entries: 10_000,
+            max_list_bytes: 8 * 1024 * 1024,
         }
     }
 }

@@ -74,7 +74,17 @@ fn turns_queued_during_a_commit_share_the_next_one() {
     assert_eq!(stats.largest_batch, 102);
 
     let backend = store.backend();
-    let hot_data = backend.scan(&id(1), &KeyRange::all(), false, None).unwrap();
+    let hot_data = backend
+        .scan(
+            &id(1),
+            &KeyRange::all(),
+            false,
+            odo_storage::ScanLimit {
+                entries: usize::MAX,
+                bytes: usize::MAX,
+            },
+        )
+        .unwrap();
     assert_eq!(
         hot_data,
         vec![

@@ -206,8 +206,12 @@ impl Gate {
 
 /// Runs `fut` while releasing the gate, so replies leave as soon as their
 /// commits are durable even while a long turn runs.
+///
+/// Every poll of the object's code is watched ([`crate::stall`]), so a
+/// poll that never returns shows in the worker's heartbeats.
 async fn drive<F: Future>(fut: F, gate: &mut Gate) -> F::Output {
     let mut fut = pin!(fut);
+    let mut fut = std::future::poll_fn(move |cx| crate::stall::poll_watched(fut.as_mut(), cx));
     loop {
         tokio::select! {
             biased;

@@ -18,6 +18,7 @@ mod context;
 mod object;
 mod process;
 mod runtime;
+mod stall;
 mod stub;
 pub mod wire;
 

@@ -268,7 +268,7 @@ impl WorkerHandler {
                     live_objects: self.runtime.live_objects() as u64,
                     commit_batches,
                     commit_turns,
-                    stalled_ms: 0,
+                    stalled_ms: crate::stall::longest_stall().as_millis() as u64,
                 }))
             }
             Control::Placement(placement) => {

@@ -74,6 +74,12 @@ pub struct ServeOptions {
     pub router: RouterConfig,
     /// Limits of the object runtime (used by the workers, or in-process).
     pub runtime: RuntimeConfig,
+    /// How long a worker has to answer a heartbeat before it is killed as
+    /// hung. Default 2 s.
+    pub heartbeat_timeout: std::time::Duration,
+    /// How long one poll of object code may run without returning before
+    /// its worker is killed as stuck. Default 10 s.
+    pub stall_limit: std::time::Duration,
 }
 
 impl Default for ServeOptions {
@@ -87,6 +93,8 @@ impl Default for ServeOptions {
             runtime_dir: None,
             router: RouterConfig::default(),
             runtime: RuntimeConfig::default(),
+            heartbeat_timeout: std::time::Duration::from_secs(2),
+            stall_limit: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -276,6 +284,8 @@ impl App {
         config.storage = options.storage;
         config.transport = options.transport;
         config.runtime_dir = options.runtime_dir.clone();
+        config.heartbeat_timeout = options.heartbeat_timeout;
+        config.stall_limit = options.stall_limit;
         let registry = Arc::new(Registry::start(config).await?);
         registry.ready().await?;
         let client = odo_transport::ClientConfig {
@@ -437,6 +447,15 @@ struct ServeFlags {
     /// 503 at once and closed.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// How long a worker has to answer a heartbeat before it is killed as
+    /// hung, in milliseconds.
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
+    heartbeat_timeout_ms: u64,
+    /// How long one poll of object code may run without returning (an
+    /// endless loop, a blocking call) before its worker is killed as stuck,
+    /// in milliseconds.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    stall_limit_ms: u64,
     /// Shut down gracefully when standard input reaches end of file (for
     /// supervisors and test harnesses that hold a pipe to the server).
     #[arg(long, hide = true)]
@@ -468,6 +487,8 @@ impl ServeFlags {
                 ..RouterConfig::default()
             },
             runtime: RuntimeConfig::default(),
+            heartbeat_timeout: std::time::Duration::from_millis(self.heartbeat_timeout_ms),
+            stall_limit: std::time::Duration::from_millis(self.stall_limit_ms),
         }
     }
 }

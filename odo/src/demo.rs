@@ -131,7 +131,7 @@ pub struct Kv;
 /// A storage error that is the caller's fault, as an HTTP answer.
 fn refused(error: &StorageError) -> Option<Response> {
     match error {
-        StorageError::ValueTooLarge { .. } => {
+        StorageError::ValueTooLarge { .. } | StorageError::ListTooLarge { .. } => {
             Some(reply(StatusCode::PAYLOAD_TOO_LARGE, format!("{error}\n")))
         }
         StorageError::KeyTooLarge { .. }

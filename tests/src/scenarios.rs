@@ -140,6 +140,7 @@ macro_rules! scenario {
 mod alarm_flood;
 mod calls;
 mod front_door;
+mod listing;
 mod reset_race;
 mod secrets;
 mod strangers;
@@ -150,6 +151,7 @@ pub fn all() -> Vec<Scenario> {
     vec![
         s("ids", &[], ids),
         s("storage_list", &[], storage_list),
+        s("large_listing", &[], listing::large_listing),
         s("transactions", &[], transactions),
         s("serialisation", &[], serialisation),
         s("reset_after_failure", &[], reset_after_failure),

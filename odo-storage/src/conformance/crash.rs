@@ -163,7 +163,15 @@ fn verify<H: Harness>(harness: &H, dir: &Path, acked: &[u64; OBJECTS], round: us
         );
         // Nothing else ever lived in the object.
         let all = backend
-            .scan(&id, &crate::KeyRange::all(), false, None)
+            .scan(
+                &id,
+                &crate::KeyRange::all(),
+                false,
+                crate::ScanLimit {
+                    entries: usize::MAX,
+                    bytes: usize::MAX,
+                },
+            )
             .expect("scanning after the crash");
         assert_eq!(all.len(), if first.is_some() { KEYS.len() } else { 0 });
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use odo_core::ObjectId;
 
-use crate::{Backend, KeyRange, ObjectBatch, StorageError};
+use crate::{Backend, KeyRange, ObjectBatch, ScanLimit, StorageError};
 
 /// What [`InterceptCommits`] calls with each batch before committing it; an
 /// `Err` fails the commit instead.
@@ -68,7 +68,7 @@ impl<B: Backend> Backend for InterceptCommits<B> {
         object: &ObjectId,
         range: &KeyRange,
         reverse: bool,
-        limit: Option<usize>,
+        limit: ScanLimit,
     ) -> Result<Vec<(String, Bytes)>, StorageError> {
         self.inner.scan(object, range, reverse, limit)
     }

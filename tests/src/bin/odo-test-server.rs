@@ -225,6 +225,10 @@ impl DurableObject for Probe {
                     .await?;
                 Err(ObjectError::msg("failing after a call"))
             }
+            // Never returns from its poll: an endless loop in object code.
+            (Method::POST, ["spin"]) => loop {
+                std::hint::spin_loop();
+            },
             (Method::GET, ["whoami"]) => Ok(reply(
                 StatusCode::OK,
                 format!("{} {}", std::process::id(), ctx.activation()),

@@ -1,0 +1,165 @@
+//! Listings: the backend's keys merged with the object's writes that are
+//! not in the backend yet, read in bounded pages off the async threads, and
+//! refused as soon as the answer would cross its bound.
+
+use std::collections::VecDeque;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use odo_core::ObjectId;
+
+use crate::backend::{Backend, ScanLimit};
+use crate::batch::KeyRange;
+use crate::error::StorageError;
+
+/// One backend page: at most this many entries...
+const PAGE_ENTRIES: usize = 1024;
+/// ...or about this many bytes of keys and values.
+const PAGE_BYTES: usize = 1024 * 1024;
+
+/// The most a listing may hold in memory (see
+/// [`StoreOptions`](crate::StoreOptions)).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AnswerBound {
+    pub(crate) entries: usize,
+    pub(crate) bytes: usize,
+}
+
+/// The size of an entry, as the byte bound counts it.
+fn cost(key: &str, value: &Bytes) -> usize {
+    key.len() + value.len()
+}
+
+/// The entries of `range` in walk order: the backend's, with `overlay`
+/// (the object's own not-yet-durable writes, `None` a deletion, in walk
+/// order) laid over them, and none of the backend's when `hide_backend`
+/// (a `delete_all` in the overlay). At most `want` entries; an answer that
+/// would cross `bound` is refused with [`StorageError::ListTooLarge`] as
+/// soon as it does, so memory stays bounded by `bound` plus one page.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn merged(
+    backend: &Arc<dyn Backend>,
+    object: ObjectId,
+    range: KeyRange,
+    reverse: bool,
+    overlay: Vec<(String, Option<Bytes>)>,
+    hide_backend: bool,
+    want: usize,
+    bound: AnswerBound,
+) -> Result<Vec<(String, Bytes)>, StorageError> {
+    let mut out: Vec<(String, Bytes)> = Vec::new();
+    let mut bytes = 0usize;
+    let mut overlay = overlay.into_iter().peekable();
+    let mut pages = Pages {
+        backend: backend.clone(),
+        object,
+        next: Some(range).filter(|_| !hide_backend),
+        reverse,
+        buffered: VecDeque::new(),
+    };
+    while out.len() < want {
+        let base_next = pages.peek().await?;
+        let from_overlay = match (base_next, overlay.peek()) {
+            (None, None) => break,
+            (None, Some(_)) => true,
+            (Some(_), None) => false,
+            (Some(base), Some((key, _))) => {
+                if reverse {
+                    key.as_str() >= base
+                } else {
+                    key.as_str() <= base
+                }
+            }
+        };
+        let entry = if from_overlay {
+            let Some((key, value)) = overlay.next() else {
+                break;
+            };
+            // The overlay's write replaces (or deletes) the backend's.
+            if pages.peek().await? == Some(key.as_str()) {
+                pages.pop();
+            }
+            match value {
+                Some(value) => (key, value),
+                None => continue,
+            }
+        } else {
+            match pages.pop() {
+                Some(entry) => entry,
+                None => break,
+            }
+        };
+        bytes += cost(&entry.0, &entry.1);
+        out.push(entry);
+        if out.len() > bound.entries || bytes > bound.bytes {
+            return Err(StorageError::ListTooLarge {
+                max_entries: bound.entries,
+                max_bytes: bound.bytes,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The backend's entries of a range, one bounded page at a time, each read
+/// on a blocking thread.
+struct Pages {
+    backend: Arc<dyn Backend>,
+    object: ObjectId,
+    /// The part of the range not read yet; `None` once it is exhausted.
+    next: Option<KeyRange>,
+    reverse: bool,
+    buffered: VecDeque<(String, Bytes)>,
+}
+
+impl Pages {
+    /// The key of the next entry, reading a page if none is buffered.
+    async fn peek(&mut self) -> Result<Option<&str>, StorageError> {
+        if self.buffered.is_empty() {
+            self.fill().await?;
+        }
+        Ok(self.buffered.front().map(|(k, _)| k.as_str()))
+    }
+
+    fn pop(&mut self) -> Option<(String, Bytes)> {
+        self.buffered.pop_front()
+    }
+
+    async fn fill(&mut self) -> Result<(), StorageError> {
+        let Some(range) = self.next.take() else {
+            return Ok(());
+        };
+        let (backend, object, reverse) = (self.backend.clone(), self.object, self.reverse);
+        let limit = ScanLimit {
+            entries: PAGE_ENTRIES,
+            bytes: PAGE_BYTES,
+        };
+        let scan_range = range.clone();
+        let page =
+            tokio::task::spawn_blocking(move || backend.scan(&object, &scan_range, reverse, limit))
+                .await
+                .map_err(|e| StorageError::Backend {
+                    context: "scanning keys".into(),
+                    message: format!("the scan task failed: {e}"),
+                })??;
+        let page_bytes: usize = page.iter().map(|(k, v)| cost(k, v)).sum();
+        let more = page.len() >= PAGE_ENTRIES || page_bytes >= PAGE_BYTES;
+        if more && let Some((last, _)) = page.last() {
+            let after = Bound::Excluded(last.clone());
+            self.next = Some(if reverse {
+                KeyRange {
+                    lower: range.lower,
+                    upper: after,
+                }
+            } else {
+                KeyRange {
+                    lower: after,
+                    upper: range.upper,
+                }
+            });
+        }
+        self.buffered.extend(page);
+        Ok(())
+    }
+}
