@@ -200,9 +200,11 @@ impl OdoSide {
         // A realistic envelope: what a router sends for an RPC call.
         let request = Request::Rpc(RpcCall {
             target: Target {
-                class: "BENCH".into(),
-                id,
-                name: Some("object".into()),
+                object: odo_core::ObjectAddress {
+                    class: "BENCH".into(),
+                    id,
+                    name: Some("object".into()),
+                },
                 shard: id.shard(16),
                 epoch: 1,
             },

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use odo_core::Namespace;
 use odo_storage::{FjallBackend, FjallOptions, MemoryBackend, Store, StoreOptions};
 use odo_worker::{
-    Classes, Context, DurableObject, ObjectError, ObjectRef, Request, Response, Runtime,
+    Classes, Context, DurableObject, ObjectAddress, ObjectError, Request, Response, Runtime,
     RuntimeConfig,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -192,14 +192,14 @@ fn event_row(what: &str, odo: &Figures, raw: &Figures) {
     );
 }
 
-fn refs(class: &str, prefix: &str, count: usize) -> Arc<Vec<ObjectRef>> {
+fn refs(class: &str, prefix: &str, count: usize) -> Arc<Vec<ObjectAddress>> {
     let namespace = Namespace::new(class);
     let class: Arc<str> = Arc::from(class);
     Arc::new(
         (0..count)
             .map(|n| {
                 let name = format!("{prefix}{n}");
-                ObjectRef {
+                ObjectAddress {
                     class: class.clone(),
                     id: namespace.id_from_name(&name),
                     name: Some(Arc::from(name)),
@@ -227,11 +227,11 @@ fn next_random(state: &mut u64) -> u64 {
 /// [`closed_loop`] of fetches through `runtime`, caller `i` to `targets[i]`.
 async fn fetch_loop(
     runtime: &Runtime,
-    targets: &[ObjectRef],
+    targets: &[ObjectAddress],
     callers: usize,
 ) -> anyhow::Result<Figures> {
     let rt = runtime.clone();
-    let targets: Arc<[ObjectRef]> = targets.into();
+    let targets: Arc<[ObjectAddress]> = targets.into();
     closed_loop(callers, targets.len(), move |i| {
         let rt = rt.clone();
         let target = targets[i].clone();
@@ -312,7 +312,7 @@ fn echo_runtime() -> anyhow::Result<Runtime> {
 /// elapsed time.
 async fn activate_all(
     runtime: &Runtime,
-    targets: &Arc<Vec<ObjectRef>>,
+    targets: &Arc<Vec<ObjectAddress>>,
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(CALLERS);

@@ -9,7 +9,11 @@
 //!   responses, RPC calls, alarm events, control messages between registry
 //!   and worker, and the typed [`WireError`]s callers act on);
 //! - [`codec`]: the frame layout, as pure functions over `bytes`;
-//! - [`launch`]: the command line a registry starts a worker process with.
+//! - [`launch`]: the command line a registry starts a worker process with;
+//! - [`placement`]: shard placement, epochs, failover and restarts as an
+//!   I/O-free state machine, and the [`placement::PlacementSource`] trait
+//!   forwarders follow;
+//! - [`retry`]: which failed attempts a forwarder sends again, and when.
 //!
 //! It does no I/O and knows nothing of sockets, tokio, storage or HTTP: the
 //! transport moves the frames this crate encodes.
@@ -17,14 +21,14 @@
 //! ```
 //! use bytes::Bytes;
 //! use odo_core::wire::{CallMeta, FetchRequest, Frame, HttpHead, Message, Request, Target};
-//! use odo_core::{Namespace, codec};
+//! use odo_core::{Namespace, ObjectAddress, codec};
 //!
 //! let ns = Namespace::new("COUNTER");
 //! let id = ns.id_from_name("hot");
 //! let frame = Frame {
 //!     request_id: 7,
 //!     message: Message::Request(Request::Fetch(FetchRequest {
-//!         target: Target { class: "COUNTER".into(), id, name: Some("hot".into()), shard: id.shard(4), epoch: 1 },
+//!         target: Target { object: ObjectAddress::named("COUNTER", "hot"), shard: id.shard(4), epoch: 1 },
 //!         meta: CallMeta { deadline_ms: 30_000, chain: vec![] },
 //!         head: HttpHead {
 //!             method: "POST".into(),
@@ -39,10 +43,14 @@
 //! # Ok::<(), odo_core::codec::CodecError>(())
 //! ```
 
+mod address;
 pub mod codec;
 mod id;
 pub mod launch;
+pub mod placement;
+pub mod retry;
 pub mod wire;
 
+pub use address::ObjectAddress;
 pub use id::{IdError, Namespace, NamespaceTag, ObjectId};
 pub use wire::{Frame, WireError};

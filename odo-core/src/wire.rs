@@ -12,6 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::address::ObjectAddress;
 use crate::id::ObjectId;
 
 /// The version of the odo protocol spoken over a connection, checked in the
@@ -138,15 +139,11 @@ pub enum Refused {
 /// The object a request is for, and the placement the sender believes in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Target {
-    /// The class (namespace) name, such as `COUNTER`.
-    pub class: String,
     /// The object.
-    pub id: ObjectId,
-    /// The object's name, when it was addressed by name.
-    pub name: Option<String>,
-    /// The shard the sender computed for `id`.
+    pub object: ObjectAddress,
+    /// The shard the sender computed for the object's id.
     pub shard: u32,
-    /// The shard's epoch in the sender's placement table.
+    /// The shard's epoch in the sender's placement.
     pub epoch: u64,
 }
 

@@ -4,7 +4,7 @@
 use bytes::{Bytes, BytesMut};
 use odo_core::codec::{self, CodecError, HEADER_LEN};
 use odo_core::wire::*;
-use odo_core::{Namespace, ObjectId};
+use odo_core::{Namespace, ObjectAddress, ObjectId};
 use proptest::prelude::*;
 
 fn id() -> impl Strategy<Value = ObjectId> {
@@ -20,9 +20,11 @@ fn target() -> impl Strategy<Value = Target> {
         any::<u64>(),
     )
         .prop_map(|(class, id, name, shard, epoch)| Target {
-            class,
-            id,
-            name,
+            object: ObjectAddress {
+                class: class.into(),
+                id,
+                name: name.map(Into::into),
+            },
             shard,
             epoch,
         })
@@ -226,9 +228,11 @@ proptest! {
 fn sample_target() -> Target {
     let id = Namespace::new("COUNTER").id_from_name("hot");
     Target {
-        class: "COUNTER".into(),
-        id,
-        name: Some("hot".into()),
+        object: ObjectAddress {
+            class: "COUNTER".into(),
+            id,
+            name: Some("hot".into()),
+        },
         shard: 3,
         epoch: 2,
     }

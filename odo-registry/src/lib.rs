@@ -52,7 +52,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::info;
 
 pub use datadir::{DATA_DIR_LOCK_FILE, DataDirLock};
-pub use placement::{Owner, PlacementTable, ShardEntry};
+pub use placement::{Owner, PlacementTable, ShardEntry, TablePlacement};
 pub use supervisor::{WorkerState, WorkerStatus};
 
 use runtime_dir::RuntimeDir;
@@ -500,6 +500,12 @@ impl Registry {
     /// The placement table, updated on every change.
     pub fn placement(&self) -> watch::Receiver<Arc<PlacementTable>> {
         self.shared.placement.subscribe()
+    }
+
+    /// The placement as a [`PlacementSource`](odo_core::placement::PlacementSource),
+    /// for forwarders (the router's).
+    pub fn placement_source(&self) -> Arc<TablePlacement> {
+        Arc::new(TablePlacement::new(self.shared.placement.subscribe()))
     }
 
     /// Each worker slot's state, with the figures of each worker's last

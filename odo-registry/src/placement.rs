@@ -2,11 +2,14 @@
 //! Plain data; the supervisor changes it and publishes copies.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use odo_core::ObjectId;
+use odo_core::placement::{Changed, PlacementSource, ShardLocation, ShardOwner};
 use odo_core::wire::{Placement, ShardPlacement};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::RegistryError;
 
@@ -308,5 +311,51 @@ mod tests {
             ClusterFile::load_or_create(dir.path(), 3),
             Err(RegistryError::DataDir { .. })
         ));
+    }
+}
+
+/// The registry's table as a [`PlacementSource`]: what routers (and any
+/// other forwarder in the registry's process) follow.
+#[derive(Debug, Clone)]
+pub struct TablePlacement {
+    table: watch::Receiver<Arc<PlacementTable>>,
+}
+
+impl TablePlacement {
+    /// Follows the table published on `table`.
+    pub fn new(table: watch::Receiver<Arc<PlacementTable>>) -> Self {
+        Self { table }
+    }
+}
+
+impl PlacementSource for TablePlacement {
+    fn shard_count(&self) -> u32 {
+        self.table.borrow().shard_count()
+    }
+
+    fn version(&self) -> u64 {
+        self.table.borrow().version
+    }
+
+    fn locate(&self, id: &ObjectId) -> ShardLocation {
+        let table = self.table.borrow();
+        let (shard, entry) = table.lookup(id);
+        ShardLocation {
+            version: table.version,
+            shard,
+            epoch: entry.epoch,
+            owner: entry.owner.as_ref().map(|owner| ShardOwner {
+                endpoint: owner.endpoint.clone(),
+                pid: Some(owner.pid),
+            }),
+        }
+    }
+
+    fn changed(&self, seen: u64) -> Changed<'_> {
+        let mut table = self.table.clone();
+        Box::pin(async move {
+            // An error means the registry is gone: no change will come.
+            let _ = table.wait_for(|t| t.version != seen).await;
+        })
     }
 }

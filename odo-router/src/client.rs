@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use odo_core::wire::HttpHead;
 use odo_core::{IdError, Namespace, ObjectId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-use crate::http::{headers_from_wire, headers_to_wire};
-use crate::service::{ForwardError, ObjectAddress, ObjectService};
+use odo_core::ObjectAddress;
+
+use crate::service::{ForwardError, ObjectService};
 use odo_transport::forward::Outcome;
 
 /// Why a client call failed.
@@ -126,11 +126,7 @@ impl ClientNamespace {
     /// A stub for the object with this id.
     pub fn get(&self, id: ObjectId) -> ClientStub {
         ClientStub {
-            address: ObjectAddress {
-                class: self.namespace.name().to_owned(),
-                id,
-                name: None,
-            },
+            address: ObjectAddress::of_id(self.namespace.name(), id),
             client: self.client.clone(),
         }
     }
@@ -139,11 +135,7 @@ impl ClientNamespace {
     /// requests, for the object's `ctx.name()`).
     pub fn get_by_name(&self, name: &str) -> ClientStub {
         ClientStub {
-            address: ObjectAddress {
-                class: self.namespace.name().to_owned(),
-                id: self.namespace.id_from_name(name),
-                name: Some(name.to_owned()),
-            },
+            address: ObjectAddress::named(self.namespace.name(), name),
             client: self.client.clone(),
         }
     }
@@ -167,25 +159,12 @@ impl ClientStub {
         &self,
         request: http::Request<Bytes>,
     ) -> Result<http::Response<Bytes>, ClientError> {
-        let (parts, body) = request.into_parts();
-        let envelope = HttpHead {
-            method: parts.method.to_string(),
-            uri: parts.uri.to_string(),
-            headers: headers_to_wire(&parts.headers),
-        };
         let deadline = Instant::now() + self.client.deadline;
-        let (head, body) = self
+        Ok(self
             .client
             .service
-            .fetch(self.address.clone(), envelope, body, deadline)
-            .await?;
-        let mut response = http::Response::builder().status(head.status);
-        if let Some(headers) = response.headers_mut() {
-            headers_from_wire(&head.headers, headers);
-        }
-        response
-            .body(body)
-            .map_err(|e| ClientError::Http(e.to_string()))
+            .fetch(self.address.clone(), request, deadline)
+            .await?)
     }
 
     /// Calls RPC method `method` with `args`, decoding the result as `R`.

@@ -1,25 +1,24 @@
 //! The HTTP front door: hyper 1 (HTTP/1.1, and HTTP/2 when the client asks
-//! for it), object routing, limits, admin endpoints.
+//! for it), limits, admin endpoints; which request goes where is
+//! `routes.rs`, and reaching the object is the [`ObjectService`]'s.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, StatusCode};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use odo_core::Namespace;
-use odo_core::wire::{Header, HttpHead};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
-use tracing::warn;
 
+use crate::headers::is_hop_by_hop;
 use crate::metrics::Metrics;
-use crate::service::{ForwardError, ObjectAddress, ObjectService};
+use crate::routes::{IdExtractor, PlainRoutes, RouteError};
+use crate::service::{ForwardError, ObjectService};
 use crate::status::error_response;
 
 /// Limits and timings of the front door. `Default` gives the documented
@@ -66,91 +65,6 @@ impl Default for RouterConfig {
     }
 }
 
-/// Why a URL does not name an object.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RouteError {
-    /// No class is routed at this path (404).
-    #[error("no class is served at {0:?}")]
-    UnknownClass(String),
-    /// The object part of the path is malformed (400).
-    #[error("{0}")]
-    BadObject(String),
-}
-
-/// Finds the object a request is for. The default, [`PathRoutes`], reads
-/// `/{class}/{name}/...`; library users can plug in their own (a header, a
-/// host name, a query parameter).
-pub trait IdExtractor: Send + Sync + 'static {
-    /// The object the request is for; `Ok(None)` when the path is not an
-    /// object route at all (the router answers 404).
-    fn extract(&self, parts: &http::request::Parts) -> Result<Option<ObjectAddress>, RouteError>;
-}
-
-/// Routes `/{segment}/{name}/...` to the class registered for `segment`,
-/// and the object `id_from_name(name)`; a name written `id:<64 hex>` is an
-/// object id instead (`id_from_string`, so ids of another class are
-/// refused). Names are the raw path segment: data, never a file path.
-#[derive(Debug, Clone)]
-pub struct PathRoutes {
-    classes: HashMap<String, Namespace>,
-    max_name_bytes: usize,
-}
-
-impl PathRoutes {
-    /// No routes yet; names up to `max_name_bytes`.
-    pub fn new(max_name_bytes: usize) -> Self {
-        Self {
-            classes: HashMap::new(),
-            max_name_bytes,
-        }
-    }
-
-    /// Routes `/{segment}/...` to `class`.
-    pub fn route(mut self, segment: &str, class: &str) -> Self {
-        self.classes
-            .insert(segment.to_owned(), Namespace::new(class));
-        self
-    }
-}
-
-impl IdExtractor for PathRoutes {
-    fn extract(&self, parts: &http::request::Parts) -> Result<Option<ObjectAddress>, RouteError> {
-        let mut segments = parts.uri.path().trim_start_matches('/').split('/');
-        let Some(segment) = segments.next().filter(|s| !s.is_empty()) else {
-            return Ok(None);
-        };
-        let namespace = self
-            .classes
-            .get(segment)
-            .ok_or_else(|| RouteError::UnknownClass(segment.to_owned()))?;
-        let name = segments.next().filter(|s| !s.is_empty()).ok_or_else(|| {
-            RouteError::BadObject(format!("missing object name after /{segment}/"))
-        })?;
-        if let Some(hex) = name.strip_prefix("id:") {
-            let id = namespace
-                .id_from_string(hex)
-                .map_err(|e| RouteError::BadObject(format!("malformed object id: {e}")))?;
-            return Ok(Some(ObjectAddress {
-                class: namespace.name().to_owned(),
-                id,
-                name: None,
-            }));
-        }
-        if name.len() > self.max_name_bytes {
-            return Err(RouteError::BadObject(format!(
-                "object name of {} bytes is over the {}-byte limit",
-                name.len(),
-                self.max_name_bytes
-            )));
-        }
-        Ok(Some(ObjectAddress {
-            class: namespace.name().to_owned(),
-            id: namespace.id_from_name(name),
-            name: Some(name.to_owned()),
-        }))
-    }
-}
-
 /// Information for the admin endpoints.
 pub trait Admin: Send + Sync + 'static {
     /// `GET /_odo/workers`: each worker's pid, endpoint, shards, state,
@@ -168,6 +82,7 @@ type Body = Full<Bytes>;
 /// The HTTP front door.
 pub struct Router {
     extractor: Arc<dyn IdExtractor>,
+    plain: PlainRoutes,
     service: Arc<dyn ObjectService>,
     admin: Option<Arc<dyn Admin>>,
     config: RouterConfig,
@@ -192,6 +107,27 @@ fn text(status: StatusCode, body: impl Into<String>) -> http::Response<Body> {
     response
 }
 
+/// An object's (or a plain route's) answer as the front door sends it:
+/// without connection-level headers or a length hyper computes itself.
+fn answer(response: http::Response<Bytes>) -> http::Response<Body> {
+    let mut response = response.map(Full::new);
+    strip_connection_headers(response.headers_mut());
+    response.headers_mut().remove(CONTENT_LENGTH);
+    response
+}
+
+/// Removes the headers that belong to one connection only.
+fn strip_connection_headers(headers: &mut HeaderMap) {
+    let names: Vec<_> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name.as_str()))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
 fn json(value: &impl serde::Serialize) -> http::Response<Body> {
     match serde_json::to_vec_pretty(value) {
         Ok(body) => {
@@ -208,48 +144,6 @@ fn json(value: &impl serde::Serialize) -> http::Response<Body> {
     }
 }
 
-/// Connection-level headers that must not cross a proxy.
-fn is_hop_by_hop(name: &str) -> bool {
-    matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "te"
-            | "trailer"
-            | "upgrade"
-    )
-}
-
-/// Headers as the wire carries them: every value, in order.
-pub(crate) fn headers_to_wire(headers: &HeaderMap) -> Vec<Header> {
-    headers
-        .iter()
-        .filter(|(name, _)| !is_hop_by_hop(name.as_str()))
-        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
-        .collect()
-}
-
-/// Appends wire headers to `into`, skipping ones that are not valid HTTP
-/// and the ones hyper computes itself.
-pub(crate) fn headers_from_wire(headers: &[Header], into: &mut HeaderMap) {
-    for (name, value) in headers {
-        if is_hop_by_hop(name) || name.eq_ignore_ascii_case("content-length") {
-            continue;
-        }
-        match (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(value),
-        ) {
-            (Ok(name), Ok(value)) => {
-                into.append(name, value);
-            }
-            _ => warn!(header = %name, "dropping an invalid header from an object's response"),
-        }
-    }
-}
-
 impl Router {
     /// A front door that finds objects with `extractor` and reaches them
     /// through `service`.
@@ -260,11 +154,18 @@ impl Router {
     ) -> Self {
         Self {
             extractor,
+            plain: PlainRoutes::default(),
             service,
             admin: None,
             config,
             metrics: Metrics::default(),
         }
+    }
+
+    /// Serves `routes` (requests no object serves) before any object route.
+    pub fn with_plain_routes(mut self, routes: PlainRoutes) -> Self {
+        self.plain = routes;
+        self
     }
 
     /// Serves `/_odo/workers` and process metrics from `admin`.
@@ -295,16 +196,24 @@ impl Router {
 
     async fn route(
         &self,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         body: Incoming,
         started: Instant,
     ) -> (String, http::Response<Body>) {
-        let path = parts.uri.path();
-        if path == "/hello" && parts.method == Method::GET {
-            return ("-".into(), text(StatusCode::OK, "hello"));
-        }
+        let path = parts.uri.path().to_owned();
         if let Some(admin_path) = path.strip_prefix("/_odo/") {
             return ("-".into(), self.admin(admin_path).await);
+        }
+        let deadline = started + self.config.request_deadline;
+        if let Some(handler) = self.plain.get(&parts.method, &path) {
+            let handler = handler.clone();
+            return match self.read_body(&parts, body, deadline).await {
+                Ok(body) => {
+                    let request = http::Request::from_parts(parts, body);
+                    ("-".into(), answer(handler(request).await))
+                }
+                Err(response) => ("-".into(), response),
+            };
         }
         let object = match self.extractor.extract(&parts) {
             Ok(Some(object)) => object,
@@ -322,7 +231,40 @@ impl Router {
                 );
             }
         };
-        let class = object.class.clone();
+        let class = object.class.to_string();
+        let body = match self.read_body(&parts, body, deadline).await {
+            Ok(body) => body,
+            Err(response) => return (class, response),
+        };
+        // The object sees the path and query as sent, and no header that
+        // belongs to this connection only.
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .and_then(|pq| pq.as_str().parse().ok())
+            .unwrap_or_else(|| http::Uri::from_static("/"));
+        strip_connection_headers(&mut parts.headers);
+        let request = http::Request::from_parts(parts, body);
+        let forwarded =
+            tokio::time::timeout_at(deadline, self.service.fetch(object, request, deadline)).await;
+        let response = match forwarded {
+            Ok(Ok(response)) => answer(response),
+            Ok(Err(error)) => error_response(&error),
+            // The service gave up at the same deadline it was given; this
+            // is its backstop, and the call may have been sent.
+            Err(_) => error_response(&ForwardError::Deadline { written: true }),
+        };
+        (class, response)
+    }
+
+    /// Reads the request body up to the limit and the deadline; the answer
+    /// to give instead when it cannot.
+    async fn read_body(
+        &self,
+        parts: &http::request::Parts,
+        body: Incoming,
+        deadline: Instant,
+    ) -> Result<Bytes, http::Response<Body>> {
         let max = self.config.max_body_bytes;
         let too_large = || {
             let mut response = text(
@@ -343,61 +285,22 @@ impl Router {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > max as u64) {
-            return (class, too_large());
+            return Err(too_large());
         }
-        let deadline = started + self.config.request_deadline;
-        let body = match tokio::time::timeout_at(deadline, Limited::new(body, max).collect()).await
-        {
-            Ok(Ok(collected)) => collected.to_bytes(),
+        match tokio::time::timeout_at(deadline, Limited::new(body, max).collect()).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
             Ok(Err(e))
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
                     .is_some() =>
             {
-                return (class, too_large());
+                Err(too_large())
             }
-            Ok(Err(e)) => {
-                return (
-                    class,
-                    text(
-                        StatusCode::BAD_REQUEST,
-                        format!("cannot read the body: {e}\n"),
-                    ),
-                );
-            }
-            Err(_) => {
-                return (
-                    class,
-                    error_response(&ForwardError::Deadline { written: false }),
-                );
-            }
-        };
-        let envelope = HttpHead {
-            method: parts.method.to_string(),
-            uri: parts
-                .uri
-                .path_and_query()
-                .map_or_else(|| "/".to_owned(), |pq| pq.to_string()),
-            headers: headers_to_wire(&parts.headers),
-        };
-        let forwarded = tokio::time::timeout_at(
-            deadline,
-            self.service.fetch(object, envelope, body, deadline),
-        )
-        .await;
-        let response = match forwarded {
-            Ok(Ok((head, body))) => {
-                let mut response = http::Response::new(Full::new(body));
-                *response.status_mut() =
-                    StatusCode::from_u16(head.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                headers_from_wire(&head.headers, response.headers_mut());
-                response
-            }
-            Ok(Err(error)) => error_response(&error),
-            // The service gave up at the same deadline it was given; this
-            // is its backstop, and the call may have been sent.
-            Err(_) => error_response(&ForwardError::Deadline { written: true }),
-        };
-        (class, response)
+            Ok(Err(e)) => Err(text(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}\n"),
+            )),
+            Err(_) => Err(error_response(&ForwardError::Deadline { written: false })),
+        }
     }
 
     async fn admin(&self, path: &str) -> http::Response<Body> {
@@ -449,79 +352,5 @@ impl Router {
             };
         }
         text(StatusCode::NOT_FOUND, "not found\n")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn extract(path: &str) -> Result<Option<ObjectAddress>, RouteError> {
-        let routes = PathRoutes::new(8).route("counter", "COUNTER");
-        let (mut parts, ()) = http::Request::new(()).into_parts();
-        parts.uri = path.parse().unwrap();
-        routes.extract(&parts)
-    }
-
-    #[test]
-    fn path_routing() {
-        let ns = Namespace::new("COUNTER");
-        let named = extract("/counter/hot/increment").unwrap().unwrap();
-        assert_eq!(named.id, ns.id_from_name("hot"));
-        assert_eq!(named.name.as_deref(), Some("hot"));
-        assert_eq!(extract("/").unwrap(), None);
-        assert_eq!(
-            extract("/nope/x"),
-            Err(RouteError::UnknownClass("nope".into()))
-        );
-        assert!(matches!(extract("/counter"), Err(RouteError::BadObject(_))));
-        assert!(matches!(
-            extract("/counter/"),
-            Err(RouteError::BadObject(_))
-        ));
-        assert!(
-            matches!(extract("/counter/123456789"), Err(RouteError::BadObject(m)) if m.contains("limit"))
-        );
-        let id = ns.id_from_name("x");
-        let by_id = extract(&format!("/counter/id:{}", id.to_string().to_uppercase()))
-            .unwrap()
-            .unwrap();
-        assert_eq!((by_id.id, by_id.name), (id, None));
-        let foreign = Namespace::new("KV").id_from_name("x");
-        assert!(
-            matches!(extract(&format!("/counter/id:{foreign}")), Err(RouteError::BadObject(m)) if m.contains("another namespace"))
-        );
-        assert!(matches!(
-            extract("/counter/id:abc"),
-            Err(RouteError::BadObject(_))
-        ));
-    }
-
-    #[test]
-    fn headers_keep_repeats_and_drop_hop_by_hop() {
-        let mut map = HeaderMap::new();
-        map.append("x-a", HeaderValue::from_static("1"));
-        map.append("x-a", HeaderValue::from_static("2"));
-        map.append("connection", HeaderValue::from_static("keep-alive"));
-        let wire = headers_to_wire(&map);
-        assert_eq!(
-            wire,
-            vec![
-                ("x-a".to_owned(), b"1".to_vec()),
-                ("x-a".to_owned(), b"2".to_vec())
-            ]
-        );
-        let mut back = HeaderMap::new();
-        headers_from_wire(
-            &[
-                ("x-b".into(), b"1".to_vec()),
-                ("x-b".into(), b"2".to_vec()),
-                ("content-length".into(), b"99".to_vec()),
-                ("bad name".into(), b"v".to_vec()),
-            ],
-            &mut back,
-        );
-        assert_eq!(back.get_all("x-b").iter().collect::<Vec<_>>(), ["1", "2"]);
-        assert_eq!(back.len(), 2);
     }
 }

@@ -9,8 +9,11 @@
 //! retrying only what is safe to retry. [`Client`] offers the same reach to
 //! Rust programs without HTTP.
 //!
-//! It does not host objects (odo-worker) or supervise processes
-//! (odo-registry): it reads the registry's placement table.
+//! It does not host objects (odo-worker), supervise processes or keep
+//! placement (odo-registry): it follows any
+//! [`PlacementSource`](odo_core::placement::PlacementSource), and does not
+//! depend on the registry. Plain routes that no object serves
+//! ([`PlainRoutes`]) are answered before object routes.
 //!
 //! Answers: unknown class 404, malformed id or over-long name 400, body over
 //! the limit 413; a failed call answers by what the client can do with it
@@ -24,9 +27,14 @@
 //! use std::sync::Arc;
 //! use odo_router::{ClusterService, PathRoutes, Router, RouterConfig};
 //!
-//! # async fn run(registry: odo_registry::Registry) -> std::io::Result<()> {
-//! let client = odo_transport::ClientConfig::new(registry.token());
-//! let service = Arc::new(ClusterService::new(registry.placement(), client));
+//! # async fn run(
+//! #     placement: Arc<dyn odo_core::placement::PlacementSource>,
+//! #     token: &str,
+//! # ) -> std::io::Result<()> {
+//! // `placement`: the registry's table (`Registry::placement_source()`),
+//! // or any other source of placement.
+//! let client = odo_transport::ClientConfig::new(token);
+//! let service = Arc::new(ClusterService::new(placement, client));
 //! let routes = Arc::new(PathRoutes::new(256).route("counter", "COUNTER"));
 //! let router = Arc::new(Router::new(routes, service, RouterConfig::default()));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await?;
@@ -36,71 +44,17 @@
 
 mod accept;
 mod client;
+mod headers;
 mod http;
 mod metrics;
+mod routes;
 mod service;
 mod status;
 
 pub use client::{Client, ClientError, ClientNamespace, ClientStub};
-pub use http::{Admin, IdExtractor, PathRoutes, RouteError, Router, RouterConfig};
+pub use http::{Admin, Router, RouterConfig};
+pub use odo_core::ObjectAddress;
 pub use odo_transport::forward::Outcome;
-pub use service::{ClusterService, ForwardError, Location, ObjectAddress, ObjectService};
+pub use routes::{IdExtractor, PathRoutes, PlainHandler, PlainRoutes, RouteError};
+pub use service::{ClusterService, ForwardError, Location, ObjectService};
 pub use status::{ERROR_HEADER, RETRYABLE_HEADER};
-
-use odo_registry::Registry;
-
-/// A per-worker metric: name, Prometheus type, help text, value.
-type WorkerMetric = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&odo_registry::WorkerStatus) -> u64,
-);
-
-/// The registry's view for the admin endpoints.
-impl Admin for Registry {
-    fn workers(&self) -> futures_util::future::BoxFuture<'_, serde_json::Value> {
-        // Asks every running worker for its figures now (bounded), falling
-        // back to its last heartbeat's, with their age.
-        Box::pin(async move {
-            serde_json::to_value(self.workers_fresh().await).unwrap_or(serde_json::Value::Null)
-        })
-    }
-
-    fn metrics(&self, out: &mut String) {
-        let workers = Registry::workers(self);
-        let per_worker: [WorkerMetric; 4] = [
-            (
-                "odo_live_objects",
-                "gauge",
-                "Objects live on each worker.",
-                |w| w.live_objects,
-            ),
-            (
-                "odo_worker_restarts_total",
-                "counter",
-                "Worker process restarts.",
-                |w| u64::from(w.restarts),
-            ),
-            (
-                "odo_commit_batches_total",
-                "counter",
-                "Group commits by each worker's current process.",
-                |w| w.commit_batches,
-            ),
-            (
-                "odo_commit_turns_total",
-                "counter",
-                "Turns committed in those batches (turns / batches = average batch size).",
-                |w| w.commit_turns,
-            ),
-        ];
-        for (name, kind, help, value) in per_worker {
-            use std::fmt::Write;
-            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
-            for w in &workers {
-                let _ = writeln!(out, "{name}{{worker=\"{}\"}} {}", w.slot, value(w));
-            }
-        }
-    }
-}

@@ -1,6 +1,6 @@
 //! Where the router sends a request once it knows the object: the
-//! [`ObjectService`] trait, and [`ClusterService`], which forwards to the
-//! owning worker by the registry's placement table.
+//! [`ObjectService`] trait, in HTTP terms, and [`ClusterService`], which
+//! reaches worker processes through the one [`Forwarder`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -8,42 +8,28 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use odo_core::wire::{
-    CallMeta, FetchRequest, FetchResponse, HttpHead, Request, Response, RpcCall, Target,
-};
-use odo_core::{ObjectId, WireError};
-use odo_registry::PlacementTable;
+use odo_core::placement::PlacementSource;
+use odo_core::wire::{HttpHead, Response};
+use odo_core::{ObjectAddress, ObjectId, WireError};
+use odo_transport::ClientConfig;
 pub use odo_transport::forward::ForwardError;
-use odo_transport::forward::{self, Attempt, Backoff};
-use odo_transport::{ChannelPool, ClientConfig};
-use tokio::sync::watch;
+use odo_transport::forward::{Delivery, Forwarder, OutboundCall};
 use tokio::time::Instant;
-use tracing::debug;
 
-/// An object as the router addresses it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObjectAddress {
-    /// The class (namespace) name, such as `COUNTER`.
-    pub class: String,
-    /// The object id.
-    pub id: ObjectId,
-    /// The name the id was derived from, if any.
-    pub name: Option<String>,
-}
+use crate::headers::{headers_from_wire, headers_to_wire};
 
-/// Delivers requests to objects. [`ClusterService`] forwards to worker
-/// processes; a program hosting objects in-process implements it over its
-/// own runtime.
+/// Delivers requests to objects, in HTTP terms. [`ClusterService`] forwards
+/// to worker processes; a program hosting objects in its own process (the
+/// odo facade with `--workers 0`) implements it over its runtime, with no
+/// wire conversion at all.
 pub trait ObjectService: Send + Sync + 'static {
-    /// Delivers an HTTP request (its head and body) to an object, by
-    /// `deadline`.
+    /// Delivers an HTTP request to an object, by `deadline`.
     fn fetch(
         &self,
         object: ObjectAddress,
-        request: HttpHead,
-        body: Bytes,
+        request: http::Request<Bytes>,
         deadline: Instant,
-    ) -> BoxFuture<'static, Result<(FetchResponse, Bytes), ForwardError>>;
+    ) -> BoxFuture<'static, Result<http::Response<Bytes>, ForwardError>>;
 
     /// Calls an RPC method with encoded arguments, by `deadline`.
     fn call(
@@ -65,101 +51,62 @@ pub struct Location {
     pub shard: u32,
     /// The shard's epoch.
     pub epoch: u64,
-    /// The pid of the worker serving the shard, if assigned.
+    /// The pid of the process serving the shard, if known.
     pub pid: Option<u32>,
 }
 
-/// Forwards requests to the worker that owns each object's shard, over a
-/// pool of multiplexed channels (one per worker endpoint).
+/// Forwards requests to the worker that owns each object's shard, through
+/// a [`Forwarder`] following any [`PlacementSource`] (the registry's table
+/// on one machine).
 ///
 /// A request that was never written (no worker yet, a closed channel) or
-/// that a worker answered `Moved` is retried once the placement table
-/// changes, until the deadline ([`Attempt::of`], the rule the workers'
-/// calls between objects follow too). A request written to a worker that
-/// then died is not retried: it answers [`ForwardError::Lost`]. The
-/// request's remaining deadline travels with it.
+/// that a worker answered `Moved` is retried once the placement changes,
+/// until the deadline. A request written to a worker that then died is not
+/// retried: it answers [`ForwardError::Lost`]. The request's remaining
+/// deadline travels with it.
 #[derive(Clone)]
 pub struct ClusterService {
-    inner: Arc<ClusterInner>,
-}
-
-struct ClusterInner {
-    placement: watch::Receiver<Arc<PlacementTable>>,
-    channels: ChannelPool,
+    forwarder: Arc<Forwarder>,
 }
 
 impl fmt::Debug for ClusterService {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClusterService")
-            .field("placement_version", &self.inner.placement.borrow().version)
-            .finish_non_exhaustive()
+            .field("forwarder", &self.forwarder)
+            .finish()
     }
 }
 
 impl ClusterService {
     /// A service following `placement`, connecting to workers with `client`.
-    pub fn new(placement: watch::Receiver<Arc<PlacementTable>>, client: ClientConfig) -> Self {
+    pub fn new(placement: Arc<dyn PlacementSource>, client: ClientConfig) -> Self {
         Self {
-            inner: Arc::new(ClusterInner {
-                placement,
-                channels: ChannelPool::new(client),
-            }),
+            forwarder: Arc::new(Forwarder::new(placement, client)),
         }
     }
 
-    /// Sends `make(target, meta)` with `body` to the object's owner,
-    /// retrying what is safe to retry until `deadline`.
     async fn forward(
         self,
         object: ObjectAddress,
-        make: impl Fn(Target, CallMeta) -> Request + Send,
+        call: OutboundCall,
         body: Bytes,
         deadline: Instant,
     ) -> Result<(Response, Bytes), ForwardError> {
-        let mut placement = self.inner.placement.clone();
-        let mut backoff = Backoff::default();
-        loop {
-            let (target, endpoint) = {
-                let table = placement.borrow_and_update();
-                let (shard, entry) = table.lookup(&object.id);
-                let target = Target {
-                    class: object.class.clone(),
-                    id: object.id,
-                    name: object.name.clone(),
-                    shard,
-                    epoch: entry.epoch,
-                };
-                (target, entry.owner.as_ref().map(|o| o.endpoint.clone()))
-            };
-            let why_retry = match endpoint {
-                None => format!("shard {} has no worker", target.shard),
-                Some(endpoint) => match self.inner.channels.get(&endpoint).await {
-                    Err(e) => format!("cannot connect to {endpoint}: {e}"),
-                    Ok(channel) => {
-                        let request = make(target, forward::call_meta(deadline, Vec::new()));
-                        let left = forward::remaining(deadline);
-                        match Attempt::of(channel.call(request, body.clone(), left).await) {
-                            Attempt::Answered(response, body) => return Ok((response, body)),
-                            Attempt::Failed(error) => return Err(error),
-                            Attempt::Retry(why) => why,
-                        }
-                    }
-                },
-            };
-            debug!(id = %object.id, reason = %why_retry, "retrying once the placement changes");
-            // Wait for a placement change, or retry after a short backoff in
-            // case the change already happened; never past the deadline.
-            let Some(wait) = backoff.next_wait(deadline) else {
-                return Err(ForwardError::Unavailable(why_retry));
-            };
-            let _ = tokio::time::timeout(wait, placement.changed()).await;
+        // Nothing is local to a router: every shard is some worker's.
+        match self
+            .forwarder
+            .forward(&object, &call, body, deadline, &[], &|_| false)
+            .await?
+        {
+            Delivery::Answered(response, body) => Ok((response, body)),
+            Delivery::Local => Err(unexpected("a local delivery")),
         }
     }
 }
 
-fn unexpected(answer: Response) -> ForwardError {
+fn unexpected(what: impl fmt::Debug) -> ForwardError {
     ForwardError::Object(WireError::Internal {
-        message: format!("unexpected answer from the worker: {answer:?}"),
+        message: format!("unexpected answer from the worker: {what:?}"),
     })
 }
 
@@ -167,21 +114,31 @@ impl ObjectService for ClusterService {
     fn fetch(
         &self,
         object: ObjectAddress,
-        head: HttpHead,
-        body: Bytes,
+        request: http::Request<Bytes>,
         deadline: Instant,
-    ) -> BoxFuture<'static, Result<(FetchResponse, Bytes), ForwardError>> {
+    ) -> BoxFuture<'static, Result<http::Response<Bytes>, ForwardError>> {
         let this = self.clone();
         async move {
-            let make = move |target, meta| {
-                Request::Fetch(FetchRequest {
-                    target,
-                    meta,
-                    head: head.clone(),
-                })
+            let (parts, body) = request.into_parts();
+            let head = HttpHead {
+                method: parts.method.to_string(),
+                uri: parts
+                    .uri
+                    .path_and_query()
+                    .map_or_else(|| "/".to_owned(), |pq| pq.to_string()),
+                headers: headers_to_wire(&parts.headers),
             };
-            match this.forward(object, make, body, deadline).await? {
-                (Response::Fetch(head), body) => Ok((head, body)),
+            match this
+                .forward(object, OutboundCall::Fetch(head), body, deadline)
+                .await?
+            {
+                (Response::Fetch(head), body) => {
+                    let mut response = http::Response::new(body);
+                    *response.status_mut() = http::StatusCode::from_u16(head.status)
+                        .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+                    headers_from_wire(&head.headers, response.headers_mut());
+                    Ok(response)
+                }
                 (other, _) => Err(unexpected(other)),
             }
         }
@@ -197,14 +154,10 @@ impl ObjectService for ClusterService {
     ) -> BoxFuture<'static, Result<Bytes, ForwardError>> {
         let this = self.clone();
         async move {
-            let make = move |target, meta| {
-                Request::Rpc(RpcCall {
-                    target,
-                    meta,
-                    method: method.clone(),
-                })
-            };
-            match this.forward(object, make, args, deadline).await? {
+            match this
+                .forward(object, OutboundCall::Rpc { method }, args, deadline)
+                .await?
+            {
                 (Response::Rpc, body) => Ok(body),
                 (other, _) => Err(unexpected(other)),
             }
@@ -213,12 +166,11 @@ impl ObjectService for ClusterService {
     }
 
     fn locate(&self, id: &ObjectId) -> Option<Location> {
-        let table = self.inner.placement.borrow();
-        let (shard, entry) = table.lookup(id);
+        let location = self.forwarder.placement().locate(id);
         Some(Location {
-            shard,
-            epoch: entry.epoch,
-            pid: entry.owner.as_ref().map(|o| o.pid),
+            shard: location.shard,
+            epoch: location.epoch,
+            pid: location.owner.and_then(|o| o.pid),
         })
     }
 }

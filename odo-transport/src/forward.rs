@@ -1,21 +1,27 @@
-//! What every forwarder shares: the rule for which failed attempts may be
-//! sent again, the backoff between attempts, the deadline passed on to the
-//! callee, and what a failure means for the caller.
+//! The one forwarder: how a call reaches an object in another process,
+//! and what its failure means for the caller.
 //!
 //! The router (forwarding HTTP requests) and the workers (forwarding calls
-//! between objects) each keep their own loop over placement, but every
-//! attempt's result goes through [`Attempt::of`], every wait through
-//! [`Backoff`], and every envelope's deadline through [`call_meta`], so the
-//! two cannot drift apart.
+//! between objects) both use [`Forwarder`]: placement lookup through a
+//! [`PlacementSource`], pooled channels, the one retry policy of
+//! [`odo_core::retry`], the caller's remaining deadline and call chain
+//! passed on ([`call_meta`]), and one error type, [`ForwardError`], whose
+//! [`outcome`](ForwardError::outcome) says whether the call may have taken
+//! effect.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use odo_core::wire::{CallMeta, Response};
-use odo_core::{ObjectId, WireError};
+use odo_core::placement::{PlacementSource, ShardLocation};
+use odo_core::retry::{AttemptKind, Decision, RetryPolicy};
+use odo_core::wire::{CallMeta, FetchRequest, HttpHead, Request, Response, RpcCall, Target};
+use odo_core::{ObjectAddress, ObjectId, WireError};
 use tokio::time::Instant;
+use tracing::debug;
 
-use crate::CallError;
+use crate::{CallError, ChannelPool, ClientConfig};
 
 /// Why a forwarded call has no answer from its object.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,79 +93,198 @@ impl ForwardError {
     }
 }
 
-/// What one attempt to send a call to an object's worker came to.
-#[derive(Debug)]
-pub enum Attempt {
-    /// The worker answered (an answer, or an error other than `Moved`).
-    Answered(Response, Bytes),
-    /// The call was never delivered (not written, or answered `Moved`):
-    /// look the placement up again and send it again, within the deadline.
-    Retry(String),
-    /// The call failed in a way that must not be retried.
-    Failed(ForwardError),
-}
-
-impl Attempt {
-    /// Classifies the result of one [`Channel::call`](crate::Channel::call).
-    /// The one rule: only what was never written, or what the worker
-    /// answered `Moved`, is sent again; a call written and then lost is
-    /// never retried.
-    pub fn of(result: Result<(Response, Bytes), CallError>) -> Attempt {
-        match result {
-            Ok((Response::Error(WireError::Moved { epoch }), _)) => {
-                Attempt::Retry(format!("moved (epoch {epoch})"))
-            }
-            Ok((Response::Error(error), _)) => Attempt::Failed(ForwardError::Object(error)),
-            Ok((response, body)) => Attempt::Answered(response, body),
-            Err(CallError::DeadlineExceeded { written, .. }) => {
-                Attempt::Failed(ForwardError::Deadline { written })
-            }
-            Err(e @ (CallError::NotSent { .. } | CallError::Closed { .. })) => {
-                Attempt::Retry(e.to_string())
-            }
-            Err(e @ (CallError::Lost { .. } | CallError::Protocol { .. })) => {
-                Attempt::Failed(ForwardError::Lost(e.to_string()))
-            }
-            Err(e @ CallError::TooLarge { .. }) => {
-                Attempt::Failed(ForwardError::Object(WireError::BadRequest {
-                    message: e.to_string(),
-                }))
-            }
-            Err(e @ CallError::Encode(_)) => {
-                Attempt::Failed(ForwardError::Object(WireError::Internal {
-                    message: e.to_string(),
-                }))
-            }
-        }
-    }
-}
-
-/// The wait between attempts: 5 ms, doubling, capped at 200 ms, and never
-/// past the deadline.
+/// What a forwarder sends: an HTTP request (its body is the call's body) or
+/// an RPC call (its arguments are).
 #[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
+pub enum OutboundCall {
+    /// An HTTP request's head.
+    Fetch(HttpHead),
+    /// An RPC call to a method.
+    Rpc {
+        /// The method's name.
+        method: String,
+    },
 }
 
-impl Default for Backoff {
-    fn default() -> Self {
-        Self { next: Self::FIRST }
+impl OutboundCall {
+    fn request(&self, target: Target, meta: CallMeta) -> Request {
+        match self {
+            OutboundCall::Fetch(head) => Request::Fetch(FetchRequest {
+                target,
+                meta,
+                head: head.clone(),
+            }),
+            OutboundCall::Rpc { method } => Request::Rpc(RpcCall {
+                target,
+                meta,
+                method: method.clone(),
+            }),
+        }
     }
 }
 
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(5);
-    const MAX: Duration = Duration::from_millis(200);
+/// Where a forwarded call ended.
+#[derive(Debug)]
+pub enum Delivery {
+    /// The owning worker answered.
+    Answered(Response, Bytes),
+    /// The object's shard is served by this process: deliver the call here
+    /// (only when the caller says which shards are its own).
+    Local,
+}
 
-    /// How long to wait before the next attempt, or `None` when the
-    /// deadline leaves no time for one.
-    pub fn next_wait(&mut self, deadline: Instant) -> Option<Duration> {
-        let wait = self.next.min(remaining(deadline));
-        if wait.is_zero() {
-            return None;
+/// The one way to reach an object in another process: look its shard up in
+/// a [`PlacementSource`], send the call over a pooled [`Channel`](crate::Channel)
+/// stamped with the shard's epoch and the caller's remaining deadline and
+/// call chain, and follow the one retry rule ([`odo_core::retry`]): only a
+/// call that was never written, or that the worker answered `Moved`, is
+/// sent again, after the placement changes or a short backoff, never past
+/// the deadline. The router and the workers (for calls between objects)
+/// both use it.
+pub struct Forwarder {
+    placement: Arc<dyn PlacementSource>,
+    channels: ChannelPool,
+    retry: RetryPolicy,
+}
+
+impl fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("placement_version", &self.placement.version())
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One attempt's result, classified for the retry policy.
+struct Tried {
+    kind: AttemptKind,
+    result: Result<(Response, Bytes), ForwardError>,
+    why: String,
+}
+
+impl Tried {
+    fn not_written(why: String) -> Self {
+        Tried {
+            kind: AttemptKind::NotWritten,
+            result: Err(ForwardError::Unavailable(why.clone())),
+            why,
         }
-        self.next = (self.next * 2).min(Self::MAX);
-        Some(wait)
+    }
+}
+
+/// Classifies the result of one [`Channel::call`](crate::Channel::call).
+fn classify(result: Result<(Response, Bytes), CallError>) -> Tried {
+    let why = match &result {
+        Err(e) => e.to_string(),
+        Ok((Response::Error(e), _)) => e.to_string(),
+        Ok(_) => String::new(),
+    };
+    let (kind, result) = match result {
+        Ok((Response::Error(error), _)) => (
+            AttemptKind::of_error(&error),
+            Err(ForwardError::Object(error)),
+        ),
+        Ok(answer) => (AttemptKind::Answered, Ok(answer)),
+        Err(CallError::DeadlineExceeded { written, .. }) => (
+            AttemptKind::TimedOut { written },
+            Err(ForwardError::Deadline { written }),
+        ),
+        Err(CallError::NotSent { .. } | CallError::Closed { .. }) => (
+            AttemptKind::NotWritten,
+            Err(ForwardError::Unavailable(why.clone())),
+        ),
+        Err(CallError::Lost { .. } | CallError::Protocol { .. }) => {
+            (AttemptKind::Lost, Err(ForwardError::Lost(why.clone())))
+        }
+        // Refused before anything was sent, for good: the caller's answer.
+        Err(CallError::TooLarge { .. }) => (
+            AttemptKind::Refused,
+            Err(ForwardError::Object(WireError::BadRequest {
+                message: why.clone(),
+            })),
+        ),
+        Err(CallError::Encode(_)) => (
+            AttemptKind::Refused,
+            Err(ForwardError::Object(WireError::Internal {
+                message: why.clone(),
+            })),
+        ),
+    };
+    Tried { kind, result, why }
+}
+
+impl Forwarder {
+    /// A forwarder following `placement`, connecting with `client`, with
+    /// the default retry policy.
+    pub fn new(placement: Arc<dyn PlacementSource>, client: ClientConfig) -> Self {
+        Self {
+            placement,
+            channels: ChannelPool::new(client),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// The placement it follows.
+    pub fn placement(&self) -> &Arc<dyn PlacementSource> {
+        &self.placement
+    }
+
+    /// Sends `call` with `body` to `object`'s worker, by `deadline`, with
+    /// the call chain `chain` (the objects waiting on this call, outermost
+    /// first; empty from outside any object). `is_local` says whether this
+    /// process serves the located shard itself: then the answer is
+    /// [`Delivery::Local`] and nothing is sent.
+    pub async fn forward(
+        &self,
+        object: &ObjectAddress,
+        call: &OutboundCall,
+        body: Bytes,
+        deadline: Instant,
+        chain: &[ObjectId],
+        is_local: &(dyn Fn(&ShardLocation) -> bool + Send + Sync),
+    ) -> Result<Delivery, ForwardError> {
+        let mut retry = self.retry.start();
+        loop {
+            let location = self.placement.locate(&object.id);
+            if is_local(&location) {
+                return Ok(Delivery::Local);
+            }
+            let tried = match &location.owner {
+                None => Tried::not_written(format!("shard {} has no worker", location.shard)),
+                Some(owner) => match self.channels.get(&owner.endpoint).await {
+                    Err(e) => {
+                        Tried::not_written(format!("cannot connect to {}: {e}", owner.endpoint))
+                    }
+                    Ok(channel) => {
+                        let target = Target {
+                            object: object.clone(),
+                            shard: location.shard,
+                            epoch: location.epoch,
+                        };
+                        let request = call.request(target, call_meta(deadline, chain.to_vec()));
+                        classify(
+                            channel
+                                .call(request, body.clone(), remaining(deadline))
+                                .await,
+                        )
+                    }
+                },
+            };
+            match retry.decide(tried.kind, remaining(deadline)) {
+                Decision::Return => {
+                    return tried
+                        .result
+                        .map(|(response, body)| Delivery::Answered(response, body));
+                }
+                Decision::GiveUp => return Err(ForwardError::Unavailable(tried.why)),
+                Decision::Retry { after } => {
+                    debug!(object = %object, reason = %tried.why, "retrying once the placement changes");
+                    let _ =
+                        tokio::time::timeout(after, self.placement.changed(location.version)).await;
+                }
+            }
+        }
     }
 }
 
@@ -193,48 +318,50 @@ mod tests {
         "tcp:127.0.0.1:1".parse().unwrap()
     }
 
+    fn kind(result: Result<(Response, Bytes), CallError>) -> AttemptKind {
+        classify(result).kind
+    }
+
     #[test]
-    fn only_what_was_never_delivered_is_retried() {
-        let retry = |r| matches!(Attempt::of(r), Attempt::Retry(_));
-        assert!(retry(Ok((
-            Response::Error(WireError::Moved { epoch: 3 }),
-            Bytes::new()
-        ))));
-        assert!(retry(Err(CallError::NotSent {
+    fn only_what_was_never_delivered_may_be_retried() {
+        let moved = Ok((Response::Error(WireError::Moved { epoch: 3 }), Bytes::new()));
+        assert_eq!(kind(moved), AttemptKind::Moved);
+        let not_sent = Err(CallError::NotSent {
             endpoint: endpoint(),
             reason: CloseReason::PeerClosed,
-        })));
-        assert!(retry(Err(CallError::Closed {
+        });
+        assert_eq!(kind(not_sent), AttemptKind::NotWritten);
+        let closed = Err(CallError::Closed {
             endpoint: endpoint(),
             reason: CloseReason::PeerClosed,
-        })));
-        let failed = |r| match Attempt::of(r) {
-            Attempt::Failed(e) => Some(e),
-            _ => None,
-        };
+        });
+        assert_eq!(kind(closed), AttemptKind::NotWritten);
+        let lost = classify(Err(CallError::Lost {
+            endpoint: endpoint(),
+            reason: CloseReason::PeerClosed,
+        }));
+        assert_eq!(lost.kind, AttemptKind::Lost);
+        assert!(matches!(lost.result, Err(ForwardError::Lost(_))));
+        let late = classify(Err(CallError::DeadlineExceeded {
+            endpoint: endpoint(),
+            deadline: Duration::from_secs(1),
+            written: true,
+        }));
+        assert_eq!(late.kind, AttemptKind::TimedOut { written: true });
         assert!(matches!(
-            failed(Err(CallError::Lost {
-                endpoint: endpoint(),
-                reason: CloseReason::PeerClosed,
-            })),
-            Some(ForwardError::Lost(_))
+            late.result,
+            Err(ForwardError::Deadline { written: true })
         ));
+        let overloaded = classify(Ok((Response::Error(WireError::Overloaded), Bytes::new())));
+        assert_eq!(overloaded.kind, AttemptKind::Answered);
         assert!(matches!(
-            failed(Err(CallError::DeadlineExceeded {
-                endpoint: endpoint(),
-                deadline: Duration::from_secs(1),
-                written: true,
-            })),
-            Some(ForwardError::Deadline { written: true })
+            overloaded.result,
+            Err(ForwardError::Object(WireError::Overloaded))
         ));
-        assert!(matches!(
-            failed(Ok((Response::Error(WireError::Overloaded), Bytes::new()))),
-            Some(ForwardError::Object(WireError::Overloaded))
-        ));
-        assert!(matches!(
-            Attempt::of(Ok((Response::Rpc, Bytes::from_static(b"x")))),
-            Attempt::Answered(Response::Rpc, _)
-        ));
+        assert_eq!(
+            kind(Ok((Response::Rpc, Bytes::from_static(b"x")))),
+            AttemptKind::Answered
+        );
     }
 
     #[test]
@@ -274,18 +401,6 @@ mod tests {
             assert_eq!(error.outcome(), outcome, "{error:?}");
             assert_eq!(error.retryable(), retryable, "{error:?}");
         }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn backoff_doubles_to_its_cap_and_stops_at_the_deadline() {
-        let deadline = Instant::now() + Duration::from_millis(600);
-        let mut backoff = Backoff::default();
-        let mut waits = Vec::new();
-        while let Some(wait) = backoff.next_wait(deadline) {
-            waits.push(wait.as_millis());
-            tokio::time::advance(wait).await;
-        }
-        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 200, 85]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -27,7 +27,9 @@ use crate::object::{
     AlarmInfo, DurableObject, ObjectError, Request, Response, RpcCall, is_reserved_method,
 };
 use crate::runtime::{ActorControl, Inner, ShardState};
-use crate::stub::{CallScope, ObjectRef};
+use odo_core::ObjectAddress;
+
+use crate::stub::CallScope;
 
 /// An event for one object, with where to send its outcome.
 #[derive(Debug)]
@@ -130,7 +132,7 @@ impl Mailbox {
 /// Everything an actor task needs to start.
 pub(crate) struct ActorStart {
     pub(crate) runtime: Arc<Inner>,
-    pub(crate) target: ObjectRef,
+    pub(crate) target: ObjectAddress,
     pub(crate) shard: Arc<ShardState>,
     pub(crate) control: Arc<ActorControl>,
 }

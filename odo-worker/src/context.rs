@@ -13,11 +13,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::object::{ObjectError, Request, Response};
-use crate::stub::{CallScope, Cluster, NamespaceHandle, ObjectRef, Stub};
+use odo_core::ObjectAddress;
+
+use crate::stub::{CallScope, Cluster, NamespaceHandle, Stub};
 
 /// The context of one live object, handed to every handler.
 pub struct Context {
-    pub(crate) target: ObjectRef,
+    pub(crate) target: ObjectAddress,
     pub(crate) activation: u64,
     pub(crate) storage: ObjectStorage,
     pub(crate) cluster: Arc<dyn Cluster>,

@@ -13,6 +13,7 @@
 
 mod actor;
 mod class;
+mod cluster;
 mod config;
 mod context;
 mod object;
@@ -28,8 +29,7 @@ pub use context::Context;
 pub use object::{
     AlarmInfo, DurableObject, ObjectError, Request, Response, RpcCall, RpcReply, is_reserved_method,
 };
+pub use odo_core::ObjectAddress;
 pub use process::{WorkerError, read_token, serve};
 pub use runtime::{Runtime, ShardError, now_ms};
-pub use stub::{
-    CallError, CallScope, Cluster, DEFAULT_CALL_DEADLINE, NamespaceHandle, ObjectRef, Stub,
-};
+pub use stub::{CallError, CallScope, Cluster, DEFAULT_CALL_DEADLINE, NamespaceHandle, Stub};

@@ -1,38 +1,32 @@
 //! The worker role of a binary: serve the shards a registry assigns, over
 //! odo-transport, until the registry says stop or goes away.
 
-use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
 use odo_core::WireError;
 use odo_core::launch::{StorageKind, WorkerLaunch};
-use odo_core::wire::{
-    CallMeta, Control, ControlReply, Placement, Request, Response, Target, WorkerStats,
-};
+use odo_core::wire::{CallMeta, Control, ControlReply, Request, Response, WorkerStats};
 use odo_storage::{
     Backend, FjallBackend, FjallOptions, MemoryBackend, StorageError, Store, StoreOptions,
 };
-use odo_transport::forward::{self, Attempt, Backoff, ForwardError};
+use odo_transport::forward;
 use odo_transport::{
-    BindError, Channel, ChannelPool, ClientConfig, ConnectError, Endpoint, EndpointError, Handler,
-    Server, ServerConfig,
+    BindError, Channel, ClientConfig, ConnectError, Endpoint, EndpointError, Handler, Server,
+    ServerConfig,
 };
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::class::Classes;
+use crate::cluster::WorkerCluster;
 use crate::config::RuntimeConfig;
-use crate::object::{Request as HttpRequest, Response as HttpResponse, RpcCall};
+use crate::object::RpcCall;
 use crate::runtime::{Runtime, now_ms};
-use crate::stub::{CallError, CallScope, Cluster, ObjectRef};
-use crate::wire::{
-    request_from_parts, request_from_wire, request_parts, response_from_wire, response_to_wire,
-};
+use crate::stub::CallScope;
+use crate::wire::{request_from_wire, response_to_wire};
 
 /// Why a worker process stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -109,12 +103,7 @@ pub async fn serve(
         peer_name: name.clone(),
         ..ClientConfig::new(token)
     };
-    let cluster = Arc::new(WorkerCluster {
-        runtime: runtime.clone(),
-        own_endpoint: endpoint.clone(),
-        placement: RwLock::default(),
-        channels: ChannelPool::new(client.clone()),
-    });
+    let cluster = WorkerCluster::new(runtime.clone(), endpoint.clone(), client.clone());
     runtime.set_cluster(Arc::new(cluster.clone()));
     let (stop, mut stopped) = watch::channel(false);
     let handler = Arc::new(WorkerHandler {
@@ -299,26 +288,13 @@ fn scope_of(meta: CallMeta) -> CallScope {
     }
 }
 
-fn object_ref(target: &Target) -> ObjectRef {
-    ObjectRef {
-        class: Arc::from(target.class.as_str()),
-        id: target.id,
-        name: target.name.as_deref().map(Arc::from),
-    }
-}
-
 impl Handler for WorkerHandler {
     async fn handle(&self, request: Request, body: Bytes) -> (Response, Bytes) {
         let result = match request {
             Request::Fetch(fetch) => match request_from_wire(fetch, body) {
                 Ok((target, meta, request)) => self
                     .runtime
-                    .fetch_within(
-                        object_ref(&target),
-                        Some(target.epoch),
-                        request,
-                        scope_of(meta),
-                    )
+                    .fetch_within(target.object, Some(target.epoch), request, scope_of(meta))
                     .await
                     .map(|response| {
                         let (head, body) = response_to_wire(response);
@@ -329,7 +305,7 @@ impl Handler for WorkerHandler {
             Request::Rpc(call) => self
                 .runtime
                 .call_within(
-                    object_ref(&call.target),
+                    call.target.object,
                     Some(call.target.epoch),
                     RpcCall {
                         method: call.method,
@@ -348,220 +324,5 @@ impl Handler for WorkerHandler {
                 .map(|reply| (Response::Control(reply), Bytes::new())),
         };
         result.unwrap_or_else(|e| (Response::Error(e), Bytes::new()))
-    }
-}
-
-/// Routes calls between objects: to this runtime for shards held here, to
-/// the owning worker (by the registry's placement table) otherwise.
-struct WorkerCluster {
-    runtime: Runtime,
-    own_endpoint: String,
-    placement: RwLock<Placement>,
-    channels: ChannelPool,
-}
-
-impl fmt::Debug for WorkerCluster {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkerCluster")
-            .field("own_endpoint", &self.own_endpoint)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Where a call goes.
-enum Route {
-    Local,
-    Remote { endpoint: String, target: Target },
-}
-
-impl WorkerCluster {
-    fn set_placement(&self, placement: Placement) {
-        let mut current = self
-            .placement
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if placement.version >= current.version {
-            *current = placement;
-        }
-    }
-
-    /// Where `target` lives now. A shard with no known owner is a reason
-    /// to wait and look again (the placement may be about to change).
-    fn route(&self, target: &ObjectRef) -> Result<Route, String> {
-        let shard = target.id.shard(self.runtime.shard_count());
-        if self.runtime.shard_epoch(shard).is_some() {
-            return Ok(Route::Local);
-        }
-        let placement = self
-            .placement
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        let entry = placement
-            .shards
-            .get(shard as usize)
-            .ok_or_else(|| format!("no placement known for shard {shard}"))?;
-        let endpoint = entry
-            .endpoint
-            .clone()
-            .ok_or_else(|| format!("shard {shard} is not assigned"))?;
-        if endpoint == self.own_endpoint {
-            return Ok(Route::Local);
-        }
-        Ok(Route::Remote {
-            endpoint,
-            target: Target {
-                class: target.class.to_string(),
-                id: target.id,
-                name: target.name.as_deref().map(str::to_owned),
-                shard,
-                epoch: entry.epoch,
-            },
-        })
-    }
-
-    /// Sends a request to the owning worker within `scope`'s deadline,
-    /// retrying by the shared rule ([`Attempt::of`]: only what was never
-    /// written, or was answered `Moved`). `None`: the shard is served here
-    /// (now); deliver locally.
-    async fn remote(
-        self: Arc<Self>,
-        target: ObjectRef,
-        make: impl Fn(Target, CallMeta) -> Request + Send,
-        body: Bytes,
-        scope: &CallScope,
-    ) -> Result<Option<(Response, Bytes)>, CallError> {
-        let mut backoff = Backoff::default();
-        let chain = scope.chain.to_vec();
-        loop {
-            let why_retry = match self.route(&target) {
-                Ok(Route::Local) => return Ok(None),
-                Err(why) => why,
-                Ok(Route::Remote {
-                    endpoint,
-                    target: wire_target,
-                }) => match self.channels.get(&endpoint).await {
-                    Err(e) => format!("cannot connect to {endpoint}: {e}"),
-                    Ok(channel) => {
-                        let left = forward::remaining(scope.deadline);
-                        let request = make(
-                            wire_target,
-                            forward::call_meta(scope.deadline, chain.clone()),
-                        );
-                        match Attempt::of(channel.call(request, body.clone(), left).await) {
-                            Attempt::Answered(response, body) => return Ok(Some((response, body))),
-                            Attempt::Failed(error) => return Err(error.into()),
-                            Attempt::Retry(why) => why,
-                        }
-                    }
-                },
-            };
-            match backoff.next_wait(scope.deadline) {
-                Some(wait) => tokio::time::sleep(wait).await,
-                None => return Err(ForwardError::Unavailable(why_retry).into()),
-            }
-        }
-    }
-}
-
-fn error_answer(response: Response) -> CallError {
-    match response {
-        Response::Error(e) => e.into(),
-        other => WireError::Internal {
-            message: format!("unexpected answer {other:?}"),
-        }
-        .into(),
-    }
-}
-
-impl Cluster for Arc<WorkerCluster> {
-    fn fetch(
-        &self,
-        target: ObjectRef,
-        request: HttpRequest,
-        scope: CallScope,
-    ) -> BoxFuture<'static, Result<HttpResponse, CallError>> {
-        let this = self.clone();
-        async move {
-            if let Ok(Route::Local) = this.route(&target) {
-                return Ok(this
-                    .runtime
-                    .fetch_within(target, None, request, scope)
-                    .await?);
-            }
-            let (head, body) = request_parts(request);
-            let wire_head = head.clone();
-            let answer = this
-                .clone()
-                .remote(
-                    target.clone(),
-                    move |target, meta| {
-                        Request::Fetch(odo_core::wire::FetchRequest {
-                            target,
-                            meta,
-                            head: wire_head.clone(),
-                        })
-                    },
-                    body.clone(),
-                    &scope,
-                )
-                .await?;
-            match answer {
-                // The shard moved to this worker while we retried.
-                None => {
-                    let request = request_from_parts(head, body)?;
-                    Ok(this
-                        .runtime
-                        .fetch_within(target, None, request, scope)
-                        .await?)
-                }
-                Some((Response::Fetch(head), body)) => Ok(response_from_wire(head, body)?),
-                Some((other, _)) => Err(error_answer(other)),
-            }
-        }
-        .boxed()
-    }
-
-    fn call(
-        &self,
-        target: ObjectRef,
-        method: String,
-        args: Bytes,
-        scope: CallScope,
-    ) -> BoxFuture<'static, Result<Bytes, CallError>> {
-        let this = self.clone();
-        async move {
-            if let Ok(Route::Local) = this.route(&target) {
-                return Ok(this
-                    .runtime
-                    .call_within(target, None, RpcCall { method, args }, scope)
-                    .await?);
-            }
-            let wire_method = method.clone();
-            let answer = this
-                .clone()
-                .remote(
-                    target.clone(),
-                    move |target, meta| {
-                        Request::Rpc(odo_core::wire::RpcCall {
-                            target,
-                            meta,
-                            method: wire_method.clone(),
-                        })
-                    },
-                    args.clone(),
-                    &scope,
-                )
-                .await?;
-            match answer {
-                // The shard moved to this worker while we retried.
-                None => Ok(this
-                    .runtime
-                    .call_within(target, None, RpcCall { method, args }, scope)
-                    .await?),
-                Some((Response::Rpc, body)) => Ok(body),
-                Some((other, _)) => Err(error_answer(other)),
-            }
-        }
-        .boxed()
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use odo_core::{ObjectId, WireError};
+use odo_core::{ObjectAddress, ObjectId, WireError};
 use odo_storage::Store;
 use odo_transport::forward::ForwardError;
 use tokio::sync::{Notify, oneshot, watch};
@@ -22,7 +22,7 @@ use crate::actor::{ActorStart, Event, EventKind, Mailbox, Outcome};
 use crate::class::{ClassEntry, Classes};
 use crate::config::RuntimeConfig;
 use crate::object::{AlarmInfo, Request, Response, RpcCall};
-use crate::stub::{CallError, CallScope, Cluster, NamespaceHandle, ObjectRef};
+use crate::stub::{CallError, CallScope, Cluster, NamespaceHandle};
 
 const TABLE_SHARDS: usize = 32;
 
@@ -355,7 +355,7 @@ impl Runtime {
     /// object's shard at, or the answer is [`WireError::Moved`].
     pub async fn fetch(
         &self,
-        target: ObjectRef,
+        target: ObjectAddress,
         epoch: Option<u64>,
         request: Request,
     ) -> Result<Response, WireError> {
@@ -368,7 +368,7 @@ impl Runtime {
     /// it is refused with [`WireError::CallCycle`]).
     pub async fn fetch_within(
         &self,
-        target: ObjectRef,
+        target: ObjectAddress,
         epoch: Option<u64>,
         request: Request,
         scope: CallScope,
@@ -386,7 +386,7 @@ impl Runtime {
     /// Delivers an RPC call to an object; returns the encoded result.
     pub async fn call(
         &self,
-        target: ObjectRef,
+        target: ObjectAddress,
         epoch: Option<u64>,
         call: RpcCall,
     ) -> Result<Bytes, WireError> {
@@ -398,7 +398,7 @@ impl Runtime {
     /// [`Runtime::fetch_within`]).
     pub async fn call_within(
         &self,
-        target: ObjectRef,
+        target: ObjectAddress,
         epoch: Option<u64>,
         call: RpcCall,
         scope: CallScope,
@@ -457,7 +457,7 @@ impl Inner {
     /// alarms run to completion.
     pub(crate) async fn deliver(
         &self,
-        target: ObjectRef,
+        target: ObjectAddress,
         epoch: Option<u64>,
         kind: EventKind,
         scope: CallScope,
@@ -510,7 +510,7 @@ impl Inner {
     fn enqueue(
         &self,
         class: &Arc<ClassEntry>,
-        target: ObjectRef,
+        target: ObjectAddress,
         shard: Arc<ShardState>,
         event: Event,
     ) -> Result<(), WireError> {
@@ -605,7 +605,7 @@ struct LocalCluster(Weak<Inner>);
 impl LocalCluster {
     fn deliver(
         &self,
-        target: ObjectRef,
+        target: ObjectAddress,
         kind: EventKind,
         scope: CallScope,
     ) -> BoxFuture<'static, Result<Outcome, CallError>> {
@@ -625,7 +625,7 @@ impl LocalCluster {
 impl Cluster for LocalCluster {
     fn fetch(
         &self,
-        target: ObjectRef,
+        target: ObjectAddress,
         request: Request,
         scope: CallScope,
     ) -> BoxFuture<'static, Result<Response, CallError>> {
@@ -641,7 +641,7 @@ impl Cluster for LocalCluster {
 
     fn call(
         &self,
-        target: ObjectRef,
+        target: ObjectAddress,
         method: String,
         args: Bytes,
         scope: CallScope,
@@ -758,7 +758,7 @@ async fn alarm_loop(inner: Weak<Inner>, shard: Arc<ShardState>) {
                 foreign.insert(id);
                 continue;
             };
-            let target = ObjectRef {
+            let target = ObjectAddress {
                 class: class.name.clone(),
                 id,
                 name: None,
@@ -815,7 +815,7 @@ async fn alarm_loop(inner: Weak<Inner>, shard: Arc<ShardState>) {
                                 warn!(%id, failures, %error, "alarm failed too many times; dropped");
                                 retries.remove(&id);
                                 let Some(class) = rt.classes.by_tag(id.namespace_tag()) else { continue };
-                                let target = ObjectRef { class: class.name.clone(), id, name: None };
+                                let target = ObjectAddress { class: class.name.clone(), id, name: None };
                                 running.insert(id);
                                 let rt2 = rt.clone();
                                 let scope = CallScope::outside(rt.config.call_timeout);

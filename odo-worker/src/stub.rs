@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use odo_core::{Namespace, ObjectId, WireError};
+use odo_core::{Namespace, ObjectAddress, ObjectId, WireError};
 use odo_transport::forward::ForwardError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -98,7 +98,7 @@ pub trait Cluster: Send + Sync + 'static {
     /// Sends an HTTP request to an object, within `scope`.
     fn fetch(
         &self,
-        target: ObjectRef,
+        target: ObjectAddress,
         request: Request,
         scope: CallScope,
     ) -> BoxFuture<'static, Result<Response, CallError>>;
@@ -107,22 +107,11 @@ pub trait Cluster: Send + Sync + 'static {
     /// `scope`; returns the encoded result.
     fn call(
         &self,
-        target: ObjectRef,
+        target: ObjectAddress,
         method: String,
         args: Bytes,
         scope: CallScope,
     ) -> BoxFuture<'static, Result<Bytes, CallError>>;
-}
-
-/// Names one object: its class and id, and its name when it has one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObjectRef {
-    /// The class (namespace) name.
-    pub class: Arc<str>,
-    /// The object id.
-    pub id: ObjectId,
-    /// The name the id was derived from, if any.
-    pub name: Option<Arc<str>>,
 }
 
 /// A handle on one namespace: mints ids and stubs.
@@ -166,7 +155,7 @@ impl NamespaceHandle {
 
     /// A stub for the object called `name`.
     pub fn get_by_name(&self, name: &str) -> Stub {
-        self.stub(ObjectRef {
+        self.stub(ObjectAddress {
             class: self.class.clone(),
             id: self.namespace.id_from_name(name),
             name: Some(Arc::from(name)),
@@ -175,14 +164,14 @@ impl NamespaceHandle {
 
     /// A stub for the object with this id.
     pub fn get(&self, id: ObjectId) -> Stub {
-        self.stub(ObjectRef {
+        self.stub(ObjectAddress {
             class: self.class.clone(),
             id,
             name: None,
         })
     }
 
-    fn stub(&self, target: ObjectRef) -> Stub {
+    fn stub(&self, target: ObjectAddress) -> Stub {
         Stub {
             target,
             cluster: self.cluster.clone(),
@@ -195,7 +184,7 @@ impl NamespaceHandle {
 /// A handle on one object, for fetch and typed RPC calls.
 #[derive(Clone)]
 pub struct Stub {
-    target: ObjectRef,
+    target: ObjectAddress,
     cluster: Arc<dyn Cluster>,
     inside_object: bool,
     /// The deadline of a call made through this stub from outside any
@@ -213,7 +202,7 @@ impl fmt::Debug for Stub {
 
 impl Stub {
     /// The object this stub calls.
-    pub fn target(&self) -> &ObjectRef {
+    pub fn target(&self) -> &ObjectAddress {
         &self.target
     }
 

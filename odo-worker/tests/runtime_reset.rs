@@ -16,7 +16,7 @@ use odo_core::WireError;
 use odo_storage::conformance::CommitValve;
 use odo_storage::{MemoryBackend, Store, StoreOptions};
 use odo_worker::{
-    AlarmInfo, AlarmRetry, Classes, Context, DurableObject, ObjectError, ObjectRef, Request,
+    AlarmInfo, AlarmRetry, Classes, Context, DurableObject, ObjectAddress, ObjectError, Request,
     Response, Runtime, RuntimeConfig,
 };
 use proptest::prelude::*;
@@ -124,7 +124,7 @@ impl Harness {
     /// when this returns, so events keep the order of these calls.
     fn send(&self, name: &str, path: &str) -> Answer {
         let runtime = self.runtime.clone();
-        let target = ObjectRef {
+        let target = ObjectAddress {
             class: Arc::from("COUNTER"),
             id: odo_core::Namespace::new("COUNTER").id_from_name(name),
             name: Some(Arc::from(name)),

@@ -12,14 +12,13 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use odo_core::ObjectId;
 use odo_core::launch::{StorageKind, WorkerLaunch};
-use odo_core::wire::{FetchResponse, HttpHead};
 use odo_registry::{Registry, RegistryConfig, TransportKind, WorkerCommand};
 use odo_router::{
-    ForwardError, Location, ObjectAddress, ObjectService, PathRoutes, Router, RouterConfig,
+    ForwardError, Location, ObjectService, PathRoutes, PlainRoutes, Router, RouterConfig,
 };
 use odo_storage::{Backend, FjallBackend, FjallOptions, MemoryBackend, Store, StoreOptions};
 use odo_worker::{
-    CallScope, ClassError, Classes, DurableObject, ObjectRef, RpcCall, Runtime, RuntimeConfig,
+    CallScope, ClassError, Classes, DurableObject, ObjectAddress, RpcCall, Runtime, RuntimeConfig,
 };
 use tokio::time::Instant;
 use tracing::info;
@@ -121,6 +120,7 @@ impl Default for ServeOptions {
 pub struct App {
     classes: Classes,
     routes: Vec<(String, String)>,
+    plain: PlainRoutes,
     error: Option<ClassError>,
     runtime: RuntimeConfig,
 }
@@ -157,6 +157,27 @@ impl App {
                 Err(e) => self.error = Some(e),
             }
         }
+        self
+    }
+
+    /// Answers `method` `path` with `handler`: a plain route that no object
+    /// serves (a health check, a static page), matched before any object
+    /// route. The demo serves `GET /hello` this way.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    ///
+    /// let app = odo::App::new().route(http::Method::GET, "/health", |_request| async {
+    ///     http::Response::new(Bytes::from_static(b"ok"))
+    /// });
+    /// # drop(app);
+    /// ```
+    pub fn route<F, Fut>(mut self, method: http::Method, path: &str, handler: F) -> Self
+    where
+        F: Fn(http::Request<Bytes>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = http::Response<Bytes>> + Send + 'static,
+    {
+        self.plain = self.plain.route(method, path, handler);
         self
     }
 
@@ -265,11 +286,14 @@ impl App {
         })?;
         if options.workers == 0 {
             let local_service = LocalService::open(self.classes, &options).await?;
-            let router = Arc::new(Router::new(
-                Arc::new(routes),
-                Arc::new(local_service.clone()),
-                options.router.clone(),
-            ));
+            let router = Arc::new(
+                Router::new(
+                    Arc::new(routes),
+                    Arc::new(local_service.clone()),
+                    options.router.clone(),
+                )
+                .with_plain_routes(self.plain.clone()),
+            );
             info!(listen = %local, "odo serving in-process (0 workers)");
             println!("odo listening on http://{local}");
             router.serve(listener, shutdown).await;
@@ -292,10 +316,11 @@ impl App {
             peer_name: "router".into(),
             ..odo_transport::ClientConfig::new(registry.token())
         };
-        let service = odo_router::ClusterService::new(registry.placement(), client);
+        let service = odo_router::ClusterService::new(registry.placement_source(), client);
         let router = Arc::new(
             Router::new(Arc::new(routes), Arc::new(service), options.router.clone())
-                .with_admin(registry.clone()),
+                .with_plain_routes(self.plain.clone())
+                .with_admin(Arc::new(crate::admin::RegistryAdmin(registry.clone()))),
         );
         info!(listen = %local, workers = options.workers, "odo serving");
         println!("odo listening on http://{local}");
@@ -532,33 +557,22 @@ impl LocalService {
     }
 }
 
-fn object_ref(object: &ObjectAddress) -> ObjectRef {
-    ObjectRef {
-        class: Arc::from(object.class.as_str()),
-        id: object.id,
-        name: object.name.as_deref().map(Arc::from),
-    }
-}
-
 impl ObjectService for LocalService {
+    // In-process: the request goes to the runtime as it is, with no wire
+    // conversion at all.
     fn fetch(
         &self,
         object: ObjectAddress,
-        head: HttpHead,
-        body: Bytes,
+        request: http::Request<Bytes>,
         deadline: Instant,
-    ) -> BoxFuture<'static, Result<(FetchResponse, Bytes), ForwardError>> {
+    ) -> BoxFuture<'static, Result<http::Response<Bytes>, ForwardError>> {
         let runtime = self.runtime.clone();
         async move {
-            let request = odo_worker::wire::request_from_parts(head, body)?;
             let scope = CallScope {
                 deadline,
                 chain: Arc::from([]),
             };
-            let response = runtime
-                .fetch_within(object_ref(&object), None, request, scope)
-                .await?;
-            Ok(odo_worker::wire::response_to_wire(response))
+            Ok(runtime.fetch_within(object, None, request, scope).await?)
         }
         .boxed()
     }
@@ -577,7 +591,7 @@ impl ObjectService for LocalService {
                 chain: Arc::from([]),
             };
             Ok(runtime
-                .call_within(object_ref(&object), None, RpcCall { method, args }, scope)
+                .call_within(object, None, RpcCall { method, args }, scope)
                 .await?)
         }
         .boxed()

@@ -11,9 +11,11 @@
 //!
 //! See [`App`] for a server around your own classes in a few lines.
 
+mod admin;
 mod app;
 pub mod demo;
 
+pub use admin::RegistryAdmin;
 pub use app::{App, OdoError, ServeOptions};
 pub use odo_core::launch::StorageKind;
 pub use odo_core::{Namespace, ObjectId};
@@ -25,9 +27,18 @@ pub use odo_worker::{
     RuntimeConfig, Stub,
 };
 
-/// The demo server's app: `Counter` under `/counter`, `Kv` under `/kv`.
+/// The demo server's app: `Counter` under `/counter`, `Kv` under `/kv`, and
+/// the plain route `GET /hello`, which no object serves.
 pub fn demo_app() -> App {
     App::new()
         .class::<demo::Counter>("counter", "COUNTER")
         .class::<demo::Kv>("kv", "KV")
+        .route(http::Method::GET, "/hello", |_request| async {
+            let mut response = http::Response::new(bytes::Bytes::from_static(b"hello"));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            response
+        })
 }

@@ -24,7 +24,7 @@ async fn a_client_fetches_and_calls_objects_on_worker_processes() {
 
     let transport = odo_transport::ClientConfig::new(registry.token());
     let client = Client::new(Arc::new(ClusterService::new(
-        registry.placement(),
+        registry.placement_source(),
         transport,
     )));
     let counters = client.namespace("COUNTER");

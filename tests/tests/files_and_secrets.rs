@@ -167,7 +167,7 @@ fn registry_config(dir: &Path, token: &str) -> RegistryConfig {
 
 fn client(registry: &Registry) -> odo_router::Client {
     let transport = odo_transport::ClientConfig::new(registry.token());
-    let service = odo_router::ClusterService::new(registry.placement(), transport);
+    let service = odo_router::ClusterService::new(registry.placement_source(), transport);
     odo_router::Client::new(Arc::new(service))
 }
 

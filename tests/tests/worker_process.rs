@@ -11,7 +11,7 @@ use odo_core::launch::{StorageKind, WorkerLaunch};
 use odo_core::wire::{
     CallMeta, Control, ControlReply, FetchRequest, HttpHead, Request, Response, Target,
 };
-use odo_core::{Namespace, WireError};
+use odo_core::{Namespace, ObjectAddress, WireError};
 use odo_storage::{FjallBackend, FjallOptions, Store, StoreOptions};
 use odo_transport::{Channel, ClientConfig, Endpoint, Server, ServerConfig, handler_fn};
 use tokio::sync::mpsc;
@@ -96,12 +96,9 @@ fn spawn_worker(dir: &std::path::Path, registry: &Endpoint) -> ChildGuard {
 }
 
 fn fetch(method: &str, name: &str, epoch: u64) -> Request {
-    let ns = Namespace::new("COUNTER");
     Request::Fetch(FetchRequest {
         target: Target {
-            class: "COUNTER".into(),
-            id: ns.id_from_name(name),
-            name: Some(name.into()),
+            object: ObjectAddress::named("COUNTER", name),
             shard: 0,
             epoch,
         },

@@ -12,9 +12,9 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use odo_core::ObjectId;
-use odo_core::wire::{FetchResponse, HttpHead};
 use odo_router::{
-    ForwardError, Location, ObjectAddress, ObjectService, PathRoutes, Router, RouterConfig,
+    ForwardError, Location, ObjectAddress, ObjectService, PathRoutes, PlainRoutes, Router,
+    RouterConfig,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,15 +30,10 @@ impl ObjectService for Echo {
     fn fetch(
         &self,
         _object: ObjectAddress,
-        _request: HttpHead,
-        body: Bytes,
+        request: http::Request<Bytes>,
         _deadline: Instant,
-    ) -> BoxFuture<'static, Result<(FetchResponse, Bytes), ForwardError>> {
-        let head = FetchResponse {
-            status: 200,
-            headers: Vec::new(),
-        };
-        async move { Ok((head, body)) }.boxed()
+    ) -> BoxFuture<'static, Result<http::Response<Bytes>, ForwardError>> {
+        async move { Ok(http::Response::new(request.into_body())) }.boxed()
     }
 
     fn call(
@@ -56,10 +51,14 @@ impl ObjectService for Echo {
     }
 }
 
-/// The router over [`Echo`], objects under `/echo/{name}`.
+/// The router over [`Echo`], objects under `/echo/{name}`, and the plain
+/// route `GET /hello` (no object involved).
 pub fn echo_router(config: RouterConfig) -> Arc<Router> {
     let routes = Arc::new(PathRoutes::new(256).route("echo", "ECHO"));
-    Arc::new(Router::new(routes, Arc::new(Echo), config))
+    let plain = PlainRoutes::default().route(http::Method::GET, "/hello", |_request| async {
+        http::Response::new(Bytes::from_static(b"hello"))
+    });
+    Arc::new(Router::new(routes, Arc::new(Echo), config).with_plain_routes(plain))
 }
 
 /// A router serving on a loopback port; dropping it stops the router and

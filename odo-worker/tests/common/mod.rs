@@ -14,7 +14,7 @@ pub(crate) use odo_storage::{
     Backend, FjallBackend, FjallOptions, MemoryBackend, Store, StoreOptions,
 };
 pub(crate) use odo_worker::{
-    AlarmInfo, AlarmRetry, Classes, Context, DurableObject, ObjectError, ObjectRef, Request,
+    AlarmInfo, AlarmRetry, Classes, Context, DurableObject, ObjectAddress, ObjectError, Request,
     Response, RpcCall, RpcReply, Runtime, RuntimeConfig, now_ms,
 };
 pub(crate) use tokio::sync::{Notify, mpsc};
@@ -289,9 +289,9 @@ impl Harness {
         }
     }
 
-    pub(crate) fn target(&self, name: &str) -> ObjectRef {
+    pub(crate) fn target(&self, name: &str) -> ObjectAddress {
         let id = odo_core::Namespace::new("COUNTER").id_from_name(name);
-        ObjectRef {
+        ObjectAddress {
             class: Arc::from("COUNTER"),
             id,
             name: Some(Arc::from(name)),

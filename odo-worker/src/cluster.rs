@@ -1,0 +1,230 @@
+//! Calls between objects, from a worker process: delivered in this process
+//! for the shards it holds, and through the one
+//! [`Forwarder`](odo_transport::forward::Forwarder) to the owning worker
+//! otherwise, following the placement the registry pushes.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use odo_core::placement::{Changed, PlacementSource, ShardLocation, ShardOwner};
+use odo_core::wire::{Placement, Response};
+use odo_core::{ObjectAddress, ObjectId, WireError};
+use odo_transport::ClientConfig;
+use odo_transport::forward::{Delivery, Forwarder, OutboundCall};
+use tokio::sync::watch;
+
+use crate::object::{Request, Response as HttpResponse, RpcCall};
+use crate::runtime::Runtime;
+use crate::stub::{CallError, CallScope, Cluster};
+use crate::wire::{request_parts, response_from_wire};
+
+/// The placement the registry pushes to a worker (`Control::Placement`),
+/// as a [`PlacementSource`].
+#[derive(Debug)]
+pub(crate) struct PushedPlacement {
+    shard_count: u32,
+    table: watch::Sender<Placement>,
+}
+
+impl PushedPlacement {
+    fn new(shard_count: u32) -> Self {
+        Self {
+            shard_count: shard_count.max(1),
+            table: watch::Sender::new(Placement::default()),
+        }
+    }
+
+    /// Takes `placement` unless a newer one is already known.
+    fn set(&self, placement: Placement) {
+        self.table.send_if_modified(|current| {
+            if placement.version >= current.version {
+                *current = placement;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+impl PlacementSource for PushedPlacement {
+    fn shard_count(&self) -> u32 {
+        self.shard_count
+    }
+
+    fn version(&self) -> u64 {
+        self.table.borrow().version
+    }
+
+    fn locate(&self, id: &ObjectId) -> ShardLocation {
+        let table = self.table.borrow();
+        let shard = id.shard(self.shard_count);
+        let entry = table.shards.get(shard as usize);
+        ShardLocation {
+            version: table.version,
+            shard,
+            epoch: entry.map_or(0, |e| e.epoch),
+            owner: entry
+                .and_then(|e| e.endpoint.clone())
+                .map(|endpoint| ShardOwner {
+                    endpoint,
+                    pid: None,
+                }),
+        }
+    }
+
+    fn changed(&self, seen: u64) -> Changed<'_> {
+        let mut table = self.table.subscribe();
+        Box::pin(async move {
+            let _ = table.wait_for(|t| t.version != seen).await;
+        })
+    }
+}
+
+/// Routes the calls this worker's objects make.
+pub(crate) struct WorkerCluster {
+    runtime: Runtime,
+    own_endpoint: String,
+    placement: Arc<PushedPlacement>,
+    forwarder: Forwarder,
+}
+
+impl fmt::Debug for WorkerCluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerCluster")
+            .field("own_endpoint", &self.own_endpoint)
+            .field("forwarder", &self.forwarder)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerCluster {
+    pub(crate) fn new(runtime: Runtime, own_endpoint: String, client: ClientConfig) -> Arc<Self> {
+        let placement = Arc::new(PushedPlacement::new(runtime.shard_count()));
+        let forwarder = Forwarder::new(placement.clone(), client);
+        Arc::new(Self {
+            runtime,
+            own_endpoint,
+            placement,
+            forwarder,
+        })
+    }
+
+    /// Takes a placement the registry pushed.
+    pub(crate) fn set_placement(&self, placement: Placement) {
+        self.placement.set(placement);
+    }
+
+    /// Whether this process serves `location`'s shard.
+    fn is_local(&self, location: &ShardLocation) -> bool {
+        self.runtime.shard_epoch(location.shard).is_some()
+            || location
+                .owner
+                .as_ref()
+                .is_some_and(|o| o.endpoint == self.own_endpoint)
+    }
+
+    fn local_now(&self, target: &ObjectAddress) -> bool {
+        self.is_local(&self.placement.locate(&target.id))
+    }
+
+    async fn forward(
+        &self,
+        target: &ObjectAddress,
+        call: &OutboundCall,
+        body: Bytes,
+        scope: &CallScope,
+    ) -> Result<Delivery, CallError> {
+        Ok(self
+            .forwarder
+            .forward(
+                target,
+                call,
+                body,
+                scope.deadline,
+                &scope.chain,
+                &|location| self.is_local(location),
+            )
+            .await?)
+    }
+}
+
+fn unexpected(response: Response) -> CallError {
+    WireError::Internal {
+        message: format!("unexpected answer {response:?}"),
+    }
+    .into()
+}
+
+impl Cluster for Arc<WorkerCluster> {
+    fn fetch(
+        &self,
+        target: ObjectAddress,
+        request: Request,
+        scope: CallScope,
+    ) -> BoxFuture<'static, Result<HttpResponse, CallError>> {
+        let this = self.clone();
+        async move {
+            // Local calls skip the wire format altogether.
+            if this.local_now(&target) {
+                return Ok(this
+                    .runtime
+                    .fetch_within(target, None, request, scope)
+                    .await?);
+            }
+            let (head, body) = request_parts(request);
+            let call = OutboundCall::Fetch(head);
+            match this.forward(&target, &call, body.clone(), &scope).await? {
+                // The shard moved to this worker while the call was retried.
+                Delivery::Local => {
+                    let OutboundCall::Fetch(head) = call else {
+                        unreachable!("built as a fetch above")
+                    };
+                    let request = crate::wire::request_from_parts(head, body)?;
+                    Ok(this
+                        .runtime
+                        .fetch_within(target, None, request, scope)
+                        .await?)
+                }
+                Delivery::Answered(Response::Fetch(head), body) => {
+                    Ok(response_from_wire(head, body)?)
+                }
+                Delivery::Answered(other, _) => Err(unexpected(other)),
+            }
+        }
+        .boxed()
+    }
+
+    fn call(
+        &self,
+        target: ObjectAddress,
+        method: String,
+        args: Bytes,
+        scope: CallScope,
+    ) -> BoxFuture<'static, Result<Bytes, CallError>> {
+        let this = self.clone();
+        async move {
+            if this.local_now(&target) {
+                return Ok(this
+                    .runtime
+                    .call_within(target, None, RpcCall { method, args }, scope)
+                    .await?);
+            }
+            let call = OutboundCall::Rpc {
+                method: method.clone(),
+            };
+            match this.forward(&target, &call, args.clone(), &scope).await? {
+                Delivery::Local => Ok(this
+                    .runtime
+                    .call_within(target, None, RpcCall { method, args }, scope)
+                    .await?),
+                Delivery::Answered(Response::Rpc, body) => Ok(body),
+                Delivery::Answered(other, _) => Err(unexpected(other)),
+            }
+        }
+        .boxed()
+    }
+}
