@@ -143,6 +143,7 @@ mod front_door;
 mod listing;
 mod reset_race;
 mod secrets;
+mod soak;
 mod strangers;
 
 /// Every scenario, in the order they run.
@@ -185,6 +186,11 @@ pub fn all() -> Vec<Scenario> {
         ),
         s("fault_malformed_frames", &[], fault_malformed_frames),
         s("front_door_limits", &[], front_door::front_door_limits),
+        s(
+            "fault_soak",
+            &[Needs::Durability, Needs::LinuxProcesses],
+            soak::fault_soak,
+        ),
         s(
             "fault_sigkill_registry",
             &[Needs::LinuxProcesses],
