@@ -3,6 +3,9 @@
 //! Each benchmark measures its baseline in the same run and prints absolute
 //! figures plus the ratio odo/baseline. Nothing here asserts on time.
 
+use clap::Parser;
+use clap::builder::{PossibleValue, PossibleValuesParser};
+
 mod e2e;
 mod stats;
 mod storage;
@@ -34,25 +37,65 @@ const BENCHES: &[(&str, &str, Bench)] = &[
     ),
 ];
 
+/// `odo-bench [NAME...]`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "odo-bench",
+    about = "odo's benchmarks, each against a baseline measured in the same run"
+)]
+struct Cli {
+    /// The benchmarks to run (none: all).
+    #[arg(value_name = "NAME", value_parser = bench_names())]
+    names: Vec<String>,
+}
+
+/// The names of [`BENCHES`] with what each measures, for `--help`.
+fn bench_names() -> PossibleValuesParser {
+    PossibleValuesParser::new(
+        BENCHES
+            .iter()
+            .map(|(name, what, _)| PossibleValue::new(*name).help(*what)),
+    )
+}
+
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("usage: odo-bench [NAME...]   (no name: all)\n");
-        for (name, what, _) in BENCHES {
-            println!("  {name:<10} {what}");
-        }
-        return Ok(());
-    }
-    for arg in &args {
-        if !BENCHES.iter().any(|(name, _, _)| name == arg) {
-            anyhow::bail!("unknown benchmark {arg:?}; try --help");
-        }
-    }
+    let cli = Cli::parse();
     for (name, _, run) in BENCHES {
-        if args.is_empty() || args.iter().any(|a| a == name) {
+        if cli.names.is_empty() || cli.names.iter().any(|a| a == name) {
             println!("== bench {name}");
             run()?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+
+    use super::*;
+
+    #[test]
+    fn names_are_checked_against_the_benchmarks() {
+        Cli::command().debug_assert();
+        let names = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("odo-bench").chain(args.iter().copied()))
+                .map(|cli| cli.names)
+        };
+        assert_eq!(names(&[]).unwrap(), Vec::<String>::new());
+        assert_eq!(names(&["storage", "e2e"]).unwrap(), ["storage", "e2e"]);
+        assert_eq!(
+            names(&["disk"]).expect_err("unknown").kind(),
+            ErrorKind::InvalidValue
+        );
+    }
+
+    #[test]
+    fn help_lists_every_benchmark_with_what_it_measures() {
+        let help = Cli::command().render_long_help().to_string();
+        for (name, what, _) in BENCHES {
+            assert!(help.contains(name) && help.contains(what), "{help}");
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //!
 //! The registry re-executes the current binary as
 //! `BINARY __odo-worker --index N --registry ENDPOINT --listen ENDPOINT
-//! --data-dir PATH --storage KIND --shards S --parent-pid PID`. The
+//! --data-dir PATH --storage NAME --shards S --parent-pid PID`. The
 //! binary's `main` hands such a command line to the worker runtime instead
 //! of its own CLI.
 //!
@@ -18,8 +18,6 @@
 //! closes the pipe. The worker reads that one line before it starts
 //! anything else ([`decode_token`] checks it) and refuses to run without
 //! it. A program the worker starts later inherits only the drained pipe.
-
-use std::fmt;
 
 /// The first argument that selects the worker role.
 pub const WORKER_ROLE_ARG: &str = "__odo-worker";
@@ -83,47 +81,6 @@ pub fn decode_token(line: &[u8]) -> Result<String, TokenError> {
     Ok(token.iter().map(|&b| char::from(b)).collect())
 }
 
-/// Where a worker keeps shard data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StorageKind {
-    /// In memory: lost when the worker exits.
-    Memory,
-    /// fjall, one database per shard under `<data-dir>/shards/<n>`.
-    Fjall,
-}
-
-impl StorageKind {
-    /// The name used on command lines.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            StorageKind::Memory => "memory",
-            StorageKind::Fjall => "fjall",
-        }
-    }
-}
-
-impl fmt::Display for StorageKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for StorageKind {
-    type Err = LaunchError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "memory" => Ok(StorageKind::Memory),
-            "fjall" => Ok(StorageKind::Fjall),
-            other => Err(LaunchError::BadValue {
-                flag: "--storage",
-                value: other.to_owned(),
-                expected: "memory or fjall",
-            }),
-        }
-    }
-}
-
 /// Everything a worker process is told on its command line (the token
 /// comes on standard input: see the [module](self) documentation).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,8 +93,10 @@ pub struct WorkerLaunch {
     pub listen: String,
     /// The data directory (shards live in `<data-dir>/shards/<n>`).
     pub data_dir: String,
-    /// The storage backend.
-    pub storage: StorageKind,
+    /// The storage backend's name, as the binary registered it (odo-storage's
+    /// `Backends`: `fjall`, `memory`, or one of the binary's own). Never
+    /// empty. odo-core gives names no meaning: the worker looks it up.
+    pub storage: String,
     /// The number of virtual shards, S.
     pub shard_count: u32,
     /// The registry's pid: a worker whose parent is no longer this pid
@@ -184,7 +143,7 @@ impl WorkerLaunch {
             "--data-dir".into(),
             self.data_dir.clone(),
             "--storage".into(),
-            self.storage.to_string(),
+            self.storage.clone(),
             "--shards".into(),
             self.shard_count.to_string(),
             "--parent-pid".into(),
@@ -194,6 +153,12 @@ impl WorkerLaunch {
 
     /// Parses the arguments after the binary's path. Returns `Ok(None)` when
     /// they do not start with [`WORKER_ROLE_ARG`] (not a worker).
+    // Hand-written rather than clap: odo-core stays free of heavy
+    // dependencies (no I/O, no CLI machinery; clap and its derive macros
+    // would outweigh the rest of the crate), and this is no user-facing
+    // command line but a machine-to-machine contract that `to_args` writes
+    // and only a registry produces: `--flag value` pairs, each required, no
+    // help text, abbreviations or defaults.
     pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Option<Self>, LaunchError> {
         let mut args = args.into_iter();
         if args.next().as_deref() != Some(WORKER_ROLE_ARG) {
@@ -217,7 +182,14 @@ impl WorkerLaunch {
                 "--registry" => registry = Some(value),
                 "--listen" => listen = Some(value),
                 "--data-dir" => data_dir = Some(value),
-                "--storage" => storage = Some(value.parse()?),
+                "--storage" if value.is_empty() => {
+                    return Err(LaunchError::BadValue {
+                        flag: "--storage",
+                        value,
+                        expected: "a storage backend's name",
+                    });
+                }
+                "--storage" => storage = Some(value),
                 "--shards" => shards = Some(number("--shards", &value)?),
                 "--parent-pid" => parent = Some(number("--parent-pid", &value)?),
                 _ => return Err(LaunchError::Unknown(flag)),
@@ -253,7 +225,7 @@ mod tests {
             registry: "unix:/run/odo/registry.sock".into(),
             listen: "tcp:127.0.0.1:0".into(),
             data_dir: "/var/lib/odo data".into(),
-            storage: StorageKind::Fjall,
+            storage: "my-backend".into(),
             shard_count: 8,
             parent_pid: 42,
         }
@@ -309,8 +281,16 @@ mod tests {
                 ..
             })
         ));
+        // Any backend name goes through (the worker looks it up), but not
+        // an empty one.
         let mut args = launch().to_args();
         args[10] = "rocks".into();
+        assert_eq!(
+            WorkerLaunch::parse(args).map(|l| l.map(|l| l.storage)),
+            Ok(Some("rocks".to_owned()))
+        );
+        let mut args = launch().to_args();
+        args[10] = String::new();
         assert!(matches!(
             WorkerLaunch::parse(args),
             Err(LaunchError::BadValue {

@@ -45,7 +45,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use odo_core::WireError;
-use odo_core::launch::StorageKind;
 use odo_core::wire::{Control, ControlReply, Request, Response};
 use odo_transport::{BindError, ClientConfig, Endpoint, Server, ServerConfig, handler_fn};
 use tokio::sync::{oneshot, watch};
@@ -125,8 +124,11 @@ pub struct RegistryConfig {
     pub runtime_dir: Option<PathBuf>,
     /// How workers are reached.
     pub transport: TransportKind,
-    /// The storage backend workers use.
-    pub storage: StorageKind,
+    /// The name of the storage backend workers use, as the worker binary
+    /// registered it (odo-storage's `Backends`); the registry passes it on
+    /// and gives it no meaning, so check it before starting (a worker
+    /// refuses a name it does not know). Default `fjall`.
+    pub storage: String,
     /// The cluster token: printable ASCII without spaces, at most
     /// [`odo_core::launch::TOKEN_MAX_BYTES`] bytes. Workers get it on their
     /// standard input, never in their environment. Default: 32 random
@@ -170,7 +172,7 @@ impl RegistryConfig {
             data_dir,
             runtime_dir: None,
             transport: TransportKind::available()[0],
-            storage: StorageKind::Fjall,
+            storage: "fjall".to_owned(),
             token: random_token(),
             heartbeat_interval: Duration::from_millis(250),
             heartbeat_timeout: Duration::from_secs(2),

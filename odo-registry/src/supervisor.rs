@@ -296,7 +296,7 @@ async fn run_worker(slot: u32, shared: &Shared, stopping: &mut watch::Receiver<b
         registry: shared.control_endpoint.to_string(),
         listen,
         data_dir: config.data_dir.display().to_string(),
-        storage: config.storage,
+        storage: config.storage.clone(),
         shard_count,
         parent_pid: std::process::id(),
     };

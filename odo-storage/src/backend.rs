@@ -30,7 +30,7 @@ impl ScanLimit {
 /// One store (one shard) of a storage engine.
 ///
 /// A backend holds the data and alarms of many objects. It is opened by its
-/// own constructor (for example [`FjallBackend::open`](crate::FjallBackend::open))
+/// [`BackendFactory`](crate::BackendFactory) (or its own constructor)
 /// and handed to [`Store::open`](crate::Store::open), which owns it from
 /// then on: reads come from the objects' async tasks (the calls are
 /// synchronous and should be quick: mostly cache hits), writes only from the
@@ -75,9 +75,6 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// in object id order).
     fn due_alarms(&self, now_ms: u64, limit: usize) -> Result<Vec<(ObjectId, u64)>, StorageError>;
 
-    /// The earliest alarm of the store, if any.
-    fn next_alarm(&self) -> Result<Option<(ObjectId, u64)>, StorageError>;
-
     /// Applies the writes of many objects atomically (each object appears at
     /// most once; [`Store`](crate::Store) merges several turns of one object
     /// before calling this) and makes them durable.
@@ -85,4 +82,38 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Flushes everything and releases the store (files, locks).
     fn close(&self) -> Result<(), StorageError>;
+}
+
+/// A shared backend is a backend (so a factory's `Arc<dyn Backend>` can go
+/// wherever a backend is taken).
+impl<B: Backend + ?Sized> Backend for Arc<B> {
+    fn get(&self, object: &ObjectId, key: &str) -> Result<Option<Bytes>, StorageError> {
+        (**self).get(object, key)
+    }
+
+    fn scan(
+        &self,
+        object: &ObjectId,
+        range: &KeyRange,
+        reverse: bool,
+        limit: ScanLimit,
+    ) -> Result<Vec<(String, Bytes)>, StorageError> {
+        (**self).scan(object, range, reverse, limit)
+    }
+
+    fn alarm(&self, object: &ObjectId) -> Result<Option<u64>, StorageError> {
+        (**self).alarm(object)
+    }
+
+    fn due_alarms(&self, now_ms: u64, limit: usize) -> Result<Vec<(ObjectId, u64)>, StorageError> {
+        (**self).due_alarms(now_ms, limit)
+    }
+
+    fn commit(&self, writes: &[(ObjectId, Arc<ObjectBatch>)]) -> Result<(), StorageError> {
+        (**self).commit(writes)
+    }
+
+    fn close(&self) -> Result<(), StorageError> {
+        (**self).close()
+    }
 }

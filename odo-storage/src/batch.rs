@@ -156,6 +156,7 @@ pub(crate) fn prefix_successor(prefix: &str) -> Option<String> {
 
 /// The smallest byte string greater than every byte string starting with
 /// `prefix`, or `None` if there is none (empty or all `0xff`).
+#[cfg(feature = "fjall")]
 pub(crate) fn bytes_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut out = prefix.to_vec();
     while let Some(last) = out.pop() {

@@ -3,6 +3,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// The underlying error of a [`StorageError::Backend`] or
+/// [`StorageError::Corruption`]: whatever the storage engine reported,
+/// kept whole so that callers can walk the source chain (or downcast it).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Everything that can go wrong in odo-storage.
 ///
 /// The first four variants are caused by the caller's input and say which
@@ -51,14 +56,15 @@ pub enum StorageError {
         max_bytes: usize,
     },
     /// A value could not be encoded or decoded by the typed helpers.
-    #[error("could not {action} the value of key {key:?}: {message}")]
+    #[error("could not {action} the value of key {key:?}: {source}")]
     Serialization {
         /// `"encode"` or `"decode"`.
         action: &'static str,
         /// The key concerned.
         key: String,
         /// What the codec said.
-        message: String,
+        #[source]
+        source: postcard::Error,
     },
     /// Another process (or another store in this process) holds the store
     /// directory.
@@ -81,19 +87,23 @@ pub enum StorageError {
     /// Stored data failed a check (bad journal, bad format version, a key
     /// that is not UTF-8...): the directory needs attention, retrying will
     /// not help.
-    #[error("corrupt store: {context}")]
+    #[error("corrupt store: {context}{}", colon(.source))]
     Corruption {
         /// What was found.
         context: String,
+        /// The engine's own error, when it reported one.
+        #[source]
+        source: Option<BoxError>,
     },
     /// Any other failure of the storage engine, including a failed fsync
     /// (after which the engine refuses further writes).
-    #[error("storage engine error while {context}: {message}")]
+    #[error("storage engine error while {context}: {source}")]
     Backend {
         /// What was being done.
         context: String,
         /// What the engine said.
-        message: String,
+        #[source]
+        source: BoxError,
     },
     /// The store was closed.
     #[error("the store is closed")]
@@ -112,11 +122,45 @@ fn holder_name(pid: Option<u32>) -> String {
     }
 }
 
+/// `": {source}"`, or nothing.
+fn colon(source: &Option<BoxError>) -> String {
+    source
+        .as_ref()
+        .map_or_else(String::new, |source| format!(": {source}"))
+}
+
 impl StorageError {
-    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+    /// An [`Io`](Self::Io) error: `source` while doing `context`.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Self::Io {
             context: context.into(),
             source,
+        }
+    }
+
+    /// A [`Backend`](Self::Backend) error: the engine's `source` (an error
+    /// value, or a message as a `&str` or `String`) while doing `context`.
+    pub fn backend(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Backend {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+
+    /// A [`Corruption`](Self::Corruption) found by a check of the stored
+    /// data itself (no engine error behind it).
+    pub fn corruption(context: impl Into<String>) -> Self {
+        Self::Corruption {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// A [`Corruption`](Self::Corruption) the engine reported as `source`.
+    pub fn corruption_from(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Corruption {
+            context: context.into(),
+            source: Some(source.into()),
         }
     }
 }

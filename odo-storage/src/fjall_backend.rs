@@ -246,10 +246,7 @@ impl FjallBackend {
 }
 
 fn poisoned() -> StorageError {
-    StorageError::Backend {
-        context: "locking the fjall backend".into(),
-        message: "lock poisoned by a panic".into(),
-    }
+    StorageError::backend("locking the fjall backend", "lock poisoned by a panic")
 }
 
 /// Locks the store directory for this process (the caller holds its
@@ -320,13 +317,8 @@ fn engine_error(context: impl Into<String>, error: fjall::Error) -> StorageError
             | fjall::LsmError::InvalidVersion(_)
             | fjall::LsmError::Decompress(_)
             | fjall::LsmError::Unrecoverable,
-        ) => StorageError::Corruption {
-            context: format!("{context}: {error:?}"),
-        },
-        other => StorageError::Backend {
-            context,
-            message: format!("{other:?}"),
-        },
+        ) => StorageError::corruption_from(context, error),
+        other => StorageError::backend(context, other),
     }
 }
 
@@ -352,14 +344,15 @@ fn parse_alarm_key(key: &[u8]) -> Result<(ObjectId, u64), StorageError> {
 }
 
 fn bad_alarm_key(key: &[u8]) -> StorageError {
-    StorageError::Corruption {
-        context: format!("alarm index key of {} bytes, expected 40", key.len()),
-    }
+    StorageError::corruption(format!(
+        "alarm index key of {} bytes, expected 40",
+        key.len()
+    ))
 }
 
 fn parse_time(value: &[u8]) -> Result<u64, StorageError> {
-    let time: [u8; 8] = value.try_into().map_err(|_| StorageError::Corruption {
-        context: format!("alarm time of {} bytes, expected 8", value.len()),
+    let time: [u8; 8] = value.try_into().map_err(|_| {
+        StorageError::corruption(format!("alarm time of {} bytes, expected 8", value.len()))
     })?;
     Ok(u64::from_be_bytes(time))
 }
@@ -367,11 +360,11 @@ fn parse_time(value: &[u8]) -> Result<u64, StorageError> {
 fn user_key(object: &ObjectId, key: &[u8]) -> Result<String, StorageError> {
     let user = key
         .strip_prefix(object.as_bytes().as_slice())
-        .ok_or_else(|| StorageError::Corruption {
-            context: format!("key outside object {object} in its range"),
+        .ok_or_else(|| {
+            StorageError::corruption(format!("key outside object {object} in its range"))
         })?;
-    String::from_utf8(user.to_vec()).map_err(|_| StorageError::Corruption {
-        context: format!("a key of object {object} is not UTF-8"),
+    String::from_utf8(user.to_vec()).map_err(|e| {
+        StorageError::corruption_from(format!("a key of object {object} is not UTF-8"), e)
     })
 }
 
@@ -466,18 +459,6 @@ impl Backend for FjallBackend {
                 out.push(parse_alarm_key(&key)?);
             }
             Ok(out)
-        })
-    }
-
-    fn next_alarm(&self) -> Result<Option<(ObjectId, u64)>, StorageError> {
-        self.with(|open| {
-            let Some(guard) = open.alarms.first_key_value() else {
-                return Ok(None);
-            };
-            let key = guard
-                .key()
-                .map_err(|e| engine_error("reading the first alarm", e))?;
-            parse_alarm_key(&key).map(Some)
         })
     }
 

@@ -1,11 +1,23 @@
 //! odo-storage owns the storage of Durable Objects: the per-object API
 //! ([`ObjectStorage`]), the [`Backend`] trait with its `memory` and `fjall`
-//! backends, group commit ([`Store`]) and the alarm index; it does not run
-//! objects, schedule alarms or hold the output gate (that is odo-worker,
-//! which awaits the [`CommitWait`] this crate hands back).
+//! backends, the [`BackendFactory`] that opens a backend by name for each
+//! shard and the [`Backends`] registry of them, group commit ([`Store`])
+//! and the alarm index; it does not run objects, schedule alarms or hold
+//! the output gate (that is odo-worker, which awaits the [`CommitWait`]
+//! this crate hands back).
+//!
+//! # Features
+//!
+//! - `fjall` (default): the durable `FjallBackend` and its factory. Turn
+//!   default features off to bring your own backend without compiling
+//!   fjall.
+//! - `conformance`: the backend conformance suite (below).
 //!
 //! # Shape
 //!
+//! - A [`Backends`] maps names (`--storage NAME`) to [`BackendFactory`]s;
+//!   a factory opens one shard's [`Backend`] ([`ShardSpec`]: its number,
+//!   epoch and data directory).
 //! - A [`Store`] is one shard's store: a [`Backend`] plus a commit thread.
 //!   Every object's turn is handed to that thread, which merges all pending
 //!   turns into one atomic backend commit (one fsync) and then releases
@@ -48,14 +60,17 @@
 //!
 //! With the `conformance` feature, the `conformance` module runs any backend through
 //! a model-based property test, a durability test and (for durable
-//! backends) a real SIGKILL crash test. To check a new backend, implement
-//! `conformance::Harness` (how to open it on a directory, whether it is
+//! backends) a real SIGKILL crash test. To check a new backend, wrap its
+//! factory in `conformance::FactoryHarness` (or implement
+//! `conformance::Harness`: how to open it on a directory, whether it is
 //! durable) and call `conformance::state_machine`, `durability` and `crash`
 //! from integration tests; the module docs show the few lines needed.
 
 mod backend;
 mod batch;
 mod error;
+mod factory;
+#[cfg(feature = "fjall")]
 mod fjall_backend;
 mod listing;
 mod memory;
@@ -67,7 +82,14 @@ pub mod conformance;
 
 pub use backend::{Backend, ScanLimit};
 pub use batch::{AlarmChange, KeyRange, ObjectBatch};
-pub use error::StorageError;
+pub use error::{BoxError, StorageError};
+#[cfg(feature = "fjall")]
+pub use factory::FjallFactory;
+pub use factory::{
+    BackendFactory, Backends, BackendsError, MAX_BACKEND_NAME_BYTES, MemoryFactory, OpenFuture,
+    ShardSpec, open_blocking, open_ready,
+};
+#[cfg(feature = "fjall")]
 pub use fjall_backend::{Durability, FjallBackend, FjallOptions};
 pub use memory::MemoryBackend;
 pub use object::{ListOptions, ObjectStorage, Transaction};

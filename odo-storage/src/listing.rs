@@ -139,10 +139,7 @@ impl Pages {
         let page =
             tokio::task::spawn_blocking(move || backend.scan(&object, &scan_range, reverse, limit))
                 .await
-                .map_err(|e| StorageError::Backend {
-                    context: "scanning keys".into(),
-                    message: format!("the scan task failed: {e}"),
-                })??;
+                .map_err(|e| StorageError::backend("scanning keys", e))??;
         let page_bytes: usize = page.iter().map(|(k, v)| cost(k, v)).sum();
         let more = page.len() >= PAGE_ENTRIES || page_bytes >= PAGE_BYTES;
         if more && let Some((last, _)) = page.last() {

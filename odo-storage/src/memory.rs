@@ -43,15 +43,15 @@ impl MemoryBackend {
     fn read(&self) -> Result<RwLockReadGuard<'_, Option<MemoryState>>, StorageError> {
         // A poisoned lock means a panic while applying a batch: the state
         // may be half-applied, so report it rather than serve it.
-        self.state.read().map_err(|_| StorageError::Corruption {
-            context: "memory backend lock poisoned by a panic".into(),
-        })
+        self.state
+            .read()
+            .map_err(|_| StorageError::corruption("memory backend lock poisoned by a panic"))
     }
 
     fn write(&self) -> Result<RwLockWriteGuard<'_, Option<MemoryState>>, StorageError> {
-        self.state.write().map_err(|_| StorageError::Corruption {
-            context: "memory backend lock poisoned by a panic".into(),
-        })
+        self.state
+            .write()
+            .map_err(|_| StorageError::corruption("memory backend lock poisoned by a panic"))
     }
 
     fn with<T>(&self, f: impl FnOnce(&MemoryState) -> T) -> Result<T, StorageError> {
@@ -108,10 +108,6 @@ impl Backend for MemoryBackend {
                 .map(|(time, id)| (*id, *time))
                 .collect()
         })
-    }
-
-    fn next_alarm(&self) -> Result<Option<(ObjectId, u64)>, StorageError> {
-        self.with(|s| s.alarms.first().map(|(time, id)| (*id, *time)))
     }
 
     fn commit(&self, writes: &[(ObjectId, Arc<ObjectBatch>)]) -> Result<(), StorageError> {

@@ -272,7 +272,7 @@ impl ObjectStorage {
             .map_err(|e| StorageError::Serialization {
                 action: "decode",
                 key: key.to_string(),
-                message: e.to_string(),
+                source: e,
             })
     }
 
@@ -295,7 +295,7 @@ impl ObjectStorage {
         let bytes = postcard::to_allocvec(value).map_err(|e| StorageError::Serialization {
             action: "encode",
             key: key.to_string(),
-            message: e.to_string(),
+            source: e,
         })?;
         self.put(key, bytes).await
     }

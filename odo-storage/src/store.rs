@@ -208,10 +208,10 @@ impl StoreInner {
         // The thread may already have stopped (on `close`), then this fails.
         let _ = self.commands.send(Command::Close(None));
         thread.join().unwrap_or_else(|_| {
-            Err(StorageError::Backend {
-                context: "closing the store".into(),
-                message: "the commit thread panicked".into(),
-            })
+            Err(StorageError::backend(
+                "closing the store",
+                "the commit thread panicked",
+            ))
         })
     }
 
@@ -294,14 +294,10 @@ impl Store {
         self.inner.backend.due_alarms(now_ms, limit)
     }
 
-    /// The earliest durable alarm, to know how long to sleep.
-    pub fn next_alarm(&self) -> Result<Option<(ObjectId, u64)>, StorageError> {
-        self.inner.backend.next_alarm()
-    }
-
     /// A counter bumped after every commit that set or deleted an alarm:
-    /// an alarm scheduler sleeping until [`next_alarm`](Self::next_alarm)
-    /// should also wake when this changes.
+    /// an alarm scheduler sleeping until the earliest alarm
+    /// ([`due_alarms`](Self::due_alarms)`(u64::MAX, 1)`) should also wake
+    /// when this changes.
     pub fn alarm_changes(&self) -> watch::Receiver<u64> {
         self.inner.alarm_changes.subscribe()
     }

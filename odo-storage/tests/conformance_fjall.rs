@@ -1,5 +1,7 @@
 //! The fjall backend through the conformance suite, in real directories.
 
+#![cfg(feature = "fjall")]
+
 use odo_storage::conformance::{self, FjallHarness};
 use odo_storage::{Durability, FjallOptions};
 

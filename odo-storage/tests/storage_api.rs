@@ -125,13 +125,20 @@ async fn typed_helpers_round_trip_and_report_bad_data() {
     assert_eq!(s.get_typed::<Counter>("c").await.unwrap(), Some(c));
     assert_eq!(s.get_typed::<u64>("missing").await.unwrap(), None);
     s.put("bad", "").await.unwrap();
-    assert!(matches!(
-        s.get_typed::<Counter>("bad").await,
-        Err(StorageError::Serialization {
-            action: "decode",
-            ..
-        })
-    ));
+    let error = s.get_typed::<Counter>("bad").await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            StorageError::Serialization {
+                action: "decode",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    // The codec's own error is the source, not a copy of its message.
+    let source = std::error::Error::source(&error).expect("a source");
+    assert!(source.is::<postcard::Error>(), "{source:?}");
 }
 
 #[tokio::test]
@@ -237,12 +244,19 @@ async fn alarms_are_buffered_committed_and_indexed_by_time() {
     let mut b = store.object(id("alarm-b"));
     a.set_alarm(300).await.unwrap();
     b.set_alarm(100).await.unwrap();
-    assert_eq!(store.next_alarm().unwrap(), None, "not committed yet");
+    assert_eq!(
+        store.due_alarms(u64::MAX, 1).unwrap(),
+        [],
+        "not committed yet"
+    );
     commit(&mut a).await;
     commit(&mut b).await;
     assert!(changes.has_changed().unwrap());
     changes.mark_unchanged();
-    assert_eq!(store.next_alarm().unwrap(), Some((id("alarm-b"), 100)));
+    assert_eq!(
+        store.due_alarms(u64::MAX, 1).unwrap(),
+        [(id("alarm-b"), 100)]
+    );
     assert_eq!(store.due_alarms(99, 10).unwrap(), vec![]);
     assert_eq!(
         store.due_alarms(300, 10).unwrap(),
@@ -265,7 +279,7 @@ async fn alarms_are_buffered_committed_and_indexed_by_time() {
     assert_eq!(a.get_alarm().await.unwrap(), None);
     b.delete_alarm().await.unwrap();
     commit(&mut b).await;
-    assert_eq!(store.next_alarm().unwrap(), None);
+    assert_eq!(store.due_alarms(u64::MAX, 1).unwrap(), []);
 }
 
 #[tokio::test]
@@ -305,10 +319,7 @@ fn flaky_backend() -> (InterceptCommits<MemoryBackend>, Arc<AtomicBool>) {
     let failing = fail.clone();
     let backend = InterceptCommits::new(MemoryBackend::new(), move |_| {
         if failing.load(Ordering::SeqCst) {
-            return Err(StorageError::Backend {
-                context: "committing".into(),
-                message: "injected failure".into(),
-            });
+            return Err(StorageError::backend("committing", "injected failure"));
         }
         Ok(())
     });

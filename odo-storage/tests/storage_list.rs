@@ -3,7 +3,7 @@
 
 use odo_core::Namespace;
 use odo_storage::{
-    FjallBackend, FjallOptions, ListOptions, MemoryBackend, ObjectStorage, StorageError, Store,
+    BackendFactory, Backends, ListOptions, ObjectStorage, ShardSpec, StorageError, Store,
     StoreOptions,
 };
 
@@ -39,21 +39,17 @@ enum Placement {
 struct Fixture {
     store: Store,
     storage: ObjectStorage,
-    _dir: Option<tempfile::TempDir>,
+    _dir: tempfile::TempDir,
 }
 
-async fn fixture(fjall: bool, keys: &[&str], placement: Placement) -> Fixture {
-    let (store, dir) = if fjall {
-        let dir = tempfile::tempdir().unwrap();
-        let backend = FjallBackend::open(dir.path(), FjallOptions::default()).unwrap();
-        (
-            Store::open(backend, StoreOptions::default()).unwrap(),
-            Some(dir),
-        )
-    } else {
-        let store = Store::open(MemoryBackend::new(), StoreOptions::default()).unwrap();
-        (store, None)
-    };
+/// A store of the backend `factory` opens, in a new directory.
+async fn fixture(factory: &dyn BackendFactory, keys: &[&str], placement: Placement) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = factory
+        .open(ShardSpec::new(dir.path(), 0, 1))
+        .await
+        .unwrap();
+    let store = Store::open_shared(backend, StoreOptions::default()).unwrap();
     // A neighbour object with the same keys must never leak into the list.
     let ns = Namespace::new("LIST");
     let mut neighbour = store.object(ns.id_from_name("neighbour"));
@@ -88,15 +84,13 @@ const MIXED: &[&str] = &[
 
 async fn check_all(keys: &[&str], spec: &str, expected: &str) {
     let expected: Vec<&str> = expected.split_whitespace().collect();
-    for fjall in [false, true] {
+    for factory in Backends::builtin().iter() {
+        let backend = factory.name();
         for placement in [Placement::Durable, Placement::TurnBuffer, Placement::Split] {
-            let mut f = fixture(fjall, keys, placement).await;
+            let mut f = fixture(factory.as_ref(), keys, placement).await;
             let got = f.storage.list(&options(spec)).await.unwrap();
             let got: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
-            assert_eq!(
-                got, expected,
-                "list {spec:?} (fjall: {fjall}, {placement:?})"
-            );
+            assert_eq!(got, expected, "list {spec:?} ({backend}, {placement:?})");
             for (k, v) in f.storage.list(&options(spec)).await.unwrap() {
                 assert_eq!(k.as_bytes(), &v[..], "value of {k}");
             }
@@ -155,7 +149,7 @@ async fn list_mixed_case_unicode_and_prefix() {
 
 #[tokio::test]
 async fn invalid_list_options_are_errors() {
-    let mut f = fixture(false, LETTERS, Placement::Durable).await;
+    let mut f = fixture(&odo_storage::MemoryFactory, LETTERS, Placement::Durable).await;
     for spec in [
         "start=a start_after=a",
         "limit=0",
@@ -173,9 +167,10 @@ async fn invalid_list_options_are_errors() {
 /// data, with reverse and limits.
 #[tokio::test]
 async fn list_merges_turn_writes_over_stored_data() {
-    for fjall in [false, true] {
+    for factory in Backends::builtin().iter() {
+        let backend = factory.name();
         for placement in [Placement::Durable, Placement::Split] {
-            let mut f = fixture(fjall, LETTERS, placement).await;
+            let mut f = fixture(factory.as_ref(), LETTERS, placement).await;
             let s = &mut f.storage;
             s.delete("b").await.unwrap();
             s.delete("c").await.unwrap();
@@ -188,11 +183,7 @@ async fn list_merges_turn_writes_over_stored_data() {
                     .iter()
                     .map(|(k, v)| format!("{k}={}", std::str::from_utf8(v).unwrap()))
                     .collect();
-                assert_eq!(
-                    got.join(" "),
-                    expected,
-                    "{spec} (fjall {fjall}, {placement:?})"
-                );
+                assert_eq!(got.join(" "), expected, "{spec} ({backend}, {placement:?})");
             };
             check(s, "", "a=A bb=bb d=d e=e f=f").await;
             check(s, "limit=2", "a=A bb=bb").await;

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 use odo_core::{Namespace, ObjectId};
 use odo_storage::{
-    Backend, FjallBackend, FjallOptions, KeyRange, ListOptions, MemoryBackend, ObjectBatch,
-    ObjectStorage, ScanLimit, StorageError, Store, StoreOptions,
+    Backend, Backends, KeyRange, ListOptions, MemoryBackend, ObjectBatch, ObjectStorage, ScanLimit,
+    ShardSpec, StorageError, Store, StoreOptions,
 };
 use proptest::prelude::*;
 
@@ -48,13 +48,13 @@ fn listed(result: Result<Vec<(String, Bytes)>, StorageError>) -> Vec<String> {
 
 #[tokio::test]
 async fn an_answer_over_the_bound_is_refused_and_pages_reach_every_key() {
-    for fjall in [false, true] {
+    for factory in Backends::builtin().iter() {
+        let fjall = factory.name();
         let dir = tempfile::tempdir().unwrap();
-        let backend: Arc<dyn Backend> = if fjall {
-            Arc::new(FjallBackend::open(dir.path(), FjallOptions::default()).unwrap())
-        } else {
-            Arc::new(MemoryBackend::new())
-        };
+        let backend = factory
+            .open(ShardSpec::new(dir.path(), 0, 1))
+            .await
+            .unwrap();
         let store = Store::open_shared(backend, options(10, 1 << 20)).unwrap();
         let mut storage = store.object(id());
         durable(&mut storage, keys(20)).await;
@@ -173,9 +173,6 @@ impl Backend for CountingScans {
     }
     fn due_alarms(&self, now_ms: u64, limit: usize) -> Result<Vec<(ObjectId, u64)>, StorageError> {
         self.inner.due_alarms(now_ms, limit)
-    }
-    fn next_alarm(&self) -> Result<Option<(ObjectId, u64)>, StorageError> {
-        self.inner.next_alarm()
     }
     fn commit(&self, writes: &[(ObjectId, Arc<ObjectBatch>)]) -> Result<(), StorageError> {
         self.inner.commit(writes)

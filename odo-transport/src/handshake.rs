@@ -11,6 +11,7 @@ use bytes::Bytes;
 use odo_core::Frame;
 use odo_core::codec::{self, HEADER_LEN};
 use odo_core::wire::{Hello, Message, PROTOCOL_VERSION, Refused, Welcome};
+use subtle::ConstantTimeEq;
 
 /// The request id handshake frames carry.
 pub(crate) const HANDSHAKE_ID: u64 = 0;
@@ -130,16 +131,12 @@ pub(crate) fn judge_first_frame(bytes: Bytes, token: &str) -> Result<Hello, (Ref
 }
 
 /// Compares two tokens in time that depends only on their lengths, so a
-/// peer cannot learn a token's prefix by timing refusals.
+/// peer cannot learn a token's prefix by timing refusals. `subtle` does the
+/// comparison: slices of different lengths are unequal at once (a token's
+/// length is not the secret; its bytes are), equal lengths are compared
+/// without an early exit, with the result kept out of the optimiser's reach.
 pub(crate) fn tokens_match(given: &[u8], expected: &[u8]) -> bool {
-    if given.len() != expected.len() {
-        return false;
-    }
-    let mut diff = 0u8;
-    for (a, b) in given.iter().zip(expected) {
-        diff |= std::hint::black_box(a ^ b);
-    }
-    std::hint::black_box(diff) == 0
+    given.ct_eq(expected).into()
 }
 
 #[cfg(test)]
@@ -149,10 +146,32 @@ mod tests {
     #[test]
     fn token_comparison() {
         assert!(tokens_match(b"secret", b"secret"));
-        assert!(!tokens_match(b"secret", b"secreT"));
-        assert!(!tokens_match(b"secret", b"secret!"));
-        assert!(!tokens_match(b"", b"x"));
+        // Same length, one byte off: first, middle, last.
+        assert!(!tokens_match(b"Secret", b"secret"));
+        assert!(!tokens_match(b"seXret", b"secret"));
+        assert!(!tokens_match(b"secreT", b"secret"));
+        // A prefix of the token, and the token with more after it.
+        assert!(!tokens_match(b"secre", b"secret"));
+        assert!(!tokens_match(b"secret!", b"secret"));
+        assert!(!tokens_match(b"", b"secret"));
         assert!(tokens_match(b"", b""));
+    }
+
+    #[test]
+    fn the_server_refuses_a_same_length_token_and_a_prefix() {
+        let token = "0123456789abcdef";
+        for given in [
+            "0123456789abcdeF",
+            "X123456789abcdef",
+            "0123456789abcde",
+            "0",
+            "",
+        ] {
+            let hello = codec::encode(&hello_frame(given, "stranger")).unwrap();
+            assert_eq!(refusal(hello, token), Refused::BadToken, "{given:?}");
+        }
+        let hello = codec::encode(&hello_frame(token, "friend")).unwrap();
+        assert_eq!(judge_first_frame(hello, token).unwrap().peer, "friend");
     }
 
     fn refusal(bytes: Bytes, token: &str) -> Refused {

@@ -7,11 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use odo_core::WireError;
-use odo_core::launch::{StorageKind, WorkerLaunch};
+use odo_core::launch::WorkerLaunch;
 use odo_core::wire::{CallMeta, Control, ControlReply, Request, Response, WorkerStats};
-use odo_storage::{
-    Backend, FjallBackend, FjallOptions, MemoryBackend, StorageError, Store, StoreOptions,
-};
+use odo_storage::{BackendFactory, Backends, ShardSpec, StorageError, Store, StoreOptions};
 use odo_transport::forward;
 use odo_transport::{
     BindError, Channel, ClientConfig, ConnectError, Endpoint, EndpointError, Handler, Server,
@@ -49,6 +47,10 @@ pub enum WorkerError {
     /// Standard input, where the token comes from, cannot be read.
     #[error("cannot read the cluster token from standard input: {0}")]
     TokenInput(#[source] std::io::Error),
+    /// The command line names a storage backend this binary did not
+    /// register.
+    #[error(transparent)]
+    Storage(#[from] odo_storage::BackendsError),
 }
 
 /// Reads the cluster token a registry writes on a worker's standard input:
@@ -72,11 +74,17 @@ pub fn read_token(input: impl std::io::BufRead) -> Result<String, WorkerError> {
 /// SIGTERM or SIGINT. Then it finishes in-flight events, flushes and closes
 /// every store, and returns.
 ///
+/// Each shard it is assigned is opened by the factory in `backends` that
+/// the command line names (`launch.storage`); a name not in `backends` is
+/// [`WorkerError::Storage`] before anything starts. The registry's binary
+/// is this one, so it registered the same backends.
+///
 /// On Linux the worker also asks the kernel to kill it when its parent
 /// dies (`PR_SET_PDEATHSIG`), and exits at once if its parent is already
 /// not the registry that started it.
 pub async fn serve(
     classes: Classes,
+    backends: Backends,
     launch: WorkerLaunch,
     token: String,
     config: RuntimeConfig,
@@ -85,6 +93,7 @@ pub async fn serve(
     if token.is_empty() {
         return Err(odo_core::launch::TokenError::Empty.into());
     }
+    let backend = backends.get(&launch.storage)?.clone();
     let registry: Endpoint = launch.registry.parse()?;
     let listen: Endpoint = launch.listen.parse()?;
     let name = format!("worker {}", launch.index);
@@ -110,7 +119,7 @@ pub async fn serve(
         runtime: runtime.clone(),
         cluster,
         data_dir: PathBuf::from(&launch.data_dir),
-        storage: launch.storage,
+        backend,
         stop: stop.clone(),
     });
     let mut server_stop = stopped.clone();
@@ -203,27 +212,14 @@ struct WorkerHandler {
     runtime: Runtime,
     cluster: Arc<WorkerCluster>,
     data_dir: PathBuf,
-    storage: StorageKind,
+    backend: Arc<dyn BackendFactory>,
     stop: watch::Sender<bool>,
 }
 
 impl WorkerHandler {
-    async fn open_store(&self, shard: u32) -> Result<Store, StorageError> {
-        let backend: Arc<dyn Backend> = match self.storage {
-            StorageKind::Memory => Arc::new(MemoryBackend::new()),
-            StorageKind::Fjall => {
-                let dir = self.data_dir.join("shards").join(shard.to_string());
-                let backend = tokio::task::spawn_blocking(move || {
-                    FjallBackend::open(dir, FjallOptions::default())
-                })
-                .await
-                .map_err(|e| StorageError::Backend {
-                    context: format!("opening shard {shard}"),
-                    message: e.to_string(),
-                })??;
-                Arc::new(backend)
-            }
-        };
+    async fn open_store(&self, shard: u32, epoch: u64) -> Result<Store, StorageError> {
+        let spec = ShardSpec::new(&self.data_dir, shard, epoch);
+        let backend = self.backend.open(spec).await?;
         Store::open_shared(backend, StoreOptions::default())
     }
 
@@ -238,7 +234,7 @@ impl WorkerHandler {
                     self.runtime.release_shard(shard).await;
                 }
                 let store = self
-                    .open_store(shard)
+                    .open_store(shard, epoch)
                     .await
                     .map_err(|e| internal(format!("shard {shard}: {e}")))?;
                 self.runtime

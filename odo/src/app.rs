@@ -7,16 +7,16 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use odo_core::ObjectId;
-use odo_core::launch::{StorageKind, WorkerLaunch};
+use odo_core::launch::WorkerLaunch;
 use odo_registry::{Registry, RegistryConfig, TransportKind, WorkerCommand};
 use odo_router::{
     ForwardError, Location, ObjectService, PathRoutes, PlainRoutes, Router, RouterConfig,
 };
-use odo_storage::{Backend, FjallBackend, FjallOptions, MemoryBackend, Store, StoreOptions};
+use odo_storage::{BackendFactory, Backends, ShardSpec, Store, StoreOptions};
 use odo_worker::{
     CallScope, ClassError, Classes, DurableObject, ObjectAddress, RpcCall, Runtime, RuntimeConfig,
 };
@@ -35,6 +35,10 @@ pub enum OdoError {
     /// A store cannot be opened.
     #[error(transparent)]
     Storage(#[from] odo_storage::StorageError),
+    /// A storage backend cannot be registered, or the one asked for is not
+    /// registered.
+    #[error(transparent)]
+    Backend(#[from] odo_storage::BackendsError),
     /// The HTTP address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -61,8 +65,10 @@ pub struct ServeOptions {
     pub workers: u32,
     /// The data directory. Default `./.odo`.
     pub data_dir: PathBuf,
-    /// The storage backend. Default fjall.
-    pub storage: StorageKind,
+    /// The storage backend's name: one the app registered
+    /// ([`App::backends`]: `fjall`, `memory` and the app's own). Default
+    /// `fjall`.
+    pub storage: String,
     /// How the router reaches workers. Default: Unix sockets where they
     /// exist.
     pub transport: TransportKind,
@@ -87,7 +93,7 @@ impl Default for ServeOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
             workers: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             data_dir: PathBuf::from("./.odo"),
-            storage: StorageKind::Fjall,
+            storage: "fjall".to_owned(),
             transport: TransportKind::available()[0],
             runtime_dir: None,
             router: RouterConfig::default(),
@@ -116,19 +122,73 @@ impl Default for ServeOptions {
 ///     App::new().class::<Greeter>("greeter", "GREETER").main()
 /// }
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct App {
     classes: Classes,
     routes: Vec<(String, String)>,
     plain: PlainRoutes,
-    error: Option<ClassError>,
+    /// The first registration that failed, reported when the app runs.
+    error: Option<OdoError>,
     runtime: RuntimeConfig,
+    backends: Backends,
+}
+
+impl Default for App {
+    fn default() -> Self {
+        Self {
+            classes: Classes::default(),
+            routes: Vec::new(),
+            plain: PlainRoutes::default(),
+            error: None,
+            runtime: RuntimeConfig::default(),
+            backends: Backends::builtin(),
+        }
+    }
 }
 
 impl App {
-    /// An app with no classes.
+    /// An app with no classes, and the built-in storage backends
+    /// ([`Backends::builtin`]: `fjall`, with the default `fjall` feature,
+    /// and `memory`).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Registers a storage backend, which `--storage NAME` (and
+    /// [`ServeOptions::storage`]) can then pick by its name. Workers are
+    /// this same binary, so they build the same app and open shards with
+    /// the same factory. A name already registered is an error when the
+    /// app runs.
+    ///
+    /// ```no_run
+    /// use odo::storage::{BackendFactory, MemoryBackend, OpenFuture, ShardSpec, open_ready};
+    ///
+    /// #[derive(Debug)]
+    /// struct Scratch;
+    ///
+    /// impl BackendFactory for Scratch {
+    ///     fn name(&self) -> &str { "scratch" }
+    ///     fn durable(&self) -> bool { false }
+    ///     fn open(&self, _shard: ShardSpec) -> OpenFuture { open_ready(MemoryBackend::new()) }
+    /// }
+    ///
+    /// fn main() -> std::process::ExitCode {
+    ///     // `my-server serve --storage scratch`
+    ///     odo::demo_app().backend(Scratch).main()
+    /// }
+    /// ```
+    pub fn backend(mut self, factory: impl BackendFactory) -> Self {
+        if let Err(e) = self.backends.register(factory)
+            && self.error.is_none()
+        {
+            self.error = Some(e.into());
+        }
+        self
+    }
+
+    /// The storage backends this app can run.
+    pub fn backends(&self) -> &Backends {
+        &self.backends
     }
 
     /// The object runtime's limits, for worker processes and in-process
@@ -154,7 +214,7 @@ impl App {
         if self.error.is_none() {
             match self.classes.register_with(class, factory) {
                 Ok(_) => self.routes.push((segment.to_owned(), class.to_owned())),
-                Err(e) => self.error = Some(e),
+                Err(e) => self.error = Some(e.into()),
             }
         }
         self
@@ -218,7 +278,7 @@ impl App {
         match WorkerLaunch::parse(args.iter().skip(1).cloned()) {
             Ok(Some(launch)) => {
                 if let Some(e) = self.error {
-                    return Err(e.into());
+                    return Err(e);
                 }
                 // Before anything else: the registry's token line on stdin
                 // (see odo_core::launch).
@@ -226,12 +286,19 @@ impl App {
                     tokio::task::spawn_blocking(|| odo_worker::read_token(std::io::stdin().lock()))
                         .await
                         .map_err(|e| OdoError::Other(format!("reading the token: {e}")))??;
-                return Ok(odo_worker::serve(self.classes, launch, token, self.runtime).await?);
+                return Ok(odo_worker::serve(
+                    self.classes,
+                    self.backends,
+                    launch,
+                    token,
+                    self.runtime,
+                )
+                .await?);
             }
             Ok(None) => {}
             Err(e) => return Err(OdoError::Other(e.to_string())),
         }
-        let cli = match Cli::try_parse_from(&args) {
+        let cli = match parse_cli(&args, &self.backends) {
             Ok(cli) => cli,
             Err(e) => {
                 // --help and --version are not errors.
@@ -268,8 +335,11 @@ impl App {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), OdoError> {
         if let Some(e) = self.error {
-            return Err(e.into());
+            return Err(e);
         }
+        // Before anything starts: an unknown name fails here, listing the
+        // registered ones.
+        let backend = self.backends.get(&options.storage)?.clone();
         let mut routes = PathRoutes::new(options.router.max_name_bytes);
         for (segment, class) in &self.routes {
             routes = routes.route(segment, class);
@@ -285,7 +355,7 @@ impl App {
             source,
         })?;
         if options.workers == 0 {
-            let local_service = LocalService::open(self.classes, &options).await?;
+            let local_service = LocalService::open(self.classes, backend, &options).await?;
             let router = Arc::new(
                 Router::new(
                     Arc::new(routes),
@@ -305,7 +375,7 @@ impl App {
             options.data_dir.clone(),
         );
         config.workers = options.workers;
-        config.storage = options.storage;
+        config.storage = options.storage.clone();
         config.transport = options.transport;
         config.runtime_dir = options.runtime_dir.clone();
         config.heartbeat_timeout = options.heartbeat_timeout;
@@ -396,6 +466,30 @@ async fn stdin_closed() {
     }
 }
 
+/// Parses the command line, with `--storage`'s help listing the backends
+/// `backends` holds.
+fn parse_cli(args: &[String], backends: &Backends) -> Result<Cli, clap::Error> {
+    let names: Vec<&str> = backends.names().collect();
+    let help = format!("The storage backend: {}", names.join(", "));
+    let mut long_help = String::from("The storage backend, one of:");
+    for factory in backends.iter() {
+        let durable = if factory.durable() {
+            "durable"
+        } else {
+            "not durable"
+        };
+        long_help.push_str(&format!("\n- {} ({durable})", factory.name()));
+        if !factory.about().is_empty() {
+            long_help.push_str(&format!(": {}", factory.about()));
+        }
+    }
+    let mut command = Cli::command().mut_subcommand("serve", |serve| {
+        serve.mut_arg("storage", |arg| arg.help(help).long_help(long_help))
+    });
+    let mut matches = command.try_get_matches_from_mut(args)?;
+    Cli::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut command))
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "odo",
@@ -411,14 +505,6 @@ struct Cli {
 enum Command {
     /// Start the server: a registry, worker processes and the HTTP front door.
     Serve(ServeFlags),
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum StorageFlag {
-    /// Durable, on disk (fjall), one database per shard under DATA_DIR/shards/N.
-    Fjall,
-    /// In memory: everything is lost when a worker exits.
-    Memory,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -442,9 +528,9 @@ struct ServeFlags {
     /// is fixed when the directory is created.
     #[arg(long, default_value = "./.odo")]
     data_dir: PathBuf,
-    /// The storage backend.
-    #[arg(long, value_enum, default_value = "fjall")]
-    storage: StorageFlag,
+    /// The storage backend, by name (the names are listed by `--help`).
+    #[arg(long, default_value = "fjall", value_name = "NAME")]
+    storage: String,
     /// How the router reaches the workers.
     #[arg(long, value_enum, default_value = if cfg!(unix) { "uds" } else { "tcp" })]
     transport: TransportFlag,
@@ -494,10 +580,7 @@ impl ServeFlags {
             listen: self.listen,
             workers: self.workers.unwrap_or(defaults.workers),
             data_dir: self.data_dir,
-            storage: match self.storage {
-                StorageFlag::Fjall => StorageKind::Fjall,
-                StorageFlag::Memory => StorageKind::Memory,
-            },
+            storage: self.storage,
             transport: match self.transport {
                 TransportFlag::Uds => TransportKind::Uds,
                 TransportFlag::Tcp => TransportKind::Tcp,
@@ -528,24 +611,19 @@ struct LocalService {
 }
 
 impl LocalService {
-    async fn open(classes: Classes, options: &ServeOptions) -> Result<Self, OdoError> {
+    async fn open(
+        classes: Classes,
+        backend: Arc<dyn BackendFactory>,
+        options: &ServeOptions,
+    ) -> Result<Self, OdoError> {
         let data_lock = odo_registry::DataDirLock::acquire(&options.data_dir)?;
         let shards = data_lock.shard_count(1)?;
         let runtime = Runtime::new(classes, options.runtime.clone(), shards);
         for shard in 0..shards {
-            let backend: Arc<dyn Backend> = match options.storage {
-                StorageKind::Memory => Arc::new(MemoryBackend::new()),
-                StorageKind::Fjall => {
-                    let dir = options.data_dir.join("shards").join(shard.to_string());
-                    let backend = tokio::task::spawn_blocking(move || {
-                        FjallBackend::open(dir, FjallOptions::default())
-                    })
-                    .await
-                    .map_err(|e| OdoError::Other(format!("opening shard {shard}: {e}")))??;
-                    Arc::new(backend)
-                }
-            };
-            let store = Store::open_shared(backend, StoreOptions::default())?;
+            let opened = backend
+                .open(ShardSpec::new(&options.data_dir, shard, 1))
+                .await?;
+            let store = Store::open_shared(opened, StoreOptions::default())?;
             runtime
                 .open_shard(shard, 1, store)
                 .map_err(|e| OdoError::Other(e.to_string()))?;
@@ -627,6 +705,70 @@ mod tests {
         let cli = Cli::try_parse_from(["odo", "serve"].iter().chain(args))?;
         let Command::Serve(flags) = cli.command;
         Ok(flags.into_options())
+    }
+
+    /// A backend of the app's own.
+    #[derive(Debug)]
+    struct Scratch;
+
+    impl BackendFactory for Scratch {
+        fn name(&self) -> &str {
+            "scratch"
+        }
+        fn durable(&self) -> bool {
+            false
+        }
+        fn about(&self) -> &str {
+            "a scratch pad"
+        }
+        fn open(&self, _shard: ShardSpec) -> odo_storage::OpenFuture {
+            odo_storage::open_ready(odo_storage::MemoryBackend::new())
+        }
+    }
+
+    #[test]
+    fn storage_takes_any_name_and_its_help_lists_the_registered_backends() {
+        let app = App::new().backend(Scratch);
+        let args = |extra: &[&str]| -> Vec<String> {
+            ["odo", "serve"]
+                .iter()
+                .chain(extra)
+                .map(|a| a.to_string())
+                .collect()
+        };
+        let cli = parse_cli(&args(&["--storage", "scratch"]), app.backends()).unwrap();
+        let Command::Serve(flags) = cli.command;
+        assert_eq!(flags.into_options().storage, "scratch");
+        let help = parse_cli(&args(&["--help"]), app.backends())
+            .unwrap_err()
+            .render()
+            .to_string();
+        let fjall = cfg!(feature = "fjall");
+        for (line, listed) in [
+            ("- fjall (durable): durable, on disk (fjall)", fjall),
+            ("- memory (not durable): in memory", true),
+            ("- scratch (not durable): a scratch pad", true),
+        ] {
+            assert_eq!(help.contains(line), listed, "{line:?} in:\n{help}");
+        }
+        assert_eq!(serve_options(&[]).unwrap().storage, "fjall");
+    }
+
+    #[test]
+    fn a_backend_name_registered_twice_fails_the_app() {
+        let app = App::new().backend(odo_storage::MemoryFactory);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let result = runtime.block_on(app.serve(ServeOptions::default(), async {}));
+        assert!(
+            matches!(
+                result,
+                Err(OdoError::Backend(odo_storage::BackendsError::Duplicate { ref name }))
+                    if name == "memory"
+            ),
+            "{result:?}"
+        );
     }
 
     #[test]

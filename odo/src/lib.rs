@@ -9,7 +9,10 @@
 //! (the object runtime), odo-registry (processes and placement) and
 //! odo-router (HTTP and the client API).
 //!
-//! See [`App`] for a server around your own classes in a few lines.
+//! See [`App`] for a server around your own classes in a few lines, and
+//! [`App::backend`] for a storage backend of your own. The default feature
+//! `fjall` brings the durable fjall backend (the default `--storage`);
+//! without it, nothing of fjall is compiled.
 
 mod admin;
 mod app;
@@ -17,10 +20,13 @@ pub mod demo;
 
 pub use admin::RegistryAdmin;
 pub use app::{App, OdoError, ServeOptions};
-pub use odo_core::launch::StorageKind;
 pub use odo_core::{Namespace, ObjectId};
 pub use odo_registry::TransportKind;
 pub use odo_router::{Client, RouterConfig};
+/// odo-storage: the object storage API and what a storage backend
+/// implements ([`storage::Backend`], [`storage::BackendFactory`]), for
+/// [`App::backend`].
+pub use odo_storage as storage;
 pub use odo_storage::ListOptions;
 pub use odo_worker::{
     AlarmInfo, Context, DurableObject, ObjectError, Request, Response, RpcCall, RpcReply,

@@ -5,8 +5,10 @@
 //! [`topology`] starts real servers; [`http`] talks to them; [`scenarios`]
 //! is the multi-process scenario suite, each scenario producing a
 //! [`transcript::Transcript`]; [`soak`] is the kill soak behind
-//! `cargo xtask soak`.
+//! `cargo xtask soak`; [`backend`] is a storage backend defined outside
+//! odo's crates, which the test server registers.
 
+pub mod backend;
 pub mod http;
 pub mod scenarios;
 pub mod soak;

@@ -63,9 +63,13 @@ impl World {
         })
     }
 
-    /// Whether data survives a restart of the server.
+    /// Whether data survives a restart of the server: what the backend's
+    /// factory says (the test server offers
+    /// [`test_server_backends`](crate::backend::test_server_backends)).
     pub fn durable(&self) -> bool {
-        self.backend != "memory"
+        crate::backend::test_server_backends()
+            .get(&self.backend)
+            .is_ok_and(|factory| factory.durable())
     }
 
     /// Stops the server (SIGTERM, must exit 0) and starts it again on the

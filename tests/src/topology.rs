@@ -17,7 +17,8 @@ pub struct ServerSpec {
     pub binary: PathBuf,
     /// Worker processes (0: in-process).
     pub workers: u32,
-    /// `fjall` or `memory`.
+    /// The storage backend's name (`fjall`, `memory`, or one the binary
+    /// registered, like the test server's `logfile`).
     pub storage: String,
     /// `uds` or `tcp`.
     pub transport: String,

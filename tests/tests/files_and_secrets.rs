@@ -160,7 +160,7 @@ fn registry_config(dir: &Path, token: &str) -> RegistryConfig {
     let mut config = RegistryConfig::new(command, dir.join("data"));
     config.workers = 1;
     config.runtime_dir = Some(dir.join("run"));
-    config.storage = odo_core::launch::StorageKind::Memory;
+    config.storage = "memory".to_owned();
     config.token = token.to_owned();
     config
 }
@@ -233,7 +233,7 @@ fn a_worker_without_a_token_says_so() {
         registry: format!("unix:{}", dir.path().join("registry.sock").display()),
         listen: format!("unix:{}", dir.path().join("worker.sock").display()),
         data_dir: dir.path().display().to_string(),
-        storage: odo_core::launch::StorageKind::Memory,
+        storage: "memory".to_owned(),
         shard_count: 1,
         parent_pid: std::process::id(),
     };

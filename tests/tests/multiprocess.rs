@@ -14,47 +14,42 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use odo_tests::scenarios::{self, World};
 use odo_tests::transcript::Transcript;
 
+/// One cell's command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "multiprocess",
+    bin_name = "cargo test -p odo-tests --test multiprocess --",
+    about = "One cell of `cargo xtask test-multiprocess`"
+)]
 struct Args {
+    /// The storage backend the test server runs (the server's `--storage`
+    /// checks the name).
+    #[arg(long, default_value = "fjall")]
     backend: String,
+    /// The transport between the processes (the server checks the name).
+    #[arg(long, default_value = if cfg!(unix) { "uds" } else { "tcp" })]
     transport: String,
+    /// Only the scenarios whose name contains NAME.
+    #[arg(long, value_name = "NAME")]
     filter: Option<String>,
+    /// Where to write results.tsv and each transcript.
+    #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        backend: "fjall".into(),
-        transport: if cfg!(unix) { "uds" } else { "tcp" }.into(),
-        filter: None,
-        out: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--backend" => args.backend = value()?,
-            "--transport" => args.transport = value()?,
-            "--filter" => args.filter = Some(value()?),
-            "--out" => args.out = Some(PathBuf::from(value()?)),
-            // Flags cargo's test runner passes along.
-            "--nocapture" | "--quiet" | "-q" => {}
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(args)
+    /// Passed along by `cargo test`; ignored.
+    #[arg(long = "nocapture", hide = true)]
+    _nocapture: bool,
+    /// Passed along by `cargo test -q`; ignored.
+    #[arg(long = "quiet", short = 'q', hide = true)]
+    _quiet: bool,
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(e) => {
-            eprintln!("multiprocess: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    // A bad argument prints clap's message and exits with status 2.
+    let args = Args::parse();
     let cell = format!("{}/{}", args.backend, args.transport);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

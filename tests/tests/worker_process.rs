@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use odo_core::launch::{StorageKind, WorkerLaunch};
+use odo_core::launch::WorkerLaunch;
 use odo_core::wire::{
     CallMeta, Control, ControlReply, FetchRequest, HttpHead, Request, Response, Target,
 };
@@ -76,7 +76,7 @@ fn spawn_worker(dir: &std::path::Path, registry: &Endpoint) -> ChildGuard {
         registry: registry.to_string(),
         listen: format!("unix:{}", dir.join("run/worker-0.sock").display()),
         data_dir: dir.join("data").display().to_string(),
-        storage: StorageKind::Fjall,
+        storage: "fjall".to_owned(),
         shard_count: 1,
         parent_pid: std::process::id(),
     };

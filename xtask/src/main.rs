@@ -1,11 +1,14 @@
 //! `cargo xtask`: the project's automation, in Rust so that it runs wherever
 //! cargo does.
 //!
-//! - `cargo xtask ci`: everything CI checks, in order (format, lints, docs,
-//!   tests, the multi-process matrix, cross-platform compilation).
+//! - `cargo xtask ci`: everything CI checks, in order (format, lints, each
+//!   library crate packaged and built alone, docs, tests, the multi-process
+//!   matrix, cross-platform compilation).
 //! - `cargo xtask test-multiprocess`: the scenario suite on every backend x
 //!   transport.
 //! - `cargo xtask bench [NAME...]`: the benchmarks, in release mode.
+//! - `cargo xtask package-check`, `cargo xtask cross-check`: one step of
+//!   `ci` alone.
 //!
 //! Each step prints the command it runs, and the first failing step stops
 //! the run with its exit status.
@@ -14,28 +17,55 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
 
 mod multiprocess;
+mod packaging;
 
 /// Targets whose compilation `ci` checks besides the host's, so that
 /// platform-specific code (named pipes, Unix sockets) keeps compiling.
 const CROSS_TARGETS: &[&str] = &["x86_64-pc-windows-gnu", "aarch64-apple-darwin"];
 
-const USAGE: &str = "\
-usage: cargo xtask <command>
+/// The command line: `cargo xtask <task>`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "odo's automation: what CI checks, the multi-process matrix, the benchmarks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
 
-commands:
-  ci               cargo fmt --check, cargo clippy -D warnings, cargo doc (warnings denied),
-                   cargo test --workspace, cargo xtask test-multiprocess, cargo check for the
-                   cross targets (Windows, macOS)
-  test-multiprocess [--backend memory,fjall] [--transport uds,tcp] [--filter NAME] [--keep-going]
-                   every scenario on every backend x transport, with real child processes
-  bench [NAME...]  run benchmarks in release mode (no name: all; `bench --help` lists them)
-  cross-check      only the cross-target cargo check step of ci
-";
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Everything CI checks: cargo fmt --check, cargo clippy -D warnings,
+    /// package-check, cargo doc (warnings denied), cargo test --workspace,
+    /// test-multiprocess, cross-check.
+    Ci,
+    /// Every scenario on every backend x transport, with real child
+    /// processes; prints a matrix and any transcript difference between cells.
+    TestMultiprocess(multiprocess::Options),
+    /// The benchmarks, in release mode (`bench --help` lists them).
+    // Everything after `bench`, `--help` included, goes to odo-bench, which
+    // knows the benchmarks.
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// Benchmark names (none: all), passed to odo-bench.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Only the packaging step of ci: cargo package for every published
+    /// crate, then cargo check of each library crate alone.
+    PackageCheck,
+    /// Only the cross-target cargo check step of ci (Windows, macOS).
+    CrossCheck,
+}
 
 fn main() -> ExitCode {
-    match run() {
+    let cli = Cli::parse();
+    match run(cli.task) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("xtask: error: {err:#}");
@@ -44,25 +74,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some((command, rest)) = args.split_first() else {
-        print!("{USAGE}");
-        bail!("no command given");
-    };
-    match command.as_str() {
-        "ci" => ci(),
-        "bench" => bench(rest),
-        "cross-check" => cross_check(),
-        "test-multiprocess" => multiprocess::run(rest),
-        "-h" | "--help" | "help" => {
-            print!("{USAGE}");
-            Ok(())
-        }
-        other => {
-            print!("{USAGE}");
-            bail!("unknown command {other:?}")
-        }
+fn run(task: Task) -> Result<()> {
+    match task {
+        Task::Ci => ci(),
+        Task::TestMultiprocess(options) => multiprocess::run(options),
+        Task::Bench { args } => bench(&args),
+        Task::PackageCheck => packaging::check(),
+        Task::CrossCheck => cross_check(),
     }
 }
 
@@ -77,13 +95,14 @@ fn ci() -> Result<()> {
         "-D",
         "warnings",
     ])?;
+    packaging::check()?;
     // Broken intra-doc links and malformed docs fail here, not on docs.rs.
     cargo_with_env(
         &["doc", "--workspace", "--no-deps"],
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
     cargo(&["test", "--workspace"])?;
-    multiprocess::run(&[])?;
+    multiprocess::run(multiprocess::Options::whole_matrix())?;
     cross_check()?;
     println!(
         "xtask: ci passed in {:.0} s",
@@ -148,13 +167,18 @@ fn installed_targets() -> Option<Vec<String>> {
     })
 }
 
+/// The cargo that runs xtask, so that every step uses the same toolchain.
+fn cargo_program() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
 fn cargo(args: &[&str]) -> Result<()> {
     cargo_with_env(args, &[])
 }
 
 /// Runs cargo with `args`, and `env` added to its environment.
 fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo = cargo_program();
     let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v:?} ")).collect();
     println!("xtask: $ {}cargo {}", shown.concat(), args.join(" "));
     let status = Command::new(&cargo)
@@ -166,4 +190,57 @@ fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
         bail!("`cargo {}` failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Task, clap::Error> {
+        Cli::try_parse_from(std::iter::once("cargo xtask").chain(args.iter().copied()))
+            .map(|cli| cli.task)
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn each_task_parses() {
+        assert!(matches!(parse(&["ci"]), Ok(Task::Ci)));
+        assert!(matches!(parse(&["package-check"]), Ok(Task::PackageCheck)));
+        assert!(matches!(parse(&["cross-check"]), Ok(Task::CrossCheck)));
+        assert!(matches!(
+            parse(&["test-multiprocess"]),
+            Ok(Task::TestMultiprocess(_))
+        ));
+    }
+
+    #[test]
+    fn no_task_or_an_unknown_one_is_refused() {
+        assert!(parse(&[]).is_err());
+        let err = parse(&["deploy"]).expect_err("unknown task");
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidSubcommand);
+        assert!(parse(&["ci", "--fast"]).is_err());
+    }
+
+    #[test]
+    fn bench_passes_everything_to_odo_bench() {
+        let Ok(Task::Bench { args }) = parse(&["bench", "storage", "e2e"]) else {
+            panic!("bench with names")
+        };
+        assert_eq!(args, ["storage", "e2e"]);
+        // `--help` lists the benchmarks, which odo-bench knows.
+        let Ok(Task::Bench { args }) = parse(&["bench", "--help"]) else {
+            panic!("bench --help")
+        };
+        assert_eq!(args, ["--help"]);
+        let Ok(Task::Bench { args }) = parse(&["bench"]) else {
+            panic!("bench alone")
+        };
+        assert!(args.is_empty());
+    }
 }

@@ -7,57 +7,69 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use clap::builder::PossibleValuesParser;
+use similar::TextDiff;
 
-/// The storage backends of the matrix. Adding one here (and to the
-/// server's `--storage` flag) puts it in the matrix.
-pub(crate) const BACKENDS: &[&str] = &["memory", "fjall"];
+/// The storage backends of the matrix: names the test server registers
+/// (odo's built-in `memory` and `fjall`, and `logfile`, a backend defined
+/// in the tests crate, outside odo's: `odo_tests::backend`). Registering a
+/// backend in the test server (`App::backend`) and adding its name here
+/// puts it in the matrix; whether it is durable (which decides the
+/// durable-only scenarios) comes from its factory.
+pub(crate) const BACKENDS: &[&str] = &["memory", "fjall", "logfile"];
 
 /// The transports of the matrix, with whether this platform has them.
 /// Adding one here (and to the server's `--transport` flag) puts it in the
 /// matrix.
 pub(crate) const TRANSPORTS: &[(&str, bool)] = &[("uds", cfg!(unix)), ("tcp", true)];
 
-#[derive(Debug, Default)]
-struct Options {
+/// The names of [`TRANSPORTS`], for the command line.
+fn transport_names() -> Vec<&'static str> {
+    TRANSPORTS.iter().map(|(name, _)| *name).collect()
+}
+
+/// `cargo xtask test-multiprocess [--backend ...] [--transport ...]
+/// [--filter NAME] [--keep-going]`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Options {
+    /// The storage backends to run, comma-separated.
+    #[arg(
+        long = "backend",
+        value_name = "BACKEND,...",
+        value_delimiter = ',',
+        value_parser = PossibleValuesParser::new(BACKENDS),
+        default_values = BACKENDS,
+    )]
     backends: Vec<String>,
+    /// The transports to run, comma-separated (one this platform lacks is
+    /// reported as skipped).
+    #[arg(
+        long = "transport",
+        value_name = "TRANSPORT,...",
+        value_delimiter = ',',
+        value_parser = PossibleValuesParser::new(transport_names()),
+        default_values = transport_names(),
+    )]
     transports: Vec<String>,
+    /// Only the scenarios whose name contains NAME.
+    #[arg(long, value_name = "NAME")]
     filter: Option<String>,
+    /// Runs every cell even after one failed.
+    #[arg(long)]
     keep_going: bool,
 }
 
-fn parse(args: &[String]) -> Result<Options> {
-    let mut options = Options::default();
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--backend" => options.backends = value()?.split(',').map(str::to_owned).collect(),
-            "--transport" => options.transports = value()?.split(',').map(str::to_owned).collect(),
-            "--filter" => options.filter = Some(value()?.clone()),
-            "--keep-going" => options.keep_going = true,
-            other => bail!(
-                "unknown argument {other:?}\nusage: cargo xtask test-multiprocess [--backend memory,fjall] \
-                 [--transport uds,tcp] [--filter NAME] [--keep-going]"
-            ),
+impl Options {
+    /// Every scenario on every cell, stopping at the first failing cell:
+    /// what `cargo xtask ci` runs.
+    pub(crate) fn whole_matrix() -> Self {
+        Options {
+            backends: BACKENDS.iter().map(|b| b.to_string()).collect(),
+            transports: transport_names().iter().map(|t| t.to_string()).collect(),
+            filter: None,
+            keep_going: false,
         }
     }
-    if options.backends.is_empty() {
-        options.backends = BACKENDS.iter().map(|s| s.to_string()).collect();
-    }
-    if options.transports.is_empty() {
-        options.transports = TRANSPORTS.iter().map(|(s, _)| s.to_string()).collect();
-    }
-    for backend in &options.backends {
-        if !BACKENDS.contains(&backend.as_str()) {
-            bail!("unknown backend {backend:?} (known: {BACKENDS:?})");
-        }
-    }
-    for transport in &options.transports {
-        if !TRANSPORTS.iter().any(|(t, _)| t == transport) {
-            bail!("unknown transport {transport:?}");
-        }
-    }
-    Ok(options)
 }
 
 /// One cell's outcome per scenario.
@@ -68,8 +80,7 @@ enum Outcome {
     Skip(String),
 }
 
-pub(crate) fn run(args: &[String]) -> Result<()> {
-    let options = parse(args)?;
+pub(crate) fn run(options: Options) -> Result<()> {
     let started = Instant::now();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     println!("xtask: building the scenario runner and the test server once");
@@ -248,7 +259,7 @@ fn compare_cells(root: &Path, cells: &[String]) -> usize {
                     "xtask: {} differs between {first} and {cell}:",
                     name.trim_end_matches(".txt")
                 );
-                for line in diff(&reference, &other) {
+                for line in diff(&reference, &other, first, cell).lines() {
                     println!("    {line}");
                 }
             }
@@ -257,55 +268,99 @@ fn compare_cells(root: &Path, cells: &[String]) -> usize {
     differences
 }
 
-/// A minimal line diff: lines only in `a` with `-`, only in `b` with `+`.
-fn diff(a: &str, b: &str) -> Vec<String> {
-    let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
-    // Longest common subsequence table; transcripts are short.
-    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for i in (0..a.len()).rev() {
-        for j in (0..b.len()).rev() {
-            lcs[i][j] = if a[i] == b[j] {
-                lcs[i + 1][j + 1] + 1
-            } else {
-                lcs[i + 1][j].max(lcs[i][j + 1])
-            };
-        }
-    }
-    let (mut i, mut j, mut out) = (0, 0, Vec::new());
-    while i < a.len() || j < b.len() {
-        if i < a.len() && j < b.len() && a[i] == b[j] {
-            i += 1;
-            j += 1;
-        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
-            // Removals before additions, as diff(1) prints them.
-            out.push(format!("- {}", a[i]));
-            i += 1;
-        } else {
-            out.push(format!("+ {}", b[j]));
-            j += 1;
-        }
-    }
-    out
+/// A unified line diff from transcript `a` (of cell `a_name`) to `b`, with
+/// two lines of context around each change.
+fn diff(a: &str, b: &str, a_name: &str, b_name: &str) -> String {
+    TextDiff::from_lines(a, b)
+        .unified_diff()
+        .context_radius(2)
+        .header(a_name, b_name)
+        .to_string()
 }
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
 
-    #[test]
-    fn diff_marks_changed_lines() {
-        assert_eq!(diff("a\nb\nc", "a\nx\nc"), vec!["- b", "+ x"]);
-        assert!(diff("same", "same").is_empty());
+    /// `Options` as the only arguments of a command.
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        options: Options,
+    }
+
+    fn parse(args: &[&str]) -> Result<Options, clap::Error> {
+        Cli::try_parse_from(std::iter::once("test-multiprocess").chain(args.iter().copied()))
+            .map(|cli| cli.options)
     }
 
     #[test]
-    fn options_default_to_the_whole_matrix_and_refuse_unknowns() {
+    fn the_diff_names_the_differing_lines_and_the_cells() {
+        let reference = "get a\nput a 1\nget a -> 1\nlist -> a\n";
+        let other = "get a\nput a 1\nget a -> 2\nlist -> a\n";
+        let shown = diff(reference, other, "memory/uds", "fjall/tcp");
+        let lines: Vec<&str> = shown.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "--- memory/uds",
+                "+++ fjall/tcp",
+                "@@ -1,4 +1,4 @@",
+                " get a",
+                " put a 1",
+                "-get a -> 1",
+                "+get a -> 2",
+                " list -> a",
+            ]
+        );
+        assert_eq!(diff("same\n", "same\n", "a", "b"), "");
+    }
+
+    #[test]
+    fn options_default_to_the_whole_matrix() {
         let o = parse(&[]).unwrap();
-        assert_eq!(o.backends, ["memory", "fjall"]);
+        assert_eq!(o.backends, ["memory", "fjall", "logfile"]);
         assert_eq!(o.transports, ["uds", "tcp"]);
-        assert!(parse(&["--backend".into(), "rocks".into()]).is_err());
-        let o = parse(&["--backend".into(), "fjall".into(), "--keep-going".into()]).unwrap();
+        assert_eq!(o.filter, None);
+        assert!(!o.keep_going);
+        let whole = Options::whole_matrix();
+        assert_eq!(
+            (whole.backends, whole.transports),
+            (o.backends, o.transports)
+        );
+    }
+
+    #[test]
+    fn options_take_lists_a_filter_and_keep_going() {
+        let o = parse(&[
+            "--backend",
+            "fjall",
+            "--transport",
+            "tcp,uds",
+            "--filter",
+            "alarm",
+            "--keep-going",
+        ])
+        .unwrap();
         assert_eq!(o.backends, ["fjall"]);
+        assert_eq!(o.transports, ["tcp", "uds"]);
+        assert_eq!(o.filter.as_deref(), Some("alarm"));
         assert!(o.keep_going);
+    }
+
+    #[test]
+    fn options_refuse_unknown_values_and_flags() {
+        use clap::error::ErrorKind;
+        let kind = |args: &[&str]| parse(args).expect_err("refused").kind();
+        assert_eq!(kind(&["--backend", "rocks"]), ErrorKind::InvalidValue);
+        assert_eq!(
+            kind(&["--backend", "memory,rocks"]),
+            ErrorKind::InvalidValue
+        );
+        assert_eq!(kind(&["--transport", "quic"]), ErrorKind::InvalidValue);
+        assert_eq!(kind(&["--filter"]), ErrorKind::InvalidValue);
+        assert_eq!(kind(&["--fast"]), ErrorKind::UnknownArgument);
     }
 }

@@ -23,7 +23,7 @@ pub type CommitHook =
 /// use odo_storage::{MemoryBackend, StorageError, Store, StoreOptions};
 ///
 /// let failing = InterceptCommits::new(MemoryBackend::new(), |_| {
-///     Err(StorageError::Backend { context: "committing".into(), message: "injected".into() })
+///     Err(StorageError::backend("committing", "injected"))
 /// });
 /// let store = Store::open(failing, StoreOptions::default())?;
 /// # Ok::<(), StorageError>(())
@@ -79,10 +79,6 @@ impl<B: Backend> Backend for InterceptCommits<B> {
 
     fn due_alarms(&self, now_ms: u64, limit: usize) -> Result<Vec<(ObjectId, u64)>, StorageError> {
         self.inner.due_alarms(now_ms, limit)
-    }
-
-    fn next_alarm(&self) -> Result<Option<(ObjectId, u64)>, StorageError> {
-        self.inner.next_alarm()
     }
 
     fn commit(&self, writes: &[(ObjectId, Arc<ObjectBatch>)]) -> Result<(), StorageError> {
@@ -199,10 +195,10 @@ impl CommitValve {
         if verdict {
             Ok(())
         } else {
-            Err(StorageError::Backend {
-                context: "committing".into(),
-                message: "failure injected by CommitValve".into(),
-            })
+            Err(StorageError::backend(
+                "committing",
+                "failure injected by CommitValve",
+            ))
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The backend conformance suite: any [`Backend`] run through the same
 //! checks as the built-in ones.
 //!
-//! To check a new backend, implement [`Harness`] (how to open the backend on
+//! To check a new backend, wrap its [`BackendFactory`] in a
+//! [`FactoryHarness`] (or implement [`Harness`]: how to open the backend on
 //! a directory, and whether it is durable) and call, each from its own
 //! `#[test]`:
 //!
@@ -15,32 +16,21 @@
 //!    acknowledges writes, is killed with SIGKILL, and every acknowledged
 //!    write must be there after reopening, with no commit half there.
 //!
-//! [`MemoryHarness`] and [`FjallHarness`] are the harnesses of the built-in
-//! backends. For a new one, in `tests/conformance_mine.rs`:
+//! [`MemoryHarness`] and `FjallHarness` (with the `fjall` feature) are the
+//! harnesses of the built-in backends. For a new one, in
+//! `tests/conformance_mine.rs`:
 //!
 //! ```no_run
-//! use std::path::Path;
+//! use odo_storage::MemoryFactory;
+//! use odo_storage::conformance::{self, FactoryHarness};
 //!
-//! use odo_storage::conformance::{self, Harness};
-//! use odo_storage::{MemoryBackend, StorageError};
-//!
-//! struct MyHarness;
-//!
-//! impl Harness for MyHarness {
-//!     type Backend = MemoryBackend; // your backend here
-//!     fn open(&self, _dir: &Path) -> Result<MemoryBackend, StorageError> {
-//!         Ok(MemoryBackend::new())
-//!     }
-//!     fn durable(&self) -> bool {
-//!         false
-//!     }
-//! }
+//! let harness = FactoryHarness::new(MemoryFactory); // your factory here
 //!
 //! // Each in its own #[test] function:
-//! conformance::state_machine(&MyHarness);
-//! conformance::durability(&MyHarness);
+//! conformance::state_machine(&harness);
+//! conformance::durability(&harness);
 //! // The argument is the name of the #[test] function making this call.
-//! conformance::crash(&MyHarness, "my_backend_survives_sigkill");
+//! conformance::crash(&harness, "my_backend_survives_sigkill");
 //! ```
 
 mod crash;
@@ -48,13 +38,16 @@ mod intercept;
 mod state_machine;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use odo_core::{Namespace, ObjectId};
 
 use crate::{
-    Backend, FjallBackend, FjallOptions, ListOptions, MemoryBackend, StorageError, Store,
+    Backend, BackendFactory, ListOptions, MemoryBackend, ShardSpec, StorageError, Store,
     StoreOptions,
 };
+#[cfg(feature = "fjall")]
+use crate::{FjallBackend, FjallOptions};
 
 pub use crash::crash;
 pub use intercept::{CommitHook, CommitValve, InterceptCommits, OpenOnDrop};
@@ -92,12 +85,14 @@ impl Harness for MemoryHarness {
 }
 
 /// The harness of [`FjallBackend`] with the given options.
+#[cfg(feature = "fjall")]
 #[derive(Debug, Default, Clone)]
 pub struct FjallHarness {
     /// The options every open uses.
     pub options: FjallOptions,
 }
 
+#[cfg(feature = "fjall")]
 impl Harness for FjallHarness {
     type Backend = FjallBackend;
 
@@ -107,6 +102,45 @@ impl Harness for FjallHarness {
 
     fn durable(&self) -> bool {
         true
+    }
+}
+
+/// The harness of any [`BackendFactory`]: each open is the factory's
+/// opening of shard 0 (at [`epoch`](Self::epoch)) of a data directory that
+/// is the suite's directory, and the factory says whether it is durable.
+/// So the suite checks the backend exactly as a server opens it.
+#[derive(Debug, Clone)]
+pub struct FactoryHarness<F> {
+    /// The factory under test.
+    pub factory: F,
+    /// The epoch every open passes (default 1).
+    pub epoch: u64,
+}
+
+impl<F: BackendFactory> FactoryHarness<F> {
+    /// The harness of `factory`.
+    pub fn new(factory: F) -> Self {
+        Self { factory, epoch: 1 }
+    }
+}
+
+impl<F: BackendFactory> Harness for FactoryHarness<F> {
+    type Backend = Arc<dyn Backend>;
+
+    fn open(&self, dir: &Path) -> Result<Arc<dyn Backend>, StorageError> {
+        let opening = self.factory.open(ShardSpec::new(dir, 0, self.epoch));
+        // A thread of its own: the suite may call this from inside its own
+        // runtime, where blocking on another one is not allowed.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| runtime().block_on(opening))
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    fn durable(&self) -> bool {
+        self.factory.durable()
     }
 }
 

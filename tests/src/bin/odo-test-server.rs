@@ -1,7 +1,8 @@
 //! The server the black-box tests and the multi-process harness run: the
 //! demo app of `odo serve` (Counter, Kv) plus a `Probe` class that provokes
 //! what the scenarios need (failing handlers, slow turns, transactions,
-//! alarms that fail, calls between objects, echoes).
+//! alarms that fail, calls between objects, echoes), with one more storage
+//! backend than odo's own: `logfile` (`odo_tests::backend`).
 //!
 //! `ODO_TEST_IDLE_MS` sets the runtime's idle timeout (eviction scenarios);
 //! `ODO_TEST_QUEUE_DEPTH` its per-object queue depth (overload scenarios).
@@ -277,6 +278,9 @@ fn main() -> ExitCode {
     runtime.alarm_retry.first_delay = Duration::from_millis(50);
     odo::demo_app()
         .class::<Probe>("probe", "PROBE")
+        // A backend from outside odo's crates (the harness's
+        // `test_server_backends` lists what this server offers).
+        .backend(odo_tests::backend::LogFileFactory)
         .runtime(runtime)
         .main()
 }

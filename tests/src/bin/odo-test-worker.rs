@@ -45,6 +45,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(odo_worker::serve(
         classes,
+        odo_storage::Backends::builtin(),
         launch,
         token,
         RuntimeConfig::default(),
