@@ -51,11 +51,12 @@ use tokio::sync::{oneshot, watch};
 use tracing::info;
 
 pub use datadir::{DATA_DIR_LOCK_FILE, DataDirLock};
+pub use odo_core::placement::SlotPhase as WorkerState;
 pub use placement::{Owner, PlacementTable, ShardEntry, TablePlacement};
-pub use supervisor::{WorkerState, WorkerStatus};
+pub use supervisor::WorkerStatus;
 
 use runtime_dir::RuntimeDir;
-use supervisor::Slots;
+use supervisor::{Hellos, Input, View};
 
 /// Which transport workers listen on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +155,15 @@ pub struct RegistryConfig {
     /// Consecutive quick failures after which a slot is reported as crash
     /// looping (it keeps being retried at the capped delay). Default 5.
     pub crash_loop_limit: u32,
+    /// How long a worker must have been ready for its death not to count as
+    /// a quick failure (its slot's backoff then starts again from
+    /// `restart_backoff`). A worker killed from outside after serving for
+    /// a while comes back at once. Default 1 s.
+    pub stable_after: Duration,
+    /// How long a restarted worker must have been ready before the shards
+    /// that moved away from it (to keep them served) move back, each
+    /// released by its temporary holder first. Default 500 ms.
+    pub move_back_after: Duration,
     /// How long a worker may take to exit after `Shutdown`. Default 10 s.
     pub shutdown_grace: Duration,
     /// How long [`Registry::workers_fresh`] waits for each worker's
@@ -181,6 +191,8 @@ impl RegistryConfig {
             restart_backoff: Duration::from_millis(50),
             max_restart_backoff: Duration::from_secs(5),
             crash_loop_limit: 5,
+            stable_after: Duration::from_secs(1),
+            move_back_after: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(10),
             stats_timeout: Duration::from_millis(250),
         }
@@ -278,28 +290,32 @@ pub struct Registry {
     shared: Arc<Shared>,
     control_stop: Option<oneshot::Sender<()>>,
     control_task: Option<tokio::task::JoinHandle<()>>,
-    supervisors: Vec<tokio::task::JoinHandle<()>>,
+    /// The task running the placement machine (and, through it, every
+    /// worker process's task).
+    driver: Option<tokio::task::JoinHandle<()>>,
     /// Removed at shutdown (or drop).
     runtime_dir: Option<RuntimeDir>,
 }
 
-/// State shared by the supervisors, the control server and the handle.
+/// State shared by the driver, the control server and the handle.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: RegistryConfig,
     pub(crate) runtime_dir: PathBuf,
     pub(crate) control_endpoint: Endpoint,
+    /// The number of shards, S.
+    pub(crate) shard_count: u32,
     pub(crate) placement: watch::Sender<Arc<PlacementTable>>,
-    /// Serialises changes to the table and the cluster record.
-    pub(crate) table: Mutex<PlacementTable>,
-    /// The data directory's lock, taken under `table` and released when
-    /// the registry goes: no cluster record is written without it.
+    /// The data directory's lock, released when the registry goes: no
+    /// cluster record is written without it.
     pub(crate) data_lock: Arc<Mutex<Option<DataDirLock>>>,
-    /// Serialises writes of the cluster record, in the order of the table
-    /// versions they record (each write runs on a blocking thread).
-    record_writer: tokio::sync::Mutex<()>,
-    pub(crate) slots: Slots,
-    pub(crate) stopping: watch::Sender<bool>,
+    /// The slots and processes as the driver last saw them.
+    pub(crate) view: Mutex<View>,
+    /// The hellos the registry waits for.
+    pub(crate) hellos: Hellos,
+    /// Events for the driver.
+    inputs: tokio::sync::mpsc::UnboundedSender<Input>,
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -310,31 +326,18 @@ impl Shared {
         }
     }
 
-    /// Applies `change` to the table; if it changed, records S, the epochs
-    /// and the assignment durably (the file write and its fsync on a
-    /// blocking thread, never on the async executor) and then publishes the
-    /// new table. Returns once the record is durable: an epoch is never
-    /// used before it is recorded.
-    pub(crate) async fn update_table<T>(
+    /// Whether the registry is shutting down.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Writes the cluster record durably (the file write and its fsync on
+    /// a blocking thread, never on the async executor), under the data
+    /// directory's lock.
+    pub(crate) async fn write_record(
         &self,
-        change: impl FnOnce(&mut PlacementTable) -> T,
-    ) -> Result<T, RegistryError> {
-        let _writer = self.record_writer.lock().await;
-        let (out, changed) = {
-            let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-            let before = table.version;
-            let out = change(&mut table);
-            (out, (table.version != before).then(|| table.clone()))
-        };
-        let Some(table) = changed else {
-            return Ok(out);
-        };
-        let record = placement::ClusterFile {
-            format: 1,
-            shard_count: table.shard_count(),
-            epochs: table.epochs(),
-            assignment: table.assignment(),
-        };
+        record: placement::ClusterFile,
+    ) -> Result<(), RegistryError> {
         let data_lock = self.data_lock.clone();
         let data_dir = self.config.data_dir.clone();
         tokio::task::spawn_blocking(move || {
@@ -353,9 +356,7 @@ impl Shared {
         .map_err(|e| RegistryError::DataDir {
             path: self.config.data_dir.clone(),
             reason: format!("writing the cluster record failed: {e}"),
-        })??;
-        self.placement.send_replace(Arc::new(table));
-        Ok(out)
+        })?
     }
 }
 
@@ -414,18 +415,41 @@ impl Registry {
             }
         };
         let control_endpoint = server.endpoint().clone();
+        let machine = odo_core::placement::Machine::new(
+            odo_core::placement::Config {
+                startup_timeout: config.startup_timeout,
+                restart_backoff: config.restart_backoff,
+                max_restart_backoff: config.max_restart_backoff,
+                crash_loop_limit: config.crash_loop_limit,
+                stable_after: config.stable_after,
+                move_back_after: config.move_back_after,
+                stop_grace: config.shutdown_grace,
+                ..odo_core::placement::Config::new(config.workers)
+            },
+            record.epochs.clone(),
+        )
+        .map_err(|e| RegistryError::Config(e.to_string()));
+        let machine = match machine {
+            Ok(machine) => machine,
+            Err(e) => {
+                runtime.remove();
+                return Err(e);
+            }
+        };
         let table = PlacementTable::new(&record.epochs);
-        let (placement, _) = watch::channel(Arc::new(table.clone()));
+        let (placement, _) = watch::channel(Arc::new(table));
+        let (inputs, received) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
-            slots: Slots::new(config.workers),
             config,
             runtime_dir: runtime_dir.clone(),
             control_endpoint,
+            shard_count: record.shard_count,
             placement,
-            table: Mutex::new(table),
             data_lock: Arc::new(Mutex::new(Some(data_lock))),
-            record_writer: tokio::sync::Mutex::new(()),
-            stopping: watch::Sender::new(false),
+            view: Mutex::default(),
+            hellos: Hellos::default(),
+            inputs: inputs.clone(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         info!(
             workers = shared.config.workers,
@@ -445,7 +469,7 @@ impl Registry {
                         pid,
                         endpoint,
                         ..
-                    }) => match shared.slots.hello(worker, pid, endpoint) {
+                    }) => match shared.hellos.hello(worker, pid, endpoint) {
                         Ok(()) => Response::Control(ControlReply::Ack),
                         Err(message) => Response::Error(WireError::BadRequest { message }),
                     },
@@ -460,14 +484,12 @@ impl Registry {
         let control_task = tokio::spawn(server.serve(std::sync::Arc::new(handler), async move {
             let _ = stopped.await;
         }));
-        let supervisors = (0..shared.config.workers)
-            .map(|slot| tokio::spawn(supervisor::supervise(slot, shared.clone())))
-            .collect();
+        let driver = tokio::spawn(supervisor::drive(shared.clone(), machine, inputs, received));
         Ok(Registry {
             shared,
             control_stop: Some(control_stop),
             control_task: Some(control_task),
-            supervisors,
+            driver: Some(driver),
             runtime_dir: Some(runtime),
         })
     }
@@ -513,7 +535,11 @@ impl Registry {
     /// Each worker slot's state, with the figures of each worker's last
     /// heartbeat (`stats_age_ms` says how old they are).
     pub fn workers(&self) -> Vec<WorkerStatus> {
-        self.shared.slots.status(&self.shared.placement.borrow())
+        self.shared
+            .view
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .status()
     }
 
     /// [`Registry::workers`] with fresh figures: asks every running worker
@@ -522,24 +548,51 @@ impl Registry {
     /// not answer in time keeps its last figures (and their age).
     pub async fn workers_fresh(&self) -> Vec<WorkerStatus> {
         let timeout = self.shared.config.stats_timeout;
+        let connected = self
+            .shared
+            .view
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .connected();
         let mut asks = tokio::task::JoinSet::new();
-        for (slot, pid, channel) in self.shared.slots.running() {
-            let shared = self.shared.clone();
+        for (process, channel) in connected {
             asks.spawn(async move {
                 let ask = Request::Control(Control::Heartbeat { now_ms: 0 });
-                if let Ok((Response::Control(ControlReply::Stats(stats)), _)) =
-                    channel.call(ask, Bytes::new(), timeout).await
-                {
-                    shared.slots.record_stats(slot, pid, stats);
+                match channel.call(ask, Bytes::new(), timeout).await {
+                    Ok((Response::Control(ControlReply::Stats(stats)), _)) => {
+                        Some((process, stats))
+                    }
+                    _ => None,
                 }
             });
         }
+        let mut fresh = std::collections::HashMap::new();
         // Each call ends by its deadline; the outer bound only guards.
         let _ = tokio::time::timeout(timeout * 2, async {
-            while asks.join_next().await.is_some() {}
+            while let Some(answer) = asks.join_next().await {
+                if let Ok(Some((process, stats))) = answer {
+                    fresh.insert(process.slot, stats);
+                    // Kept: in the view now, and by the driver for later.
+                    self.shared
+                        .view
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .record_stats(process, stats);
+                    let _ = self.shared.inputs.send(Input::Stats { process, stats });
+                }
+            }
         })
         .await;
-        self.workers()
+        let mut workers = self.workers();
+        for worker in &mut workers {
+            if let Some(stats) = fresh.get(&worker.slot) {
+                worker.live_objects = stats.live_objects;
+                worker.commit_batches = stats.commit_batches;
+                worker.commit_turns = stats.commit_turns;
+                worker.stats_age_ms = Some(0);
+            }
+        }
+        workers
     }
 
     /// The cluster token (for routers' client configuration).
@@ -557,9 +610,15 @@ impl Registry {
     /// period is killed), stops the control endpoint, and removes the
     /// runtime directory.
     pub async fn shutdown(mut self) {
-        self.shared.stopping.send_replace(true);
-        for supervisor in self.supervisors.drain(..) {
-            let _ = supervisor.await;
+        self.shared
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self
+            .shared
+            .inputs
+            .send(Input::Event(odo_core::placement::Event::Shutdown));
+        if let Some(driver) = self.driver.take() {
+            let _ = driver.await;
         }
         if let Some(stop) = self.control_stop.take() {
             let _ = stop.send(());
@@ -577,11 +636,6 @@ impl Registry {
     /// Lets go of the data directory: from here on nothing writes the
     /// cluster record, and another server may take the directory.
     fn release_data_dir(&self) {
-        let _table = self
-            .shared
-            .table
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
         self.shared
             .data_lock
             .lock()
@@ -593,9 +647,9 @@ impl Registry {
 impl Drop for Registry {
     fn drop(&mut self) {
         // Without a graceful shutdown, children are killed by kill_on_drop
-        // when their supervisors are aborted.
-        for supervisor in &self.supervisors {
-            supervisor.abort();
+        // when the driver (which owns their tasks) is aborted.
+        if let Some(driver) = self.driver.take() {
+            driver.abort();
         }
         if let Some(dir) = self.runtime_dir.take() {
             dir.remove();

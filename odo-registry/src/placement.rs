@@ -45,10 +45,11 @@ pub struct PlacementTable {
 
 impl PlacementTable {
     /// A table of `shard_count` unassigned shards whose epochs continue from
-    /// `epochs` (from the data directory).
+    /// `epochs` (from the data directory), before anything is published
+    /// (version 0: every published table is newer).
     pub(crate) fn new(epochs: &[u64]) -> Self {
         Self {
-            version: 1,
+            version: 0,
             shards: epochs
                 .iter()
                 .map(|&epoch| ShardEntry { epoch, owner: None })
@@ -65,66 +66,6 @@ impl PlacementTable {
     pub fn lookup(&self, id: &ObjectId) -> (u32, &ShardEntry) {
         let shard = id.shard(self.shard_count());
         (shard, &self.shards[shard as usize])
-    }
-
-    /// The shards a slot serves when `workers` slots exist: `shard mod
-    /// workers == slot`.
-    pub fn shards_of(&self, slot: u32, workers: u32) -> Vec<u32> {
-        (0..self.shard_count())
-            .filter(|s| s % workers.max(1) == slot)
-            .collect()
-    }
-
-    /// Gives `shard` a new epoch, which it returns, leaving it unowned
-    /// until [`set_owner`](Self::set_owner): the new owner opens the shard
-    /// at that epoch before routers learn of it.
-    pub(crate) fn bump_epoch(&mut self, shard: u32) -> u64 {
-        let entry = &mut self.shards[shard as usize];
-        entry.epoch += 1;
-        entry.owner = None;
-        self.version += 1;
-        entry.epoch
-    }
-
-    /// Records `owner` as serving `shard` at its current epoch.
-    pub(crate) fn set_owner(&mut self, shard: u32, owner: Owner) {
-        self.shards[shard as usize].owner = Some(owner);
-        self.version += 1;
-    }
-
-    /// [`bump_epoch`](Self::bump_epoch) then [`set_owner`](Self::set_owner).
-    #[cfg(test)]
-    fn assign(&mut self, shard: u32, owner: Owner) -> u64 {
-        let epoch = self.bump_epoch(shard);
-        self.set_owner(shard, owner);
-        epoch
-    }
-
-    /// Marks every shard of `slot` unowned (its process is dead).
-    pub(crate) fn vacate(&mut self, slot: u32) {
-        let mut changed = false;
-        for entry in &mut self.shards {
-            if entry.owner.as_ref().is_some_and(|o| o.slot == slot) {
-                entry.owner = None;
-                changed = true;
-            }
-        }
-        if changed {
-            self.version += 1;
-        }
-    }
-
-    /// The epochs, for the data directory.
-    pub(crate) fn epochs(&self) -> Vec<u64> {
-        self.shards.iter().map(|s| s.epoch).collect()
-    }
-
-    /// Each shard's worker slot, for the data directory.
-    pub(crate) fn assignment(&self) -> Vec<Option<u32>> {
-        self.shards
-            .iter()
-            .map(|s| s.owner.as_ref().map(|o| o.slot))
-            .collect()
     }
 
     /// The table as workers receive it.
@@ -260,33 +201,19 @@ mod tests {
     }
 
     #[test]
-    fn assignment_bumps_epochs_and_versions() {
+    fn the_table_routes_by_shard_and_goes_on_the_wire() {
         let mut table = PlacementTable::new(&[4, 0]);
-        assert_eq!(table.assign(0, owner(0)), 5);
-        assert_eq!(table.assign(1, owner(1)), 1);
-        assert_eq!(table.version, 5);
-        table.vacate(0);
-        assert_eq!(
-            table.shards[0],
-            ShardEntry {
-                epoch: 5,
-                owner: None
-            }
-        );
-        assert_eq!(table.version, 6);
-        table.vacate(0);
-        assert_eq!(table.version, 6, "no change, no new version");
-        assert_eq!(table.assign(0, owner(0)), 6);
+        assert_eq!(table.version, 0);
+        table.shards[1].owner = Some(owner(1));
+        let id = (0..)
+            .map(|i| odo_core::Namespace::new("C").id_from_name(&format!("x{i}")))
+            .find(|id| id.shard(2) == 1)
+            .unwrap();
+        assert_eq!(table.lookup(&id), (1, &table.shards[1]));
         let wire = table.to_wire();
-        assert_eq!(wire.shards[0].endpoint.as_deref(), Some("unix:/w0"));
-        assert_eq!(table.epochs(), vec![6, 1]);
-    }
-
-    #[test]
-    fn slots_split_shards_evenly() {
-        let table = PlacementTable::new(&[0; 8]);
-        assert_eq!(table.shards_of(1, 4), vec![1, 5]);
-        assert_eq!(table.shards_of(0, 3), vec![0, 3, 6]);
+        assert_eq!(wire.shards[0].endpoint, None);
+        assert_eq!(wire.shards[0].epoch, 4);
+        assert_eq!(wire.shards[1].endpoint.as_deref(), Some("unix:/w1"));
     }
 
     #[test]

@@ -1,39 +1,37 @@
-//! One supervisor task per worker slot: spawn, wait for hello, assign
-//! shards, heartbeat, and restart with backoff when the process dies.
+//! The registry's driver: one task runs the placement state machine
+//! ([`odo_core::placement::Machine`]) and carries out what it decides.
+//!
+//! The machine decides everything that matters for safety (which process
+//! holds which shard, at which epoch, when a dead worker's shards move and
+//! when they move back, when a process is restarted or killed); this module
+//! only does the I/O and reports each outcome back as an event: it spawns
+//! worker processes (one task each, which waits for the hello, heartbeats
+//! the worker, kills and reaps it when told, and reports its exit), writes
+//! the cluster record (one task, in order), sends assigns and releases, and
+//! publishes the routes to routers and workers.
 
+use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use odo_core::launch::WorkerLaunch;
+use odo_core::placement::{
+    Action, Event, Machine, Process, Record, RouteTable, SlotPhase, SlotStatus,
+};
 use odo_core::wire::{Control, ControlReply, Request, Response, WorkerStats};
 use odo_transport::{Channel, Endpoint};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Child;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::placement::{Owner, PlacementTable};
+use crate::placement::{ClusterFile, Owner, PlacementTable, ShardEntry};
 use crate::{Shared, TransportKind};
-
-/// Where a worker slot is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WorkerState {
-    /// Spawned, not yet serving its shards.
-    Starting,
-    /// Serving its shards.
-    Running,
-    /// Dead, waiting to be restarted.
-    Restarting,
-    /// Failing quickly again and again; still retried, at the capped delay.
-    CrashLoop,
-    /// Stopped by a registry shutdown.
-    Stopped,
-}
 
 /// One worker slot as the admin endpoints show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -47,8 +45,11 @@ pub struct WorkerStatus {
     /// The shards it serves now.
     pub shards: Vec<u32>,
     /// Its state.
-    pub state: WorkerState,
-    /// How many times the slot's process was restarted.
+    pub state: SlotPhase,
+    /// Failing quickly again and again: still restarted, at the capped
+    /// delay, and its shards stay elsewhere until it has been stable.
+    pub crash_looping: bool,
+    /// How many times the slot's process ended and was restarted.
     pub restarts: u32,
     /// Objects live in the current process, as of `stats_age_ms` ago (the
     /// last heartbeat, or a refresh by
@@ -64,222 +65,466 @@ pub struct WorkerStatus {
     pub stats_age_ms: Option<u64>,
 }
 
-#[derive(Debug)]
-struct SlotState {
-    state: WorkerState,
+/// What is known of a process the driver runs.
+#[derive(Debug, Clone, Default)]
+struct ProcInfo {
     pid: Option<u32>,
     endpoint: Option<String>,
-    restarts: u32,
-    /// The registry's channel to the running worker.
     channel: Option<Channel>,
-    /// The process whose hello is awaited, and where to hand its endpoint.
-    waiting: Option<(u32, oneshot::Sender<String>)>,
-    /// The last figures the running process reported, and when they came.
+    /// Its last figures, and when they came.
     stats: Option<(WorkerStats, Instant)>,
 }
 
-/// Every slot's state.
+/// A process the driver runs.
 #[derive(Debug)]
-pub(crate) struct Slots(Vec<Mutex<SlotState>>);
+struct Proc {
+    info: ProcInfo,
+    /// Tells the process's task to stop or kill it.
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+/// What the driver tells a process's task.
+#[derive(Debug, Clone, Copy)]
+enum Command {
+    /// Ask the worker to exit (`Control::Shutdown`).
+    Stop,
+    /// SIGKILL it.
+    Kill,
+}
+
+/// What the driver's I/O tasks report.
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// An event for the machine.
+    Event(Event),
+    /// A process was spawned.
+    Spawned { process: Process, pid: u32 },
+    /// A process said hello and the registry's channel to it is open.
+    Connected {
+        process: Process,
+        endpoint: String,
+        channel: Channel,
+    },
+    /// Figures a process reported.
+    Stats {
+        process: Process,
+        stats: WorkerStats,
+    },
+}
+
+/// What the rest of the registry reads: the slots' status and the
+/// processes' channels. Written by the driver only.
+#[derive(Debug, Default)]
+pub(crate) struct View {
+    slots: Vec<SlotStatus>,
+    procs: HashMap<Process, ProcInfo>,
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl Slots {
-    pub(crate) fn new(workers: u32) -> Self {
-        Slots(
-            (0..workers)
-                .map(|_| {
-                    Mutex::new(SlotState {
-                        state: WorkerState::Starting,
-                        pid: None,
-                        endpoint: None,
-                        restarts: 0,
-                        channel: None,
-                        waiting: None,
-                        stats: None,
-                    })
-                })
-                .collect(),
-        )
-    }
-
-    fn slot(&self, slot: u32) -> MutexGuard<'_, SlotState> {
-        lock(&self.0[slot as usize])
-    }
-
-    /// A worker's hello: accepted only from the process its slot awaits.
-    pub(crate) fn hello(&self, worker: u32, pid: u32, endpoint: String) -> Result<(), String> {
-        let Some(slot) = self.0.get(worker as usize) else {
-            return Err(format!("no worker slot {worker}"));
-        };
-        let mut slot = lock(slot);
-        match slot.waiting.take() {
-            Some((expected, reply)) if expected == pid => {
-                let _ = reply.send(endpoint);
-                Ok(())
-            }
-            other => {
-                slot.waiting = other;
-                Err(format!(
-                    "slot {worker} does not expect a hello from pid {pid}"
-                ))
-            }
-        }
-    }
-
-    /// Records figures process `pid` of `slot` reported, unless that process
-    /// is gone or newer figures (by its clock) are already there.
-    pub(crate) fn record_stats(&self, slot: u32, pid: u32, stats: WorkerStats) {
-        let Some(state) = self.0.get(slot as usize) else {
-            return;
-        };
-        let mut state = lock(state);
-        if state.pid != Some(pid) {
-            return;
-        }
-        if state
-            .stats
-            .is_some_and(|(known, _)| known.now_ms > stats.now_ms)
-        {
-            return;
-        }
-        state.stats = Some((stats, Instant::now()));
-    }
-
-    /// The running processes: slot, pid and the registry's channel to each.
-    pub(crate) fn running(&self) -> Vec<(u32, u32, Channel)> {
-        self.0
+impl View {
+    /// Each slot as the admin endpoints show it.
+    pub(crate) fn status(&self) -> Vec<WorkerStatus> {
+        self.slots
             .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let s = lock(s);
-                Some((i as u32, s.pid?, s.channel.clone()?))
-            })
-            .collect()
-    }
-
-    pub(crate) fn status(&self, table: &PlacementTable) -> Vec<WorkerStatus> {
-        self.0
-            .iter()
-            .enumerate()
-            .map(|(i, slot)| {
-                let slot = lock(slot);
-                let i = i as u32;
+            .map(|slot| {
+                let proc = slot.process.and_then(|p| self.procs.get(&p));
+                let stats = proc.and_then(|p| p.stats);
                 WorkerStatus {
-                    slot: i,
-                    pid: slot.pid,
-                    endpoint: slot.endpoint.clone(),
-                    shards: (0..table.shard_count())
-                        .filter(|&s| {
-                            table.shards[s as usize]
-                                .owner
-                                .as_ref()
-                                .is_some_and(|o| o.slot == i)
-                        })
-                        .collect(),
-                    state: slot.state,
+                    slot: slot.slot,
+                    pid: proc.and_then(|p| p.pid),
+                    endpoint: proc.and_then(|p| p.endpoint.clone()),
+                    shards: slot.shards.clone(),
+                    state: slot.phase,
+                    crash_looping: slot.crash_looping,
                     restarts: slot.restarts,
-                    live_objects: slot.stats.map_or(0, |(s, _)| s.live_objects),
-                    commit_batches: slot.stats.map_or(0, |(s, _)| s.commit_batches),
-                    commit_turns: slot.stats.map_or(0, |(s, _)| s.commit_turns),
-                    stats_age_ms: slot
-                        .stats
+                    live_objects: stats.map_or(0, |(s, _)| s.live_objects),
+                    commit_batches: stats.map_or(0, |(s, _)| s.commit_batches),
+                    commit_turns: stats.map_or(0, |(s, _)| s.commit_turns),
+                    stats_age_ms: stats
                         .map(|(_, at)| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)),
                 }
             })
             .collect()
     }
 
-    fn channels(&self) -> Vec<Channel> {
-        self.0
+    /// Records figures `process` reported just now.
+    pub(crate) fn record_stats(&mut self, process: Process, stats: WorkerStats) {
+        if let Some(info) = self.procs.get_mut(&process) {
+            info.stats = Some((stats, Instant::now()));
+        }
+    }
+
+    /// The processes with an open channel.
+    pub(crate) fn connected(&self) -> Vec<(Process, Channel)> {
+        self.procs
             .iter()
-            .filter_map(|s| lock(s).channel.clone())
+            .filter_map(|(p, info)| Some((*p, info.channel.clone()?)))
             .collect()
     }
 }
 
-/// Sends the current table to every running worker (best effort: a worker
-/// that misses it gets the next one, and answers `Moved` meanwhile).
-fn push_placement(shared: &Shared) {
-    let placement = shared.placement.borrow().to_wire();
-    for channel in shared.slots.channels() {
-        let message = Request::Control(Control::Placement(placement.clone()));
-        tokio::spawn(async move {
-            let _ = channel
-                .call(message, Bytes::new(), Duration::from_secs(5))
-                .await;
-        });
+/// The hellos awaited: (slot, pid) to where the endpoint goes.
+#[derive(Debug, Default)]
+pub(crate) struct Hellos(Mutex<HashMap<(u32, u32), oneshot::Sender<String>>>);
+
+impl Hellos {
+    /// A worker's hello: accepted only from a process the registry started
+    /// for that slot and still waits for.
+    pub(crate) fn hello(&self, slot: u32, pid: u32, endpoint: String) -> Result<(), String> {
+        match lock(&self.0).remove(&(slot, pid)) {
+            Some(reply) => {
+                let _ = reply.send(endpoint);
+                Ok(())
+            }
+            None => Err(format!(
+                "slot {slot} does not expect a hello from pid {pid}"
+            )),
+        }
     }
 }
 
-/// Supervises one slot until the registry stops.
-pub(crate) async fn supervise(slot: u32, shared: Arc<Shared>) {
-    let config = &shared.config;
-    let mut stopping = shared.stopping.subscribe();
-    let mut delay = config.restart_backoff;
-    let mut quick_failures = 0;
+/// Runs the machine until it stopped (after a shutdown), then returns.
+pub(crate) async fn drive(
+    shared: Arc<Shared>,
+    mut machine: Machine,
+    inputs: mpsc::UnboundedSender<Input>,
+    mut received: mpsc::UnboundedReceiver<Input>,
+) {
+    let origin = Instant::now();
+    let mut driver = Driver {
+        shared: shared.clone(),
+        inputs: inputs.clone(),
+        procs: HashMap::new(),
+        tasks: JoinSet::new(),
+        records: start_persister(shared.clone(), inputs.clone()),
+    };
+    driver.publish_view(&machine);
+    let mut next = Some(Input::Event(Event::Tick));
     loop {
-        let started = Instant::now();
-        let outcome = run_worker(slot, &shared, &mut stopping).await;
-        // The process is dead and reaped: only now may its shards move.
-        {
-            let mut state = shared.slots.slot(slot);
-            state.channel = None;
-            state.pid = None;
-            state.endpoint = None;
-            state.stats = None;
+        let input = match next.take() {
+            Some(input) => input,
+            None => {
+                let wake = machine
+                    .poll_timeout()
+                    .map(|at| origin + at)
+                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+                tokio::select! {
+                    input = received.recv() => match input {
+                        Some(input) => input,
+                        None => break,
+                    },
+                    () = tokio::time::sleep_until(wake) => Input::Event(Event::Tick),
+                    Some(_) = driver.tasks.join_next(), if !driver.tasks.is_empty() => continue,
+                }
+            }
+        };
+        let event = match input {
+            Input::Event(event) => event,
+            Input::Spawned { process, pid } => {
+                if let Some(proc) = driver.procs.get_mut(&process) {
+                    proc.info.pid = Some(pid);
+                }
+                driver.publish_view(&machine);
+                continue;
+            }
+            Input::Connected {
+                process,
+                endpoint,
+                channel,
+            } => {
+                if let Some(proc) = driver.procs.get_mut(&process) {
+                    proc.info.endpoint = Some(endpoint);
+                    proc.info.channel = Some(channel);
+                }
+                Event::Ready { process }
+            }
+            Input::Stats { process, stats } => {
+                if let Some(proc) = driver.procs.get_mut(&process) {
+                    let newer = proc
+                        .info
+                        .stats
+                        .is_none_or(|(known, _)| known.now_ms <= stats.now_ms);
+                    if newer {
+                        proc.info.stats = Some((stats, Instant::now()));
+                    }
+                }
+                driver.publish_view(&machine);
+                continue;
+            }
+        };
+        if let Event::Exited { process } = &event {
+            driver.procs.remove(process);
         }
-        if let Err(e) = shared.update_table(|t| t.vacate(slot)).await {
-            error!(slot, error = %e, "cannot record the placement");
+        debug!(%event, "placement event");
+        let actions = machine.handle(origin.elapsed(), event);
+        for action in actions {
+            driver.carry_out(action);
         }
-        push_placement(&shared);
-        if *stopping.borrow() {
+        driver.publish_view(&machine);
+        if machine.is_stopped() {
             break;
         }
-        if started.elapsed() > Duration::from_secs(10) {
-            delay = config.restart_backoff;
-            quick_failures = 0;
-        } else {
-            quick_failures += 1;
-        }
-        {
-            let mut state = shared.slots.slot(slot);
-            state.restarts += 1;
-            state.state = if quick_failures >= config.crash_loop_limit {
-                WorkerState::CrashLoop
-            } else {
-                WorkerState::Restarting
-            };
-        }
-        if quick_failures >= config.crash_loop_limit {
-            error!(slot, failures = quick_failures, %outcome, ?delay, "worker is crash looping; retrying at the capped delay");
-        } else {
-            warn!(slot, %outcome, ?delay, "worker died; restarting");
-        }
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = until_stopping(&mut stopping) => break,
-        }
-        delay = (delay * 2).min(config.max_restart_backoff);
     }
-    shared.slots.slot(slot).state = WorkerState::Stopped;
+    info!("placement stopped");
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    inputs: mpsc::UnboundedSender<Input>,
+    procs: HashMap<Process, Proc>,
+    tasks: JoinSet<()>,
+    records: watch::Sender<Option<Record>>,
+}
+
+impl Driver {
+    fn report(&self, event: Event) {
+        let _ = self.inputs.send(Input::Event(event));
+    }
+
+    fn carry_out(&mut self, action: Action) {
+        debug!(%action, "placement action");
+        match action {
+            Action::Spawn { process } => {
+                let (commands, commanded) = mpsc::unbounded_channel();
+                self.procs.insert(
+                    process,
+                    Proc {
+                        info: ProcInfo::default(),
+                        commands,
+                    },
+                );
+                self.tasks.spawn(run_process(
+                    process,
+                    self.shared.clone(),
+                    self.inputs.clone(),
+                    commanded,
+                ));
+            }
+            Action::Persist { record } => {
+                self.records.send_replace(Some(record));
+            }
+            Action::Assign {
+                shard,
+                epoch,
+                process,
+            } => {
+                let Some(channel) = self.channel_of(process) else {
+                    self.report(Event::AssignFailed {
+                        shard,
+                        epoch,
+                        process,
+                    });
+                    return;
+                };
+                let inputs = self.inputs.clone();
+                let timeout = self.shared.config.startup_timeout;
+                self.tasks.spawn(async move {
+                    let assign = Request::Control(Control::AssignShard { shard, epoch });
+                    let event = match channel.call(assign, Bytes::new(), timeout).await {
+                        Ok((Response::Control(ControlReply::Ack), _)) => Event::Assigned {
+                            shard,
+                            epoch,
+                            process,
+                        },
+                        answer => {
+                            warn!(shard, epoch, %process, ?answer, "the worker did not take its shard");
+                            Event::AssignFailed {
+                                shard,
+                                epoch,
+                                process,
+                            }
+                        }
+                    };
+                    let _ = inputs.send(Input::Event(event));
+                });
+            }
+            Action::Release {
+                shard,
+                epoch,
+                process,
+            } => {
+                let Some(channel) = self.channel_of(process) else {
+                    self.report(Event::ReleaseFailed {
+                        shard,
+                        epoch,
+                        process,
+                    });
+                    return;
+                };
+                let inputs = self.inputs.clone();
+                // The worker waits up to its release grace for busy objects.
+                let timeout = self.shared.config.shutdown_grace + Duration::from_secs(5);
+                self.tasks.spawn(async move {
+                    let release = Request::Control(Control::ReleaseShard { shard, epoch });
+                    let event = match channel.call(release, Bytes::new(), timeout).await {
+                        Ok((Response::Control(ControlReply::Ack), _)) => Event::Released {
+                            shard,
+                            epoch,
+                            process,
+                        },
+                        answer => {
+                            warn!(shard, epoch, %process, ?answer, "the worker did not release its shard");
+                            Event::ReleaseFailed {
+                                shard,
+                                epoch,
+                                process,
+                            }
+                        }
+                    };
+                    let _ = inputs.send(Input::Event(event));
+                });
+            }
+            Action::Stop { process } => self.command(process, Command::Stop),
+            Action::Kill { process } => self.command(process, Command::Kill),
+            Action::Publish { routes } => self.publish(&routes),
+        }
+    }
+
+    fn channel_of(&self, process: Process) -> Option<Channel> {
+        self.procs.get(&process)?.info.channel.clone()
+    }
+
+    fn command(&self, process: Process, command: Command) {
+        match self.procs.get(&process) {
+            Some(proc) => {
+                let _ = proc.commands.send(command);
+            }
+            // Its task already ended: it was reaped.
+            None => self.report(Event::Exited { process }),
+        }
+    }
+
+    /// Builds the placement table routers and workers follow.
+    fn publish(&self, routes: &RouteTable) {
+        let shards = routes
+            .routes
+            .iter()
+            .map(|route| ShardEntry {
+                epoch: route.epoch,
+                owner: route.holder.and_then(|process| {
+                    let info = &self.procs.get(&process)?.info;
+                    Some(Owner {
+                        slot: process.slot,
+                        pid: info.pid?,
+                        endpoint: info.endpoint.clone()?,
+                    })
+                }),
+            })
+            .collect();
+        let table = PlacementTable {
+            version: routes.version,
+            shards,
+        };
+        let wire = table.to_wire();
+        self.shared.placement.send_replace(Arc::new(table));
+        // Best effort: a worker that misses it gets the next one, and
+        // answers `Moved` meanwhile.
+        for proc in self.procs.values() {
+            if let Some(channel) = proc.info.channel.clone() {
+                let message = Request::Control(Control::Placement(wire.clone()));
+                tokio::spawn(async move {
+                    let _ = channel
+                        .call(message, Bytes::new(), Duration::from_secs(5))
+                        .await;
+                });
+            }
+        }
+    }
+
+    /// What the rest of the registry reads.
+    fn publish_view(&self, machine: &Machine) {
+        let mut view = lock(&self.shared.view);
+        view.slots = machine.slots();
+        view.procs = self
+            .procs
+            .iter()
+            .map(|(process, proc)| (*process, proc.info.clone()))
+            .collect();
+    }
+}
+
+/// The task that writes the cluster record: always the newest one given,
+/// in order, each reported durable with [`Event::Persisted`]. A failed
+/// write is retried (with the newest record) until it succeeds.
+fn start_persister(
+    shared: Arc<Shared>,
+    inputs: mpsc::UnboundedSender<Input>,
+) -> watch::Sender<Option<Record>> {
+    let (records, mut pending) = watch::channel::<Option<Record>>(None);
+    tokio::spawn(async move {
+        loop {
+            if pending.changed().await.is_err() {
+                return;
+            }
+            loop {
+                let Some(record) = pending.borrow_and_update().clone() else {
+                    break;
+                };
+                let file = ClusterFile {
+                    format: 1,
+                    shard_count: record.epochs.len() as u32,
+                    epochs: record.epochs.clone(),
+                    assignment: record.assignment.clone(),
+                };
+                match shared.write_record(file).await {
+                    Ok(()) => {
+                        let _ = inputs.send(Input::Event(Event::Persisted { seq: record.seq }));
+                        break;
+                    }
+                    Err(e) => {
+                        error!(error = %e, "cannot write the cluster record; retrying in 1 s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+    });
+    records
 }
 
 /// Kills (SIGKILL) and reaps.
 async fn kill(child: &mut Child) -> String {
     let _ = child.start_kill();
-    match child.wait().await {
+    describe(child.wait().await)
+}
+
+fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
+    match status {
         Ok(status) => status.to_string(),
         Err(e) => format!("cannot reap: {e}"),
     }
 }
 
-/// Runs one process of the slot; returns, with the process reaped, a
-/// description of how it ended.
-async fn run_worker(slot: u32, shared: &Shared, stopping: &mut watch::Receiver<bool>) -> String {
+/// Runs one process: spawns it, hands it the token, waits for its hello,
+/// heartbeats it, stops or kills it when told, and reports
+/// [`Event::Exited`] once it is reaped (and only then).
+async fn run_process(
+    process: Process,
+    shared: Arc<Shared>,
+    inputs: mpsc::UnboundedSender<Input>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let outcome = process_life(process, &shared, &inputs, &mut commands).await;
+    if shared.is_stopping() {
+        info!(%process, %outcome, "worker stopped");
+    } else {
+        warn!(%process, %outcome, "worker ended");
+    }
+    let _ = inputs.send(Input::Event(Event::Exited { process }));
+}
+
+/// The life of one process; returns, with the process reaped, how it ended.
+async fn process_life(
+    process: Process,
+    shared: &Shared,
+    inputs: &mpsc::UnboundedSender<Input>,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+) -> String {
     let config = &shared.config;
+    let slot = process.slot;
     let listen = match config.transport {
         TransportKind::Uds => format!(
             "unix:{}",
@@ -290,14 +535,13 @@ async fn run_worker(slot: u32, shared: &Shared, stopping: &mut watch::Receiver<b
         ),
         TransportKind::Tcp => "tcp:127.0.0.1:0".to_owned(),
     };
-    let shard_count = shared.placement.borrow().shard_count();
     let launch = WorkerLaunch {
         index: slot,
         registry: shared.control_endpoint.to_string(),
         listen,
         data_dir: config.data_dir.display().to_string(),
         storage: config.storage.clone(),
-        shard_count,
+        shard_count: shared.shard_count,
         parent_pid: std::process::id(),
     };
     // The token goes through a pipe on the worker's standard input, never
@@ -314,9 +558,9 @@ async fn run_worker(slot: u32, shared: &Shared, stopping: &mut watch::Receiver<b
         .kill_on_drop(true);
     let (hello_tx, hello) = oneshot::channel();
     let (mut child, pid, stdin) = {
-        // Held across the spawn so the hello cannot arrive before its slot
-        // expects it.
-        let mut state = shared.slots.slot(slot);
+        // Held across the spawn so the hello cannot arrive before it is
+        // expected.
+        let mut hellos = lock(&shared.hellos.0);
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(e) => return format!("cannot spawn {}: {e}", config.command.program.display()),
@@ -325,33 +569,39 @@ async fn run_worker(slot: u32, shared: &Shared, stopping: &mut watch::Receiver<b
             return "the worker exited at once".into();
         };
         let stdin = child.stdin.take();
-        state.state = WorkerState::Starting;
-        state.pid = Some(pid);
-        state.waiting = Some((pid, hello_tx));
+        hellos.insert((slot, pid), hello_tx);
         (child, pid, stdin)
     };
-    // The token fits in a pipe's buffer: this does not wait for the worker.
-    // Closing the pipe afterwards leaves nothing for its children to read.
+    let _ = inputs.send(Input::Spawned { process, pid });
     let handed = match stdin {
-        Some(mut stdin) => stdin.write_all(&token_line).await,
+        Some(mut stdin) => {
+            let written = stdin.write_all(&token_line).await;
+            // Dropping stdin closes the pipe: the worker reads to its end.
+            drop(stdin);
+            written
+        }
         None => Err(std::io::Error::other("no pipe to the worker's stdin")),
     };
     if let Err(e) = handed {
+        lock(&shared.hellos.0).remove(&(slot, pid));
         return format!(
-            "cannot hand the token to the worker: {e}; killed: {}",
+            "cannot hand over the token: {e}; killed: {}",
             kill(&mut child).await
         );
     }
     let endpoint = tokio::select! {
         endpoint = hello => match endpoint {
             Ok(endpoint) => endpoint,
-            Err(_) => return format!("hello lost; {}", kill(&mut child).await),
+            Err(_) => return format!("hello lost; killed: {}", kill(&mut child).await),
         },
-        status = child.wait() => return format!("exited before its hello: {}", describe(status)),
-        () = tokio::time::sleep(config.startup_timeout) => {
-            return format!("no hello within {:?}; killed: {}", config.startup_timeout, kill(&mut child).await)
+        status = child.wait() => {
+            lock(&shared.hellos.0).remove(&(slot, pid));
+            return format!("exited before its hello: {}", describe(status));
         }
-        () = until_stopping(stopping) => return format!("stopped while starting: {}", kill(&mut child).await),
+        command = commands.recv() => {
+            lock(&shared.hellos.0).remove(&(slot, pid));
+            return format!("{command:?} while starting; killed: {}", kill(&mut child).await);
+        }
     };
     let channel = match endpoint.parse::<Endpoint>() {
         Ok(parsed) => match Channel::connect(&parsed, shared.client_config()).await {
@@ -370,105 +620,55 @@ async fn run_worker(slot: u32, shared: &Shared, stopping: &mut watch::Receiver<b
             );
         }
     };
-
-    // Assign the slot's shards: a new epoch, recorded durably, then the
-    // worker opens the shard, then routers learn of it.
-    let shards = shared.placement.borrow().shards_of(slot, config.workers);
-    for shard in shards {
-        let epoch = match shared.update_table(|t| t.bump_epoch(shard)).await {
-            Ok(epoch) => epoch,
-            Err(e) => {
-                return format!(
-                    "cannot record epochs: {e}; killed: {}",
-                    kill(&mut child).await
-                );
-            }
-        };
-        let assign = Request::Control(Control::AssignShard { shard, epoch });
-        match channel
-            .call(assign, Bytes::new(), config.startup_timeout)
-            .await
-        {
-            Ok((Response::Control(ControlReply::Ack), _)) => {}
-            answer => {
-                return format!(
-                    "did not take shard {shard}: {answer:?}; killed: {}",
-                    kill(&mut child).await
-                );
-            }
-        }
-        let owner = Owner {
-            slot,
-            pid,
-            endpoint: endpoint.clone(),
-        };
-        if let Err(e) = shared.update_table(|t| t.set_owner(shard, owner)).await {
-            return format!(
-                "cannot record the placement: {e}; killed: {}",
-                kill(&mut child).await
-            );
-        }
-    }
-    {
-        let mut state = shared.slots.slot(slot);
-        state.state = WorkerState::Running;
-        state.endpoint = Some(endpoint.clone());
-        state.channel = Some(channel.clone());
-    }
-    push_placement(shared);
-    info!(slot, pid, %endpoint, "worker running");
+    let _ = inputs.send(Input::Connected {
+        process,
+        endpoint: endpoint.clone(),
+        channel: channel.clone(),
+    });
+    info!(%process, pid, %endpoint, "worker ready");
 
     let mut ticks = tokio::time::interval(config.heartbeat_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stall_limit = config.stall_limit.as_millis() as u64;
+    // Set once the worker was reported unresponsive: it is killed next.
+    let mut reported = false;
     loop {
         tokio::select! {
             status = child.wait() => return format!("exited: {}", describe(status)),
-            _ = ticks.tick() => {
+            command = commands.recv() => match command {
+                Some(Command::Stop) => {
+                    let bye = Request::Control(Control::Shutdown);
+                    let channel = channel.clone();
+                    // The machine kills the process if it does not exit in
+                    // its grace period; keep waiting for the exit meanwhile.
+                    tokio::spawn(async move {
+                        let _ = channel.call(bye, Bytes::new(), Duration::from_secs(5)).await;
+                    });
+                }
+                Some(Command::Kill) | None => {
+                    return format!("killed: {}", kill(&mut child).await);
+                }
+            },
+            _ = ticks.tick(), if !reported => {
                 let beat = Request::Control(Control::Heartbeat { now_ms: 0 });
                 match channel.call(beat, Bytes::new(), config.heartbeat_timeout).await {
                     Ok((Response::Control(ControlReply::Stats(stats)), _)) => {
                         if stats.stalled_ms >= stall_limit {
-                            warn!(slot, pid, stalled_ms = stats.stalled_ms, "object code has not returned from a poll for too long; killing the worker");
-                            return format!(
-                                "stalled: a poll of object code ran {} ms; killed: {}",
-                                stats.stalled_ms,
-                                kill(&mut child).await
-                            );
+                            warn!(%process, pid, stalled_ms = stats.stalled_ms, "object code has not returned from a poll for too long");
+                            reported = true;
                         }
-                        shared.slots.record_stats(slot, pid, stats);
+                        let _ = inputs.send(Input::Stats { process, stats });
                     }
                     Ok((Response::Control(ControlReply::Heartbeat { .. }), _)) => {}
                     answer => {
-                        warn!(slot, pid, ?answer, timeout = ?config.heartbeat_timeout, "worker did not answer its heartbeat; killing it");
-                        return format!(
-                            "no heartbeat answer within {:?}; killed: {}",
-                            config.heartbeat_timeout,
-                            kill(&mut child).await
-                        );
+                        warn!(%process, pid, ?answer, timeout = ?config.heartbeat_timeout, "worker did not answer its heartbeat");
+                        reported = true;
                     }
                 }
-            }
-            () = until_stopping(stopping) => {
-                let bye = Request::Control(Control::Shutdown);
-                let _ = channel.call(bye, Bytes::new(), config.shutdown_grace).await;
-                return match tokio::time::timeout(config.shutdown_grace, child.wait()).await {
-                    Ok(status) => format!("shut down: {}", describe(status)),
-                    Err(_) => format!("did not exit within {:?}; killed: {}", config.shutdown_grace, kill(&mut child).await),
-                };
+                if reported {
+                    let _ = inputs.send(Input::Event(Event::Unresponsive { process }));
+                }
             }
         }
     }
-}
-
-fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
-    match status {
-        Ok(status) => status.to_string(),
-        Err(e) => format!("cannot reap: {e}"),
-    }
-}
-
-/// Resolves once the registry is stopping.
-async fn until_stopping(stopping: &mut watch::Receiver<bool>) {
-    let _ = stopping.wait_for(|s| *s).await;
 }

@@ -244,7 +244,11 @@ pub async fn soak(client: &HttpClient, plan: &SoakPlan) -> Result<SoakReport> {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             }
-            Ok::<_, anyhow::Error>(killed.elapsed())
+            let took = killed.elapsed();
+            if took > Duration::from_secs(1) {
+                eprintln!("soak: kill of pid {victim} took {took:?} to recover");
+            }
+            Ok::<_, anyhow::Error>(took)
         }));
     }
     let mut report = SoakReport::default();

@@ -20,7 +20,15 @@ scenario!(alarm_during_flood, |w, t| {
             tokio::spawn(async move { c.post("/probe/al-flood/slow?ms=1").await })
         })
         .collect();
-    ensure!(slow.await??.status == 200, "the slow turn failed");
+    // The slow turn may lose the race for the queue to the quick ones (then
+    // it is refused with 503): the flood is what matters.
+    let slow = slow.await??;
+    ensure!(
+        matches!(slow.status, 200 | 503),
+        "the slow turn failed: {} {}",
+        slow.status,
+        slow.text()
+    );
     // Some of these may be refused (503) if the alarm took a place in the
     // queue first: the flood is what matters, not who wins that race.
     for call in queued {
