@@ -11,7 +11,9 @@ use proptest::strategy::Union;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 use super::{Harness, object_id, runtime};
-use crate::{ListOptions, MAX_KEY_BYTES, MAX_KEYS_PER_CALL, MAX_VALUE_BYTES, ObjectStorage};
+use crate::{
+    ListOptions, MAX_KEY_BYTES, MAX_KEYS_PER_CALL, MAX_VALUE_BYTES, ObjectStorage, ObjectTurns,
+};
 use crate::{StorageError, Store, StoreOptions, Transaction};
 
 const OBJECTS: usize = 2;
@@ -540,7 +542,7 @@ async fn apply_inner<S: Storage>(s: &mut S, op: &Op) -> Outcome {
 
 struct System {
     store: Store,
-    objects: Vec<ObjectStorage>,
+    objects: Vec<ObjectTurns>,
 }
 
 impl System {
@@ -620,7 +622,7 @@ impl System {
                 *self = System::open(harness, dir)?;
                 Outcome::Done
             }
-            inner => apply_inner(&mut self.objects[object_of(inner)], inner).await,
+            inner => apply_inner(self.objects[object_of(inner)].storage(), inner).await,
         })
     }
 }
