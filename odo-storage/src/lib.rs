@@ -76,6 +76,8 @@ mod fjall_backend;
 mod listing;
 mod memory;
 mod object;
+#[cfg(feature = "sql")]
+mod sql;
 mod store;
 mod turns;
 
@@ -95,6 +97,11 @@ pub use factory::{
 pub use fjall_backend::{Durability, FjallBackend, FjallOptions};
 pub use memory::MemoryBackend;
 pub use object::{ListOptions, ObjectStorage, Transaction};
+#[cfg(feature = "sql")]
+pub use sql::{
+    Cursor, MAX_SQL_COLUMNS, MAX_SQL_PARAMETERS, MAX_SQL_ROW_BYTES, MAX_SQL_STATEMENT_BYTES, Row,
+    SqlError, SqlOptions, SqlStorage, SqlValue,
+};
 pub use store::{CommitStats, CommitWait, Store, StoreOptions};
 pub use turns::ObjectTurns;
 

@@ -125,7 +125,7 @@ fn check_count(count: usize) -> Result<(), StorageError> {
 /// A committed turn whose commit has not completed yet: its writes are
 /// visible to the object's later turns.
 #[derive(Debug)]
-struct InFlight {
+pub(crate) struct InFlight {
     batch: Arc<ObjectBatch>,
     done: watch::Receiver<CommitState>,
 }
@@ -200,14 +200,17 @@ impl ReadCache {
 /// [`StorageError::CommitFailed`]: the runtime resets the object.
 #[derive(Debug)]
 pub struct ObjectStorage {
-    id: ObjectId,
-    store: Arc<StoreInner>,
+    pub(crate) id: ObjectId,
+    pub(crate) store: Arc<StoreInner>,
     /// `layers[0]` is the turn buffer, each further layer an open
     /// transaction.
-    layers: Vec<ObjectBatch>,
-    in_flight: VecDeque<InFlight>,
+    pub(crate) layers: Vec<ObjectBatch>,
+    pub(crate) in_flight: VecDeque<InFlight>,
     cache: ReadCache,
-    failure: ObjectFailure,
+    pub(crate) failure: ObjectFailure,
+    /// The database of a SQLite-backed object (`None` for a key-value one).
+    #[cfg(feature = "sql")]
+    pub(crate) sql: Option<Box<crate::sql::SqlStorage>>,
 }
 
 impl ObjectStorage {
@@ -223,6 +226,8 @@ impl ObjectStorage {
             in_flight: VecDeque::new(),
             cache,
             failure: ObjectFailure::default(),
+            #[cfg(feature = "sql")]
+            sql: None,
         }
     }
 
@@ -505,6 +510,12 @@ impl ObjectStorage {
         // An unfinished transaction cannot survive its `transaction` call
         // (its guard rolls it back), so only the turn buffer remains.
         self.layers.truncate(1);
+        #[cfg(feature = "sql")]
+        if let Err(error) = self.commit_sql() {
+            let error = Arc::new(error);
+            let _ = self.failure.set(error.clone());
+            return Some(CommitWait::ready(Err(error)));
+        }
         let batch = std::mem::take(&mut self.layers[0]);
         if let Err(StorageError::CommitFailed(error)) = self.prune() {
             return Some(CommitWait::ready(Err(error)));
@@ -549,6 +560,10 @@ impl ObjectStorage {
     pub(crate) fn rollback_turn(&mut self) {
         self.layers.truncate(1);
         self.layers[0] = ObjectBatch::default();
+        #[cfg(feature = "sql")]
+        if let Some(sql) = &mut self.sql {
+            sql.rollback();
+        }
     }
 
     /// Whether a commit of this object has failed. Every later call then
@@ -562,6 +577,10 @@ impl ObjectStorage {
 
     /// Whether the current turn has written anything.
     pub(crate) fn has_turn_writes(&self) -> bool {
+        #[cfg(feature = "sql")]
+        if self.sql.as_ref().is_some_and(|sql| sql.in_turn()) {
+            return true;
+        }
         self.layers.iter().any(|layer| !layer.is_empty())
     }
 
@@ -581,7 +600,7 @@ impl ObjectStorage {
         self.top().entries.insert(key, value);
     }
 
-    fn check_failure(&self) -> Result<(), StorageError> {
+    pub(crate) fn check_failure(&self) -> Result<(), StorageError> {
         match self.failure.get() {
             Some(error) => Err(StorageError::CommitFailed(error.clone())),
             None => Ok(()),
@@ -589,7 +608,7 @@ impl ObjectStorage {
     }
 
     /// Retires the in-flight turns whose commit completed, oldest first.
-    fn prune(&mut self) -> Result<(), StorageError> {
+    pub(crate) fn prune(&mut self) -> Result<(), StorageError> {
         while let Some(front) = self.in_flight.front() {
             let state = front.done.borrow().clone();
             match state {

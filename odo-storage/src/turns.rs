@@ -45,6 +45,21 @@ impl ObjectTurns {
         &mut self.storage
     }
 
+    /// Gets the object ready for its next turn: opens a SQLite-backed
+    /// object's database (replaying the shard's log into it when needed)
+    /// off the async threads, or lets its file catch up. Nothing for a
+    /// key-value object. Call it before each turn.
+    pub async fn prepare(&mut self) -> Result<(), crate::StorageError> {
+        #[cfg(feature = "sql")]
+        {
+            self.storage.prepare().await
+        }
+        #[cfg(not(feature = "sql"))]
+        {
+            Ok(())
+        }
+    }
+
     /// Ends a successful turn: hands its writes to the group-commit thread
     /// and returns at once.
     ///

@@ -1,0 +1,185 @@
+//! A SQLite-backed object's turns: how its database joins the object's
+//! storage view (opening and recovery before a turn, the local commit and
+//! its log record at the end of one, the lazy catch-up between them).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use odo_core::ObjectId;
+use tokio::sync::watch;
+
+use super::database::SqlStorage;
+use super::error::SqlError;
+use super::{SYNCED_KEY, record_entry, record_key, recover, sync_file, synced_value};
+use crate::batch::{AlarmChange, ObjectBatch};
+use crate::error::StorageError;
+use crate::object::ObjectStorage;
+use crate::store::{CommitState, ObjectFailure, StoreInner, Submission};
+
+impl ObjectStorage {
+    pub(crate) fn new_sql(id: ObjectId, store: Arc<StoreInner>, dir: &Path) -> Self {
+        let max_bytes = store.options.sql.max_database_bytes;
+        let mut storage = Self::new(id, store);
+        storage.sql = Some(Box::new(SqlStorage::new(id, dir, max_bytes)));
+        storage
+    }
+
+    /// The object's SQL database, for a SQLite-backed object.
+    ///
+    /// The runtime opens it (replaying the shard's log into it when needed)
+    /// off the async threads before each turn; outside a runtime the first
+    /// call opens it on the calling thread.
+    ///
+    /// # Errors
+    ///
+    /// [`SqlError::NotSqlBacked`] for a key-value-backed object;
+    /// [`StorageError::CommitFailed`] after a commit of the object failed.
+    pub fn sql(&mut self) -> Result<&mut SqlStorage, StorageError> {
+        self.check_failure()?;
+        let backend = self.store.backend.clone();
+        let Some(sql) = self.sql.as_deref_mut() else {
+            return Err(SqlError::NotSqlBacked.into());
+        };
+        if !sql.is_open() {
+            let recovered = recover(&*backend, &sql.id, &sql.path, sql.max_bytes, &sql.guard)?;
+            sql.opened(recovered);
+        }
+        Ok(sql)
+    }
+
+    /// Whether this is a SQLite-backed object's storage.
+    pub fn is_sql(&self) -> bool {
+        self.sql.is_some()
+    }
+
+    /// Gets a SQLite-backed object ready for a turn: opens its database
+    /// (recovering it from the log) on a blocking thread, or lets its file
+    /// catch up when its WAL has grown. Nothing for a key-value object.
+    pub(crate) async fn prepare(&mut self) -> Result<(), StorageError> {
+        let Some(sql) = self.sql.as_deref_mut() else {
+            return Ok(());
+        };
+        if !sql.is_open() {
+            let backend = self.store.backend.clone();
+            let (id, path, max_bytes, guard) =
+                (sql.id, sql.path.clone(), sql.max_bytes, sql.guard.clone());
+            let recovered = tokio::task::spawn_blocking(move || {
+                recover(&*backend, &id, &path, max_bytes, &guard)
+            })
+            .await
+            .map_err(|e| StorageError::backend("opening an object's database", e))??;
+            sql.opened(recovered);
+            return Ok(());
+        }
+        let wal = sql.wal.len();
+        let options = self.store.options.sql.clone();
+        if wal < options.checkpoint_wal_bytes {
+            return Ok(());
+        }
+        self.prune()?;
+        if !self.in_flight.is_empty() {
+            if wal < options.max_wal_bytes {
+                return Ok(());
+            }
+            // The WAL is at its bound: wait for the object's commits so the
+            // file can catch up.
+            if let Some(durable) = self.pending_commit() {
+                durable.wait().await?;
+            }
+            self.prune()?;
+        }
+        self.catch_up(true)
+    }
+
+    /// Checkpoints the database into its file (every local commit is
+    /// durable in the log) and syncs the file off the async threads; the
+    /// next commit records the synced point. With `in_view` false (the
+    /// view is going away) the sync's completion writes the marker itself.
+    fn catch_up(&mut self, in_view: bool) -> Result<(), StorageError> {
+        let store = self.store.clone();
+        let Some(sql) = self.sql.as_deref_mut() else {
+            return Ok(());
+        };
+        if sql.in_turn() || !sql.is_open() {
+            return Ok(());
+        }
+        sql.checkpoint()?;
+        let seq = sql.next_seq - 1;
+        let path = sql.path.clone();
+        let fsynced = sql.fsynced.clone();
+        let id = sql.id;
+        let marked = sql.synced;
+        let sync = move || {
+            if let Err(error) = sync_file(&path) {
+                tracing::warn!(%error, path = %path.display(), "syncing an object's database failed; its log is kept");
+                return;
+            }
+            fsynced.fetch_max(seq, Ordering::SeqCst);
+            if !in_view && seq > marked {
+                let mut batch = ObjectBatch::default();
+                batch
+                    .entries
+                    .insert(SYNCED_KEY.to_owned(), Some(synced_value(seq)));
+                let (done, _) = watch::channel(CommitState::Pending);
+                // A closed store is fine: the records stay and are replayed.
+                let _ = store.submit(Submission {
+                    object: id,
+                    batch: Arc::new(batch),
+                    done,
+                    failure: ObjectFailure::default(),
+                });
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(sync)),
+            Err(_) => sync(),
+        }
+        Ok(())
+    }
+
+    /// Commits the turn's SQL locally and puts its log record (and the
+    /// synced point, once a catch-up's sync is done) into the turn's batch.
+    pub(crate) fn commit_sql(&mut self) -> Result<(), StorageError> {
+        let Some(sql) = self.sql.as_deref_mut() else {
+            return Ok(());
+        };
+        let turn = &mut self.layers[0];
+        if let Some(record) = sql.commit_local()? {
+            let (key, value) = record_entry(sql.next_seq, &record);
+            sql.next_seq += 1;
+            turn.entries.insert(key, value);
+        }
+        let alarm = std::mem::take(&mut sql.alarm);
+        if alarm != AlarmChange::Keep {
+            turn.alarm = alarm;
+        }
+        let fsynced = sql.fsynced.load(Ordering::SeqCst);
+        if fsynced > sql.synced && !turn.entries.is_empty() {
+            turn.entries
+                .insert(SYNCED_KEY.to_owned(), Some(synced_value(fsynced)));
+            for seq in sql.synced + 1..=fsynced {
+                turn.entries.insert(record_key(seq), None);
+            }
+            sql.synced = fsynced;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ObjectStorage {
+    /// A SQLite-backed object whose every commit is durable lets its file
+    /// catch up as it goes (eviction, shutdown); otherwise its WAL is left
+    /// for the next opening to forget.
+    fn drop(&mut self) {
+        let Some(sql) = self.sql.as_deref() else {
+            return;
+        };
+        if !sql.is_open() || sql.in_turn() || self.prune().is_err() || !self.in_flight.is_empty() {
+            return;
+        }
+        if let Err(error) = self.catch_up(false) {
+            tracing::warn!(%error, id = %self.id, "an object's database could not catch up on close");
+        }
+    }
+}
