@@ -284,8 +284,7 @@ impl ObjectStorage {
         let value = value.into();
         check_key(key)?;
         check_value(&value)?;
-        self.write(key.to_string(), Some(value));
-        Ok(())
+        self.write(key.to_string(), Some(value))
     }
 
     /// Encodes `value` with postcard and stores it under `key`.
@@ -323,7 +322,7 @@ impl ObjectStorage {
             check_value(value)?;
         }
         for (key, value) in entries {
-            self.write(key, Some(value));
+            self.write(key, Some(value))?;
         }
         Ok(())
     }
@@ -332,7 +331,7 @@ impl ObjectStorage {
     pub async fn delete(&mut self, key: &str) -> Result<bool, StorageError> {
         check_key(key)?;
         let existed = self.read(key)?.is_some();
-        self.write(key.to_string(), None);
+        self.write(key.to_string(), None)?;
         Ok(existed)
     }
 
@@ -348,7 +347,7 @@ impl ObjectStorage {
             if self.read(key)?.is_some() {
                 count += 1;
             }
-            self.write(key.to_string(), None);
+            self.write(key.to_string(), None)?;
         }
         Ok(count)
     }
@@ -356,6 +355,10 @@ impl ObjectStorage {
     /// Deletes all of the object's data and its alarm.
     pub async fn delete_all(&mut self) -> Result<(), StorageError> {
         self.check_failure()?;
+        #[cfg(feature = "sql")]
+        if let Some(sql) = self.sql_kv()? {
+            return sql.delete_everything();
+        }
         let top = self.top();
         top.clear = true;
         top.entries.clear();
@@ -377,6 +380,10 @@ impl ObjectStorage {
         options: &ListOptions,
     ) -> Result<Vec<(String, Bytes)>, StorageError> {
         let range = options.key_range()?;
+        #[cfg(feature = "sql")]
+        if self.sql.is_some() {
+            return self.sql_list(&range, options);
+        }
         self.prune()?;
         let Some(bounds) = range.as_bounds() else {
             return Ok(Vec::new());
@@ -424,6 +431,10 @@ impl ObjectStorage {
 
     /// The alarm time (milliseconds since the Unix epoch), if one is set.
     pub async fn get_alarm(&mut self) -> Result<Option<u64>, StorageError> {
+        #[cfg(feature = "sql")]
+        if let Some(sql) = self.sql_kv()? {
+            return sql.alarm_get();
+        }
         self.prune()?;
         let layers = self
             .layers
@@ -449,6 +460,10 @@ impl ObjectStorage {
     /// replacing any other.
     pub async fn set_alarm(&mut self, time_ms: u64) -> Result<(), StorageError> {
         self.check_failure()?;
+        #[cfg(feature = "sql")]
+        if let Some(sql) = self.sql_kv()? {
+            return sql.alarm_set(time_ms);
+        }
         self.top().alarm = AlarmChange::Set(time_ms);
         Ok(())
     }
@@ -456,6 +471,10 @@ impl ObjectStorage {
     /// Removes the alarm, if any.
     pub async fn delete_alarm(&mut self) -> Result<(), StorageError> {
         self.check_failure()?;
+        #[cfg(feature = "sql")]
+        if let Some(sql) = self.sql_kv()? {
+            return sql.alarm_delete();
+        }
         self.top().alarm = AlarmChange::Delete;
         Ok(())
     }
@@ -487,10 +506,14 @@ impl ObjectStorage {
     {
         self.layers.push(ObjectBatch::default());
         let depth = self.layers.len() - 1;
+        #[cfg(feature = "sql")]
+        let savepoint = self.sql_savepoint(depth);
         let mut tx = Transaction {
             storage: self,
             depth,
             committed: false,
+            #[cfg(feature = "sql")]
+            savepoint,
         };
         let result = f(&mut tx).await;
         if result.is_ok() {
@@ -596,8 +619,16 @@ impl ObjectStorage {
         &mut self.layers[last]
     }
 
-    fn write(&mut self, key: String, value: Option<Bytes>) {
+    fn write(&mut self, key: String, value: Option<Bytes>) -> Result<(), StorageError> {
+        #[cfg(feature = "sql")]
+        if let Some(sql) = self.sql_kv()? {
+            return match value {
+                Some(value) => sql.kv_put(&key, &value),
+                None => sql.kv_delete(&key).map(drop),
+            };
+        }
         self.top().entries.insert(key, value);
+        Ok(())
     }
 
     pub(crate) fn check_failure(&self) -> Result<(), StorageError> {
@@ -628,6 +659,10 @@ impl ObjectStorage {
     }
 
     fn read(&mut self, key: &str) -> Result<Option<Bytes>, StorageError> {
+        #[cfg(feature = "sql")]
+        if let Some(sql) = self.sql_kv()? {
+            return sql.kv_get(key);
+        }
         self.prune()?;
         let layers = self
             .layers
@@ -659,6 +694,9 @@ pub struct Transaction<'a> {
     storage: &'a mut ObjectStorage,
     depth: usize,
     committed: bool,
+    /// The savepoint of a SQLite-backed object's transaction.
+    #[cfg(feature = "sql")]
+    savepoint: Option<String>,
 }
 
 impl Transaction<'_> {
@@ -667,6 +705,10 @@ impl Transaction<'_> {
         if let Some(layer) = self.storage.layers.pop() {
             let below = self.storage.top();
             below.merge(layer);
+        }
+        #[cfg(feature = "sql")]
+        if let Some(name) = self.savepoint.take() {
+            self.storage.sql_release(&name, true);
         }
         self.committed = true;
     }
@@ -761,6 +803,10 @@ impl Drop for Transaction<'_> {
     fn drop(&mut self) {
         if !self.committed {
             self.storage.layers.truncate(self.depth);
+            #[cfg(feature = "sql")]
+            if let Some(name) = self.savepoint.take() {
+                self.storage.sql_release(&name, false);
+            }
         }
     }
 }

@@ -553,11 +553,13 @@ impl System {
         // A tiny cache, so that eviction is exercised too.
         let options = StoreOptions {
             object_cache_bytes: 256,
-            ..StoreOptions::default()
+            ..harness.store_options(dir)
         };
         let store = Store::open(backend, options)
             .map_err(|e| TestCaseError::fail(format!("opening the store: {e}")))?;
-        let objects = (0..OBJECTS).map(|n| store.object(object_id(n))).collect();
+        let objects = (0..OBJECTS)
+            .map(|n| harness.object(&store, object_id(n)))
+            .collect();
         Ok(Self { store, objects })
     }
 

@@ -52,8 +52,11 @@ pub struct SqlStorage {
     /// background sync after a checkpoint), not yet in the log's marker.
     pub(crate) fsynced: Arc<AtomicU64>,
     pub(crate) max_bytes: u64,
-    /// The turn's change of the alarm (for the shard's alarm index).
+    /// The turn's change of the alarm (for the shard's alarm index), found
+    /// when it commits.
     pub(crate) alarm: AlarmChange,
+    /// Whether the turn touched the alarm.
+    pub(crate) alarm_dirty: bool,
     /// Whether the reserved key-value table exists, when known.
     pub(crate) kv_table: Option<bool>,
 }
@@ -83,6 +86,7 @@ impl SqlStorage {
             fsynced: Arc::new(AtomicU64::new(0)),
             max_bytes,
             alarm: AlarmChange::Keep,
+            alarm_dirty: false,
             kv_table: None,
         }
     }
@@ -225,7 +229,20 @@ impl SqlStorage {
         self.in_txn = false;
         if let Some(cause) = self.aborted.take() {
             self.kv_table = None;
+            self.alarm_dirty = false;
             return Err(SqlError::TurnRolledBack { cause }.into());
+        }
+        if std::mem::take(&mut self.alarm_dirty) {
+            self.in_txn = true;
+            self.alarm = match self.alarm_get() {
+                Ok(Some(time)) => AlarmChange::Set(time),
+                Ok(None) => AlarmChange::Delete,
+                Err(error) => {
+                    self.rollback();
+                    return Err(error);
+                }
+            };
+            self.in_txn = false;
         }
         if let Err(error) = self.internal("COMMIT") {
             let _ = self.internal("ROLLBACK");
@@ -240,6 +257,7 @@ impl SqlStorage {
     /// Drops the turn's transaction.
     pub(crate) fn rollback(&mut self) {
         self.alarm = AlarmChange::Keep;
+        self.alarm_dirty = false;
         if self.in_txn {
             self.in_txn = false;
             if self.aborted.take().is_some() {

@@ -23,6 +23,7 @@ mod cursor;
 mod database;
 mod error;
 mod guard;
+mod kv;
 mod log;
 mod turns;
 mod wal;
@@ -55,6 +56,10 @@ pub struct SqlOptions {
     /// WAL bytes after which the next turn first waits for the object's
     /// commits to be durable, so the catch-up can run. Default: 64 MiB.
     pub max_wal_bytes: u64,
+    /// After each catch-up's sync, also keep a copy of the file as it was
+    /// synced (`<file>.synced`). For crash tests that throw away what a
+    /// file wrote since its last sync; off by default.
+    pub keep_synced_copies: bool,
 }
 
 impl Default for SqlOptions {
@@ -64,6 +69,7 @@ impl Default for SqlOptions {
             max_database_bytes: 10_000_000_000,
             checkpoint_wal_bytes: 4 * 1024 * 1024,
             max_wal_bytes: 64 * 1024 * 1024,
+            keep_synced_copies: false,
         }
     }
 }

@@ -48,6 +48,69 @@ impl ObjectStorage {
         Ok(sql)
     }
 
+    /// The database, open, when this is a SQLite-backed object (its
+    /// key-value API lives there).
+    pub(crate) fn sql_kv(&mut self) -> Result<Option<&mut SqlStorage>, StorageError> {
+        if self.sql.is_none() {
+            return Ok(None);
+        }
+        self.sql().map(Some)
+    }
+
+    /// A key-value listing of a SQLite-backed object, with the bounds of
+    /// every listing.
+    pub(crate) fn sql_list(
+        &mut self,
+        range: &crate::batch::KeyRange,
+        options: &crate::ListOptions,
+    ) -> Result<Vec<(String, bytes::Bytes)>, StorageError> {
+        let (max_entries, max_bytes) = (
+            self.store.options.max_list_entries,
+            self.store.options.max_list_bytes,
+        );
+        let want = options
+            .limit
+            .unwrap_or(usize::MAX)
+            .min(max_entries.saturating_add(1));
+        let sql = self.sql()?;
+        let entries = sql.kv_list(range, options.reverse, want)?;
+        let bytes: usize = entries.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if entries.len() > max_entries || bytes > max_bytes {
+            return Err(StorageError::ListTooLarge {
+                max_entries,
+                max_bytes,
+            });
+        }
+        Ok(entries)
+    }
+
+    /// Opens a savepoint for a key-value transaction of a SQLite-backed
+    /// object. If it cannot be opened, neither can anything inside it
+    /// (the database failed), so the transaction's calls fail.
+    pub(crate) fn sql_savepoint(&mut self, depth: usize) -> Option<String> {
+        let sql = self.sql_kv().ok()??;
+        let name = format!("odo_kv_{depth}");
+        sql.begin().ok()?;
+        sql.internal(&format!("SAVEPOINT {name}")).ok()?;
+        Some(name)
+    }
+
+    /// Ends a key-value transaction's savepoint: kept, or rolled back.
+    pub(crate) fn sql_release(&mut self, name: &str, keep: bool) {
+        let Some(sql) = self.sql.as_deref_mut() else {
+            return;
+        };
+        let statements = if keep {
+            format!("RELEASE {name}")
+        } else {
+            sql.kv_table = None;
+            format!("ROLLBACK TO {name}; RELEASE {name}")
+        };
+        if let Err(error) = sql.internal(&statements) {
+            tracing::error!(%error, id = %sql.id, "ending a transaction's savepoint failed");
+        }
+    }
+
     /// Whether this is a SQLite-backed object's storage.
     pub fn is_sql(&self) -> bool {
         self.sql.is_some()
@@ -110,8 +173,12 @@ impl ObjectStorage {
         let fsynced = sql.fsynced.clone();
         let id = sql.id;
         let marked = sql.synced;
+        let keep_copy = store.options.sql.keep_synced_copies;
         let sync = move || {
-            if let Err(error) = sync_file(&path) {
+            if let Err(error) = sync_file(&path).and_then(|()| match keep_copy {
+                true => keep_synced_copy(&path),
+                false => Ok(()),
+            }) {
                 tracing::warn!(%error, path = %path.display(), "syncing an object's database failed; its log is kept");
                 return;
             }
@@ -165,6 +232,17 @@ impl ObjectStorage {
         }
         Ok(())
     }
+}
+
+/// Copies the synced file at `path` to `<path>.synced`, atomically.
+fn keep_synced_copy(path: &Path) -> std::io::Result<()> {
+    let with = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    };
+    std::fs::copy(path, with(".synced-tmp"))?;
+    std::fs::rename(with(".synced-tmp"), with(".synced"))
 }
 
 impl Drop for ObjectStorage {
