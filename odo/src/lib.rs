@@ -17,6 +17,7 @@
 mod admin;
 mod app;
 pub mod demo;
+mod split;
 
 pub use admin::RegistryAdmin;
 pub use app::{App, OdoError, ServeOptions};
@@ -32,6 +33,7 @@ pub use odo_worker::{
     AlarmInfo, Context, DurableObject, ObjectError, Request, Response, RpcCall, RpcReply,
     RuntimeConfig, Stub,
 };
+pub use split::StorageSplitter;
 
 /// The demo server's app: `Counter` under `/counter`, `Kv` under `/kv`, and
 /// the plain route `GET /hello`, which no object serves.
