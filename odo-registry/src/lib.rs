@@ -34,6 +34,7 @@
 //! # Ok(()) }
 //! ```
 
+mod classes;
 mod datadir;
 mod placement;
 mod record;
@@ -122,6 +123,11 @@ pub struct RegistryConfig {
     /// hold no shard (logged). Default: none; odo's facade gives the
     /// storage backend's.
     pub splitter: Option<Arc<dyn ShardSplitter>>,
+    /// The classes the workers serve, each with its kind of storage
+    /// (`key-value`, `sqlite`): checked against the data directory's
+    /// record before any worker starts, and recorded (see
+    /// [`DataDirLock::record_class_storage`]). Default: none.
+    pub class_storage: Vec<(String, String)>,
     /// Where the cluster record and shard data live. Locked for the
     /// registry's whole life ([`DataDirLock`]).
     pub data_dir: PathBuf,
@@ -188,6 +194,7 @@ impl RegistryConfig {
             workers,
             shards: None,
             splitter: None,
+            class_storage: Vec::new(),
             data_dir,
             runtime_dir: None,
             transport: TransportKind::available()[0],
@@ -241,6 +248,21 @@ pub enum RegistryError {
         lock_file: PathBuf,
         /// The holder's pid, as its lock file says.
         holder_pid: Option<u32>,
+    },
+    /// A class is registered with another kind of storage than the one
+    /// the data directory recorded for it.
+    #[error(
+        "class {class} was served from this data directory {recorded}-backed and is now registered {registered}-backed; a class's kind of storage cannot change (register it {recorded}-backed again, or serve it from a new data directory; record: {record})"
+    )]
+    ClassStorageChanged {
+        /// The class.
+        class: String,
+        /// Its kind in the record.
+        recorded: String,
+        /// Its kind as registered now.
+        registered: String,
+        /// The record's path.
+        record: PathBuf,
     },
     /// The data directory is unusable.
     #[error("data directory {path}: {reason}")]
@@ -404,6 +426,7 @@ impl Registry {
             return Err(RegistryError::Config(e.to_string()));
         }
         let data_lock = DataDirLock::acquire(&config.data_dir)?;
+        data_lock.record_class_storage(&config.class_storage)?;
         let record = split::prepare(
             data_lock.dir(),
             config.shards.unwrap_or(config.workers),

@@ -56,15 +56,20 @@ impl Default for StoreOptions {
 impl StoreOptions {
     /// The default options for the store of `shard`, whose backend is
     /// `durable` or not: SQLite-backed objects keep their database files in
-    /// `<shard dir>/sql` when it is, in a private temporary directory when
+    /// `<data dir>/sql` when it is, in a private temporary directory when
     /// it is not (nothing of them survives then, as nothing of the backend
     /// does).
+    ///
+    /// The directory is the data directory's, not the shard's: a file is
+    /// named by its object's id alone, so when shards split
+    /// ([`split`](crate::split)) a SQLite-backed object's log moves with
+    /// its keys to its new shard and finds its file where it was.
     pub fn for_shard(shard: &crate::ShardSpec, durable: bool) -> Self {
         #[cfg(feature = "sql")]
         {
             let mut options = Self::default();
             if durable {
-                options.sql.dir = Some(shard.dir().join("sql"));
+                options.sql.dir = Some(shard.data_dir.join("sql"));
             }
             options
         }
@@ -214,6 +219,9 @@ pub(crate) struct StoreInner {
     pub(crate) options: StoreOptions,
     #[cfg(feature = "sql")]
     pub(crate) sql_dir: crate::sql::SqlDir,
+    /// Which SQLite-backed objects have their database open in a view.
+    #[cfg(feature = "sql")]
+    pub(crate) sql_claims: Arc<crate::sql::Claims>,
 }
 
 impl std::fmt::Debug for StoreInner {
@@ -300,6 +308,8 @@ impl Store {
                 alarm_changes,
                 #[cfg(feature = "sql")]
                 sql_dir: crate::sql::SqlDir::new(options.sql.dir.clone()),
+                #[cfg(feature = "sql")]
+                sql_claims: Arc::default(),
                 options,
             }),
         })

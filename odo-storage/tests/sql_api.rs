@@ -310,3 +310,26 @@ async fn a_key_value_object_has_no_sql() {
         Err(StorageError::Sql(SqlError::NotSqlBacked))
     ));
 }
+
+#[tokio::test]
+async fn statements_of_one_text_run_in_order_even_when_later_ones_need_earlier_ones() {
+    let store = store();
+    let mut turns = object(&store, "batch").await;
+    let sql = turns.sql().unwrap();
+    let last = sql
+        .exec(
+            "CREATE TABLE IF NOT EXISTS c (v INTEGER);
+             INSERT INTO c SELECT 41 WHERE NOT EXISTS (SELECT 1 FROM c);
+             UPDATE c SET v = v + 1 RETURNING v",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(last.one().unwrap().values()[0].as_i64(), Some(42));
+    // A refused statement inside a text is still refused.
+    assert_eq!(
+        refused(sql.exec("SELECT 1; BEGIN", &[])),
+        "BEGIN",
+        "a refusal inside a batch"
+    );
+    commit(&mut turns).await;
+}

@@ -59,6 +59,9 @@ pub struct SqlStorage {
     pub(crate) alarm_dirty: bool,
     /// Whether the reserved key-value table exists, when known.
     pub(crate) kv_table: Option<bool>,
+    /// This view's claim on the database while it is open. Last, so that
+    /// it is released after the connection is closed.
+    claim: Option<super::claim::Claim>,
 }
 
 /// What a recovery found in the log.
@@ -88,6 +91,7 @@ impl SqlStorage {
             alarm: AlarmChange::Keep,
             alarm_dirty: false,
             kv_table: None,
+            claim: None,
         }
     }
 
@@ -96,8 +100,9 @@ impl SqlStorage {
         self.conn.is_some()
     }
 
-    pub(crate) fn opened(&mut self, recovered: Recovered) {
+    pub(crate) fn opened(&mut self, recovered: Recovered, claim: super::claim::Claim) {
         self.conn = Some(recovered.conn);
+        self.claim = Some(claim);
         self.next_seq = recovered.next_seq;
         self.synced = recovered.synced;
         self.fsynced.store(recovered.synced, Ordering::SeqCst);
@@ -138,6 +143,11 @@ impl SqlStorage {
         let result = match conn.prepare_cached(query) {
             Ok(mut statement) => run(conn, &mut statement, params),
             Err(rusqlite::Error::MultipleStatement) if params.is_empty() => run_batch(conn, query),
+            // rusqlite prepares the rest of the text to tell whether there
+            // is more than one statement, which fails when a later
+            // statement needs what an earlier one creates: run them one by
+            // one (a single statement fails again, with its own error).
+            Err(_) if params.is_empty() => run_batch(conn, query),
             Err(e) => Err(e),
         };
         let rolled_back = conn.is_autocommit();

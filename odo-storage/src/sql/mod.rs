@@ -19,6 +19,7 @@
 //! holds past its last sync, or what a failed group commit left in the
 //! WAL, never counts: the log alone says what is durable.
 
+mod claim;
 mod cursor;
 mod database;
 mod error;
@@ -35,6 +36,7 @@ pub use database::SqlStorage;
 pub use error::SqlError;
 pub use guard::{MAX_SQL_COLUMNS, MAX_SQL_PARAMETERS, MAX_SQL_ROW_BYTES, MAX_SQL_STATEMENT_BYTES};
 
+pub(crate) use claim::Claims;
 pub(crate) use database::{record_entry, recover, sync_file};
 pub(crate) use log::{SYNCED_KEY, record_key, synced_value};
 

@@ -42,8 +42,9 @@ impl ObjectStorage {
             return Err(SqlError::NotSqlBacked.into());
         };
         if !sql.is_open() {
+            let claim = self.store.sql_claims.take_now(sql.id)?;
             let recovered = recover(&*backend, &sql.id, &sql.path, sql.max_bytes, &sql.guard)?;
-            sql.opened(recovered);
+            sql.opened(recovered, claim);
         }
         Ok(sql)
     }
@@ -124,6 +125,9 @@ impl ObjectStorage {
             return Ok(());
         };
         if !sql.is_open() {
+            // An older view of the object may still be closing its
+            // connection (an eviction, a reset): wait for it.
+            let claim = self.store.sql_claims.take(sql.id).await;
             let backend = self.store.backend.clone();
             let (id, path, max_bytes, guard) =
                 (sql.id, sql.path.clone(), sql.max_bytes, sql.guard.clone());
@@ -132,7 +136,7 @@ impl ObjectStorage {
             })
             .await
             .map_err(|e| StorageError::backend("opening an object's database", e))??;
-            sql.opened(recovered);
+            sql.opened(recovered, claim);
             return Ok(());
         }
         let wal = sql.wal.len();
