@@ -59,6 +59,8 @@ pub struct SqlStorage {
     pub(crate) alarm_dirty: bool,
     /// Whether the reserved key-value table exists, when known.
     pub(crate) kv_table: Option<bool>,
+    /// The commit time of the last record (records' times only grow).
+    pub(crate) last_time: u64,
     /// This view's claim on the database while it is open. Last, so that
     /// it is released after the connection is closed.
     claim: Option<super::claim::Claim>,
@@ -68,6 +70,8 @@ pub struct SqlStorage {
 #[derive(Debug)]
 pub(crate) struct Recovered {
     pub(crate) conn: Connection,
+    /// The commit time of the last record.
+    pub(crate) last_time: u64,
     pub(crate) next_seq: u64,
     pub(crate) synced: u64,
 }
@@ -91,6 +95,7 @@ impl SqlStorage {
             alarm: AlarmChange::Keep,
             alarm_dirty: false,
             kv_table: None,
+            last_time: 0,
             claim: None,
         }
     }
@@ -101,9 +106,15 @@ impl SqlStorage {
     }
 
     pub(crate) fn opened(&mut self, recovered: Recovered, claim: super::claim::Claim) {
-        self.conn = Some(recovered.conn);
         self.claim = Some(claim);
+        self.reopened(recovered);
+    }
+
+    /// Takes a newly recovered connection, keeping the claim.
+    pub(crate) fn reopened(&mut self, recovered: Recovered) {
+        self.conn = Some(recovered.conn);
         self.next_seq = recovered.next_seq;
+        self.last_time = self.last_time.max(recovered.last_time);
         self.synced = recovered.synced;
         self.fsynced.store(recovered.synced, Ordering::SeqCst);
         self.wal.reset();
@@ -437,8 +448,10 @@ pub(crate) fn recover(
         from = next;
     }
     let conn = open(path, max_bytes, guard)?;
+    let last_time = super::history::last_time(backend, id)?;
     Ok(Recovered {
         conn,
+        last_time,
         next_seq: last + 1,
         synced,
     })

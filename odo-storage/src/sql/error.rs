@@ -69,6 +69,18 @@ pub enum SqlError {
         /// The error that rolled it back.
         cause: String,
     },
+    /// A string that is not a bookmark of this object.
+    #[error("{0:?} is not a bookmark of this object")]
+    BadBookmark(String),
+    /// A bookmark or time before the oldest point the object's history
+    /// still holds (or after its last commit).
+    #[error("{asked} is outside the object's history, which starts at bookmark {oldest}")]
+    OutsideHistory {
+        /// The bookmark or time asked for.
+        asked: String,
+        /// The oldest bookmark available.
+        oldest: String,
+    },
     /// SQLite refused or failed the statement.
     #[error("{0}")]
     Sqlite(#[source] rusqlite::Error),

@@ -19,11 +19,13 @@
 //! holds past its last sync, or what a failed group commit left in the
 //! WAL, never counts: the log alone says what is durable.
 
+mod bookmarks;
 mod claim;
 mod cursor;
 mod database;
 mod error;
 mod guard;
+mod history;
 mod kv;
 mod log;
 mod turns;
@@ -62,6 +64,11 @@ pub struct SqlOptions {
     /// synced (`<file>.synced`). For crash tests that throw away what a
     /// file wrote since its last sync; off by default.
     pub keep_synced_copies: bool,
+    /// How long each object's history is kept for point-in-time recovery
+    /// ([`ObjectStorage::bookmark_for_time`](crate::ObjectStorage::bookmark_for_time)),
+    /// in milliseconds; 0 keeps none (log records go once the file has
+    /// them). Default: 30 days, as Cloudflare.
+    pub history_ms: u64,
 }
 
 impl Default for SqlOptions {
@@ -72,6 +79,7 @@ impl Default for SqlOptions {
             checkpoint_wal_bytes: 4 * 1024 * 1024,
             max_wal_bytes: 64 * 1024 * 1024,
             keep_synced_copies: false,
+            history_ms: 30 * 24 * 60 * 60 * 1000,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use bytes::Bytes;
 use odo_core::ObjectId;
 use tokio::sync::watch;
 
@@ -137,7 +138,7 @@ impl ObjectStorage {
             .await
             .map_err(|e| StorageError::backend("opening an object's database", e))??;
             sql.opened(recovered, claim);
-            return Ok(());
+            return self.restore_if_asked().await;
         }
         let wal = sql.wal.len();
         let options = self.store.options.sql.clone();
@@ -212,12 +213,21 @@ impl ObjectStorage {
     /// Commits the turn's SQL locally and puts its log record (and the
     /// synced point, once a catch-up's sync is done) into the turn's batch.
     pub(crate) fn commit_sql(&mut self) -> Result<(), StorageError> {
+        let keep_history = self.store.options.sql.history_ms > 0;
         let Some(sql) = self.sql.as_deref_mut() else {
             return Ok(());
         };
         let turn = &mut self.layers[0];
         if let Some(record) = sql.commit_local()? {
             let (key, value) = record_entry(sql.next_seq, &record);
+            // Times of records only grow, so the last one at or before a
+            // time is the state at that time.
+            let time = record.time_ms.max(sql.last_time);
+            sql.last_time = time;
+            turn.entries.insert(
+                super::history::when_key(time, sql.next_seq),
+                Some(Bytes::new()),
+            );
             sql.next_seq += 1;
             turn.entries.insert(key, value);
         }
@@ -229,8 +239,12 @@ impl ObjectStorage {
         if fsynced > sql.synced && !turn.entries.is_empty() {
             turn.entries
                 .insert(SYNCED_KEY.to_owned(), Some(synced_value(fsynced)));
-            for seq in sql.synced + 1..=fsynced {
-                turn.entries.insert(record_key(seq), None);
+            // With a history window the records stay (point-in-time
+            // recovery replays them).
+            if !keep_history {
+                for seq in sql.synced + 1..=fsynced {
+                    turn.entries.insert(record_key(seq), None);
+                }
             }
             sql.synced = fsynced;
         }
