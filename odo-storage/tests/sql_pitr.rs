@@ -233,3 +233,82 @@ async fn bookmarks_for_times_and_bad_bookmarks() {
     drop((empty, kv));
     store.close().await.unwrap();
 }
+
+/// Records of `name` in the shard's log.
+fn log_records(store: &Store, name: &str) -> usize {
+    let range = odo_storage::KeyRange {
+        lower: std::ops::Bound::Included("sql/log/".to_owned()),
+        upper: std::ops::Bound::Excluded("sql/log0".to_owned()),
+    };
+    let limit = odo_storage::ScanLimit {
+        entries: usize::MAX,
+        bytes: usize::MAX,
+    };
+    store
+        .backend()
+        .scan(&id(name), &range, false, limit)
+        .unwrap()
+        .len()
+}
+
+#[tokio::test]
+async fn history_older_than_the_window_is_folded_away_and_the_rest_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = FjallBackend::open(dir.path().join("kv"), FjallOptions::default()).unwrap();
+    let mut options = StoreOptions::default();
+    options.sql.dir = Some(dir.path().join("sql"));
+    options.sql.checkpoint_wal_bytes = 16 * 1024;
+    options.sql.history_ms = 1000;
+    let store = Store::open(backend, options).unwrap();
+    let mut turns = object(&store, "window").await;
+    let early = turns.current_bookmark().await.unwrap();
+    for n in 1..=10 {
+        step(&mut turns, n).await;
+    }
+    let old_records = log_records(&store, "window");
+    assert!(old_records >= 10, "{old_records} records");
+    // Wait for the clock to leave the first ten commits behind the window
+    // (waiting for time to pass, not timing anything).
+    let then = now_ms();
+    while now_ms() < then + 1100 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Later commits make the file catch up, which folds the old history.
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut n = 11;
+    let mut recent = Vec::new();
+    // (A bookmark ends with its record's number, here only to watch the
+    // history's start move.)
+    let base = |b: String| u64::from_str_radix(b.rsplit('-').next().unwrap(), 16).unwrap();
+    while base(turns.oldest_bookmark().await.unwrap()) == 0 {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the history was never folded"
+        );
+        step(&mut turns, n).await;
+        recent.push((
+            turns.current_bookmark().await.unwrap(),
+            state(&mut turns).await,
+        ));
+        n += 1;
+        tokio::task::yield_now().await;
+    }
+    // One record per step: the folded ones left the log.
+    let left = log_records(&store, "window");
+    assert!(left < n as usize - 1, "{left} of {} records left", n - 1);
+    // The folded past is out of reach; what is left restores.
+    assert!(matches!(
+        turns.on_next_session_restore_bookmark(&early).await,
+        Err(StorageError::Sql(SqlError::OutsideHistory { .. }))
+    ));
+    assert!(matches!(
+        turns.bookmark_for_time(1).await,
+        Err(StorageError::Sql(SqlError::OutsideHistory { .. }))
+    ));
+    turns.rollback_turn();
+    let (bookmark, expected) = recent.first().cloned().expect("a commit after the wait");
+    let (_, mut restored) = restore(&store, turns, "window", &bookmark).await;
+    assert_eq!(state(&mut restored).await, expected);
+    drop(restored);
+    store.close().await.unwrap();
+}

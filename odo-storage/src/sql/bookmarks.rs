@@ -64,6 +64,21 @@ impl ObjectStorage {
         Ok(bookmark(time_ms, seq))
     }
 
+    /// The oldest bookmark the object's history still holds: how far back
+    /// a restore can go (history older than
+    /// [`SqlOptions::history_ms`](crate::SqlOptions::history_ms) is folded
+    /// away as the database catches up).
+    ///
+    /// # Errors
+    ///
+    /// [`SqlError::NotSqlBacked`] for a key-value-backed object.
+    pub async fn oldest_bookmark(&mut self) -> Result<String, StorageError> {
+        let backend = self.store.backend.clone();
+        let id = self.id;
+        self.sql_kv()?.ok_or(SqlError::NotSqlBacked)?;
+        super::history::oldest(&*backend, &id)
+    }
+
     /// Asks for the object's whole database (SQL, key-value API and alarm)
     /// to be restored to `bookmark` when it next opens (the object's next
     /// activation: after an eviction, a reset or a restart); the request

@@ -36,7 +36,7 @@ use super::error::SqlError;
 use super::log::{record_key, records_from, seq_of};
 use super::wal::{Record, replay};
 use crate::backend::{Backend, ScanLimit};
-use crate::batch::{AlarmChange, KeyRange};
+use crate::batch::{AlarmChange, KeyRange, ObjectBatch};
 use crate::error::StorageError;
 
 const WHEN_PREFIX: &str = "sql/when/";
@@ -176,6 +176,152 @@ pub(crate) fn oldest(backend: &dyn Backend, id: &ObjectId) -> Result<String, Sto
         .and_then(|b| u64::from_str_radix(b.split_once('-')?.0, 16).ok())
         .map_or(0, |t| t.saturating_sub(1));
     Ok(bookmark(time, base))
+}
+
+/// Folds the history of `id` older than `cutoff_ms` (and at most up to
+/// record `synced`, which the file at `db` holds, synced) into a new base
+/// file, and answers the batch that makes it the base and drops the
+/// records it holds; `None` when there is nothing to fold. Blocking.
+///
+/// The new base is written, synced and renamed into place before the
+/// batch exists, so the `sql/base` key never names a file that is not
+/// there; base files the key does not name are left over from an earlier
+/// fold and removed here.
+pub(crate) fn fold(
+    backend: &dyn Backend,
+    id: &ObjectId,
+    db: &Path,
+    synced: u64,
+    cutoff_ms: u64,
+) -> Result<Option<ObjectBatch>, StorageError> {
+    let base = base(backend, id)?;
+    remove_stale_bases(db, base);
+    let Some(old) = record_at(backend, id, cutoff_ms.saturating_sub(1))? else {
+        return Ok(None);
+    };
+    let upto = old.min(synced);
+    if upto <= base {
+        return Ok(None);
+    }
+    let io = |what: &str, e: std::io::Error| StorageError::io(format!("{what} of object {id}"), e);
+    let new = base_file(db, upto);
+    let mut tmp = new.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let written = (|| {
+        if base > 0 {
+            std::fs::copy(base_file(db, base), &tmp).map_err(|e| io("copying the base", e))?;
+        } else {
+            File::create(&tmp).map_err(|e| io("creating a base", e))?;
+        }
+        replay_range(backend, id, &tmp, base + 1, upto)?;
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io("syncing a base", e))?;
+        std::fs::rename(&tmp, &new).map_err(|e| io("renaming a base", e))?;
+        if let Some(dir) = db.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("syncing the database directory", e))?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let mut batch = ObjectBatch::default();
+    batch
+        .entries
+        .insert(BASE_KEY.to_owned(), Some(u64_value(upto)));
+    for seq in base + 1..=upto {
+        batch.entries.insert(record_key(seq), None);
+    }
+    // Times grow with records: the `when` keys up to record `upto` are the
+    // ones before its own, and it.
+    let mut range = KeyRange {
+        lower: Bound::Included(WHEN_PREFIX.to_owned()),
+        upper: Bound::Excluded(WHEN_END.to_owned()),
+    };
+    'keys: loop {
+        let page = backend.scan(
+            id,
+            &range,
+            false,
+            ScanLimit {
+                entries: 4096,
+                bytes: usize::MAX,
+            },
+        )?;
+        let Some((last, _)) = page.last() else { break };
+        range.lower = Bound::Excluded(last.clone());
+        for (key, _) in page {
+            let seq = key
+                .strip_prefix(WHEN_PREFIX)
+                .map(parse_bookmark)
+                .transpose()?
+                .unwrap_or(u64::MAX);
+            if seq > upto {
+                break 'keys;
+            }
+            batch.entries.insert(key, None);
+        }
+    }
+    Ok(Some(batch))
+}
+
+/// The databases whose history is being folded in this process.
+static FOLDING: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// The right to fold the history of one database, until dropped: one fold
+/// at a time, from computing it to its batch being durable.
+#[derive(Debug)]
+pub(crate) struct Folding(PathBuf);
+
+impl Folding {
+    /// The right to fold `db`'s history, unless a fold of it is running.
+    pub(crate) fn take(db: &Path) -> Option<Self> {
+        let mut folding = FOLDING.lock().unwrap_or_else(|e| e.into_inner());
+        if folding.iter().any(|p| p == db) {
+            return None;
+        }
+        folding.push(db.to_path_buf());
+        Some(Folding(db.to_path_buf()))
+    }
+}
+
+impl Drop for Folding {
+    fn drop(&mut self) {
+        FOLDING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| p != &self.0);
+    }
+}
+
+/// Removes the base files of `db` other than the one of record `keep`.
+fn remove_stale_bases(db: &Path, keep: u64) {
+    let (Some(dir), Some(name)) = (db.parent(), db.file_name()) else {
+        return;
+    };
+    let mut prefix = name.to_owned();
+    prefix.push(".base-");
+    let prefix = prefix.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let kept = base_file(db, keep);
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let stale = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(&prefix))
+            && (keep == 0 || path != kept);
+        if stale {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 /// Builds what restoring the database at `db` (its file up to date with

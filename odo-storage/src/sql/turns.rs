@@ -16,7 +16,7 @@ use super::{SYNCED_KEY, record_entry, record_key, recover, sync_file, synced_val
 use crate::batch::{AlarmChange, ObjectBatch};
 use crate::error::StorageError;
 use crate::object::ObjectStorage;
-use crate::store::{CommitState, ObjectFailure, StoreInner, Submission};
+use crate::store::{CommitState, CommitWait, ObjectFailure, StoreInner, Submission};
 
 impl ObjectStorage {
     pub(crate) fn new_sql(id: ObjectId, store: Arc<StoreInner>, dir: &Path) -> Self {
@@ -179,6 +179,7 @@ impl ObjectStorage {
         let id = sql.id;
         let marked = sql.synced;
         let keep_copy = store.options.sql.keep_synced_copies;
+        let history_ms = store.options.sql.history_ms;
         let sync = move || {
             if let Err(error) = sync_file(&path).and_then(|()| match keep_copy {
                 true => keep_synced_copy(&path),
@@ -188,6 +189,34 @@ impl ObjectStorage {
                 return;
             }
             fsynced.fetch_max(seq, Ordering::SeqCst);
+            if history_ms > 0
+                && let Some(_folding) = super::history::Folding::take(&path)
+            {
+                let cutoff = super::now_ms().saturating_sub(history_ms);
+                match super::history::fold(&*store.backend, &id, &path, seq, cutoff) {
+                    Ok(Some(batch)) => {
+                        let (done, durable) = watch::channel(CommitState::Pending);
+                        // A closed store is fine: the history stays longer.
+                        if store
+                            .submit(Submission {
+                                object: id,
+                                batch: Arc::new(batch),
+                                done,
+                                failure: ObjectFailure::default(),
+                            })
+                            .is_ok()
+                            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+                        {
+                            // The next fold reads the new base's key.
+                            let _ = runtime.block_on(CommitWait::new(durable).wait());
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, %id, "folding an object's old history failed; it is kept");
+                    }
+                }
+            }
             if !in_view && seq > marked {
                 let mut batch = ObjectBatch::default();
                 batch
