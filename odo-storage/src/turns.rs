@@ -94,6 +94,23 @@ impl ObjectTurns {
         self.storage.has_failed()
     }
 
+    /// Whether the current turn asked for a point-in-time restore
+    /// ([`ObjectStorage::on_next_session_restore_bookmark`]): once its
+    /// commit is durable, the runtime starts the object again with a new
+    /// view (from [`Store::sql_object`](crate::Store::sql_object)), whose
+    /// opening does the restore. Call it before
+    /// [`commit_turn`](Self::commit_turn).
+    pub fn restore_asked(&self) -> bool {
+        #[cfg(feature = "sql")]
+        {
+            self.storage.restore_asked()
+        }
+        #[cfg(not(feature = "sql"))]
+        {
+            false
+        }
+    }
+
     /// Whether the current turn has written anything.
     pub fn has_turn_writes(&self) -> bool {
         self.storage.has_turn_writes()

@@ -276,6 +276,30 @@ fn renew_failed_view<T>(instance: &mut Option<T>, ctx: &mut Context, shard: &Sha
     }
 }
 
+/// After a turn that asked for a point-in-time restore: once its commit
+/// is durable, the object starts again (a new instance on a new view),
+/// and the view's opening before the next event does the restore.
+async fn restart_for_restore<T>(
+    instance: &mut Option<T>,
+    ctx: &mut Context,
+    shard: &ShardState,
+    durable: Option<CommitWait>,
+) {
+    if let Some(durable) = durable
+        && durable.wait().await.is_err()
+    {
+        // The request never landed: the failed view is renewed as usual.
+        return;
+    }
+    *instance = None;
+    match open_view(&shard.store, ctx.target.id, ctx.storage_kind) {
+        Ok(view) => ctx.storage = view,
+        Err(error) => {
+            warn!(id = %ctx.target.id, %error, "cannot open the object's storage again for its restore");
+        }
+    }
+}
+
 fn reset_error(ctx: &Context, why: &str) -> WireError {
     warn!(class = %ctx.target.class, id = %ctx.target.id, reason = why, "object reset");
     WireError::ObjectReset {
@@ -395,11 +419,15 @@ async fn turn<T: DurableObject>(
     let deferred = std::mem::take(&mut ctx.deferred);
     match ran {
         Ran::Ok(outcome) => {
+            let restore = ctx.storage.restore_asked();
             // If a commit of the object failed during the turn, this wait
             // fails at once: the turn ran on state that was never durable.
             let durable = ctx.storage.commit_turn();
             start_deferred(deferred, durable.clone());
-            gate.hold(durable, reply, Ok(outcome));
+            gate.hold(durable.clone(), reply, Ok(outcome));
+            if restore {
+                restart_for_restore(instance, ctx, shard, durable).await;
+            }
             renew_failed_view(instance, ctx, shard);
         }
         Ran::Refused(error) => {

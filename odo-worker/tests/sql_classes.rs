@@ -76,6 +76,15 @@ impl DurableObject for Tally {
                 add(ctx).await?;
                 Err(ObjectError::msg("failing on purpose"))
             }
+            "/bookmark" => Ok(text(ctx.storage().current_bookmark().await?)),
+            restore if restore.starts_with("/restore/") => {
+                let bookmark = &restore["/restore/".len()..];
+                Ok(text(
+                    ctx.storage()
+                        .on_next_session_restore_bookmark(bookmark)
+                        .await?,
+                ))
+            }
             "/kv-sql" => match ctx.storage().sql() {
                 Ok(_) => Ok(text("sql")),
                 Err(e) => Ok(text(e)),
@@ -194,5 +203,26 @@ async fn an_answer_waits_for_its_turns_sql_to_be_durable() {
     assert!(!pending.is_finished(), "answered before durable");
     valve.open();
     assert_eq!(pending.await.unwrap().unwrap(), "1 1");
+    rt.shutdown().await;
+}
+
+/// A restore asked for in a turn is done before the object's next event.
+#[tokio::test]
+async fn a_restore_asked_for_in_a_turn_is_there_for_the_next_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(fjall_store(dir.path()));
+    assert_eq!(send(&rt, "TALLY", "a", "/add").await.unwrap(), "1 1");
+    let bookmark = send(&rt, "TALLY", "a", "/bookmark").await.unwrap();
+    assert_eq!(send(&rt, "TALLY", "a", "/add").await.unwrap(), "2 2");
+    assert_eq!(send(&rt, "TALLY", "a", "/add").await.unwrap(), "3 3");
+    let undo = send(&rt, "TALLY", "a", &format!("/restore/{bookmark}"))
+        .await
+        .unwrap();
+    assert_eq!(send(&rt, "TALLY", "a", "/get").await.unwrap(), "1 1");
+    assert_eq!(send(&rt, "TALLY", "a", "/add").await.unwrap(), "2 2");
+    send(&rt, "TALLY", "a", &format!("/restore/{undo}"))
+        .await
+        .unwrap();
+    assert_eq!(send(&rt, "TALLY", "a", "/get").await.unwrap(), "3 3");
     rt.shutdown().await;
 }

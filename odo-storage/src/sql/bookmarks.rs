@@ -114,6 +114,13 @@ impl ObjectStorage {
         Ok(undo)
     }
 
+    /// Whether the current turn asked for a restore.
+    pub(crate) fn restore_asked(&self) -> bool {
+        self.layers
+            .first()
+            .is_some_and(|turn| turn.entries.contains_key(RESTORE_KEY))
+    }
+
     /// Does the restore asked for, if any, on a database just opened: its
     /// record (the pages that differ) commits through the group commit
     /// first, then the file is brought up to date from the log.
