@@ -52,7 +52,7 @@ fn tree_cpu_ticks(root: u32) -> u64 {
     total
 }
 
-pub(super) fn clock_ticks_per_sec() -> f64 {
+pub(crate) fn clock_ticks_per_sec() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -62,14 +62,14 @@ pub(super) fn clock_ticks_per_sec() -> f64 {
 }
 
 /// Samples the CPU time of a process tree in the background.
-pub(super) struct CpuSampler {
+pub(crate) struct CpuSampler {
     samples: Arc<Mutex<Vec<(Instant, u64)>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl CpuSampler {
-    pub(super) fn start(pid: u32) -> Self {
+    pub(crate) fn start(pid: u32) -> Self {
         let samples = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -94,7 +94,7 @@ impl CpuSampler {
     }
 
     /// CPU ticks used between `from` and `to` (nearest samples).
-    pub(super) fn between(&self, from: Instant, to: Instant) -> Option<u64> {
+    pub(crate) fn between(&self, from: Instant, to: Instant) -> Option<u64> {
         let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         let at = |t: Instant| {
             samples

@@ -30,8 +30,8 @@
 //! CPU 0, wrk on CPU 1, see [`Pinning`]), `WORKERD` (a workerd binary to
 //! use).
 
-mod cpu;
-mod servers;
+pub(crate) mod cpu;
+pub(crate) mod servers;
 
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};

@@ -14,7 +14,7 @@ use anyhow::Context as _;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Server {
+pub(crate) enum Server {
     /// `odo serve --workers 2`, fjall with `SyncData`, UDS between processes.
     Odo,
     /// `limit-bench --mode fjall-group`: bare hyper and one group-commit
@@ -25,7 +25,7 @@ pub(super) enum Server {
 }
 
 impl Server {
-    pub(super) fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Server::Odo => "odo",
             Server::Limit => "limit",
@@ -36,33 +36,33 @@ impl Server {
 
 /// Where the processes run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Pinning {
+pub(crate) enum Pinning {
     /// Anywhere: server and wrk share both CPUs.
     None,
     /// The server (all its processes) on CPU 0, wrk on CPU 1.
     ServerCpu0WrkCpu1,
 }
 
-pub(super) fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn target_dir(root: &Path) -> PathBuf {
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
 }
 
-pub(super) fn on_path(program: &str) -> bool {
+pub(crate) fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
 /// Builds the release `odo` binary (a no-op when it is up to date).
-pub(super) fn odo_binary(root: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn odo_binary(root: &Path) -> anyhow::Result<PathBuf> {
     let binary = target_dir(root).join("release/odo");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("e2e: cargo build --release -p odo");
@@ -88,14 +88,14 @@ pub(super) fn odo_binary(root: &Path) -> anyhow::Result<PathBuf> {
 
 /// A workerd binary and the directory holding its config.
 #[derive(Debug)]
-pub(super) struct Workerd {
-    pub(super) binary: PathBuf,
-    dir: PathBuf,
+pub(crate) struct Workerd {
+    pub(crate) binary: PathBuf,
+    pub(crate) dir: PathBuf,
 }
 
 /// Copies the shared workerd setup into the target directory and runs
 /// `npm install` there once.
-pub(super) fn workerd_binary(root: &Path, shared: &Path) -> anyhow::Result<Workerd> {
+pub(crate) fn workerd_binary(root: &Path, shared: &Path) -> anyhow::Result<Workerd> {
     let source = shared.join("workerd");
     let dir = target_dir(root).join("odo-bench-workerd");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -149,16 +149,16 @@ pub(super) fn workerd_binary(root: &Path, shared: &Path) -> anyhow::Result<Worke
 
 /// A server under test; dropping its data directory removes its data.
 #[derive(Debug)]
-pub(super) struct Running {
-    pub(super) child: Child,
-    pub(super) base: String,
+pub(crate) struct Running {
+    pub(crate) child: Child,
+    pub(crate) base: String,
     _data: tempfile::TempDir,
 }
 
 impl Running {
     /// SIGTERM (or, for odo, closing its standard input), then SIGKILL
     /// after 10 s.
-    pub(super) fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         drop(self.child.stdin.take());
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
@@ -186,7 +186,7 @@ fn pinned(program: &Path, pinning: Pinning) -> Command {
     }
 }
 
-pub(super) fn start_odo(odo: &Path, pinning: Pinning) -> anyhow::Result<Running> {
+pub(crate) fn start_odo(odo: &Path, pinning: Pinning) -> anyhow::Result<Running> {
     let data = tempfile::tempdir().context("temp dir")?;
     let log = std::fs::File::create(data.path().join("odo.log"))?;
     let mut child = pinned(odo, pinning)
@@ -226,11 +226,11 @@ pub(super) fn start_odo(odo: &Path, pinning: Pinning) -> anyhow::Result<Running>
     Ok(running)
 }
 
-pub(super) fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-pub(super) fn start_workerd(workerd: &Workerd, pinning: Pinning) -> anyhow::Result<Running> {
+pub(crate) fn start_workerd(workerd: &Workerd, pinning: Pinning) -> anyhow::Result<Running> {
     let data = tempfile::tempdir().context("temp dir")?;
     let store = data.path().join("do");
     std::fs::create_dir_all(&store)?;
@@ -289,7 +289,7 @@ fn wait_ready(server: &Running) -> anyhow::Result<()> {
 /// The limit server's binary, built from `shared/limit` into the target
 /// directory (the shared tree may be read-only), `--locked` to its own
 /// lock file.
-pub(super) fn limit_binary(root: &Path, shared: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn limit_binary(root: &Path, shared: &Path) -> anyhow::Result<PathBuf> {
     let manifest = shared.join("limit/Cargo.toml");
     anyhow::ensure!(manifest.is_file(), "{} not found", manifest.display());
     let target = target_dir(root).join("limit-bench");
@@ -315,7 +315,7 @@ pub(super) fn limit_binary(root: &Path, shared: &Path) -> anyhow::Result<PathBuf
 }
 
 /// Starts the limit server in its reference mode, `fjall-group`.
-pub(super) fn start_limit(limit: &Path, pinning: Pinning) -> anyhow::Result<Running> {
+pub(crate) fn start_limit(limit: &Path, pinning: Pinning) -> anyhow::Result<Running> {
     let data = tempfile::tempdir().context("temp dir")?;
     let port = free_port()?;
     let log = std::fs::File::create(data.path().join("limit.log"))?;
