@@ -182,7 +182,7 @@ where
 const SCHEMA: &str = "CREATE TABLE t (k INTEGER PRIMARY KEY, v INTEGER, s TEXT)";
 const INSERT: &str = "INSERT INTO t VALUES (?, ?, ?)";
 const POINT: &str = "SELECT v FROM t WHERE k = ?";
-const RANGE: &str = "SELECT sum(v) FROM t WHERE k BETWEEN ? AND ? + 99";
+const RANGE: &str = "SELECT sum(v) FROM t WHERE k BETWEEN ?1 AND ?1 + 99";
 
 async fn queries() -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("temp dir")?;

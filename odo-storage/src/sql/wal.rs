@@ -20,7 +20,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 const WAL_HEADER: usize = 32;
 const FRAME_HEADER: usize = 24;
-const RECORD_VERSION: u8 = 1;
+const RECORD_VERSION: u8 = 2;
+/// The largest record decoded (a bound on what a corrupt size may ask).
+const MAX_RECORD_BYTES: usize = 1 << 30;
 
 /// The pages one transaction wrote: what a log entry holds.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -39,22 +41,35 @@ impl Record {
     /// The record's bytes in the log.
     pub(crate) fn encode(&self) -> Bytes {
         let size: usize = self.pages.iter().map(|(_, p)| 4 + p.len()).sum();
-        let mut out = BytesMut::with_capacity(21 + size);
-        out.put_u8(RECORD_VERSION);
-        out.put_u64(self.time_ms);
-        out.put_u32(self.page_size);
-        out.put_u32(self.db_pages);
-        out.put_u32(self.pages.len() as u32);
+        let mut raw = BytesMut::with_capacity(20 + size);
+        raw.put_u64(self.time_ms);
+        raw.put_u32(self.page_size);
+        raw.put_u32(self.db_pages);
+        raw.put_u32(self.pages.len() as u32);
         for (number, page) in &self.pages {
-            out.put_u32(*number);
-            out.put_slice(page);
+            raw.put_u32(*number);
+            raw.put_slice(page);
         }
+        // Pages are mostly free space: LZ4 makes a small commit's record a
+        // fraction of its pages.
+        let compressed = lz4_flex::block::compress_prepend_size(&raw);
+        let mut out = BytesMut::with_capacity(1 + compressed.len());
+        out.put_u8(RECORD_VERSION);
+        out.put_slice(&compressed);
         out.freeze()
     }
 
     /// Reads a record back; `None` if the bytes are not one.
     pub(crate) fn decode(mut bytes: Bytes) -> Option<Self> {
-        if bytes.remaining() < 21 || bytes.get_u8() != RECORD_VERSION {
+        if bytes.remaining() < 5 || bytes.get_u8() != RECORD_VERSION {
+            return None;
+        }
+        let size = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+        if size > MAX_RECORD_BYTES {
+            return None;
+        }
+        let mut bytes = Bytes::from(lz4_flex::block::decompress_size_prepended(&bytes).ok()?);
+        if bytes.remaining() < 20 {
             return None;
         }
         let time_ms = bytes.get_u64();
@@ -197,4 +212,33 @@ pub(crate) fn replay(db: &Path, records: &[Record]) -> io::Result<()> {
         file.set_len(u64::from(record.db_pages) * size)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_compressed_and_garbage_is_no_record() {
+        let mut page = vec![0u8; 4096];
+        page[..5].copy_from_slice(b"hello");
+        page[4000..4003].copy_from_slice(b"end");
+        let record = Record {
+            time_ms: 42,
+            page_size: 4096,
+            db_pages: 3,
+            pages: vec![(1, Bytes::from(page.clone())), (3, Bytes::from(page))],
+        };
+        let encoded = record.encode();
+        assert!(encoded.len() < 1024, "{} bytes", encoded.len());
+        assert_eq!(Record::decode(encoded.clone()), Some(record));
+        for garbage in [
+            Bytes::new(),
+            Bytes::from_static(&[RECORD_VERSION, 0xff, 0xff, 0xff, 0x7f, 1, 2]),
+            encoded.slice(..encoded.len() - 3),
+            Bytes::from_static(b"\x01not a record at all"),
+        ] {
+            assert_eq!(Record::decode(garbage), None);
+        }
+    }
 }
