@@ -12,5 +12,6 @@ pub mod backend;
 pub mod http;
 pub mod scenarios;
 pub mod soak;
+pub mod sqlite_cell;
 pub mod topology;
 pub mod transcript;
