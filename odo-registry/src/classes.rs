@@ -33,9 +33,9 @@ pub(crate) fn check_and_record(
     let mut file = match std::fs::read(&path) {
         Ok(bytes) => {
             let file: ClassesFile =
-                serde_json::from_slice(&bytes).map_err(|e| RegistryError::DataDir {
+                serde_json::from_slice(&bytes).map_err(|source| RegistryError::ClassRecord {
                     path: path.clone(),
-                    reason: format!("unreadable class record: {e}"),
+                    source,
                 })?;
             if file.format != FORMAT {
                 return Err(RegistryError::DataDir {
@@ -49,10 +49,11 @@ pub(crate) fn check_and_record(
             format: FORMAT,
             classes: BTreeMap::new(),
         },
-        Err(e) => {
-            return Err(RegistryError::DataDir {
+        Err(source) => {
+            return Err(RegistryError::DataDirIo {
                 path,
-                reason: e.to_string(),
+                what: "cannot read the class record".into(),
+                source,
             });
         }
     };
@@ -83,13 +84,14 @@ pub(crate) fn check_and_record(
 /// Writes the record atomically and durably (temporary file, fsync,
 /// rename, fsync of the directory).
 fn save(data_dir: &Path, path: &Path, file: &ClassesFile) -> Result<(), RegistryError> {
-    let io = |e: std::io::Error| RegistryError::DataDir {
+    let io = |source: std::io::Error| RegistryError::DataDirIo {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        what: "cannot write the class record".into(),
+        source,
     };
-    let bytes = serde_json::to_vec_pretty(file).map_err(|e| RegistryError::DataDir {
+    let bytes = serde_json::to_vec_pretty(file).map_err(|source| RegistryError::ClassRecord {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        source,
     })?;
     let tmp = data_dir.join(format!("{CLASSES_FILE}.{}.tmp", std::process::id()));
     let written = (|| {
@@ -148,6 +150,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(CLASSES_FILE), b"{not json").unwrap();
         let error = check_and_record(dir.path(), &kinds(&[("A", "sqlite")])).unwrap_err();
-        assert!(matches!(error, RegistryError::DataDir { .. }), "{error}");
+        assert!(
+            matches!(error, RegistryError::ClassRecord { .. }),
+            "{error}"
+        );
+        let source = std::error::Error::source(&error).expect("a source");
+        assert!(source.is::<serde_json::Error>(), "{source:?}");
     }
 }

@@ -155,8 +155,9 @@ impl DataDirLock {
     /// # Errors
     ///
     /// [`RegistryError::ClassStorageChanged`] when a class is registered
-    /// with another kind than the recorded one; [`RegistryError::DataDir`]
-    /// when the record is unreadable or cannot be written.
+    /// with another kind than the recorded one; [`RegistryError::ClassRecord`]
+    /// when the record is unreadable, [`RegistryError::DataDirIo`] when it
+    /// cannot be read or written.
     pub fn record_class_storage(&self, classes: &[(String, String)]) -> Result<(), RegistryError> {
         crate::classes::check_and_record(&self.dir, classes)
     }

@@ -331,6 +331,15 @@ pub enum RegistryError {
         #[source]
         source: serde_json::Error,
     },
+    /// The class record (`odo-classes.json`) is not the JSON odo writes.
+    #[error("class record {path} is unreadable: {source}")]
+    ClassRecord {
+        /// The record's path.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The program to run as a worker cannot be found.
     #[error("cannot find the current executable to run as a worker: {source}")]
     CurrentExe {
