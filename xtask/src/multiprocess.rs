@@ -322,7 +322,7 @@ mod tests {
     #[test]
     fn options_default_to_the_whole_matrix() {
         let o = parse(&[]).unwrap();
-        assert_eq!(o.backends, ["memory", "fjall", "logfile"]);
+        assert_eq!(o.backends, ["memory", "fjall", "logfile", "sqlite"]);
         assert_eq!(o.transports, ["uds", "tcp"]);
         assert_eq!(o.filter, None);
         assert!(!o.keep_going);
