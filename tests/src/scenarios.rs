@@ -259,6 +259,30 @@ async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> Result<bool
     Ok(false)
 }
 
+/// Worker 0 as `/_odo/workers` shows it once it is up, with an endpoint,
+/// a pid and a shard: a scenario before may have just replaced it.
+async fn first_worker(c: &HttpClient) -> Result<serde_json::Value> {
+    let mut found = serde_json::Value::Null;
+    let up = eventually(Duration::from_secs(30), async || {
+        let workers: serde_json::Value =
+            serde_json::from_slice(&c.get("/_odo/workers").await?.body)?;
+        let worker = &workers[0];
+        let ready = worker["endpoint"].is_string()
+            && worker["pid"].is_u64()
+            && worker["shards"][0].is_u64();
+        if ready {
+            found = worker.clone();
+        }
+        Ok(ready)
+    })
+    .await?;
+    ensure!(
+        up,
+        "worker 0 did not come up with an endpoint and a shard within 30 s"
+    );
+    Ok(found)
+}
+
 scenario!(ids, |w, t| {
     let c = w.client.clone();
     let ns = Namespace::new("COUNTER");
@@ -728,12 +752,12 @@ scenario!(fault_sigstop_worker, |w, t| {
 scenario!(fault_malformed_frames, |w, t| {
     let c = w.client.clone();
     t.post(&c, "/counter/frames/increment").await?;
-    let workers: serde_json::Value = serde_json::from_slice(&c.get("/_odo/workers").await?.body)?;
-    let endpoint = workers[0]["endpoint"]
+    let worker = first_worker(&c).await?;
+    let endpoint = worker["endpoint"]
         .as_str()
         .context("a worker endpoint")?
         .to_owned();
-    let pid = workers[0]["pid"].as_u64().context("a worker pid")? as u32;
+    let pid = worker["pid"].as_u64().context("a worker pid")? as u32;
     let refused = tokio::task::spawn_blocking(move || -> Result<bool> {
         use std::io::{Read, Write};
         let garbage = b"\x00\x00\x00\x10this is not a frame at all";

@@ -87,8 +87,7 @@ fn resident(pid: u32) -> Result<u64> {
 
 scenario!(fault_strangers, |w, t| {
     let c = w.client.clone();
-    let workers: serde_json::Value = serde_json::from_slice(&c.get("/_odo/workers").await?.body)?;
-    let worker = &workers[0];
+    let worker = &first_worker(&c).await?;
     let endpoint = worker["endpoint"]
         .as_str()
         .context("a worker endpoint")?
