@@ -85,6 +85,10 @@ pub struct ServeOptions {
     /// How long one poll of object code may run without returning before
     /// its worker is killed as stuck. Default 10 s.
     pub stall_limit: std::time::Duration,
+    /// With `storage` `postgres`: where the database is. `None` reads it
+    /// from the environment (`ODO_POSTGRES_URL`, ...). Feature `postgres`.
+    #[cfg(feature = "postgres")]
+    pub postgres: Option<odo_postgres::PostgresConfig>,
 }
 
 impl Default for ServeOptions {
@@ -100,6 +104,8 @@ impl Default for ServeOptions {
             runtime: RuntimeConfig::default(),
             heartbeat_timeout: std::time::Duration::from_secs(2),
             stall_limit: std::time::Duration::from_secs(10),
+            #[cfg(feature = "postgres")]
+            postgres: None,
         }
     }
 }
@@ -135,13 +141,19 @@ pub struct App {
 
 impl Default for App {
     fn default() -> Self {
+        #[allow(unused_mut)]
+        let mut backends = Backends::builtin();
+        #[cfg(feature = "postgres")]
+        backends
+            .register(odo_postgres::PostgresFactory::from_env())
+            .expect("postgres is a free, valid backend name");
         Self {
             classes: Classes::default(),
             routes: Vec::new(),
             plain: PlainRoutes::default(),
             error: None,
             runtime: RuntimeConfig::default(),
-            backends: Backends::builtin(),
+            backends,
         }
     }
 }
@@ -313,7 +325,7 @@ impl App {
         match cli.command {
             Command::Serve(flags) => {
                 let stdin_eof = flags.exit_on_stdin_eof;
-                let mut options = flags.into_options();
+                let mut options = flags.into_options()?;
                 options.runtime = self.runtime.clone();
                 let shutdown = async move {
                     tokio::select! {
@@ -340,6 +352,11 @@ impl App {
         // Before anything starts: an unknown name fails here, listing the
         // registered ones.
         let backend = self.backends.get(&options.storage)?.clone();
+        #[cfg(feature = "postgres")]
+        let (backend, worker_env) =
+            crate::postgres::resolve(&options.storage, options.postgres.as_ref(), backend)?;
+        #[cfg(not(feature = "postgres"))]
+        let worker_env = Vec::new();
         let mut routes = PathRoutes::new(options.router.max_name_bytes);
         for (segment, class) in &self.routes {
             routes = routes.route(segment, class);
@@ -380,6 +397,7 @@ impl App {
         config.runtime_dir = options.runtime_dir.clone();
         config.heartbeat_timeout = options.heartbeat_timeout;
         config.stall_limit = options.stall_limit;
+        config.worker_env = worker_env;
         let registry = Arc::new(Registry::start(config).await?);
         registry.ready().await?;
         let client = odo_transport::ClientConfig {
@@ -571,12 +589,15 @@ struct ServeFlags {
     /// supervisors and test harnesses that hold a pipe to the server).
     #[arg(long, hide = true)]
     exit_on_stdin_eof: bool,
+    #[cfg(feature = "postgres")]
+    #[command(flatten)]
+    postgres: crate::postgres::PostgresFlags,
 }
 
 impl ServeFlags {
-    fn into_options(self) -> ServeOptions {
+    fn into_options(self) -> Result<ServeOptions, OdoError> {
         let defaults = ServeOptions::default();
-        ServeOptions {
+        Ok(ServeOptions {
             listen: self.listen,
             workers: self.workers.unwrap_or(defaults.workers),
             data_dir: self.data_dir,
@@ -597,7 +618,9 @@ impl ServeFlags {
             runtime: RuntimeConfig::default(),
             heartbeat_timeout: std::time::Duration::from_millis(self.heartbeat_timeout_ms),
             stall_limit: std::time::Duration::from_millis(self.stall_limit_ms),
-        }
+            #[cfg(feature = "postgres")]
+            postgres: self.postgres.config()?,
+        })
     }
 }
 
@@ -704,7 +727,7 @@ mod tests {
     fn serve_options(args: &[&str]) -> Result<ServeOptions, clap::Error> {
         let cli = Cli::try_parse_from(["odo", "serve"].iter().chain(args))?;
         let Command::Serve(flags) = cli.command;
-        Ok(flags.into_options())
+        Ok(flags.into_options().expect("valid options"))
     }
 
     /// A backend of the app's own.
@@ -738,7 +761,7 @@ mod tests {
         };
         let cli = parse_cli(&args(&["--storage", "scratch"]), app.backends()).unwrap();
         let Command::Serve(flags) = cli.command;
-        assert_eq!(flags.into_options().storage, "scratch");
+        assert_eq!(flags.into_options().unwrap().storage, "scratch");
         let help = parse_cli(&args(&["--help"]), app.backends())
             .unwrap_err()
             .render()

@@ -12,11 +12,15 @@
 //! See [`App`] for a server around your own classes in a few lines, and
 //! [`App::backend`] for a storage backend of your own. The default feature
 //! `fjall` brings the durable fjall backend (the default `--storage`);
-//! without it, nothing of fjall is compiled.
+//! without it, nothing of fjall is compiled. The feature `postgres`
+//! registers the PostgreSQL backend (odo-postgres) as `postgres`, with
+//! `odo serve --storage postgres --postgres-url URL`.
 
 mod admin;
 mod app;
 pub mod demo;
+#[cfg(feature = "postgres")]
+mod postgres;
 
 pub use admin::RegistryAdmin;
 pub use app::{App, OdoError, ServeOptions};

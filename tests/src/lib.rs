@@ -10,6 +10,8 @@
 
 pub mod backend;
 pub mod http;
+#[cfg(unix)]
+pub mod postgres;
 pub mod scenarios;
 pub mod soak;
 pub mod topology;

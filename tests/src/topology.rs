@@ -73,6 +73,12 @@ impl ServerSpec {
             .arg("--exit-on-stdin-eof")
             .args(&self.extra_args)
             .envs(self.env.iter().map(|(k, v)| (k, v)));
+        if self.storage == odo_postgres::NAME {
+            // A schema per data directory: a new data directory starts its
+            // epochs again, and must not meet (and be fenced by, or fence)
+            // another server's shards in a shared schema.
+            command.env(odo_postgres::SCHEMA_ENV, schema_for(data_dir));
+        }
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "error");
         }
@@ -299,4 +305,11 @@ pub async fn stop_process(pid: u32) -> Result<bool> {
             Some(false) => tokio::time::sleep(Duration::from_millis(1)).await,
         }
     }
+}
+
+/// The PostgreSQL schema of the server on `data_dir` (`--storage
+/// postgres`): named after the directory.
+pub fn schema_for(data_dir: &Path) -> String {
+    let hash = blake3::hash(data_dir.as_os_str().as_encoded_bytes());
+    format!("w{}", &hash.to_hex()[..20])
 }
