@@ -1,7 +1,8 @@
-//! Calls between objects, from a worker process: delivered in this process
-//! for the shards it holds, and through the one
-//! [`Forwarder`](odo_transport::forward::Forwarder) to the owning worker
-//! otherwise, following the placement the registry pushes.
+//! Calls between objects, from a process that hosts objects: delivered in
+//! this process for the shards it holds, and through the one
+//! [`Forwarder`](odo_transport::forward::Forwarder) to the owner otherwise,
+//! following a [`PlacementSource`]: the placement the registry pushes to a
+//! worker process, or a cluster's placement (etcd) on a host.
 
 use std::fmt;
 use std::sync::Arc;
@@ -30,7 +31,7 @@ pub(crate) struct PushedPlacement {
 }
 
 impl PushedPlacement {
-    fn new(shard_count: u32) -> Self {
+    pub(crate) fn new(shard_count: u32) -> Self {
         Self {
             shard_count: shard_count.max(1),
             table: watch::Sender::new(Placement::default()),
@@ -38,7 +39,7 @@ impl PushedPlacement {
     }
 
     /// Takes `placement` unless a newer one is already known.
-    fn set(&self, placement: Placement) {
+    pub(crate) fn set(&self, placement: Placement) {
         self.table.send_if_modified(|current| {
             if placement.version >= current.version {
                 *current = placement;
@@ -84,26 +85,36 @@ impl PlacementSource for PushedPlacement {
     }
 }
 
-/// Routes the calls this worker's objects make.
-pub(crate) struct WorkerCluster {
+/// Routes calls to objects from a process that hosts objects: those of
+/// the shards its [`Runtime`] holds run here, without the wire format;
+/// the others go through the [`Forwarder`] to the owner that `placement`
+/// names. It is the [`Cluster`] the runtime's objects call through, and a
+/// host's front door can send its requests through it too.
+pub struct ObjectRouter {
     runtime: Runtime,
     own_endpoint: String,
-    placement: Arc<PushedPlacement>,
+    placement: Arc<dyn PlacementSource>,
     forwarder: Forwarder,
 }
 
-impl fmt::Debug for WorkerCluster {
+impl fmt::Debug for ObjectRouter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkerCluster")
+        f.debug_struct("ObjectRouter")
             .field("own_endpoint", &self.own_endpoint)
             .field("forwarder", &self.forwarder)
             .finish_non_exhaustive()
     }
 }
 
-impl WorkerCluster {
-    pub(crate) fn new(runtime: Runtime, own_endpoint: String, client: ClientConfig) -> Arc<Self> {
-        let placement = Arc::new(PushedPlacement::new(runtime.shard_count()));
+impl ObjectRouter {
+    /// Routes for `runtime`, which this process serves at `own_endpoint`,
+    /// following `placement`, reaching other processes with `client`.
+    pub fn new(
+        runtime: Runtime,
+        own_endpoint: String,
+        placement: Arc<dyn PlacementSource>,
+        client: ClientConfig,
+    ) -> Arc<Self> {
         let forwarder = Forwarder::new(placement.clone(), client);
         Arc::new(Self {
             runtime,
@@ -113,9 +124,14 @@ impl WorkerCluster {
         })
     }
 
-    /// Takes a placement the registry pushed.
-    pub(crate) fn set_placement(&self, placement: Placement) {
-        self.placement.set(placement);
+    /// The placement it follows.
+    pub fn placement(&self) -> &Arc<dyn PlacementSource> {
+        &self.placement
+    }
+
+    /// The runtime whose shards are local.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
     }
 
     /// Whether this process serves `location`'s shard.
@@ -159,7 +175,7 @@ fn unexpected(response: Response) -> CallError {
     .into()
 }
 
-impl Cluster for Arc<WorkerCluster> {
+impl Cluster for Arc<ObjectRouter> {
     fn fetch(
         &self,
         target: ObjectAddress,

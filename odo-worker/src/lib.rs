@@ -30,6 +30,7 @@ pub use object::{
     AlarmInfo, DurableObject, ObjectError, Request, Response, RpcCall, RpcReply, is_reserved_method,
 };
 pub use odo_core::ObjectAddress;
-pub use process::{WorkerError, read_token, serve};
+pub use cluster::ObjectRouter;
+pub use process::{ObjectHandler, WorkerError, read_token, serve};
 pub use runtime::{Runtime, ShardError, now_ms};
 pub use stub::{CallError, CallScope, Cluster, DEFAULT_CALL_DEADLINE, NamespaceHandle, Stub};

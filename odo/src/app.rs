@@ -89,6 +89,11 @@ pub struct ServeOptions {
     /// from the environment (`ODO_POSTGRES_URL`, ...). Feature `postgres`.
     #[cfg(feature = "postgres")]
     pub postgres: Option<odo_postgres::PostgresConfig>,
+    /// Join this cluster (etcd) instead of running alone: this process
+    /// serves the shards the cluster gives it (`workers` does not apply).
+    /// Feature `cluster`.
+    #[cfg(feature = "cluster")]
+    pub cluster: Option<odo_cluster::ClusterConfig>,
 }
 
 impl Default for ServeOptions {
@@ -106,6 +111,8 @@ impl Default for ServeOptions {
             stall_limit: std::time::Duration::from_secs(10),
             #[cfg(feature = "postgres")]
             postgres: None,
+            #[cfg(feature = "cluster")]
+            cluster: None,
         }
     }
 }
@@ -371,6 +378,17 @@ impl App {
             addr: options.listen,
             source,
         })?;
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = options.cluster.clone() {
+            let router = |service: Arc<dyn ObjectService>| {
+                Router::new(Arc::new(routes.clone()), service, options.router.clone())
+                    .with_plain_routes(self.plain.clone())
+            };
+            return crate::cluster::serve(
+                cluster, self.classes, backend, &options, listener, local, router, shutdown,
+            )
+            .await;
+        }
         if options.workers == 0 {
             let local_service = LocalService::open(self.classes, backend, &options).await?;
             let router = Arc::new(
@@ -592,11 +610,22 @@ struct ServeFlags {
     #[cfg(feature = "postgres")]
     #[command(flatten)]
     postgres: crate::postgres::PostgresFlags,
+    #[cfg(feature = "cluster")]
+    #[command(flatten)]
+    cluster: crate::cluster::ClusterFlags,
+    /// Join a cluster through etcd (needs the `cluster` feature).
+    #[cfg(not(feature = "cluster"))]
+    #[arg(long, value_name = "etcd://HOST:PORT,...")]
+    cluster: Option<String>,
 }
 
 impl ServeFlags {
     fn into_options(self) -> Result<ServeOptions, OdoError> {
         let defaults = ServeOptions::default();
+        #[cfg(not(feature = "cluster"))]
+        if self.cluster.is_some() {
+            return Err(OdoError::Other(NO_CLUSTER.into()));
+        }
         Ok(ServeOptions {
             listen: self.listen,
             workers: self.workers.unwrap_or(defaults.workers),
@@ -620,9 +649,15 @@ impl ServeFlags {
             stall_limit: std::time::Duration::from_millis(self.stall_limit_ms),
             #[cfg(feature = "postgres")]
             postgres: self.postgres.config()?,
+            #[cfg(feature = "cluster")]
+            cluster: self.cluster.config(self.listen)?,
         })
     }
 }
+
+/// What `odo serve --cluster` says in a build without cluster support.
+#[cfg(not(feature = "cluster"))]
+const NO_CLUSTER: &str = "this odo was built without cluster support: build it with the `cluster` feature (`cargo build --release -p odo --features cluster`; the etcd client needs protoc at build time: `apt-get install protobuf-compiler`)";
 
 /// Objects hosted in this process (0 workers): the same runtime a worker
 /// runs, without the process boundary.

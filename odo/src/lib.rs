@@ -14,11 +14,16 @@
 //! `fjall` brings the durable fjall backend (the default `--storage`);
 //! without it, nothing of fjall is compiled. The feature `postgres`
 //! registers the PostgreSQL backend (odo-postgres) as `postgres`, with
-//! `odo serve --storage postgres --postgres-url URL`.
+//! `odo serve --storage postgres --postgres-url URL`. The feature
+//! `cluster` (odo-cluster; needs `protoc` to build the etcd client) adds
+//! `odo serve --cluster etcd://... --cluster-name NAME --advertise IP:PORT`:
+//! hosts that share shards through etcd.
 
 mod admin;
 mod app;
 pub mod demo;
+#[cfg(feature = "cluster")]
+mod cluster;
 #[cfg(feature = "postgres")]
 mod postgres;
 
