@@ -22,11 +22,12 @@
 //!   Every object's turn is handed to that thread, which merges all pending
 //!   turns into one atomic backend commit (one fsync) and then releases
 //!   each turn's [`CommitWait`].
-//! - An [`ObjectStorage`] is one object's view. Writes are buffered in the
-//!   turn; reads see them merged over the object's in-flight (committed,
-//!   not yet durable) turns, over a small read cache, over the backend.
-//!   [`ObjectStorage::commit_turn`] ends a turn, [`ObjectStorage::rollback_turn`]
-//!   drops it.
+//! - An [`ObjectStorage`] is one object's view: what its code sees. Writes
+//!   are buffered in the turn; reads see them merged over the object's
+//!   in-flight (committed, not yet durable) turns, over a small read cache,
+//!   over the backend. It has no way to end a turn: [`ObjectTurns`], which
+//!   the runtime holds, does ([`ObjectTurns::commit_turn`] hands the turn to
+//!   the commit thread, [`ObjectTurns::rollback_turn`] drops it).
 //! - Reads call the backend on the calling task's thread (fjall reads are
 //!   mostly memtable and block-cache hits); commits never run on the async
 //!   executor.
@@ -75,7 +76,9 @@ mod fjall_backend;
 mod listing;
 mod memory;
 mod object;
+pub mod split;
 mod store;
+mod turns;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -94,6 +97,7 @@ pub use fjall_backend::{Durability, FjallBackend, FjallOptions};
 pub use memory::MemoryBackend;
 pub use object::{ListOptions, ObjectStorage, Transaction};
 pub use store::{CommitStats, CommitWait, Store, StoreOptions};
+pub use turns::ObjectTurns;
 
 /// The longest key, in bytes of UTF-8 (2 KiB).
 pub const MAX_KEY_BYTES: usize = 2 * 1024;

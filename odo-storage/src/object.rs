@@ -187,20 +187,17 @@ impl ReadCache {
     }
 }
 
-/// The storage of one object, as its code sees it.
+/// The storage of one object, as its code sees it: data, listings,
+/// transactions and the alarm, and no way to commit, roll back or inspect
+/// the turn (that is the runtime's, through [`ObjectTurns`](crate::ObjectTurns)).
 ///
 /// Writes go to a turn buffer; reads and lists see that buffer merged over
 /// the object's committed-but-not-yet-durable turns, over the backend. At
-/// the end of a turn the runtime calls [`commit_turn`](Self::commit_turn)
-/// (which hands the buffer to the group-commit thread and returns at once)
-/// or [`rollback_turn`](Self::rollback_turn) (which drops it). The next
-/// turn may run immediately: it sees the committed writes even before they
-/// are durable.
-///
-/// The runtime holds one `ObjectStorage` per live object and calls it one
-/// event at a time (`&mut self`). After a commit of this object fails,
-/// every call returns [`StorageError::CommitFailed`]: reset the object by
-/// dropping this value and taking a new one from [`Store::object`](crate::Store::object).
+/// the end of a turn the runtime commits the buffer (handing it to the
+/// group-commit thread, which returns at once) or drops it. The next turn
+/// may run immediately: it sees the committed writes even before they are
+/// durable. After a commit of this object fails, every call returns
+/// [`StorageError::CommitFailed`]: the runtime resets the object.
 #[derive(Debug)]
 pub struct ObjectStorage {
     id: ObjectId,
@@ -504,7 +501,7 @@ impl ObjectStorage {
     /// every earlier write of the object are durable: the output gate. It is
     /// `None` when the turn wrote nothing and nothing earlier is still in
     /// flight, so a response may leave at once.
-    pub fn commit_turn(&mut self) -> Option<CommitWait> {
+    pub(crate) fn commit_turn(&mut self) -> Option<CommitWait> {
         // An unfinished transaction cannot survive its `transaction` call
         // (its guard rolls it back), so only the turn buffer remains.
         self.layers.truncate(1);
@@ -539,7 +536,7 @@ impl ObjectStorage {
     /// A wait for every committed turn of this object, without ending the
     /// current turn; `None` when nothing is in flight. This is the output
     /// gate for a response whose turn wrote nothing.
-    pub fn pending_commit(&mut self) -> Option<CommitWait> {
+    pub(crate) fn pending_commit(&mut self) -> Option<CommitWait> {
         if let Err(StorageError::CommitFailed(error)) = self.prune() {
             return Some(CommitWait::ready(Err(error)));
         }
@@ -549,7 +546,7 @@ impl ObjectStorage {
     }
 
     /// Ends a failed turn: drops every write it made.
-    pub fn rollback_turn(&mut self) {
+    pub(crate) fn rollback_turn(&mut self) {
         self.layers.truncate(1);
         self.layers[0] = ObjectBatch::default();
     }
@@ -559,17 +556,17 @@ impl ObjectStorage {
     /// through this view can still become durable: the runtime resets the
     /// object and takes a new view from [`Store::object`](crate::Store::object),
     /// which reads only what is durable.
-    pub fn has_failed(&self) -> bool {
+    pub(crate) fn has_failed(&self) -> bool {
         self.failure.get().is_some()
     }
 
     /// Whether the current turn has written anything.
-    pub fn has_turn_writes(&self) -> bool {
+    pub(crate) fn has_turn_writes(&self) -> bool {
         self.layers.iter().any(|layer| !layer.is_empty())
     }
 
     /// How many committed turns of this object are not durable yet.
-    pub fn in_flight_turns(&mut self) -> usize {
+    pub(crate) fn in_flight_turns(&mut self) -> usize {
         let _ = self.prune();
         self.in_flight.len()
     }

@@ -16,6 +16,7 @@ use crate::backend::Backend;
 use crate::batch::{AlarmChange, ObjectBatch};
 use crate::error::StorageError;
 use crate::object::ObjectStorage;
+use crate::turns::ObjectTurns;
 
 /// Options of [`Store::open`].
 #[derive(Debug, Clone)]
@@ -272,11 +273,12 @@ impl Store {
         })
     }
 
-    /// The storage of one object. The runtime must hold at most one per
-    /// object at a time (single activation): it caches reads and keeps the
-    /// object's writes that are not yet durable.
-    pub fn object(&self, id: ObjectId) -> ObjectStorage {
-        ObjectStorage::new(id, self.inner.clone())
+    /// One object's storage, with control of its turns (see
+    /// [`ObjectTurns`]). The runtime must hold at most one per object at a
+    /// time (single activation): it caches reads and keeps the object's
+    /// writes that are not yet durable.
+    pub fn object(&self, id: ObjectId) -> ObjectTurns {
+        ObjectTurns::new(ObjectStorage::new(id, self.inner.clone()))
     }
 
     /// The backend, for reads outside any object (tools, metrics).

@@ -9,7 +9,7 @@ use odo_core::{Namespace, ObjectId};
 use odo_storage::Backend;
 use odo_storage::conformance::InterceptCommits;
 use odo_storage::{
-    MAX_KEY_BYTES, MAX_KEYS_PER_CALL, MAX_VALUE_BYTES, MemoryBackend, ObjectStorage, StorageError,
+    MAX_KEY_BYTES, MAX_KEYS_PER_CALL, MAX_VALUE_BYTES, MemoryBackend, ObjectTurns, StorageError,
     Store, StoreOptions,
 };
 
@@ -21,7 +21,7 @@ fn memory_store() -> Store {
     Store::open(MemoryBackend::new(), StoreOptions::default()).unwrap()
 }
 
-async fn commit(s: &mut ObjectStorage) {
+async fn commit(s: &mut ObjectTurns) {
     s.commit_turn().expect("the turn wrote").await.unwrap();
 }
 

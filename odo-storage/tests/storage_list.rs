@@ -3,8 +3,8 @@
 
 use odo_core::Namespace;
 use odo_storage::{
-    BackendFactory, Backends, ListOptions, ObjectStorage, ShardSpec, StorageError, Store,
-    StoreOptions,
+    BackendFactory, Backends, ListOptions, ObjectStorage, ObjectTurns, ShardSpec, StorageError,
+    Store, StoreOptions,
 };
 
 /// Parses `"start_after=c reverse limit=2"` into options.
@@ -38,7 +38,7 @@ enum Placement {
 
 struct Fixture {
     store: Store,
-    storage: ObjectStorage,
+    storage: ObjectTurns,
     _dir: tempfile::TempDir,
 }
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 use odo_core::{Namespace, ObjectId};
 use odo_storage::{
-    Backend, Backends, KeyRange, ListOptions, MemoryBackend, ObjectBatch, ObjectStorage, ScanLimit,
+    Backend, Backends, KeyRange, ListOptions, MemoryBackend, ObjectBatch, ObjectTurns, ScanLimit,
     ShardSpec, StorageError, Store, StoreOptions,
 };
 use proptest::prelude::*;
@@ -27,7 +27,7 @@ fn id() -> ObjectId {
 }
 
 /// Writes `keys` (value `v-{key}`), committed and durable.
-async fn durable(storage: &mut ObjectStorage, keys: impl IntoIterator<Item = String>) {
+async fn durable(storage: &mut ObjectTurns, keys: impl IntoIterator<Item = String>) {
     for key in keys {
         storage.put(&key, format!("v-{key}")).await.unwrap();
     }

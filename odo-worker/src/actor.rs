@@ -13,125 +13,31 @@ use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::{Arc, OnceLock};
 
-use bytes::Bytes;
 use futures_util::FutureExt;
-use odo_core::WireError;
+use odo_core::{ObjectAddress, WireError};
 use odo_storage::CommitWait;
 use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, warn};
 
-use crate::class::Factory;
+use crate::activation::next_activation;
+use crate::call::{CallScope, Cluster};
+use crate::config::RuntimeConfig;
 use crate::context::{Context, background_idle, start_deferred};
-use crate::object::{
-    AlarmInfo, DurableObject, ObjectError, Request, Response, RpcCall, is_reserved_method,
-};
-use crate::runtime::{ActorControl, Inner, ShardState};
-use odo_core::ObjectAddress;
+use crate::error::ObjectError;
+use crate::mailbox::{Event, EventKind, Outcome};
+use crate::object::DurableObject;
+use crate::table::{ActorControl, ObjectTable, ShardState};
+use crate::types::{AlarmInfo, is_reserved_method};
 
-use crate::stub::CallScope;
-
-/// An event for one object, with where to send its outcome.
-#[derive(Debug)]
-pub(crate) struct Event {
-    pub(crate) kind: EventKind,
-    pub(crate) reply: oneshot::Sender<Result<Outcome, WireError>>,
-    /// The caller's deadline and chain, inherited by the calls the handler
-    /// makes.
-    pub(crate) scope: CallScope,
-}
-
-#[derive(Debug)]
-pub(crate) enum EventKind {
-    Fetch(Request),
-    Call(RpcCall),
-    Alarm(AlarmInfo),
-    /// Deletes the alarm if it is still set for this time (after its last
-    /// retry failed).
-    ClearAlarm(u64),
-}
-
-#[derive(Debug)]
-pub(crate) enum Outcome {
-    Fetch(Response),
-    Call(Bytes),
-    /// The alarm handler ran and succeeded.
-    AlarmRan,
-    /// The alarm was no longer set for that time: nothing ran.
-    AlarmStale,
-    Done,
-}
-
-/// One object's queue of events, bounded. Senders push while holding the
-/// object table's lock; the actor pops. Unlike a channel it allocates
-/// nothing while empty, so an idle object costs a few pointers.
-#[derive(Debug)]
-pub(crate) struct Mailbox {
-    queue: std::sync::Mutex<VecDeque<Event>>,
-    ready: tokio::sync::Notify,
-    capacity: usize,
-}
-
-impl Mailbox {
-    pub(crate) fn new(capacity: usize) -> Self {
-        Self {
-            queue: std::sync::Mutex::new(VecDeque::new()),
-            ready: tokio::sync::Notify::new(),
-            capacity: capacity.max(1),
-        }
-    }
-
-    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Event>> {
-        self.queue
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Queues `event`; `false` (and the event dropped) when the queue is
-    /// full.
-    pub(crate) fn push(&self, event: Event) -> bool {
-        let mut queue = self.queue();
-        if queue.len() >= self.capacity {
-            return false;
-        }
-        queue.push_back(event);
-        drop(queue);
-        // Keeps a permit if the actor is not waiting yet.
-        self.ready.notify_one();
-        true
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.queue().is_empty()
-    }
-
-    /// Drops every queued event (their callers see the object stop).
-    pub(crate) fn clear(&self) {
-        let dropped = std::mem::take(&mut *self.queue());
-        drop(dropped);
-    }
-
-    /// The next event. Cancel-safe: an event is taken only when returned.
-    async fn recv(&self) -> Event {
-        loop {
-            {
-                let mut queue = self.queue();
-                if let Some(event) = queue.pop_front() {
-                    if queue.is_empty() {
-                        // Give the memory back between bursts.
-                        queue.shrink_to_fit();
-                    }
-                    return event;
-                }
-            }
-            self.ready.notified().await;
-        }
-    }
-}
+/// Builds an instance of a class when its object activates.
+pub(crate) type Factory<T> = Arc<dyn Fn(&Context) -> T + Send + Sync>;
 
 /// Everything an actor task needs to start.
 pub(crate) struct ActorStart {
-    pub(crate) runtime: Arc<Inner>,
+    pub(crate) objects: Arc<ObjectTable>,
+    pub(crate) config: Arc<RuntimeConfig>,
+    pub(crate) cluster: Arc<dyn Cluster>,
     pub(crate) target: ObjectAddress,
     pub(crate) shard: Arc<ShardState>,
     pub(crate) control: Arc<ActorControl>,
@@ -226,7 +132,9 @@ async fn drive<F: Future>(fut: F, gate: &mut Gate) -> F::Output {
 /// The life of one object.
 pub(crate) async fn run<T: DurableObject>(start: ActorStart, factory: Factory<T>) {
     let ActorStart {
-        runtime,
+        objects,
+        config,
+        cluster,
         target,
         shard,
         control,
@@ -234,13 +142,13 @@ pub(crate) async fn run<T: DurableObject>(start: ActorStart, factory: Factory<T>
     // However this task ends (even by a panic outside a handler), the
     // object leaves the table and its queued callers are answered.
     let _exit = Exit {
-        runtime: runtime.clone(),
+        objects: objects.clone(),
         control: control.clone(),
         shard: shard.clone(),
         id: target.id,
     };
     let mailbox = &control.mailbox;
-    let idle_timeout = runtime.config.idle_timeout;
+    let idle_timeout = config.idle_timeout;
     let mut drain: watch::Receiver<bool> = shard.drain.subscribe();
     // Two receivers: one waited on between events, one during a turn.
     let mut force: watch::Receiver<bool> = shard.force_stop.subscribe();
@@ -249,8 +157,8 @@ pub(crate) async fn run<T: DurableObject>(start: ActorStart, factory: Factory<T>
         storage: shard.store.object(target.id),
         target,
         activation: 0,
-        cluster: runtime.cluster(),
-        scope: CallScope::outside(runtime.config.call_timeout),
+        cluster,
+        scope: CallScope::outside(config.call_timeout),
         background: OnceLock::new(),
         deferred: Vec::new(),
     };
@@ -260,7 +168,7 @@ pub(crate) async fn run<T: DurableObject>(start: ActorStart, factory: Factory<T>
     loop {
         let draining = *drain.borrow();
         let quiet = gate.is_empty() && mailbox.is_empty();
-        if draining && quiet && runtime.try_remove(&ctx.target.id, &control) {
+        if draining && quiet && objects.try_remove(&ctx.target.id, &control) {
             break;
         }
         tokio::select! {
@@ -269,7 +177,7 @@ pub(crate) async fn run<T: DurableObject>(start: ActorStart, factory: Factory<T>
                 renew_failed_view(&mut instance, &mut ctx, &shard);
             }
             event = mailbox.recv() => {
-                control.touch(runtime.tick());
+                control.touch(objects.tick());
                 // Boxed so that an idle object's task does not carry the
                 // largest turn's state inline.
                 let turn = Box::pin(turn(&mut ctx, &mut instance, &mut gate, &shard, &factory, event));
@@ -287,14 +195,14 @@ pub(crate) async fn run<T: DurableObject>(start: ActorStart, factory: Factory<T>
             }
             () = stopped(&mut force) => break,
             () = sleep_until(idle_deadline), if gate.is_empty() => {
-                if background_idle(&ctx) && runtime.try_remove(&ctx.target.id, &control) {
+                if background_idle(&ctx) && objects.try_remove(&ctx.target.id, &control) {
                     debug!(id = %ctx.target.id, "evicted after idle timeout");
                     break;
                 }
                 idle_deadline = Instant::now() + idle_timeout;
             }
             () = control.evict.notified() => {
-                if gate.is_empty() && background_idle(&ctx) && runtime.try_remove(&ctx.target.id, &control) {
+                if gate.is_empty() && background_idle(&ctx) && objects.try_remove(&ctx.target.id, &control) {
                     debug!(id = %ctx.target.id, "evicted over the live-object cap");
                     break;
                 }
@@ -313,7 +221,7 @@ async fn stopped(force: &mut watch::Receiver<bool>) {
 
 /// Runs when an actor task ends, normally or not.
 struct Exit {
-    runtime: Arc<Inner>,
+    objects: Arc<ObjectTable>,
     control: Arc<ActorControl>,
     shard: Arc<ShardState>,
     id: odo_core::ObjectId,
@@ -321,8 +229,8 @@ struct Exit {
 
 impl Drop for Exit {
     fn drop(&mut self) {
-        self.runtime.forget(&self.id, &self.control);
-        self.runtime.actor_exited(&self.shard);
+        self.objects.forget(&self.id, &self.control);
+        self.objects.actor_exited(&self.shard);
     }
 }
 
@@ -401,7 +309,7 @@ async fn turn<T: DurableObject>(
     let obj = match instance {
         Some(obj) => obj,
         None => {
-            ctx.activation = crate::runtime::next_activation();
+            ctx.activation = next_activation();
             let created = std::panic::catch_unwind(AssertUnwindSafe(|| factory(ctx)));
             let ran = match created {
                 Ok(mut obj) => {

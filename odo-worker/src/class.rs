@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use odo_core::{Namespace, NamespaceTag};
 
-use crate::actor::{self, ActorStart};
+use crate::actor::{self, ActorStart, Factory};
 use crate::object::DurableObject;
 
 /// Why a class cannot be registered.
@@ -118,9 +118,7 @@ pub(crate) trait Spawn: Send + Sync {
     fn spawn(&self, start: ActorStart);
 }
 
-/// Builds instances of `T`.
-pub(crate) type Factory<T> = Arc<dyn Fn(&crate::Context) -> T + Send + Sync>;
-
+/// Starts actors of class `T`, building instances with its factory.
 struct Spawner<T>(Factory<T>);
 
 impl<T: DurableObject> Spawn for Spawner<T> {

@@ -17,9 +17,10 @@ use odo_transport::ClientConfig;
 use odo_transport::forward::{Delivery, Forwarder, OutboundCall};
 use tokio::sync::watch;
 
-use crate::object::{Request, Response as HttpResponse, RpcCall};
+use crate::call::{CallError, CallScope, Cluster};
+use crate::rpc::RpcCall;
 use crate::runtime::Runtime;
-use crate::stub::{CallError, CallScope, Cluster};
+use crate::types::{Request, Response as HttpResponse};
 use crate::wire::{request_parts, response_from_wire};
 
 /// The placement the registry pushes to a worker (`Control::Placement`),

@@ -34,7 +34,7 @@ impl Default for RuntimeConfig {
             idle_timeout: Duration::from_secs(30),
             max_live_objects: 100_000,
             alarm_retry: AlarmRetry::default(),
-            call_timeout: crate::stub::DEFAULT_CALL_DEADLINE,
+            call_timeout: crate::call::DEFAULT_CALL_DEADLINE,
             release_grace: Duration::from_secs(10),
         }
     }

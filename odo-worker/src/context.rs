@@ -8,20 +8,24 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use odo_core::ObjectId;
-use odo_storage::ObjectStorage;
+use odo_storage::{ObjectStorage, ObjectTurns};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::object::{ObjectError, Request, Response};
+use crate::error::ObjectError;
+use crate::types::{Request, Response};
 use odo_core::ObjectAddress;
 
-use crate::stub::{CallScope, Cluster, NamespaceHandle, Stub};
+use crate::call::{CallScope, Cluster};
+use crate::stub::{NamespaceHandle, Stub};
 
 /// The context of one live object, handed to every handler.
 pub struct Context {
     pub(crate) target: ObjectAddress,
     pub(crate) activation: u64,
-    pub(crate) storage: ObjectStorage,
+    /// The object's storage and the runtime's control of its turns; the
+    /// object's code reaches only the storage view.
+    pub(crate) storage: ObjectTurns,
     pub(crate) cluster: Arc<dyn Cluster>,
     /// The scope of the event being handled, this object included in its
     /// chain: calls made now inherit its deadline.
@@ -68,12 +72,22 @@ impl Context {
     /// A value unique to this live instance: it changes whenever the object
     /// is activated again (after eviction, a reset or a move).
     pub fn activation(&self) -> String {
-        crate::runtime::activation_name(self.activation)
+        crate::activation::activation_name(self.activation)
     }
 
     /// The object's transactional storage, alarm included.
+    ///
+    /// The view has no way to commit or roll back the turn: the runtime
+    /// ends every turn, committing its writes only if the handler succeeded.
+    ///
+    /// ```compile_fail
+    /// // Object code cannot end its own turn.
+    /// fn commit_early(ctx: &mut odo_worker::Context) {
+    ///     ctx.storage().commit_turn();
+    /// }
+    /// ```
     pub fn storage(&mut self) -> &mut ObjectStorage {
-        &mut self.storage
+        self.storage.storage()
     }
 
     /// Keeps the object alive (not evicted) until `task` finishes. The task
@@ -122,7 +136,7 @@ impl Context {
     pub async fn fetch(&mut self, stub: &Stub, request: Request) -> Result<Response, ObjectError> {
         self.scope
             .check_cycle(&stub.target().id)
-            .map_err(crate::stub::CallError::from)?;
+            .map_err(crate::call::CallError::from)?;
         self.flush().await?;
         Ok(stub.fetch_unchecked(request, self.scope.clone()).await?)
     }
@@ -138,7 +152,7 @@ impl Context {
         let args = Stub::encode_call(method, args)?;
         self.scope
             .check_cycle(&stub.target().id)
-            .map_err(crate::stub::CallError::from)?;
+            .map_err(crate::call::CallError::from)?;
         self.flush().await?;
         Ok(stub.call_encoded(method, args, self.scope.clone()).await?)
     }

@@ -18,12 +18,13 @@ use odo_transport::{
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::activation::now_ms;
+use crate::call::CallScope;
 use crate::class::Classes;
 use crate::cluster::{ObjectRouter, PushedPlacement};
 use crate::config::RuntimeConfig;
-use crate::object::RpcCall;
-use crate::runtime::{Runtime, now_ms};
-use crate::stub::CallScope;
+use crate::rpc::RpcCall;
+use crate::runtime::Runtime;
 use crate::wire::{request_from_wire, response_to_wire};
 
 /// Why a worker process stopped with an error.

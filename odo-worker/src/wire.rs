@@ -6,7 +6,7 @@ use bytes::Bytes;
 use odo_core::WireError;
 use odo_core::wire::{CallMeta, FetchRequest, FetchResponse, Header, HttpHead, Target};
 
-use crate::object::{Request, Response};
+use crate::types::{Request, Response};
 
 /// Rebuilds the HTTP request a router or worker sent; a malformed one is a
 /// [`WireError::BadRequest`].

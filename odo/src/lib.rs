@@ -26,6 +26,7 @@ pub mod demo;
 mod cluster;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod split;
 
 pub use admin::RegistryAdmin;
 pub use app::{App, OdoError, ServeOptions};
@@ -41,6 +42,7 @@ pub use odo_worker::{
     AlarmInfo, Context, DurableObject, ObjectError, Request, Response, RpcCall, RpcReply,
     RuntimeConfig, Stub,
 };
+pub use split::StorageSplitter;
 
 /// The demo server's app: `Counter` under `/counter`, `Kv` under `/kv`, and
 /// the plain route `GET /hello`, which no object serves.

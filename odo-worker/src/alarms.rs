@@ -1,0 +1,170 @@
+//! The alarm scheduler of a shard: fires due alarms through the objects'
+//! mailboxes, retries failures with backoff, reschedules alarms refused by
+//! a full queue.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use odo_core::{ObjectAddress, ObjectId, WireError};
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+use crate::activation::now_ms;
+use crate::call::CallScope;
+use crate::class::Classes;
+use crate::config::RuntimeConfig;
+use crate::mailbox::{EventKind, Outcome};
+use crate::table::ShardState;
+use crate::types::AlarmInfo;
+
+/// What the alarm scheduler needs of the runtime.
+pub(crate) trait AlarmHost: Send + Sync + 'static {
+    /// The classes hosted here (an alarm's object id names its class).
+    fn classes(&self) -> &Classes;
+    /// The runtime's limits (alarm retries, call deadlines).
+    fn config(&self) -> &RuntimeConfig;
+    /// Delivers an alarm event to its object; the outcome once it ran.
+    fn deliver(
+        &self,
+        target: ObjectAddress,
+        kind: EventKind,
+        scope: CallScope,
+    ) -> BoxFuture<'static, Result<Outcome, WireError>>;
+}
+
+/// Why an alarm is waiting to run again.
+#[derive(Debug, Clone, Copy, Default)]
+struct AlarmRetryState {
+    /// Runs of the handler that failed; the backoff and `retry_count`
+    /// follow this.
+    failures: u32,
+    /// Deliveries refused because the object's queue was full in a row:
+    /// overload is not the handler's fault, so it reschedules (with a
+    /// backoff of its own) without counting as a failure.
+    overloaded: u32,
+    /// The earliest next try, in ms since the Unix epoch.
+    not_before: u64,
+}
+
+/// The delay before delivering again an alarm refused `times` times in a
+/// row by a full queue: 10 ms doubling, capped at 1 s.
+fn overload_delay(times: u32) -> u64 {
+    10u64
+        .saturating_mul(1u64 << times.saturating_sub(1).min(7))
+        .min(1_000)
+}
+
+/// The alarm scheduler of one shard: fires due alarms through the objects'
+/// mailboxes (so an alarm never runs concurrently with another event of its
+/// object), retries failures with backoff, reschedules alarms refused by a
+/// full queue without counting them as failures, skips alarms of classes
+/// this runtime does not host (without letting them hold back the alarms
+/// behind them), and sleeps until the next alarm or until a commit changes
+/// the alarm index.
+pub(crate) async fn alarm_loop(host: Weak<dyn AlarmHost>, shard: Arc<ShardState>) {
+    let mut retries: HashMap<ObjectId, AlarmRetryState> = HashMap::new();
+    let mut running: HashSet<ObjectId> = HashSet::new();
+    // Objects of no registered class: their alarms stay stored (the class
+    // may come back in a later build) but are never delivered here.
+    let mut foreign: HashSet<ObjectId> = HashSet::new();
+    let mut tasks: JoinSet<(ObjectId, u64, Result<Outcome, WireError>)> = JoinSet::new();
+    let mut alarm_changes = shard.store.alarm_changes();
+    loop {
+        let Some(rt) = host.upgrade() else { return };
+
+        let now = now_ms();
+        // Every alarm this loop holds back is among the earliest: read past
+        // them so that 64 others are always considered.
+        let skip = running.len() + retries.len() + foreign.len();
+        let pending = match shard.store.due_alarms(u64::MAX, skip + 64) {
+            Ok(pending) => pending,
+            Err(e) => {
+                warn!(shard = shard.shard, error = %e, "reading the alarm index failed; retrying in 1 s");
+                Vec::new()
+            }
+        };
+        let mut next_wake = now + 1_000;
+        for (id, at) in pending {
+            if running.contains(&id) || foreign.contains(&id) {
+                continue;
+            }
+            let retry = retries.get(&id).copied().unwrap_or_default();
+            let due = at.max(retry.not_before);
+            if due > now {
+                next_wake = next_wake.min(due);
+                continue;
+            }
+            let Some(class) = rt.classes().by_tag(id.namespace_tag()) else {
+                warn!(shard = shard.shard, %id, "alarm for an object of no registered class; it stays stored and is not run here");
+                foreign.insert(id);
+                continue;
+            };
+            let target = ObjectAddress {
+                class: class.name.clone(),
+                id,
+                name: None,
+            };
+            let info = AlarmInfo {
+                scheduled_ms: at,
+                retry_count: retry.failures,
+            };
+            running.insert(id);
+            let scope = CallScope::outside(rt.config().call_timeout);
+            let delivery = rt.deliver(target, EventKind::Alarm(info), scope);
+            tasks.spawn(async move { (id, at, delivery.await) });
+        }
+        for retry in retries.values() {
+            next_wake = next_wake.min(retry.not_before);
+        }
+        drop(rt);
+        let sleep = Duration::from_millis(next_wake.saturating_sub(now_ms()));
+        tokio::select! {
+            () = tokio::time::sleep(sleep) => {}
+            _ = alarm_changes.changed() => {}
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                let Ok((id, at, result)) = done else { continue };
+                running.remove(&id);
+                let Some(rt) = host.upgrade() else { return };
+                match result {
+                    Ok(_) => {
+                        retries.remove(&id);
+                    }
+                    Err(WireError::Moved { .. }) => return,
+                    Err(WireError::Overloaded) => {
+                        let retry = retries.entry(id).or_default();
+                        retry.overloaded += 1;
+                        retry.not_before = now_ms() + overload_delay(retry.overloaded);
+                        debug!(%id, times = retry.overloaded, "alarm refused by a full queue; rescheduled");
+                    }
+                    Err(error) => {
+                        let failures = retries.get(&id).map_or(0, |r| r.failures) + 1;
+                        match rt.config().alarm_retry.delay_after(failures) {
+                            Some(delay) => {
+                                warn!(%id, failures, ?delay, %error, "alarm failed; retrying");
+                                retries.insert(id, AlarmRetryState {
+                                    failures,
+                                    overloaded: 0,
+                                    not_before: now_ms() + delay.as_millis() as u64,
+                                });
+                            }
+                            None => {
+                                warn!(%id, failures, %error, "alarm failed too many times; dropped");
+                                retries.remove(&id);
+                                let Some(class) = rt.classes().by_tag(id.namespace_tag()) else { continue };
+                                let target = ObjectAddress { class: class.name.clone(), id, name: None };
+                                running.insert(id);
+                                let scope = CallScope::outside(rt.config().call_timeout);
+                                let delivery = rt.deliver(target, EventKind::ClearAlarm(at), scope);
+                                tasks.spawn(async move {
+                                    (id, at, delivery.await.map(|_| Outcome::AlarmStale))
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! What a call between objects carries and how it fails: the caller's
+//! scope (deadline and call chain), the [`Cluster`] that delivers calls,
+//! and [`CallError`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use odo_core::{ObjectAddress, ObjectId, WireError};
+use odo_transport::forward::ForwardError;
+use tokio::time::Instant;
+
+use crate::types::{Request, Response};
+
+/// Why a call to an object failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// The call was not answered: the object's side answered with an
+    /// error, it could not be reached, or its outcome is unknown
+    /// ([`ForwardError::outcome`] says which, and whether a retry is safe).
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+    /// The arguments or result did not encode or decode.
+    #[error("rpc encoding: {0}")]
+    Encoding(String),
+    /// A stub minted inside an object was called directly, bypassing the
+    /// output gate.
+    #[error(
+        "inside an object, call other objects through ctx.fetch / ctx.call so the output gate holds"
+    )]
+    Ungated,
+}
+
+impl From<WireError> for CallError {
+    fn from(error: WireError) -> Self {
+        CallError::Forward(ForwardError::Object(error))
+    }
+}
+
+/// The deadline of calls that start outside any caller's deadline (calls
+/// from a program holding the runtime, or made by an alarm handler).
+pub const DEFAULT_CALL_DEADLINE: Duration = Duration::from_secs(30);
+
+/// What a call inherits from the event that makes it: the time left and
+/// the objects waiting on it.
+///
+/// Every event an object handles runs within one: the caller's remaining
+/// deadline (never a fresh default per hop) and the call chain. A call to
+/// an object already in the chain would wait on itself, and is refused at
+/// once with [`WireError::CallCycle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallScope {
+    /// When the caller stops waiting.
+    pub deadline: Instant,
+    /// The objects whose turns wait on this call, outermost first.
+    pub chain: Arc<[ObjectId]>,
+}
+
+impl CallScope {
+    /// A scope outside any object, ending `timeout` from now.
+    pub fn outside(timeout: Duration) -> Self {
+        Self {
+            deadline: Instant::now() + timeout.min(odo_transport::MAX_DEADLINE),
+            chain: Arc::from([]),
+        }
+    }
+
+    /// The scope of calls made by `id` while it handles an event of this
+    /// scope: same deadline, `id` added to the chain.
+    pub fn entered(&self, id: ObjectId) -> Self {
+        let mut chain = Vec::with_capacity(self.chain.len() + 1);
+        chain.extend_from_slice(&self.chain);
+        chain.push(id);
+        Self {
+            deadline: self.deadline,
+            chain: chain.into(),
+        }
+    }
+
+    /// Whether a call from this scope to `target` would wait on itself;
+    /// the error then names the cycle.
+    pub fn check_cycle(&self, target: &ObjectId) -> Result<(), WireError> {
+        if self.chain.contains(target) {
+            let mut chain = self.chain.to_vec();
+            chain.push(*target);
+            return Err(WireError::CallCycle { chain });
+        }
+        Ok(())
+    }
+}
+
+/// Delivers calls to objects. The runtime implements it for objects it
+/// hosts; a worker process implements it by forwarding to the owning worker.
+pub trait Cluster: Send + Sync + 'static {
+    /// Sends an HTTP request to an object, within `scope`.
+    fn fetch(
+        &self,
+        target: ObjectAddress,
+        request: Request,
+        scope: CallScope,
+    ) -> BoxFuture<'static, Result<Response, CallError>>;
+
+    /// Calls an RPC method of an object with encoded arguments, within
+    /// `scope`; returns the encoded result.
+    fn call(
+        &self,
+        target: ObjectAddress,
+        method: String,
+        args: Bytes,
+        scope: CallScope,
+    ) -> BoxFuture<'static, Result<Bytes, CallError>>;
+}

@@ -1,0 +1,109 @@
+//! One object's queue of events, and what an event comes to.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use odo_core::WireError;
+use tokio::sync::oneshot;
+
+use crate::call::CallScope;
+use crate::rpc::RpcCall;
+use crate::types::{AlarmInfo, Request, Response};
+
+/// An event for one object, with where to send its outcome.
+#[derive(Debug)]
+pub(crate) struct Event {
+    pub(crate) kind: EventKind,
+    pub(crate) reply: oneshot::Sender<Result<Outcome, WireError>>,
+    /// The caller's deadline and chain, inherited by the calls the handler
+    /// makes.
+    pub(crate) scope: CallScope,
+}
+
+#[derive(Debug)]
+pub(crate) enum EventKind {
+    Fetch(Request),
+    Call(RpcCall),
+    Alarm(AlarmInfo),
+    /// Deletes the alarm if it is still set for this time (after its last
+    /// retry failed).
+    ClearAlarm(u64),
+}
+
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Fetch(Response),
+    Call(Bytes),
+    /// The alarm handler ran and succeeded.
+    AlarmRan,
+    /// The alarm was no longer set for that time: nothing ran.
+    AlarmStale,
+    Done,
+}
+
+/// One object's queue of events, bounded. Senders push while holding the
+/// object table's lock; the actor pops. Unlike a channel it allocates
+/// nothing while empty, so an idle object costs a few pointers.
+#[derive(Debug)]
+pub(crate) struct Mailbox {
+    queue: std::sync::Mutex<VecDeque<Event>>,
+    ready: tokio::sync::Notify,
+    capacity: usize,
+}
+
+impl Mailbox {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            queue: std::sync::Mutex::new(VecDeque::new()),
+            ready: tokio::sync::Notify::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Event>> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues `event`; `false` (and the event dropped) when the queue is
+    /// full.
+    pub(crate) fn push(&self, event: Event) -> bool {
+        let mut queue = self.queue();
+        if queue.len() >= self.capacity {
+            return false;
+        }
+        queue.push_back(event);
+        drop(queue);
+        // Keeps a permit if the actor is not waiting yet.
+        self.ready.notify_one();
+        true
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue().is_empty()
+    }
+
+    /// Drops every queued event (their callers see the object stop).
+    pub(crate) fn clear(&self) {
+        let dropped = std::mem::take(&mut *self.queue());
+        drop(dropped);
+    }
+
+    /// The next event. Cancel-safe: an event is taken only when returned.
+    pub(crate) async fn recv(&self) -> Event {
+        loop {
+            {
+                let mut queue = self.queue();
+                if let Some(event) = queue.pop_front() {
+                    if queue.is_empty() {
+                        // Give the memory back between bursts.
+                        queue.shrink_to_fit();
+                    }
+                    return event;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+}
