@@ -212,7 +212,12 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = config();
         c.advertise = "198.18.0.2:7000".parse().unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("never plain text"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("never plain text")
+        );
         let mut c = config();
         c.etcd = vec!["198.18.0.9:2379".into()];
         assert!(c.validate().is_err());

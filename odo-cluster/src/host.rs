@@ -43,6 +43,9 @@ pub struct Host {
     view: watch::Receiver<Arc<View>>,
     stop: watch::Sender<bool>,
     server_stop: watch::Sender<bool>,
+    /// The view and the transport server: stopped last.
+    background: Vec<JoinHandle<()>>,
+    /// Membership, election, shards: they end by themselves on `stop`.
     tasks: Vec<JoinHandle<()>>,
     storage: String,
 }
@@ -109,15 +112,20 @@ impl Host {
         let config = Arc::new(config);
         let keys = Keys::new(&config.name);
         let mut client = view::connect(&config).await?;
-        let shard_count = record_once(&mut client, &keys.shards(), config.shards.to_string(), &config)
-            .await?
-            .parse::<u32>()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| ClusterError::Corrupt {
-                key: keys.shards(),
-                what: "not a positive shard count".into(),
-            })?;
+        let shard_count = record_once(
+            &mut client,
+            &keys.shards(),
+            config.shards.to_string(),
+            &config,
+        )
+        .await?
+        .parse::<u32>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| ClusterError::Corrupt {
+            key: keys.shards(),
+            what: "not a positive shard count".into(),
+        })?;
         let token = record_once(&mut client, &keys.token(), random_token(), &config).await?;
         if shard_count != config.shards {
             info!(
@@ -127,14 +135,14 @@ impl Host {
         }
 
         let (view_tx, view) = watch::channel(Arc::new(View::default()));
-        let mut tasks = vec![tokio::spawn(view::follow(
+        let mut background = vec![tokio::spawn(view::follow(
             client.clone(),
             keys.clone(),
             view_tx,
         ))];
         let mut first = view.clone();
-        let _ = tokio::time::timeout(config.etcd_timeout * 2, first.wait_for(|v| v.revision > 0))
-            .await;
+        let _ =
+            tokio::time::timeout(config.etcd_timeout * 2, first.wait_for(|v| v.revision > 0)).await;
 
         let runtime = Runtime::new(classes, runtime_config, shard_count);
         let listen: Endpoint = format!("tcp:{}", config.advertise)
@@ -164,7 +172,7 @@ impl Host {
         runtime.set_cluster(Arc::new(router.clone()));
         let (server_stop, mut server_stopped) = watch::channel(false);
         let handler = Arc::new(ObjectHandler::new(runtime.clone()));
-        tasks.push(tokio::spawn(async move {
+        background.push(tokio::spawn(async move {
             server
                 .serve(handler, async move {
                     let _ = server_stopped.wait_for(|s| *s).await;
@@ -178,6 +186,7 @@ impl Host {
             http: config.http.clone(),
             draining: false,
         });
+        let mut tasks = Vec::new();
         let (lease_tx, lease) = watch::channel(LeaseState::Lost);
         let (stop, stop_rx) = watch::channel(false);
         let (leading_tx, leading) = watch::channel(false);
@@ -189,8 +198,9 @@ impl Host {
             lease_tx,
             stop_rx.clone(),
         )));
+        let election = view::connect_for_election(&config).await?;
         tasks.push(tokio::spawn(crate::leader::run(
-            client.clone(),
+            election,
             keys.clone(),
             config.clone(),
             shard_count,
@@ -201,11 +211,20 @@ impl Host {
         )));
         let (draining_tx, draining_rx) = watch::channel(false);
         let mut member_watch = member_rx;
+        let mut stopping = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             // The shard loop reads `draining` from the member record.
-            while member_watch.changed().await.is_ok() {
-                let draining = member_watch.borrow().draining;
-                draining_tx.send_replace(draining);
+            loop {
+                tokio::select! {
+                    changed = member_watch.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        let draining = member_watch.borrow().draining;
+                        draining_tx.send_replace(draining);
+                    }
+                    _ = stopping.wait_for(|s| *s) => return,
+                }
             }
         }));
         tasks.push(tokio::spawn(
@@ -240,6 +259,7 @@ impl Host {
             view,
             stop,
             server_stop,
+            background,
             tasks,
             storage,
         })
@@ -328,7 +348,7 @@ impl Host {
     pub async fn stop(self) {
         self.stop.send_replace(true);
         // The shard task releases every shard, then the others end.
-        for task in self.tasks.iter().skip(1) {
+        for task in &self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(15), async {
                 while !task.is_finished() {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -338,7 +358,7 @@ impl Host {
         }
         self.server_stop.send_replace(true);
         self.runtime.shutdown().await;
-        for task in &self.tasks {
+        for task in self.tasks.iter().chain(&self.background) {
             task.abort();
         }
         info!(host = %self.config.host, "left the cluster");

@@ -114,7 +114,10 @@ mod tests {
     fn keys_round_trip() {
         let keys = Keys::new("prod");
         assert_eq!(keys.owner(7), "/odo/prod/owners/7");
-        assert_eq!(Keys::shard_of(&keys.owners(), keys.owner(7).as_bytes()), Some(7));
+        assert_eq!(
+            Keys::shard_of(&keys.owners(), keys.owner(7).as_bytes()),
+            Some(7)
+        );
         assert_eq!(Keys::shard_of(&keys.owners(), b"/odo/prod/owners/x"), None);
         assert_eq!(keys.host_of(keys.member("h1").as_bytes()), Some("h1"));
     }

@@ -107,9 +107,10 @@ pub(crate) async fn run(
         leading.send_replace(false);
         // Step down cleanly when still possible (a lost lease does it by
         // itself).
-        let _ = tokio::time::timeout(config.etcd_timeout, client.resign(Some(
-            etcd_client::ResignOptions::new().with_leader(leader),
-        )))
+        let _ = tokio::time::timeout(
+            config.etcd_timeout,
+            client.resign(Some(etcd_client::ResignOptions::new().with_leader(leader))),
+        )
         .await;
     }
 }

@@ -58,7 +58,8 @@ pub(crate) async fn run(
     let mut backoff = Duration::from_millis(100);
     while !*stop.borrow() {
         // A new lease.
-        let granted = tokio::time::timeout(config.etcd_timeout, client.lease_grant(ttl, None)).await;
+        let granted =
+            tokio::time::timeout(config.etcd_timeout, client.lease_grant(ttl, None)).await;
         let id = match granted {
             Ok(Ok(granted)) => granted.id(),
             Ok(Err(e)) => {
@@ -87,7 +88,17 @@ pub(crate) async fn run(
             until: sent + config.local_deadline,
         });
         info!(lease = id, host = %config.host, "joined the cluster");
-        keep_alive(&mut client, &keys, &config, id, &member, &state, &mut stop, interval).await;
+        keep_alive(
+            &mut client,
+            &keys,
+            &config,
+            id,
+            &member,
+            &state,
+            &mut stop,
+            interval,
+        )
+        .await;
         if *stop.borrow() {
             let revoked = tokio::time::timeout(config.etcd_timeout, client.lease_revoke(id)).await;
             if !matches!(revoked, Ok(Ok(_))) {
@@ -178,7 +189,10 @@ async fn keep_alive(
                 });
             }
             Some(_) => {
-                warn!(lease = id, "the lease expired in etcd; stopping serving and joining again");
+                warn!(
+                    lease = id,
+                    "the lease expired in etcd; stopping serving and joining again"
+                );
                 state.send_replace(LeaseState::Lost);
                 return;
             }

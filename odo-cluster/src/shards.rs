@@ -85,7 +85,9 @@ impl Shards {
                     shards = ?open.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
                     "lease not renewed within the local deadline: no longer serving these shards"
                 );
-                let releases = open.iter().map(|(shard, _)| self.runtime.release_shard(*shard));
+                let releases = open
+                    .iter()
+                    .map(|(shard, _)| self.runtime.release_shard(*shard));
                 futures_util::future::join_all(releases).await;
             }
             return;
@@ -103,7 +105,10 @@ impl Shards {
                 // to expire): never serve it.
                 (_, Some(_), false) => {
                     if open.is_some() {
-                        info!(shard, "the shard belongs to another holder now; releasing it");
+                        info!(
+                            shard,
+                            "the shard belongs to another holder now; releasing it"
+                        );
                         self.runtime.release_shard(shard).await;
                     }
                 }
@@ -220,8 +225,13 @@ impl Shards {
             .and_then([TxnOp::delete(key, None)]);
         match tokio::time::timeout(self.config.etcd_timeout, self.client.txn(txn)).await {
             Ok(Ok(_)) => info!(shard, "released the shard"),
-            Ok(Err(e)) => warn!(shard, error = %e, "deleting the owner key failed; it expires with the lease"),
-            Err(_) => warn!(shard, "deleting the owner key timed out; it expires with the lease"),
+            Ok(Err(e)) => {
+                warn!(shard, error = %e, "deleting the owner key failed; it expires with the lease")
+            }
+            Err(_) => warn!(
+                shard,
+                "deleting the owner key timed out; it expires with the lease"
+            ),
         }
     }
 }

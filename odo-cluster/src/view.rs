@@ -18,9 +18,28 @@ use crate::config::ClusterConfig;
 use crate::error::ClusterError;
 use crate::keys::{Keys, Member, Owner};
 
-/// Connects to etcd (with TLS from the cluster's files, if given).
+/// Connects to etcd (with TLS from the cluster's files, if given); each
+/// request is bounded by the configured etcd timeout.
 pub(crate) async fn connect(config: &ClusterConfig) -> Result<Client, ClusterError> {
-    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    connect_with(config, Some(config.etcd_timeout)).await
+}
+
+/// Connects to etcd for the election: a campaign waits as long as another
+/// host leads, so its requests have no timeout of their own (the caller
+/// gives up when its lease is gone).
+pub(crate) async fn connect_for_election(config: &ClusterConfig) -> Result<Client, ClusterError> {
+    connect_with(config, None).await
+}
+
+async fn connect_with(
+    config: &ClusterConfig,
+    request_timeout: Option<Duration>,
+) -> Result<Client, ClusterError> {
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let endpoints: Vec<String> = config
         .etcd
         .iter()
@@ -28,8 +47,10 @@ pub(crate) async fn connect(config: &ClusterConfig) -> Result<Client, ClusterErr
         .collect();
     let mut options = ConnectOptions::new()
         .with_connect_timeout(config.etcd_timeout)
-        .with_timeout(config.etcd_timeout)
         .with_keep_alive(Duration::from_secs(1), config.etcd_timeout);
+    if let Some(timeout) = request_timeout {
+        options = options.with_timeout(timeout);
+    }
     if let Some(tls) = &config.tls {
         let read = |path: &std::path::Path| {
             std::fs::read(path).map_err(|source| ClusterError::TlsFile {

@@ -176,6 +176,25 @@ fn unexpected(response: Response) -> CallError {
     .into()
 }
 
+impl ObjectRouter {
+    /// After this process answered `Moved` for a shard it held a moment
+    /// ago (being released) or is about to hold (being opened): waits for
+    /// the placement to change from `seen` (or a short while), and says
+    /// whether there is time left to route the call again. `Moved` is
+    /// answered before an event starts, so sending it again is safe.
+    async fn wait_for_move(&self, seen: u64, scope: &CallScope) -> bool {
+        let left = scope
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let pause = left.min(std::time::Duration::from_millis(50));
+        let _ = tokio::time::timeout(pause, self.placement.changed(seen)).await;
+        tokio::time::Instant::now() < scope.deadline
+    }
+}
+
 impl Cluster for Arc<ObjectRouter> {
     fn fetch(
         &self,
@@ -185,31 +204,30 @@ impl Cluster for Arc<ObjectRouter> {
     ) -> BoxFuture<'static, Result<HttpResponse, CallError>> {
         let this = self.clone();
         async move {
-            // Local calls skip the wire format altogether.
-            if this.local_now(&target) {
-                return Ok(this
-                    .runtime
-                    .fetch_within(target, None, request, scope)
-                    .await?);
-            }
             let (head, body) = request_parts(request);
-            let call = OutboundCall::Fetch(head);
-            match this.forward(&target, &call, body.clone(), &scope).await? {
-                // The shard moved to this worker while the call was retried.
-                Delivery::Local => {
-                    let OutboundCall::Fetch(head) = call else {
-                        unreachable!("built as a fetch above")
-                    };
-                    let request = crate::wire::request_from_parts(head, body)?;
-                    Ok(this
-                        .runtime
-                        .fetch_within(target, None, request, scope)
-                        .await?)
+            loop {
+                let seen = this.placement.version();
+                // Local calls skip the wire format altogether.
+                if !this.local_now(&target) {
+                    let call = OutboundCall::Fetch(head.clone());
+                    match this.forward(&target, &call, body.clone(), &scope).await? {
+                        // The shard moved here while the call was retried.
+                        Delivery::Local => {}
+                        Delivery::Answered(Response::Fetch(head), body) => {
+                            return Ok(response_from_wire(head, body)?);
+                        }
+                        Delivery::Answered(other, _) => return Err(unexpected(other)),
+                    }
                 }
-                Delivery::Answered(Response::Fetch(head), body) => {
-                    Ok(response_from_wire(head, body)?)
+                let request = crate::wire::request_from_parts(head.clone(), body.clone())?;
+                match this
+                    .runtime
+                    .fetch_within(target.clone(), None, request, scope.clone())
+                    .await
+                {
+                    Err(WireError::Moved { .. }) if this.wait_for_move(seen, &scope).await => {}
+                    result => return Ok(result?),
                 }
-                Delivery::Answered(other, _) => Err(unexpected(other)),
             }
         }
         .boxed()
@@ -224,22 +242,30 @@ impl Cluster for Arc<ObjectRouter> {
     ) -> BoxFuture<'static, Result<Bytes, CallError>> {
         let this = self.clone();
         async move {
-            if this.local_now(&target) {
-                return Ok(this
+            loop {
+                let seen = this.placement.version();
+                if !this.local_now(&target) {
+                    let call = OutboundCall::Rpc {
+                        method: method.clone(),
+                    };
+                    match this.forward(&target, &call, args.clone(), &scope).await? {
+                        Delivery::Local => {}
+                        Delivery::Answered(Response::Rpc, body) => return Ok(body),
+                        Delivery::Answered(other, _) => return Err(unexpected(other)),
+                    }
+                }
+                let call = RpcCall {
+                    method: method.clone(),
+                    args: args.clone(),
+                };
+                match this
                     .runtime
-                    .call_within(target, None, RpcCall { method, args }, scope)
-                    .await?);
-            }
-            let call = OutboundCall::Rpc {
-                method: method.clone(),
-            };
-            match this.forward(&target, &call, args.clone(), &scope).await? {
-                Delivery::Local => Ok(this
-                    .runtime
-                    .call_within(target, None, RpcCall { method, args }, scope)
-                    .await?),
-                Delivery::Answered(Response::Rpc, body) => Ok(body),
-                Delivery::Answered(other, _) => Err(unexpected(other)),
+                    .call_within(target.clone(), None, call, scope.clone())
+                    .await
+                {
+                    Err(WireError::Moved { .. }) if this.wait_for_move(seen, &scope).await => {}
+                    result => return Ok(result?),
+                }
             }
         }
         .boxed()

@@ -385,7 +385,14 @@ impl App {
                     .with_plain_routes(self.plain.clone())
             };
             return crate::cluster::serve(
-                cluster, self.classes, backend, &options, listener, local, router, shutdown,
+                cluster,
+                self.classes,
+                backend,
+                &options,
+                listener,
+                local,
+                router,
+                shutdown,
             )
             .await;
         }

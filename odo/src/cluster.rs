@@ -65,7 +65,9 @@ impl ClusterFlags {
         };
         let etcd = ClusterConfig::parse_etcd(url).map_err(|e| OdoError::Other(e.to_string()))?;
         let advertise = self.advertise.ok_or_else(|| {
-            OdoError::Other("--cluster needs --advertise IP:PORT (where other hosts reach this one)".into())
+            OdoError::Other(
+                "--cluster needs --advertise IP:PORT (where other hosts reach this one)".into(),
+            )
         })?;
         let mut config = ClusterConfig::new(etcd, self.cluster_name.clone(), advertise);
         if let Some(host) = &self.cluster_host {
@@ -235,7 +237,11 @@ pub(crate) async fn serve(
     front.serve(listener, shutdown).await;
     match Arc::try_unwrap(host) {
         Ok(host) => host.leave().await,
-        Err(_) => return Err(OdoError::Other("the cluster host is still in use at shutdown".into())),
+        Err(_) => {
+            return Err(OdoError::Other(
+                "the cluster host is still in use at shutdown".into(),
+            ));
+        }
     }
     Ok(())
 }

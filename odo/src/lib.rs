@@ -21,9 +21,9 @@
 
 mod admin;
 mod app;
-pub mod demo;
 #[cfg(feature = "cluster")]
 mod cluster;
+pub mod demo;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod split;

@@ -43,6 +43,8 @@ pub struct Listen {
     pub port: Option<u16>,
     /// Extra `-c name=value` settings.
     pub settings: Vec<(String, String)>,
+    /// The whole of `pg_hba.conf`, if not initdb's.
+    pub hba: Option<String>,
 }
 
 /// A running private PostgreSQL server.
@@ -124,6 +126,11 @@ impl LocalPostgres {
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
+        }
+        if let Some(hba) = &listen.hba {
+            // initdb made the file (owned by the server's user): rewrite it
+            // in place.
+            std::fs::write(dir.path().join("data/pg_hba.conf"), hba)?;
         }
         let mut server = Self {
             child: None,

@@ -26,6 +26,35 @@ pub(crate) const POSTGRES: Need = Need {
     present: postgres_present,
 };
 
+/// etcd, which `cargo xtask test-cluster` runs (three members).
+pub(crate) const ETCD: Need = Need {
+    what: "etcd",
+    package: "etcd-server",
+    present: etcd_present,
+};
+
+fn etcd_present() -> bool {
+    ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+        .iter()
+        .any(|p| Path::new(p).exists())
+}
+
+/// `protoc`, which the etcd client (odo's `cluster` feature, which the
+/// tests crate turns on on Linux) needs at build time.
+pub(crate) const PROTOC: Need = Need {
+    what: "protoc (the etcd client of the `cluster` feature needs it to build)",
+    package: "protobuf-compiler",
+    present: protoc_present,
+};
+
+fn protoc_present() -> bool {
+    if let Some(protoc) = std::env::var_os("PROTOC") {
+        return Path::new(&protoc).exists();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("protoc").exists()))
+}
+
 fn postgres_present() -> bool {
     if let Some(dir) = std::env::var_os("ODO_PG_BINDIR") {
         return Path::new(&dir).join("initdb").exists();
