@@ -16,6 +16,16 @@ pub enum ClusterError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS files do not make a usable configuration (a malformed
+    /// PEM, a key that does not match, no CA certificate).
+    #[error("cluster TLS: {context}: {source}")]
+    Tls {
+        /// What was being done.
+        context: String,
+        /// rustls' or the PEM parser's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// etcd refused or could not be reached.
     #[error("etcd: {context}: {source}")]
     Etcd {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use odo_storage::BackendFactory;
+use odo_transport::upgrade::TcpUpgrade;
 use odo_transport::{ClientConfig, Endpoint, Server, ServerConfig};
 use odo_worker::{Classes, ObjectHandler, ObjectRouter, Runtime, RuntimeConfig};
 use serde::Serialize;
@@ -21,6 +22,7 @@ use crate::keys::{Keys, Member};
 use crate::lease::LeaseState;
 use crate::placement::EtcdPlacement;
 use crate::shards::Shards;
+use crate::tls::HostTls;
 use crate::view::{self, View};
 
 /// How long a graceful leave waits for this host's shards to move.
@@ -148,12 +150,17 @@ impl Host {
         let listen: Endpoint = format!("tcp:{}", config.advertise)
             .parse()
             .map_err(|e| ClusterError::Config(format!("--advertise: {e}")))?;
+        let upgrade: Option<Arc<dyn TcpUpgrade>> = match &config.tls {
+            Some(files) => Some(Arc::new(HostTls::from_files(files)?)),
+            None => None,
+        };
         let server = Server::bind(
             &listen,
             ServerConfig {
                 peer_name: config.host.clone(),
                 // Only with TLS or on loopback (ClusterConfig::validate).
                 allow_non_loopback: true,
+                upgrade: upgrade.clone(),
                 ..ServerConfig::new(token.clone())
             },
         )
@@ -166,6 +173,7 @@ impl Host {
             placement,
             ClientConfig {
                 peer_name: config.host.clone(),
+                upgrade,
                 ..ClientConfig::new(token.clone())
             },
         );

@@ -33,6 +33,7 @@ mod leader;
 mod lease;
 mod placement;
 mod shards;
+mod tls;
 mod view;
 
 pub use config::{ClusterConfig, TlsFiles};
@@ -40,4 +41,5 @@ pub use error::ClusterError;
 pub use host::{Host, HostStatus, ShardPlacement};
 pub use lease::LeaseState;
 pub use placement::EtcdPlacement;
+pub use tls::HostTls;
 pub use view::{MemberEntry, OwnerEntry, View};

@@ -63,6 +63,12 @@ pub struct PostgresConfig {
     pub first_backoff: Duration,
     /// The longest wait between reconnection attempts. Default 1 s.
     pub max_backoff: Duration,
+    /// PostgreSQL ends a session of odo's that stays idle inside a
+    /// transaction longer than this (`idle_in_transaction_session_timeout`),
+    /// rolling it back. A holder paused or partitioned in the middle of a
+    /// group commit holds the fence's share lock on its shard's row, which
+    /// the next holder's claim waits for: this bounds that wait. Default 5 s.
+    pub idle_in_transaction_timeout: Duration,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -75,6 +81,10 @@ impl std::fmt::Debug for PostgresConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("query_timeout", &self.query_timeout)
             .field("reconnect_timeout", &self.reconnect_timeout)
+            .field(
+                "idle_in_transaction_timeout",
+                &self.idle_in_transaction_timeout,
+            )
             .finish_non_exhaustive()
     }
 }
@@ -91,6 +101,7 @@ impl PostgresConfig {
             reconnect_timeout: Duration::from_secs(10),
             first_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(1),
+            idle_in_transaction_timeout: Duration::from_secs(5),
         }
     }
 
@@ -184,6 +195,15 @@ impl PostgresConfig {
         }
         if parsed.get_application_name().is_none() {
             parsed.application_name("odo");
+        }
+        if !self.idle_in_transaction_timeout.is_zero() {
+            let ms = self.idle_in_transaction_timeout.as_millis().max(1);
+            let setting = format!("-c idle_in_transaction_session_timeout={ms}");
+            let options = match parsed.get_options() {
+                Some(given) if !given.is_empty() => format!("{given} {setting}"),
+                _ => setting,
+            };
+            parsed.options(options);
         }
         Ok(parsed)
     }

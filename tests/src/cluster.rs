@@ -26,6 +26,9 @@ use crate::topology::{RunningServer, ServerSpec};
 
 /// Set to make missing etcd or PostgreSQL a failure instead of a skip.
 pub const REQUIRE_ENV: &str = "ODO_REQUIRE_CLUSTER";
+/// Names a directory to copy the hosts' logs to when the cluster is
+/// dropped (to read them after a run that passed).
+pub const KEEP_LOGS_ENV: &str = "ODO_CLUSTER_LOGS";
 
 /// How a test cluster is made.
 #[derive(Debug, Clone)]
@@ -55,6 +58,8 @@ pub struct ClusterHost {
     pub log: PathBuf,
     /// Its loopback address.
     pub ip: Ipv4Addr,
+    /// Where other hosts reach its objects (odo's transport).
+    pub advertise: SocketAddr,
 }
 
 impl ClusterHost {
@@ -284,6 +289,7 @@ impl TestCluster {
             client,
             log,
             ip,
+            advertise,
         };
         if self.hosts.len() <= i {
             self.hosts.resize_with(i + 1, || None);
@@ -406,6 +412,29 @@ impl TestCluster {
     /// The cluster's directory (logs, data).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let Some(to) = std::env::var_os(KEEP_LOGS_ENV) else {
+            return;
+        };
+        // Stop the hosts first so their logs are complete.
+        self.hosts.clear();
+        let to = PathBuf::from(to);
+        let tag = if self.ca.is_some() { "tls-" } else { "" };
+        for entry in std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let name = format!("{tag}{}", entry.file_name().to_string_lossy());
+                let _ = std::fs::copy(&path, to.join(name));
+            }
+        }
     }
 }
 

@@ -451,9 +451,6 @@ async fn zombie(cluster: &mut TestCluster, book: &mut Ledger) -> Result<()> {
     let reports = load.finish(book).await?;
     let (acked, _) = book.check(&client).await?;
     let fenced = count_fenced(&zombie_log) - fenced_before;
-    if let Some(dir) = std::env::var_os("ODO_CLUSTER_LOGS") {
-        let _ = std::fs::copy(&zombie_log, std::path::Path::new(&dir).join("zombie.log"));
-    }
     let zombie_answers: BTreeMap<u16, usize> = reports
         .iter()
         .filter(|r| r.entry == "h1")
@@ -481,6 +478,24 @@ async fn zombie(cluster: &mut TestCluster, book: &mut Ledger) -> Result<()> {
         placed_after.values().filter(|(o, _)| o == "h1").count(),
     );
     Ok(())
+}
+
+/// Opens a plain TCP connection to `addr`, sends what an odo client would
+/// send in clear, and says whether the server closed it without a word.
+async fn plain_text_refused(addr: std::net::SocketAddr) -> Result<bool> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    // Not a TLS ClientHello: a server speaking TLS gives up on it.
+    let _ = tcp.write_all(b"\x00\x00\x00\x10odo hello, plain").await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+        .await
+        .context("the host neither answered nor closed within 10 s")?;
+    Ok(match read {
+        Ok(0) | Err(_) => true,
+        // A TLS alert is all a TLS server may say; no odo frame.
+        Ok(n) => buf[0] == 0x15 && n <= 7,
+    })
 }
 
 fn count_fenced(log: &std::path::Path) -> usize {
@@ -548,8 +563,27 @@ async fn tls() -> Result<()> {
             }
         }
         ensure!(forwarded > 0, "no request was forwarded between the hosts");
+        // Plain text to a host's transport port gets no odo answer: the
+        // connection fails its TLS handshake and is closed.
+        let h0 = cluster.host(0).context("h0")?;
+        let refused = plain_text_refused(h0.advertise).await?;
+        ensure!(refused, "h0 answered plain text on its transport port");
+        // The host closes the socket before it writes its log line.
+        let give_up = Instant::now() + Duration::from_secs(10);
+        let logged = loop {
+            let text = h0.log_text();
+            if text.contains("upgrade (TLS) failed") {
+                break true;
+            }
+            if Instant::now() > give_up {
+                eprintln!("h0's log: {text}");
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        ensure!(logged, "h0 did not log the refused plain-text connection");
         println!(
-            "cluster: tls: etcd with client certificates, PostgreSQL over TLS with client certificates, 2 hosts: {} shards placed, {forwarded} of 16 whoami forwarded between hosts, increments add up",
+            "cluster: tls: etcd with client certificates, PostgreSQL over TLS with client certificates, 2 hosts over mutual TLS: {} shards placed, {forwarded} of 16 whoami forwarded between hosts, increments add up; plain text to a host's transport port is refused (its log says so)",
             placed.len()
         );
         Ok(())

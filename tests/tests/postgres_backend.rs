@@ -327,3 +327,51 @@ async fn an_unreachable_database_is_a_typed_error() {
         .unwrap_err();
     assert!(error.to_string().contains("schema name"), "{error}");
 }
+
+/// A holder stopped in the middle of a group commit (SIGSTOP, a partition)
+/// holds the fence's share lock on its shard's row, which the next
+/// holder's claim waits for. PostgreSQL ends odo's sessions that idle in
+/// a transaction past `idle_in_transaction_timeout`, so the claim goes
+/// through. Here the stopped holder is a session made from odo's own
+/// connection settings that takes the lock and then never speaks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_stopped_inside_a_commit_does_not_block_the_next_claim() {
+    let Some((_pg, url)) = server("a_holder_stopped_inside_a_commit") else {
+        return;
+    };
+    let schema = "stopped";
+    let mut config = PostgresConfig::new(&url).with_schema(schema);
+    config.idle_in_transaction_timeout = Duration::from_millis(300);
+    let first = PostgresFactory::new(config.clone())
+        .open(ShardSpec::new("/nonexistent", 0, 1))
+        .await
+        .unwrap();
+    let (client, connection) = config
+        .validate()
+        .unwrap()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "BEGIN; SELECT epoch FROM {schema}.odo_shards WHERE shard = 0 AND epoch = 1 FOR SHARE"
+        ))
+        .await
+        .unwrap();
+    // The stopped holder says nothing more. The claim waits for its lock
+    // until PostgreSQL ends its session (a bounded wait as the guard).
+    let claim = PostgresFactory::new(config).open(ShardSpec::new("/nonexistent", 0, 2));
+    let second = tokio::time::timeout(Duration::from_secs(20), claim)
+        .await
+        .expect("the claim waited past the guard: the stopped session was never ended")
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), driver)
+        .await
+        .expect("the stopped session's connection ended");
+    assert!(
+        matches!(ended, Ok(Err(_))),
+        "PostgreSQL ended the idle session: {ended:?}"
+    );
+    drop((first, second));
+}
