@@ -419,18 +419,51 @@ async fn zombie(cluster: &mut TestCluster, book: &mut Ledger) -> Result<()> {
         .filter(|(_, (o, _))| o == "h1")
         .map(|(s, _)| *s)
         .collect();
+    // A probe object on h1's shards, whose slow turn (a write, 1.5 s of
+    // sleep, a write) is in progress on h1 when h1 is stopped: its commit
+    // comes after the pause, at the old epoch.
+    let mut probe = None;
+    for i in 0..256 {
+        let answer = client.get(&format!("/_odo/placement/probe/z{i}")).await?;
+        let v: serde_json::Value = serde_json::from_slice(&answer.body)?;
+        let shard = v["shard"].as_u64().context("shard")? as u32;
+        if zombie_shards.contains(&shard) {
+            probe = Some(format!("/probe/z{i}"));
+            break;
+        }
+    }
+    let probe = probe.context("no probe name on h1's shards")?;
     let load = Load::start(clients_of(cluster, &[0, 1, 2]), 3);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let slow = {
+        let h1 = zombie.client.clone();
+        let path = format!("{probe}/slow?ms=1500");
+        tokio::spawn(async move { h1.post(&path).await })
+    };
+    // Well inside its sleep (bounded: the turn's first write shows).
+    tokio::time::sleep(Duration::from_millis(300)).await;
     stop_process(zombie_pid).await?;
     let stopped_at = Instant::now();
-    // The others take its shards at newer epochs.
+    // The others take its shards at newer epochs, and serve them (they
+    // claimed them in PostgreSQL).
     let give_up = Instant::now() + Duration::from_secs(30);
     let moved = loop {
-        let status = cluster.host(0).context("h0")?.status().await?;
-        let now = cluster::parse_placement(&status["placement"])?;
+        let mut now = BTreeMap::new();
+        let mut serving: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+        for i in [0, 2] {
+            let host = cluster.host(i).context("a host")?;
+            let status = host.status().await?;
+            now = cluster::parse_placement(&status["placement"])?;
+            serving.insert(host.id.clone(), status["shards"].clone());
+        }
         let done = zombie_shards.iter().all(|s| {
-            now.get(s)
-                .is_some_and(|(o, e)| o != "h1" && *e > placed[s].1)
+            now.get(s).is_some_and(|(o, e)| {
+                o != "h1"
+                    && *e > placed[s].1
+                    && serving
+                        .get(o)
+                        .is_some_and(|held| held[s.to_string()].as_u64() == Some(*e))
+            })
         });
         if done {
             break now;
@@ -450,7 +483,26 @@ async fn zombie(cluster: &mut TestCluster, book: &mut Ledger) -> Result<()> {
     let rejoined = resumed_at.elapsed();
     let reports = load.finish(book).await?;
     let (acked, _) = book.check(&client).await?;
+    // The slow turn's commit came after the new owner claimed the shard:
+    // refused by the fence, the object reset, nothing of it durable.
+    let slow = slow.await??;
+    ensure!(
+        slow.status != 200,
+        "the zombie acknowledged a turn committed after it lost its shard: {} {}",
+        slow.status,
+        slow.text()
+    );
+    let durable = client.get(&format!("{probe}/slow")).await?;
+    ensure!(
+        durable.text() == "0",
+        "the zombie's late turn is durable: {}",
+        durable.text()
+    );
     let fenced = count_fenced(&zombie_log) - fenced_before;
+    ensure!(
+        fenced > 0,
+        "no commit of the zombie was refused by the fence"
+    );
     let zombie_answers: BTreeMap<u16, usize> = reports
         .iter()
         .filter(|r| r.entry == "h1")
@@ -468,12 +520,13 @@ async fn zombie(cluster: &mut TestCluster, book: &mut Ledger) -> Result<()> {
         "h1 did not say it stopped serving at its local deadline"
     );
     println!(
-        "cluster: zombie: SIGSTOP h1 (shards {zombie_shards:?}) under load from 9 clients: its shards moved at higher epochs within {} ms ({:?}); SIGCONT after that: h1 stopped serving at its local deadline (its log says so), {fenced} of its late commits refused by the fence, answers entering at h1 after SIGCONT {zombie_answers:?}; back in the placement within {} ms ({} shards); {acked} increments acknowledged so far, none lost, no value acknowledged twice",
+        "cluster: zombie: SIGSTOP h1 (shards {zombie_shards:?}) under load from 9 clients: its shards moved at higher epochs within {} ms ({:?}); SIGCONT after that: h1 stopped serving at its local deadline (its log says so), {fenced} of its late commits refused by the fence (among them a turn in progress at SIGSTOP: answered {}, nothing of it durable), answers entering at h1 after SIGCONT {zombie_answers:?}; back in the placement within {} ms ({} shards); {acked} increments acknowledged so far, none lost, no value acknowledged twice",
         moved_within.as_millis(),
         zombie_shards
             .iter()
             .map(|s| (s, &moved[s].0))
             .collect::<Vec<_>>(),
+        slow.status,
         rejoined.as_millis(),
         placed_after.values().filter(|(o, _)| o == "h1").count(),
     );
