@@ -43,6 +43,12 @@ pub struct ClusterSpec {
     pub lease_ttl_s: u64,
     /// TLS between hosts, towards etcd and towards PostgreSQL.
     pub tls: bool,
+    /// The hosts' storage: `postgres` (shared: shards move between
+    /// hosts) or `fjall` (on each host: shards stay).
+    pub storage: String,
+    /// The hosts' request deadline (`--request-timeout-ms`), if not the
+    /// default.
+    pub request_timeout_ms: Option<u64>,
 }
 
 /// One odo host of a [`TestCluster`].
@@ -234,18 +240,25 @@ impl TestCluster {
         std::fs::create_dir_all(&data_dir)?;
         let log = self.dir.path().join(format!("{id}.log"));
         let mut spec = ServerSpec::new(&self.spec.binary, 0);
-        spec.storage = "postgres".into();
+        spec.storage = self.spec.storage.clone();
         spec.transport = "tcp".into();
         spec.listen = format!("{ip}:0");
         spec.stderr = Some(log.clone());
         let advertise = SocketAddr::from((ip, free_port(ip)?));
-        spec.env = vec![
-            (odo_postgres::URL_ENV.to_owned(), self.pg_url.clone()),
-            ("RUST_LOG".to_owned(), "warn".to_owned()),
-        ];
-        spec.extra_args = vec![
-            "--postgres-schema".into(),
-            "odo_cluster_test".into(),
+        spec.env = vec![("RUST_LOG".to_owned(), "warn".to_owned())];
+        spec.extra_args = Vec::new();
+        let postgres = self.spec.storage == odo_postgres::NAME;
+        if postgres {
+            spec.env
+                .push((odo_postgres::URL_ENV.to_owned(), self.pg_url.clone()));
+            spec.extra_args
+                .extend(["--postgres-schema".into(), "odo_cluster_test".into()]);
+        }
+        if let Some(ms) = self.spec.request_timeout_ms {
+            spec.extra_args
+                .extend(["--request-timeout-ms".into(), ms.to_string()]);
+        }
+        spec.extra_args.extend([
             "--cluster".into(),
             self.etcd_url(),
             "--cluster-name".into(),
@@ -258,7 +271,7 @@ impl TestCluster {
             self.spec.shards.to_string(),
             "--lease-ttl-s".into(),
             self.spec.lease_ttl_s.to_string(),
-        ];
+        ]);
         if let Some(ca) = &self.ca {
             let (cert, key) = ca.issue(&id, &[&ip.to_string()])?;
             // PostgreSQL's `cert` authentication: the user is the

@@ -19,7 +19,11 @@
 //! 5. `leave`: a host leaves gracefully (SIGTERM) under load entering at
 //!    the others: its shards move with draining.
 //!
-//! Then `tls`: a second cluster with TLS everywhere (a test CA: etcd
+//! Then `fjall`: a cluster whose hosts keep shards on their own disks:
+//! a killed host's shards do not move (requests for them are answered 503
+//! at their deadline) and come back, data intact, with the host.
+//!
+//! And `tls`: a second cluster with TLS everywhere (a test CA: etcd
 //! requires client certificates, PostgreSQL over TCP with verify-full,
 //! hosts talk TLS to each other): placement and forwarding.
 
@@ -45,8 +49,19 @@ fn main() -> ExitCode {
         .expect("a runtime");
     let started = Instant::now();
     let result = runtime.block_on(async {
-        plain().await.context("the plain cluster")?;
-        tls().await.context("the TLS cluster")
+        // ODO_CLUSTER_ONLY=plain|tls|fjall runs one cluster's scenarios.
+        let only = std::env::var("ODO_CLUSTER_ONLY").ok();
+        let runs = |name: &str| only.as_deref().is_none_or(|o| o == name);
+        if runs("plain") {
+            plain().await.context("the plain cluster")?;
+        }
+        if runs("tls") {
+            tls().await.context("the TLS cluster")?;
+        }
+        if runs("fjall") {
+            fjall().await.context("the fjall cluster")?;
+        }
+        Ok::<(), anyhow::Error>(())
     });
     match result {
         Ok(()) => {
@@ -70,6 +85,8 @@ fn spec(tls: bool, etcd_members: usize) -> ClusterSpec {
         shards: 8,
         lease_ttl_s: 3,
         tls,
+        storage: "postgres".into(),
+        request_timeout_ms: None,
     }
 }
 
@@ -120,6 +137,34 @@ async fn placement(cluster: &mut TestCluster) -> Result<()> {
     let began = Instant::now();
     let placed = cluster.wait_placed(Duration::from_secs(30), true).await?;
     let settle = began.elapsed();
+    // /_odo/workers shows the cluster: this host's lease and shards, the
+    // leader, the members, and what storage means for moving shards.
+    let status = cluster.host(0).context("h0")?.status().await?;
+    ensure!(
+        status["serving"] == true && status["lease"].is_i64(),
+        "{status}"
+    );
+    ensure!(
+        status["members"].as_array().map(Vec::len) == Some(3),
+        "{status}"
+    );
+    ensure!(status["shards_move"] == true, "{status}");
+    ensure!(
+        status["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("moves to another host")),
+        "{status}"
+    );
+    let leaders = {
+        let mut n = 0;
+        for host in cluster.live() {
+            if host.status().await?["leader"] == true {
+                n += 1;
+            }
+        }
+        n
+    };
+    ensure!(leaders == 1, "{leaders} hosts say they lead");
     let mut per_host: BTreeMap<&str, usize> = BTreeMap::new();
     for (owner, _) in placed.values() {
         *per_host.entry(owner).or_default() += 1;
@@ -646,4 +691,117 @@ async fn tls() -> Result<()> {
         dump_logs(&cluster);
     }
     result
+}
+
+/// Storage on the hosts: a shard stays with its host, unavailable while
+/// the host is down, back with its data when the host is.
+async fn fjall() -> Result<()> {
+    let mut spec = spec(false, 1);
+    spec.storage = "fjall".into();
+    spec.request_timeout_ms = Some(1500);
+    let mut cluster = TestCluster::start(spec)?;
+    let result = fjall_scenario(&mut cluster).await;
+    if result.is_err() {
+        dump_logs(&cluster);
+    }
+    result
+}
+
+async fn fjall_scenario(cluster: &mut TestCluster) -> Result<()> {
+    cluster.start_host(0)?;
+    cluster.start_host(1)?;
+    let placed = cluster.wait_placed(Duration::from_secs(30), false).await?;
+    let status = cluster.host(0).context("h0")?.status().await?;
+    ensure!(status["shards_move"] == false, "{status}");
+    ensure!(
+        status["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("unavailable while that host is down")),
+        "{status}"
+    );
+    // The host with the most shards goes down; the other one stays.
+    let count = |h: &str| placed.values().filter(|(o, _)| o == h).count();
+    let (victim, survivor) = if count("h0") >= count("h1") {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    let victim_id = format!("h{victim}");
+    let survivor_id = format!("h{survivor}");
+    let via = cluster.host(survivor).context("survivor")?.client.clone();
+    let shards = shards_of(&via).await?;
+    for i in 0..COUNTERS {
+        let answer = via.post(&format!("{}/increment", counter(i))).await?;
+        ensure!(answer.status == 200, "c{i}: {}", answer.status);
+    }
+    let killed = Instant::now();
+    cluster.kill_host(victim)?;
+    // Its lease runs out: its shards have no owner, and stay assigned to it.
+    let give_up = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = cluster.host(survivor).context("survivor")?.status().await?;
+        let orphaned = placed
+            .iter()
+            .filter(|(_, (o, _))| *o == victim_id)
+            .all(|(s, _)| {
+                let entry = &status["placement"][s.to_string()];
+                entry["owner"].is_null() && entry["assigned"] == victim_id.as_str()
+            });
+        if orphaned {
+            break;
+        }
+        ensure!(Instant::now() < give_up, "the victim's shards: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let on_victim: Vec<usize> = shards
+        .iter()
+        .filter(|(_, s)| placed[s].0 == victim_id)
+        .map(|(c, _)| *c)
+        .collect();
+    let elsewhere = (0..COUNTERS).find(|c| !on_victim.contains(c));
+    let (down, up) = (on_victim.first().copied(), elsewhere);
+    if let Some(c) = down {
+        let answer = via.get(&counter(c)).await?;
+        ensure!(
+            answer.status == 503,
+            "c{c} on the downed host: {}",
+            answer.status
+        );
+    }
+    if let Some(c) = up {
+        let answer = via.get(&counter(c)).await?;
+        ensure!(
+            answer.text() == "1",
+            "c{c} on the survivor: {}",
+            answer.text()
+        );
+    }
+    let orphaned_after = killed.elapsed();
+    let restarted = Instant::now();
+    cluster.start_host(victim)?;
+    let back = cluster.wait_placed(Duration::from_secs(30), false).await?;
+    let back_after = restarted.elapsed();
+    for (shard, (owner, _)) in &placed {
+        ensure!(
+            back[shard].0 == *owner,
+            "shard {shard} moved: {owner} -> {}",
+            back[shard].0
+        );
+    }
+    for i in 0..COUNTERS {
+        let answer = via.get(&counter(i)).await?;
+        ensure!(
+            answer.text() == "1",
+            "c{i} after the host came back: {}",
+            answer.text()
+        );
+    }
+    println!(
+        "cluster: fjall: 2 hosts with storage on each: /_odo/workers says shards stay with their host; {victim_id} (SIGKILL, {} shards) left its shards unowned and assigned to it ({} ms after the kill), a request for one of its objects answered 503 at its deadline, {} objects on {survivor_id} served meanwhile; restarted on its data directory it serves the same shards within {} ms, all {COUNTERS} counters intact",
+        count(&victim_id),
+        orphaned_after.as_millis(),
+        COUNTERS - on_victim.len(),
+        back_after.as_millis(),
+    );
+    Ok(())
 }
