@@ -3,7 +3,7 @@
 //! depend on any TLS library.
 //!
 //! The framing layer writes to its socket without waiting
-//! ([`FrameSink`](crate::framing)), which an encrypting stream cannot do;
+//! (its frame sink), which an encrypting stream cannot do;
 //! so an upgraded connection is bridged to a Unix socket pair: one end is
 //! the stream the framing layer uses, a task copies bytes between the
 //! other end and the upgraded stream, both ways. Either side closing
