@@ -20,26 +20,46 @@
 //! owner opens the shard at a newer epoch, and PostgreSQL refuses every
 //! commit the old one makes (`odo_postgres`, DESIGN "Beyond one machine").
 //!
+//! Cluster mode is built on Linux only: on other platforms this crate is
+//! empty (and odo's `cluster` feature refuses to compile).
+//!
 //! # Keys
 //!
 //! See [`keys`] for the layout under `/odo/<cluster name>/`.
 
+#[cfg(target_os = "linux")]
 pub mod assign;
+#[cfg(target_os = "linux")]
 mod config;
+#[cfg(target_os = "linux")]
 mod error;
+#[cfg(target_os = "linux")]
 mod host;
+#[cfg(target_os = "linux")]
 pub mod keys;
+#[cfg(target_os = "linux")]
 mod leader;
+#[cfg(target_os = "linux")]
 mod lease;
+#[cfg(target_os = "linux")]
 mod placement;
+#[cfg(target_os = "linux")]
 mod shards;
+#[cfg(target_os = "linux")]
 mod tls;
+#[cfg(target_os = "linux")]
 mod view;
-
+#[cfg(target_os = "linux")]
 pub use config::{ClusterConfig, TlsFiles};
+#[cfg(target_os = "linux")]
 pub use error::ClusterError;
+#[cfg(target_os = "linux")]
 pub use host::{Host, HostStatus, ShardPlacement};
+#[cfg(target_os = "linux")]
 pub use lease::LeaseState;
+#[cfg(target_os = "linux")]
 pub use placement::EtcdPlacement;
+#[cfg(target_os = "linux")]
 pub use tls::HostTls;
+#[cfg(target_os = "linux")]
 pub use view::{MemberEntry, OwnerEntry, View};

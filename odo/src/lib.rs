@@ -21,6 +21,8 @@
 
 mod admin;
 mod app;
+#[cfg(all(feature = "cluster", not(target_os = "linux")))]
+compile_error!("odo's `cluster` feature (odo-cluster) is built on Linux only");
 #[cfg(feature = "cluster")]
 mod cluster;
 pub mod demo;
