@@ -81,11 +81,12 @@ impl DataDirLock {
     ///
     /// [`RegistryError::DataDirLocked`] naming the holder's pid when
     /// another server (or another holder in this process) has it,
-    /// [`RegistryError::DataDir`] when it cannot be created or locked.
+    /// [`RegistryError::DataDirIo`] when it cannot be created or locked.
     pub fn acquire(data_dir: &Path) -> Result<Self, RegistryError> {
-        let io = |what: &str, e: std::io::Error| RegistryError::DataDir {
+        let io = |what: &str, source: std::io::Error| RegistryError::DataDirIo {
             path: data_dir.to_path_buf(),
-            reason: format!("{what}: {e}"),
+            what: what.to_owned(),
+            source,
         };
         std::fs::create_dir_all(data_dir).map_err(|e| io("cannot create it", e))?;
         let canonical = data_dir
@@ -145,13 +146,30 @@ impl DataDirLock {
         &self.dir
     }
 
+    /// Checks each class's kind of storage (`key-value`, `sqlite`, ...)
+    /// against the directory's class record, `odo-classes.json`, and
+    /// records the classes it does not hold yet: a class keeps its kind
+    /// for the life of the directory. Call it before anything serves the
+    /// shards.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::ClassStorageChanged`] when a class is registered
+    /// with another kind than the recorded one; [`RegistryError::ClassRecord`]
+    /// when the record is unreadable, [`RegistryError::DataDirIo`] when it
+    /// cannot be read or written.
+    pub fn record_class_storage(&self, classes: &[(String, String)]) -> Result<(), RegistryError> {
+        crate::classes::check_and_record(&self.dir, classes)
+    }
+
     /// The number of shards, S, of the directory: read from its cluster
     /// record, or recorded as `default` if the directory is new.
     ///
     /// # Errors
     ///
-    /// [`RegistryError::DataDir`] when the record is unreadable, or records
-    /// a split in progress: [`prepare_shards`](Self::prepare_shards)
+    /// [`RegistryError::ClusterRecord`] or [`RegistryError::DataDirIo`]
+    /// when the record is unreadable, [`RegistryError::DataDir`] when it
+    /// records a split in progress: [`prepare_shards`](Self::prepare_shards)
     /// finishes it.
     pub fn shard_count(&self, default: u32) -> Result<u32, RegistryError> {
         let record = ClusterFile::load_or_create(&self.dir, default)?;
@@ -174,8 +192,9 @@ impl DataDirLock {
     ///
     /// # Errors
     ///
-    /// [`RegistryError::DataDir`] when the record is unreadable or cannot
-    /// be written, [`RegistryError::Split`] when a split fails (it goes on
+    /// [`RegistryError::ClusterRecord`] or [`RegistryError::DataDirIo`]
+    /// when the record is unreadable or cannot be written,
+    /// [`RegistryError::Split`] when a split fails (it goes on
     /// at the next call).
     pub async fn prepare_shards(
         &self,

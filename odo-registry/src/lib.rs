@@ -34,6 +34,7 @@
 //! # Ok(()) }
 //! ```
 
+mod classes;
 mod datadir;
 mod placement;
 mod record;
@@ -95,10 +96,8 @@ impl WorkerCommand {
     /// This process's own executable: the usual case, since one binary
     /// plays both roles.
     pub fn current_exe() -> Result<Self, RegistryError> {
-        let program = std::env::current_exe().map_err(|e| RegistryError::Spawn {
-            slot: 0,
-            reason: format!("cannot find the current executable: {e}"),
-        })?;
+        let program =
+            std::env::current_exe().map_err(|source| RegistryError::CurrentExe { source })?;
         Ok(Self {
             program,
             args: Vec::new(),
@@ -122,6 +121,11 @@ pub struct RegistryConfig {
     /// hold no shard (logged). Default: none; odo's facade gives the
     /// storage backend's.
     pub splitter: Option<Arc<dyn ShardSplitter>>,
+    /// The classes the workers serve, each with its kind of storage
+    /// (`key-value`, `sqlite`): checked against the data directory's
+    /// record before any worker starts, and recorded (see
+    /// [`DataDirLock::record_class_storage`]). Default: none.
+    pub class_storage: Vec<(String, String)>,
     /// Where the cluster record and shard data live. Locked for the
     /// registry's whole life ([`DataDirLock`]).
     pub data_dir: PathBuf,
@@ -192,6 +196,7 @@ impl RegistryConfig {
             workers,
             shards: None,
             splitter: None,
+            class_storage: Vec::new(),
             data_dir,
             runtime_dir: None,
             transport: TransportKind::available()[0],
@@ -247,6 +252,21 @@ pub enum RegistryError {
         /// The holder's pid, as its lock file says.
         holder_pid: Option<u32>,
     },
+    /// A class is registered with another kind of storage than the one
+    /// the data directory recorded for it.
+    #[error(
+        "class {class} was served from this data directory {recorded}-backed and is now registered {registered}-backed; a class's kind of storage cannot change (register it {recorded}-backed again, or serve it from a new data directory; record: {record})"
+    )]
+    ClassStorageChanged {
+        /// The class.
+        class: String,
+        /// Its kind in the record.
+        recorded: String,
+        /// Its kind as registered now.
+        registered: String,
+        /// The record's path.
+        record: PathBuf,
+    },
     /// The data directory is unusable.
     #[error("data directory {path}: {reason}")]
     DataDir {
@@ -256,12 +276,13 @@ pub enum RegistryError {
         reason: String,
     },
     /// The runtime directory cannot be created.
-    #[error("runtime directory {path}: {reason}")]
+    #[error("runtime directory {path}: {source}")]
     RuntimeDir {
         /// The offending path.
         path: PathBuf,
-        /// What is wrong.
-        reason: String,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
     },
     /// The control endpoint cannot be bound.
     #[error("cannot listen for workers: {0}")]
@@ -294,6 +315,43 @@ pub enum RegistryError {
     /// Some workers never became ready.
     #[error("workers not ready: {0}")]
     NotReady(String),
+    /// A file or directory of the data directory cannot be created, read,
+    /// written or locked.
+    #[error("data directory {path}: {what}: {source}")]
+    DataDirIo {
+        /// The offending path.
+        path: PathBuf,
+        /// What odo was doing.
+        what: String,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The cluster record is not the JSON odo writes.
+    #[error("cluster record {path} is unreadable: {source}")]
+    ClusterRecord {
+        /// The record's path.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The class record (`odo-classes.json`) is not the JSON odo writes.
+    #[error("class record {path} is unreadable: {source}")]
+    ClassRecord {
+        /// The record's path.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The program to run as a worker cannot be found.
+    #[error("cannot find the current executable to run as a worker: {source}")]
+    CurrentExe {
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// "pid N", or that it is unknown.
@@ -409,6 +467,7 @@ impl Registry {
             return Err(RegistryError::Config(e.to_string()));
         }
         let data_lock = DataDirLock::acquire(&config.data_dir)?;
+        data_lock.record_class_storage(&config.class_storage)?;
         let record = split::prepare(
             data_lock.dir(),
             config.shards.unwrap_or(config.workers),

@@ -46,7 +46,7 @@ pub use process::{ObjectHandler, WorkerError, read_token, serve};
 pub use rpc::{RpcCall, RpcReply};
 pub use runtime::{Runtime, ShardError};
 pub use stub::{NamespaceHandle, Stub};
-pub use types::{AlarmInfo, Request, Response, is_reserved_method};
+pub use types::{AlarmInfo, ClassStorage, Request, Response, is_reserved_method};
 
 /// The module ladder, bottom first: a module may use only the modules
 /// before it. The test below reads the sources and holds every module to

@@ -413,6 +413,7 @@ impl Inner {
             config: self.config.clone(),
             cluster: self.cluster(),
             target,
+            storage: class.storage,
             shard,
             control,
         });

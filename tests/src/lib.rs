@@ -18,6 +18,7 @@ pub mod http;
 pub mod postgres;
 pub mod scenarios;
 pub mod soak;
+pub mod sqlite_cell;
 #[cfg(target_os = "linux")]
 pub mod tls;
 pub mod topology;
