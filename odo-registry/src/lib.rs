@@ -178,6 +178,10 @@ pub struct RegistryConfig {
     pub move_back_after: Duration,
     /// How long a worker may take to exit after `Shutdown`. Default 10 s.
     pub shutdown_grace: Duration,
+    /// Environment variables set for every worker besides the ones it
+    /// inherits from this process: a storage backend's settings (a
+    /// database's address), never the cluster token. Default: none.
+    pub worker_env: Vec<(String, String)>,
     /// How long [`Registry::workers_fresh`] waits for each worker's
     /// figures before it falls back to the last ones. Default 250 ms.
     pub stats_timeout: Duration,
@@ -208,6 +212,7 @@ impl RegistryConfig {
             stable_after: Duration::from_secs(1),
             move_back_after: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(10),
+            worker_env: Vec::new(),
             stats_timeout: Duration::from_millis(250),
         }
     }

@@ -554,6 +554,7 @@ async fn process_life(
     command
         .args(&config.command.args)
         .args(launch.to_args())
+        .envs(config.worker_env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
         .kill_on_drop(true);
     let (hello_tx, hello) = oneshot::channel();

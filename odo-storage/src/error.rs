@@ -118,6 +118,21 @@ pub enum StorageError {
     /// The store was closed.
     #[error("the store is closed")]
     Closed,
+    /// The shard was given to a newer holder: a networked backend refused a
+    /// commit (or an open) carrying an epoch older than the newest it has
+    /// recorded for the shard. Nothing of the refused commit was written.
+    /// Retrying will not help: this holder must let the shard go.
+    #[error(
+        "shard {shard} is fenced: this holder has epoch {epoch}, the newest recorded is {newest}; the shard moved to another holder"
+    )]
+    Fenced {
+        /// The shard.
+        shard: u32,
+        /// The epoch this holder carries.
+        epoch: u64,
+        /// The newest epoch recorded for the shard.
+        newest: u64,
+    },
     /// A commit of this object's writes failed, so its later writes were
     /// never made durable either. The object must be reset: drop its
     /// [`ObjectStorage`](crate::ObjectStorage) and take a new one.

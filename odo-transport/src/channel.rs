@@ -31,6 +31,7 @@ use crate::framing::{
 };
 use crate::handshake::{HANDSHAKE_ID, MAX_HANDSHAKE_FRAME_LEN, MAX_TOKEN_LEN, hello_frame};
 use crate::stream::Stream;
+use crate::upgrade::TcpUpgrade;
 
 /// How a client connects.
 #[derive(Clone)]
@@ -49,6 +50,9 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// How long the server may take to answer the handshake. Default 5 s.
     pub handshake_timeout: Duration,
+    /// A layer over TCP connections (TLS), within the connect timeout.
+    /// Default none.
+    pub upgrade: Option<Arc<dyn TcpUpgrade>>,
 }
 
 impl ClientConfig {
@@ -60,6 +64,7 @@ impl ClientConfig {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             connect_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(5),
+            upgrade: None,
         }
     }
 }
@@ -72,6 +77,7 @@ impl fmt::Debug for ClientConfig {
             .field("max_frame_len", &self.max_frame_len)
             .field("connect_timeout", &self.connect_timeout)
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("upgrade", &self.upgrade)
             .finish()
     }
 }
@@ -467,7 +473,8 @@ impl Channel {
                 reason: "the token is longer than MAX_TOKEN_LEN (512 bytes)",
             });
         }
-        let stream = match tokio::time::timeout(config.connect_timeout, open(endpoint)).await {
+        let opened = open(endpoint, config.upgrade.as_deref());
+        let stream = match tokio::time::timeout(config.connect_timeout, opened).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(source)) => {
                 return Err(ConnectError::Io {
@@ -914,15 +921,18 @@ async fn read_welcome(
     }
 }
 
-/// Opens a socket to `endpoint`.
-async fn open(endpoint: &Endpoint) -> io::Result<Stream> {
+/// Opens a socket to `endpoint`, upgraded (TCP only) if asked.
+async fn open(endpoint: &Endpoint, upgrade: Option<&dyn TcpUpgrade>) -> io::Result<Stream> {
     match endpoint {
         #[cfg(unix)]
         Endpoint::Unix(path) => Ok(Stream::Unix(tokio::net::UnixStream::connect(path).await?)),
         Endpoint::Tcp { host, port } => {
             let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
             stream.set_nodelay(true)?;
-            Ok(Stream::Tcp(stream))
+            match upgrade {
+                None => Ok(Stream::Tcp(stream)),
+                Some(upgrade) => crate::upgrade::bridge(upgrade.connect(stream, host).await?),
+            }
         }
         #[cfg(windows)]
         Endpoint::Pipe(name) => open_pipe(name).await,

@@ -122,6 +122,7 @@ mod server;
 mod stream;
 #[cfg(unix)]
 mod unix;
+pub mod upgrade;
 
 pub use channel::{CallError, Channel, ClientConfig, ConnectError, ConnectStage, MAX_DEADLINE};
 pub use endpoint::{Endpoint, EndpointError};

@@ -31,6 +31,7 @@ use crate::handshake::{
     MAX_HANDSHAKE_FRAME_LEN, MAX_TOKEN_LEN, judge_first_frame, refused_frame, welcome_frame,
 };
 use crate::stream::{Stream, WriteHalf};
+use crate::upgrade::TcpUpgrade;
 
 /// The default cap on connections that have not completed the handshake.
 pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 64;
@@ -139,6 +140,9 @@ pub struct ServerConfig {
     /// Allow binding a TCP endpoint that is not a loopback address (such
     /// as `tcp:0.0.0.0:7000`). Default false: only loopback.
     pub allow_non_loopback: bool,
+    /// A layer over accepted TCP connections (TLS), within the handshake
+    /// timeout. Default none.
+    pub upgrade: Option<Arc<dyn TcpUpgrade>>,
 }
 
 impl ServerConfig {
@@ -153,6 +157,7 @@ impl ServerConfig {
             max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
             shutdown_grace: Duration::from_secs(10),
             allow_non_loopback: false,
+            upgrade: None,
         }
     }
 }
@@ -168,6 +173,7 @@ impl fmt::Debug for ServerConfig {
             .field("max_unauthenticated", &self.max_unauthenticated)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("allow_non_loopback", &self.allow_non_loopback)
+            .field("upgrade", &self.upgrade)
             .finish()
     }
 }
@@ -452,7 +458,7 @@ impl Server {
                             peer,
                             logs: logs.clone(),
                         };
-                        connections.spawn(conn.run(stream, pending));
+                        connections.spawn(conn.upgrade_and_run(stream, pending));
                     }
                     Err(e) => {
                         warn!(%endpoint, error = %e, "accept failed");
@@ -555,6 +561,37 @@ struct Connection<H> {
 }
 
 impl<H: Handler> Connection<H> {
+    /// Upgrades a TCP connection (TLS) if the server is set to, within the
+    /// handshake timeout, then runs it.
+    async fn upgrade_and_run(self, stream: Stream, pending: Pending) {
+        let stream = match (self.config.upgrade.clone(), stream) {
+            (Some(upgrade), Stream::Tcp(tcp)) => {
+                let upgraded =
+                    tokio::time::timeout(self.config.handshake_timeout, upgrade.accept(tcp)).await;
+                match upgraded {
+                    Ok(Ok(io)) => match crate::upgrade::bridge(io) {
+                        Ok(stream) => stream,
+                        Err(e) => {
+                            return self
+                                .stranger_dropped("cannot bridge the upgraded connection", e);
+                        }
+                    },
+                    Ok(Err(e)) => {
+                        return self.stranger_dropped("the connection's upgrade (TLS) failed", e);
+                    }
+                    Err(_) => {
+                        return self.stranger_dropped(
+                            "the connection's upgrade (TLS) timed out",
+                            format_args!("after {:?}", self.config.handshake_timeout),
+                        );
+                    }
+                }
+            }
+            (_, stream) => stream,
+        };
+        self.run(stream, pending).await;
+    }
+
     async fn run(self, stream: Stream, pending: Pending) {
         let (read, write) = stream.into_split();
         // Until the handshake is done, a frame is at most a handshake's size

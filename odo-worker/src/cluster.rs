@@ -1,7 +1,8 @@
-//! Calls between objects, from a worker process: delivered in this process
-//! for the shards it holds, and through the one
-//! [`Forwarder`](odo_transport::forward::Forwarder) to the owning worker
-//! otherwise, following the placement the registry pushes.
+//! Calls between objects, from a process that hosts objects: delivered in
+//! this process for the shards it holds, and through the one
+//! [`Forwarder`](odo_transport::forward::Forwarder) to the owner otherwise,
+//! following a [`PlacementSource`]: the placement the registry pushes to a
+//! worker process, or a cluster's placement (etcd) on a host.
 
 use std::fmt;
 use std::sync::Arc;
@@ -31,7 +32,7 @@ pub(crate) struct PushedPlacement {
 }
 
 impl PushedPlacement {
-    fn new(shard_count: u32) -> Self {
+    pub(crate) fn new(shard_count: u32) -> Self {
         Self {
             shard_count: shard_count.max(1),
             table: watch::Sender::new(Placement::default()),
@@ -39,7 +40,7 @@ impl PushedPlacement {
     }
 
     /// Takes `placement` unless a newer one is already known.
-    fn set(&self, placement: Placement) {
+    pub(crate) fn set(&self, placement: Placement) {
         self.table.send_if_modified(|current| {
             if placement.version >= current.version {
                 *current = placement;
@@ -85,26 +86,36 @@ impl PlacementSource for PushedPlacement {
     }
 }
 
-/// Routes the calls this worker's objects make.
-pub(crate) struct WorkerCluster {
+/// Routes calls to objects from a process that hosts objects: those of
+/// the shards its [`Runtime`] holds run here, without the wire format;
+/// the others go through the [`Forwarder`] to the owner that `placement`
+/// names. It is the [`Cluster`] the runtime's objects call through, and a
+/// host's front door can send its requests through it too.
+pub struct ObjectRouter {
     runtime: Runtime,
     own_endpoint: String,
-    placement: Arc<PushedPlacement>,
+    placement: Arc<dyn PlacementSource>,
     forwarder: Forwarder,
 }
 
-impl fmt::Debug for WorkerCluster {
+impl fmt::Debug for ObjectRouter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkerCluster")
+        f.debug_struct("ObjectRouter")
             .field("own_endpoint", &self.own_endpoint)
             .field("forwarder", &self.forwarder)
             .finish_non_exhaustive()
     }
 }
 
-impl WorkerCluster {
-    pub(crate) fn new(runtime: Runtime, own_endpoint: String, client: ClientConfig) -> Arc<Self> {
-        let placement = Arc::new(PushedPlacement::new(runtime.shard_count()));
+impl ObjectRouter {
+    /// Routes for `runtime`, which this process serves at `own_endpoint`,
+    /// following `placement`, reaching other processes with `client`.
+    pub fn new(
+        runtime: Runtime,
+        own_endpoint: String,
+        placement: Arc<dyn PlacementSource>,
+        client: ClientConfig,
+    ) -> Arc<Self> {
         let forwarder = Forwarder::new(placement.clone(), client);
         Arc::new(Self {
             runtime,
@@ -114,9 +125,14 @@ impl WorkerCluster {
         })
     }
 
-    /// Takes a placement the registry pushed.
-    pub(crate) fn set_placement(&self, placement: Placement) {
-        self.placement.set(placement);
+    /// The placement it follows.
+    pub fn placement(&self) -> &Arc<dyn PlacementSource> {
+        &self.placement
+    }
+
+    /// The runtime whose shards are local.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
     }
 
     /// Whether this process serves `location`'s shard.
@@ -160,7 +176,26 @@ fn unexpected(response: Response) -> CallError {
     .into()
 }
 
-impl Cluster for Arc<WorkerCluster> {
+impl ObjectRouter {
+    /// After this process answered `Moved` for a shard it held a moment
+    /// ago (being released) or is about to hold (being opened): waits for
+    /// the placement to change from `seen` (or a short while), and says
+    /// whether there is time left to route the call again. `Moved` is
+    /// answered before an event starts, so sending it again is safe.
+    async fn wait_for_move(&self, seen: u64, scope: &CallScope) -> bool {
+        let left = scope
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let pause = left.min(std::time::Duration::from_millis(50));
+        let _ = tokio::time::timeout(pause, self.placement.changed(seen)).await;
+        tokio::time::Instant::now() < scope.deadline
+    }
+}
+
+impl Cluster for Arc<ObjectRouter> {
     fn fetch(
         &self,
         target: ObjectAddress,
@@ -169,31 +204,30 @@ impl Cluster for Arc<WorkerCluster> {
     ) -> BoxFuture<'static, Result<HttpResponse, CallError>> {
         let this = self.clone();
         async move {
-            // Local calls skip the wire format altogether.
-            if this.local_now(&target) {
-                return Ok(this
-                    .runtime
-                    .fetch_within(target, None, request, scope)
-                    .await?);
-            }
             let (head, body) = request_parts(request);
-            let call = OutboundCall::Fetch(head);
-            match this.forward(&target, &call, body.clone(), &scope).await? {
-                // The shard moved to this worker while the call was retried.
-                Delivery::Local => {
-                    let OutboundCall::Fetch(head) = call else {
-                        unreachable!("built as a fetch above")
-                    };
-                    let request = crate::wire::request_from_parts(head, body)?;
-                    Ok(this
-                        .runtime
-                        .fetch_within(target, None, request, scope)
-                        .await?)
+            loop {
+                let seen = this.placement.version();
+                // Local calls skip the wire format altogether.
+                if !this.local_now(&target) {
+                    let call = OutboundCall::Fetch(head.clone());
+                    match this.forward(&target, &call, body.clone(), &scope).await? {
+                        // The shard moved here while the call was retried.
+                        Delivery::Local => {}
+                        Delivery::Answered(Response::Fetch(head), body) => {
+                            return Ok(response_from_wire(head, body)?);
+                        }
+                        Delivery::Answered(other, _) => return Err(unexpected(other)),
+                    }
                 }
-                Delivery::Answered(Response::Fetch(head), body) => {
-                    Ok(response_from_wire(head, body)?)
+                let request = crate::wire::request_from_parts(head.clone(), body.clone())?;
+                match this
+                    .runtime
+                    .fetch_within(target.clone(), None, request, scope.clone())
+                    .await
+                {
+                    Err(WireError::Moved { .. }) if this.wait_for_move(seen, &scope).await => {}
+                    result => return Ok(result?),
                 }
-                Delivery::Answered(other, _) => Err(unexpected(other)),
             }
         }
         .boxed()
@@ -208,22 +242,30 @@ impl Cluster for Arc<WorkerCluster> {
     ) -> BoxFuture<'static, Result<Bytes, CallError>> {
         let this = self.clone();
         async move {
-            if this.local_now(&target) {
-                return Ok(this
+            loop {
+                let seen = this.placement.version();
+                if !this.local_now(&target) {
+                    let call = OutboundCall::Rpc {
+                        method: method.clone(),
+                    };
+                    match this.forward(&target, &call, args.clone(), &scope).await? {
+                        Delivery::Local => {}
+                        Delivery::Answered(Response::Rpc, body) => return Ok(body),
+                        Delivery::Answered(other, _) => return Err(unexpected(other)),
+                    }
+                }
+                let call = RpcCall {
+                    method: method.clone(),
+                    args: args.clone(),
+                };
+                match this
                     .runtime
-                    .call_within(target, None, RpcCall { method, args }, scope)
-                    .await?);
-            }
-            let call = OutboundCall::Rpc {
-                method: method.clone(),
-            };
-            match this.forward(&target, &call, args.clone(), &scope).await? {
-                Delivery::Local => Ok(this
-                    .runtime
-                    .call_within(target, None, RpcCall { method, args }, scope)
-                    .await?),
-                Delivery::Answered(Response::Rpc, body) => Ok(body),
-                Delivery::Answered(other, _) => Err(unexpected(other)),
+                    .call_within(target.clone(), None, call, scope.clone())
+                    .await
+                {
+                    Err(WireError::Moved { .. }) if this.wait_for_move(seen, &scope).await => {}
+                    result => return Ok(result?),
+                }
             }
         }
         .boxed()

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use crate::activation::now_ms;
 use crate::call::CallScope;
 use crate::class::Classes;
-use crate::cluster::WorkerCluster;
+use crate::cluster::{ObjectRouter, PushedPlacement};
 use crate::config::RuntimeConfig;
 use crate::rpc::RpcCall;
 use crate::runtime::Runtime;
@@ -117,12 +117,19 @@ pub async fn serve(
         peer_name: name.clone(),
         ..ClientConfig::new(token)
     };
-    let cluster = WorkerCluster::new(runtime.clone(), endpoint.clone(), client.clone());
+    let pushed = Arc::new(PushedPlacement::new(runtime.shard_count()));
+    let cluster = ObjectRouter::new(
+        runtime.clone(),
+        endpoint.clone(),
+        pushed.clone(),
+        client.clone(),
+    );
     runtime.set_cluster(Arc::new(cluster.clone()));
     let (stop, mut stopped) = watch::channel(false);
     let handler = Arc::new(WorkerHandler {
         runtime: runtime.clone(),
-        cluster,
+        objects: ObjectHandler::new(runtime.clone()),
+        placement: pushed,
         data_dir: PathBuf::from(&launch.data_dir),
         backend,
         stop: stop.clone(),
@@ -215,7 +222,8 @@ fn die_with_parent(_parent_pid: u32) {
 /// Answers the registry's control messages and routers' requests.
 struct WorkerHandler {
     runtime: Runtime,
-    cluster: Arc<WorkerCluster>,
+    objects: ObjectHandler,
+    placement: Arc<PushedPlacement>,
     data_dir: PathBuf,
     backend: Arc<dyn BackendFactory>,
     stop: watch::Sender<bool>,
@@ -263,7 +271,7 @@ impl WorkerHandler {
                 }))
             }
             Control::Placement(placement) => {
-                self.cluster.set_placement(placement);
+                self.placement.set(placement);
                 Ok(ControlReply::Ack)
             }
             Control::Drain => {
@@ -292,6 +300,34 @@ fn scope_of(meta: CallMeta) -> CallScope {
 
 impl Handler for WorkerHandler {
     async fn handle(&self, request: Request, body: Bytes) -> (Response, Bytes) {
+        match request {
+            Request::Control(control) => match self.control(control).await {
+                Ok(reply) => (Response::Control(reply), Bytes::new()),
+                Err(e) => (Response::Error(e), Bytes::new()),
+            },
+            other => self.objects.handle(other, body).await,
+        }
+    }
+}
+
+/// Serves the requests for objects that a transport server receives
+/// (fetches and RPC calls stamped with a shard's epoch) from a
+/// [`Runtime`]: what a worker process serves, and what a cluster host
+/// serves to other hosts. Control messages are refused.
+#[derive(Debug, Clone)]
+pub struct ObjectHandler {
+    runtime: Runtime,
+}
+
+impl ObjectHandler {
+    /// Serves `runtime`'s objects.
+    pub fn new(runtime: Runtime) -> Self {
+        Self { runtime }
+    }
+}
+
+impl Handler for ObjectHandler {
+    async fn handle(&self, request: Request, body: Bytes) -> (Response, Bytes) {
         let result = match request {
             Request::Fetch(fetch) => match request_from_wire(fetch, body) {
                 Ok((target, meta, request)) => self
@@ -318,12 +354,11 @@ impl Handler for WorkerHandler {
                 .await
                 .map(|result| (Response::Rpc, result)),
             Request::Alarm(_) => Err(WireError::BadRequest {
-                message: "alarms are scheduled by the worker that holds the shard".into(),
+                message: "alarms are scheduled by the process that holds the shard".into(),
             }),
-            Request::Control(control) => self
-                .control(control)
-                .await
-                .map(|reply| (Response::Control(reply), Bytes::new())),
+            Request::Control(_) => Err(WireError::BadRequest {
+                message: "this endpoint serves objects, not control messages".into(),
+            }),
         };
         result.unwrap_or_else(|e| (Response::Error(e), Bytes::new()))
     }

@@ -89,6 +89,15 @@ pub struct ServeOptions {
     /// How long one poll of object code may run without returning before
     /// its worker is killed as stuck. Default 10 s.
     pub stall_limit: std::time::Duration,
+    /// With `storage` `postgres`: where the database is. `None` reads it
+    /// from the environment (`ODO_POSTGRES_URL`, ...). Feature `postgres`.
+    #[cfg(feature = "postgres")]
+    pub postgres: Option<odo_postgres::PostgresConfig>,
+    /// Join this cluster (etcd) instead of running alone: this process
+    /// serves the shards the cluster gives it (`workers` does not apply).
+    /// Feature `cluster`.
+    #[cfg(feature = "cluster")]
+    pub cluster: Option<odo_cluster::ClusterConfig>,
 }
 
 impl Default for ServeOptions {
@@ -104,6 +113,10 @@ impl Default for ServeOptions {
             runtime: RuntimeConfig::default(),
             heartbeat_timeout: std::time::Duration::from_secs(2),
             stall_limit: std::time::Duration::from_secs(10),
+            #[cfg(feature = "postgres")]
+            postgres: None,
+            #[cfg(feature = "cluster")]
+            cluster: None,
         }
     }
 }
@@ -139,13 +152,19 @@ pub struct App {
 
 impl Default for App {
     fn default() -> Self {
+        #[allow(unused_mut)]
+        let mut backends = Backends::builtin();
+        #[cfg(feature = "postgres")]
+        backends
+            .register(odo_postgres::PostgresFactory::from_env())
+            .expect("postgres is a free, valid backend name");
         Self {
             classes: Classes::default(),
             routes: Vec::new(),
             plain: PlainRoutes::default(),
             error: None,
             runtime: RuntimeConfig::default(),
-            backends: Backends::builtin(),
+            backends,
         }
     }
 }
@@ -341,7 +360,7 @@ impl App {
         match cli.command {
             Command::Serve(flags) => {
                 let stdin_eof = flags.exit_on_stdin_eof;
-                let mut options = flags.into_options();
+                let mut options = flags.into_options()?;
                 options.runtime = self.runtime.clone();
                 let shutdown = async move {
                     tokio::select! {
@@ -368,6 +387,11 @@ impl App {
         // Before anything starts: an unknown name fails here, listing the
         // registered ones.
         let backend = self.backends.get(&options.storage)?.clone();
+        #[cfg(feature = "postgres")]
+        let (backend, worker_env) =
+            crate::postgres::resolve(&options.storage, options.postgres.as_ref(), backend)?;
+        #[cfg(not(feature = "postgres"))]
+        let worker_env = Vec::new();
         let mut routes = PathRoutes::new(options.router.max_name_bytes);
         for (segment, class) in &self.routes {
             routes = routes.route(segment, class);
@@ -382,6 +406,24 @@ impl App {
             addr: options.listen,
             source,
         })?;
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = options.cluster.clone() {
+            let router = |service: Arc<dyn ObjectService>| {
+                Router::new(Arc::new(routes.clone()), service, options.router.clone())
+                    .with_plain_routes(self.plain.clone())
+            };
+            return crate::cluster::serve(
+                cluster,
+                self.classes,
+                backend,
+                &options,
+                listener,
+                local,
+                router,
+                shutdown,
+            )
+            .await;
+        }
         if options.workers == 0 {
             let local_service = LocalService::open(self.classes, backend, &options).await?;
             let router = Arc::new(
@@ -408,6 +450,7 @@ impl App {
         config.runtime_dir = options.runtime_dir.clone();
         config.heartbeat_timeout = options.heartbeat_timeout;
         config.stall_limit = options.stall_limit;
+        config.worker_env = worker_env;
         config.splitter = Some(Arc::new(crate::StorageSplitter::new(backend)));
         config.class_storage = class_storage(&self.classes);
         let registry = Arc::new(Registry::start(config).await?);
@@ -601,12 +644,26 @@ struct ServeFlags {
     /// supervisors and test harnesses that hold a pipe to the server).
     #[arg(long, hide = true)]
     exit_on_stdin_eof: bool,
+    #[cfg(feature = "postgres")]
+    #[command(flatten)]
+    postgres: crate::postgres::PostgresFlags,
+    #[cfg(feature = "cluster")]
+    #[command(flatten)]
+    cluster: crate::cluster::ClusterFlags,
+    /// Join a cluster through etcd (needs the `cluster` feature).
+    #[cfg(not(feature = "cluster"))]
+    #[arg(long, value_name = "etcd://HOST:PORT,...")]
+    cluster: Option<String>,
 }
 
 impl ServeFlags {
-    fn into_options(self) -> ServeOptions {
+    fn into_options(self) -> Result<ServeOptions, OdoError> {
         let defaults = ServeOptions::default();
-        ServeOptions {
+        #[cfg(not(feature = "cluster"))]
+        if self.cluster.is_some() {
+            return Err(OdoError::Other(NO_CLUSTER.into()));
+        }
+        Ok(ServeOptions {
             listen: self.listen,
             workers: self.workers.unwrap_or(defaults.workers),
             data_dir: self.data_dir,
@@ -627,10 +684,17 @@ impl ServeFlags {
             runtime: RuntimeConfig::default(),
             heartbeat_timeout: std::time::Duration::from_millis(self.heartbeat_timeout_ms),
             stall_limit: std::time::Duration::from_millis(self.stall_limit_ms),
-        }
+            #[cfg(feature = "postgres")]
+            postgres: self.postgres.config()?,
+            #[cfg(feature = "cluster")]
+            cluster: self.cluster.config(self.listen)?,
+        })
     }
 }
 
+/// What `odo serve --cluster` says in a build without cluster support.
+#[cfg(not(feature = "cluster"))]
+const NO_CLUSTER: &str = "this odo was built without cluster support: build it with the `cluster` feature (`cargo build --release -p odo --features cluster`; the etcd client needs protoc at build time: `apt-get install protobuf-compiler`)";
 /// Each class with its kind of storage, as the data directory records it.
 fn class_storage(classes: &Classes) -> Vec<(String, String)> {
     classes
@@ -747,7 +811,7 @@ mod tests {
     fn serve_options(args: &[&str]) -> Result<ServeOptions, clap::Error> {
         let cli = Cli::try_parse_from(["odo", "serve"].iter().chain(args))?;
         let Command::Serve(flags) = cli.command;
-        Ok(flags.into_options())
+        Ok(flags.into_options().expect("valid options"))
     }
 
     /// A backend of the app's own.
@@ -781,7 +845,7 @@ mod tests {
         };
         let cli = parse_cli(&args(&["--storage", "scratch"]), app.backends()).unwrap();
         let Command::Serve(flags) = cli.command;
-        assert_eq!(flags.into_options().storage, "scratch");
+        assert_eq!(flags.into_options().unwrap().storage, "scratch");
         let help = parse_cli(&args(&["--help"]), app.backends())
             .unwrap_err()
             .render()

@@ -12,11 +12,22 @@
 //! See [`App`] for a server around your own classes in a few lines, and
 //! [`App::backend`] for a storage backend of your own. The default feature
 //! `fjall` brings the durable fjall backend (the default `--storage`);
-//! without it, nothing of fjall is compiled.
+//! without it, nothing of fjall is compiled. The feature `postgres`
+//! registers the PostgreSQL backend (odo-postgres) as `postgres`, with
+//! `odo serve --storage postgres --postgres-url URL`. The feature
+//! `cluster` (odo-cluster; needs `protoc` to build the etcd client) adds
+//! `odo serve --cluster etcd://... --cluster-name NAME --advertise IP:PORT`:
+//! hosts that share shards through etcd.
 
 mod admin;
 mod app;
+#[cfg(all(feature = "cluster", not(target_os = "linux")))]
+compile_error!("odo's `cluster` feature (odo-cluster) is built on Linux only");
+#[cfg(feature = "cluster")]
+mod cluster;
 pub mod demo;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod split;
 
 pub use admin::RegistryAdmin;

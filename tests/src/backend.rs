@@ -57,7 +57,8 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 const ID_LEN: usize = 32;
 
 /// The backends the test server offers (`tests/src/bin/odo-test-server.rs`
-/// registers the same): the built-in ones and `logfile`. The multi-process
+/// registers the same, `postgres` through odo's `postgres` feature): the
+/// built-in ones, `logfile`, `sqlite` and `postgres`. The multi-process
 /// harness asks it whether a cell's backend is durable.
 pub fn test_server_backends() -> Backends {
     let mut backends = Backends::builtin();
@@ -67,6 +68,9 @@ pub fn test_server_backends() -> Backends {
     backends
         .register(crate::sqlite_cell::SqliteCellFactory::default())
         .expect("sqlite is a free, valid name");
+    backends
+        .register(odo_postgres::PostgresFactory::from_env())
+        .expect("postgres is a free, valid name");
     backends
 }
 

@@ -9,9 +9,17 @@
 //! odo's crates, which the test server registers.
 
 pub mod backend;
+#[cfg(target_os = "linux")]
+pub mod cluster;
+#[cfg(unix)]
+pub mod etcd;
 pub mod http;
+#[cfg(unix)]
+pub mod postgres;
 pub mod scenarios;
 pub mod soak;
 pub mod sqlite_cell;
+#[cfg(target_os = "linux")]
+pub mod tls;
 pub mod topology;
 pub mod transcript;

@@ -28,8 +28,11 @@ pub const QUEUE_DEPTH: u64 = 8;
 /// A running topology and what scenarios need to drive it.
 #[derive(Debug)]
 pub struct World {
-    // Dropped first: the server stops before its data directory goes.
+    // Dropped first: the server stops before its database and its data
+    // directory go.
     server: Option<RunningServer>,
+    #[cfg(unix)]
+    _postgres: Option<crate::postgres::LocalPostgres>,
     dir: tempfile::TempDir,
     spec: ServerSpec,
     /// The storage backend of this cell.
@@ -51,12 +54,22 @@ impl World {
             ("ODO_TEST_QUEUE_DEPTH".into(), QUEUE_DEPTH.to_string()),
         ];
         let dir = tempfile::tempdir()?;
+        #[cfg(unix)]
+        let postgres = if backend == odo_postgres::NAME {
+            let (server, env) = crate::postgres::for_server()?;
+            spec.env.extend(env);
+            server
+        } else {
+            None
+        };
         let server = spec.start(dir.path())?;
         let client = HttpClient::new(&server.base);
         Ok(World {
             backend: backend.to_owned(),
             transport: transport.to_owned(),
             spec,
+            #[cfg(unix)]
+            _postgres: postgres,
             dir,
             server: Some(server),
             client,

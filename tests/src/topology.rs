@@ -26,6 +26,10 @@ pub struct ServerSpec {
     pub extra_args: Vec<String>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
+    /// The front door's address. Default `127.0.0.1:0`.
+    pub listen: String,
+    /// Where the server's stderr goes (default: the test's stderr).
+    pub stderr: Option<PathBuf>,
 }
 
 /// A running server. Dropping it stops it (SIGTERM, then SIGKILL after
@@ -52,6 +56,8 @@ impl ServerSpec {
             transport: if cfg!(unix) { "uds" } else { "tcp" }.into(),
             extra_args: Vec::new(),
             env: Vec::new(),
+            listen: "127.0.0.1:0".into(),
+            stderr: None,
         }
     }
 
@@ -60,7 +66,7 @@ impl ServerSpec {
         let mut command = Command::new(&self.binary);
         command
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", &self.listen])
             .args(["--workers", &self.workers.to_string()])
             .arg("--data-dir")
             .arg(data_dir)
@@ -73,7 +79,14 @@ impl ServerSpec {
             .arg("--exit-on-stdin-eof")
             .args(&self.extra_args)
             .envs(self.env.iter().map(|(k, v)| (k, v)));
-        if std::env::var_os("RUST_LOG").is_none() {
+        if self.storage == odo_postgres::NAME {
+            // A schema per data directory: a new data directory starts its
+            // epochs again, and must not meet (and be fenced by, or fence)
+            // another server's shards in a shared schema.
+            command.env(odo_postgres::SCHEMA_ENV, schema_for(data_dir));
+        }
+        if std::env::var_os("RUST_LOG").is_none() && !self.env.iter().any(|(k, _)| k == "RUST_LOG")
+        {
             command.env("RUST_LOG", "error");
         }
         command
@@ -122,6 +135,14 @@ impl ServerSpec {
     pub fn start(&self, data_dir: &Path) -> Result<RunningServer> {
         let mut command = self.command(data_dir);
         command.stdin(Stdio::piped()).stdout(Stdio::piped());
+        if let Some(path) = &self.stderr {
+            let file = std::fs::File::options()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("open {}", path.display()))?;
+            command.stderr(file);
+        }
         let mut child = command
             .spawn()
             .with_context(|| format!("spawn {}", self.binary.display()))?;
@@ -299,4 +320,11 @@ pub async fn stop_process(pid: u32) -> Result<bool> {
             Some(false) => tokio::time::sleep(Duration::from_millis(1)).await,
         }
     }
+}
+
+/// The PostgreSQL schema of the server on `data_dir` (`--storage
+/// postgres`): named after the directory.
+pub fn schema_for(data_dir: &Path) -> String {
+    let hash = blake3::hash(data_dir.as_os_str().as_encoded_bytes());
+    format!("w{}", &hash.to_hex()[..20])
 }

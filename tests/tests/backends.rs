@@ -124,7 +124,7 @@ fn a_worker_refuses_a_backend_it_did_not_register() {
     assert!(!output.status.success(), "{stderr}");
     assert!(
         stderr.contains(
-            "unknown storage backend \"nosuch\"; the registered backends are: fjall, memory, logfile"
+            "unknown storage backend \"nosuch\"; the registered backends are: fjall, memory, postgres, logfile"
         ),
         "{stderr}"
     );

@@ -6,6 +6,8 @@
 //!   matrix, cross-platform compilation).
 //! - `cargo xtask test-multiprocess`: the scenario suite on every backend x
 //!   transport.
+//! - `cargo xtask test-cluster`: odo across machines (etcd, PostgreSQL,
+//!   several hosts), installing etcd and PostgreSQL when missing.
 //! - `cargo xtask bench [NAME...]`: the benchmarks, in release mode.
 //! - `cargo xtask package-check`, `cargo xtask cross-check`: one step of
 //!   `ci` alone.
@@ -21,6 +23,7 @@ use clap::{Parser, Subcommand};
 
 mod multiprocess;
 mod packaging;
+mod system;
 
 /// Targets whose compilation `ci` checks besides the host's, so that
 /// platform-specific code (named pipes, Unix sockets) keeps compiling.
@@ -42,7 +45,7 @@ struct Cli {
 enum Task {
     /// Everything CI checks: cargo fmt --check, cargo clippy -D warnings,
     /// package-check, cargo doc (warnings denied), cargo test --workspace,
-    /// test-multiprocess, cross-check.
+    /// test-multiprocess, test-cluster, cross-check.
     Ci,
     /// Every scenario on every backend x transport, with real child
     /// processes; prints a matrix and any transcript difference between cells.
@@ -66,6 +69,11 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// odo across machines with real processes: a 3-member etcd cluster,
+    /// PostgreSQL and odo hosts on loopback addresses (placement,
+    /// forwarding, failover, fencing of a paused host, join, leave, TLS).
+    /// Installs etcd-server, postgresql and protobuf-compiler when missing.
+    TestCluster,
     /// Only the packaging step of ci: cargo package for every published
     /// crate, then cargo check of each library crate alone.
     PackageCheck,
@@ -90,6 +98,7 @@ fn run(task: Task) -> Result<()> {
         Task::TestMultiprocess(options) => multiprocess::run(options),
         Task::Bench { args } => bench(&args),
         Task::Soak { args } => soak(&args),
+        Task::TestCluster => test_cluster(),
         Task::PackageCheck => packaging::check(),
         Task::CrossCheck => cross_check(),
     }
@@ -98,6 +107,11 @@ fn run(task: Task) -> Result<()> {
 fn ci() -> Result<()> {
     let started = Instant::now();
     cargo(&["fmt", "--all", "--check"])?;
+    // The tests crate builds odo's `cluster` feature on Linux: its etcd
+    // client needs protoc.
+    if cfg!(target_os = "linux") {
+        system::ensure(&[system::PROTOC])?;
+    }
     cargo(&[
         "clippy",
         "--workspace",
@@ -112,14 +126,37 @@ fn ci() -> Result<()> {
         &["doc", "--workspace", "--no-deps"],
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
-    cargo(&["test", "--workspace"])?;
+    // The postgres backend's tests start a private PostgreSQL server; in
+    // CI they must run, not skip.
+    system::ensure(&[system::POSTGRES])?;
+    cargo_with_env(&["test", "--workspace"], &[("ODO_REQUIRE_POSTGRES", "1")])?;
     multiprocess::run(multiprocess::Options::whole_matrix())?;
+    if cfg!(target_os = "linux") {
+        test_cluster()?;
+    }
     cross_check()?;
     println!(
         "xtask: ci passed in {:.0} s",
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `cargo xtask test-cluster`: installs what the cluster test needs when
+/// missing (or says what to run), then runs it, failing rather than
+/// skipping if something is still missing.
+fn test_cluster() -> Result<()> {
+    if !cfg!(target_os = "linux") {
+        println!(
+            "xtask: SKIPPED test-cluster: it runs on Linux only (etcd, PostgreSQL and the hosts as processes of this machine)"
+        );
+        return Ok(());
+    }
+    system::ensure(&[system::PROTOC, system::ETCD, system::POSTGRES])?;
+    cargo_with_env(
+        &["test", "-p", "odo-tests", "--test", "cluster"],
+        &[("ODO_REQUIRE_CLUSTER", "1")],
+    )
 }
 
 fn bench(names: &[String]) -> Result<()> {
@@ -244,6 +281,7 @@ mod tests {
         assert!(matches!(parse(&["ci"]), Ok(Task::Ci)));
         assert!(matches!(parse(&["package-check"]), Ok(Task::PackageCheck)));
         assert!(matches!(parse(&["cross-check"]), Ok(Task::CrossCheck)));
+        assert!(matches!(parse(&["test-cluster"]), Ok(Task::TestCluster)));
         assert!(matches!(
             parse(&["test-multiprocess"]),
             Ok(Task::TestMultiprocess(_))

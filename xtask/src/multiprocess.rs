@@ -12,12 +12,13 @@ use similar::TextDiff;
 
 /// The storage backends of the matrix: names the test server registers
 /// (odo's built-in `memory` and `fjall`, `logfile`, a backend defined
-/// in the tests crate, outside odo's: `odo_tests::backend`, and `sqlite`,
-/// fjall with every class SQLite-backed: `odo_tests::sqlite_cell`). Registering a
-/// backend in the test server (`App::backend`) and adding its name here
-/// puts it in the matrix; whether it is durable (which decides the
-/// durable-only scenarios) comes from its factory.
-pub(crate) const BACKENDS: &[&str] = &["memory", "fjall", "logfile", "sqlite"];
+/// in the tests crate, outside odo's: `odo_tests::backend`, `sqlite`,
+/// fjall with every class SQLite-backed: `odo_tests::sqlite_cell`, and
+/// `postgres`, against a private PostgreSQL server the cell starts).
+/// Registering a backend in the test server (`App::backend`) and adding
+/// its name here puts it in the matrix; whether it is durable (which
+/// decides the durable-only scenarios) comes from its factory.
+pub(crate) const BACKENDS: &[&str] = &["memory", "fjall", "logfile", "sqlite", "postgres"];
 
 /// The transports of the matrix, with whether this platform has them.
 /// Adding one here (and to the server's `--transport` flag) puts it in the
@@ -83,6 +84,9 @@ enum Outcome {
 
 pub(crate) fn run(options: Options) -> Result<()> {
     let started = Instant::now();
+    if options.backends.iter().any(|b| b == "postgres") {
+        crate::system::ensure(&[crate::system::POSTGRES])?;
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     println!("xtask: building the scenario runner and the test server once");
     let status = Command::new(&cargo)
@@ -322,7 +326,10 @@ mod tests {
     #[test]
     fn options_default_to_the_whole_matrix() {
         let o = parse(&[]).unwrap();
-        assert_eq!(o.backends, ["memory", "fjall", "logfile", "sqlite"]);
+        assert_eq!(
+            o.backends,
+            ["memory", "fjall", "logfile", "sqlite", "postgres"]
+        );
         assert_eq!(o.transports, ["uds", "tcp"]);
         assert_eq!(o.filter, None);
         assert!(!o.keep_going);

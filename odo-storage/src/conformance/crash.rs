@@ -65,6 +65,7 @@ pub fn crash<H: Harness>(harness: &H, test_name: &str) {
         let child = Command::new(exe)
             .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, dir.path())
+            .envs(harness.child_env())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -71,6 +71,13 @@ pub trait Harness {
     /// A non-durable backend must come back empty.
     fn durable(&self) -> bool;
 
+    /// Environment variables the [`crash`] test's child process needs
+    /// besides the parent's (which it inherits): where a networked
+    /// backend's server is, say. Default: none.
+    fn child_env(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
     /// The options of the store on `dir`.
     fn store_options(&self, dir: &Path) -> StoreOptions {
         let _ = dir;
@@ -117,6 +124,10 @@ impl<H: Harness> Harness for SqlHarness<H> {
 
     fn durable(&self) -> bool {
         self.inner.durable()
+    }
+
+    fn child_env(&self) -> Vec<(String, String)> {
+        self.inner.child_env()
     }
 
     fn store_options(&self, dir: &Path) -> StoreOptions {
@@ -188,12 +199,18 @@ pub struct FactoryHarness<F> {
     pub factory: F,
     /// The epoch every open passes (default 1).
     pub epoch: u64,
+    /// What [`Harness::child_env`] returns (default none).
+    pub child_env: Vec<(String, String)>,
 }
 
 impl<F: BackendFactory> FactoryHarness<F> {
     /// The harness of `factory`.
     pub fn new(factory: F) -> Self {
-        Self { factory, epoch: 1 }
+        Self {
+            factory,
+            epoch: 1,
+            child_env: Vec::new(),
+        }
     }
 }
 
@@ -214,6 +231,10 @@ impl<F: BackendFactory> Harness for FactoryHarness<F> {
 
     fn durable(&self) -> bool {
         self.factory.durable()
+    }
+
+    fn child_env(&self) -> Vec<(String, String)> {
+        self.child_env.clone()
     }
 }
 

@@ -1,0 +1,67 @@
+//! [`TcpUpgrade`]: a layer over each TCP connection, such as TLS, chosen
+//! by the program (odo-cluster brings rustls) so this crate does not
+//! depend on any TLS library.
+//!
+//! The framing layer writes to its socket without waiting
+//! (its frame sink), which an encrypting stream cannot do;
+//! so an upgraded connection is bridged to a Unix socket pair: one end is
+//! the stream the framing layer uses, a task copies bytes between the
+//! other end and the upgraded stream, both ways. Either side closing
+//! closes the other. (Unix only: on other platforms an upgrade fails.)
+
+use std::fmt;
+use std::io;
+
+use futures_util::future::BoxFuture;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::stream::Stream;
+
+/// A byte stream an upgrade returns (a TLS stream over the TCP one).
+pub trait UpgradedIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> UpgradedIo for T {}
+
+/// A boxed [`UpgradedIo`].
+pub type Upgraded = Box<dyn UpgradedIo>;
+
+/// A layer over TCP connections, both ways: set it in
+/// [`ClientConfig::upgrade`](crate::ClientConfig) and
+/// [`ServerConfig::upgrade`](crate::ServerConfig). Its work counts
+/// against the connect timeout (client) and the handshake timeout
+/// (server).
+pub trait TcpUpgrade: Send + Sync + fmt::Debug {
+    /// Client side: `tcp` is connected to `host` (the endpoint's host, an
+    /// IP address or a name, to check the server's identity against).
+    fn connect(&self, tcp: TcpStream, host: &str) -> BoxFuture<'static, io::Result<Upgraded>>;
+
+    /// Server side: `tcp` was just accepted.
+    fn accept(&self, tcp: TcpStream) -> BoxFuture<'static, io::Result<Upgraded>>;
+}
+
+/// Bridges `io` to a [`Stream`] the framing layer can use.
+#[cfg(unix)]
+pub(crate) fn bridge(io: Upgraded) -> io::Result<Stream> {
+    let (ours, theirs) = tokio::net::UnixStream::pair()?;
+    tokio::spawn(async move {
+        let mut io = io;
+        let mut theirs = theirs;
+        if let Err(e) = tokio::io::copy_bidirectional(&mut io, &mut theirs).await {
+            debug!(error = %e, "upgraded connection ended");
+        }
+    });
+    Ok(Stream::Unix(ours))
+}
+
+/// Bridges `io` to a [`Stream`] the framing layer can use.
+#[cfg(not(unix))]
+pub(crate) fn bridge(io: Upgraded) -> io::Result<Stream> {
+    drop(io);
+    debug!("upgraded TCP connections need Unix socket pairs");
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "upgraded (TLS) TCP connections are supported on Unix only",
+    ))
+}

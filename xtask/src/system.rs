@@ -1,0 +1,130 @@
+//! What the tests need beyond Rust: Debian packages, installed when
+//! missing (as root, with apt-get), or a message saying exactly what to
+//! run.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// A program a test needs, and the Debian package that brings it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Need {
+    /// What it is, for messages.
+    pub(crate) what: &'static str,
+    /// The Debian package.
+    pub(crate) package: &'static str,
+    /// Whether it is there.
+    pub(crate) present: fn() -> bool,
+}
+
+/// PostgreSQL's server binaries (`initdb`, `postgres`), which the
+/// `postgres` backend's tests start.
+pub(crate) const POSTGRES: Need = Need {
+    what: "PostgreSQL's server (initdb, postgres)",
+    package: "postgresql",
+    present: postgres_present,
+};
+
+/// etcd, which `cargo xtask test-cluster` runs (three members).
+pub(crate) const ETCD: Need = Need {
+    what: "etcd",
+    package: "etcd-server",
+    present: etcd_present,
+};
+
+fn etcd_present() -> bool {
+    ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+        .iter()
+        .any(|p| Path::new(p).exists())
+}
+
+/// `protoc`, which the etcd client (odo's `cluster` feature, which the
+/// tests crate turns on on Linux) needs at build time.
+pub(crate) const PROTOC: Need = Need {
+    what: "protoc (the etcd client of the `cluster` feature needs it to build)",
+    package: "protobuf-compiler",
+    present: protoc_present,
+};
+
+fn protoc_present() -> bool {
+    if let Some(protoc) = std::env::var_os("PROTOC") {
+        return Path::new(&protoc).exists();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("protoc").exists()))
+}
+
+fn postgres_present() -> bool {
+    if let Some(dir) = std::env::var_os("ODO_PG_BINDIR") {
+        return Path::new(&dir).join("initdb").exists();
+    }
+    std::fs::read_dir("/usr/lib/postgresql").is_ok_and(|dir| {
+        dir.flatten()
+            .any(|version| version.path().join("bin/initdb").exists())
+    })
+}
+
+/// Makes sure every `need` is there: installs the missing ones' packages
+/// with `apt-get install -y` when this runs as root on a system with
+/// apt-get, else fails naming the command to run.
+pub(crate) fn ensure(needs: &[Need]) -> Result<()> {
+    let missing: Vec<&Need> = needs.iter().filter(|n| !(n.present)()).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let packages: Vec<&str> = missing.iter().map(|n| n.package).collect();
+    let command = format!("apt-get install -y {}", packages.join(" "));
+    let root = is_root();
+    let apt = Path::new("/usr/bin/apt-get").exists();
+    if !(root && apt) {
+        let what: Vec<&str> = missing.iter().map(|n| n.what).collect();
+        bail!(
+            "the tests need {}: run `{command}` as root ({})",
+            what.join(", "),
+            if apt {
+                "not root here"
+            } else {
+                "no apt-get here"
+            }
+        );
+    }
+    println!(
+        "xtask: installing {}: $ apt-get update && {command}",
+        packages.join(" ")
+    );
+    let update = Command::new("apt-get")
+        .args(["update", "-qq"])
+        .status()
+        .context("running apt-get update")?;
+    if !update.success() {
+        bail!("`apt-get update` failed ({update})");
+    }
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&packages)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get install")?;
+    if !status.success() {
+        bail!("`{command}` failed ({status})");
+    }
+    for need in &missing {
+        if !(need.present)() {
+            bail!("{} is still missing after `{command}`", need.what);
+        }
+    }
+    Ok(())
+}
+
+/// Whether this process runs as root (uid 0), from /proc/self/status, so
+/// xtask needs no crate for it.
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
