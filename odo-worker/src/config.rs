@@ -25,6 +25,10 @@ pub struct RuntimeConfig {
     /// objects to finish their events; then the objects still running are
     /// stopped, their events answered `OutcomeUnknown`. Default 10 s.
     pub release_grace: Duration,
+    /// The largest WebSocket message an object may send or receive, in
+    /// bytes. Default 32 MiB (as Cloudflare); the front door has its own
+    /// limit for what clients send.
+    pub websocket_max_message_bytes: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -36,6 +40,7 @@ impl Default for RuntimeConfig {
             alarm_retry: AlarmRetry::default(),
             call_timeout: crate::call::DEFAULT_CALL_DEADLINE,
             release_grace: Duration::from_secs(10),
+            websocket_max_message_bytes: 32 * 1024 * 1024,
         }
     }
 }

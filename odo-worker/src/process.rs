@@ -22,6 +22,7 @@ use crate::activation::now_ms;
 use crate::call::CallScope;
 use crate::class::Classes;
 use crate::cluster::WorkerCluster;
+use crate::doors::RemoteDoors;
 use crate::config::RuntimeConfig;
 use crate::rpc::RpcCall;
 use crate::runtime::Runtime;
@@ -115,6 +116,7 @@ pub async fn serve(
     };
     let cluster = WorkerCluster::new(runtime.clone(), endpoint.clone(), client.clone());
     runtime.set_cluster(Arc::new(cluster.clone()));
+    runtime.set_websocket_doors(Arc::new(RemoteDoors::new(client.clone())));
     let (stop, mut stopped) = watch::channel(false);
     let handler = Arc::new(WorkerHandler {
         runtime: runtime.clone(),
@@ -312,6 +314,17 @@ impl Handler for WorkerHandler {
                 )
                 .await
                 .map(|result| (Response::Rpc, result)),
+            Request::Socket(event) => {
+                let epoch = event.target.epoch;
+                let scope = scope_of(event.meta.clone());
+                self.runtime
+                    .socket_event(event, Some(epoch), body, scope)
+                    .await
+                    .map(|()| (Response::Socket, Bytes::new()))
+            }
+            Request::SocketOutput(_) => Err(WireError::BadRequest {
+                message: "WebSocket outputs go to a front door, not to a worker".into(),
+            }),
             Request::Alarm(_) => Err(WireError::BadRequest {
                 message: "alarms are scheduled by the worker that holds the shard".into(),
             }),
