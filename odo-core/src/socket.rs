@@ -85,7 +85,11 @@ pub enum SocketEventKind {
     /// A leading part of a message too large for one frame; the parts that
     /// follow, up to a [`SocketEventKind::Message`], complete it. Not a
     /// turn of its own.
-    Part,
+    Part {
+        /// The message's first part: whatever an earlier, failed attempt
+        /// left is dropped.
+        first: bool,
+    },
     /// The socket closed: the client sent a close frame (`was_clean`), or
     /// the connection ended without one (code 1006), or the front door
     /// closed it (a limit; the code says which).

@@ -18,8 +18,8 @@ use odo_core::ObjectAddress;
 
 use crate::call::{CallScope, Cluster};
 use crate::socket::{SocketKey, SocketView, WebSocket, WebSocketError};
-use odo_core::socket::ACCEPT_TAGS_HEADER;
 use crate::stub::{NamespaceHandle, Stub};
+use odo_core::socket::ACCEPT_TAGS_HEADER;
 
 /// The context of one live object, handed to every handler.
 pub struct Context {

@@ -47,8 +47,9 @@ pub use process::{WorkerError, read_token, serve};
 pub use rpc::{RpcCall, RpcReply};
 pub use runtime::{Runtime, ShardError};
 pub use socket::{
-    MAX_ATTACHMENT_BYTES, MAX_AUTO_RESPONSE_CHARS, MAX_CLOSE_REASON_BYTES, MAX_SOCKETS_PER_OBJECT, MAX_TAG_BYTES, MAX_TAGS,
-    WebSocket, WebSocketDoors, WebSocketError, WebSocketMessage, is_websocket_upgrade,
+    MAX_ATTACHMENT_BYTES, MAX_AUTO_RESPONSE_CHARS, MAX_CLOSE_REASON_BYTES, MAX_SOCKETS_PER_OBJECT,
+    MAX_TAG_BYTES, MAX_TAGS, WebSocket, WebSocketDoors, WebSocketError, WebSocketMessage,
+    is_websocket_upgrade,
 };
 pub use stub::{NamespaceHandle, Stub};
 pub use types::{AlarmInfo, Request, Response, is_reserved_method};

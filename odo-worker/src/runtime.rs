@@ -463,8 +463,8 @@ impl Inner {
         }
         let max = self.config.websocket_max_message_bytes;
         let input = match event.kind {
-            Kind::Part => {
-                return if book.add_part(&id, &key, &payload, max) {
+            Kind::Part { first } => {
+                return if book.add_part(&id, &key, first, &payload, max) {
                     Ok(())
                 } else {
                     Err(WireError::BadRequest {

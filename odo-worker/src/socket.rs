@@ -77,8 +77,9 @@ pub enum WebSocketError {
         /// The limit.
         max: usize,
     },
-    /// A close code an application may not send (1000, or 3000 to 4999).
-    #[error("close code {0} is not 1000 or 3000..=4999")]
+    /// A close code that may not be sent (RFC 6455: 1000 to 1003, 1007 to
+    /// 1014, 3000 to 4999).
+    #[error("close code {0} may not be sent: use 1000-1003, 1007-1014 or 3000-4999")]
     BadCloseCode(u16),
     /// A close reason over [`MAX_CLOSE_REASON_BYTES`].
     #[error("a close reason of {len} bytes exceeds {MAX_CLOSE_REASON_BYTES}")]
@@ -287,12 +288,13 @@ impl SocketBook {
         &self,
         object: &ObjectId,
         key: &SocketKey,
+        first: bool,
         part: &[u8],
         max: usize,
     ) -> bool {
         self.with(object, |s| {
             let buffer = match &mut s.partial {
-                Some((k, buffer)) if k == key => buffer,
+                Some((k, buffer)) if k == key && !first => buffer,
                 _ => &mut s.partial.insert((key.clone(), BytesMut::new())).1,
             };
             if buffer.len() + part.len() > max {
@@ -556,10 +558,12 @@ impl SocketView {
                     // its auto-response with its first one.
                     let door_new = !sockets.entries.keys().any(|k| k.door == key.door);
                     if door_new && let Some(pair) = &sockets.auto_response {
-                        slot(&mut outputs, &key.door).1.push(SocketOp::AutoResponse {
-                            object: self.object,
-                            pair: Some(pair.clone()),
-                        });
+                        slot(&mut outputs, &key.door)
+                            .1
+                            .push(SocketOp::AutoResponse {
+                                object: self.object,
+                                pair: Some(pair.clone()),
+                            });
                     }
                     sockets.insert(key, tags, None);
                 }
@@ -571,10 +575,11 @@ impl SocketView {
                     let (_, ops, body) = slot(&mut outputs, &key.door);
                     // Consecutive sends of one message to many sockets
                     // travel (and are framed at the door) once.
-                    let start = body.len() - match ops.last() {
-                        Some(SocketOp::Send { len, .. }) => *len as usize,
-                        _ => 0,
-                    };
+                    let start = body.len()
+                        - match ops.last() {
+                            Some(SocketOp::Send { len, .. }) => *len as usize,
+                            _ => 0,
+                        };
                     if let Some(SocketOp::Send {
                         sockets: to,
                         binary: b,
@@ -697,11 +702,12 @@ impl WebSocket {
         Ok(())
     }
 
-    /// Closes the socket with `code` (1000, or 3000 to 4999) and `reason`
-    /// (at most 123 bytes). The object gets its close event when the
-    /// client answers (or the front door gives up waiting).
+    /// Closes the socket with `code` (1000 to 1003, 1007 to 1014, or 3000
+    /// to 4999) and `reason` (at most 123 bytes). The object gets its close
+    /// event when the client answers (or the front door gives up waiting).
     pub fn close(&self, code: u16, reason: &str) -> Result<(), WebSocketError> {
-        if code != 1000 && !(3000..=4999).contains(&code) {
+        let sendable = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+        if !sendable {
             return Err(WebSocketError::BadCloseCode(code));
         }
         if reason.len() > MAX_CLOSE_REASON_BYTES {

@@ -17,6 +17,8 @@
 mod admin;
 mod app;
 pub mod demo;
+pub mod room;
+mod websockets;
 
 pub use admin::RegistryAdmin;
 pub use app::{App, OdoError, ServeOptions};
@@ -30,15 +32,17 @@ pub use odo_storage as storage;
 pub use odo_storage::ListOptions;
 pub use odo_worker::{
     AlarmInfo, Context, DurableObject, ObjectError, Request, Response, RpcCall, RpcReply,
-    RuntimeConfig, Stub,
+    RuntimeConfig, Stub, WebSocket, WebSocketError, WebSocketMessage, is_websocket_upgrade,
 };
 
-/// The demo server's app: `Counter` under `/counter`, `Kv` under `/kv`, and
-/// the plain route `GET /hello`, which no object serves.
+/// The demo server's app: `Counter` under `/counter`, `Kv` under `/kv`,
+/// the chat [`room::Room`] under `/room`, and the plain route
+/// `GET /hello`, which no object serves.
 pub fn demo_app() -> App {
     App::new()
         .class::<demo::Counter>("counter", "COUNTER")
         .class::<demo::Kv>("kv", "KV")
+        .class::<room::Room>("room", "ROOM")
         .route(http::Method::GET, "/hello", |_request| async {
             let mut response = http::Response::new(bytes::Bytes::from_static(b"hello"));
             response.headers_mut().insert(
