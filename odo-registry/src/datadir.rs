@@ -14,7 +14,8 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::RegistryError;
-use crate::placement::ClusterFile;
+use crate::record::ClusterFile;
+use crate::split::{self, ShardSplitter};
 
 /// The lock file's name inside the data directory.
 pub const DATA_DIR_LOCK_FILE: &str = "odo.lock";
@@ -145,9 +146,45 @@ impl DataDirLock {
     }
 
     /// The number of shards, S, of the directory: read from its cluster
-    /// record, or recorded as `default` if the directory is new. S never
-    /// changes once recorded, whatever the worker count.
+    /// record, or recorded as `default` if the directory is new.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::DataDir`] when the record is unreadable, or records
+    /// a split in progress: [`prepare_shards`](Self::prepare_shards)
+    /// finishes it.
     pub fn shard_count(&self, default: u32) -> Result<u32, RegistryError> {
-        Ok(ClusterFile::load_or_create(&self.dir, default)?.shard_count)
+        let record = ClusterFile::load_or_create(&self.dir, default)?;
+        if record.split.is_some() {
+            return Err(RegistryError::DataDir {
+                path: self.dir.clone(),
+                reason: "a shard split is in progress; starting the server finishes it".into(),
+            });
+        }
+        Ok(record.shard_count)
+    }
+
+    /// The number of shards, S, the directory is to be served with by
+    /// `workers` workers (0 means one process hosting them all): reads the
+    /// cluster record (or records `default` shards if the directory is
+    /// new), finishes a split left unfinished by a crash, and, while S is
+    /// below `workers`, splits the shards with `splitter` (doubling S each
+    /// time; see [`ShardSplitter`]). Call it before anything serves the
+    /// shards.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::DataDir`] when the record is unreadable or cannot
+    /// be written, [`RegistryError::Split`] when a split fails (it goes on
+    /// at the next call).
+    pub async fn prepare_shards(
+        &self,
+        default: u32,
+        workers: u32,
+        splitter: Option<&dyn ShardSplitter>,
+    ) -> Result<u32, RegistryError> {
+        Ok(split::prepare(&self.dir, default, workers, splitter)
+            .await?
+            .shard_count)
     }
 }

@@ -36,7 +36,9 @@
 
 mod datadir;
 mod placement;
+mod record;
 mod runtime_dir;
+mod split;
 mod supervisor;
 
 use std::path::PathBuf;
@@ -53,6 +55,7 @@ use tracing::info;
 pub use datadir::{DATA_DIR_LOCK_FILE, DataDirLock};
 pub use odo_core::placement::SlotPhase as WorkerState;
 pub use placement::{Owner, PlacementTable, ShardEntry, TablePlacement};
+pub use split::{ShardAt, ShardSplitter, SplitDone, SplitError, SplitFuture};
 pub use supervisor::WorkerStatus;
 
 use runtime_dir::RuntimeDir;
@@ -114,6 +117,11 @@ pub struct RegistryConfig {
     /// Virtual shards, used only when the data directory is new. Default:
     /// the worker count.
     pub shards: Option<u32>,
+    /// Splits the data directory's shards at startup when they are fewer
+    /// than the workers (see [`ShardSplitter`]); without one, extra workers
+    /// hold no shard (logged). Default: none; odo's facade gives the
+    /// storage backend's.
+    pub splitter: Option<Arc<dyn ShardSplitter>>,
     /// Where the cluster record and shard data live. Locked for the
     /// registry's whole life ([`DataDirLock`]).
     pub data_dir: PathBuf,
@@ -179,6 +187,7 @@ impl RegistryConfig {
             command,
             workers,
             shards: None,
+            splitter: None,
             data_dir,
             runtime_dir: None,
             transport: TransportKind::available()[0],
@@ -263,6 +272,20 @@ pub enum RegistryError {
     /// A configuration value is unusable.
     #[error("bad configuration: {0}")]
     Config(String),
+    /// Splitting the data directory's shards failed; it goes on at the
+    /// next start.
+    #[error(
+        "splitting the shards from {from} to {to} failed (the split goes on at the next start): {source}"
+    )]
+    Split {
+        /// The shard count before the split.
+        from: u32,
+        /// The shard count after it.
+        to: u32,
+        /// What failed.
+        #[source]
+        source: SplitError,
+    },
     /// Some workers never became ready.
     #[error("workers not ready: {0}")]
     NotReady(String),
@@ -274,8 +297,9 @@ fn holder(pid: &Option<u32>) -> String {
 }
 
 /// The number of shards, S, of the data directory `data_dir`: read from its
-/// cluster record, or recorded as `default` if the directory is new. S never
-/// changes once recorded, whatever the worker count. Locks the directory
+/// cluster record, or recorded as `default` if the directory is new. S
+/// changes only when a server with more workers splits the shards at
+/// startup ([`ShardSplitter`]). Locks the directory
 /// meanwhile, so it fails with [`RegistryError::DataDirLocked`] while a
 /// server has it; a server keeps a [`DataDirLock`] and asks it instead.
 pub fn shard_count(data_dir: &std::path::Path, default: u32) -> Result<u32, RegistryError> {
@@ -336,7 +360,7 @@ impl Shared {
     /// directory's lock.
     pub(crate) async fn write_record(
         &self,
-        record: placement::ClusterFile,
+        record: record::ClusterFile,
     ) -> Result<(), RegistryError> {
         let data_lock = self.data_lock.clone();
         let data_dir = self.config.data_dir.clone();
@@ -380,10 +404,13 @@ impl Registry {
             return Err(RegistryError::Config(e.to_string()));
         }
         let data_lock = DataDirLock::acquire(&config.data_dir)?;
-        let record = placement::ClusterFile::load_or_create(
+        let record = split::prepare(
             data_lock.dir(),
             config.shards.unwrap_or(config.workers),
-        )?;
+            config.workers,
+            config.splitter.as_deref(),
+        )
+        .await?;
         let runtime = RuntimeDir::create(config.runtime_dir.as_deref())?;
         let runtime_dir = runtime.path().to_path_buf();
         let bound = async {

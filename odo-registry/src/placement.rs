@@ -1,17 +1,13 @@
 //! The placement table: which worker serves each shard, at which epoch.
 //! Plain data; the supervisor changes it and publishes copies.
 
-use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use odo_core::ObjectId;
 use odo_core::placement::{Changed, PlacementSource, ShardLocation, ShardOwner};
 use odo_core::wire::{Placement, ShardPlacement};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::watch;
-
-use crate::RegistryError;
 
 /// The live owner of a shard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -84,110 +80,6 @@ impl PlacementTable {
     }
 }
 
-/// What the data directory records: S and the last epoch of each shard.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct ClusterFile {
-    pub(crate) format: u32,
-    pub(crate) shard_count: u32,
-    pub(crate) epochs: Vec<u64>,
-    /// The worker slot serving each shard when the record was written
-    /// (`None`: unassigned). Informational: a restarted registry assigns
-    /// shards afresh, with new epochs.
-    #[serde(default)]
-    pub(crate) assignment: Vec<Option<u32>>,
-}
-
-const CLUSTER_FILE: &str = "odo-cluster.json";
-
-impl ClusterFile {
-    /// Reads the data directory's record, or creates one with
-    /// `shard_count` shards.
-    pub(crate) fn load_or_create(data_dir: &Path, shard_count: u32) -> Result<Self, RegistryError> {
-        let path = data_dir.join(CLUSTER_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let file: ClusterFile =
-                    serde_json::from_slice(&bytes).map_err(|e| RegistryError::DataDir {
-                        path: path.clone(),
-                        reason: format!("unreadable cluster record: {e}"),
-                    })?;
-                if file.format != 1
-                    || file.epochs.len() != file.shard_count as usize
-                    || file.shard_count == 0
-                {
-                    return Err(RegistryError::DataDir {
-                        path,
-                        reason: "inconsistent cluster record (format, shard count or epochs)"
-                            .into(),
-                    });
-                }
-                Ok(file)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let file = ClusterFile {
-                    format: 1,
-                    shard_count: shard_count.max(1),
-                    epochs: vec![0; shard_count.max(1) as usize],
-                    assignment: vec![None; shard_count.max(1) as usize],
-                };
-                file.save(data_dir)?;
-                Ok(file)
-            }
-            Err(e) => Err(RegistryError::DataDir {
-                path,
-                reason: e.to_string(),
-            }),
-        }
-    }
-
-    /// Writes the record atomically and durably (temporary file, fsync,
-    /// rename, fsync of the directory), so that epochs never go backwards.
-    /// The temporary file's name is its writer's own (pid and a counter),
-    /// and it is removed if the write fails.
-    pub(crate) fn save(&self, data_dir: &Path) -> Result<(), RegistryError> {
-        static WRITES: AtomicU64 = AtomicU64::new(0);
-        let path = data_dir.join(CLUSTER_FILE);
-        let tmp = data_dir.join(format!(
-            "{CLUSTER_FILE}.{}-{}.tmp",
-            std::process::id(),
-            WRITES.fetch_add(1, Ordering::Relaxed)
-        ));
-        let written = self.write_and_rename(data_dir, &path, &tmp);
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written
-    }
-
-    fn write_and_rename(
-        &self,
-        data_dir: &Path,
-        path: &Path,
-        tmp: &Path,
-    ) -> Result<(), RegistryError> {
-        let io = |e: std::io::Error| RegistryError::DataDir {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        };
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| RegistryError::DataDir {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        {
-            use std::io::Write;
-            let mut file = std::fs::File::create(tmp).map_err(io)?;
-            file.write_all(&bytes).map_err(io)?;
-            file.sync_all().map_err(io)?;
-        }
-        std::fs::rename(tmp, path).map_err(io)?;
-        #[cfg(unix)]
-        std::fs::File::open(data_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,30 +106,6 @@ mod tests {
         assert_eq!(wire.shards[0].endpoint, None);
         assert_eq!(wire.shards[0].epoch, 4);
         assert_eq!(wire.shards[1].endpoint.as_deref(), Some("unix:/w1"));
-    }
-
-    #[test]
-    fn the_cluster_file_keeps_s_and_epochs() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut file = ClusterFile::load_or_create(dir.path(), 3).unwrap();
-        assert_eq!(file.epochs, vec![0, 0, 0]);
-        file.epochs = vec![7, 8, 9];
-        file.assignment = vec![Some(0), None, Some(1)];
-        file.save(dir.path()).unwrap();
-        // S is fixed at creation: a different worker count later does not
-        // change it.
-        assert_eq!(ClusterFile::load_or_create(dir.path(), 5).unwrap(), file);
-        // Nothing but the record is left behind.
-        let names: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from(CLUSTER_FILE)]);
-        std::fs::write(dir.path().join(CLUSTER_FILE), b"{garbage").unwrap();
-        assert!(matches!(
-            ClusterFile::load_or_create(dir.path(), 3),
-            Err(RegistryError::DataDir { .. })
-        ));
     }
 }
 

@@ -30,7 +30,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::placement::{ClusterFile, Owner, PlacementTable, ShardEntry};
+use crate::placement::{Owner, PlacementTable, ShardEntry};
+use crate::record::ClusterFile;
 use crate::{Shared, TransportKind};
 
 /// One worker slot as the admin endpoints show it.
@@ -464,10 +465,9 @@ fn start_persister(
                     break;
                 };
                 let file = ClusterFile {
-                    format: 1,
-                    shard_count: record.epochs.len() as u32,
                     epochs: record.epochs.clone(),
                     assignment: record.assignment.clone(),
+                    ..ClusterFile::new(record.epochs.len() as u32)
                 };
                 match shared.write_record(file).await {
                     Ok(()) => {

@@ -82,6 +82,25 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Flushes everything and releases the store (files, locks).
     fn close(&self) -> Result<(), StorageError>;
+
+    /// Up to `limit` objects that have data or an alarm in this store, in
+    /// id order, starting after `after` (from the first when `None`): one
+    /// page of every object the store holds.
+    ///
+    /// Used only when shards split (a data directory served by more
+    /// workers than it has shards; see [`split`](crate::split)). A backend
+    /// that cannot list its objects keeps this default, which fails with
+    /// [`StorageError::Unsupported`], and its shards never split.
+    fn objects(
+        &self,
+        after: Option<&ObjectId>,
+        limit: usize,
+    ) -> Result<Vec<ObjectId>, StorageError> {
+        let _ = (after, limit);
+        Err(StorageError::Unsupported {
+            what: "listing the objects of a store (needed to split shards)",
+        })
+    }
 }
 
 /// A shared backend is a backend (so a factory's `Arc<dyn Backend>` can go
@@ -115,5 +134,13 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
 
     fn close(&self) -> Result<(), StorageError> {
         (**self).close()
+    }
+
+    fn objects(
+        &self,
+        after: Option<&ObjectId>,
+        limit: usize,
+    ) -> Result<Vec<ObjectId>, StorageError> {
+        (**self).objects(after, limit)
     }
 }

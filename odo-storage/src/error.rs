@@ -15,6 +15,12 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StorageError {
+    /// The backend does not offer this.
+    #[error("the storage backend does not support {what}")]
+    Unsupported {
+        /// What was asked for.
+        what: &'static str,
+    },
     /// A key is longer than [`MAX_KEY_BYTES`](crate::MAX_KEY_BYTES).
     #[error("storage key is {len} bytes, the limit is {max} bytes")]
     KeyTooLarge {

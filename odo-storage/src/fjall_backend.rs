@@ -350,6 +350,20 @@ fn bad_alarm_key(key: &[u8]) -> StorageError {
     ))
 }
 
+/// The object a data or `alarm_of` key belongs to: its first 32 bytes.
+fn object_of(key: &[u8]) -> Result<ObjectId, StorageError> {
+    let id: [u8; ID_LEN] = key
+        .get(..ID_LEN)
+        .and_then(|id| id.try_into().ok())
+        .ok_or_else(|| {
+            StorageError::corruption(format!(
+                "a key of {} bytes, shorter than an object id",
+                key.len()
+            ))
+        })?;
+    Ok(ObjectId::from_bytes(id))
+}
+
 fn parse_time(value: &[u8]) -> Result<u64, StorageError> {
     let time: [u8; 8] = value.try_into().map_err(|_| {
         StorageError::corruption(format!("alarm time of {} bytes, expected 8", value.len()))
@@ -523,6 +537,59 @@ impl Backend for FjallBackend {
             batch
                 .commit()
                 .map_err(|e| engine_error("committing a batch", e))
+        })
+    }
+
+    fn objects(
+        &self,
+        after: Option<&ObjectId>,
+        limit: usize,
+    ) -> Result<Vec<ObjectId>, StorageError> {
+        self.with(|open| {
+            // Where the next object can start: just past every key of `after`.
+            let start = |after: Option<&ObjectId>| match after {
+                None => Some(Bound::Unbounded),
+                Some(id) => bytes_successor(id.as_bytes()).map(Bound::Included),
+            };
+            // The objects with data: one seek per object, to the first key
+            // past the previous object's keys.
+            let mut with_data = Vec::new();
+            let mut from = start(after);
+            while let Some(lower) = from.take() {
+                if with_data.len() >= limit {
+                    break;
+                }
+                let first = open
+                    .data
+                    .range::<Vec<u8>, _>((lower, Bound::Unbounded))
+                    .next();
+                let Some(guard) = first else { break };
+                let key = guard
+                    .key()
+                    .map_err(|e| engine_error("scanning objects", e))?;
+                let id = object_of(&key)?;
+                with_data.push(id);
+                from = start(Some(&id));
+            }
+            // The objects with an alarm (most also have data).
+            let mut with_alarm = Vec::new();
+            if let Some(lower) = start(after) {
+                for guard in open
+                    .alarm_of
+                    .range::<Vec<u8>, _>((lower, Bound::Unbounded))
+                    .take(limit)
+                {
+                    let key = guard
+                        .key()
+                        .map_err(|e| engine_error("scanning alarms", e))?;
+                    with_alarm.push(object_of(&key)?);
+                }
+            }
+            let mut ids: Vec<ObjectId> = with_data.into_iter().chain(with_alarm).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids.truncate(limit);
+            Ok(ids)
         })
     }
 

@@ -76,6 +76,7 @@ mod fjall_backend;
 mod listing;
 mod memory;
 mod object;
+pub mod split;
 mod store;
 mod turns;
 

@@ -151,4 +151,21 @@ impl Backend for MemoryBackend {
         self.write()?.take();
         Ok(())
     }
+
+    fn objects(
+        &self,
+        after: Option<&ObjectId>,
+        limit: usize,
+    ) -> Result<Vec<ObjectId>, StorageError> {
+        self.with(|s| {
+            let ids: BTreeSet<ObjectId> = s
+                .data
+                .keys()
+                .chain(s.alarm_of.keys())
+                .filter(|id| after.is_none_or(|after| *id > after))
+                .copied()
+                .collect();
+            ids.into_iter().take(limit).collect()
+        })
+    }
 }

@@ -395,6 +395,7 @@ impl App {
         config.runtime_dir = options.runtime_dir.clone();
         config.heartbeat_timeout = options.heartbeat_timeout;
         config.stall_limit = options.stall_limit;
+        config.splitter = Some(Arc::new(crate::StorageSplitter::new(backend)));
         let registry = Arc::new(Registry::start(config).await?);
         registry.ready().await?;
         let client = odo_transport::ClientConfig {
@@ -680,7 +681,10 @@ impl LocalService {
         options: &ServeOptions,
     ) -> Result<Self, OdoError> {
         let data_lock = odo_registry::DataDirLock::acquire(&options.data_dir)?;
-        let shards = data_lock.shard_count(1)?;
+        // One process holds every shard: nothing to split, but a split a
+        // crash left unfinished is finished before anything is served.
+        let splitter = crate::StorageSplitter::new(backend.clone());
+        let shards = data_lock.prepare_shards(1, 1, Some(&splitter)).await?;
         let runtime = Runtime::new(classes, options.runtime.clone(), shards);
         for shard in 0..shards {
             let opened = backend

@@ -18,6 +18,7 @@ mod admin;
 mod app;
 pub mod demo;
 pub mod room;
+mod split;
 mod websockets;
 
 pub use admin::RegistryAdmin;
@@ -34,6 +35,7 @@ pub use odo_worker::{
     AlarmInfo, Context, DurableObject, ObjectError, Request, Response, RpcCall, RpcReply,
     RuntimeConfig, Stub, WebSocket, WebSocketError, WebSocketMessage, is_websocket_upgrade,
 };
+pub use split::StorageSplitter;
 
 /// The demo server's app: `Counter` under `/counter`, `Kv` under `/kv`,
 /// the chat [`room::Room`] under `/room`, and the plain route

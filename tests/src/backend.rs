@@ -537,6 +537,49 @@ impl Backend for LogFileBackend {
         Ok(())
     }
 
+    fn objects(
+        &self,
+        after: Option<&ObjectId>,
+        limit: usize,
+    ) -> Result<Vec<ObjectId>, StorageError> {
+        // The lowest key an object after `after` can have, if any.
+        let past = |id: &ObjectId| match self::after(id) {
+            Bound::Excluded(next) => Some(Bound::Included(next)),
+            _ => None,
+        };
+        let start = match after {
+            None => Some(Bound::Unbounded),
+            Some(id) => past(id),
+        };
+        self.with(|index| {
+            let mut ids = BTreeSet::new();
+            // One seek per object with data, past the previous one's keys.
+            let mut from = start;
+            while let Some(lower) = from.take() {
+                if ids.len() >= limit {
+                    break;
+                }
+                let Some((key, _)) = index.data.range((lower, Bound::Unbounded)).next() else {
+                    break;
+                };
+                let id: [u8; ID_LEN] = key
+                    .get(..ID_LEN)
+                    .and_then(|id| id.try_into().ok())
+                    .ok_or_else(|| StorageError::corruption("a data key shorter than an id"))?;
+                let id = ObjectId::from_bytes(id);
+                ids.insert(id);
+                from = past(&id);
+            }
+            ids.extend(
+                index
+                    .alarm_of
+                    .keys()
+                    .filter(|id| after.is_none_or(|after| *id > after)),
+            );
+            Ok(ids.into_iter().take(limit).collect())
+        })?
+    }
+
     fn close(&self) -> Result<(), StorageError> {
         let mut writer = self.writer()?;
         let synced = match writer.take() {

@@ -408,6 +408,71 @@ async fn a_restart_on_the_same_data_keeps_state_and_fires_pending_alarms() {
     assert_eq!(c.get("/kv/keep/x").await.unwrap().text(), "y");
 }
 
+/// A directory first served by 2 workers, then by 4: its shards split at
+/// startup, so every worker holds one, and nothing written before is lost
+/// (values, keys, a pending alarm).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_workers_split_the_shards_and_keep_every_object() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (server, c) = start(&spec(2), dir.path());
+        let writes = (0..100u32).map(|i| {
+            let c = c.clone();
+            async move {
+                for _ in 0..=(i % 3) {
+                    c.post(&format!("/counter/g{i}/increment")).await.unwrap();
+                }
+                c.send("PUT", &format!("/kv/g{i}/k"), &[], format!("v{i}"))
+                    .await
+                    .unwrap();
+            }
+        });
+        futures_util::future::join_all(writes).await;
+        let alarm = c.post("/counter/g7/alarm?in_ms=3000").await.unwrap();
+        assert_eq!(alarm.status, 200);
+        let shards: Vec<u32> = workers(&c)
+            .await
+            .iter()
+            .map(|w| w.shards.len() as u32)
+            .collect();
+        assert_eq!(shards, vec![1, 1]);
+        let status = tokio::task::spawn_blocking(move || server.terminate())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success());
+    }
+    let (_server, c) = start(&spec(4), dir.path());
+    let mut held: Vec<Vec<u32>> = workers(&c).await.into_iter().map(|w| w.shards).collect();
+    held.sort();
+    assert_eq!(held, vec![vec![0], vec![1], vec![2], vec![3]]);
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("odo-cluster.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["shard_count"], 4, "{record}");
+    let mut pids = HashSet::new();
+    for i in 0..100u32 {
+        let count = c.get(&format!("/counter/g{i}")).await.unwrap().text();
+        assert_eq!(count, (i % 3 + 1).to_string(), "counter g{i}");
+        let value = c.get(&format!("/kv/g{i}/k")).await.unwrap().text();
+        assert_eq!(value, format!("v{i}"), "kv g{i}");
+        pids.insert(owner_pid(&c, "counter", &format!("g{i}")).await);
+    }
+    assert_eq!(
+        pids.len(),
+        4,
+        "the objects are spread over all four workers"
+    );
+    // The alarm set before the split fires after it, once.
+    let started = Instant::now();
+    while c.get("/counter/g7/alarms").await.unwrap().text() != "1"
+        && started.elapsed() < Duration::from_secs(20)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(c.get("/counter/g7/alarms").await.unwrap().text(), "1");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_answers() {
     let dir = tempfile::tempdir().unwrap();

@@ -56,6 +56,16 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The kill soak in release mode: SIGKILL a random worker of four every
+    /// second under load on 50 counters, 100 times; fails if an
+    /// acknowledged write was lost or an object had two live instances, and
+    /// reports recovery times (`soak --help` lists its options).
+    #[command(disable_help_flag = true)]
+    Soak {
+        /// Options passed to the soak (`--kills`, `--interval-ms`, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Only the packaging step of ci: cargo package for every published
     /// crate, then cargo check of each library crate alone.
     PackageCheck,
@@ -79,6 +89,7 @@ fn run(task: Task) -> Result<()> {
         Task::Ci => ci(),
         Task::TestMultiprocess(options) => multiprocess::run(options),
         Task::Bench { args } => bench(&args),
+        Task::Soak { args } => soak(&args),
         Task::PackageCheck => packaging::check(),
         Task::CrossCheck => cross_check(),
     }
@@ -122,6 +133,20 @@ fn bench(names: &[String]) -> Result<()> {
         "--",
     ];
     args.extend(names.iter().map(String::as_str));
+    cargo(&args)
+}
+
+fn soak(options: &[String]) -> Result<()> {
+    let mut args = vec![
+        "test",
+        "--release",
+        "-p",
+        "odo-tests",
+        "--test",
+        "soak",
+        "--",
+    ];
+    args.extend(options.iter().map(String::as_str));
     cargo(&args)
 }
 
@@ -225,6 +250,14 @@ mod tests {
         let err = parse(&["deploy"]).expect_err("unknown task");
         assert_eq!(err.kind(), clap::error::ErrorKind::InvalidSubcommand);
         assert!(parse(&["ci", "--fast"]).is_err());
+    }
+
+    #[test]
+    fn soak_passes_everything_to_the_soak() {
+        let Ok(Task::Soak { args }) = parse(&["soak", "--kills", "10"]) else {
+            panic!("soak");
+        };
+        assert_eq!(args, ["--kills", "10"]);
     }
 
     #[test]

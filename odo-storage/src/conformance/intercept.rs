@@ -89,6 +89,14 @@ impl<B: Backend> Backend for InterceptCommits<B> {
     fn close(&self) -> Result<(), StorageError> {
         self.inner.close()
     }
+
+    fn objects(
+        &self,
+        after: Option<&ObjectId>,
+        limit: usize,
+    ) -> Result<Vec<ObjectId>, StorageError> {
+        self.inner.objects(after, limit)
+    }
 }
 
 /// A valve for commits: every commit waits at it until the test lets one

@@ -47,6 +47,10 @@ enum Op {
     /// Waits for every object's in-flight commits, then reads the alarm
     /// index.
     DueAlarms(u64),
+    /// Waits for every object's in-flight commits, then lists one page of
+    /// the store's objects: after the given object (if any), at most
+    /// `limit` (a backend that cannot list them is let off).
+    Objects(Option<usize>, usize),
     /// Drops every turn buffer, closes the store and reopens it.
     Reopen,
 }
@@ -60,6 +64,9 @@ enum Outcome {
     Count(usize),
     Alarm(Option<u64>),
     Alarms(Vec<(ObjectId, u64)>),
+    Objects(Vec<ObjectId>),
+    /// The backend does not offer the operation: agrees with any outcome.
+    Unsupported,
     Transaction(Vec<Outcome>, bool),
     Error(String),
 }
@@ -227,6 +234,12 @@ fn op() -> BoxedStrategy<Op> {
                 .boxed(),
         ),
         (1, (0u64..60).prop_map(Op::DueAlarms).boxed()),
+        (
+            1,
+            (prop::option::of(0..OBJECTS), 1usize..4)
+                .prop_map(|(after, limit)| Op::Objects(after, limit))
+                .boxed(),
+        ),
         (1, Just(Op::Reopen).boxed()),
     ])
     .boxed()
@@ -340,9 +353,11 @@ fn model_inner(state: &mut ObjectState, op: &Op) -> Outcome {
         }
         Op::GetAlarm(_) => Outcome::Alarm(state.alarm),
         Op::Oversize(_, which) => model_oversize(*which),
-        Op::Transaction(..) | Op::EndTurn { .. } | Op::DueAlarms(_) | Op::Reopen => {
-            error("not allowed in a transaction")
-        }
+        Op::Transaction(..)
+        | Op::EndTurn { .. }
+        | Op::DueAlarms(_)
+        | Op::Objects(..)
+        | Op::Reopen => error("not allowed in a transaction"),
     }
 }
 
@@ -386,6 +401,19 @@ fn model_apply(model: &mut [ModelObject], op: &Op, durable: bool) -> Outcome {
             due.sort_by_key(|(id, t)| (*t, *id));
             Outcome::Alarms(due)
         }
+        Op::Objects(after, limit) => {
+            let after = after.map(object_id);
+            let mut ids: Vec<ObjectId> = model
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| !m.committed.data.is_empty() || m.committed.alarm.is_some())
+                .map(|(n, _)| object_id(n))
+                .filter(|id| after.is_none_or(|after| *id > after))
+                .collect();
+            ids.sort();
+            ids.truncate(*limit);
+            Outcome::Objects(ids)
+        }
         Op::Reopen => {
             for m in model.iter_mut() {
                 if !durable {
@@ -418,7 +446,7 @@ fn object_of(op: &Op) -> usize {
         | Op::Oversize(o, _)
         | Op::Transaction(o, ..) => *o,
         Op::EndTurn { object, .. } => *object,
-        Op::DueAlarms(_) | Op::Reopen => 0,
+        Op::DueAlarms(_) | Op::Objects(..) | Op::Reopen => 0,
     }
 }
 
@@ -534,9 +562,11 @@ async fn apply_inner<S: Storage>(s: &mut S, op: &Op) -> Outcome {
             };
             outcome(result, |()| Outcome::Done)
         }
-        Op::Transaction(..) | Op::EndTurn { .. } | Op::DueAlarms(_) | Op::Reopen => {
-            error("not allowed in a transaction")
-        }
+        Op::Transaction(..)
+        | Op::EndTurn { .. }
+        | Op::DueAlarms(_)
+        | Op::Objects(..)
+        | Op::Reopen => error("not allowed in a transaction"),
     }
 }
 
@@ -559,6 +589,18 @@ impl System {
             .map_err(|e| TestCaseError::fail(format!("opening the store: {e}")))?;
         let objects = (0..OBJECTS).map(|n| store.object(object_id(n))).collect();
         Ok(Self { store, objects })
+    }
+
+    /// Waits for every object's in-flight commits.
+    async fn settle(&mut self) -> Result<(), TestCaseError> {
+        for s in &mut self.objects {
+            if let Some(pending) = s.pending_commit()
+                && let Err(e) = pending.await
+            {
+                return Err(TestCaseError::fail(format!("commit failed: {e}")));
+            }
+        }
+        Ok(())
     }
 
     async fn apply<H: Harness>(
@@ -605,14 +647,16 @@ impl System {
                 Outcome::Done
             }
             Op::DueAlarms(now) => {
-                for s in &mut self.objects {
-                    if let Some(pending) = s.pending_commit()
-                        && let Err(e) = pending.await
-                    {
-                        return Err(TestCaseError::fail(format!("commit failed: {e}")));
-                    }
-                }
+                self.settle().await?;
                 outcome(self.store.due_alarms(*now, 100), Outcome::Alarms)
+            }
+            Op::Objects(after, limit) => {
+                self.settle().await?;
+                let after = after.map(object_id);
+                match self.store.backend().objects(after.as_ref(), *limit) {
+                    Err(StorageError::Unsupported { .. }) => Outcome::Unsupported,
+                    listed => outcome(listed, Outcome::Objects),
+                }
             }
             Op::Reopen => {
                 self.objects.clear();
@@ -634,7 +678,7 @@ async fn run_case<H: Harness>(harness: &H, ops: &[Op]) -> Result<(), TestCaseErr
     for (step, op) in ops.iter().enumerate() {
         let real = system.apply(harness, dir.path(), op).await?;
         let expected = model_apply(&mut model, op, harness.durable());
-        if real != expected {
+        if real != expected && real != Outcome::Unsupported {
             return Err(TestCaseError::fail(format!(
                 "step {step}: {op:?}\n  backend: {real:?}\n  model:   {expected:?}"
             )));
