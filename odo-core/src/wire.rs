@@ -411,6 +411,12 @@ pub enum WireError {
     /// the call could start).
     #[error("deadline exceeded")]
     DeadlineExceeded,
+    /// A WebSocket event for a socket the object's worker does not know of
+    /// (the object's worker changed since the socket was accepted): the
+    /// front door hands the worker its record of the object's sockets and
+    /// sends the event again. Never delivered.
+    #[error("unknown WebSocket: the front door must hand over its sockets first")]
+    UnknownSocket,
 }
 
 fn cycle_text(chain: &[ObjectId]) -> String {

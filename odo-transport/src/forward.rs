@@ -72,7 +72,8 @@ impl ForwardError {
                 WireError::Moved { .. }
                 | WireError::Overloaded
                 | WireError::UnknownClass { .. }
-                | WireError::CallCycle { .. } => Outcome::NotDelivered,
+                | WireError::CallCycle { .. }
+                | WireError::UnknownSocket => Outcome::NotDelivered,
                 WireError::ObjectReset { .. } | WireError::BadRequest { .. } => Outcome::Failed,
                 WireError::OutcomeUnknown { .. }
                 | WireError::DeadlineExceeded

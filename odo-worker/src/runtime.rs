@@ -462,6 +462,15 @@ impl Inner {
             book.set_auto_response_ms(&id, &key, at);
         }
         let max = self.config.websocket_max_message_bytes;
+        // A socket this worker never saw (it was accepted under another
+        // worker): the front door hands over its record first.
+        let turn = matches!(
+            event.kind,
+            Kind::Message { .. } | Kind::Close { .. } | Kind::Error { .. }
+        );
+        if turn && !book.knows(&id, &key) {
+            return Err(WireError::UnknownSocket);
+        }
         let input = match event.kind {
             Kind::Part { first } => {
                 return if book.add_part(&id, &key, first, &payload, max) {

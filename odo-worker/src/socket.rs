@@ -239,6 +239,14 @@ impl SocketBook {
         });
     }
 
+    /// Whether the worker knows socket `key` of `object` (it was accepted
+    /// here, or a front door handed it over).
+    pub(crate) fn knows(&self, object: &ObjectId, key: &SocketKey) -> bool {
+        lock(&self.objects)
+            .get(object)
+            .is_some_and(|s| s.entries.contains_key(key))
+    }
+
     /// Forgets a socket (it closed).
     pub(crate) fn remove(&self, object: &ObjectId, key: &SocketKey) {
         self.with(object, |s| s.remove(key));

@@ -14,3 +14,4 @@ pub mod scenarios;
 pub mod soak;
 pub mod topology;
 pub mod transcript;
+pub mod ws;

@@ -149,6 +149,7 @@ mod reset_race;
 mod secrets;
 mod soak;
 mod strangers;
+mod websockets;
 
 /// Every scenario, in the order they run.
 pub fn all() -> Vec<Scenario> {
@@ -205,6 +206,14 @@ pub fn all() -> Vec<Scenario> {
             &[Needs::LinuxProcesses],
             secrets::secrets_and_files,
         ),
+        s("ws_room", &[], websockets::ws_room),
+        s("ws_hibernation", &[], websockets::ws_hibernation),
+        s(
+            "ws_sigkill_worker",
+            &[Needs::Durability, Needs::LinuxProcesses],
+            websockets::ws_sigkill_worker,
+        ),
+        s("ws_shutdown", &[], websockets::ws_shutdown),
         s(
             "fault_strangers",
             &[Needs::LinuxProcesses],

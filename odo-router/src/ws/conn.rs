@@ -137,7 +137,14 @@ async fn read_loop(
                 }
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             },
-            Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => break,
+            // The connection ended without a close frame (a tab closed, a
+            // reset): a close the object hears as 1006.
+            Some(Err(
+                WsError::ConnectionClosed
+                | WsError::AlreadyClosed
+                | WsError::Io(_)
+                | WsError::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake),
+            )) => break,
             Some(Err(WsError::Capacity(e))) => {
                 out.kill(Kill {
                     code: close_code::MESSAGE_TOO_BIG,

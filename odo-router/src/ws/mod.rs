@@ -128,6 +128,8 @@ struct State {
 /// One socket as the door keeps it.
 struct Socket {
     object: ObjectId,
+    /// The object accepted it (its `101` came back).
+    accepted: bool,
     tags: Vec<String>,
     attachment: Option<Bytes>,
     auto_response_ms: Option<u64>,
@@ -148,6 +150,20 @@ struct Pending {
     socket: u64,
     kind: SocketEventKind,
     payload: Bytes,
+    /// For the last event of a socket the door no longer keeps: its
+    /// record, in case the object's worker must be handed it first.
+    record: Option<SocketRecord>,
+}
+
+impl Socket {
+    fn record(&self, id: u64) -> SocketRecord {
+        SocketRecord {
+            socket: id,
+            tags: self.tags.clone(),
+            attachment: self.attachment.as_ref().map(|a| a.to_vec()),
+            auto_response_ms: self.auto_response_ms,
+        }
+    }
 }
 
 impl Obj {
@@ -431,16 +447,19 @@ impl Door {
         let mut records: Vec<SocketRecord> = state
             .sockets
             .iter()
-            .filter(|(_, s)| s.object == *object)
-            .map(|(&id, s)| SocketRecord {
-                socket: id,
-                tags: s.tags.clone(),
-                attachment: s.attachment.as_ref().map(|a| a.to_vec()),
-                auto_response_ms: s.auto_response_ms,
-            })
+            .filter(|(_, s)| s.object == *object && s.accepted)
+            .map(|(&id, s)| s.record(id))
             .collect();
         records.sort_by_key(|r| r.socket);
         records
+    }
+
+    /// The object's auto-response pair, as the door keeps it.
+    pub(crate) fn auto_response(&self, object: &ObjectId) -> Option<(String, String)> {
+        self.state()
+            .objects
+            .get(object)
+            .and_then(|o| o.auto_response.clone())
     }
 
     /// Queues an event of socket `socket` for its object. A message that
@@ -470,6 +489,7 @@ impl Door {
             socket,
             kind,
             payload,
+            record: None,
         });
         let start = !obj.pumping;
         obj.pumping = true;
@@ -524,6 +544,7 @@ impl Door {
                 socket,
                 kind: last,
                 payload: Bytes::new(),
+                record: gone.accepted.then(|| gone.record(socket)),
             });
             start = !obj.pumping;
             obj.pumping = true;

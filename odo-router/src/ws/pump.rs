@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use odo_core::socket::{SocketEventKind, close_code};
-use odo_core::{ObjectAddress, ObjectId};
+use odo_core::{ObjectAddress, ObjectId, WireError};
 use odo_transport::forward::Outcome;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -71,9 +71,19 @@ async fn deliver(
     auto_response_ms: Option<u64>,
 ) {
     let mut pause = FIRST_PAUSE;
+    let mut handed_over = false;
     loop {
         let result = send(door, &address, &pending, auto_response_ms).await;
-        let Err(error) = result else { return };
+        let Err(mut error) = result else { return };
+        // The object's worker changed since its sockets were accepted: it
+        // gets the door's record of them (once per event), then the event.
+        if matches!(error, ForwardError::Object(WireError::UnknownSocket)) && !handed_over {
+            handed_over = true;
+            match hand_over(door, &address, &pending).await {
+                Ok(()) => continue,
+                Err(e) => error = e,
+            }
+        }
         match error.outcome() {
             Outcome::NotDelivered if error.retryable() => {
                 if door.inner.closing.load(std::sync::atomic::Ordering::SeqCst) {
@@ -100,6 +110,35 @@ async fn deliver(
             }
         }
     }
+}
+
+/// Hands the object's worker the door's record of the object's sockets
+/// (and of the socket whose last event `pending` is, if the door has let
+/// it go already), with the object's auto-response.
+async fn hand_over(
+    door: &Door,
+    address: &ObjectAddress,
+    pending: &Pending,
+) -> Result<(), ForwardError> {
+    let mut sockets = door.records(&address.id);
+    if let Some(record) = &pending.record {
+        sockets.push(record.clone());
+    }
+    debug!(object = %address, sockets = sockets.len(), "handing the object's WebSockets to its worker");
+    let event = SocketEventOut {
+        door: door.endpoint().to_owned(),
+        socket: pending.socket,
+        auto_response_ms: None,
+        kind: SocketEventKind::Sync {
+            sockets,
+            auto_response: door.auto_response(&address.id),
+        },
+    };
+    let deadline = Instant::now() + door.config().event_deadline;
+    door.inner
+        .service
+        .socket_event(address.clone(), event, Bytes::new(), deadline)
+        .await
 }
 
 /// Closes `socket` with 1012 (its last message may or may not have been

@@ -121,6 +121,7 @@ impl Door {
                 id,
                 Socket {
                     object: object.id,
+                    accepted: false,
                     tags: Vec::new(),
                     attachment: None,
                     auto_response_ms: None,
@@ -186,6 +187,7 @@ impl Door {
         };
         if let Some(socket) = self.state().sockets.get_mut(&id) {
             socket.tags = tags;
+            socket.accepted = true;
         }
         let mut switch = http::Response::new(Bytes::new());
         *switch.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
