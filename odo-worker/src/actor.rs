@@ -232,6 +232,7 @@ pub(crate) async fn run<T: DurableObject>(start: ActorStart, factory: Factory<T>
         target.id,
         shard.sockets.clone(),
         config.websocket_max_message_bytes,
+        config.websocket_max_sockets_per_object,
     ));
     let mut ctx = Context {
         storage: shard.store.object(target.id),

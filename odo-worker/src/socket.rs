@@ -57,9 +57,14 @@ pub enum WebSocketError {
         /// Its length.
         len: usize,
     },
-    /// The object already has [`MAX_SOCKETS_PER_OBJECT`] sockets.
-    #[error("the object already has {MAX_SOCKETS_PER_OBJECT} WebSockets, the most it may accept")]
-    TooManySockets,
+    /// The object already has as many sockets as it may accept
+    /// (`RuntimeConfig::websocket_max_sockets_per_object`, by default
+    /// [`MAX_SOCKETS_PER_OBJECT`]).
+    #[error("the object already has {max} WebSockets, the most it may accept")]
+    TooManySockets {
+        /// The limit.
+        max: usize,
+    },
     /// An attachment over [`MAX_ATTACHMENT_BYTES`] once serialized.
     #[error("an attachment of {len} bytes exceeds the {MAX_ATTACHMENT_BYTES}-byte limit")]
     AttachmentTooLarge {
@@ -363,6 +368,7 @@ pub(crate) struct SocketView {
     object: ObjectId,
     book: Arc<SocketBook>,
     max_message_bytes: usize,
+    max_sockets: usize,
     outbox: Mutex<Outbox>,
 }
 
@@ -383,11 +389,17 @@ pub(crate) struct DoorOutput {
 }
 
 impl SocketView {
-    pub(crate) fn new(object: ObjectId, book: Arc<SocketBook>, max_message_bytes: usize) -> Self {
+    pub(crate) fn new(
+        object: ObjectId,
+        book: Arc<SocketBook>,
+        max_message_bytes: usize,
+        max_sockets: usize,
+    ) -> Self {
         Self {
             object,
             book,
             max_message_bytes,
+            max_sockets,
             outbox: Mutex::default(),
         }
     }
@@ -424,8 +436,10 @@ impl SocketView {
             .iter()
             .filter(|op| matches!(op, PendingOp::Accept { .. }))
             .count();
-        if known + pending >= MAX_SOCKETS_PER_OBJECT {
-            return Err(WebSocketError::TooManySockets);
+        if known + pending >= self.max_sockets {
+            return Err(WebSocketError::TooManySockets {
+                max: self.max_sockets,
+            });
         }
         self.push(PendingOp::Accept {
             key,

@@ -80,7 +80,11 @@ impl DurableObject for Room {
                         "this route needs a WebSocket upgrade\n",
                     ));
                 }
-                ctx.accept_websocket(Vec::<String>::new())
+                // Over the sockets an object may hold: refused, not a reset.
+                match ctx.accept_websocket(Vec::<String>::new()) {
+                    Ok(response) => Ok(response),
+                    Err(e) => Ok(text(StatusCode::TOO_MANY_REQUESTS, format!("{e}\n"))),
+                }
             }
             (Method::GET, ["history"]) => {
                 let limit = match history_limit(&request) {

@@ -213,7 +213,9 @@ pub fn all() -> Vec<Scenario> {
             &[Needs::Durability, Needs::LinuxProcesses],
             websockets::ws_sigkill_worker,
         ),
+        s("ws_large_message", &[], websockets::ws_large_message),
         s("ws_shutdown", &[], websockets::ws_shutdown),
+        s("ws_limits", &[Needs::LinuxProcesses], websockets::ws_limits),
         s(
             "fault_strangers",
             &[Needs::LinuxProcesses],

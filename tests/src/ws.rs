@@ -109,6 +109,22 @@ impl Ws {
         }
     }
 
+    /// The next frame as it came, pings and pongs included.
+    pub async fn next_raw(&mut self) -> Result<Option<Message>> {
+        let next = tokio::time::timeout(GUARD, self.stream.next())
+            .await
+            .map_err(|_| anyhow!("nothing arrived"))?;
+        Ok(next.transpose()?)
+    }
+
+    /// The TCP stream under the socket (to write raw bytes).
+    pub fn raw(&mut self) -> &mut TcpStream {
+        match self.stream.get_mut() {
+            MaybeTlsStream::Plain(stream) => stream,
+            _ => unreachable!("tests connect without TLS"),
+        }
+    }
+
     /// The next message, which must be text.
     pub async fn text(&mut self) -> Result<String> {
         match self.next().await? {

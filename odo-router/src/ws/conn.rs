@@ -46,7 +46,7 @@ pub(super) async fn run(
     let config = door.config();
     let protocol = tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(config.max_message_bytes))
-        .max_frame_size(Some(config.max_frame_bytes))
+        .max_frame_size(Some(config.max_message_bytes))
         .read_buffer_size(4096)
         .write_buffer_size(0)
         .max_write_buffer_size(config.max_message_bytes.saturating_add(64 * 1024));

@@ -46,9 +46,6 @@ pub struct WebSocketConfig {
     /// The largest message a client may send, in bytes; larger closes the
     /// socket with 1009. Default 32 MiB (as Cloudflare).
     pub max_message_bytes: usize,
-    /// The largest single WebSocket frame a client may send; a message
-    /// may span several. Default 16 MiB.
-    pub max_frame_bytes: usize,
     /// The most WebSockets open at once (their own cap: the HTTP
     /// connection cap does not count upgraded sockets). An upgrade over it
     /// is answered 503. Default 100,000.
@@ -76,7 +73,6 @@ impl Default for WebSocketConfig {
     fn default() -> Self {
         Self {
             max_message_bytes: 32 * 1024 * 1024,
-            max_frame_bytes: 16 * 1024 * 1024,
             max_sockets: 100_000,
             send_buffer_bytes: 1024 * 1024,
             object_buffer_events: 1024,

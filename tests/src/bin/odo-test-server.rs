@@ -5,7 +5,8 @@
 //! backend than odo's own: `logfile` (`odo_tests::backend`).
 //!
 //! `ODO_TEST_IDLE_MS` sets the runtime's idle timeout (eviction scenarios);
-//! `ODO_TEST_QUEUE_DEPTH` its per-object queue depth (overload scenarios).
+//! `ODO_TEST_QUEUE_DEPTH` its per-object queue depth (overload scenarios);
+//! `ODO_TEST_WS_PER_OBJECT` the WebSockets one object may accept.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -321,6 +322,14 @@ impl DurableObject for Probe {
             "auto set".to_owned()
         } else if text == "autots" {
             format!("answered={}", ctx.auto_response_timestamp(&ws).is_some())
+        } else if let Some(count) = text.strip_prefix("flood:") {
+            // `count` messages of 64 KiB each, for a client that stops
+            // reading.
+            let chunk = "x".repeat(64 * 1024);
+            for _ in 0..count.parse::<usize>().unwrap_or(0) {
+                ws.send(chunk.as_str())?;
+            }
+            return Ok(());
         } else if text == "close" {
             ws.close(4000, "asked to")?;
             return Ok(());
@@ -385,6 +394,9 @@ fn main() -> ExitCode {
     let mut runtime = RuntimeConfig::default();
     if let Some(ms) = env_u64("ODO_TEST_IDLE_MS") {
         runtime.idle_timeout = Duration::from_millis(ms);
+    }
+    if let Some(max) = env_u64("ODO_TEST_WS_PER_OBJECT") {
+        runtime.websocket_max_sockets_per_object = max as usize;
     }
     if let Some(depth) = env_u64("ODO_TEST_QUEUE_DEPTH") {
         runtime.queue_depth = depth as usize;

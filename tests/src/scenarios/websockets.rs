@@ -9,6 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use anyhow::bail;
 
+use tokio::io::AsyncWriteExt;
+use tokio_tungstenite::tungstenite::Message;
+
 use crate::ws::{GUARD, Got, Ws};
 
 use super::*;
@@ -91,9 +94,7 @@ scenario!(ws_room, |w, t| {
     }
     t.get(&c, "/room/lobby/history?limit=3").await?;
     // A binary message closes its socket with 1003; the others stay.
-    members[2]
-        .send_message(tokio_tungstenite::tungstenite::Message::binary(vec![1, 2]))
-        .await?;
+    members[2].send_message(Message::binary(vec![1, 2])).await?;
     let third = members.pop().ok_or_else(|| anyhow!("no member"))?;
     let mut third = third;
     t.fact("binary message", third.until_end().await?);
@@ -118,7 +119,18 @@ scenario!(ws_hibernation, |w, t| {
             .map(|e| e.to_string())
             .unwrap_or_default()
     });
+    t.fact("a tag over 256 bytes", {
+        let tag = "t".repeat(257);
+        Ws::connect(&base, &format!("/probe/hib/ws?tag={tag}"))
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    });
     t.fact("attach a", a.ask("attach:alice").await?);
+    // An attachment over 16 KiB fails its turn: nothing is sent, the
+    // socket's attachment stays as it was.
+    a.send(&format!("attach:{}", "x".repeat(16 * 1024))).await?;
     t.fact("attach b", b.ask("attach:bob").await?);
     t.fact("auto", a.ask("auto:ping=pong").await?);
     let first = a.ask("whoami").await?;
@@ -284,6 +296,21 @@ scenario!(ws_sigkill_worker, |w, t| {
     Ok(())
 });
 
+scenario!(ws_large_message, |w, t| {
+    let base = w.client.base().to_owned();
+    // The largest message (32 MiB), several wire frames each way.
+    const LARGEST: usize = 32 * 1024 * 1024;
+    let mut ws = Ws::connect(&base, "/probe/large/ws").await?;
+    let largest: Vec<u8> = (0..LARGEST).map(|i| (i % 251) as u8).collect();
+    ws.send_message(Message::binary(largest.clone())).await?;
+    t.fact(
+        "32 MiB echoed intact",
+        ws.next().await? == Got::Binary(largest),
+    );
+    t.fact("closes", ws.close(1000).await?);
+    Ok(())
+});
+
 scenario!(ws_shutdown, |w, t| {
     let base = w.client.base().to_owned();
     let mut ws = Ws::connect(&base, "/room/bye/ws").await?;
@@ -291,5 +318,171 @@ scenario!(ws_shutdown, |w, t| {
     t.fact("echo", ws.text().await?);
     w.restart()?;
     t.fact("at shutdown", ws.until_end().await?);
+    Ok(())
+});
+
+/// `--max-websockets` of the limits scenario's server.
+const MAX_SOCKETS: usize = 2 * PER_OBJECT + 1;
+/// The sockets one object may accept there.
+const PER_OBJECT: usize = 3;
+/// `--websocket-max-message-bytes` there.
+const MAX_MESSAGE: usize = 64 * 1024;
+/// `--websocket-object-buffer` there.
+const OBJECT_BUFFER: usize = 4;
+
+/// The object's WebSocket log, once it holds a line starting with `line`.
+async fn logged(c: &HttpClient, path: &str, line: &str) -> Result<bool> {
+    eventually(GUARD, async || {
+        Ok(c.get(path)
+            .await?
+            .text()
+            .lines()
+            .any(|l| l.starts_with(line)))
+    })
+    .await
+}
+
+scenario!(ws_limits, |w, t| {
+    let dir = tempfile::tempdir()?;
+    let mut spec = w.spec.clone();
+    spec.extra_args.extend(
+        [
+            "--max-websockets",
+            &MAX_SOCKETS.to_string(),
+            "--max-connections",
+            "2",
+            "--websocket-max-message-bytes",
+            &MAX_MESSAGE.to_string(),
+            "--websocket-send-buffer-bytes",
+            &MAX_MESSAGE.to_string(),
+            "--websocket-idle-timeout-ms",
+            "300",
+            "--websocket-object-buffer",
+            &OBJECT_BUFFER.to_string(),
+        ]
+        .map(str::to_owned),
+    );
+    spec.env
+        .push(("ODO_TEST_WS_PER_OBJECT".into(), PER_OBJECT.to_string()));
+    let server = spec.start(dir.path())?;
+    let c = HttpClient::new(&server.base);
+    let base = server.base.clone();
+
+    // Sockets per object, then sockets in all: a clear refusal, at once.
+    let mut held = Vec::new();
+    for _ in 0..PER_OBJECT {
+        held.push(Ws::connect(&base, "/probe/cap-a/ws").await?);
+    }
+    let refused = Ws::connect(&base, "/probe/cap-a/ws").await;
+    t.fact(
+        "one socket over the object's cap",
+        refused.err().map(|e| e.to_string()).unwrap_or_default(),
+    );
+    for _ in 0..PER_OBJECT {
+        held.push(Ws::connect(&base, "/room/cap-r/ws").await?);
+    }
+    let refused = Ws::connect(&base, "/room/cap-r/ws").await;
+    t.fact(
+        "the room over the object's cap",
+        refused.err().map(|e| e.to_string()).unwrap_or_default(),
+    );
+    held.push(Ws::connect(&base, "/probe/cap-b/ws").await?);
+    let refused = Ws::connect(&base, "/probe/cap-d/ws").await;
+    t.fact(
+        "one socket over the server's cap",
+        refused.err().map(|e| e.to_string()).unwrap_or_default(),
+    );
+    // The HTTP connection cap (2) does not count upgraded sockets.
+    t.get(&c, "/hello").await?;
+    let first = held.remove(0);
+    t.fact("a socket closes", first.close(1000).await?);
+    let again = eventually(GUARD, async || {
+        Ok(Ws::connect(&base, "/probe/cap-d/ws").await.is_ok())
+    })
+    .await?;
+    t.fact("a new socket once one closed", again);
+    drop(held);
+
+    // Message size: the largest passes both ways, one byte more is 1009.
+    let mut m = Ws::connect(&base, "/probe/size/ws").await?;
+    let largest: Vec<u8> = (0..MAX_MESSAGE).map(|i| (i % 251) as u8).collect();
+    m.send_message(Message::binary(largest.clone())).await?;
+    t.fact(
+        "the largest message echoed intact",
+        m.next().await? == Got::Binary(largest),
+    );
+    m.send_message(Message::binary(vec![0u8; MAX_MESSAGE + 1]))
+        .await?;
+    t.fact("one byte over", m.until_end().await?);
+    t.fact(
+        "the object heard",
+        logged(&c, "/probe/size/wslog", "close 1009").await?,
+    );
+
+    // Ping answered by the front door; a reading client outlives the idle
+    // timeout (it answers the door's pings), a silent one does not.
+    let mut p = Ws::connect(&base, "/probe/idle/ws").await?;
+    p.send_message(Message::Ping(b"hi".to_vec().into())).await?;
+    t.fact("ping", format!("{:?}", p.next_raw().await?));
+    let silent = Ws::connect(&base, "/probe/idle/ws").await?;
+    // `p` reads (and so answers pings) while the silent one is closed.
+    let half_open = tokio::select! {
+        closed = logged(&c, "/probe/idle/wslog", "close 1006 clean=false left=1") => closed?,
+        got = p.next() => bail!("the reading client got {}", got?),
+    };
+    t.fact("a silent client closed as half-open", half_open);
+    t.fact(
+        "the reading client still open",
+        p.ask("count:").await.is_ok(),
+    );
+    drop(silent);
+
+    // Malformed frames: an unmasked client frame is a protocol error.
+    let mut bad = Ws::connect(&base, "/probe/bad/ws").await?;
+    bad.raw().write_all(&[0x81, 0x02, b'h', b'i']).await?;
+    t.fact("an unmasked frame", bad.until_end().await?);
+    t.fact(
+        "the object got an error event",
+        logged(&c, "/probe/bad/wslog", "error").await?,
+    );
+    let mut bad = Ws::connect(&base, "/probe/bad/ws").await?;
+    bad.raw().write_all(&[0x83, 0x80, 0, 0, 0, 0]).await?;
+    t.fact("a reserved opcode", bad.until_end().await?);
+
+    // A client that stops reading: its queue fills, it is closed with 1008.
+    let mut slow = Ws::connect(&base, "/probe/slow/ws").await?;
+    slow.send("flood:256").await?;
+    t.fact(
+        "the object closed the reader",
+        logged(&c, "/probe/slow/wslog", "close 1008").await?,
+    );
+    t.fact("a client that stopped reading", slow.until_end().await?);
+
+    // The object's worker stopped: messages wait in the object's buffer,
+    // one more closes the socket with 1013; after SIGCONT the object hears.
+    let mut s = Ws::connect(&base, "/probe/stopped/ws").await?;
+    t.fact("before the stop", s.ask("count:").await?);
+    let pid = owner_pid(&c, "probe/stopped").await?;
+    signal(pid, Signal::Stop)?;
+    let mut ended = None;
+    for k in 0..OBJECT_BUFFER + 2 {
+        if s.send(&format!("attach:{k}")).await.is_err() {
+            break;
+        }
+    }
+    // The door closes it at once, the worker still stopped.
+    if let Ok(end) = s.until_end().await {
+        ended = Some(end);
+    }
+    signal(pid, Signal::Cont)?;
+    t.fact(
+        "a message over the object's buffer",
+        ended.map(|e| e.to_string()).unwrap_or_default(),
+    );
+    t.fact(
+        "the object heard",
+        logged(&c, "/probe/stopped/wslog", "close 1013").await?,
+    );
+    drop(server);
     Ok(())
 });
