@@ -112,7 +112,10 @@ fn ci() -> Result<()> {
         &["doc", "--workspace", "--no-deps"],
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
-    cargo(&["test", "--workspace"])?;
+    // The browser test drives the room's page in Chromium: installed here
+    // when missing, and required (not skipped) under `ci`.
+    ensure_debian_package("chromium", "chromium")?;
+    cargo_with_env(&["test", "--workspace"], &[("ODO_REQUIRE_BROWSER", "1")])?;
     multiprocess::run(multiprocess::Options::whole_matrix())?;
     cross_check()?;
     println!(
@@ -202,6 +205,34 @@ fn cargo(args: &[&str]) -> Result<()> {
 }
 
 /// Runs cargo with `args`, and `env` added to its environment.
+/// Installs the Debian package `package` (`apt-get`, as root) unless
+/// `binary` is on `PATH` already.
+fn ensure_debian_package(binary: &str, package: &str) -> Result<()> {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(binary).is_file()));
+    if found {
+        return Ok(());
+    }
+    println!("xtask: {binary} is missing: apt-get install -y {package}");
+    for args in [
+        &["update", "-qq"][..],
+        &["install", "-y", "-qq", "--no-install-recommends", package][..],
+    ] {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("could not start apt-get (Debian's package manager)")?;
+        if !status.success() {
+            bail!(
+                "`apt-get {}` failed ({status}): install {package} by hand",
+                args.join(" ")
+            );
+        }
+    }
+    Ok(())
+}
+
 fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     let cargo = cargo_program();
     let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v:?} ")).collect();
