@@ -44,13 +44,13 @@ const CPU_SAMPLE: Duration = Duration::from_millis(20);
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Server {
+pub(crate) enum Server {
     Odo,
     Workerd,
 }
 
 impl Server {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Server::Odo => "odo",
             Server::Workerd => "workerd",
@@ -60,7 +60,7 @@ impl Server {
 
 /// Where the processes run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pinning {
+pub(crate) enum Pinning {
     /// Anywhere: server and wrk share both CPUs.
     None,
     /// The server (all its processes) on CPU 0, wrk on CPU 1.
@@ -240,14 +240,14 @@ pub(crate) fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn target_dir(root: &Path) -> PathBuf {
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
@@ -270,7 +270,7 @@ fn parse_duration(text: &str) -> anyhow::Result<f64> {
 }
 
 /// Builds the release `odo` binary (a no-op when it is up to date).
-fn odo_binary(root: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn odo_binary(root: &Path) -> anyhow::Result<PathBuf> {
     let binary = target_dir(root).join("release/odo");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("e2e: cargo build --release -p odo");
@@ -296,14 +296,14 @@ fn odo_binary(root: &Path) -> anyhow::Result<PathBuf> {
 
 /// A workerd binary and the directory holding its config.
 #[derive(Debug)]
-struct Workerd {
+pub(crate) struct Workerd {
     binary: PathBuf,
     dir: PathBuf,
 }
 
 /// Copies the shared workerd setup into the target directory and runs
 /// `npm install` there once.
-fn workerd_binary(root: &Path, shared: &Path) -> anyhow::Result<Workerd> {
+pub(crate) fn workerd_binary(root: &Path, shared: &Path) -> anyhow::Result<Workerd> {
     let source = shared.join("workerd");
     let dir = target_dir(root).join("odo-bench-workerd");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -357,16 +357,16 @@ fn workerd_binary(root: &Path, shared: &Path) -> anyhow::Result<Workerd> {
 
 /// A server under test; dropping its data directory removes its data.
 #[derive(Debug)]
-struct Running {
-    child: Child,
-    base: String,
+pub(crate) struct Running {
+    pub(crate) child: Child,
+    pub(crate) base: String,
     _data: tempfile::TempDir,
 }
 
 impl Running {
     /// SIGTERM (or, for odo, closing its standard input), then SIGKILL
     /// after 10 s.
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         drop(self.child.stdin.take());
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
@@ -394,7 +394,7 @@ fn pinned(program: &Path, pinning: Pinning) -> Command {
     }
 }
 
-fn start_odo(odo: &Path, pinning: Pinning) -> anyhow::Result<Running> {
+pub(crate) fn start_odo(odo: &Path, pinning: Pinning) -> anyhow::Result<Running> {
     let data = tempfile::tempdir().context("temp dir")?;
     let log = std::fs::File::create(data.path().join("odo.log"))?;
     let mut child = pinned(odo, pinning)
@@ -438,7 +438,7 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn start_workerd(workerd: &Workerd, pinning: Pinning) -> anyhow::Result<Running> {
+pub(crate) fn start_workerd(workerd: &Workerd, pinning: Pinning) -> anyhow::Result<Running> {
     let data = tempfile::tempdir().context("temp dir")?;
     let store = data.path().join("do");
     std::fs::create_dir_all(&store)?;

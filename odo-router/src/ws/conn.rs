@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use hyper_util::rt::TokioIo;
 use odo_core::socket::{SocketEventKind, close_code};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::Message;
 use tungstenite::error::Error as WsError;
@@ -20,16 +20,20 @@ use super::{Door, Kill, Outbound};
 /// How long a socket the door closes has to take its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-type Stream = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+/// What a socket's connection runs over: an upgraded HTTP connection, or
+/// one end of an in-process pipe (a Rust `Client`'s socket).
+pub(super) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// Runs socket `id` from its upgrade to its end, then tells its object.
-pub(super) async fn run(
+pub(super) async fn run<S: Io>(
     door: Door,
     id: u64,
-    on_upgrade: hyper::upgrade::OnUpgrade,
+    io: impl Future<Output = Result<S, String>>,
     out: Arc<Outbound>,
 ) {
-    let upgraded = match on_upgrade.await {
+    let upgraded = match io.await {
         Ok(upgraded) => upgraded,
         Err(e) => {
             door.socket_gone(
@@ -51,9 +55,7 @@ pub(super) async fn run(
         .write_buffer_size(0)
         .max_write_buffer_size(config.max_message_bytes.saturating_add(64 * 1024));
     let idle = config.idle_timeout;
-    let stream: Stream =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(protocol))
-            .await;
+    let stream = WebSocketStream::from_raw_socket(upgraded, Role::Server, Some(protocol)).await;
     let (sink, reader) = stream.split();
     let mut writer = tokio::spawn(write_loop(sink, out.clone()));
     let last = read_loop(&door, id, reader, &out, idle).await;
@@ -71,10 +73,10 @@ pub(super) async fn run(
     door.socket_gone(id, last);
 }
 
-async fn read_loop(
+async fn read_loop<S: Io>(
     door: &Door,
     id: u64,
-    mut reader: futures_util::stream::SplitStream<Stream>,
+    mut reader: futures_util::stream::SplitStream<WebSocketStream<S>>,
     out: &Outbound,
     idle: Duration,
 ) -> SocketEventKind {
@@ -197,8 +199,8 @@ async fn read_loop(
 
 /// Sends what the socket's queue holds, several messages per flush; when
 /// the door closes the socket, sends its close frame and stops.
-async fn write_loop(
-    mut sink: futures_util::stream::SplitSink<Stream, Message>,
+async fn write_loop<S: Io>(
+    mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
     out: Arc<Outbound>,
 ) {
     let mut batch = Vec::new();

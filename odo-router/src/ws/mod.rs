@@ -39,6 +39,12 @@ mod upgrade;
 
 pub(crate) use upgrade::{Upgrade, is_upgrade};
 
+/// A WebSocket a Rust program opened to an object with
+/// [`ClientStub::websocket`](crate::ClientStub::websocket): tungstenite's
+/// stream over an in-process pipe to the [`Door`], which holds the socket
+/// like any client's.
+pub type ClientWebSocket = tokio_tungstenite::WebSocketStream<tokio::io::DuplexStream>;
+
 /// Limits and timings of the front door's WebSockets. `Default` gives the
 /// documented defaults.
 #[derive(Debug, Clone)]

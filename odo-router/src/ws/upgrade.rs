@@ -12,7 +12,7 @@ use odo_core::socket::{ACCEPT_TAGS_HEADER, UPGRADE_DOOR_HEADER, UPGRADE_SOCKET_H
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::{Door, Obj, Outbound, Socket, conn};
+use super::{ClientWebSocket, Door, Obj, Outbound, Socket, conn};
 use crate::service::ForwardError;
 
 /// What the front door answers an upgrade request.
@@ -98,6 +98,48 @@ impl Door {
         let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
             return refuse(StatusCode::BAD_REQUEST, "WebSocket upgrades need HTTP/1.1");
         };
+        let (id, out, response) = match self.open(object, parts, deadline).await {
+            Ok(opened) => opened,
+            Err(answer) => return answer,
+        };
+        let mut switch = http::Response::new(Bytes::new());
+        *switch.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = switch.headers_mut();
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+        if let Ok(accept) =
+            HeaderValue::from_str(&tungstenite::handshake::derive_accept_key(key.as_bytes()))
+        {
+            h.insert(SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        if let Some(protocol) = response.headers().get(SEC_WEBSOCKET_PROTOCOL) {
+            h.insert(SEC_WEBSOCKET_PROTOCOL, protocol.clone());
+        }
+        let upgraded = async move {
+            on_upgrade
+                .await
+                .map(hyper_util::rt::TokioIo::new)
+                .map_err(|e| e.to_string())
+        };
+        tokio::spawn(conn::run(self.clone(), id, upgraded, out));
+        Upgrade::Switch(switch)
+    }
+
+    /// Registers a socket for `object`, counted against the cap, and
+    /// forwards the upgrade request to the object; the socket's number and
+    /// queue and the object's `101` when it accepted.
+    pub(super) async fn open(
+        &self,
+        object: ObjectAddress,
+        mut parts: http::request::Parts,
+        deadline: Instant,
+    ) -> Result<(u64, std::sync::Arc<Outbound>, http::Response<Bytes>), Upgrade> {
+        if self.inner.closing.load(Ordering::SeqCst) {
+            return Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down",
+            ));
+        }
         // Counted against the cap from now on, until the socket is gone.
         let max = self.config().max_sockets;
         if self
@@ -108,10 +150,10 @@ impl Door {
             })
             .is_err()
         {
-            return refuse(
+            return Err(refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("at the limit of {max} open WebSockets: retry later"),
-            );
+            ));
         }
         let id = self.inner.next_socket.fetch_add(1, Ordering::Relaxed);
         let out = Outbound::new();
@@ -167,7 +209,7 @@ impl Door {
             Ok(response) => response,
             Err(e) => {
                 self.forget(id);
-                return Upgrade::Failed(e);
+                return Err(Upgrade::Failed(e));
             }
         };
         let accepted = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -178,33 +220,45 @@ impl Door {
         let (true, Some(tags)) = (accepted, tags) else {
             self.forget(id);
             if accepted {
-                return refuse(
+                return Err(refuse(
                     StatusCode::BAD_GATEWAY,
                     "the object answered 101 without accepting the WebSocket",
-                );
+                ));
             }
-            return Upgrade::Answer(response);
+            return Err(Upgrade::Answer(response));
         };
         if let Some(socket) = self.state().sockets.get_mut(&id) {
             socket.tags = tags;
             socket.accepted = true;
         }
-        let mut switch = http::Response::new(Bytes::new());
-        *switch.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let h = switch.headers_mut();
-        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
-        if let Ok(accept) =
-            HeaderValue::from_str(&tungstenite::handshake::derive_accept_key(key.as_bytes()))
-        {
-            h.insert(SEC_WEBSOCKET_ACCEPT, accept);
-        }
-        if let Some(protocol) = response.headers().get(SEC_WEBSOCKET_PROTOCOL) {
-            h.insert(SEC_WEBSOCKET_PROTOCOL, protocol.clone());
-        }
         debug!(socket = id, "WebSocket accepted");
-        tokio::spawn(conn::run(self.clone(), id, on_upgrade, out));
-        Upgrade::Switch(switch)
+        Ok((id, out, response))
+    }
+
+    /// Opens a WebSocket to `object` for a program in this process (the
+    /// Rust `Client`): the same upgrade, over an in-process pipe instead of
+    /// an HTTP connection. `request`'s path and headers reach the object.
+    pub(crate) async fn connect(
+        &self,
+        object: ObjectAddress,
+        request: http::Request<()>,
+        deadline: Instant,
+    ) -> Result<ClientWebSocket, Upgrade> {
+        let (parts, ()) = request.into_parts();
+        let (id, out, _) = self.open(object, parts, deadline).await?;
+        let (door_end, client_end) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(conn::run(
+            self.clone(),
+            id,
+            async move { Ok(door_end) },
+            out,
+        ));
+        Ok(tokio_tungstenite::WebSocketStream::from_raw_socket(
+            client_end,
+            tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await)
     }
 
     /// Drops a socket that was never opened (the object did not accept
