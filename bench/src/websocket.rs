@@ -110,9 +110,12 @@ pub(crate) fn run() -> anyhow::Result<()> {
         duration.as_secs_f64()
     );
 
+    let runs = std::env::var("ODO_BENCH_WS_RUNS").unwrap_or_else(|_| "fanout,idle,kill,big".into());
+    let wanted = |name: &str| runs.split(',').any(|r| r == name);
+
     // 1. Fan-out.
     let mut fan: HashMap<&str, Vec<FanOut>> = HashMap::new();
-    for &server in &servers {
+    for &server in servers.iter().filter(|_| wanted("fanout")) {
         let running = start(server)?;
         let result = rt.block_on(fan_out(&running.base, 100, 10, duration, None));
         running.stop();
@@ -139,7 +142,9 @@ pub(crate) fn run() -> anyhow::Result<()> {
     }
 
     // 2. Idle sockets, then the first message into each sleeping room.
-    for server in if workerd.is_some() {
+    for server in if !wanted("idle") {
+        vec![]
+    } else if workerd.is_some() {
         vec![Server::Odo, Server::Workerd]
     } else {
         vec![Server::Odo]
@@ -147,7 +152,13 @@ pub(crate) fn run() -> anyhow::Result<()> {
         let running = start(server)?;
         let result = rt.block_on(idle(&running, server, idle_sockets, idle_sockets / 10));
         running.stop();
-        let result = result?;
+        let result = match result {
+            Ok(result) => result,
+            Err(e) => {
+                println!("  idle {:8} failed: {e:#}", server.name());
+                continue;
+            }
+        };
         println!(
             "  idle {:8} {} sockets: {:>7.0} bytes/socket (goal <= 2048), asleep: {}, \
              first message p50 {:.2} ms p99 {:.2} ms (goal p99 < 5 ms)",
@@ -165,7 +176,37 @@ pub(crate) fn run() -> anyhow::Result<()> {
     }
 
     // 3. A worker SIGKILLed in the middle of a fan-out run (odo only).
-    let running = start(Server::Odo)?;
+    if wanted("kill") {
+        kill_run(&rt, start(Server::Odo)?, duration)?;
+    }
+
+    // 4. One big room.
+    for server in if !wanted("big") {
+        vec![]
+    } else if workerd.is_some() {
+        vec![Server::Odo, Server::Workerd]
+    } else {
+        vec![Server::Odo]
+    } {
+        let running = start(server)?;
+        let result = rt.block_on(big_room(&running.base, idle_sockets, duration));
+        running.stop();
+        match result {
+            Ok(rate) => println!(
+                "  big room {:8} {idle_sockets} members: {rate:>10.0} deliveries/s (goal >= 300k)",
+                server.name(),
+            ),
+            Err(e) => println!("  big room {:8} failed: {e:#}", server.name()),
+        }
+    }
+    Ok(())
+}
+
+fn kill_run(
+    rt: &tokio::runtime::Runtime,
+    running: Running,
+    duration: Duration,
+) -> anyhow::Result<()> {
     let result = rt.block_on(async {
         let base = running.base.clone();
         let killer = tokio::spawn(async move {
@@ -199,21 +240,6 @@ pub(crate) fn run() -> anyhow::Result<()> {
         result.longest_pause_ms
     );
 
-    // 4. One big room.
-    for server in if workerd.is_some() {
-        vec![Server::Odo, Server::Workerd]
-    } else {
-        vec![Server::Odo]
-    } {
-        let running = start(server)?;
-        let result = rt.block_on(big_room(&running.base, idle_sockets, duration));
-        running.stop();
-        println!(
-            "  big room {:8} {idle_sockets} members: {:>10.0} deliveries/s (goal >= 300k)",
-            server.name(),
-            result?
-        );
-    }
     Ok(())
 }
 
@@ -228,7 +254,7 @@ async fn connect(base: &str, path: &str) -> anyhow::Result<Ws> {
 /// Connects `count` sockets, `parallel` at a time.
 async fn connect_many(base: &str, paths: Vec<String>) -> anyhow::Result<Vec<Ws>> {
     let mut out = Vec::with_capacity(paths.len());
-    for chunk in paths.chunks(200) {
+    for chunk in paths.chunks(50) {
         let batch = chunk.iter().map(|p| connect(base, p));
         for ws in futures_util::future::join_all(batch).await {
             out.push(ws?);
