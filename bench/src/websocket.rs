@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::e2e::{self, Pinning, Running, Server};
+use crate::e2e::servers::{self as e2e, Pinning, Running, Server};
 use crate::stats::{Latencies, ratio};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -97,6 +97,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
             Server::Workerd => {
                 e2e::start_workerd(workerd.as_ref().context("no workerd")?, Pinning::None)
             }
+            Server::Limit => bail!("the limit server speaks no WebSockets"),
         }
     };
     let servers: Vec<Server> = if workerd.is_some() {
@@ -420,7 +421,7 @@ async fn idle(
             }
             Some(asleep)
         }
-        Server::Workerd => {
+        Server::Workerd | Server::Limit => {
             tokio::time::sleep(Duration::from_secs(15)).await;
             None
         }

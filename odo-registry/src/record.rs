@@ -169,10 +169,14 @@ impl ClusterFile {
             file.sync_all().map_err(io)?;
         }
         std::fs::rename(tmp, path).map_err(io)?;
+        // The rename is durable once the directory is synced (Unix; other
+        // platforms have no directory handle to sync).
         #[cfg(unix)]
         std::fs::File::open(data_dir)
             .and_then(|d| d.sync_all())
             .map_err(io)?;
+        #[cfg(not(unix))]
+        let _ = data_dir;
         Ok(())
     }
 }

@@ -120,7 +120,14 @@ pub(crate) fn handshake_reader(read: ReadHalf) -> FrameReader {
 /// buffer for traffic.
 pub(crate) fn lift_bound(frames: &mut FrameReader, max_frame_len: usize) {
     frames.decoder_mut().set_max_frame_length(max_frame_len);
-    frames.read_buffer_mut().reserve(READ_CAPACITY);
+    // A new buffer, not the handshake's grown: `bytes` sizes the buffers
+    // that replace a used-up one by the first capacity it was given, and
+    // the handshake's is under 1 KiB, which it counts as none. Grown, the
+    // reader would then read every later frame in two exact-size reads.
+    let buffer = frames.read_buffer_mut();
+    let mut traffic = BytesMut::with_capacity(READ_CAPACITY.max(buffer.len()));
+    traffic.extend_from_slice(buffer);
+    *buffer = traffic;
 }
 
 /// Whether `buffer` (a frame reader's buffer, which always starts at a
@@ -636,6 +643,50 @@ mod tests {
             .expect("write");
         let frame = frames.next().await.expect("an item").expect("a frame");
         assert_eq!(frame.len(), MAX_HANDSHAKE_FRAME_LEN);
+    }
+
+    /// After the handshake, small frames are read many at a time, also
+    /// once the first buffer is used up while its frames are still held
+    /// (as a channel holds response bodies until their callers take them).
+    /// The handshake buffer is under 1 KiB, and `bytes` remembers a
+    /// buffer's first capacity to size the ones after it: had the traffic
+    /// buffer grown from it, every later frame would have cost two reads
+    /// (its prefix, then exactly its bytes) and two allocations.
+    #[tokio::test]
+    async fn after_the_handshake_small_frames_share_big_reads() {
+        let (mut frames, mut peer) = pair();
+        peer.write_all(&prefixed(10, 1)).await.expect("write");
+        assert_eq!(frames.next().await.expect("item").expect("frame").len(), 10);
+        lift_bound(&mut frames, DEFAULT_MAX_FRAME_LEN);
+        // Three buffers' worth of 27-byte frames, all held.
+        let count = 3 * READ_CAPACITY / (PREFIX_LEN + 27);
+        let mut bytes = Vec::new();
+        for i in 0..count {
+            bytes.extend(prefixed(27, i as u8));
+        }
+        let writer = tokio::spawn(async move {
+            let _ = peer.write_all(&bytes).await;
+            peer
+        });
+        let mut held = Vec::with_capacity(count);
+        let mut smallest_room = usize::MAX;
+        for i in 0..count {
+            let frame = frames.next().await.expect("item").expect("frame");
+            assert_eq!(frame.len(), 27);
+            assert!(frame.iter().all(|&b| b == i as u8));
+            held.push(frame.freeze());
+            let buffer = frames.read_buffer();
+            if buffer.is_empty() {
+                // Between reads: what the next read may fill.
+                smallest_room = smallest_room.min(buffer.capacity());
+            }
+        }
+        assert!(
+            smallest_room >= 4096,
+            "a read buffer of {smallest_room} bytes: small frames are read one by one"
+        );
+        drop(frames);
+        drop(writer.await.expect("writer"));
     }
 
     #[tokio::test]

@@ -79,7 +79,7 @@ fn an_in_process_server_locks_its_data_dir_too() {
 }
 
 /// A pid that no process has now: a child that exited and was reaped.
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 fn dead_pid() -> u32 {
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let pid = child.id();
@@ -184,6 +184,7 @@ async fn probe(client: &odo_router::Client, name: &str, route: &str) -> (u16, By
     (response.status().as_u16(), response.into_body())
 }
 
+#[cfg(target_os = "linux")]
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())

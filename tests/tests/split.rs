@@ -8,6 +8,9 @@
 //!
 //! The split runs before any worker, so "no two live instances" comes down
 //! to every object being in one shard only, which is checked too.
+//!
+//! Unix only: the children kill themselves with SIGKILL.
+#![cfg(unix)]
 
 use std::collections::BTreeMap;
 use std::path::Path;
