@@ -46,7 +46,7 @@ impl Default for RuntimeConfig {
             call_timeout: crate::call::DEFAULT_CALL_DEADLINE,
             release_grace: Duration::from_secs(10),
             websocket_max_message_bytes: 32 * 1024 * 1024,
-            websocket_max_sockets_per_object: crate::socket::MAX_SOCKETS_PER_OBJECT,
+            websocket_max_sockets_per_object: 32_768,
         }
     }
 }

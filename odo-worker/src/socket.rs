@@ -832,3 +832,14 @@ pub(crate) fn take_upgrade(
         id,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_default_cap_is_cloudflares() {
+        assert_eq!(
+            crate::RuntimeConfig::default().websocket_max_sockets_per_object,
+            super::MAX_SOCKETS_PER_OBJECT
+        );
+    }
+}
