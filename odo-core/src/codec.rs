@@ -64,13 +64,24 @@ pub enum CodecError {
         /// The frame's actual size.
         actual: usize,
     },
-    /// The envelope does not decode as the kind's payload.
-    #[error("malformed {kind:?} envelope: {reason}")]
+    /// The envelope does not decode as the kind's payload (or, encoding,
+    /// the payload cannot be serialized).
+    #[error("malformed {kind:?} envelope: {source}")]
     Envelope {
         /// The frame's kind.
         kind: Kind,
-        /// postcard's description.
-        reason: String,
+        /// postcard's error.
+        #[source]
+        source: postcard::Error,
+    },
+    /// The envelope decodes, but bytes follow it inside its announced
+    /// length.
+    #[error("malformed {kind:?} envelope: {count} trailing bytes after it")]
+    TrailingBytes {
+        /// The frame's kind.
+        kind: Kind,
+        /// How many bytes follow the envelope.
+        count: usize,
     },
     /// A body or envelope over 4 GiB cannot be framed.
     #[error("frame part of {len} bytes exceeds the u32 length field")]
@@ -97,9 +108,9 @@ pub fn encode_into(frame: &Frame, dst: &mut BytesMut) -> Result<(), CodecError> 
         Message::Response(m) => to_vec(m),
         Message::Cancel => Ok(Vec::new()),
     }
-    .map_err(|reason| CodecError::Envelope {
+    .map_err(|source| CodecError::Envelope {
         kind: frame.message.kind(),
-        reason,
+        source,
     })?;
     let envelope_len = u32::try_from(envelope.len()).map_err(|_| CodecError::TooLarge {
         len: envelope.len(),
@@ -181,9 +192,10 @@ pub fn decode(frame: Bytes) -> Result<Frame, CodecError> {
         Kind::Response => Message::Response(from_slice(kind, envelope)?),
         Kind::Cancel => {
             if !envelope.is_empty() {
-                return Err(CodecError::Envelope {
+                // A cancel frame's envelope is empty: all of it is extra.
+                return Err(CodecError::TrailingBytes {
                     kind,
-                    reason: "a cancel frame has an empty envelope".into(),
+                    count: envelope.len(),
                 });
             }
             Message::Cancel
@@ -196,21 +208,19 @@ pub fn decode(frame: Bytes) -> Result<Frame, CodecError> {
     })
 }
 
-fn to_vec<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+fn to_vec<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
     // Sized for a typical envelope up front: growing from empty reallocates
     // several times per frame, a cost every call pays.
-    postcard::to_extend(value, Vec::with_capacity(256)).map_err(|e| e.to_string())
+    postcard::to_extend(value, Vec::with_capacity(256))
 }
 
 fn from_slice<T: DeserializeOwned>(kind: Kind, envelope: &[u8]) -> Result<T, CodecError> {
-    let (value, rest) = postcard::take_from_bytes(envelope).map_err(|e| CodecError::Envelope {
-        kind,
-        reason: e.to_string(),
-    })?;
+    let (value, rest) = postcard::take_from_bytes(envelope)
+        .map_err(|source| CodecError::Envelope { kind, source })?;
     if !rest.is_empty() {
-        return Err(CodecError::Envelope {
+        return Err(CodecError::TrailingBytes {
             kind,
-            reason: format!("{} trailing bytes after the envelope", rest.len()),
+            count: rest.len(),
         });
     }
     Ok(value)

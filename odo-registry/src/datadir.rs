@@ -81,11 +81,12 @@ impl DataDirLock {
     ///
     /// [`RegistryError::DataDirLocked`] naming the holder's pid when
     /// another server (or another holder in this process) has it,
-    /// [`RegistryError::DataDir`] when it cannot be created or locked.
+    /// [`RegistryError::DataDirIo`] when it cannot be created or locked.
     pub fn acquire(data_dir: &Path) -> Result<Self, RegistryError> {
-        let io = |what: &str, e: std::io::Error| RegistryError::DataDir {
+        let io = |what: &str, source: std::io::Error| RegistryError::DataDirIo {
             path: data_dir.to_path_buf(),
-            reason: format!("{what}: {e}"),
+            what: what.to_owned(),
+            source,
         };
         std::fs::create_dir_all(data_dir).map_err(|e| io("cannot create it", e))?;
         let canonical = data_dir
@@ -150,8 +151,9 @@ impl DataDirLock {
     ///
     /// # Errors
     ///
-    /// [`RegistryError::DataDir`] when the record is unreadable, or records
-    /// a split in progress: [`prepare_shards`](Self::prepare_shards)
+    /// [`RegistryError::ClusterRecord`] or [`RegistryError::DataDirIo`]
+    /// when the record is unreadable, [`RegistryError::DataDir`] when it
+    /// records a split in progress: [`prepare_shards`](Self::prepare_shards)
     /// finishes it.
     pub fn shard_count(&self, default: u32) -> Result<u32, RegistryError> {
         let record = ClusterFile::load_or_create(&self.dir, default)?;
@@ -174,8 +176,9 @@ impl DataDirLock {
     ///
     /// # Errors
     ///
-    /// [`RegistryError::DataDir`] when the record is unreadable or cannot
-    /// be written, [`RegistryError::Split`] when a split fails (it goes on
+    /// [`RegistryError::ClusterRecord`] or [`RegistryError::DataDirIo`]
+    /// when the record is unreadable or cannot be written,
+    /// [`RegistryError::Split`] when a split fails (it goes on
     /// at the next call).
     pub async fn prepare_shards(
         &self,

@@ -95,10 +95,8 @@ impl WorkerCommand {
     /// This process's own executable: the usual case, since one binary
     /// plays both roles.
     pub fn current_exe() -> Result<Self, RegistryError> {
-        let program = std::env::current_exe().map_err(|e| RegistryError::Spawn {
-            slot: 0,
-            reason: format!("cannot find the current executable: {e}"),
-        })?;
+        let program =
+            std::env::current_exe().map_err(|source| RegistryError::CurrentExe { source })?;
         Ok(Self {
             program,
             args: Vec::new(),
@@ -251,12 +249,13 @@ pub enum RegistryError {
         reason: String,
     },
     /// The runtime directory cannot be created.
-    #[error("runtime directory {path}: {reason}")]
+    #[error("runtime directory {path}: {source}")]
     RuntimeDir {
         /// The offending path.
         path: PathBuf,
-        /// What is wrong.
-        reason: String,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
     },
     /// The control endpoint cannot be bound.
     #[error("cannot listen for workers: {0}")]
@@ -289,6 +288,34 @@ pub enum RegistryError {
     /// Some workers never became ready.
     #[error("workers not ready: {0}")]
     NotReady(String),
+    /// A file or directory of the data directory cannot be created, read,
+    /// written or locked.
+    #[error("data directory {path}: {what}: {source}")]
+    DataDirIo {
+        /// The offending path.
+        path: PathBuf,
+        /// What odo was doing.
+        what: String,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The cluster record is not the JSON odo writes.
+    #[error("cluster record {path} is unreadable: {source}")]
+    ClusterRecord {
+        /// The record's path.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The program to run as a worker cannot be found.
+    #[error("cannot find the current executable to run as a worker: {source}")]
+    CurrentExe {
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// "pid N", or that it is unknown.

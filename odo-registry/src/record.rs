@@ -64,11 +64,12 @@ impl ClusterFile {
         let path = data_dir.join(CLUSTER_FILE);
         match std::fs::read(&path) {
             Ok(bytes) => {
-                let file: ClusterFile =
-                    serde_json::from_slice(&bytes).map_err(|e| RegistryError::DataDir {
+                let file: ClusterFile = serde_json::from_slice(&bytes).map_err(|source| {
+                    RegistryError::ClusterRecord {
                         path: path.clone(),
-                        reason: format!("unreadable cluster record: {e}"),
-                    })?;
+                        source,
+                    }
+                })?;
                 if !file.consistent() {
                     return Err(RegistryError::DataDir {
                         path,
@@ -83,9 +84,10 @@ impl ClusterFile {
                 file.save(data_dir)?;
                 Ok(file)
             }
-            Err(e) => Err(RegistryError::DataDir {
+            Err(source) => Err(RegistryError::DataDirIo {
                 path,
-                reason: e.to_string(),
+                what: "cannot read the cluster record".into(),
+                source,
             }),
         }
     }
@@ -154,14 +156,16 @@ impl ClusterFile {
         path: &Path,
         tmp: &Path,
     ) -> Result<(), RegistryError> {
-        let io = |e: std::io::Error| RegistryError::DataDir {
+        let io = |source: std::io::Error| RegistryError::DataDirIo {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            what: "cannot write the cluster record".into(),
+            source,
         };
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| RegistryError::DataDir {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let bytes =
+            serde_json::to_vec_pretty(self).map_err(|source| RegistryError::ClusterRecord {
+                path: path.to_path_buf(),
+                source,
+            })?;
         {
             use std::io::Write;
             let mut file = std::fs::File::create(tmp).map_err(io)?;
@@ -203,10 +207,41 @@ mod tests {
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from(CLUSTER_FILE)]);
         std::fs::write(dir.path().join(CLUSTER_FILE), b"{garbage").unwrap();
-        assert!(matches!(
-            ClusterFile::load_or_create(dir.path(), 3),
-            Err(RegistryError::DataDir { .. })
-        ));
+        let error = ClusterFile::load_or_create(dir.path(), 3).unwrap_err();
+        assert!(
+            matches!(error, RegistryError::ClusterRecord { .. }),
+            "{error:?}"
+        );
+        // The parser's own error stays the source, for callers to inspect.
+        let source = std::error::Error::source(&error).expect("a source");
+        assert!(source.is::<serde_json::Error>(), "{source:?}");
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_read_or_written_keeps_the_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the record should be: reading it fails.
+        std::fs::create_dir(dir.path().join(CLUSTER_FILE)).unwrap();
+        let error = ClusterFile::load_or_create(dir.path(), 3).unwrap_err();
+        assert!(
+            matches!(error, RegistryError::DataDirIo { .. }),
+            "{error:?}"
+        );
+        let source = std::error::Error::source(&error).expect("a source");
+        assert!(source.is::<std::io::Error>(), "{source:?}");
+        assert!(
+            error.to_string().contains("cannot read the cluster record"),
+            "{error}"
+        );
+        // A data directory that is a file: the record cannot be written.
+        let file = dir.path().join("plain-file");
+        std::fs::write(&file, b"x").unwrap();
+        let error = ClusterFile::new(2).save(&file).unwrap_err();
+        assert!(
+            matches!(error, RegistryError::DataDirIo { .. }),
+            "{error:?}"
+        );
+        assert!(std::error::Error::source(&error).is_some_and(|s| s.is::<std::io::Error>()));
     }
     #[test]
     fn a_split_in_progress_changes_the_format_and_must_fit_the_shard_count() {

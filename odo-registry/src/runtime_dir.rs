@@ -30,9 +30,9 @@ impl RuntimeDir {
     /// ones there.
     pub(crate) fn create(parent: Option<&Path>) -> Result<Self, RegistryError> {
         let parent = parent.map_or_else(std::env::temp_dir, Path::to_path_buf);
-        let err = |path: &Path, e: std::io::Error| RegistryError::RuntimeDir {
+        let err = |path: &Path, source: std::io::Error| RegistryError::RuntimeDir {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            source,
         };
         if !parent.is_dir() {
             let mut builder = std::fs::DirBuilder::new();

@@ -40,9 +40,13 @@ pub enum WorkerError {
     /// The registry cannot be reached.
     #[error("cannot reach the registry: {0}")]
     Connect(#[from] ConnectError),
-    /// The registry refused or did not answer the worker's hello.
+    /// The registry answered the worker's hello with something else than
+    /// an acknowledgement.
     #[error("the registry did not accept this worker: {0}")]
     Hello(String),
+    /// The worker's hello did not reach the registry or was not answered.
+    #[error("the registry did not answer this worker's hello: {0}")]
+    HelloFailed(#[source] odo_transport::CallError),
     /// The registry did not hand over a usable token.
     #[error("cannot start without the cluster token: {0}")]
     Token(#[from] odo_core::launch::TokenError),
@@ -143,7 +147,7 @@ pub async fn serve(
     {
         Ok((Response::Control(ControlReply::Ack), _)) => {}
         Ok((other, _)) => return Err(WorkerError::Hello(format!("unexpected answer {other:?}"))),
-        Err(e) => return Err(WorkerError::Hello(e.to_string())),
+        Err(e) => return Err(WorkerError::HelloFailed(e)),
     }
     info!(worker = launch.index, %endpoint, pid = std::process::id(), "worker ready");
 

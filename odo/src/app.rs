@@ -51,6 +51,9 @@ pub enum OdoError {
     /// A worker process failed.
     #[error(transparent)]
     Worker(#[from] odo_worker::WorkerError),
+    /// The worker command line a registry passed does not parse.
+    #[error("bad worker command line: {0}")]
+    Launch(#[from] odo_core::launch::LaunchError),
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -300,7 +303,7 @@ impl App {
                 .await?);
             }
             Ok(None) => {}
-            Err(e) => return Err(OdoError::Other(e.to_string())),
+            Err(e) => return Err(OdoError::Launch(e)),
         }
         let cli = match parse_cli(&args, &self.backends) {
             Ok(cli) => cli,
