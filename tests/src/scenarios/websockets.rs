@@ -153,6 +153,11 @@ scenario!(ws_hibernation, |w, t| {
     // A clean close, then a client that vanishes without a close frame:
     // the object hears of both and no longer lists them.
     t.fact("b closes", b.close(1000).await?);
+    // The object heard of b before a goes (the log's order is compared).
+    t.fact(
+        "b's close logged",
+        logged(&c, "/probe/hib/wslog", "close 1000").await?,
+    );
     drop(a.into_inner());
     let logged = eventually(GUARD, async || {
         Ok(c.get("/probe/hib/wslog").await?.text().lines().count() >= 2)
