@@ -7,6 +7,7 @@ use clap::Parser;
 use clap::builder::{PossibleValue, PossibleValuesParser};
 
 mod e2e;
+mod sql;
 mod stats;
 mod storage;
 mod transport;
@@ -30,6 +31,11 @@ const BENCHES: &[(&str, &str, Bench)] = &[
         "worker",
         "in-process object runtime: events/s, activations/s, memory per object, durable increments",
         worker::run,
+    ),
+    (
+        "sql",
+        "SQLite-backed counters and queries against fjall-backed objects and raw rusqlite",
+        sql::run,
     ),
     (
         "e2e",

@@ -93,11 +93,13 @@ pub(crate) fn run() -> anyhow::Result<()> {
         .build()?;
     let start = |server: Server| -> anyhow::Result<Running> {
         match server {
-            Server::Odo => e2e::start_odo(&odo, Pinning::None),
+            Server::Odo => e2e::start_odo(&odo, Pinning::None, false),
             Server::Workerd => {
                 e2e::start_workerd(workerd.as_ref().context("no workerd")?, Pinning::None)
             }
-            Server::Limit => bail!("the limit server speaks no WebSockets"),
+            Server::Limit | Server::OdoSql => {
+                bail!("{} is not part of the WebSocket benchmark", server.name())
+            }
         }
     };
     let servers: Vec<Server> = if workerd.is_some() {
@@ -409,7 +411,7 @@ async fn idle(
     let mut all = connect_many(&running.base, paths).await?;
     // Every room woke once (its accepts); now all sleep.
     let asleep = match server {
-        Server::Odo => {
+        Server::Odo | Server::OdoSql => {
             let start = Instant::now();
             let mut asleep = false;
             while start.elapsed() < Duration::from_secs(120) {

@@ -146,6 +146,22 @@ impl DataDirLock {
         &self.dir
     }
 
+    /// Checks each class's kind of storage (`key-value`, `sqlite`, ...)
+    /// against the directory's class record, `odo-classes.json`, and
+    /// records the classes it does not hold yet: a class keeps its kind
+    /// for the life of the directory. Call it before anything serves the
+    /// shards.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::ClassStorageChanged`] when a class is registered
+    /// with another kind than the recorded one; [`RegistryError::ClassRecord`]
+    /// when the record is unreadable, [`RegistryError::DataDirIo`] when it
+    /// cannot be read or written.
+    pub fn record_class_storage(&self, classes: &[(String, String)]) -> Result<(), RegistryError> {
+        crate::classes::check_and_record(&self.dir, classes)
+    }
+
     /// The number of shards, S, of the directory: read from its cluster
     /// record, or recorded as `default` if the directory is new.
     ///

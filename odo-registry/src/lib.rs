@@ -34,6 +34,7 @@
 //! # Ok(()) }
 //! ```
 
+mod classes;
 mod datadir;
 mod placement;
 mod record;
@@ -120,6 +121,11 @@ pub struct RegistryConfig {
     /// hold no shard (logged). Default: none; odo's facade gives the
     /// storage backend's.
     pub splitter: Option<Arc<dyn ShardSplitter>>,
+    /// The classes the workers serve, each with its kind of storage
+    /// (`key-value`, `sqlite`): checked against the data directory's
+    /// record before any worker starts, and recorded (see
+    /// [`DataDirLock::record_class_storage`]). Default: none.
+    pub class_storage: Vec<(String, String)>,
     /// Where the cluster record and shard data live. Locked for the
     /// registry's whole life ([`DataDirLock`]).
     pub data_dir: PathBuf,
@@ -186,6 +192,7 @@ impl RegistryConfig {
             workers,
             shards: None,
             splitter: None,
+            class_storage: Vec::new(),
             data_dir,
             runtime_dir: None,
             transport: TransportKind::available()[0],
@@ -239,6 +246,21 @@ pub enum RegistryError {
         lock_file: PathBuf,
         /// The holder's pid, as its lock file says.
         holder_pid: Option<u32>,
+    },
+    /// A class is registered with another kind of storage than the one
+    /// the data directory recorded for it.
+    #[error(
+        "class {class} was served from this data directory {recorded}-backed and is now registered {registered}-backed; a class's kind of storage cannot change (register it {recorded}-backed again, or serve it from a new data directory; record: {record})"
+    )]
+    ClassStorageChanged {
+        /// The class.
+        class: String,
+        /// Its kind in the record.
+        recorded: String,
+        /// Its kind as registered now.
+        registered: String,
+        /// The record's path.
+        record: PathBuf,
     },
     /// The data directory is unusable.
     #[error("data directory {path}: {reason}")]
@@ -303,6 +325,15 @@ pub enum RegistryError {
     /// The cluster record is not the JSON odo writes.
     #[error("cluster record {path} is unreadable: {source}")]
     ClusterRecord {
+        /// The record's path.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The class record (`odo-classes.json`) is not the JSON odo writes.
+    #[error("class record {path} is unreadable: {source}")]
+    ClassRecord {
         /// The record's path.
         path: PathBuf,
         /// What is wrong with it.
@@ -431,6 +462,7 @@ impl Registry {
             return Err(RegistryError::Config(e.to_string()));
         }
         let data_lock = DataDirLock::acquire(&config.data_dir)?;
+        data_lock.record_class_storage(&config.class_storage)?;
         let record = split::prepare(
             data_lock.dir(),
             config.shards.unwrap_or(config.workers),

@@ -111,6 +111,10 @@ pub enum StorageError {
         #[source]
         source: BoxError,
     },
+    /// An object's SQL failed (see [`SqlError`](crate::SqlError)).
+    #[cfg(feature = "sql")]
+    #[error(transparent)]
+    Sql(#[from] crate::sql::SqlError),
     /// The store was closed.
     #[error("the store is closed")]
     Closed,

@@ -77,6 +77,8 @@ mod listing;
 mod memory;
 mod object;
 pub mod split;
+#[cfg(feature = "sql")]
+mod sql;
 mod store;
 mod turns;
 
@@ -96,6 +98,11 @@ pub use factory::{
 pub use fjall_backend::{Durability, FjallBackend, FjallOptions};
 pub use memory::MemoryBackend;
 pub use object::{ListOptions, ObjectStorage, Transaction};
+#[cfg(feature = "sql")]
+pub use sql::{
+    Cursor, MAX_SQL_COLUMNS, MAX_SQL_PARAMETERS, MAX_SQL_ROW_BYTES, MAX_SQL_STATEMENT_BYTES, Row,
+    SqlError, SqlOptions, SqlStorage, SqlValue,
+};
 pub use store::{CommitStats, CommitWait, Store, StoreOptions};
 pub use turns::ObjectTurns;
 

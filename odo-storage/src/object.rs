@@ -125,7 +125,7 @@ fn check_count(count: usize) -> Result<(), StorageError> {
 /// A committed turn whose commit has not completed yet: its writes are
 /// visible to the object's later turns.
 #[derive(Debug)]
-struct InFlight {
+pub(crate) struct InFlight {
     batch: Arc<ObjectBatch>,
     done: watch::Receiver<CommitState>,
 }
@@ -200,14 +200,17 @@ impl ReadCache {
 /// [`StorageError::CommitFailed`]: the runtime resets the object.
 #[derive(Debug)]
 pub struct ObjectStorage {
-    id: ObjectId,
-    store: Arc<StoreInner>,
+    pub(crate) id: ObjectId,
+    pub(crate) store: Arc<StoreInner>,
     /// `layers[0]` is the turn buffer, each further layer an open
     /// transaction.
-    layers: Vec<ObjectBatch>,
-    in_flight: VecDeque<InFlight>,
+    pub(crate) layers: Vec<ObjectBatch>,
+    pub(crate) in_flight: VecDeque<InFlight>,
     cache: ReadCache,
-    failure: ObjectFailure,
+    pub(crate) failure: ObjectFailure,
+    /// The database of a SQLite-backed object (`None` for a key-value one).
+    #[cfg(feature = "sql")]
+    pub(crate) sql: Option<Box<crate::sql::SqlStorage>>,
 }
 
 impl ObjectStorage {
@@ -223,6 +226,8 @@ impl ObjectStorage {
             in_flight: VecDeque::new(),
             cache,
             failure: ObjectFailure::default(),
+            #[cfg(feature = "sql")]
+            sql: None,
         }
     }
 
@@ -279,8 +284,7 @@ impl ObjectStorage {
         let value = value.into();
         check_key(key)?;
         check_value(&value)?;
-        self.write(key.to_string(), Some(value));
-        Ok(())
+        self.write(key.to_string(), Some(value))
     }
 
     /// Encodes `value` with postcard and stores it under `key`.
@@ -318,7 +322,7 @@ impl ObjectStorage {
             check_value(value)?;
         }
         for (key, value) in entries {
-            self.write(key, Some(value));
+            self.write(key, Some(value))?;
         }
         Ok(())
     }
@@ -327,7 +331,7 @@ impl ObjectStorage {
     pub async fn delete(&mut self, key: &str) -> Result<bool, StorageError> {
         check_key(key)?;
         let existed = self.read(key)?.is_some();
-        self.write(key.to_string(), None);
+        self.write(key.to_string(), None)?;
         Ok(existed)
     }
 
@@ -343,7 +347,7 @@ impl ObjectStorage {
             if self.read(key)?.is_some() {
                 count += 1;
             }
-            self.write(key.to_string(), None);
+            self.write(key.to_string(), None)?;
         }
         Ok(count)
     }
@@ -351,6 +355,10 @@ impl ObjectStorage {
     /// Deletes all of the object's data and its alarm.
     pub async fn delete_all(&mut self) -> Result<(), StorageError> {
         self.check_failure()?;
+        #[cfg(feature = "sql")]
+        if let Some(sql) = self.sql_kv()? {
+            return sql.delete_everything();
+        }
         let top = self.top();
         top.clear = true;
         top.entries.clear();
@@ -372,6 +380,10 @@ impl ObjectStorage {
         options: &ListOptions,
     ) -> Result<Vec<(String, Bytes)>, StorageError> {
         let range = options.key_range()?;
+        #[cfg(feature = "sql")]
+        if self.sql.is_some() {
+            return self.sql_list(&range, options);
+        }
         self.prune()?;
         let Some(bounds) = range.as_bounds() else {
             return Ok(Vec::new());
@@ -419,6 +431,10 @@ impl ObjectStorage {
 
     /// The alarm time (milliseconds since the Unix epoch), if one is set.
     pub async fn get_alarm(&mut self) -> Result<Option<u64>, StorageError> {
+        #[cfg(feature = "sql")]
+        if let Some(sql) = self.sql_kv()? {
+            return sql.alarm_get();
+        }
         self.prune()?;
         let layers = self
             .layers
@@ -444,6 +460,10 @@ impl ObjectStorage {
     /// replacing any other.
     pub async fn set_alarm(&mut self, time_ms: u64) -> Result<(), StorageError> {
         self.check_failure()?;
+        #[cfg(feature = "sql")]
+        if let Some(sql) = self.sql_kv()? {
+            return sql.alarm_set(time_ms);
+        }
         self.top().alarm = AlarmChange::Set(time_ms);
         Ok(())
     }
@@ -451,6 +471,10 @@ impl ObjectStorage {
     /// Removes the alarm, if any.
     pub async fn delete_alarm(&mut self) -> Result<(), StorageError> {
         self.check_failure()?;
+        #[cfg(feature = "sql")]
+        if let Some(sql) = self.sql_kv()? {
+            return sql.alarm_delete();
+        }
         self.top().alarm = AlarmChange::Delete;
         Ok(())
     }
@@ -482,10 +506,14 @@ impl ObjectStorage {
     {
         self.layers.push(ObjectBatch::default());
         let depth = self.layers.len() - 1;
+        #[cfg(feature = "sql")]
+        let savepoint = self.sql_savepoint(depth);
         let mut tx = Transaction {
             storage: self,
             depth,
             committed: false,
+            #[cfg(feature = "sql")]
+            savepoint,
         };
         let result = f(&mut tx).await;
         if result.is_ok() {
@@ -505,6 +533,12 @@ impl ObjectStorage {
         // An unfinished transaction cannot survive its `transaction` call
         // (its guard rolls it back), so only the turn buffer remains.
         self.layers.truncate(1);
+        #[cfg(feature = "sql")]
+        if let Err(error) = self.commit_sql() {
+            let error = Arc::new(error);
+            let _ = self.failure.set(error.clone());
+            return Some(CommitWait::ready(Err(error)));
+        }
         let batch = std::mem::take(&mut self.layers[0]);
         if let Err(StorageError::CommitFailed(error)) = self.prune() {
             return Some(CommitWait::ready(Err(error)));
@@ -549,6 +583,10 @@ impl ObjectStorage {
     pub(crate) fn rollback_turn(&mut self) {
         self.layers.truncate(1);
         self.layers[0] = ObjectBatch::default();
+        #[cfg(feature = "sql")]
+        if let Some(sql) = &mut self.sql {
+            sql.rollback();
+        }
     }
 
     /// Whether a commit of this object has failed. Every later call then
@@ -562,6 +600,10 @@ impl ObjectStorage {
 
     /// Whether the current turn has written anything.
     pub(crate) fn has_turn_writes(&self) -> bool {
+        #[cfg(feature = "sql")]
+        if self.sql.as_ref().is_some_and(|sql| sql.in_turn()) {
+            return true;
+        }
         self.layers.iter().any(|layer| !layer.is_empty())
     }
 
@@ -577,11 +619,19 @@ impl ObjectStorage {
         &mut self.layers[last]
     }
 
-    fn write(&mut self, key: String, value: Option<Bytes>) {
+    fn write(&mut self, key: String, value: Option<Bytes>) -> Result<(), StorageError> {
+        #[cfg(feature = "sql")]
+        if let Some(sql) = self.sql_kv()? {
+            return match value {
+                Some(value) => sql.kv_put(&key, &value),
+                None => sql.kv_delete(&key).map(drop),
+            };
+        }
         self.top().entries.insert(key, value);
+        Ok(())
     }
 
-    fn check_failure(&self) -> Result<(), StorageError> {
+    pub(crate) fn check_failure(&self) -> Result<(), StorageError> {
         match self.failure.get() {
             Some(error) => Err(StorageError::CommitFailed(error.clone())),
             None => Ok(()),
@@ -589,7 +639,7 @@ impl ObjectStorage {
     }
 
     /// Retires the in-flight turns whose commit completed, oldest first.
-    fn prune(&mut self) -> Result<(), StorageError> {
+    pub(crate) fn prune(&mut self) -> Result<(), StorageError> {
         while let Some(front) = self.in_flight.front() {
             let state = front.done.borrow().clone();
             match state {
@@ -609,6 +659,10 @@ impl ObjectStorage {
     }
 
     fn read(&mut self, key: &str) -> Result<Option<Bytes>, StorageError> {
+        #[cfg(feature = "sql")]
+        if let Some(sql) = self.sql_kv()? {
+            return sql.kv_get(key);
+        }
         self.prune()?;
         let layers = self
             .layers
@@ -640,6 +694,9 @@ pub struct Transaction<'a> {
     storage: &'a mut ObjectStorage,
     depth: usize,
     committed: bool,
+    /// The savepoint of a SQLite-backed object's transaction.
+    #[cfg(feature = "sql")]
+    savepoint: Option<String>,
 }
 
 impl Transaction<'_> {
@@ -648,6 +705,10 @@ impl Transaction<'_> {
         if let Some(layer) = self.storage.layers.pop() {
             let below = self.storage.top();
             below.merge(layer);
+        }
+        #[cfg(feature = "sql")]
+        if let Some(name) = self.savepoint.take() {
+            self.storage.sql_release(&name, true);
         }
         self.committed = true;
     }
@@ -742,6 +803,10 @@ impl Drop for Transaction<'_> {
     fn drop(&mut self) {
         if !self.committed {
             self.storage.layers.truncate(self.depth);
+            #[cfg(feature = "sql")]
+            if let Some(name) = self.savepoint.take() {
+                self.storage.sql_release(&name, false);
+            }
         }
     }
 }

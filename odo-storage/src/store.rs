@@ -35,6 +35,9 @@ pub struct StoreOptions {
     /// The most bytes (keys plus values) one listing may answer, likewise.
     /// Default: 8 MiB.
     pub max_list_bytes: usize,
+    /// Options of the store's SQLite-backed objects.
+    #[cfg(feature = "sql")]
+    pub sql: crate::sql::SqlOptions,
 }
 
 impl Default for StoreOptions {
@@ -44,6 +47,36 @@ impl Default for StoreOptions {
             object_cache_bytes: 64 * 1024,
             max_list_entries: 10_000,
             max_list_bytes: 8 * 1024 * 1024,
+            #[cfg(feature = "sql")]
+            sql: crate::sql::SqlOptions::default(),
+        }
+    }
+}
+
+impl StoreOptions {
+    /// The default options for the store of `shard`, whose backend is
+    /// `durable` or not: SQLite-backed objects keep their database files in
+    /// `<data dir>/sql` when it is, in a private temporary directory when
+    /// it is not (nothing of them survives then, as nothing of the backend
+    /// does).
+    ///
+    /// The directory is the data directory's, not the shard's: a file is
+    /// named by its object's id alone, so when shards split
+    /// ([`split`](crate::split)) a SQLite-backed object's log moves with
+    /// its keys to its new shard and finds its file where it was.
+    pub fn for_shard(shard: &crate::ShardSpec, durable: bool) -> Self {
+        #[cfg(feature = "sql")]
+        {
+            let mut options = Self::default();
+            if durable {
+                options.sql.dir = Some(shard.data_dir.join("sql"));
+            }
+            options
+        }
+        #[cfg(not(feature = "sql"))]
+        {
+            let _ = (shard, durable);
+            Self::default()
         }
     }
 }
@@ -184,6 +217,11 @@ pub(crate) struct StoreInner {
     counters: Arc<Counters>,
     alarm_changes: watch::Sender<u64>,
     pub(crate) options: StoreOptions,
+    #[cfg(feature = "sql")]
+    pub(crate) sql_dir: crate::sql::SqlDir,
+    /// Which SQLite-backed objects have their database open in a view.
+    #[cfg(feature = "sql")]
+    pub(crate) sql_claims: Arc<crate::sql::Claims>,
 }
 
 impl std::fmt::Debug for StoreInner {
@@ -268,6 +306,10 @@ impl Store {
                 thread: Mutex::new(Some(thread)),
                 counters,
                 alarm_changes,
+                #[cfg(feature = "sql")]
+                sql_dir: crate::sql::SqlDir::new(options.sql.dir.clone()),
+                #[cfg(feature = "sql")]
+                sql_claims: Arc::default(),
                 options,
             }),
         })
@@ -279,6 +321,20 @@ impl Store {
     /// writes that are not yet durable.
     pub fn object(&self, id: ObjectId) -> ObjectTurns {
         ObjectTurns::new(ObjectStorage::new(id, self.inner.clone()))
+    }
+
+    /// The storage of a SQLite-backed object, with control of its turns:
+    /// its database, with its key-value API and its alarm inside (see
+    /// [`ObjectStorage::sql`]). The same rules as [`object`](Self::object)
+    /// hold; an object must always be opened the same way.
+    #[cfg(feature = "sql")]
+    pub fn sql_object(&self, id: ObjectId) -> Result<ObjectTurns, StorageError> {
+        let dir = self.inner.sql_dir.path()?;
+        Ok(ObjectTurns::new(ObjectStorage::new_sql(
+            id,
+            self.inner.clone(),
+            &dir,
+        )))
     }
 
     /// The backend, for reads outside any object (tools, metrics).

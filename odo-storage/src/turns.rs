@@ -45,6 +45,21 @@ impl ObjectTurns {
         &mut self.storage
     }
 
+    /// Gets the object ready for its next turn: opens a SQLite-backed
+    /// object's database (replaying the shard's log into it when needed)
+    /// off the async threads, or lets its file catch up. Nothing for a
+    /// key-value object. Call it before each turn.
+    pub async fn prepare(&mut self) -> Result<(), crate::StorageError> {
+        #[cfg(feature = "sql")]
+        {
+            self.storage.prepare().await
+        }
+        #[cfg(not(feature = "sql"))]
+        {
+            Ok(())
+        }
+    }
+
     /// Ends a successful turn: hands its writes to the group-commit thread
     /// and returns at once.
     ///
@@ -77,6 +92,23 @@ impl ObjectTurns {
     /// durable.
     pub fn has_failed(&self) -> bool {
         self.storage.has_failed()
+    }
+
+    /// Whether the current turn asked for a point-in-time restore
+    /// ([`ObjectStorage::on_next_session_restore_bookmark`]): once its
+    /// commit is durable, the runtime starts the object again with a new
+    /// view (from [`Store::sql_object`](crate::Store::sql_object)), whose
+    /// opening does the restore. Call it before
+    /// [`commit_turn`](Self::commit_turn).
+    pub fn restore_asked(&self) -> bool {
+        #[cfg(feature = "sql")]
+        {
+            self.storage.restore_asked()
+        }
+        #[cfg(not(feature = "sql"))]
+        {
+            false
+        }
     }
 
     /// Whether the current turn has written anything.

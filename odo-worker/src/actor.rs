@@ -23,13 +23,13 @@ use tracing::{debug, warn};
 use crate::activation::next_activation;
 use crate::call::{CallScope, Cluster};
 use crate::config::RuntimeConfig;
-use crate::context::{Context, background_idle, start_deferred};
+use crate::context::{Context, background_idle, open_view, start_deferred};
 use crate::error::ObjectError;
 use crate::mailbox::{Event, EventKind, Outcome, SocketIn};
 use crate::object::DurableObject;
 use crate::socket::{DoorOutput, SocketView, WebSocketDoors, take_upgrade};
 use crate::table::{ActorControl, ObjectTable, ShardState};
-use crate::types::{AlarmInfo, is_reserved_method};
+use crate::types::{AlarmInfo, ClassStorage, is_reserved_method};
 
 /// Builds an instance of a class when its object activates.
 pub(crate) type Factory<T> = Arc<dyn Fn(&Context) -> T + Send + Sync>;
@@ -40,6 +40,7 @@ pub(crate) struct ActorStart {
     pub(crate) config: Arc<RuntimeConfig>,
     pub(crate) cluster: Arc<dyn Cluster>,
     pub(crate) target: ObjectAddress,
+    pub(crate) storage: ClassStorage,
     pub(crate) shard: Arc<ShardState>,
     pub(crate) control: Arc<ActorControl>,
     /// Where the object's WebSocket outputs go.
@@ -210,6 +211,7 @@ pub(crate) async fn run<T: DurableObject>(start: ActorStart, factory: Factory<T>
         config,
         cluster,
         target,
+        storage,
         shard,
         control,
         doors,
@@ -228,6 +230,14 @@ pub(crate) async fn run<T: DurableObject>(start: ActorStart, factory: Factory<T>
     // Two receivers: one waited on between events, one during a turn.
     let mut force: watch::Receiver<bool> = shard.force_stop.subscribe();
     let mut force_in_turn = force.clone();
+    let view = match open_view(&shard.store, target.id, storage) {
+        Ok(view) => view,
+        Err(error) => {
+            // Its queued callers are answered when `_exit` drops.
+            warn!(class = %target.class, id = %target.id, %error, "cannot open the object's storage");
+            return;
+        }
+    };
     let sockets = Arc::new(SocketView::new(
         target.id,
         shard.sockets.clone(),
@@ -235,7 +245,8 @@ pub(crate) async fn run<T: DurableObject>(start: ActorStart, factory: Factory<T>
         config.websocket_max_sockets_per_object,
     ));
     let mut ctx = Context {
-        storage: shard.store.object(target.id),
+        storage: view,
+        storage_kind: storage,
         sockets,
         upgrade: None,
         target,
@@ -338,7 +349,40 @@ fn renew_failed_view<T>(instance: &mut Option<T>, ctx: &mut Context, shard: &Sha
     if ctx.storage.has_failed() {
         warn!(class = %ctx.target.class, id = %ctx.target.id, "a commit of this object failed: object reset");
         *instance = None;
-        ctx.storage = shard.store.object(ctx.target.id);
+        // A fresh view reads only what is durable; a SQLite-backed
+        // object's database is brought back to its last durable state
+        // (the shard's log replayed into its file, its WAL forgotten) when
+        // the view opens it, before the next turn.
+        match open_view(&shard.store, ctx.target.id, ctx.storage_kind) {
+            Ok(view) => ctx.storage = view,
+            Err(error) => {
+                warn!(id = %ctx.target.id, %error, "cannot open the object's storage again; it keeps failing");
+            }
+        }
+    }
+}
+
+/// After a turn that asked for a point-in-time restore: once its commit
+/// is durable, the object starts again (a new instance on a new view),
+/// and the view's opening before the next event does the restore.
+async fn restart_for_restore<T>(
+    instance: &mut Option<T>,
+    ctx: &mut Context,
+    shard: &ShardState,
+    durable: Option<CommitWait>,
+) {
+    if let Some(durable) = durable
+        && durable.wait().await.is_err()
+    {
+        // The request never landed: the failed view is renewed as usual.
+        return;
+    }
+    *instance = None;
+    match open_view(&shard.store, ctx.target.id, ctx.storage_kind) {
+        Ok(view) => ctx.storage = view,
+        Err(error) => {
+            warn!(id = %ctx.target.id, %error, "cannot open the object's storage again for its restore");
+        }
     }
 }
 
@@ -392,6 +436,14 @@ async fn turn<T: DurableObject>(
 ) {
     let Event { kind, reply, scope } = event;
     ctx.scope = scope.entered(ctx.target.id);
+    // A SQLite-backed object's database opens (recovering from the shard's
+    // log) or catches up here, off the async threads.
+    if let Err(e) = ctx.storage.prepare().await {
+        let error = reset_error(ctx, &format!("preparing the object's storage failed: {e}"));
+        reset(instance, ctx, shard);
+        gate.hold(None, reply, Err(error));
+        return;
+    }
     let obj = match instance {
         Some(obj) => obj,
         None => {
@@ -488,12 +540,16 @@ async fn turn<T: DurableObject>(
     let deferred = std::mem::take(&mut ctx.deferred);
     match ran {
         Ran::Ok(outcome) => {
+            let restore = ctx.storage.restore_asked();
             // If a commit of the object failed during the turn, this wait
             // fails at once: the turn ran on state that was never durable.
             let durable = ctx.storage.commit_turn();
             start_deferred(deferred, durable.clone());
             let outputs = ctx.sockets.finish_turn();
-            gate.hold_with(durable, reply, Ok(outcome), outputs);
+            gate.hold_with(durable.clone(), reply, Ok(outcome), outputs);
+            if restore {
+                restart_for_restore(instance, ctx, shard, durable).await;
+            }
             renew_failed_view(instance, ctx, shard);
         }
         Ran::Refused(error) => {

@@ -8,6 +8,7 @@ use odo_core::{Namespace, NamespaceTag};
 
 use crate::actor::{self, ActorStart, Factory};
 use crate::object::DurableObject;
+use crate::types::ClassStorage;
 
 /// Why a class cannot be registered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +50,7 @@ impl fmt::Debug for Classes {
 pub(crate) struct ClassEntry {
     pub(crate) name: Arc<str>,
     pub(crate) namespace: Namespace,
+    pub(crate) storage: ClassStorage,
     pub(crate) spawner: Box<dyn Spawn>,
 }
 
@@ -63,6 +65,33 @@ impl Classes {
     /// The factory can capture what every instance shares (configuration,
     /// clients, channels): the equivalent of a Worker's `env`.
     pub fn register_with<T, F>(&mut self, name: &str, factory: F) -> Result<&mut Self, ClassError>
+    where
+        T: DurableObject,
+        F: Fn(&crate::Context) -> T + Send + Sync + 'static,
+    {
+        self.register_as(name, ClassStorage::KeyValue, factory)
+    }
+
+    /// Registers `T` as the SQLite-backed class called `name`: each of its
+    /// objects owns a SQLite database, reached with
+    /// [`ObjectStorage::sql`](odo_storage::ObjectStorage::sql)
+    /// (`ctx.storage().sql()`), which also holds its key-value API and
+    /// alarm.
+    pub fn register_sqlite<T: DurableObject>(
+        &mut self,
+        name: &str,
+    ) -> Result<&mut Self, ClassError> {
+        self.register_as(name, ClassStorage::Sqlite, T::create)
+    }
+
+    /// Registers the class called `name`, whose instances `factory` builds,
+    /// with `storage` as its kind of storage.
+    pub fn register_as<T, F>(
+        &mut self,
+        name: &str,
+        storage: ClassStorage,
+        factory: F,
+    ) -> Result<&mut Self, ClassError>
     where
         T: DurableObject,
         F: Fn(&crate::Context) -> T + Send + Sync + 'static,
@@ -84,6 +113,7 @@ impl Classes {
             Arc::new(ClassEntry {
                 name,
                 namespace,
+                storage,
                 spawner: Box::new(Spawner::<T>(Arc::new(factory))),
             }),
         );
@@ -100,6 +130,18 @@ impl Classes {
         let mut names: Vec<String> = self.by_name.keys().map(|n| n.to_string()).collect();
         names.sort();
         names
+    }
+
+    /// Each registered class with its kind of storage, sorted by name:
+    /// what a data directory records.
+    pub fn storage_kinds(&self) -> Vec<(String, ClassStorage)> {
+        let mut kinds: Vec<(String, ClassStorage)> = self
+            .by_name
+            .values()
+            .map(|entry| (entry.name.to_string(), entry.storage))
+            .collect();
+        kinds.sort_by(|a, b| a.0.cmp(&b.0));
+        kinds
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<&Arc<ClassEntry>> {

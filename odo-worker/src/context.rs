@@ -28,6 +28,8 @@ pub struct Context {
     /// The object's storage and the runtime's control of its turns; the
     /// object's code reaches only the storage view.
     pub(crate) storage: ObjectTurns,
+    /// The class's kind of storage, to open the object's view again.
+    pub(crate) storage_kind: crate::types::ClassStorage,
     pub(crate) cluster: Arc<dyn Cluster>,
     /// The scope of the event being handled, this object included in its
     /// chain: calls made now inherit its deadline.
@@ -82,7 +84,10 @@ impl Context {
         crate::activation::activation_name(self.activation)
     }
 
-    /// The object's transactional storage, alarm included.
+    /// The object's transactional storage, alarm included. For an object
+    /// of a SQLite-backed class, [`ObjectStorage::sql`] is its database;
+    /// its key-value API and alarm are in the same database and commit
+    /// with its SQL, in the turn's one implicit transaction.
     ///
     /// The view has no way to commit or roll back the turn: the runtime
     /// ends every turn, committing its writes only if the handler succeeded.
@@ -250,6 +255,19 @@ impl Context {
             Some(durable) => Ok(durable.wait().await?),
             None => Ok(()),
         }
+    }
+}
+
+/// Opens the storage view of object `id` of a class whose storage is
+/// `kind`, in `store`.
+pub(crate) fn open_view(
+    store: &odo_storage::Store,
+    id: ObjectId,
+    kind: crate::types::ClassStorage,
+) -> Result<ObjectTurns, odo_storage::StorageError> {
+    match kind {
+        crate::types::ClassStorage::KeyValue => Ok(store.object(id)),
+        crate::types::ClassStorage::Sqlite => store.sql_object(id),
     }
 }
 

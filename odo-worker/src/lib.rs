@@ -52,7 +52,7 @@ pub use socket::{
     is_websocket_upgrade,
 };
 pub use stub::{NamespaceHandle, Stub};
-pub use types::{AlarmInfo, Request, Response, is_reserved_method};
+pub use types::{AlarmInfo, ClassStorage, Request, Response, is_reserved_method};
 
 /// The module ladder, bottom first: a module may use only the modules
 /// before it. The test below reads the sources and holds every module to

@@ -226,8 +226,9 @@ struct WorkerHandler {
 impl WorkerHandler {
     async fn open_store(&self, shard: u32, epoch: u64) -> Result<Store, StorageError> {
         let spec = ShardSpec::new(&self.data_dir, shard, epoch);
+        let options = StoreOptions::for_shard(&spec, self.backend.durable());
         let backend = self.backend.open(spec).await?;
-        Store::open_shared(backend, StoreOptions::default())
+        Store::open_shared(backend, options)
     }
 
     async fn control(&self, control: Control) -> Result<ControlReply, WireError> {

@@ -547,6 +547,7 @@ impl Inner {
             config: self.config.clone(),
             cluster: self.cluster(),
             target,
+            storage: class.storage,
             shard,
             control,
             doors: read(&self.doors).clone(),

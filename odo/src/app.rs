@@ -19,7 +19,8 @@ use odo_router::{
 };
 use odo_storage::{BackendFactory, Backends, ShardSpec, Store, StoreOptions};
 use odo_worker::{
-    CallScope, ClassError, Classes, DurableObject, ObjectAddress, RpcCall, Runtime, RuntimeConfig,
+    CallScope, ClassError, ClassStorage, Classes, DurableObject, ObjectAddress, RpcCall, Runtime,
+    RuntimeConfig,
 };
 use tokio::time::Instant;
 use tracing::info;
@@ -213,13 +214,37 @@ impl App {
 
     /// Like [`App::class`], with a factory that builds each instance (and can
     /// capture shared state).
-    pub fn class_with<T, F>(mut self, segment: &str, class: &str, factory: F) -> Self
+    pub fn class_with<T, F>(self, segment: &str, class: &str, factory: F) -> Self
+    where
+        T: DurableObject,
+        F: Fn(&odo_worker::Context) -> T + Send + Sync + 'static,
+    {
+        self.class_as(segment, class, ClassStorage::KeyValue, factory)
+    }
+
+    /// Serves the SQLite-backed class `T`, registered as `class`, under
+    /// `/{segment}/{name}/...`: each object owns a SQLite database
+    /// (`ctx.storage().sql()`). A class keeps its kind of storage for the
+    /// life of a data directory.
+    pub fn sqlite_class<T: DurableObject>(self, segment: &str, class: &str) -> Self {
+        self.class_as(segment, class, ClassStorage::Sqlite, T::create)
+    }
+
+    /// Like [`App::class_with`], with `storage` as the class's kind of
+    /// storage.
+    pub fn class_as<T, F>(
+        mut self,
+        segment: &str,
+        class: &str,
+        storage: ClassStorage,
+        factory: F,
+    ) -> Self
     where
         T: DurableObject,
         F: Fn(&odo_worker::Context) -> T + Send + Sync + 'static,
     {
         if self.error.is_none() {
-            match self.classes.register_with(class, factory) {
+            match self.classes.register_as(class, storage, factory) {
                 Ok(_) => self.routes.push((segment.to_owned(), class.to_owned())),
                 Err(e) => self.error = Some(e.into()),
             }
@@ -399,6 +424,7 @@ impl App {
         config.heartbeat_timeout = options.heartbeat_timeout;
         config.stall_limit = options.stall_limit;
         config.splitter = Some(Arc::new(crate::StorageSplitter::new(backend)));
+        config.class_storage = class_storage(&self.classes);
         let registry = Arc::new(Registry::start(config).await?);
         registry.ready().await?;
         let client = odo_transport::ClientConfig {
@@ -668,6 +694,15 @@ impl ServeFlags {
     }
 }
 
+/// Each class with its kind of storage, as the data directory records it.
+fn class_storage(classes: &Classes) -> Vec<(String, String)> {
+    classes
+        .storage_kinds()
+        .into_iter()
+        .map(|(class, kind)| (class, kind.as_str().to_owned()))
+        .collect()
+}
+
 /// Objects hosted in this process (0 workers): the same runtime a worker
 /// runs, without the process boundary.
 #[derive(Clone)]
@@ -684,16 +719,17 @@ impl LocalService {
         options: &ServeOptions,
     ) -> Result<Self, OdoError> {
         let data_lock = odo_registry::DataDirLock::acquire(&options.data_dir)?;
+        data_lock.record_class_storage(&class_storage(&classes))?;
         // One process holds every shard: nothing to split, but a split a
         // crash left unfinished is finished before anything is served.
         let splitter = crate::StorageSplitter::new(backend.clone());
         let shards = data_lock.prepare_shards(1, 1, Some(&splitter)).await?;
         let runtime = Runtime::new(classes, options.runtime.clone(), shards);
         for shard in 0..shards {
-            let opened = backend
-                .open(ShardSpec::new(&options.data_dir, shard, 1))
-                .await?;
-            let store = Store::open_shared(opened, StoreOptions::default())?;
+            let spec = ShardSpec::new(&options.data_dir, shard, 1);
+            let store_options = StoreOptions::for_shard(&spec, backend.durable());
+            let opened = backend.open(spec).await?;
+            let store = Store::open_shared(opened, store_options)?;
             runtime
                 .open_shard(shard, 1, store)
                 .map_err(|e| OdoError::Other(e.to_string()))?;

@@ -1,10 +1,10 @@
 //! The demo classes of `odo serve`, serving the HTTP contract in the
-//! design: `Counter` (increments, alarms, whoami) and `Kv` (a key-value
-//! store with list).
+//! design: `Counter` (increments, alarms, whoami), `SqlCounter` (the same
+//! routes, SQLite-backed, in SQL) and `Kv` (a key-value store with list).
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use odo_storage::{ListOptions, StorageError};
+use odo_storage::{ListOptions, SqlValue, StorageError};
 use odo_worker::{
     AlarmInfo, Context, DurableObject, ObjectError, Request, Response, RpcCall, RpcReply, now_ms,
 };
@@ -117,6 +117,94 @@ impl DurableObject for Counter {
     async fn alarm(&mut self, ctx: &mut Context, _alarm: AlarmInfo) -> Result<(), ObjectError> {
         let fired = read(ctx, "alarms").await? + 1;
         ctx.storage().put_typed("alarms", &fired).await?;
+        Ok(())
+    }
+}
+
+/// The counter of [`Counter`], SQLite-backed and in SQL: the same routes
+/// (under `/sqlcounter/{name}`) and RPC methods, its values in a table
+/// `counter (name TEXT PRIMARY KEY, value INTEGER)` incremented with
+/// `UPDATE ... RETURNING`; its alarm is the object's alarm (in its
+/// database).
+#[derive(Debug, Default)]
+pub struct SqlCounter;
+
+impl SqlCounter {
+    /// Adds `delta` to value `name` and answers the new value.
+    fn add(ctx: &mut Context, name: &str, delta: i64) -> Result<u64, ObjectError> {
+        let row = ctx
+            .storage()
+            .sql()?
+            .exec(
+                "UPDATE counter SET value = value + ? WHERE name = ? RETURNING value",
+                &[SqlValue::from(delta), SqlValue::from(name)],
+            )?
+            .one()
+            .map_err(StorageError::from)?;
+        Ok(row.values()[0].as_i64().unwrap_or(0).max(0) as u64)
+    }
+
+    fn get(ctx: &mut Context, name: &str) -> Result<u64, ObjectError> {
+        let row = ctx
+            .storage()
+            .sql()?
+            .exec(
+                "SELECT value FROM counter WHERE name = ?",
+                &[SqlValue::from(name)],
+            )?
+            .one()
+            .map_err(StorageError::from)?;
+        Ok(row.values()[0].as_i64().unwrap_or(0).max(0) as u64)
+    }
+}
+
+impl DurableObject for SqlCounter {
+    fn create(_: &Context) -> Self {
+        SqlCounter
+    }
+
+    async fn init(&mut self, ctx: &mut Context) -> Result<(), ObjectError> {
+        // Writes nothing once the table and its rows exist.
+        ctx.storage().sql()?.exec(
+            "CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             INSERT OR IGNORE INTO counter VALUES ('count', 0), ('alarms', 0)",
+            &[],
+        )?;
+        Ok(())
+    }
+
+    async fn fetch(
+        &mut self,
+        ctx: &mut Context,
+        request: Request,
+    ) -> Result<Response, ObjectError> {
+        let method = request.method().clone();
+        match (method, rest(&request).as_slice()) {
+            (Method::POST, ["increment"]) => Ok(ok(Self::add(ctx, "count", 1)?.to_string())),
+            (Method::GET, [] | [""]) => Ok(ok(Self::get(ctx, "count")?.to_string())),
+            (Method::GET, ["alarms"]) => Ok(ok(Self::get(ctx, "alarms")?.to_string())),
+            (Method::POST, ["alarm"] | ["whoami"]) | (Method::GET, ["whoami"]) => {
+                // The same answers as the key-value counter's.
+                Counter.fetch(ctx, request).await
+            }
+            _ => Ok(reply(StatusCode::NOT_FOUND, "no such counter route\n")),
+        }
+    }
+
+    async fn call(&mut self, ctx: &mut Context, call: RpcCall) -> Result<RpcReply, ObjectError> {
+        match call.method.as_str() {
+            "add" => {
+                let delta: u64 = call.args()?;
+                let delta = i64::try_from(delta).unwrap_or(i64::MAX);
+                RpcReply::new(&Self::add(ctx, "count", delta)?)
+            }
+            "get" => RpcReply::new(&Self::get(ctx, "count")?),
+            _ => Err(ObjectError::UnknownMethod(call.method)),
+        }
+    }
+
+    async fn alarm(&mut self, ctx: &mut Context, _alarm: AlarmInfo) -> Result<(), ObjectError> {
+        Self::add(ctx, "alarms", 1)?;
         Ok(())
     }
 }

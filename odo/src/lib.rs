@@ -30,20 +30,30 @@ pub use odo_router::{Client, RouterConfig};
 /// implements ([`storage::Backend`], [`storage::BackendFactory`]), for
 /// [`App::backend`].
 pub use odo_storage as storage;
-pub use odo_storage::ListOptions;
+pub use odo_storage::{ListOptions, SqlValue};
 pub use odo_worker::{
-    AlarmInfo, Context, DurableObject, ObjectError, Request, Response, RpcCall, RpcReply,
-    RuntimeConfig, Stub, WebSocket, WebSocketError, WebSocketMessage, is_websocket_upgrade,
+    AlarmInfo, ClassStorage, Context, DurableObject, ObjectError, Request, Response, RpcCall,
+    RpcReply, RuntimeConfig, Stub, WebSocket, WebSocketError, WebSocketMessage,
+    is_websocket_upgrade,
 };
 pub use split::StorageSplitter;
 
-/// The demo server's app: `Counter` under `/counter`, `Kv` under `/kv`,
-/// the chat [`room::Room`] under `/room`, and the plain route
+/// The demo server's app: `Counter` under `/counter`, the SQLite-backed
+/// `SqlCounter` under `/sqlcounter`, `Kv` under `/kv`, the chat
+/// [`room::Room`] under `/room`, and the plain route
 /// `GET /hello`, which no object serves.
 pub fn demo_app() -> App {
+    demo_app_on(ClassStorage::KeyValue)
+}
+
+/// [`demo_app`] with `Counter` and `Kv` on `storage` (the test suite runs
+/// every scenario with them SQLite-backed too); `SqlCounter` is always
+/// SQLite-backed.
+pub fn demo_app_on(storage: ClassStorage) -> App {
     App::new()
-        .class::<demo::Counter>("counter", "COUNTER")
-        .class::<demo::Kv>("kv", "KV")
+        .class_as("counter", "COUNTER", storage, demo::Counter::create)
+        .sqlite_class::<demo::SqlCounter>("sqlcounter", "SQL_COUNTER")
+        .class_as("kv", "KV", storage, demo::Kv::create)
         .class::<room::Room>("room", "ROOM")
         .route(http::Method::GET, "/hello", |_request| async {
             let mut response = http::Response::new(bytes::Bytes::from_static(b"hello"));

@@ -65,6 +65,9 @@ pub fn test_server_backends() -> Backends {
         .register(LogFileFactory)
         .expect("logfile is a free, valid name");
     backends
+        .register(crate::sqlite_cell::SqliteCellFactory::default())
+        .expect("sqlite is a free, valid name");
+    backends
 }
 
 /// The factory of [`LogFileBackend`]s, named `logfile`.

@@ -12,6 +12,7 @@ pub mod backend;
 pub mod http;
 pub mod scenarios;
 pub mod soak;
+pub mod sqlite_cell;
 pub mod topology;
 pub mod transcript;
 pub mod ws;

@@ -148,6 +148,7 @@ mod listing;
 mod reset_race;
 mod secrets;
 mod soak;
+mod sql;
 mod strangers;
 mod websockets;
 
@@ -220,6 +221,17 @@ pub fn all() -> Vec<Scenario> {
             "fault_strangers",
             &[Needs::LinuxProcesses],
             strangers::fault_strangers,
+        ),
+        s("sql_counter", &[], sql::sql_counter),
+        s(
+            "sql_after_restart",
+            &[Needs::Durability],
+            sql::sql_after_restart,
+        ),
+        s(
+            "fault_sigkill_sql_worker",
+            &[Needs::Durability, Needs::LinuxProcesses],
+            sql::fault_sigkill_sql_worker,
         ),
     ]
 }
@@ -633,20 +645,24 @@ fn load(c: &HttpClient, path: &str, clients: usize, stop: Arc<AtomicBool>) -> Ve
 }
 
 scenario!(fault_sigkill_worker, |w, t| {
-    let c = w.client.clone();
-    c.post("/counter/victim/increment").await?;
-    let victim = owner_pid(&c, "counter/victim").await?;
+    kill_under_load(&w.client.clone(), t, "counter/victim").await
+});
+
+/// Increments the counter at `/{counter}` from several clients, SIGKILLs
+/// the worker that holds it, and checks that it is served again by
+/// another process with every acknowledged increment kept and none
+/// acknowledged twice.
+async fn kill_under_load(c: &HttpClient, t: &mut Transcript, counter: &str) -> Result<()> {
+    let increment = format!("/{counter}/increment");
+    let read = format!("/{counter}");
+    c.post(&increment).await?;
+    let victim = owner_pid(c, counter).await?;
     let stop = Arc::new(AtomicBool::new(false));
     // Half the per-object queue: with the progress reads below, the object's
     // queue never fills, so every refusal counted is the kill's doing.
-    let clients = load(
-        &c,
-        "/counter/victim/increment",
-        (QUEUE_DEPTH / 2) as usize,
-        stop.clone(),
-    );
+    let clients = load(c, &increment, (QUEUE_DEPTH / 2) as usize, stop.clone());
     loop {
-        let answer = c.get("/counter/victim").await?;
+        let answer = c.get(&read).await?;
         ensure!(
             answer.status == 200,
             "reading the counter before the kill: {} {}",
@@ -661,8 +677,7 @@ scenario!(fault_sigkill_worker, |w, t| {
     signal(victim, Signal::Kill)?;
     let killed = Instant::now();
     let back = eventually(Duration::from_secs(10), async || {
-        Ok(c.get("/counter/victim").await?.status == 200
-            && owner_pid(&c, "counter/victim").await? != victim)
+        Ok(c.get(&read).await?.status == 200 && owner_pid(c, counter).await? != victim)
     })
     .await?;
     let recovery = killed.elapsed();
@@ -674,7 +689,7 @@ scenario!(fault_sigkill_worker, |w, t| {
         acked.extend(values);
         failed += refused;
     }
-    let final_value: u64 = c.get("/counter/victim").await?.text().parse()?;
+    let final_value: u64 = c.get(&read).await?.text().parse()?;
     let distinct: HashSet<u64> = acked.iter().copied().collect();
     let lost = acked.iter().filter(|&&v| v > final_value).count();
     t.figure("requests", acked.len() as u64 + failed);
@@ -693,7 +708,7 @@ scenario!(fault_sigkill_worker, |w, t| {
     );
     t.fact("back within 2 s", recovery < Duration::from_secs(2));
     Ok(())
-});
+}
 
 scenario!(fault_sigstop_worker, |w, t| {
     let c = w.client.clone();

@@ -11,12 +11,13 @@ use clap::builder::PossibleValuesParser;
 use similar::TextDiff;
 
 /// The storage backends of the matrix: names the test server registers
-/// (odo's built-in `memory` and `fjall`, and `logfile`, a backend defined
-/// in the tests crate, outside odo's: `odo_tests::backend`). Registering a
+/// (odo's built-in `memory` and `fjall`, `logfile`, a backend defined
+/// in the tests crate, outside odo's: `odo_tests::backend`, and `sqlite`,
+/// fjall with every class SQLite-backed: `odo_tests::sqlite_cell`). Registering a
 /// backend in the test server (`App::backend`) and adding its name here
 /// puts it in the matrix; whether it is durable (which decides the
 /// durable-only scenarios) comes from its factory.
-pub(crate) const BACKENDS: &[&str] = &["memory", "fjall", "logfile"];
+pub(crate) const BACKENDS: &[&str] = &["memory", "fjall", "logfile", "sqlite"];
 
 /// The transports of the matrix, with whether this platform has them.
 /// Adding one here (and to the server's `--transport` flag) puts it in the
@@ -321,7 +322,7 @@ mod tests {
     #[test]
     fn options_default_to_the_whole_matrix() {
         let o = parse(&[]).unwrap();
-        assert_eq!(o.backends, ["memory", "fjall", "logfile"]);
+        assert_eq!(o.backends, ["memory", "fjall", "logfile", "sqlite"]);
         assert_eq!(o.transports, ["uds", "tcp"]);
         assert_eq!(o.filter, None);
         assert!(!o.keep_going);

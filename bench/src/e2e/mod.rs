@@ -141,7 +141,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
         fsync_rate(&std::env::temp_dir())?
     );
 
-    let mut servers = vec![Server::Odo];
+    let mut servers = vec![Server::Odo, Server::OdoSql];
     if limit.is_some() {
         servers.push(Server::Limit);
     }
@@ -156,7 +156,8 @@ pub(crate) fn run() -> anyhow::Result<()> {
     for round in 1..=rounds {
         for &server in &servers {
             let running = match server {
-                Server::Odo => servers::start_odo(&odo, pinning)?,
+                Server::Odo => servers::start_odo(&odo, pinning, false)?,
+                Server::OdoSql => servers::start_odo(&odo, pinning, true)?,
                 Server::Limit => servers::start_limit(limit.as_deref().expect("checked"), pinning)?,
                 Server::Workerd => {
                     servers::start_workerd(workerd.as_ref().expect("checked"), pinning)?
@@ -257,6 +258,27 @@ fn report(results: &[(Server, HashMap<String, Workload>)]) {
             vs(o_cpu, w_cpu)
         );
     }
+    println!("odo's SQLite-backed counter (s = odo-sql):");
+    println!(
+        "{:<7} {:>9} {:>7} {:>7} {:>7} {:>7}",
+        "load", "s req/s", "rps s/o", "rps s/w", "s p99", "s us"
+    );
+    for name in WORKLOADS {
+        let s_rps = mean(Server::OdoSql, name, rps);
+        println!(
+            "{:<7} {:>9} {:>7} {:>7} {:>7} {:>7}",
+            name,
+            cell(s_rps, 0),
+            vs(s_rps, mean(Server::Odo, name, rps)),
+            vs(s_rps, mean(Server::Workerd, name, rps)),
+            cell(mean(Server::OdoSql, name, p99), 2),
+            cell(mean(Server::OdoSql, name, cpu), 1),
+        );
+    }
+    println!(
+        "goals for the SQLite-backed counter: hot and spread >= 10.00x workerd, >= 0.50x odo's \
+         fjall-backed counter"
+    );
     let goals: Vec<String> = LIMIT_GOALS
         .iter()
         .map(|(name, goal)| format!("{name} >= {goal:.2}x"))

@@ -17,6 +17,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) enum Server {
     /// `odo serve --workers 2`, fjall with `SyncData`, UDS between processes.
     Odo,
+    /// The same with the demo's counter SQLite-backed
+    /// (`ODO_DEMO_STORAGE=sqlite`).
+    OdoSql,
     /// `limit-bench --mode fjall-group`: bare hyper and one group-commit
     /// thread in one process, the ceiling for odo's design here.
     Limit,
@@ -28,6 +31,7 @@ impl Server {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Server::Odo => "odo",
+            Server::OdoSql => "odo-sql",
             Server::Limit => "limit",
             Server::Workerd => "workerd",
         }
@@ -186,7 +190,7 @@ fn pinned(program: &Path, pinning: Pinning) -> Command {
     }
 }
 
-pub(crate) fn start_odo(odo: &Path, pinning: Pinning) -> anyhow::Result<Running> {
+pub(crate) fn start_odo(odo: &Path, pinning: Pinning, sqlite: bool) -> anyhow::Result<Running> {
     let data = tempfile::tempdir().context("temp dir")?;
     let log = std::fs::File::create(data.path().join("odo.log"))?;
     let mut child = pinned(odo, pinning)
@@ -195,6 +199,10 @@ pub(crate) fn start_odo(odo: &Path, pinning: Pinning) -> anyhow::Result<Running>
         .arg(data.path().join("data"))
         .arg("--exit-on-stdin-eof")
         .env("RUST_LOG", "warn")
+        .env(
+            "ODO_DEMO_STORAGE",
+            if sqlite { "sqlite" } else { "key-value" },
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(log)

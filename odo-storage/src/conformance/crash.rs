@@ -11,14 +11,14 @@ use crate::{Backend, Store, StoreOptions};
 
 /// Set in the child's environment to the store directory.
 const CHILD_ENV: &str = "ODO_STORAGE_CONFORMANCE_CRASH_DIR";
-const OBJECTS: usize = 8;
+pub(super) const OBJECTS: usize = 8;
 const KEYS: [&str; 4] = ["k0", "k1", "k2", "seq"];
 const ROUNDS: usize = 3;
-const READY: &str = "odo-crash ready";
-const ACK: &str = "odo-crash ack ";
+pub(super) const READY: &str = "odo-crash ready";
+pub(super) const ACK: &str = "odo-crash ack ";
 
 /// Kills and reaps the child however the test ends.
-struct ChildGuard(Child);
+pub(super) struct ChildGuard(pub(super) Child);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
@@ -27,7 +27,7 @@ impl Drop for ChildGuard {
     }
 }
 
-fn random_below(n: u64) -> u64 {
+pub(super) fn random_below(n: u64) -> u64 {
     RandomState::new().build_hasher().finish() % n
 }
 
@@ -96,11 +96,15 @@ pub fn crash<H: Harness>(harness: &H, test_name: &str) {
     }
 }
 
-fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> Option<String> {
+pub(super) fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> Option<String> {
     lines.next().and_then(Result::ok)
 }
 
-fn wait_ready(lines: &mut Lines<BufReader<ChildStdout>>, guard: &mut ChildGuard, round: usize) {
+pub(super) fn wait_ready(
+    lines: &mut Lines<BufReader<ChildStdout>>,
+    guard: &mut ChildGuard,
+    round: usize,
+) {
     loop {
         match next_line(lines) {
             // libtest may print `test name ... ` on the same line first.
@@ -179,13 +183,13 @@ fn verify<H: Harness>(harness: &H, dir: &Path, acked: &[u64; OBJECTS], round: us
 }
 
 /// Ends the child at the first failure, so that the parent sees it exit.
-fn die(what: &str, error: crate::StorageError) -> ! {
+pub(super) fn die(what: &str, error: crate::StorageError) -> ! {
     eprintln!("crash child: {what} failed: {error}");
     std::process::exit(2)
 }
 
 /// Prints one line, on a line of its own.
-fn say(line: &str) {
+pub(super) fn say(line: &str) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     if writeln!(out, "\n{line}")

@@ -35,6 +35,8 @@
 
 mod crash;
 mod intercept;
+#[cfg(feature = "sql")]
+mod sql_crash;
 mod state_machine;
 
 use std::path::Path;
@@ -51,6 +53,8 @@ use crate::{FjallBackend, FjallOptions};
 
 pub use crash::crash;
 pub use intercept::{CommitHook, CommitValve, InterceptCommits, OpenOnDrop};
+#[cfg(feature = "sql")]
+pub use sql_crash::sql_crash;
 pub use state_machine::state_machine;
 
 /// How the suite opens the backend under test.
@@ -66,6 +70,75 @@ pub trait Harness {
     /// Whether the backend keeps its data across reopening (and crashes).
     /// A non-durable backend must come back empty.
     fn durable(&self) -> bool;
+
+    /// The options of the store on `dir`.
+    fn store_options(&self, dir: &Path) -> StoreOptions {
+        let _ = dir;
+        StoreOptions::default()
+    }
+
+    /// Whether an object is in the backend's listing of its objects
+    /// ([`Backend::objects`]) exactly when it has keys or an alarm, as the
+    /// model says. Not so for SQLite-backed objects, whose log stays in the
+    /// backend when their database is empty: the suite then leaves the
+    /// listing out.
+    fn objects_are_their_keys(&self) -> bool {
+        true
+    }
+
+    /// The storage of object `id` in `store`: key-value-backed, unless the
+    /// harness runs SQLite-backed objects.
+    fn object(&self, store: &Store, id: ObjectId) -> crate::ObjectTurns {
+        store.object(id)
+    }
+}
+
+/// Runs the suite on SQLite-backed objects over the backend of `inner`:
+/// their key-value API and alarm live in each object's database, and the
+/// backend holds the shard's log (feature `sql`).
+#[cfg(feature = "sql")]
+#[derive(Debug, Default, Clone)]
+pub struct SqlHarness<H> {
+    /// The harness of the shard's backend.
+    pub inner: H,
+    /// Keep a copy of each database file as it was last synced
+    /// (`<file>.synced`), so the crash test can throw away what the file
+    /// wrote since ([`sql_crash`]).
+    pub keep_synced_copies: bool,
+}
+
+#[cfg(feature = "sql")]
+impl<H: Harness> Harness for SqlHarness<H> {
+    type Backend = H::Backend;
+
+    fn open(&self, dir: &Path) -> Result<Self::Backend, StorageError> {
+        self.inner.open(dir)
+    }
+
+    fn durable(&self) -> bool {
+        self.inner.durable()
+    }
+
+    fn store_options(&self, dir: &Path) -> StoreOptions {
+        let mut options = self.inner.store_options(dir);
+        if self.durable() {
+            options.sql.dir = Some(dir.join("sql"));
+        }
+        // Small, so that the files catch up often.
+        options.sql.checkpoint_wal_bytes = 64 * 1024;
+        options.sql.keep_synced_copies = self.keep_synced_copies;
+        options
+    }
+
+    fn objects_are_their_keys(&self) -> bool {
+        false
+    }
+
+    fn object(&self, store: &Store, id: ObjectId) -> crate::ObjectTurns {
+        store
+            .sql_object(id)
+            .expect("the store has a directory for SQLite-backed objects")
+    }
 }
 
 /// The harness of [`MemoryBackend`] (not durable).
@@ -169,11 +242,11 @@ pub fn durability<H: Harness>(harness: &H) {
     rt.block_on(async {
         let store = Store::open(
             harness.open(dir.path()).expect("open"),
-            StoreOptions::default(),
+            harness.store_options(dir.path()),
         )
         .expect("store");
         for n in 0..3 {
-            let mut s = store.object(object_id(n));
+            let mut s = harness.object(&store, object_id(n));
             for turn in 0..4u8 {
                 for k in 0..20u8 {
                     let key = format!("key-{k:02}");
@@ -199,12 +272,12 @@ pub fn durability<H: Harness>(harness: &H) {
 
         let store = Store::open(
             harness.open(dir.path()).expect("reopen"),
-            StoreOptions::default(),
+            harness.store_options(dir.path()),
         )
         .expect("store");
         let durable = harness.durable();
         for n in 0..3 {
-            let mut s = store.object(object_id(n));
+            let mut s = harness.object(&store, object_id(n));
             let listed = s.list(&ListOptions::default()).await.expect("list");
             let expected: Vec<(String, bytes::Bytes)> = if durable {
                 (0..20u8)

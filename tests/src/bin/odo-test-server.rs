@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use odo::{AlarmInfo, Context, DurableObject, ObjectError, Request, Response, RuntimeConfig};
+use odo::{
+    AlarmInfo, ClassStorage, Context, DurableObject, ObjectError, Request, Response, RuntimeConfig,
+};
 
 fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response {
     let mut response = Response::new(body.into());
@@ -403,11 +405,19 @@ fn main() -> ExitCode {
     }
     // Failing alarms are retried quickly so scenarios stay short.
     runtime.alarm_retry.first_delay = Duration::from_millis(50);
-    odo::demo_app()
-        .class::<Probe>("probe", "PROBE")
+    // The `sqlite` cell: every class SQLite-backed, on fjall.
+    let args: Vec<String> = std::env::args().collect();
+    let storage = if odo_tests::sqlite_cell::chosen(&args) {
+        ClassStorage::Sqlite
+    } else {
+        ClassStorage::KeyValue
+    };
+    odo::demo_app_on(storage)
+        .class_as("probe", "PROBE", storage, Probe::create)
         // A backend from outside odo's crates (the harness's
         // `test_server_backends` lists what this server offers).
         .backend(odo_tests::backend::LogFileFactory)
+        .backend(odo_tests::sqlite_cell::SqliteCellFactory::default())
         .runtime(runtime)
         .main()
 }

@@ -1,0 +1,224 @@
+//! The crash test of SQLite-backed objects: a child process commits SQL
+//! transactions and is killed with SIGKILL at random moments (during a
+//! commit, during a file's catch-up); optionally the database files are
+//! then thrown back to their last synced copies.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use super::crash::{
+    ACK, ChildGuard, OBJECTS, READY, die, next_line, random_below, say, wait_ready,
+};
+use super::{Harness, object_id, runtime};
+use crate::{SqlValue, Store};
+
+const CHILD_ENV: &str = "ODO_STORAGE_CONFORMANCE_SQL_CRASH_DIR";
+const ROWS: i64 = 4;
+const ROUNDS: usize = 3;
+
+/// Crashes a process that commits SQL transactions, then checks what
+/// survived: every acknowledged transaction is there, none is half there.
+///
+/// Like [`crash`](super::crash), call it from a `#[test]` named
+/// `test_name`, with a [`SqlHarness`](super::SqlHarness) over a durable
+/// backend. Each turn of the child (8 objects at once) writes sequence
+/// number `seq` into 4 rows of a table (deleting them all first every
+/// 7th turn), into the key `seq` and into the alarm, and prints an
+/// acknowledgement once it is durable. With `throw_back`, after each kill
+/// every database file is replaced by its copy as last synced (or emptied)
+/// and its WAL removed: the shard's log alone must bring everything back.
+///
+/// # Panics
+///
+/// Panics when a check fails or the child misbehaves.
+pub fn sql_crash<H: Harness>(harness: &H, test_name: &str, throw_back: bool) {
+    if let Some(dir) = std::env::var_os(CHILD_ENV) {
+        child(harness, Path::new(&dir));
+    }
+    if !harness.durable() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut acked = [0u64; OBJECTS];
+    for round in 0..ROUNDS {
+        let exe = std::env::current_exe().expect("the current test binary");
+        let child = Command::new(exe)
+            .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning the child");
+        let mut guard = ChildGuard(child);
+        let stdout = guard.0.stdout.take().expect("piped stdout");
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        wait_ready(&mut lines, &mut guard, round);
+        let target = 1 + random_below(400);
+        let mut seen = 0;
+        while seen < target {
+            match next_line(&mut lines) {
+                Some(line) => seen += record(&line, &mut acked),
+                None => panic!(
+                    "round {round}: the child exited early: {:?}",
+                    guard.0.wait()
+                ),
+            }
+        }
+        guard.0.kill().expect("SIGKILL the child");
+        while let Some(line) = next_line(&mut lines) {
+            record(&line, &mut acked);
+        }
+        drop(guard);
+        if throw_back {
+            throw_back_files(&dir.path().join("sql"));
+        }
+        verify(harness, dir.path(), &acked, round);
+    }
+}
+
+fn record(line: &str, acked: &mut [u64; OBJECTS]) -> u64 {
+    let Some(at) = line.find(ACK) else { return 0 };
+    let mut words = line[at + ACK.len()..]
+        .split_whitespace()
+        .map(|w| w.parse::<u64>().ok());
+    let (Some(Some(object)), Some(Some(seq))) = (words.next(), words.next()) else {
+        panic!("malformed acknowledgement {line:?}");
+    };
+    acked[object as usize] = seq;
+    1
+}
+
+/// Replaces every database file by its last synced copy (or nothing) and
+/// removes its WAL: what a machine that lost its page cache could be left
+/// with.
+fn throw_back_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "sqlite") {
+            continue;
+        }
+        let mut synced = path.as_os_str().to_owned();
+        synced.push(".synced");
+        match std::fs::read(&synced) {
+            Ok(copy) => std::fs::write(&path, copy).expect("restoring a synced copy"),
+            Err(_) => std::fs::write(&path, b"").expect("emptying a database file"),
+        }
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let _ = std::fs::remove_file(&wal);
+    }
+}
+
+fn verify<H: Harness>(harness: &H, dir: &Path, acked: &[u64; OBJECTS], round: usize) {
+    runtime().block_on(async {
+        let backend = harness.open(dir).expect("reopening after the crash");
+        let store = Store::open(backend, harness.store_options(dir)).expect("store");
+        for (n, &acked) in acked.iter().enumerate() {
+            let id = object_id(n);
+            let mut turns = harness.object(&store, id);
+            turns.prepare().await.expect("recovering the database");
+            let has_table = !turns
+                .sql()
+                .expect("sql")
+                .exec("PRAGMA table_list(t)", &[])
+                .expect("table_list")
+                .to_vec()
+                .is_empty();
+            let rows: Vec<i64> = if has_table {
+                turns
+                    .sql()
+                    .expect("sql")
+                    .exec("SELECT seq FROM t ORDER BY k", &[])
+                    .expect("select")
+                    .raw()
+                    .map(|r| r[0].as_i64().expect("an integer"))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let kv = turns
+                .get("seq")
+                .await
+                .expect("get")
+                .map(|v| u64::from_be_bytes(v.as_ref().try_into().expect("8 bytes")));
+            let alarm = turns.get_alarm().await.expect("get_alarm");
+            let indexed = store.backend().alarm(&id).expect("the alarm index");
+            let stored = kv.unwrap_or(0);
+            assert!(
+                rows.len() == if kv.is_some() { ROWS as usize } else { 0 }
+                    && rows.iter().all(|seq| *seq as u64 == stored),
+                "round {round}, object {n}: a transaction is half there: rows {rows:?}, key {kv:?}"
+            );
+            assert!(
+                stored >= acked,
+                "round {round}, object {n}: acknowledged transaction {acked} lost (found {stored})"
+            );
+            assert_eq!(
+                alarm, kv,
+                "round {round}, object {n}: the alarm does not match"
+            );
+            assert_eq!(
+                indexed, kv,
+                "round {round}, object {n}: the alarm index does not match"
+            );
+            turns.rollback_turn();
+        }
+        store.close().await.expect("close");
+    });
+}
+
+/// The child: commits SQL transactions until killed.
+fn child<H: Harness>(harness: &H, dir: &Path) -> ! {
+    runtime().block_on(async {
+        let backend = harness.open(dir).unwrap_or_else(|e| die("opening the store", e));
+        let store = Store::open(backend, harness.store_options(dir))
+            .unwrap_or_else(|e| die("starting the store", e));
+        say(READY);
+        let mut tasks = Vec::new();
+        for n in 0..OBJECTS {
+            let mut turns = harness.object(&store, object_id(n));
+            tasks.push(tokio::spawn(async move {
+                turns.prepare().await.unwrap_or_else(|e| die("recovering", e));
+                let stored = turns.get("seq").await.unwrap_or_else(|e| die("reading", e));
+                let mut seq = stored.map_or(0, |v| {
+                    u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))
+                });
+                loop {
+                    seq += 1;
+                    turns.prepare().await.unwrap_or_else(|e| die("preparing", e));
+                    let turn = async {
+                        let sql = turns.sql()?;
+                        sql.exec(
+                            "CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, seq INTEGER, pad BLOB)",
+                            &[],
+                        )?;
+                        if seq % 7 == 0 {
+                            sql.exec("DELETE FROM t", &[])?;
+                        }
+                        for k in 0..ROWS {
+                            sql.exec(
+                                "INSERT OR REPLACE INTO t VALUES (?, ?, randomblob(300))",
+                                &[SqlValue::from(k), SqlValue::Integer(seq as i64)],
+                            )?;
+                        }
+                        turns.put("seq", seq.to_be_bytes().to_vec()).await?;
+                        turns.set_alarm(seq).await
+                    };
+                    turn.await.unwrap_or_else(|e| die("writing", e));
+                    if let Some(durable) = turns.commit_turn() {
+                        durable.await.unwrap_or_else(|e| die("committing", e));
+                    }
+                    say(&format!("{ACK}{n} {seq}"));
+                }
+            }));
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    });
+    std::process::exit(0)
+}

@@ -1,0 +1,264 @@
+//! What an object's SQL may do: the authorizer that refuses what
+//! Cloudflare refuses, the limits, and the mapping of SQLite's errors to
+//! typed ones.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization, TransactionOperation};
+use rusqlite::limits::Limit;
+
+use super::error::SqlError;
+
+/// The most bound parameters of one statement.
+pub const MAX_SQL_PARAMETERS: usize = 100;
+/// The most columns of a table (and of an index or a result).
+pub const MAX_SQL_COLUMNS: usize = 100;
+/// The longest statement text, in bytes (100 KB).
+pub const MAX_SQL_STATEMENT_BYTES: usize = 100_000;
+/// The largest string, blob or row, in bytes (2 MB).
+pub const MAX_SQL_ROW_BYTES: usize = 2_000_000;
+
+/// The pragmas an object may run: those that only read the schema or
+/// check the database, and the few settings of a connection that change
+/// no durable state (as workerd allows).
+const ALLOWED_PRAGMAS: &[&str] = &[
+    "data_version",
+    "defer_foreign_keys",
+    "foreign_key_check",
+    "foreign_key_list",
+    "foreign_keys",
+    "index_info",
+    "index_list",
+    "index_xinfo",
+    "legacy_alter_table",
+    "optimize",
+    "quick_check",
+    "case_sensitive_like",
+    "recursive_triggers",
+    "reverse_unordered_selects",
+    "table_info",
+    "table_list",
+    "table_xinfo",
+];
+
+/// The virtual table modules an object may use.
+const ALLOWED_MODULES: &[&str] = &["fts5", "rtree", "rtree_i32"];
+
+/// The prefix of the tables odo keeps in every object's database.
+pub(crate) const RESERVED_PREFIX: &str = "_odo_";
+
+/// What the authorizer refused last, so the error can say why.
+#[derive(Debug, Clone)]
+struct Refusal {
+    what: String,
+    hint: &'static str,
+}
+
+/// The authorizer's state: whether odo's own statements are running
+/// (they may touch the reserved tables and manage transactions), and what
+/// it last refused.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Guard {
+    internal: Arc<AtomicBool>,
+    refused: Arc<Mutex<Option<Refusal>>>,
+}
+
+impl Guard {
+    /// Installs the authorizer and the limits on `conn`.
+    pub(crate) fn install(&self, conn: &mut rusqlite::Connection) -> rusqlite::Result<()> {
+        conn.set_limit(
+            Limit::SQLITE_LIMIT_VARIABLE_NUMBER,
+            MAX_SQL_PARAMETERS as i32,
+        )?;
+        conn.set_limit(Limit::SQLITE_LIMIT_COLUMN, MAX_SQL_COLUMNS as i32)?;
+        conn.set_limit(
+            Limit::SQLITE_LIMIT_SQL_LENGTH,
+            MAX_SQL_STATEMENT_BYTES as i32,
+        )?;
+        conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, MAX_SQL_ROW_BYTES as i32)?;
+        conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)?;
+        let guard = self.clone();
+        conn.authorizer(Some(move |ctx: AuthContext<'_>| guard.authorize(ctx)))
+    }
+
+    /// Runs `f` as odo's own code (not the object's).
+    pub(crate) fn internal<T>(&self, f: impl FnOnce() -> T) -> T {
+        let was = self.internal.swap(true, Ordering::SeqCst);
+        let out = f();
+        self.internal.store(was, Ordering::SeqCst);
+        out
+    }
+
+    fn authorize(&self, ctx: AuthContext<'_>) -> Authorization {
+        if self.internal.load(Ordering::SeqCst) {
+            return Authorization::Allow;
+        }
+        match refusal(&ctx.action) {
+            None => Authorization::Allow,
+            Some(refusal) => {
+                *self.refused.lock().unwrap_or_else(PoisonError::into_inner) = Some(refusal);
+                Authorization::Deny
+            }
+        }
+    }
+
+    /// Forgets the last refusal (before a statement is prepared).
+    pub(crate) fn clear(&self) {
+        *self.refused.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// The typed error for what SQLite reported.
+    pub(crate) fn error(&self, error: rusqlite::Error, max_bytes: u64) -> SqlError {
+        use rusqlite::ErrorCode;
+        if let Some(refusal) = self
+            .refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            return SqlError::Refused {
+                what: refusal.what,
+                hint: refusal.hint,
+            };
+        }
+        let message = error.to_string();
+        match error.sqlite_error_code() {
+            Some(ErrorCode::TooBig) => SqlError::TooBig {
+                max: MAX_SQL_ROW_BYTES,
+            },
+            Some(ErrorCode::DiskFull) => SqlError::DatabaseFull { max_bytes },
+            _ if message.contains("too many columns") => SqlError::TooManyColumns {
+                max: MAX_SQL_COLUMNS,
+            },
+            _ if message.contains("too many SQL variables")
+                || message.contains("variable number must be between") =>
+            {
+                SqlError::TooManyParameters {
+                    count: MAX_SQL_PARAMETERS + 1,
+                    max: MAX_SQL_PARAMETERS,
+                }
+            }
+            _ if message.contains("string or blob too big") => SqlError::TooBig {
+                max: MAX_SQL_ROW_BYTES,
+            },
+            _ => SqlError::Sqlite(error),
+        }
+    }
+}
+
+fn reserved(name: &str) -> bool {
+    name.len() >= RESERVED_PREFIX.len()
+        && name[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX)
+}
+
+fn refused(what: impl Into<String>, hint: &'static str) -> Option<Refusal> {
+    Some(Refusal {
+        what: what.into(),
+        hint,
+    })
+}
+
+const TRANSACTION_HINT: &str =
+    "every turn is one implicit transaction; use `transaction_sync` for an atomic part of a turn";
+const RESERVED_HINT: &str = "tables named `_odo_*` are odo's own";
+const TEMP_HINT: &str = "temporary schema objects are not kept; create an ordinary one";
+
+/// What an object's statement may not do, Cloudflare's rules.
+fn refusal(action: &AuthAction<'_>) -> Option<Refusal> {
+    use AuthAction as A;
+    match *action {
+        A::Transaction { operation } => refused(
+            match operation {
+                TransactionOperation::Begin => "BEGIN",
+                TransactionOperation::Rollback => "ROLLBACK",
+                // SQLite names COMMIT (and END) so; RELEASE is a savepoint's.
+                _ => "COMMIT",
+            },
+            TRANSACTION_HINT,
+        ),
+        A::Savepoint { .. } => refused("SAVEPOINT", TRANSACTION_HINT),
+        A::Attach { .. } => refused("ATTACH", "an object has exactly one database"),
+        A::Detach { .. } => refused("DETACH", "an object has exactly one database"),
+        A::CreateTempTable { .. } => refused("CREATE TEMP TABLE", TEMP_HINT),
+        A::CreateTempIndex { .. } => refused("CREATE TEMP INDEX", TEMP_HINT),
+        A::CreateTempView { .. } => refused("CREATE TEMP VIEW", TEMP_HINT),
+        A::CreateTempTrigger { .. } => refused("CREATE TEMP TRIGGER", TEMP_HINT),
+        A::DropTempTable { .. }
+        | A::DropTempIndex { .. }
+        | A::DropTempView { .. }
+        | A::DropTempTrigger { .. } => refused("DROP of a temporary object", TEMP_HINT),
+        A::CreateVtable { module_name, .. }
+            if !ALLOWED_MODULES
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(module_name)) =>
+        {
+            refused(
+                format!("virtual table module {module_name:?}"),
+                "only fts5 and rtree virtual tables are allowed",
+            )
+        }
+        // Reading the page size is harmless, and rtree reads it.
+        A::Pragma {
+            pragma_name,
+            pragma_value: None,
+        } if pragma_name.eq_ignore_ascii_case("page_size") => None,
+        A::Pragma { pragma_name, .. }
+            if !ALLOWED_PRAGMAS
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(pragma_name)) =>
+        {
+            refused(
+                format!("PRAGMA {pragma_name}"),
+                "only pragmas that read the schema or check the database are allowed (table_info, table_list, index_list, foreign_keys, quick_check, optimize, ...)",
+            )
+        }
+        A::Function { function_name } if function_name.eq_ignore_ascii_case("load_extension") => {
+            refused("load_extension", "extensions cannot be loaded")
+        }
+        A::CreateTable { table_name }
+        | A::DropTable { table_name }
+        | A::Insert { table_name }
+        | A::Delete { table_name }
+        | A::Read { table_name, .. }
+        | A::Update { table_name, .. }
+        | A::AlterTable { table_name, .. }
+        | A::CreateIndex { table_name, .. }
+        | A::DropIndex { table_name, .. }
+        | A::CreateTrigger { table_name, .. }
+        | A::DropTrigger { table_name, .. }
+        | A::CreateView {
+            view_name: table_name,
+        }
+        | A::DropView {
+            view_name: table_name,
+        }
+        | A::CreateVtable { table_name, .. }
+        | A::DropVtable { table_name, .. }
+            if reserved(table_name) =>
+        {
+            refused(format!("table {table_name:?}"), RESERVED_HINT)
+        }
+        A::CreateIndex { index_name, .. } | A::DropIndex { index_name, .. }
+            if reserved(index_name) =>
+        {
+            refused(format!("index {index_name:?}"), RESERVED_HINT)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_names_ignore_case() {
+        for name in ["_odo_kv", "_ODO_x", "_Odo_"] {
+            assert!(reserved(name), "{name}");
+        }
+        for name in ["odo_kv", "_od", "kv_odo_", ""] {
+            assert!(!reserved(name), "{name}");
+        }
+    }
+}

@@ -1,0 +1,489 @@
+//! Point-in-time recovery of a SQLite-backed object: bookmarks, and the
+//! restore of its whole database (SQL, key-value API and alarm) to one.
+//!
+//! Every local commit is a numbered log record (see `log.rs`). Records
+//! stay in the log after the database file has caught up with them, for
+//! as long as the history window ([`SqlOptions::history_ms`]) keeps them;
+//! older ones are folded into a base file, `<id>.base-<n>` (the database
+//! as of record `n`, named by the `sql/base` key). The state at record `k`
+//! is the base with records up to `k` replayed over it.
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `sql/when/<time ms, 16 hex>-<seq, 16 hex>` | empty: when record `seq` committed |
+//! | `sql/base` | u64 big-endian: records up to this one are in the base file |
+//! | `sql/restore` | u64 big-endian: restore to the state at this record when the database next opens |
+//!
+//! A bookmark is `<time ms, 16 hex>-<seq, 16 hex>`: it sorts in time order
+//! and names the state after record `seq`. A restore is itself a commit:
+//! the pages that differ between the current state and the bookmarked
+//! one, as the next record, through the group commit, before the file is
+//! brought up to date from the log as at any opening. A crash before that
+//! commit leaves the request pending; after it, the log has the restore.
+//!
+//! [`SqlOptions::history_ms`]: super::SqlOptions::history_ms
+
+use std::fs::File;
+use std::io::Read;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use odo_core::ObjectId;
+
+use super::database::PAGE_SIZE;
+use super::error::SqlError;
+use super::log::{record_key, records_from, seq_of};
+use super::wal::{Record, replay};
+use crate::backend::{Backend, ScanLimit};
+use crate::batch::{AlarmChange, KeyRange, ObjectBatch};
+use crate::error::StorageError;
+
+const WHEN_PREFIX: &str = "sql/when/";
+/// The first key after every `when` key (`'/' + 1`).
+const WHEN_END: &str = "sql/when0";
+pub(crate) const BASE_KEY: &str = "sql/base";
+pub(crate) const RESTORE_KEY: &str = "sql/restore";
+
+/// The bookmark of the state after record `seq`, asked for at `time_ms`.
+pub(crate) fn bookmark(time_ms: u64, seq: u64) -> String {
+    format!("{time_ms:016x}-{seq:016x}")
+}
+
+/// The record a bookmark names.
+pub(crate) fn parse_bookmark(bookmark: &str) -> Result<u64, StorageError> {
+    let bad = || StorageError::Sql(SqlError::BadBookmark(bookmark.to_owned()));
+    let (time, seq) = bookmark.split_once('-').ok_or_else(bad)?;
+    if time.len() != 16 || seq.len() != 16 {
+        return Err(bad());
+    }
+    u64::from_str_radix(time, 16).map_err(|_| bad())?;
+    u64::from_str_radix(seq, 16).map_err(|_| bad())
+}
+
+/// The key that says record `seq` committed at `time_ms`.
+pub(crate) fn when_key(time_ms: u64, seq: u64) -> String {
+    format!("{WHEN_PREFIX}{}", bookmark(time_ms, seq))
+}
+
+pub(crate) fn u64_value(n: u64) -> Bytes {
+    Bytes::copy_from_slice(&n.to_be_bytes())
+}
+
+fn read_u64(backend: &dyn Backend, id: &ObjectId, key: &str) -> Result<Option<u64>, StorageError> {
+    match backend.get(id, key)? {
+        None => Ok(None),
+        Some(value) => {
+            let bytes: [u8; 8] = value
+                .as_ref()
+                .try_into()
+                .map_err(|_| StorageError::corruption(format!("{key} of object {id}")))?;
+            Ok(Some(u64::from_be_bytes(bytes)))
+        }
+    }
+}
+
+/// Records up to this one are folded into the base file (0: none).
+pub(crate) fn base(backend: &dyn Backend, id: &ObjectId) -> Result<u64, StorageError> {
+    Ok(read_u64(backend, id, BASE_KEY)?.unwrap_or(0))
+}
+
+/// The restore asked for, if any: the record to go back to.
+pub(crate) fn pending_restore(
+    backend: &dyn Backend,
+    id: &ObjectId,
+) -> Result<Option<u64>, StorageError> {
+    read_u64(backend, id, RESTORE_KEY)
+}
+
+/// The base file of `db` as of record `seq`.
+pub(crate) fn base_file(db: &Path, seq: u64) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(format!(".base-{seq:016x}"));
+    PathBuf::from(name)
+}
+
+/// The last record committed at or before `time_ms` (0: none since the
+/// base).
+pub(crate) fn record_at(
+    backend: &dyn Backend,
+    id: &ObjectId,
+    time_ms: u64,
+) -> Result<Option<u64>, StorageError> {
+    let range = KeyRange {
+        lower: Bound::Included(WHEN_PREFIX.to_owned()),
+        upper: Bound::Included(when_key(time_ms, u64::MAX)),
+    };
+    let last = backend.scan(
+        id,
+        &range,
+        true,
+        ScanLimit {
+            entries: 1,
+            bytes: usize::MAX,
+        },
+    )?;
+    match last.first() {
+        None => Ok(None),
+        Some((key, _)) => {
+            let name = key.strip_prefix(WHEN_PREFIX).unwrap_or_default();
+            parse_bookmark(name).map(Some)
+        }
+    }
+}
+
+/// The commit time of the last record whose time is kept (0: none).
+pub(crate) fn last_time(backend: &dyn Backend, id: &ObjectId) -> Result<u64, StorageError> {
+    let last = backend.scan(
+        id,
+        &KeyRange {
+            lower: Bound::Included(WHEN_PREFIX.to_owned()),
+            upper: Bound::Excluded(WHEN_END.to_owned()),
+        },
+        true,
+        ScanLimit {
+            entries: 1,
+            bytes: usize::MAX,
+        },
+    )?;
+    Ok(last
+        .first()
+        .and_then(|(key, _)| key.strip_prefix(WHEN_PREFIX))
+        .and_then(|b| u64::from_str_radix(b.split_once('-')?.0, 16).ok())
+        .unwrap_or(0))
+}
+
+/// The oldest bookmark the history holds: the base's state.
+pub(crate) fn oldest(backend: &dyn Backend, id: &ObjectId) -> Result<String, StorageError> {
+    let base = base(backend, id)?;
+    let first = backend.scan(
+        id,
+        &KeyRange {
+            lower: Bound::Included(WHEN_PREFIX.to_owned()),
+            upper: Bound::Excluded(WHEN_END.to_owned()),
+        },
+        false,
+        ScanLimit {
+            entries: 1,
+            bytes: usize::MAX,
+        },
+    )?;
+    // The base's own time is not kept: the first record's time, less one,
+    // sorts before it.
+    let time = first
+        .first()
+        .and_then(|(key, _)| key.strip_prefix(WHEN_PREFIX))
+        .and_then(|b| u64::from_str_radix(b.split_once('-')?.0, 16).ok())
+        .map_or(0, |t| t.saturating_sub(1));
+    Ok(bookmark(time, base))
+}
+
+/// Folds the history of `id` older than `cutoff_ms` (and at most up to
+/// record `synced`, which the file at `db` holds, synced) into a new base
+/// file, and answers the batch that makes it the base and drops the
+/// records it holds; `None` when there is nothing to fold. Blocking.
+///
+/// The new base is written, synced and renamed into place before the
+/// batch exists, so the `sql/base` key never names a file that is not
+/// there; base files the key does not name are left over from an earlier
+/// fold and removed here.
+pub(crate) fn fold(
+    backend: &dyn Backend,
+    id: &ObjectId,
+    db: &Path,
+    synced: u64,
+    cutoff_ms: u64,
+) -> Result<Option<ObjectBatch>, StorageError> {
+    let base = base(backend, id)?;
+    remove_stale_bases(db, base);
+    let Some(old) = record_at(backend, id, cutoff_ms.saturating_sub(1))? else {
+        return Ok(None);
+    };
+    let upto = old.min(synced);
+    if upto <= base {
+        return Ok(None);
+    }
+    let io = |what: &str, e: std::io::Error| StorageError::io(format!("{what} of object {id}"), e);
+    let new = base_file(db, upto);
+    let mut tmp = new.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let written = (|| {
+        if base > 0 {
+            std::fs::copy(base_file(db, base), &tmp).map_err(|e| io("copying the base", e))?;
+        } else {
+            File::create(&tmp).map_err(|e| io("creating a base", e))?;
+        }
+        replay_range(backend, id, &tmp, base + 1, upto)?;
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io("syncing a base", e))?;
+        std::fs::rename(&tmp, &new).map_err(|e| io("renaming a base", e))?;
+        if let Some(dir) = db.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("syncing the database directory", e))?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let mut batch = ObjectBatch::default();
+    batch
+        .entries
+        .insert(BASE_KEY.to_owned(), Some(u64_value(upto)));
+    for seq in base + 1..=upto {
+        batch.entries.insert(record_key(seq), None);
+    }
+    // Times grow with records: the `when` keys up to record `upto` are the
+    // ones before its own, and it.
+    let mut range = KeyRange {
+        lower: Bound::Included(WHEN_PREFIX.to_owned()),
+        upper: Bound::Excluded(WHEN_END.to_owned()),
+    };
+    'keys: loop {
+        let page = backend.scan(
+            id,
+            &range,
+            false,
+            ScanLimit {
+                entries: 4096,
+                bytes: usize::MAX,
+            },
+        )?;
+        let Some((last, _)) = page.last() else { break };
+        range.lower = Bound::Excluded(last.clone());
+        for (key, _) in page {
+            let seq = key
+                .strip_prefix(WHEN_PREFIX)
+                .map(parse_bookmark)
+                .transpose()?
+                .unwrap_or(u64::MAX);
+            if seq > upto {
+                break 'keys;
+            }
+            batch.entries.insert(key, None);
+        }
+    }
+    Ok(Some(batch))
+}
+
+/// The databases whose history is being folded in this process.
+static FOLDING: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// The right to fold the history of one database, until dropped: one fold
+/// at a time, from computing it to its batch being durable.
+#[derive(Debug)]
+pub(crate) struct Folding(PathBuf);
+
+impl Folding {
+    /// The right to fold `db`'s history, unless a fold of it is running.
+    pub(crate) fn take(db: &Path) -> Option<Self> {
+        let mut folding = FOLDING.lock().unwrap_or_else(|e| e.into_inner());
+        if folding.iter().any(|p| p == db) {
+            return None;
+        }
+        folding.push(db.to_path_buf());
+        Some(Folding(db.to_path_buf()))
+    }
+}
+
+impl Drop for Folding {
+    fn drop(&mut self) {
+        FOLDING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| p != &self.0);
+    }
+}
+
+/// Removes the base files of `db` other than the one of record `keep`.
+fn remove_stale_bases(db: &Path, keep: u64) {
+    let (Some(dir), Some(name)) = (db.parent(), db.file_name()) else {
+        return;
+    };
+    let mut prefix = name.to_owned();
+    prefix.push(".base-");
+    let prefix = prefix.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let kept = base_file(db, keep);
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let stale = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(&prefix))
+            && (keep == 0 || path != kept);
+        if stale {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// Builds what restoring the database at `db` (its file up to date with
+/// the log, no WAL) to the state after record `target` takes: one record
+/// of the pages that differ, and the alarm of that state. Blocking.
+pub(crate) fn build_restore(
+    backend: &dyn Backend,
+    id: &ObjectId,
+    db: &Path,
+    target: u64,
+    time_ms: u64,
+) -> Result<(Record, AlarmChange), StorageError> {
+    let base = base(backend, id)?;
+    if target < base {
+        return Err(SqlError::OutsideHistory {
+            asked: format!("record {target}"),
+            oldest: oldest(backend, id)?,
+        }
+        .into());
+    }
+    let io = |what: &str, e: std::io::Error| StorageError::io(format!("{what} of object {id}"), e);
+    let mut tmp = db.as_os_str().to_owned();
+    tmp.push(".restore");
+    let tmp = PathBuf::from(tmp);
+    let built = (|| {
+        if base > 0 {
+            std::fs::copy(base_file(db, base), &tmp).map_err(|e| io("copying the base", e))?;
+        } else {
+            File::create(&tmp).map_err(|e| io("creating the restore file", e))?;
+        }
+        replay_range(backend, id, &tmp, base + 1, target)?;
+        let wanted = std::fs::read(&tmp).map_err(|e| io("reading the restored state", e))?;
+        let mut current = Vec::new();
+        match File::open(db) {
+            Ok(mut file) => {
+                file.read_to_end(&mut current)
+                    .map_err(|e| io("reading the database", e))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("opening the database", e)),
+        }
+        let size = PAGE_SIZE as usize;
+        let mut pages = Vec::new();
+        for (at, page) in wanted.chunks(size).enumerate() {
+            let start = at * size;
+            if current.get(start..start + page.len()) != Some(page) {
+                let mut full = page.to_vec();
+                full.resize(size, 0);
+                pages.push((at as u32 + 1, Bytes::from(full)));
+            }
+        }
+        let record = Record {
+            time_ms,
+            page_size: PAGE_SIZE as u32,
+            db_pages: wanted.len().div_ceil(size) as u32,
+            pages,
+        };
+        Ok((record, alarm_of(&tmp)?))
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    built
+}
+
+/// Replays records `from..=to` of `id` into the file at `path`.
+fn replay_range(
+    backend: &dyn Backend,
+    id: &ObjectId,
+    path: &Path,
+    from: u64,
+    to: u64,
+) -> Result<(), StorageError> {
+    if from > to {
+        return Ok(());
+    }
+    let mut range = records_from(from);
+    range.upper = Bound::Included(record_key(to));
+    loop {
+        let page = backend.scan(
+            id,
+            &range,
+            false,
+            ScanLimit {
+                entries: 256,
+                bytes: 16 * 1024 * 1024,
+            },
+        )?;
+        let Some((last, _)) = page.last() else {
+            return Ok(());
+        };
+        range.lower = Bound::Excluded(last.clone());
+        let mut records = Vec::with_capacity(page.len());
+        for (key, value) in page {
+            let seq = seq_of(&key)?;
+            records.push(Record::decode(value).ok_or_else(|| {
+                StorageError::corruption(format!("log record {seq} of object {id}"))
+            })?);
+        }
+        replay(path, &records)
+            .map_err(|e| StorageError::io(format!("replaying into {}", path.display()), e))?;
+    }
+}
+
+/// The alarm of the database at `path` (not otherwise open), as a change
+/// of the shard's alarm index.
+fn alarm_of(path: &Path) -> Result<AlarmChange, StorageError> {
+    let sqlite = |e| StorageError::Sql(SqlError::Sqlite(e));
+    if std::fs::metadata(path).map_or(0, |m| m.len()) == 0 {
+        return Ok(AlarmChange::Delete);
+    }
+    let uri = format!("file:{}?immutable=1", path.display());
+    let conn = rusqlite::Connection::open_with_flags(
+        uri,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(sqlite)?;
+    let has_table: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = '_odo_alarm')",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(sqlite)?;
+    if !has_table {
+        return Ok(AlarmChange::Delete);
+    }
+    let time: Option<i64> = conn
+        .query_row("SELECT time FROM _odo_alarm WHERE id = 0", [], |row| {
+            row.get(0)
+        })
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })
+        .map_err(sqlite)?;
+    Ok(match time {
+        Some(t) => AlarmChange::Set(t.max(0) as u64),
+        None => AlarmChange::Delete,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bookmarks_sort_in_time_order_and_name_their_record() {
+        let a = bookmark(5, 9);
+        let b = bookmark(6, 10);
+        let c = bookmark(0x1_0000, 11);
+        assert!(a < b && b < c);
+        assert_eq!(parse_bookmark(&c).unwrap(), 11);
+        for bad in [
+            "",
+            "x",
+            "0000000000000005-9",
+            "zzzzzzzzzzzzzzzz-0000000000000009",
+        ] {
+            assert!(matches!(
+                parse_bookmark(bad),
+                Err(StorageError::Sql(SqlError::BadBookmark(_)))
+            ));
+        }
+    }
+}

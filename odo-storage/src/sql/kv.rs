@@ -1,0 +1,228 @@
+//! The key-value API and the alarm of a SQLite-backed object, in reserved
+//! tables of its own database, so they commit (and are restored) with its
+//! SQL.
+//!
+//! `_odo_kv (key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID`: SQLite
+//! compares TEXT with its BINARY collation, `memcmp` of the UTF-8 bytes,
+//! which is the order every backend lists keys in. `_odo_alarm` holds at
+//! most one row, the alarm's time; the turn's alarm change also goes to
+//! the shard's alarm index through the group commit.
+
+use std::ops::Bound;
+
+use bytes::Bytes;
+use rusqlite::OptionalExtension;
+
+use super::database::SqlStorage;
+use crate::batch::KeyRange;
+use crate::error::StorageError;
+
+const CREATE_KV: &str =
+    "CREATE TABLE IF NOT EXISTS _odo_kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID";
+const CREATE_ALARM: &str = "CREATE TABLE IF NOT EXISTS _odo_alarm (id INTEGER PRIMARY KEY CHECK (id = 0), time INTEGER NOT NULL)";
+
+fn sqlite(error: rusqlite::Error) -> StorageError {
+    StorageError::Sql(super::SqlError::Sqlite(error))
+}
+
+impl SqlStorage {
+    /// Runs `f` on the connection as odo's own code, inside the turn's
+    /// transaction.
+    fn with_conn<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StorageError> {
+        self.begin()?;
+        let guard = self.guard.clone();
+        let conn = self.conn()?;
+        guard.internal(|| f(conn)).map_err(sqlite)
+    }
+
+    /// Whether a reserved table exists (read without writing).
+    fn has_table(&mut self, name: &str) -> Result<bool, StorageError> {
+        self.with_conn(|conn| {
+            conn.prepare_cached("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?")?
+                .exists([name])
+        })
+    }
+
+    /// Makes sure the key-value table exists; `false` when reading found
+    /// none (so there is nothing to read).
+    fn kv_table(&mut self, create: bool) -> Result<bool, StorageError> {
+        if self.kv_table == Some(true) {
+            return Ok(true);
+        }
+        let exists = self.has_table("_odo_kv")?;
+        if !exists && create {
+            self.with_conn(|conn| conn.execute_batch(CREATE_KV))?;
+        }
+        let exists = exists || create;
+        self.kv_table = Some(exists);
+        Ok(exists)
+    }
+
+    pub(crate) fn kv_get(&mut self, key: &str) -> Result<Option<Bytes>, StorageError> {
+        if !self.kv_table(false)? {
+            return Ok(None);
+        }
+        self.with_conn(|conn| {
+            conn.prepare_cached("SELECT value FROM _odo_kv WHERE key = ?")?
+                .query_row([key], |row| row.get::<_, Vec<u8>>(0))
+                .optional()
+        })
+        .map(|value| value.map(Bytes::from))
+    }
+
+    pub(crate) fn kv_put(&mut self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+        self.kv_table(true)?;
+        self.with_conn(|conn| {
+            conn.prepare_cached("INSERT OR REPLACE INTO _odo_kv (key, value) VALUES (?, ?)")?
+                .execute(rusqlite::params![key, value])
+        })?;
+        Ok(())
+    }
+
+    /// Deletes `key`; whether it existed.
+    pub(crate) fn kv_delete(&mut self, key: &str) -> Result<bool, StorageError> {
+        if !self.kv_table(false)? {
+            return Ok(false);
+        }
+        let deleted = self.with_conn(|conn| {
+            conn.prepare_cached("DELETE FROM _odo_kv WHERE key = ?")?
+                .execute([key])
+        })?;
+        Ok(deleted > 0)
+    }
+
+    /// Up to `limit` entries of `range`, stopping after the entry that
+    /// brings the bytes to `max_bytes`; the flag says whether more were
+    /// left.
+    pub(crate) fn kv_list(
+        &mut self,
+        range: &KeyRange,
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(String, Bytes)>, StorageError> {
+        if range.is_empty() || !self.kv_table(false)? {
+            return Ok(Vec::new());
+        }
+        let mut sql = String::from("SELECT key, value FROM _odo_kv WHERE 1");
+        let mut params: Vec<&str> = Vec::new();
+        match &range.lower {
+            Bound::Included(key) => {
+                sql.push_str(" AND key >= ?");
+                params.push(key);
+            }
+            Bound::Excluded(key) => {
+                sql.push_str(" AND key > ?");
+                params.push(key);
+            }
+            Bound::Unbounded => {}
+        }
+        match &range.upper {
+            Bound::Included(key) => {
+                sql.push_str(" AND key <= ?");
+                params.push(key);
+            }
+            Bound::Excluded(key) => {
+                sql.push_str(" AND key < ?");
+                params.push(key);
+            }
+            Bound::Unbounded => {}
+        }
+        sql.push_str(if reverse {
+            " ORDER BY key DESC LIMIT ?"
+        } else {
+            " ORDER BY key LIMIT ?"
+        });
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_conn(|conn| {
+            let mut statement = conn.prepare_cached(&sql)?;
+            let mut bound: Vec<&dyn rusqlite::ToSql> =
+                params.iter().map(|p| p as &dyn rusqlite::ToSql).collect();
+            bound.push(&limit);
+            let rows = statement.query_map(bound.as_slice(), |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    Bytes::from(row.get::<_, Vec<u8>>(1)?),
+                ))
+            })?;
+            rows.collect()
+        })
+    }
+
+    pub(crate) fn alarm_get(&mut self) -> Result<Option<u64>, StorageError> {
+        if !self.has_table("_odo_alarm")? {
+            return Ok(None);
+        }
+        self.with_conn(|conn| {
+            conn.prepare_cached("SELECT time FROM _odo_alarm WHERE id = 0")?
+                .query_row([], |row| row.get::<_, i64>(0))
+                .optional()
+        })
+        .map(|time| time.map(|t| t.max(0) as u64))
+    }
+
+    pub(crate) fn alarm_set(&mut self, time_ms: u64) -> Result<(), StorageError> {
+        let time = i64::try_from(time_ms).unwrap_or(i64::MAX);
+        self.with_conn(|conn| {
+            conn.execute_batch(CREATE_ALARM)?;
+            conn.prepare_cached("INSERT OR REPLACE INTO _odo_alarm (id, time) VALUES (0, ?)")?
+                .execute([time])
+        })?;
+        self.alarm_dirty = true;
+        Ok(())
+    }
+
+    pub(crate) fn alarm_delete(&mut self) -> Result<(), StorageError> {
+        if self.has_table("_odo_alarm")? {
+            self.with_conn(|conn| conn.execute("DELETE FROM _odo_alarm", []))?;
+        }
+        self.alarm_dirty = true;
+        Ok(())
+    }
+
+    /// Removes the object's whole database (every table, index, view and
+    /// trigger, odo's own included) and its alarm, in the turn.
+    pub(crate) fn delete_everything(&mut self) -> Result<(), StorageError> {
+        loop {
+            let names: Vec<(String, String)> = self.with_conn(|conn| {
+                conn.prepare(
+                    "SELECT type, name FROM sqlite_schema
+                     WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+                     ORDER BY type = 'table', sql LIKE 'CREATE VIRTUAL%' DESC",
+                )?
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect()
+            })?;
+            if names.is_empty() {
+                break;
+            }
+            let mut dropped = 0;
+            for (kind, name) in &names {
+                let statement = format!(
+                    "DROP {} IF EXISTS \"{}\"",
+                    if kind == "view" { "VIEW" } else { "TABLE" },
+                    name.replace('"', "\"\"")
+                );
+                // A virtual table's shadow tables go with it: dropping one
+                // of them first may be refused, and is retried.
+                if self
+                    .with_conn(|conn| conn.execute_batch(&statement))
+                    .is_ok()
+                {
+                    dropped += 1;
+                }
+            }
+            if dropped == 0 {
+                return Err(StorageError::backend(
+                    "deleting an object's database",
+                    format!("{} schema objects could not be dropped", names.len()),
+                ));
+            }
+        }
+        self.kv_table = Some(false);
+        self.alarm_dirty = true;
+        Ok(())
+    }
+}

@@ -1,0 +1,335 @@
+//! The SQL API of a SQLite-backed object: typed values, cursors, turns
+//! as implicit transactions, `transaction_sync`, refusals and limits.
+
+use odo_core::{Namespace, ObjectId};
+use odo_storage::{
+    MAX_SQL_COLUMNS, MAX_SQL_PARAMETERS, MAX_SQL_ROW_BYTES, MAX_SQL_STATEMENT_BYTES, MemoryBackend,
+    ObjectTurns, SqlError, SqlValue, StorageError, Store, StoreOptions, sql_params,
+};
+
+fn id(name: &str) -> ObjectId {
+    Namespace::new("SQL").id_from_name(name)
+}
+
+fn store() -> Store {
+    Store::open(MemoryBackend::new(), StoreOptions::default()).expect("store")
+}
+
+async fn object(store: &Store, name: &str) -> ObjectTurns {
+    let mut turns = store.sql_object(id(name)).expect("sql object");
+    turns.prepare().await.expect("prepare");
+    turns
+}
+
+async fn commit(turns: &mut ObjectTurns) {
+    if let Some(durable) = turns.commit_turn() {
+        durable.await.expect("durable");
+    }
+}
+
+fn refused(result: Result<odo_storage::Cursor, StorageError>) -> String {
+    match result {
+        Err(StorageError::Sql(SqlError::Refused { what, .. })) => what,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn typed_values_round_trip_and_cursors_answer_rows() {
+    let store = store();
+    let mut turns = object(&store, "types").await;
+    let sql = turns.sql().unwrap();
+    sql.exec("CREATE TABLE t (i INTEGER, r REAL, s TEXT, b BLOB, n)", &[])
+        .unwrap();
+    let written = sql
+        .exec(
+            "INSERT INTO t VALUES (?, ?, ?, ?, ?), (?, ?, ?, ?, ?)",
+            &sql_params![
+                i64::MIN,
+                1.5,
+                "é",
+                vec![0u8, 255],
+                None::<i64>,
+                7,
+                -0.0,
+                "",
+                Vec::<u8>::new(),
+                None::<i64>
+            ],
+        )
+        .unwrap();
+    assert_eq!(written.rows_written(), 2);
+    let cursor = sql.exec("SELECT * FROM t ORDER BY i", &[]).unwrap();
+    assert_eq!(cursor.column_names(), ["i", "r", "s", "b", "n"]);
+    let rows: Vec<Vec<SqlValue>> = cursor.clone().into_raw();
+    assert_eq!(
+        rows[0],
+        vec![
+            SqlValue::Integer(i64::MIN),
+            SqlValue::Real(1.5),
+            SqlValue::Text("é".into()),
+            SqlValue::Blob(vec![0u8, 255].into()),
+            SqlValue::Null
+        ]
+    );
+    assert_eq!(rows[1][2], SqlValue::Text(String::new()));
+    assert_eq!(cursor.rows_read(), 2);
+    assert!(matches!(cursor.one(), Err(SqlError::NotOneRow { rows: 2 })));
+
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct T {
+        i: i64,
+        s: String,
+        b: Vec<u8>,
+        n: Option<i64>,
+    }
+    let typed: T = sql
+        .exec("SELECT i, s, b, n FROM t WHERE i = 7", &[])
+        .unwrap()
+        .one_as()
+        .unwrap();
+    assert_eq!(
+        typed,
+        T {
+            i: 7,
+            s: String::new(),
+            b: vec![],
+            n: None
+        }
+    );
+    assert!(sql.database_size().unwrap() > 0);
+    commit(&mut turns).await;
+}
+
+#[tokio::test]
+async fn a_turn_is_a_transaction_and_reads_see_its_writes() {
+    let store = store();
+    let mut turns = object(&store, "turns").await;
+    turns
+        .sql()
+        .unwrap()
+        .exec("CREATE TABLE c (v INTEGER)", &[])
+        .unwrap();
+    turns
+        .sql()
+        .unwrap()
+        .exec("INSERT INTO c VALUES (1)", &[])
+        .unwrap();
+    commit(&mut turns).await;
+
+    // A failed turn rolls back only itself.
+    turns.prepare().await.unwrap();
+    turns
+        .sql()
+        .unwrap()
+        .exec("UPDATE c SET v = 2", &[])
+        .unwrap();
+    let seen = turns.sql().unwrap().exec("SELECT v FROM c", &[]).unwrap();
+    assert_eq!(seen.one().unwrap().values(), [SqlValue::Integer(2)]);
+    turns.rollback_turn();
+    turns.prepare().await.unwrap();
+    let seen = turns.sql().unwrap().exec("SELECT v FROM c", &[]).unwrap();
+    assert_eq!(seen.one().unwrap().values(), [SqlValue::Integer(1)]);
+
+    // transaction_sync: an error rolls back only what it did.
+    let sql = turns.sql().unwrap();
+    sql.exec("UPDATE c SET v = 3", &[]).unwrap();
+    let failed: Result<(), StorageError> = sql.transaction_sync(|sql| {
+        sql.exec("UPDATE c SET v = 4", &[])?;
+        Err(StorageError::Closed)
+    });
+    assert!(failed.is_err());
+    let ok: Result<i64, StorageError> = sql.transaction_sync(|sql| {
+        let row = sql
+            .exec("UPDATE c SET v = v + 10 RETURNING v", &[])?
+            .one()?;
+        Ok(row.values()[0].as_i64().unwrap_or_default())
+    });
+    assert_eq!(ok.unwrap(), 13);
+    commit(&mut turns).await;
+}
+
+#[tokio::test]
+async fn what_cloudflare_refuses_is_refused() {
+    let store = store();
+    let mut turns = object(&store, "refusals").await;
+    let sql = turns.sql().unwrap();
+    sql.exec("CREATE TABLE t (a)", &[]).unwrap();
+    for (query, what) in [
+        ("BEGIN", "BEGIN"),
+        ("COMMIT", "COMMIT"),
+        ("ROLLBACK", "ROLLBACK"),
+        ("SAVEPOINT s", "SAVEPOINT"),
+        ("ATTACH 'x.db' AS x", "ATTACH"),
+        ("CREATE TEMP TABLE x (a)", "CREATE TEMP TABLE"),
+        ("CREATE TEMP VIEW v AS SELECT 1", "CREATE TEMP VIEW"),
+        ("PRAGMA journal_mode = DELETE", "PRAGMA journal_mode"),
+        ("PRAGMA synchronous", "PRAGMA synchronous"),
+        ("CREATE TABLE _odo_mine (a)", "table \"_odo_mine\""),
+        (
+            "CREATE VIRTUAL TABLE v USING dbstat",
+            "virtual table module \"dbstat\"",
+        ),
+    ] {
+        assert_eq!(refused(sql.exec(query, &[])), what, "{query}");
+    }
+    // Allowed: an ordinary index, fts5, rtree, the reading pragmas.
+    for query in [
+        "CREATE INDEX ta ON t (a)",
+        "CREATE VIRTUAL TABLE f USING fts5(body)",
+        "CREATE VIRTUAL TABLE r USING rtree(id, x0, x1)",
+        "PRAGMA table_info(t)",
+        "PRAGMA table_list",
+        "PRAGMA index_list(t)",
+        "PRAGMA foreign_keys",
+        "PRAGMA quick_check",
+        "PRAGMA optimize",
+    ] {
+        sql.exec(query, &[])
+            .unwrap_or_else(|e| panic!("{query}: {e}"));
+    }
+    commit(&mut turns).await;
+}
+
+#[tokio::test]
+async fn each_limit_is_a_typed_error() {
+    let store = store();
+    let mut turns = object(&store, "limits").await;
+    let sql = turns.sql().unwrap();
+    // Parameters.
+    let params: Vec<SqlValue> = (0..=MAX_SQL_PARAMETERS as i64)
+        .map(SqlValue::from)
+        .collect();
+    let marks = vec!["?"; params.len()].join(",");
+    assert!(matches!(
+        sql.exec(&format!("SELECT {marks}"), &params),
+        Err(StorageError::Sql(SqlError::TooManyParameters {
+            count: 101,
+            max: 100
+        }))
+    ));
+    let in_text = (1..=MAX_SQL_PARAMETERS + 1)
+        .map(|n| format!("?{n}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    assert!(matches!(
+        sql.exec(&format!("SELECT {in_text}"), &[]),
+        Err(StorageError::Sql(SqlError::TooManyParameters { .. }))
+    ));
+    sql.exec(
+        &format!("SELECT {}", vec!["?"; 100].join(",")),
+        &params[..100],
+    )
+    .unwrap();
+    // Columns.
+    let columns = |n: usize| {
+        (0..n)
+            .map(|c| format!("c{c}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    sql.exec(
+        &format!("CREATE TABLE wide ({})", columns(MAX_SQL_COLUMNS)),
+        &[],
+    )
+    .unwrap();
+    assert!(matches!(
+        sql.exec(
+            &format!("CREATE TABLE wider ({})", columns(MAX_SQL_COLUMNS + 1)),
+            &[]
+        ),
+        Err(StorageError::Sql(SqlError::TooManyColumns { max: 100 }))
+    ));
+    // Statement text.
+    let long = format!("SELECT '{}'", "x".repeat(MAX_SQL_STATEMENT_BYTES));
+    assert!(matches!(
+        sql.exec(&long, &[]),
+        Err(StorageError::Sql(SqlError::StatementTooLong {
+            max: 100_000,
+            ..
+        }))
+    ));
+    // Strings, blobs and rows.
+    sql.exec("CREATE TABLE b (v)", &[]).unwrap();
+    let big = vec![0u8; MAX_SQL_ROW_BYTES + 1];
+    assert!(matches!(
+        sql.exec("INSERT INTO b VALUES (?)", &[SqlValue::from(big)]),
+        Err(StorageError::Sql(SqlError::TooBig { max: 2_000_000 }))
+    ));
+    assert!(matches!(
+        sql.exec("SELECT zeroblob(2000001)", &[]),
+        Err(StorageError::Sql(SqlError::TooBig { .. }))
+    ));
+    sql.exec("INSERT INTO b VALUES (zeroblob(1000000))", &[])
+        .unwrap();
+    commit(&mut turns).await;
+}
+
+#[tokio::test]
+async fn the_database_size_limit_is_a_typed_error() {
+    let mut options = StoreOptions::default();
+    options.sql.max_database_bytes = 64 * 1024;
+    let store = Store::open(MemoryBackend::new(), options).unwrap();
+    let mut turns = object(&store, "full").await;
+    let sql = turns.sql().unwrap();
+    sql.exec("CREATE TABLE b (v)", &[]).unwrap();
+    let mut full = None;
+    for _ in 0..100 {
+        if let Err(e) = sql.exec("INSERT INTO b VALUES (zeroblob(8000))", &[]) {
+            full = Some(e);
+            break;
+        }
+    }
+    assert!(
+        matches!(
+            full,
+            Some(StorageError::Sql(SqlError::DatabaseFull {
+                max_bytes: 65536
+            }))
+        ),
+        "{full:?}"
+    );
+    // SQLite rolled the turn back: it cannot go on, and fails at its end.
+    assert!(matches!(
+        turns.sql().unwrap().exec("SELECT 1", &[]),
+        Err(StorageError::Sql(SqlError::TurnRolledBack { .. }))
+    ));
+    let failed = turns.commit_turn().expect("a failed commit").await;
+    assert!(
+        matches!(failed, Err(StorageError::CommitFailed(_))),
+        "{failed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_key_value_object_has_no_sql() {
+    let store = store();
+    let mut turns = store.object(id("kv"));
+    assert!(matches!(
+        turns.sql(),
+        Err(StorageError::Sql(SqlError::NotSqlBacked))
+    ));
+}
+
+#[tokio::test]
+async fn statements_of_one_text_run_in_order_even_when_later_ones_need_earlier_ones() {
+    let store = store();
+    let mut turns = object(&store, "batch").await;
+    let sql = turns.sql().unwrap();
+    let last = sql
+        .exec(
+            "CREATE TABLE IF NOT EXISTS c (v INTEGER);
+             INSERT INTO c SELECT 41 WHERE NOT EXISTS (SELECT 1 FROM c);
+             UPDATE c SET v = v + 1 RETURNING v",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(last.one().unwrap().values()[0].as_i64(), Some(42));
+    // A refused statement inside a text is still refused.
+    assert_eq!(
+        refused(sql.exec("SELECT 1; BEGIN", &[])),
+        "BEGIN",
+        "a refusal inside a batch"
+    );
+    commit(&mut turns).await;
+}

@@ -1,0 +1,314 @@
+//! Point-in-time recovery of SQLite-backed objects: bookmarks, and the
+//! restore of a whole database (SQL, key-value API, alarm) to each of
+//! them, across a drop of a table, a `delete_all`, a restart, and back
+//! (the undo bookmark).
+
+use std::path::Path;
+
+use odo_core::{Namespace, ObjectId};
+use odo_storage::{
+    FjallBackend, FjallOptions, ListOptions, ObjectTurns, SqlError, SqlValue, StorageError, Store,
+    StoreOptions,
+};
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn id(name: &str) -> ObjectId {
+    Namespace::new("SQL").id_from_name(name)
+}
+
+fn open(dir: &Path) -> Store {
+    let backend = FjallBackend::open(dir.join("kv"), FjallOptions::default()).unwrap();
+    let mut options = StoreOptions::default();
+    options.sql.dir = Some(dir.join("sql"));
+    // Small, so that files catch up (and records stay as history).
+    options.sql.checkpoint_wal_bytes = 16 * 1024;
+    Store::open(backend, options).unwrap()
+}
+
+async fn object(store: &Store, name: &str) -> ObjectTurns {
+    let mut turns = store.sql_object(id(name)).unwrap();
+    turns.prepare().await.unwrap();
+    turns
+}
+
+async fn commit(turns: &mut ObjectTurns) {
+    if let Some(durable) = turns.commit_turn() {
+        durable.await.unwrap();
+    }
+}
+
+/// Everything the object holds: its tables' rows, its keys, its alarm.
+async fn state(turns: &mut ObjectTurns) -> String {
+    turns.prepare().await.unwrap();
+    let sql = turns.sql().unwrap();
+    let tables: Vec<String> = sql
+        .exec(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE '\\_odo\\_%' ESCAPE '\\' ORDER BY name",
+            &[],
+        )
+        .unwrap()
+        .raw()
+        .map(|r| r[0].as_str().unwrap().to_owned())
+        .collect();
+    let mut out = String::new();
+    for table in tables {
+        let rows = sql
+            .exec(&format!("SELECT * FROM \"{table}\" ORDER BY 1"), &[])
+            .unwrap();
+        out.push_str(&format!("{table}: {:?}\n", rows.into_raw()));
+    }
+    let keys = turns.list(&ListOptions::default()).await.unwrap();
+    out.push_str(&format!("keys: {keys:?}\n"));
+    out.push_str(&format!("alarm: {:?}\n", turns.get_alarm().await.unwrap()));
+    turns.rollback_turn();
+    out
+}
+
+async fn step(turns: &mut ObjectTurns, n: i64) {
+    turns.prepare().await.unwrap();
+    let sql = turns.sql().unwrap();
+    sql.exec(
+        "CREATE TABLE IF NOT EXISTS t (n INTEGER PRIMARY KEY, pad BLOB)",
+        &[],
+    )
+    .unwrap();
+    sql.exec(
+        "INSERT INTO t VALUES (?, randomblob(2000))",
+        &[SqlValue::from(n)],
+    )
+    .unwrap();
+    turns
+        .put(&format!("k{n}"), n.to_be_bytes().to_vec())
+        .await
+        .unwrap();
+    turns.set_alarm(1_000 + n as u64).await.unwrap();
+    commit(turns).await;
+}
+
+/// Restores object `name` to `bookmark` (asked in a turn, done when the
+/// object next opens); answers the undo bookmark and the new view.
+async fn restore(
+    store: &Store,
+    turns: ObjectTurns,
+    name: &str,
+    bookmark: &str,
+) -> (String, ObjectTurns) {
+    let mut turns = turns;
+    turns.prepare().await.unwrap();
+    let undo = turns
+        .on_next_session_restore_bookmark(bookmark)
+        .await
+        .unwrap();
+    commit(&mut turns).await;
+    drop(turns);
+    (undo, object(store, name).await)
+}
+
+#[tokio::test]
+async fn restoring_to_each_bookmark_gives_back_the_state_recorded_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut turns = object(&store, "pitr").await;
+    let mut marks = vec![(
+        turns.current_bookmark().await.unwrap(),
+        state(&mut turns).await,
+    )];
+    for n in 1..=12 {
+        step(&mut turns, n).await;
+        if n % 3 == 0 {
+            marks.push((
+                turns.current_bookmark().await.unwrap(),
+                state(&mut turns).await,
+            ));
+        }
+    }
+    // Drop the table, then delete everything.
+    turns.prepare().await.unwrap();
+    turns.sql().unwrap().exec("DROP TABLE t", &[]).unwrap();
+    commit(&mut turns).await;
+    marks.push((
+        turns.current_bookmark().await.unwrap(),
+        state(&mut turns).await,
+    ));
+    turns.prepare().await.unwrap();
+    turns.delete_all().await.unwrap();
+    commit(&mut turns).await;
+    let deleted = state(&mut turns).await;
+    assert!(
+        deleted.contains("keys: []") && deleted.contains("alarm: None"),
+        "{deleted}"
+    );
+    let sorted: Vec<&String> = marks.iter().map(|(b, _)| b).collect();
+    assert!(sorted.is_sorted(), "bookmarks sort in time order");
+
+    for (bookmark, expected) in &marks {
+        let (undo, mut restored) = restore(&store, turns, "pitr", bookmark).await;
+        assert_eq!(
+            &state(&mut restored).await,
+            expected,
+            "restored to {bookmark}"
+        );
+        // The alarm index follows the restored alarm.
+        let alarm = restored.get_alarm().await.unwrap();
+        restored.rollback_turn();
+        assert_eq!(store.backend().alarm(&id("pitr")).unwrap(), alarm);
+        // The undo bookmark goes back to the deleted state.
+        let (_, mut undone) = restore(&store, restored, "pitr", &undo).await;
+        assert_eq!(state(&mut undone).await, deleted, "undoing {bookmark}");
+        turns = undone;
+    }
+
+    // A restore survives a restart, and the restored object goes on.
+    let (bookmark, expected) = &marks[2];
+    turns.prepare().await.unwrap();
+    turns
+        .on_next_session_restore_bookmark(bookmark)
+        .await
+        .unwrap();
+    commit(&mut turns).await;
+    drop(turns);
+    store.close().await.unwrap();
+    let store = open(dir.path());
+    let mut turns = object(&store, "pitr").await;
+    assert_eq!(&state(&mut turns).await, expected);
+    step(&mut turns, 100).await;
+    assert!(state(&mut turns).await.contains("[Integer(100)"));
+    drop(turns);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn bookmarks_for_times_and_bad_bookmarks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut turns = object(&store, "times").await;
+    let before = turns.bookmark_for_time(0).await.unwrap();
+    step(&mut turns, 1).await;
+    let after_one = turns.current_bookmark().await.unwrap();
+    let one = state(&mut turns).await;
+    let now = now_ms();
+    // The clock moves on before the second commit (waiting for it, not
+    // timing anything).
+    while now_ms() <= now {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    step(&mut turns, 2).await;
+    // The state at a time after the first commit and before the second.
+    let at = turns.bookmark_for_time(now).await.unwrap();
+    assert!(
+        before < after_one && after_one <= at,
+        "{before} {after_one} {at}"
+    );
+    for bad in ["", "not a bookmark", "0-1"] {
+        assert!(matches!(
+            turns.on_next_session_restore_bookmark(bad).await,
+            Err(StorageError::Sql(SqlError::BadBookmark(_)))
+        ));
+    }
+    let future = format!("{:016x}-{:016x}", u64::MAX, 999);
+    assert!(matches!(
+        turns.on_next_session_restore_bookmark(&future).await,
+        Err(StorageError::Sql(SqlError::OutsideHistory { .. }))
+    ));
+    let (_, mut restored) = restore(&store, turns, "times", &at).await;
+    assert_eq!(state(&mut restored).await, one);
+    let (_, mut empty) = restore(&store, restored, "times", &before).await;
+    let nothing = state(&mut empty).await;
+    assert!(
+        nothing.contains("keys: []") && !nothing.contains("t: "),
+        "{nothing}"
+    );
+    // A key-value-backed object has no bookmarks.
+    let mut kv = store.object(id("kv"));
+    assert!(matches!(
+        kv.current_bookmark().await,
+        Err(StorageError::Sql(SqlError::NotSqlBacked))
+    ));
+    drop((empty, kv));
+    store.close().await.unwrap();
+}
+
+/// Records of `name` in the shard's log.
+fn log_records(store: &Store, name: &str) -> usize {
+    let range = odo_storage::KeyRange {
+        lower: std::ops::Bound::Included("sql/log/".to_owned()),
+        upper: std::ops::Bound::Excluded("sql/log0".to_owned()),
+    };
+    let limit = odo_storage::ScanLimit {
+        entries: usize::MAX,
+        bytes: usize::MAX,
+    };
+    store
+        .backend()
+        .scan(&id(name), &range, false, limit)
+        .unwrap()
+        .len()
+}
+
+#[tokio::test]
+async fn history_older_than_the_window_is_folded_away_and_the_rest_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = FjallBackend::open(dir.path().join("kv"), FjallOptions::default()).unwrap();
+    let mut options = StoreOptions::default();
+    options.sql.dir = Some(dir.path().join("sql"));
+    options.sql.checkpoint_wal_bytes = 16 * 1024;
+    options.sql.history_ms = 1000;
+    let store = Store::open(backend, options).unwrap();
+    let mut turns = object(&store, "window").await;
+    let early = turns.current_bookmark().await.unwrap();
+    for n in 1..=10 {
+        step(&mut turns, n).await;
+    }
+    let old_records = log_records(&store, "window");
+    assert!(old_records >= 10, "{old_records} records");
+    // Wait for the clock to leave the first ten commits behind the window
+    // (waiting for time to pass, not timing anything).
+    let then = now_ms();
+    while now_ms() < then + 1100 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Later commits make the file catch up, which folds the old history.
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut n = 11;
+    let mut recent = Vec::new();
+    // (A bookmark ends with its record's number, here only to watch the
+    // history's start move.)
+    let base = |b: String| u64::from_str_radix(b.rsplit('-').next().unwrap(), 16).unwrap();
+    while base(turns.oldest_bookmark().await.unwrap()) == 0 {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the history was never folded"
+        );
+        step(&mut turns, n).await;
+        recent.push((
+            turns.current_bookmark().await.unwrap(),
+            state(&mut turns).await,
+        ));
+        n += 1;
+        tokio::task::yield_now().await;
+    }
+    // One record per step: the folded ones left the log.
+    let left = log_records(&store, "window");
+    assert!(left < n as usize - 1, "{left} of {} records left", n - 1);
+    // The folded past is out of reach; what is left restores.
+    assert!(matches!(
+        turns.on_next_session_restore_bookmark(&early).await,
+        Err(StorageError::Sql(SqlError::OutsideHistory { .. }))
+    ));
+    assert!(matches!(
+        turns.bookmark_for_time(1).await,
+        Err(StorageError::Sql(SqlError::OutsideHistory { .. }))
+    ));
+    turns.rollback_turn();
+    let (bookmark, expected) = recent.first().cloned().expect("a commit after the wait");
+    let (_, mut restored) = restore(&store, turns, "window", &bookmark).await;
+    assert_eq!(state(&mut restored).await, expected);
+    drop(restored);
+    store.close().await.unwrap();
+}
