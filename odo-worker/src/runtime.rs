@@ -182,6 +182,16 @@ impl Runtime {
             .unwrap_or_else(PoisonError::into_inner) = Some(doors);
     }
 
+    /// Forgets the front doors given to [`Runtime::set_websocket_doors`]
+    /// (at shutdown: a front door in this process holds the runtime too).
+    pub fn clear_websocket_doors(&self) {
+        *self
+            .inner
+            .doors
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
     /// Delivers an event of a client's WebSocket, relayed by the front door
     /// `event.door`, to the object that accepted the socket; `payload` is
     /// the message (or one part of it). Resolves once its turn ran and its

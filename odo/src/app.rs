@@ -411,6 +411,8 @@ impl App {
             router.serve(listener, shutdown).await;
             door.shutdown().await;
             local_service.runtime.shutdown().await;
+            // The door and the runtime hold each other: let go.
+            local_service.runtime.clear_websocket_doors();
             return Ok(());
         }
         let mut config = RegistryConfig::new(
