@@ -11,6 +11,7 @@ mod sql;
 mod stats;
 mod storage;
 mod transport;
+mod websocket;
 mod worker;
 
 type Bench = fn() -> anyhow::Result<()>;
@@ -40,6 +41,11 @@ const BENCHES: &[(&str, &str, Bench)] = &[
         "e2e",
         "HTTP load on the odo server against workerd (wrk, fjall with fsync)",
         e2e::run,
+    ),
+    (
+        "websocket",
+        "the room over WebSockets against workerd's: fan-out, idle sockets, a worker killed, one big room",
+        websocket::run,
     ),
 ];
 

@@ -13,7 +13,9 @@
 //! - [`placement`]: shard placement, epochs, failover and restarts as an
 //!   I/O-free state machine, and the [`placement::PlacementSource`] trait
 //!   forwarders follow;
-//! - [`retry`]: which failed attempts a forwarder sends again, and when.
+//! - [`retry`]: which failed attempts a forwarder sends again, and when;
+//! - [`socket`]: the events and outputs of client WebSockets, relayed
+//!   between the front door that holds them and their objects.
 //!
 //! It does no I/O and knows nothing of sockets, tokio, storage or HTTP: the
 //! transport moves the frames this crate encodes.
@@ -49,6 +51,7 @@ mod id;
 pub mod launch;
 pub mod placement;
 pub mod retry;
+pub mod socket;
 pub mod wire;
 
 pub use address::ObjectAddress;

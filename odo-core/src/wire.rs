@@ -177,6 +177,13 @@ pub enum Request {
     Alarm(AlarmEvent),
     /// A control message between registry and worker.
     Control(Control),
+    /// A front door relays an event of a client's WebSocket to its object;
+    /// the payload is the frame's body.
+    Socket(crate::socket::SocketEvent),
+    /// A worker hands the outputs of its objects' turns (sends, closes,
+    /// attachments) to the front door holding the sockets; the payloads
+    /// are the frame's body.
+    SocketOutput(crate::socket::SocketOutput),
 }
 
 /// An HTTP-like request.
@@ -297,6 +304,9 @@ pub enum Response {
     Control(ControlReply),
     /// The call failed.
     Error(WireError),
+    /// A socket event was handled (its turn's outputs were handed to the
+    /// front door first), or a front door applied a socket output.
+    Socket,
 }
 
 /// An HTTP-like response.
@@ -401,6 +411,12 @@ pub enum WireError {
     /// the call could start).
     #[error("deadline exceeded")]
     DeadlineExceeded,
+    /// A WebSocket event for a socket the object's worker does not know of
+    /// (the object's worker changed since the socket was accepted): the
+    /// front door hands the worker its record of the object's sockets and
+    /// sends the event again. Never delivered.
+    #[error("unknown WebSocket: the front door must hand over its sockets first")]
+    UnknownSocket,
 }
 
 fn cycle_text(chain: &[ObjectId]) -> String {

@@ -538,7 +538,9 @@ impl Connection {
                 }))
             }
         });
-        let conn = builder.serve_connection(io, service).into_owned();
+        let conn = builder
+            .serve_connection_with_upgrades(io, service)
+            .into_owned();
         tokio::spawn(async move {
             self.drive(conn, &activity).await;
             drop(self.permit);

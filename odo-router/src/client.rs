@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use odo_core::ObjectAddress;
 
 use crate::service::{ForwardError, ObjectService};
+use crate::ws::{ClientWebSocket, Door, Upgrade};
 use odo_transport::forward::Outcome;
 
 /// Why a client call failed.
@@ -28,6 +29,18 @@ pub enum ClientError {
     /// A malformed request or response.
     #[error("http: {0}")]
     Http(String),
+    /// The client has no front door for WebSockets
+    /// ([`Client::with_websockets`]).
+    #[error("this client opens no WebSockets: give it a Door with Client::with_websockets")]
+    NoWebSockets,
+    /// The object (or the door) did not accept the WebSocket: its answer.
+    #[error("WebSocket refused: {status} {body}")]
+    WebSocketRefused {
+        /// The answer's status.
+        status: u16,
+        /// The answer's body, as text.
+        body: String,
+    },
 }
 
 impl ClientError {
@@ -36,7 +49,10 @@ impl ClientError {
     pub fn retryable(&self) -> bool {
         match self {
             ClientError::Forward(e) => e.retryable(),
-            ClientError::Encoding(_) | ClientError::Http(_) => false,
+            ClientError::Encoding(_)
+            | ClientError::Http(_)
+            | ClientError::NoWebSockets
+            | ClientError::WebSocketRefused { .. } => false,
         }
     }
 
@@ -47,6 +63,8 @@ impl ClientError {
             // Refused before anything was sent, or the answer could not be
             // decoded after the object ran the call.
             ClientError::Encoding(_) | ClientError::Http(_) => Outcome::Unknown,
+            ClientError::NoWebSockets => Outcome::NotDelivered,
+            ClientError::WebSocketRefused { .. } => Outcome::Failed,
         }
     }
 }
@@ -66,6 +84,7 @@ impl ClientError {
 pub struct Client {
     service: Arc<dyn ObjectService>,
     deadline: Duration,
+    door: Option<Door>,
 }
 
 impl fmt::Debug for Client {
@@ -82,7 +101,15 @@ impl Client {
         Self {
             service,
             deadline: Duration::from_secs(30),
+            door: None,
         }
+    }
+
+    /// Opens WebSockets through `door` (whose outputs the workers must be
+    /// able to reach: serve its endpoint with [`Door::handle_request`]).
+    pub fn with_websockets(mut self, door: Door) -> Self {
+        self.door = Some(door);
+        self
     }
 
     /// The same client with another per-call deadline.
@@ -165,6 +192,28 @@ impl ClientStub {
             .service
             .fetch(self.address.clone(), request, deadline)
             .await?)
+    }
+
+    /// Opens a WebSocket to the object: `request` (a GET, its path and
+    /// headers) reaches the object's `fetch` as an upgrade, which may
+    /// accept it. The socket is held by the client's [`Door`] like any
+    /// client's, so it outlives the object's eviction and its worker.
+    pub async fn websocket(
+        &self,
+        request: http::Request<()>,
+    ) -> Result<ClientWebSocket, ClientError> {
+        let door = self.client.door.as_ref().ok_or(ClientError::NoWebSockets)?;
+        let deadline = Instant::now() + self.client.deadline;
+        match door.connect(self.address.clone(), request, deadline).await {
+            Ok(socket) => Ok(socket),
+            Err(Upgrade::Failed(e)) => Err(e.into()),
+            Err(Upgrade::Answer(answer) | Upgrade::Switch(answer)) => {
+                Err(ClientError::WebSocketRefused {
+                    status: answer.status().as_u16(),
+                    body: String::from_utf8_lossy(answer.body()).trim().to_owned(),
+                })
+            }
+        }
     }
 
     /// Calls RPC method `method` with `args`, decoding the result as `R`.

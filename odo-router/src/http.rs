@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::routes::{IdExtractor, PlainRoutes, RouteError};
 use crate::service::{ForwardError, ObjectService};
 use crate::status::error_response;
+use crate::ws::{Door, Upgrade, is_upgrade};
 
 /// Limits and timings of the front door. `Default` gives the documented
 /// defaults.
@@ -85,6 +86,7 @@ pub struct Router {
     plain: PlainRoutes,
     service: Arc<dyn ObjectService>,
     admin: Option<Arc<dyn Admin>>,
+    door: Option<Door>,
     config: RouterConfig,
     metrics: Metrics,
 }
@@ -157,6 +159,7 @@ impl Router {
             plain: PlainRoutes::default(),
             service,
             admin: None,
+            door: None,
             config,
             metrics: Metrics::default(),
         }
@@ -165,6 +168,14 @@ impl Router {
     /// Serves `routes` (requests no object serves) before any object route.
     pub fn with_plain_routes(mut self, routes: PlainRoutes) -> Self {
         self.plain = routes;
+        self
+    }
+
+    /// Terminates WebSockets with `door`: an upgrade request for an object
+    /// goes to the object, which may accept it. Without a door, upgrade
+    /// requests reach objects as plain requests.
+    pub fn with_websockets(mut self, door: Door) -> Self {
+        self.door = Some(door);
         self
     }
 
@@ -232,6 +243,26 @@ impl Router {
             }
         };
         let class = object.class.to_string();
+        // Only a front door names the socket an object may accept.
+        parts.headers.remove(odo_core::socket::UPGRADE_DOOR_HEADER);
+        parts
+            .headers
+            .remove(odo_core::socket::UPGRADE_SOCKET_HEADER);
+        if let Some(door) = &self.door
+            && is_upgrade(&parts.headers)
+        {
+            parts.uri = parts
+                .uri
+                .path_and_query()
+                .and_then(|pq| pq.as_str().parse().ok())
+                .unwrap_or_else(|| http::Uri::from_static("/"));
+            let response = match door.upgrade(object, parts, deadline).await {
+                Upgrade::Switch(response) => response.map(Full::new),
+                Upgrade::Answer(response) => answer(response),
+                Upgrade::Failed(error) => error_response(&error),
+            };
+            return (class, response);
+        }
         let body = match self.read_body(&parts, body, deadline).await {
             Ok(body) => body,
             Err(response) => return (class, response),

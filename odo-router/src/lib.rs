@@ -50,11 +50,13 @@ mod metrics;
 mod routes;
 mod service;
 mod status;
+mod ws;
 
 pub use client::{Client, ClientError, ClientNamespace, ClientStub};
 pub use http::{Admin, Router, RouterConfig};
 pub use odo_core::ObjectAddress;
 pub use odo_transport::forward::Outcome;
 pub use routes::{IdExtractor, PathRoutes, PlainHandler, PlainRoutes, RouteError};
-pub use service::{ClusterService, ForwardError, Location, ObjectService};
+pub use service::{ClusterService, ForwardError, Location, ObjectService, SocketEventOut};
 pub use status::{ERROR_HEADER, RETRYABLE_HEADER};
+pub use ws::{ClientWebSocket, Door, WebSocketConfig};

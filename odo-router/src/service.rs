@@ -42,6 +42,41 @@ pub trait ObjectService: Send + Sync + 'static {
 
     /// Where the object lives now, for `/_odo/placement`.
     fn locate(&self, id: &ObjectId) -> Option<Location>;
+
+    /// Delivers an event of a client's WebSocket, held by the front door
+    /// `event.door`, to the object that accepted it, by `deadline`;
+    /// `payload` is the message (or one part of it). Resolves once the
+    /// event's turn ran and its outputs reached the front doors. The
+    /// default refuses: a service that hosts no WebSockets.
+    fn socket_event(
+        &self,
+        object: ObjectAddress,
+        event: SocketEventOut,
+        payload: Bytes,
+        deadline: Instant,
+    ) -> BoxFuture<'static, Result<(), ForwardError>> {
+        let _ = (object, event, payload, deadline);
+        async {
+            Err(ForwardError::Object(WireError::BadRequest {
+                message: "this front door's service carries no WebSocket events".into(),
+            }))
+        }
+        .boxed()
+    }
+}
+
+/// A socket event as a front door hands it to an [`ObjectService`].
+#[derive(Debug, Clone)]
+pub struct SocketEventOut {
+    /// The front door holding the socket (its endpoint, where the object's
+    /// outputs go).
+    pub door: String,
+    /// The socket's number in that front door.
+    pub socket: u64,
+    /// When its auto-response was last answered, if ever.
+    pub auto_response_ms: Option<u64>,
+    /// What happened.
+    pub kind: odo_core::socket::SocketEventKind,
 }
 
 /// Where an object lives.
@@ -159,6 +194,29 @@ impl ObjectService for ClusterService {
                 .await?
             {
                 (Response::Rpc, body) => Ok(body),
+                (other, _) => Err(unexpected(other)),
+            }
+        }
+        .boxed()
+    }
+
+    fn socket_event(
+        &self,
+        object: ObjectAddress,
+        event: SocketEventOut,
+        payload: Bytes,
+        deadline: Instant,
+    ) -> BoxFuture<'static, Result<(), ForwardError>> {
+        let this = self.clone();
+        async move {
+            let call = OutboundCall::Socket {
+                door: event.door,
+                socket: event.socket,
+                auto_response_ms: event.auto_response_ms,
+                kind: event.kind,
+            };
+            match this.forward(object, call, payload, deadline).await? {
+                (Response::Socket, _) => Ok(()),
                 (other, _) => Err(unexpected(other)),
             }
         }

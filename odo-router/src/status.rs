@@ -71,6 +71,11 @@ fn classify(error: &ForwardError) -> (StatusCode, &'static str, String) {
                 "request deadline exceeded".into(),
             ),
             WireError::CallCycle { .. } => (StatusCode::LOOP_DETECTED, "call-cycle", e.to_string()),
+            WireError::UnknownSocket => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
             WireError::Internal { message } => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

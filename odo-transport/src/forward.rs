@@ -72,7 +72,8 @@ impl ForwardError {
                 WireError::Moved { .. }
                 | WireError::Overloaded
                 | WireError::UnknownClass { .. }
-                | WireError::CallCycle { .. } => Outcome::NotDelivered,
+                | WireError::CallCycle { .. }
+                | WireError::UnknownSocket => Outcome::NotDelivered,
                 WireError::ObjectReset { .. } | WireError::BadRequest { .. } => Outcome::Failed,
                 WireError::OutcomeUnknown { .. }
                 | WireError::DeadlineExceeded
@@ -104,6 +105,17 @@ pub enum OutboundCall {
         /// The method's name.
         method: String,
     },
+    /// An event of a client's WebSocket (the payload is the call's body).
+    Socket {
+        /// The front door holding the socket.
+        door: String,
+        /// The socket.
+        socket: u64,
+        /// When its auto-response was last answered, if ever.
+        auto_response_ms: Option<u64>,
+        /// What happened.
+        kind: odo_core::socket::SocketEventKind,
+    },
 }
 
 impl OutboundCall {
@@ -118,6 +130,19 @@ impl OutboundCall {
                 target,
                 meta,
                 method: method.clone(),
+            }),
+            OutboundCall::Socket {
+                door,
+                socket,
+                auto_response_ms,
+                kind,
+            } => Request::Socket(odo_core::socket::SocketEvent {
+                target,
+                meta,
+                door: door.clone(),
+                socket: *socket,
+                auto_response_ms: *auto_response_ms,
+                kind: kind.clone(),
             }),
         }
     }

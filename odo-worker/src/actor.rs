@@ -25,8 +25,9 @@ use crate::call::{CallScope, Cluster};
 use crate::config::RuntimeConfig;
 use crate::context::{Context, background_idle, open_view, start_deferred};
 use crate::error::ObjectError;
-use crate::mailbox::{Event, EventKind, Outcome};
+use crate::mailbox::{Event, EventKind, Outcome, SocketIn};
 use crate::object::DurableObject;
+use crate::socket::{DoorOutput, SocketView, WebSocketDoors, take_upgrade};
 use crate::table::{ActorControl, ObjectTable, ShardState};
 use crate::types::{AlarmInfo, ClassStorage, is_reserved_method};
 
@@ -42,6 +43,8 @@ pub(crate) struct ActorStart {
     pub(crate) storage: ClassStorage,
     pub(crate) shard: Arc<ShardState>,
     pub(crate) control: Arc<ActorControl>,
+    /// Where the object's WebSocket outputs go.
+    pub(crate) doors: Option<Arc<dyn WebSocketDoors>>,
 }
 
 type Reply = oneshot::Sender<Result<Outcome, WireError>>;
@@ -53,9 +56,19 @@ type Reply = oneshot::Sender<Result<Outcome, WireError>>;
 /// whose commit failed is answered `ObjectReset` instead; the turns that ran
 /// on its state fail with it, because their commits are refused once an
 /// earlier commit of their view failed.
+/// A reply held in the [`Gate`]: its commit, and the WebSocket outputs of
+/// its turn, which leave before it.
+struct Held {
+    durable: Option<CommitWait>,
+    reply: Reply,
+    result: Result<Outcome, WireError>,
+    outputs: Vec<DoorOutput>,
+}
+
 #[derive(Default)]
 struct Gate {
-    held: VecDeque<(Option<CommitWait>, Reply, Result<Outcome, WireError>)>,
+    held: VecDeque<Held>,
+    doors: Option<Arc<dyn WebSocketDoors>>,
 }
 
 impl Gate {
@@ -70,24 +83,91 @@ impl Gate {
         reply: Reply,
         result: Result<Outcome, WireError>,
     ) {
-        if durable.is_none() && self.held.is_empty() {
-            let _ = reply.send(result);
+        self.hold_with(durable, reply, result, Vec::new());
+    }
+
+    /// Queues a reply and its turn's WebSocket outputs behind `durable`
+    /// (and behind every earlier reply): the outputs leave, in order, when
+    /// it is durable, and the reply once the front doors took them.
+    fn hold_with(
+        &mut self,
+        durable: Option<CommitWait>,
+        reply: Reply,
+        result: Result<Outcome, WireError>,
+        outputs: Vec<DoorOutput>,
+    ) {
+        let held = Held {
+            durable,
+            reply,
+            result,
+            outputs,
+        };
+        if held.durable.is_none() && self.held.is_empty() {
+            self.answer(held, Ok(()));
         } else {
-            self.held.push_back((durable, reply, result));
+            self.held.push_back(held);
         }
+    }
+
+    /// Sends a held reply whose commit ended with `durable`, after handing
+    /// its outputs to the front doors (only if the commit succeeded).
+    fn answer(&self, held: Held, durable: Result<(), odo_storage::StorageError>) {
+        let Held {
+            reply,
+            result,
+            outputs,
+            ..
+        } = held;
+        let result = match durable {
+            Ok(()) => result,
+            Err(reason) => {
+                let _ = reply.send(Err(WireError::OutcomeUnknown {
+                    reason: format!("a commit this answer waited for failed: {reason}"),
+                }));
+                return;
+            }
+        };
+        if outputs.is_empty() {
+            let _ = reply.send(result);
+            return;
+        }
+        let Some(doors) = &self.doors else {
+            let _ = reply.send(Err(WireError::Internal {
+                message: "WebSocket outputs but no front door to take them".into(),
+            }));
+            return;
+        };
+        let taken: Vec<_> = outputs
+            .into_iter()
+            .map(|o| doors.submit(&o.door, o.output, o.body))
+            .collect();
+        tokio::spawn(async move {
+            let all = futures_util::future::join_all(taken).await;
+            let result = if all.into_iter().all(|ok| ok) {
+                result
+            } else {
+                Err(WireError::OutcomeUnknown {
+                    reason: "a front door did not take the turn's WebSocket outputs".into(),
+                })
+            };
+            let _ = reply.send(result);
+        });
     }
 
     /// Waits for the oldest held commit, then releases every reply whose
     /// commit has completed, in order.
     async fn release(&mut self) {
         let first = match self.held.front() {
-            Some((Some(durable), _, _)) => durable.clone().wait().await,
+            Some(Held {
+                durable: Some(durable),
+                ..
+            }) => durable.clone().wait().await,
             _ => Ok(()),
         };
         self.answer_front(first);
         // Release what is already done without another trip through the
         // event loop.
-        while let Some((durable, _, _)) = self.held.front() {
+        while let Some(Held { durable, .. }) = self.held.front() {
             let done = match durable {
                 None => Ok(()),
                 Some(d) => match d.clone().wait().now_or_never() {
@@ -100,16 +180,10 @@ impl Gate {
     }
 
     fn answer_front(&mut self, durable: Result<(), odo_storage::StorageError>) {
-        let Some((_, reply, result)) = self.held.pop_front() else {
+        let Some(held) = self.held.pop_front() else {
             return;
         };
-        let result = match durable {
-            Ok(()) => result,
-            Err(reason) => Err(WireError::OutcomeUnknown {
-                reason: format!("a commit this answer waited for failed: {reason}"),
-            }),
-        };
-        let _ = reply.send(result);
+        self.answer(held, durable);
     }
 }
 
@@ -140,6 +214,7 @@ pub(crate) async fn run<T: DurableObject>(start: ActorStart, factory: Factory<T>
         storage,
         shard,
         control,
+        doors,
     } = start;
     // However this task ends (even by a panic outside a handler), the
     // object leaves the table and its queued callers are answered.
@@ -163,9 +238,17 @@ pub(crate) async fn run<T: DurableObject>(start: ActorStart, factory: Factory<T>
             return;
         }
     };
+    let sockets = Arc::new(SocketView::new(
+        target.id,
+        shard.sockets.clone(),
+        config.websocket_max_message_bytes,
+        config.websocket_max_sockets_per_object,
+    ));
     let mut ctx = Context {
         storage: view,
         storage_kind: storage,
+        sockets,
+        upgrade: None,
         target,
         activation: 0,
         cluster,
@@ -174,7 +257,10 @@ pub(crate) async fn run<T: DurableObject>(start: ActorStart, factory: Factory<T>
         deferred: Vec::new(),
     };
     let mut instance: Option<T> = None;
-    let mut gate = Gate::default();
+    let mut gate = Gate {
+        doors,
+        ..Gate::default()
+    };
     let mut idle_deadline = Instant::now() + idle_timeout;
     loop {
         let draining = *drain.borrow();
@@ -378,6 +464,7 @@ async fn turn<T: DurableObject>(
                 Ok(obj) => instance.insert(obj),
                 Err(why) => {
                     ctx.deferred.clear();
+                    ctx.sockets.discard_turn();
                     let error = reset_error(ctx, &format!("initialisation failed: {why}"));
                     reset(instance, ctx, shard);
                     gate.hold(None, reply, Err(error));
@@ -387,13 +474,47 @@ async fn turn<T: DurableObject>(
         }
     };
     let ran = match kind {
-        EventKind::Fetch(request) => {
+        EventKind::Fetch(mut request) => {
+            ctx.upgrade = take_upgrade(&mut request, ctx.sockets.book());
             let result = drive(
                 AssertUnwindSafe(obj.fetch(ctx, request)).catch_unwind(),
                 gate,
             )
             .await;
+            ctx.upgrade = None;
             classify(result, Outcome::Fetch)
+        }
+        EventKind::Socket(key, event) => {
+            let ws = ctx.sockets.handle(key);
+            let result = match event {
+                SocketIn::Message(message) => {
+                    drive(
+                        AssertUnwindSafe(obj.websocket_message(ctx, ws, message)).catch_unwind(),
+                        gate,
+                    )
+                    .await
+                }
+                SocketIn::Close {
+                    code,
+                    reason,
+                    was_clean,
+                } => {
+                    drive(
+                        AssertUnwindSafe(obj.websocket_close(ctx, ws, code, reason, was_clean))
+                            .catch_unwind(),
+                        gate,
+                    )
+                    .await
+                }
+                SocketIn::Error(error) => {
+                    drive(
+                        AssertUnwindSafe(obj.websocket_error(ctx, ws, error)).catch_unwind(),
+                        gate,
+                    )
+                    .await
+                }
+            };
+            classify(result, |()| Outcome::Done)
         }
         EventKind::Call(call) => {
             if is_reserved_method(&call.method) {
@@ -424,7 +545,8 @@ async fn turn<T: DurableObject>(
             // fails at once: the turn ran on state that was never durable.
             let durable = ctx.storage.commit_turn();
             start_deferred(deferred, durable.clone());
-            gate.hold(durable.clone(), reply, Ok(outcome));
+            let outputs = ctx.sockets.finish_turn();
+            gate.hold_with(durable.clone(), reply, Ok(outcome), outputs);
             if restore {
                 restart_for_restore(instance, ctx, shard, durable).await;
             }
@@ -432,10 +554,12 @@ async fn turn<T: DurableObject>(
         }
         Ran::Refused(error) => {
             ctx.storage.rollback_turn();
+            ctx.sockets.discard_turn();
             gate.hold(None, reply, Err(error));
             renew_failed_view(instance, ctx, shard);
         }
         Ran::Failed(why) => {
+            ctx.sockets.discard_turn();
             let error = reset_error(ctx, &why);
             reset(instance, ctx, shard);
             gate.hold(None, reply, Err(error));

@@ -25,6 +25,15 @@ pub struct RuntimeConfig {
     /// objects to finish their events; then the objects still running are
     /// stopped, their events answered `OutcomeUnknown`. Default 10 s.
     pub release_grace: Duration,
+    /// The largest WebSocket message an object may send or receive, in
+    /// bytes. Default 32 MiB (as Cloudflare); the front door has its own
+    /// limit for what clients send.
+    pub websocket_max_message_bytes: usize,
+    /// The most WebSockets one object may have accepted at once; one more
+    /// accept fails with [`WebSocketError::TooManySockets`](crate::WebSocketError).
+    /// Default [`MAX_SOCKETS_PER_OBJECT`](crate::MAX_SOCKETS_PER_OBJECT)
+    /// (32,768, as Cloudflare).
+    pub websocket_max_sockets_per_object: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -36,6 +45,8 @@ impl Default for RuntimeConfig {
             alarm_retry: AlarmRetry::default(),
             call_timeout: crate::call::DEFAULT_CALL_DEADLINE,
             release_grace: Duration::from_secs(10),
+            websocket_max_message_bytes: 32 * 1024 * 1024,
+            websocket_max_sockets_per_object: 32_768,
         }
     }
 }

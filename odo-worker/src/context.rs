@@ -17,7 +17,9 @@ use crate::types::{Request, Response};
 use odo_core::ObjectAddress;
 
 use crate::call::{CallScope, Cluster};
+use crate::socket::{SocketKey, SocketView, WebSocket, WebSocketError};
 use crate::stub::{NamespaceHandle, Stub};
+use odo_core::socket::ACCEPT_TAGS_HEADER;
 
 /// The context of one live object, handed to every handler.
 pub struct Context {
@@ -37,6 +39,11 @@ pub struct Context {
     /// Tasks started by `wait_until` in the current turn: they run once
     /// the turn's writes are durable, and never if it fails.
     pub(crate) deferred: Vec<Deferred>,
+    /// The object's WebSockets and what the current turn does to them.
+    pub(crate) sockets: Arc<SocketView>,
+    /// The socket the fetch being handled would accept: set while a
+    /// front door's upgrade request is handled, taken by the accept.
+    pub(crate) upgrade: Option<SocketKey>,
 }
 
 /// A `wait_until` task waiting for its turn to end, holding the object
@@ -160,6 +167,85 @@ impl Context {
             .map_err(crate::call::CallError::from)?;
         self.flush().await?;
         Ok(stub.call_encoded(method, args, self.scope.clone()).await?)
+    }
+
+    /// Accepts the WebSocket of the upgrade request being handled (see
+    /// [`is_websocket_upgrade`](crate::is_websocket_upgrade)) with up to 10
+    /// `tags` (each 1 to 256 bytes), and returns the `101` answer to give.
+    /// The socket stays open at the front door, whatever happens to this
+    /// instance: its messages come back as `websocket_message` events,
+    /// waking the object if it was evicted. Refused with a
+    /// [`WebSocketError`] (the client is answered 400) outside an upgrade
+    /// or past a limit (32,768 sockets per object).
+    pub fn accept_websocket<I, T>(&mut self, tags: I) -> Result<Response, ObjectError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        let key = match self.upgrade.take() {
+            Some(key) => key,
+            None => return Err(WebSocketError::NotAnUpgrade.into()),
+        };
+        let tags: Vec<String> = tags.into_iter().map(Into::into).collect();
+        let header = serde_json::to_string(&tags)
+            .ok()
+            .and_then(|t| http::HeaderValue::from_str(&t).ok());
+        let Some(header) = header else {
+            self.upgrade = Some(key);
+            return Err(WebSocketError::BadTag { len: 0 }.into());
+        };
+        if let Err(e) = self.sockets.accept(key.clone(), tags) {
+            self.upgrade = Some(key);
+            return Err(e.into());
+        }
+        let mut response = Response::new(bytes::Bytes::new());
+        *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        response.headers_mut().insert(ACCEPT_TAGS_HEADER, header);
+        Ok(response)
+    }
+
+    /// The object's open WebSockets (those with `tag`, if given), in the
+    /// order they were accepted: the same sockets, tags and attachments
+    /// after the object was evicted or its worker replaced.
+    pub fn websockets(&self, tag: Option<&str>) -> Vec<WebSocket> {
+        self.sockets.list(tag)
+    }
+
+    /// The tags `ws` was accepted with.
+    pub fn tags(&self, ws: &WebSocket) -> Vec<String> {
+        ws.tags()
+    }
+
+    /// Sets the object's auto-response: any of its sockets that receives
+    /// exactly the text `request` is answered `response` by the front door,
+    /// without waking the object (each at most 2,048 characters). Like a
+    /// send, it takes effect once the turn's writes are durable.
+    pub fn set_websocket_auto_response(
+        &mut self,
+        request: &str,
+        response: &str,
+    ) -> Result<(), ObjectError> {
+        Ok(self
+            .sockets
+            .set_auto_response(Some((request.to_owned(), response.to_owned())))?)
+    }
+
+    /// Removes the object's auto-response.
+    pub fn clear_websocket_auto_response(&mut self) {
+        // Removing has no text to check.
+        let _ = self.sockets.set_auto_response(None);
+    }
+
+    /// The object's auto-response pair (request, response), if set.
+    pub fn websocket_auto_response(&self) -> Option<(String, String)> {
+        self.sockets.auto_response()
+    }
+
+    /// When the front door last answered `ws` with the auto-response, in
+    /// milliseconds since the Unix epoch (as of the last event the socket
+    /// brought), if ever.
+    pub fn auto_response_timestamp(&self, ws: &WebSocket) -> Option<u64> {
+        self.sockets.auto_response_ms(&ws.key)
     }
 
     /// Commits the writes of the current turn so far and waits until every

@@ -3,8 +3,10 @@
 use std::fmt;
 
 /// Why a handler failed. Any error resets the object, except
-/// [`ObjectError::UnknownMethod`] and [`ObjectError::BadArguments`], which
-/// are the caller's mistakes and leave the instance as it was.
+/// [`ObjectError::UnknownMethod`], [`ObjectError::BadArguments`] and
+/// [`ObjectError::WebSocket`], which are the caller's mistakes (or a limit
+/// it crossed) and leave the instance as it was; the turn is rolled back
+/// and the caller answered 400.
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectError {
     /// A storage operation failed (a limit, or the backend).
@@ -19,6 +21,9 @@ pub enum ObjectError {
     /// A call to another object failed.
     #[error(transparent)]
     Call(#[from] crate::call::CallError),
+    /// A WebSocket operation was refused (a limit, not an upgrade).
+    #[error(transparent)]
+    WebSocket(#[from] crate::socket::WebSocketError),
     /// Anything else the handler reports.
     #[error("{0}")]
     Failed(String),
@@ -34,7 +39,9 @@ impl ObjectError {
     pub fn resets(&self) -> bool {
         !matches!(
             self,
-            ObjectError::UnknownMethod(_) | ObjectError::BadArguments(_)
+            ObjectError::UnknownMethod(_)
+                | ObjectError::BadArguments(_)
+                | ObjectError::WebSocket(_)
         )
     }
 }

@@ -21,12 +21,14 @@ mod class;
 mod cluster;
 mod config;
 mod context;
+mod doors;
 mod error;
 mod mailbox;
 mod object;
 mod process;
 mod rpc;
 mod runtime;
+mod socket;
 mod stall;
 mod stub;
 mod table;
@@ -45,6 +47,11 @@ pub use odo_core::ObjectAddress;
 pub use process::{ObjectHandler, WorkerError, read_token, serve};
 pub use rpc::{RpcCall, RpcReply};
 pub use runtime::{Runtime, ShardError};
+pub use socket::{
+    MAX_ATTACHMENT_BYTES, MAX_AUTO_RESPONSE_CHARS, MAX_CLOSE_REASON_BYTES, MAX_SOCKETS_PER_OBJECT,
+    MAX_TAG_BYTES, MAX_TAGS, WebSocket, WebSocketDoors, WebSocketError, WebSocketMessage,
+    is_websocket_upgrade,
+};
 pub use stub::{NamespaceHandle, Stub};
 pub use types::{AlarmInfo, ClassStorage, Request, Response, is_reserved_method};
 
@@ -59,6 +66,7 @@ mod layering {
         ("types", include_str!("types.rs")),
         ("call", include_str!("call.rs")),
         ("config", include_str!("config.rs")),
+        ("socket", include_str!("socket.rs")),
         ("error", include_str!("error.rs")),
         ("rpc", include_str!("rpc.rs")),
         ("stub", include_str!("stub.rs")),
@@ -72,6 +80,7 @@ mod layering {
         ("alarms", include_str!("alarms.rs")),
         ("runtime", include_str!("runtime.rs")),
         ("cluster", include_str!("cluster.rs")),
+        ("doors", include_str!("doors.rs")),
         ("process", include_str!("process.rs")),
     ];
 

@@ -8,6 +8,7 @@ use tokio::sync::oneshot;
 
 use crate::call::CallScope;
 use crate::rpc::RpcCall;
+use crate::socket::{SocketKey, WebSocketMessage};
 use crate::types::{AlarmInfo, Request, Response};
 
 /// An event for one object, with where to send its outcome.
@@ -28,6 +29,20 @@ pub(crate) enum EventKind {
     /// Deletes the alarm if it is still set for this time (after its last
     /// retry failed).
     ClearAlarm(u64),
+    /// An event of one of the object's WebSockets.
+    Socket(SocketKey, SocketIn),
+}
+
+/// What happened on a socket, as the object's handlers take it.
+#[derive(Debug)]
+pub(crate) enum SocketIn {
+    Message(WebSocketMessage),
+    Close {
+        code: u16,
+        reason: String,
+        was_clean: bool,
+    },
+    Error(String),
 }
 
 #[derive(Debug)]

@@ -5,6 +5,7 @@ use std::future::Future;
 use crate::context::Context;
 use crate::error::ObjectError;
 use crate::rpc::{RpcCall, RpcReply};
+use crate::socket::{WebSocket, WebSocketMessage};
 use crate::types::{AlarmInfo, Request, Response};
 
 /// An object class: the code behind every object of one namespace.
@@ -76,6 +77,49 @@ pub trait DurableObject: Send + Sized + 'static {
         alarm: AlarmInfo,
     ) -> impl Future<Output = Result<(), ObjectError>> + Send {
         let _ = (ctx, alarm);
+        async { Ok(()) }
+    }
+
+    /// Handles a message one of the object's WebSockets received: a turn
+    /// like any other, in arrival order per socket. An evicted object is
+    /// activated again for it. The default ignores it.
+    fn websocket_message(
+        &mut self,
+        ctx: &mut Context,
+        ws: WebSocket,
+        message: WebSocketMessage,
+    ) -> impl Future<Output = Result<(), ObjectError>> + Send {
+        let _ = (ctx, ws, message);
+        async { Ok(()) }
+    }
+
+    /// Handles the close of one of the object's WebSockets: the client
+    /// closed it (`was_clean`), its connection dropped (1006), or the front
+    /// door closed it (a limit: 1008, 1009, 1012, 1013; shutdown: 1001).
+    /// `ws` is no longer among [`Context::websockets`]. The default does
+    /// nothing.
+    fn websocket_close(
+        &mut self,
+        ctx: &mut Context,
+        ws: WebSocket,
+        code: u16,
+        reason: String,
+        was_clean: bool,
+    ) -> impl Future<Output = Result<(), ObjectError>> + Send {
+        let _ = (ctx, ws, code, reason, was_clean);
+        async { Ok(()) }
+    }
+
+    /// Handles a failure of one of the object's WebSockets (a protocol
+    /// error, a reset connection); the socket is closed and no longer among
+    /// [`Context::websockets`]. The default does nothing.
+    fn websocket_error(
+        &mut self,
+        ctx: &mut Context,
+        ws: WebSocket,
+        error: String,
+    ) -> impl Future<Output = Result<(), ObjectError>> + Send {
+        let _ = (ctx, ws, error);
         async { Ok(()) }
     }
 }

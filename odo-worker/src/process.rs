@@ -23,6 +23,7 @@ use crate::call::CallScope;
 use crate::class::Classes;
 use crate::cluster::{ObjectRouter, PushedPlacement};
 use crate::config::RuntimeConfig;
+use crate::doors::RemoteDoors;
 use crate::rpc::RpcCall;
 use crate::runtime::Runtime;
 use crate::wire::{request_from_wire, response_to_wire};
@@ -125,6 +126,7 @@ pub async fn serve(
         client.clone(),
     );
     runtime.set_cluster(Arc::new(cluster.clone()));
+    runtime.set_websocket_doors(Arc::new(RemoteDoors::new(client.clone())));
     let (stop, mut stopped) = watch::channel(false);
     let handler = Arc::new(WorkerHandler {
         runtime: runtime.clone(),
@@ -353,6 +355,17 @@ impl Handler for ObjectHandler {
                 )
                 .await
                 .map(|result| (Response::Rpc, result)),
+            Request::Socket(event) => {
+                let epoch = event.target.epoch;
+                let scope = scope_of(event.meta.clone());
+                self.runtime
+                    .socket_event(event, Some(epoch), body, scope)
+                    .await
+                    .map(|()| (Response::Socket, Bytes::new()))
+            }
+            Request::SocketOutput(_) => Err(WireError::BadRequest {
+                message: "WebSocket outputs go to a front door, not to a worker".into(),
+            }),
             Request::Alarm(_) => Err(WireError::BadRequest {
                 message: "alarms are scheduled by the process that holds the shard".into(),
             }),

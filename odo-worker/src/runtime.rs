@@ -20,8 +20,9 @@ use crate::alarms::{AlarmHost, alarm_loop};
 use crate::call::{CallError, CallScope, Cluster};
 use crate::class::{ClassEntry, Classes};
 use crate::config::RuntimeConfig;
-use crate::mailbox::{Event, EventKind, Outcome};
+use crate::mailbox::{Event, EventKind, Outcome, SocketIn};
 use crate::rpc::RpcCall;
+use crate::socket::{SocketKey, WebSocketDoors, WebSocketMessage};
 use crate::stub::NamespaceHandle;
 use crate::table::{ObjectTable, ShardState, lock};
 use crate::types::{Request, Response};
@@ -77,6 +78,7 @@ pub(crate) struct Inner {
     shards: RwLock<HashMap<u32, Arc<ShardState>>>,
     objects: Arc<ObjectTable>,
     cluster: RwLock<Option<Arc<dyn Cluster>>>,
+    doors: RwLock<Option<Arc<dyn WebSocketDoors>>>,
     janitor: Arc<Notify>,
     janitor_started: AtomicBool,
     this: Weak<Inner>,
@@ -110,6 +112,7 @@ impl Runtime {
             shards: RwLock::default(),
             objects: Arc::default(),
             cluster: RwLock::new(None),
+            doors: RwLock::new(None),
             janitor: Arc::new(Notify::new()),
             janitor_started: AtomicBool::new(false),
             this: this.clone(),
@@ -165,6 +168,43 @@ impl Runtime {
             .cluster
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Some(cluster);
+    }
+
+    /// Sends the objects' WebSocket outputs to the front doors through
+    /// `doors` (a worker process reaches them over the transport; a
+    /// program hosting objects itself hands them to its own front door).
+    /// Without it, objects cannot accept WebSockets.
+    pub fn set_websocket_doors(&self, doors: Arc<dyn WebSocketDoors>) {
+        *self
+            .inner
+            .doors
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(doors);
+    }
+
+    /// Forgets the front doors given to [`Runtime::set_websocket_doors`]
+    /// (at shutdown: a front door in this process holds the runtime too).
+    pub fn clear_websocket_doors(&self) {
+        *self
+            .inner
+            .doors
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// Delivers an event of a client's WebSocket, relayed by the front door
+    /// `event.door`, to the object that accepted the socket; `payload` is
+    /// the message (or one part of it). Resolves once its turn ran and its
+    /// outputs were handed to the front doors. `epoch` as in
+    /// [`Runtime::fetch`].
+    pub async fn socket_event(
+        &self,
+        event: odo_core::socket::SocketEvent,
+        epoch: Option<u64>,
+        payload: Bytes,
+        scope: CallScope,
+    ) -> Result<(), WireError> {
+        self.inner.socket_event(event, epoch, payload, scope).await
     }
 
     /// A handle on namespace `class`, for programs that hold the runtime.
@@ -350,13 +390,40 @@ impl Inner {
         kind: EventKind,
         scope: CallScope,
     ) -> Result<Outcome, WireError> {
-        let is_call = matches!(kind, EventKind::Fetch(_) | EventKind::Call(_));
+        let is_call = matches!(
+            kind,
+            EventKind::Fetch(_) | EventKind::Call(_) | EventKind::Socket(..)
+        );
         if is_call {
             scope.check_cycle(&target.id)?;
             if scope.deadline <= tokio::time::Instant::now() {
                 return Err(WireError::DeadlineExceeded);
             }
         }
+        let (class, shard) = self.locate(&target, epoch)?;
+        let (reply, outcome) = oneshot::channel();
+        let deadline = scope.deadline;
+        self.enqueue(&class, target, shard, Event { kind, reply, scope })?;
+        let stopped = |_| WireError::OutcomeUnknown {
+            reason: "the object stopped before answering".into(),
+        };
+        if is_call {
+            match tokio::time::timeout_at(deadline, outcome).await {
+                Ok(answer) => answer.map_err(stopped)?,
+                Err(_) => Err(WireError::DeadlineExceeded),
+            }
+        } else {
+            outcome.await.map_err(stopped)?
+        }
+    }
+
+    /// The class and the shard of `target`, if this runtime serves it (at
+    /// `epoch`, when given).
+    fn locate(
+        &self,
+        target: &ObjectAddress,
+        epoch: Option<u64>,
+    ) -> Result<(Arc<ClassEntry>, Arc<ShardState>), WireError> {
         let class = self
             .classes
             .get(&target.class)
@@ -379,19 +446,96 @@ impl Inner {
         if shard.is_draining() || epoch.is_some_and(|e| e != shard.epoch) {
             return Err(WireError::Moved { epoch: shard.epoch });
         }
-        let (reply, outcome) = oneshot::channel();
-        let deadline = scope.deadline;
-        self.enqueue(class, target, shard, Event { kind, reply, scope })?;
-        let stopped = |_| WireError::OutcomeUnknown {
-            reason: "the object stopped before answering".into(),
+        Ok((class.clone(), shard))
+    }
+
+    /// See [`Runtime::socket_event`]. Parts of a message and a front door's
+    /// record of its sockets are kept without a turn; messages, closes and
+    /// errors are turns.
+    pub(crate) async fn socket_event(
+        &self,
+        event: odo_core::socket::SocketEvent,
+        epoch: Option<u64>,
+        payload: Bytes,
+        scope: CallScope,
+    ) -> Result<(), WireError> {
+        use odo_core::socket::SocketEventKind as Kind;
+        let target = event.target.object;
+        let (_, shard) = self.locate(&target, epoch)?;
+        let book = &shard.sockets;
+        let key = SocketKey {
+            door: book.door(&event.door),
+            id: event.socket,
         };
-        if is_call {
-            match tokio::time::timeout_at(deadline, outcome).await {
-                Ok(answer) => answer.map_err(stopped)?,
-                Err(_) => Err(WireError::DeadlineExceeded),
+        let id = target.id;
+        if let Some(at) = event.auto_response_ms {
+            book.set_auto_response_ms(&id, &key, at);
+        }
+        let max = self.config.websocket_max_message_bytes;
+        // A socket this worker never saw (it was accepted under another
+        // worker): the front door hands over its record first.
+        let turn = matches!(
+            event.kind,
+            Kind::Message { .. } | Kind::Close { .. } | Kind::Error { .. }
+        );
+        if turn && !book.knows(&id, &key) {
+            return Err(WireError::UnknownSocket);
+        }
+        let input = match event.kind {
+            Kind::Part { first } => {
+                return if book.add_part(&id, &key, first, &payload, max) {
+                    Ok(())
+                } else {
+                    Err(WireError::BadRequest {
+                        message: format!("a WebSocket message over the {max}-byte limit"),
+                    })
+                };
             }
-        } else {
-            outcome.await.map_err(stopped)?
+            Kind::Sync {
+                sockets,
+                auto_response,
+            } => {
+                book.sync(&id, &key.door, sockets, auto_response);
+                return Ok(());
+            }
+            Kind::Message { binary } => {
+                let payload = book.complete(&id, &key, payload);
+                if binary {
+                    SocketIn::Message(WebSocketMessage::Binary(payload))
+                } else {
+                    match String::from_utf8(payload.to_vec()) {
+                        Ok(text) => SocketIn::Message(WebSocketMessage::Text(text)),
+                        Err(_) => {
+                            return Err(WireError::BadRequest {
+                                message: "a text message that is not UTF-8".into(),
+                            });
+                        }
+                    }
+                }
+            }
+            Kind::Close {
+                code,
+                reason,
+                was_clean,
+            } => {
+                book.remove(&id, &key);
+                SocketIn::Close {
+                    code,
+                    reason,
+                    was_clean,
+                }
+            }
+            Kind::Error { message } => {
+                book.remove(&id, &key);
+                SocketIn::Error(message)
+            }
+        };
+        match self
+            .deliver(target, epoch, EventKind::Socket(key, input), scope)
+            .await?
+        {
+            Outcome::Done => Ok(()),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -416,6 +560,7 @@ impl Inner {
             storage: class.storage,
             shard,
             control,
+            doors: read(&self.doors).clone(),
         });
         if self.objects.live() > self.config.max_live_objects {
             self.janitor.notify_one();

@@ -16,6 +16,7 @@ use odo_storage::Store;
 use tokio::sync::{Notify, watch};
 
 use crate::mailbox::{Event, Mailbox};
+use crate::socket::SocketBook;
 
 /// Parts of the table, each with its own lock.
 const TABLE_SHARDS: usize = 32;
@@ -56,6 +57,8 @@ pub(crate) struct ShardState {
     pub(crate) actors: AtomicUsize,
     pub(crate) actors_gone: Notify,
     pub(crate) alarm_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The WebSockets of the shard's objects, live or evicted.
+    pub(crate) sockets: Arc<SocketBook>,
 }
 
 impl ShardState {
@@ -69,6 +72,7 @@ impl ShardState {
             actors: AtomicUsize::new(0),
             actors_gone: Notify::new(),
             alarm_task: Mutex::new(None),
+            sockets: Arc::default(),
         }
     }
 

@@ -14,7 +14,8 @@ use odo_core::ObjectId;
 use odo_core::launch::WorkerLaunch;
 use odo_registry::{Registry, RegistryConfig, TransportKind, WorkerCommand};
 use odo_router::{
-    ForwardError, Location, ObjectService, PathRoutes, PlainRoutes, Router, RouterConfig,
+    Door, ForwardError, Location, ObjectService, PathRoutes, PlainRoutes, Router, RouterConfig,
+    SocketEventOut, WebSocketConfig,
 };
 use odo_storage::{BackendFactory, Backends, ShardSpec, Store, StoreOptions};
 use odo_worker::{
@@ -81,6 +82,8 @@ pub struct ServeOptions {
     pub runtime_dir: Option<PathBuf>,
     /// Limits of the front door.
     pub router: RouterConfig,
+    /// Limits of the front door's WebSockets.
+    pub websocket: WebSocketConfig,
     /// Limits of the object runtime (used by the workers, or in-process).
     pub runtime: RuntimeConfig,
     /// How long a worker has to answer a heartbeat before it is killed as
@@ -110,6 +113,7 @@ impl Default for ServeOptions {
             transport: TransportKind::available()[0],
             runtime_dir: None,
             router: RouterConfig::default(),
+            websocket: WebSocketConfig::default(),
             runtime: RuntimeConfig::default(),
             heartbeat_timeout: std::time::Duration::from_secs(2),
             stall_limit: std::time::Duration::from_secs(10),
@@ -387,6 +391,7 @@ impl App {
         // Before anything starts: an unknown name fails here, listing the
         // registered ones.
         let backend = self.backends.get(&options.storage)?.clone();
+        crate::websockets::raise_fd_limit();
         #[cfg(feature = "postgres")]
         let (backend, worker_env) =
             crate::postgres::resolve(&options.storage, options.postgres.as_ref(), backend)?;
@@ -426,18 +431,30 @@ impl App {
         }
         if options.workers == 0 {
             let local_service = LocalService::open(self.classes, backend, &options).await?;
+            let door = Door::new(
+                options.websocket.clone(),
+                format!("local:{}", std::process::id()),
+                Arc::new(local_service.clone()),
+            );
+            local_service
+                .runtime
+                .set_websocket_doors(Arc::new(crate::websockets::LocalDoors(door.clone())));
             let router = Arc::new(
                 Router::new(
                     Arc::new(routes),
                     Arc::new(local_service.clone()),
                     options.router.clone(),
                 )
-                .with_plain_routes(self.plain.clone()),
+                .with_plain_routes(self.plain.clone())
+                .with_websockets(door.clone()),
             );
             info!(listen = %local, "odo serving in-process (0 workers)");
             println!("odo listening on http://{local}");
             router.serve(listener, shutdown).await;
+            door.shutdown().await;
             local_service.runtime.shutdown().await;
+            // The door and the runtime hold each other: let go.
+            local_service.runtime.clear_websocket_doors();
             return Ok(());
         }
         let mut config = RegistryConfig::new(
@@ -460,14 +477,34 @@ impl App {
             ..odo_transport::ClientConfig::new(registry.token())
         };
         let service = odo_router::ClusterService::new(registry.placement_source(), client);
+        let door_server = crate::websockets::bind_door(
+            &crate::websockets::door_endpoint(registry.control_endpoint())?,
+            registry.token(),
+        )
+        .await?;
+        let door = Door::new(
+            options.websocket.clone(),
+            door_server.endpoint().to_string(),
+            Arc::new(service.clone()),
+        );
+        let (stop_door, door_stopped) = tokio::sync::oneshot::channel::<()>();
+        let door_serving = crate::websockets::serve_door(door_server, door.clone(), async move {
+            let _ = door_stopped.await;
+        });
         let router = Arc::new(
             Router::new(Arc::new(routes), Arc::new(service), options.router.clone())
                 .with_plain_routes(self.plain.clone())
-                .with_admin(Arc::new(crate::admin::RegistryAdmin(registry.clone()))),
+                .with_admin(Arc::new(crate::admin::RegistryAdmin(registry.clone())))
+                .with_websockets(door.clone()),
         );
         info!(listen = %local, workers = options.workers, "odo serving");
         println!("odo listening on http://{local}");
         router.serve(listener, shutdown).await;
+        // Every socket closes (1001) and its object hears of it while the
+        // workers still run.
+        door.shutdown().await;
+        let _ = stop_door.send(());
+        let _ = door_serving.await;
         match Arc::try_unwrap(registry) {
             Ok(registry) => registry.shutdown().await,
             Err(_) => {
@@ -640,6 +677,26 @@ struct ServeFlags {
     /// in milliseconds.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     stall_limit_ms: u64,
+    /// The most WebSockets open at once (their own cap, apart from
+    /// --max-connections); an upgrade over it is answered 503.
+    #[arg(long, default_value_t = 100_000)]
+    max_websockets: usize,
+    /// The largest WebSocket message a client may send, in bytes; larger
+    /// closes the socket with 1009.
+    #[arg(long, default_value_t = 32 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    websocket_max_message_bytes: u64,
+    /// The bytes queued for one WebSocket at most; a client that stops
+    /// reading is closed with 1008.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    websocket_send_buffer_bytes: usize,
+    /// A WebSocket silent for this long is pinged, and closed as half-open
+    /// if it stays silent as long again, in milliseconds.
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    websocket_idle_timeout_ms: u64,
+    /// The events of one object waiting for delivery at most (while its
+    /// worker is replaced); a message beyond closes its socket with 1013.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    websocket_object_buffer: u64,
     /// Shut down gracefully when standard input reaches end of file (for
     /// supervisors and test harnesses that hold a pipe to the server).
     #[arg(long, hide = true)]
@@ -680,6 +737,14 @@ impl ServeFlags {
                 idle_timeout: std::time::Duration::from_millis(self.idle_timeout_ms),
                 max_connections: self.max_connections,
                 ..RouterConfig::default()
+            },
+            websocket: WebSocketConfig {
+                max_sockets: self.max_websockets,
+                max_message_bytes: self.websocket_max_message_bytes as usize,
+                send_buffer_bytes: self.websocket_send_buffer_bytes,
+                idle_timeout: std::time::Duration::from_millis(self.websocket_idle_timeout_ms),
+                object_buffer_events: self.websocket_object_buffer as usize,
+                ..WebSocketConfig::default()
             },
             runtime: RuntimeConfig::default(),
             heartbeat_timeout: std::time::Duration::from_millis(self.heartbeat_timeout_ms),
@@ -778,6 +843,37 @@ impl ObjectService for LocalService {
             Ok(runtime
                 .call_within(object, None, RpcCall { method, args }, scope)
                 .await?)
+        }
+        .boxed()
+    }
+
+    fn socket_event(
+        &self,
+        object: ObjectAddress,
+        event: SocketEventOut,
+        payload: Bytes,
+        deadline: Instant,
+    ) -> BoxFuture<'static, Result<(), ForwardError>> {
+        let runtime = self.runtime.clone();
+        async move {
+            let shard = object.id.shard(runtime.shard_count());
+            let event = odo_core::socket::SocketEvent {
+                target: odo_core::wire::Target {
+                    object,
+                    shard,
+                    epoch: runtime.shard_epoch(shard).unwrap_or(0),
+                },
+                meta: odo_core::wire::CallMeta::default(),
+                door: event.door,
+                socket: event.socket,
+                auto_response_ms: event.auto_response_ms,
+                kind: event.kind,
+            };
+            let scope = CallScope {
+                deadline,
+                chain: Arc::from([]),
+            };
+            Ok(runtime.socket_event(event, None, payload, scope).await?)
         }
         .boxed()
     }

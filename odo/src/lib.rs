@@ -28,7 +28,9 @@ mod cluster;
 pub mod demo;
 #[cfg(feature = "postgres")]
 mod postgres;
+pub mod room;
 mod split;
+mod websockets;
 
 pub use admin::RegistryAdmin;
 pub use app::{App, OdoError, ServeOptions};
@@ -42,12 +44,14 @@ pub use odo_storage as storage;
 pub use odo_storage::{ListOptions, SqlValue};
 pub use odo_worker::{
     AlarmInfo, ClassStorage, Context, DurableObject, ObjectError, Request, Response, RpcCall,
-    RpcReply, RuntimeConfig, Stub,
+    RpcReply, RuntimeConfig, Stub, WebSocket, WebSocketError, WebSocketMessage,
+    is_websocket_upgrade,
 };
 pub use split::StorageSplitter;
 
 /// The demo server's app: `Counter` under `/counter`, the SQLite-backed
-/// `SqlCounter` under `/sqlcounter`, `Kv` under `/kv`, and the plain route
+/// `SqlCounter` under `/sqlcounter`, `Kv` under `/kv`, the chat
+/// [`room::Room`] under `/room`, and the plain route
 /// `GET /hello`, which no object serves.
 pub fn demo_app() -> App {
     demo_app_on(ClassStorage::KeyValue)
@@ -61,6 +65,7 @@ pub fn demo_app_on(storage: ClassStorage) -> App {
         .class_as("counter", "COUNTER", storage, demo::Counter::create)
         .sqlite_class::<demo::SqlCounter>("sqlcounter", "SQL_COUNTER")
         .class_as("kv", "KV", storage, demo::Kv::create)
+        .class::<room::Room>("room", "ROOM")
         .route(http::Method::GET, "/hello", |_request| async {
             let mut response = http::Response::new(bytes::Bytes::from_static(b"hello"));
             response.headers_mut().insert(

@@ -23,3 +23,4 @@ pub mod sqlite_cell;
 pub mod tls;
 pub mod topology;
 pub mod transcript;
+pub mod ws;

@@ -163,6 +163,7 @@ mod secrets;
 mod soak;
 mod sql;
 mod strangers;
+mod websockets;
 
 /// Every scenario, in the order they run.
 pub fn all() -> Vec<Scenario> {
@@ -219,6 +220,16 @@ pub fn all() -> Vec<Scenario> {
             &[Needs::LinuxProcesses],
             secrets::secrets_and_files,
         ),
+        s("ws_room", &[], websockets::ws_room),
+        s("ws_hibernation", &[], websockets::ws_hibernation),
+        s(
+            "ws_sigkill_worker",
+            &[Needs::Durability, Needs::LinuxProcesses],
+            websockets::ws_sigkill_worker,
+        ),
+        s("ws_large_message", &[], websockets::ws_large_message),
+        s("ws_shutdown", &[], websockets::ws_shutdown),
+        s("ws_limits", &[Needs::LinuxProcesses], websockets::ws_limits),
         s(
             "fault_strangers",
             &[Needs::LinuxProcesses],

@@ -126,3 +126,77 @@ async fn zero_workers_serve_the_same_contract_in_process() {
     let c = odo_tests::http::HttpClient::new(&server.base);
     assert_eq!(c.get("/counter/local").await.unwrap().text(), "3");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_opens_websockets_to_an_object() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let command = WorkerCommand {
+        program: env!("CARGO_BIN_EXE_odo-test-server").into(),
+        args: Vec::new(),
+    };
+    let mut config = RegistryConfig::new(command, dir.path().join("data"));
+    config.workers = 2;
+    config.transport = TransportKind::Tcp;
+    let registry = Registry::start(config).await.unwrap();
+    registry.ready().await.unwrap();
+    let service = Arc::new(ClusterService::new(
+        registry.placement_source(),
+        odo_transport::ClientConfig::new(registry.token()),
+    ));
+    // The client's own front door, where workers send the sockets' outputs.
+    let server = odo_transport::Server::bind(
+        &"tcp:127.0.0.1:0".parse().unwrap(),
+        odo_transport::ServerConfig::new(registry.token()),
+    )
+    .await
+    .unwrap();
+    let door = odo_router::Door::new(
+        odo_router::WebSocketConfig::default(),
+        server.endpoint().to_string(),
+        service.clone(),
+    );
+    let handler_door = door.clone();
+    let handler = odo_transport::handler_fn(move |request, body| {
+        let answer = handler_door.handle_request(request, body);
+        async move { answer }
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(Arc::new(handler), async move {
+        let _ = stopped.await;
+    }));
+    let client = Client::new(service).with_websockets(door.clone());
+    let room = client.namespace("ROOM").get_by_name("embedded");
+    let open = || room.websocket(http::Request::get("/room/embedded/ws").body(()).unwrap());
+    let mut a = open().await.unwrap();
+    let mut b = open().await.unwrap();
+    a.send(Message::text("from rust")).await.unwrap();
+    for ws in [&mut a, &mut b] {
+        let got = ws.next().await.unwrap().unwrap();
+        assert_eq!(got, Message::text("1:from rust"));
+    }
+    // Not an upgrade route: the object's answer comes back as the refusal.
+    let refused = room
+        .websocket(
+            http::Request::get("/room/embedded/history")
+                .body(())
+                .unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            odo_router::ClientError::WebSocketRefused { status: 200, .. }
+        ),
+        "{refused}"
+    );
+    a.close(None).await.unwrap();
+    drop(b);
+    door.shutdown().await;
+    let _ = stop.send(());
+    serving.await.unwrap();
+    registry.shutdown().await;
+}

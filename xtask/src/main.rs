@@ -126,10 +126,14 @@ fn ci() -> Result<()> {
         &["doc", "--workspace", "--no-deps"],
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
-    // The postgres backend's tests start a private PostgreSQL server; in
-    // CI they must run, not skip.
-    system::ensure(&[system::POSTGRES])?;
-    cargo_with_env(&["test", "--workspace"], &[("ODO_REQUIRE_POSTGRES", "1")])?;
+    // The browser test drives the room's page in Chromium, and the
+    // postgres backend's tests start a private PostgreSQL server: both are
+    // installed here when missing, and required (not skipped) under `ci`.
+    system::ensure(&[system::CHROMIUM, system::POSTGRES])?;
+    cargo_with_env(
+        &["test", "--workspace"],
+        &[("ODO_REQUIRE_BROWSER", "1"), ("ODO_REQUIRE_POSTGRES", "1")],
+    )?;
     multiprocess::run(multiprocess::Options::whole_matrix())?;
     if cfg!(target_os = "linux") {
         test_cluster()?;

@@ -26,6 +26,18 @@ pub(crate) const POSTGRES: Need = Need {
     present: postgres_present,
 };
 
+/// Chromium, which the room page's browser test drives (headless).
+pub(crate) const CHROMIUM: Need = Need {
+    what: "Chromium (the room page's browser test)",
+    package: "chromium",
+    present: chromium_present,
+};
+
+fn chromium_present() -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("chromium").is_file()))
+}
+
 /// etcd, which `cargo xtask test-cluster` runs (three members).
 pub(crate) const ETCD: Need = Need {
     what: "etcd",

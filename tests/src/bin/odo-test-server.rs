@@ -5,7 +5,8 @@
 //! backend than odo's own: `logfile` (`odo_tests::backend`).
 //!
 //! `ODO_TEST_IDLE_MS` sets the runtime's idle timeout (eviction scenarios);
-//! `ODO_TEST_QUEUE_DEPTH` its per-object queue depth (overload scenarios).
+//! `ODO_TEST_QUEUE_DEPTH` its per-object queue depth (overload scenarios);
+//! `ODO_TEST_WS_PER_OBJECT` the WebSockets one object may accept.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -246,8 +247,121 @@ impl DurableObject for Probe {
                     .map_err(|e| ObjectError::msg(format!("cannot run env: {e}")))?;
                 Ok(reply(StatusCode::OK, output.stdout))
             }
+            // A WebSocket with the tags `tag=...` (see `websocket_message`).
+            (Method::GET, ["ws"]) => {
+                let tags: Vec<String> = request
+                    .uri()
+                    .query()
+                    .map(|q| {
+                        form_urlencoded::parse(q.as_bytes())
+                            .filter(|(k, _)| k == "tag")
+                            .map(|(_, v)| v.into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                match ctx.accept_websocket(tags) {
+                    Ok(response) => Ok(response),
+                    Err(e) => Ok(reply(StatusCode::BAD_REQUEST, format!("{e}\n"))),
+                }
+            }
+            // What the object's WebSocket events left: one line each.
+            (Method::GET, ["wslog"]) => {
+                let options = odo::ListOptions {
+                    prefix: Some("wslog/".into()),
+                    ..Default::default()
+                };
+                let mut out = String::new();
+                for (_, line) in ctx.storage().list(&options).await? {
+                    out.push_str(&String::from_utf8_lossy(&line));
+                    out.push('\n');
+                }
+                Ok(reply(StatusCode::OK, out))
+            }
             _ => Ok(reply(StatusCode::NOT_FOUND, "no such probe route")),
         }
+    }
+
+    /// Commands over the socket: `whoami` (the activation), `attach:V`
+    /// (keeps V with the socket), `list` (every socket's tags and
+    /// attachment, in order), `count:T` (sockets tagged T), `auto:Q=R`
+    /// (the auto-response pair), `autots` (whether this socket's
+    /// auto-response was answered), `close` (closes it, 4000); a binary
+    /// message comes back as it is.
+    async fn websocket_message(
+        &mut self,
+        ctx: &mut Context,
+        ws: odo::WebSocket,
+        message: odo::WebSocketMessage,
+    ) -> Result<(), ObjectError> {
+        let text = match message {
+            odo::WebSocketMessage::Binary(bytes) => {
+                ws.send(bytes)?;
+                return Ok(());
+            }
+            odo::WebSocketMessage::Text(text) => text,
+        };
+        let answer = if text == "whoami" {
+            ctx.activation().to_string()
+        } else if let Some(value) = text.strip_prefix("attach:") {
+            ws.serialize_attachment(&value.to_owned())?;
+            "attached".to_owned()
+        } else if text == "list" {
+            let mut rows = Vec::new();
+            for socket in ctx.websockets(None) {
+                let attachment: Option<String> = socket.deserialize_attachment()?;
+                rows.push(format!(
+                    "{}={}",
+                    ctx.tags(&socket).join("+"),
+                    attachment.unwrap_or_default()
+                ));
+            }
+            rows.join(",")
+        } else if let Some(tag) = text.strip_prefix("count:") {
+            ctx.websockets(Some(tag)).len().to_string()
+        } else if let Some(pair) = text.strip_prefix("auto:") {
+            let (request, response) = pair.split_once('=').unwrap_or((pair, ""));
+            ctx.set_websocket_auto_response(request, response)?;
+            "auto set".to_owned()
+        } else if text == "autots" {
+            format!("answered={}", ctx.auto_response_timestamp(&ws).is_some())
+        } else if let Some(count) = text.strip_prefix("flood:") {
+            // `count` messages of 64 KiB each, for a client that stops
+            // reading.
+            let chunk = "x".repeat(64 * 1024);
+            for _ in 0..count.parse::<usize>().unwrap_or(0) {
+                ws.send(chunk.as_str())?;
+            }
+            return Ok(());
+        } else if text == "close" {
+            ws.close(4000, "asked to")?;
+            return Ok(());
+        } else {
+            format!("unknown command {text:?}")
+        };
+        ws.send(answer)?;
+        Ok(())
+    }
+
+    async fn websocket_close(
+        &mut self,
+        ctx: &mut Context,
+        _ws: odo::WebSocket,
+        code: u16,
+        _reason: String,
+        was_clean: bool,
+    ) -> Result<(), ObjectError> {
+        let left = ctx.websockets(None).len();
+        ws_log(ctx, format!("close {code} clean={was_clean} left={left}")).await
+    }
+
+    async fn websocket_error(
+        &mut self,
+        ctx: &mut Context,
+        _ws: odo::WebSocket,
+        _error: String,
+    ) -> Result<(), ObjectError> {
+        let left = ctx.websockets(None).len();
+        ws_log(ctx, format!("error left={left}")).await
     }
 
     async fn alarm(&mut self, ctx: &mut Context, alarm: AlarmInfo) -> Result<(), ObjectError> {
@@ -264,6 +378,16 @@ impl DurableObject for Probe {
     }
 }
 
+/// Appends `line` to the object's WebSocket log.
+async fn ws_log(ctx: &mut Context, line: String) -> Result<(), ObjectError> {
+    let n = get_u64(ctx, "wslog_n").await? + 1;
+    ctx.storage().put_typed("wslog_n", &n).await?;
+    ctx.storage()
+        .put(&format!("wslog/{n:08}"), Bytes::from(line))
+        .await?;
+    Ok(())
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
@@ -272,6 +396,9 @@ fn main() -> ExitCode {
     let mut runtime = RuntimeConfig::default();
     if let Some(ms) = env_u64("ODO_TEST_IDLE_MS") {
         runtime.idle_timeout = Duration::from_millis(ms);
+    }
+    if let Some(max) = env_u64("ODO_TEST_WS_PER_OBJECT") {
+        runtime.websocket_max_sockets_per_object = max as usize;
     }
     if let Some(depth) = env_u64("ODO_TEST_QUEUE_DEPTH") {
         runtime.queue_depth = depth as usize;

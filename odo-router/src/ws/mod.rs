@@ -1,0 +1,595 @@
+//! WebSockets at the front door: a client's socket ends here, never at a
+//! worker, so it outlives its object's eviction and its worker.
+//!
+//! The [`Door`] terminates each socket (tungstenite's protocol), keeps
+//! what the object gave it (tags, attachment, the auto-response pair),
+//! relays the socket's messages, closes and errors to the object as events
+//! through the [`ObjectService`] (one at a time per object, in arrival
+//! order: `pump.rs`), and applies the outputs the object's turns hand back
+//! ([`Door::apply`]). Every buffer is bounded: a socket's send queue (a
+//! client that stops reading is closed with 1008), an object's queue of
+//! undelivered events (overflow closes the socket with 1013).
+//!
+//! - `upgrade.rs`: an upgrade request, forwarded to the object, which
+//!   accepts it (a `101` with its tags) or answers otherwise.
+//! - `conn.rs`: one socket's connection, read and written.
+//! - `pump.rs`: delivering an object's events, and what a failure means
+//!   for the socket whose event it was.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use odo_core::socket::{SocketEventKind, SocketOp, SocketOutput, SocketRecord, close_code};
+use odo_core::wire::{Request, Response};
+use odo_core::{ObjectAddress, ObjectId, WireError};
+use tokio::sync::Notify;
+use tracing::debug;
+use tungstenite::Message;
+use tungstenite::protocol::CloseFrame;
+
+use crate::service::ObjectService;
+
+mod conn;
+mod pump;
+mod upgrade;
+
+pub(crate) use upgrade::{Upgrade, is_upgrade};
+
+/// A WebSocket a Rust program opened to an object with
+/// [`ClientStub::websocket`](crate::ClientStub::websocket): tungstenite's
+/// stream over an in-process pipe to the [`Door`], which holds the socket
+/// like any client's.
+pub type ClientWebSocket = tokio_tungstenite::WebSocketStream<tokio::io::DuplexStream>;
+
+/// Limits and timings of the front door's WebSockets. `Default` gives the
+/// documented defaults.
+#[derive(Debug, Clone)]
+pub struct WebSocketConfig {
+    /// The largest message a client may send, in bytes; larger closes the
+    /// socket with 1009. Default 32 MiB (as Cloudflare).
+    pub max_message_bytes: usize,
+    /// The most WebSockets open at once (their own cap: the HTTP
+    /// connection cap does not count upgraded sockets). An upgrade over it
+    /// is answered 503. Default 100,000.
+    pub max_sockets: usize,
+    /// The bytes queued for one socket at most (besides one message of
+    /// any size): a client that stops reading is closed with 1008 once
+    /// its queue would grow past it. Default 1 MiB.
+    pub send_buffer_bytes: usize,
+    /// The events of one object waiting for delivery at most (while its
+    /// worker is being replaced, say); a message beyond closes its socket
+    /// with 1013. Default 1,024.
+    pub object_buffer_events: usize,
+    /// A socket that sends nothing for this long is pinged; one that stays
+    /// silent for as long again is taken for a half-open connection and
+    /// closed (its object gets a close event, 1006). Default 60 s.
+    pub idle_timeout: Duration,
+    /// How long delivering one event may take. Default 30 s.
+    pub event_deadline: Duration,
+    /// How long shutdown waits for sockets to close (1001) and their close
+    /// events to be delivered. Default 5 s.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 32 * 1024 * 1024,
+            max_sockets: 100_000,
+            send_buffer_bytes: 1024 * 1024,
+            object_buffer_events: 1024,
+            idle_timeout: Duration::from_secs(60),
+            event_deadline: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The front door's WebSockets. Cheap to clone.
+#[derive(Clone)]
+pub struct Door {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Door {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Door")
+            .field("endpoint", &self.inner.endpoint)
+            .field("open_sockets", &self.open_sockets())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    config: WebSocketConfig,
+    /// Where workers send this door's outputs.
+    endpoint: String,
+    service: Arc<dyn ObjectService>,
+    state: Mutex<State>,
+    next_socket: AtomicU64,
+    /// Sockets counted against the cap: being upgraded or open.
+    open: AtomicUsize,
+    /// Set at shutdown: no new upgrades.
+    closing: AtomicBool,
+    /// Woken when a socket goes or a pump ends (shutdown waits on it).
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    sockets: HashMap<u64, Socket>,
+    objects: HashMap<ObjectId, Obj>,
+    /// Messages being sent in parts, by their first socket.
+    partials: HashMap<u64, (bool, BytesMut)>,
+}
+
+/// One socket as the door keeps it.
+struct Socket {
+    object: ObjectId,
+    /// The object accepted it (its `101` came back).
+    accepted: bool,
+    tags: Vec<String>,
+    attachment: Option<Bytes>,
+    auto_response_ms: Option<u64>,
+    out: Arc<Outbound>,
+}
+
+/// One object with sockets here.
+struct Obj {
+    address: ObjectAddress,
+    sockets: usize,
+    auto_response: Option<(String, String)>,
+    queue: VecDeque<Pending>,
+    pumping: bool,
+}
+
+/// An event waiting for delivery.
+struct Pending {
+    socket: u64,
+    kind: SocketEventKind,
+    payload: Bytes,
+    /// For the last event of a socket the door no longer keeps: its
+    /// record, in case the object's worker must be handed it first.
+    record: Option<SocketRecord>,
+}
+
+impl Socket {
+    fn record(&self, id: u64) -> SocketRecord {
+        SocketRecord {
+            socket: id,
+            tags: self.tags.clone(),
+            attachment: self.attachment.as_ref().map(|a| a.to_vec()),
+            auto_response_ms: self.auto_response_ms,
+        }
+    }
+}
+
+impl Obj {
+    fn idle(&self) -> bool {
+        self.sockets == 0 && self.queue.is_empty() && !self.pumping
+    }
+}
+
+/// Why a socket was closed by the door: the code its client and its
+/// object are told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Kill {
+    code: u16,
+    reason: &'static str,
+}
+
+/// A socket's queue of messages to send, bounded.
+pub(crate) struct Outbound {
+    queue: Mutex<OutQueue>,
+    /// Wakes the writer.
+    ready: Notify,
+    /// Cancelled when the door closes the socket (wakes the reader).
+    killed: tokio_util::sync::CancellationToken,
+}
+
+#[derive(Default)]
+struct OutQueue {
+    items: VecDeque<Message>,
+    bytes: usize,
+    /// A close frame is queued: nothing more is sent.
+    closed: bool,
+    /// The door closes the socket (a limit, a restart, shutdown).
+    killed: Option<Kill>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn message_len(message: &Message) -> usize {
+    match message {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
+        Message::Close(_) | Message::Frame(_) => 0,
+    }
+}
+
+impl Outbound {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            queue: Mutex::default(),
+            ready: Notify::new(),
+            killed: tokio_util::sync::CancellationToken::new(),
+        })
+    }
+
+    /// Queues `message`; `false` when the queue would pass `cap` bytes
+    /// (one message always fits an empty queue): the client is not
+    /// reading.
+    fn push(&self, message: Message, cap: usize) -> bool {
+        let mut queue = lock(&self.queue);
+        if queue.closed || queue.killed.is_some() {
+            return true;
+        }
+        let len = message_len(&message);
+        if !queue.items.is_empty() && queue.bytes + len > cap {
+            return false;
+        }
+        if matches!(message, Message::Close(_)) {
+            queue.closed = true;
+        }
+        queue.bytes += len;
+        queue.items.push_back(message);
+        drop(queue);
+        self.ready.notify_one();
+        true
+    }
+
+    /// Closes the socket from the door's side: what is queued is dropped.
+    fn kill(&self, kill: Kill) {
+        let mut queue = lock(&self.queue);
+        if queue.killed.is_none() {
+            queue.killed = Some(kill);
+            queue.items.clear();
+            queue.bytes = 0;
+        }
+        drop(queue);
+        self.ready.notify_one();
+        self.killed.cancel();
+    }
+
+    fn kill_reason(&self) -> Option<Kill> {
+        lock(&self.queue).killed
+    }
+
+    /// Takes what is queued, or says the socket was killed.
+    fn take(&self, into: &mut Vec<Message>) -> Result<(), Kill> {
+        let mut queue = lock(&self.queue);
+        if let Some(kill) = queue.killed {
+            return Err(kill);
+        }
+        into.extend(queue.items.drain(..));
+        queue.bytes = 0;
+        Ok(())
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Door {
+    /// A front door for WebSockets whose outputs workers send to
+    /// `endpoint` (this door's transport endpoint, served with
+    /// [`Door::handle_request`]; any unique name in a process that hosts
+    /// its objects itself), delivering events through `service`.
+    pub fn new(
+        config: WebSocketConfig,
+        endpoint: impl Into<String>,
+        service: Arc<dyn ObjectService>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                endpoint: endpoint.into(),
+                service,
+                state: Mutex::default(),
+                next_socket: AtomicU64::new(1),
+                open: AtomicUsize::new(0),
+                closing: AtomicBool::new(false),
+                changed: Notify::new(),
+            }),
+        }
+    }
+
+    /// The endpoint workers send this door's outputs to.
+    pub fn endpoint(&self) -> &str {
+        &self.inner.endpoint
+    }
+
+    /// Sockets open (or being upgraded) right now.
+    pub fn open_sockets(&self) -> usize {
+        self.inner.open.load(Ordering::SeqCst)
+    }
+
+    fn config(&self) -> &WebSocketConfig {
+        &self.inner.config
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.inner.state)
+    }
+
+    /// Answers a request a worker sent this door (its transport
+    /// endpoint's handler): applies `SocketOutput`s. Answers at once,
+    /// without waiting, so outputs are applied in the order they arrive.
+    pub fn handle_request(&self, request: Request, body: Bytes) -> (Response, Bytes) {
+        match request {
+            Request::SocketOutput(output) => match self.apply(output, body) {
+                Ok(()) => (Response::Socket, Bytes::new()),
+                Err(e) => (Response::Error(e), Bytes::new()),
+            },
+            _ => (
+                Response::Error(WireError::BadRequest {
+                    message: "a front door takes only WebSocket outputs".into(),
+                }),
+                Bytes::new(),
+            ),
+        }
+    }
+
+    /// Applies an object's outputs (their payloads in `body`): sends,
+    /// closes, attachments, the auto-response. Outputs for sockets that are
+    /// gone are dropped.
+    pub fn apply(&self, output: SocketOutput, body: Bytes) -> Result<(), WireError> {
+        let cap = self.config().send_buffer_bytes;
+        let mut at = 0usize;
+        let mut payload = |len: usize| -> Result<Bytes, WireError> {
+            let end = at
+                .checked_add(len)
+                .filter(|&end| end <= body.len())
+                .ok_or_else(|| WireError::BadRequest {
+                    message: "socket output ops overrun the body".into(),
+                })?;
+            let bytes = body.slice(at..end);
+            at = end;
+            Ok(bytes)
+        };
+        let mut overflowed = Vec::new();
+        let mut state = self.state();
+        for op in output.ops {
+            match op {
+                SocketOp::Send {
+                    sockets,
+                    binary,
+                    len,
+                    more,
+                } => {
+                    let part = payload(len as usize)?;
+                    let Some(&first) = sockets.first() else {
+                        continue;
+                    };
+                    let whole = match state.partials.remove(&first) {
+                        Some((_, mut buffer)) => {
+                            buffer.extend_from_slice(&part);
+                            buffer.freeze()
+                        }
+                        None => part,
+                    };
+                    if more {
+                        state
+                            .partials
+                            .insert(first, (binary, BytesMut::from(&whole[..])));
+                        continue;
+                    }
+                    let message = if binary {
+                        Message::Binary(whole)
+                    } else {
+                        match tungstenite::Utf8Bytes::try_from(whole) {
+                            Ok(text) => Message::Text(text),
+                            Err(_) => {
+                                return Err(WireError::BadRequest {
+                                    message: "a text message that is not UTF-8".into(),
+                                });
+                            }
+                        }
+                    };
+                    for id in sockets {
+                        if let Some(socket) = state.sockets.get(&id)
+                            && !socket.out.push(message.clone(), cap)
+                        {
+                            overflowed.push(socket.out.clone());
+                        }
+                    }
+                }
+                SocketOp::Close {
+                    socket,
+                    code,
+                    reason,
+                } => {
+                    if let Some(socket) = state.sockets.get(&socket) {
+                        let frame = CloseFrame {
+                            code: code.into(),
+                            reason: reason.into(),
+                        };
+                        socket.out.push(Message::Close(Some(frame)), usize::MAX);
+                    }
+                }
+                SocketOp::Attach { socket, len } => {
+                    let value = match len {
+                        Some(len) => Some(payload(len as usize)?),
+                        None => None,
+                    };
+                    if let Some(socket) = state.sockets.get_mut(&socket) {
+                        socket.attachment = value;
+                    }
+                }
+                SocketOp::AutoResponse { object, pair } => {
+                    if let Some(obj) = state.objects.get_mut(&object) {
+                        obj.auto_response = pair;
+                    }
+                }
+            }
+        }
+        drop(state);
+        for out in overflowed {
+            out.kill(Kill {
+                code: close_code::POLICY_VIOLATION,
+                reason: "the client does not read its messages",
+            });
+        }
+        Ok(())
+    }
+
+    /// What the door keeps of `object`'s sockets, for its next worker.
+    pub(crate) fn records(&self, object: &ObjectId) -> Vec<SocketRecord> {
+        let state = self.state();
+        let mut records: Vec<SocketRecord> = state
+            .sockets
+            .iter()
+            .filter(|(_, s)| s.object == *object && s.accepted)
+            .map(|(&id, s)| s.record(id))
+            .collect();
+        records.sort_by_key(|r| r.socket);
+        records
+    }
+
+    /// The object's auto-response pair, as the door keeps it.
+    pub(crate) fn auto_response(&self, object: &ObjectId) -> Option<(String, String)> {
+        self.state()
+            .objects
+            .get(object)
+            .and_then(|o| o.auto_response.clone())
+    }
+
+    /// Queues an event of socket `socket` for its object. A message that
+    /// finds the object's queue full closes the socket with 1013 instead.
+    fn relay(&self, socket: u64, kind: SocketEventKind, payload: Bytes) {
+        let mut state = self.state();
+        let Some(object) = state.sockets.get(&socket).map(|s| s.object) else {
+            return;
+        };
+        let max = self.config().object_buffer_events;
+        let Some(obj) = state.objects.get_mut(&object) else {
+            return;
+        };
+        let is_message = matches!(kind, SocketEventKind::Message { .. });
+        if is_message && obj.queue.len() >= max {
+            let out = state.sockets.get(&socket).map(|s| s.out.clone());
+            drop(state);
+            if let Some(out) = out {
+                out.kill(Kill {
+                    code: close_code::TRY_AGAIN_LATER,
+                    reason: "too many messages waiting for the object",
+                });
+            }
+            return;
+        }
+        obj.queue.push_back(Pending {
+            socket,
+            kind,
+            payload,
+            record: None,
+        });
+        let start = !obj.pumping;
+        obj.pumping = true;
+        drop(state);
+        if start {
+            tokio::spawn(pump::pump(self.clone(), object));
+        }
+    }
+
+    /// Answers a text message with the object's auto-response if it is
+    /// exactly the request text; `true` when answered.
+    fn auto_respond(&self, socket: u64, text: &str) -> bool {
+        let mut state = self.state();
+        let Some(object) = state.sockets.get(&socket).map(|s| s.object) else {
+            return false;
+        };
+        let response = match state
+            .objects
+            .get(&object)
+            .and_then(|o| o.auto_response.as_ref())
+        {
+            Some((request, response)) if request == text => response.clone(),
+            _ => return false,
+        };
+        let cap = self.config().send_buffer_bytes;
+        let Some(s) = state.sockets.get_mut(&socket) else {
+            return false;
+        };
+        s.auto_response_ms = Some(now_ms());
+        if !s.out.push(Message::text(response), cap) {
+            let out = s.out.clone();
+            drop(state);
+            out.kill(Kill {
+                code: close_code::POLICY_VIOLATION,
+                reason: "the client does not read its messages",
+            });
+        }
+        true
+    }
+
+    /// A socket ended: the door forgets it and its object gets `last`.
+    fn socket_gone(&self, socket: u64, last: SocketEventKind) {
+        let mut state = self.state();
+        let Some(gone) = state.sockets.remove(&socket) else {
+            return;
+        };
+        state.partials.remove(&socket);
+        let mut start = false;
+        if let Some(obj) = state.objects.get_mut(&gone.object) {
+            obj.sockets -= 1;
+            obj.queue.push_back(Pending {
+                socket,
+                kind: last,
+                payload: Bytes::new(),
+                record: gone.accepted.then(|| gone.record(socket)),
+            });
+            start = !obj.pumping;
+            obj.pumping = true;
+        }
+        drop(state);
+        self.inner.open.fetch_sub(1, Ordering::SeqCst);
+        self.inner.changed.notify_waiters();
+        if start {
+            tokio::spawn(pump::pump(self.clone(), gone.object));
+        }
+        debug!(socket, "WebSocket closed");
+    }
+
+    /// Closes every socket with 1001 and waits (at most the grace period)
+    /// until they are closed and their objects have their close events.
+    pub async fn shutdown(&self) {
+        self.inner.closing.store(true, Ordering::SeqCst);
+        let outs: Vec<Arc<Outbound>> = self
+            .state()
+            .sockets
+            .values()
+            .map(|s| s.out.clone())
+            .collect();
+        for out in outs {
+            out.kill(Kill {
+                code: close_code::GOING_AWAY,
+                reason: "the server is shutting down",
+            });
+        }
+        let grace = self.config().shutdown_grace;
+        let _ = tokio::time::timeout(grace, async {
+            loop {
+                let changed = self.inner.changed.notified();
+                let busy = {
+                    let state = self.state();
+                    !state.sockets.is_empty() || state.objects.values().any(|o| o.pumping)
+                };
+                if !busy && self.open_sockets() == 0 {
+                    return;
+                }
+                changed.await;
+            }
+        })
+        .await;
+    }
+}

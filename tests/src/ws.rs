@@ -1,0 +1,171 @@
+//! A WebSocket client for tests (tokio-tungstenite), with every wait
+//! bounded: a failure guard, not a timing.
+
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, bail};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single wait on a socket may take before the test fails.
+pub const GUARD: Duration = Duration::from_secs(20);
+
+/// One client socket.
+#[derive(Debug)]
+pub struct Ws {
+    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// What a socket received next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Got {
+    /// A text message.
+    Text(String),
+    /// A binary message.
+    Binary(Vec<u8>),
+    /// A close frame: its code and reason (1005 without one).
+    Close(u16, String),
+    /// The connection ended without a close frame.
+    Dropped,
+}
+
+impl std::fmt::Display for Got {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Got::Text(t) if t.len() <= 200 => write!(f, "text {t:?}"),
+            Got::Text(t) => write!(f, "text <{} bytes>", t.len()),
+            Got::Binary(b) => write!(f, "binary <{} bytes>", b.len()),
+            Got::Close(code, reason) => write!(f, "close {code} {reason:?}"),
+            Got::Dropped => write!(f, "dropped"),
+        }
+    }
+}
+
+impl Ws {
+    /// Opens a WebSocket to `base` (`http://host:port`) + `path`; the
+    /// HTTP status and body of a refused upgrade make the error.
+    pub async fn connect(base: &str, path: &str) -> Result<Ws> {
+        Self::connect_with(base, path, None).await
+    }
+
+    /// As [`Ws::connect`], with a limit on the messages this client
+    /// accepts.
+    pub async fn connect_with(base: &str, path: &str, max_message: Option<usize>) -> Result<Ws> {
+        let url = format!("{}{path}", base.replacen("http://", "ws://", 1));
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(max_message.or(Some(64 << 20)))
+            .max_frame_size(max_message.or(Some(64 << 20)));
+        let connect = tokio_tungstenite::connect_async_with_config(url, Some(config), false);
+        match tokio::time::timeout(GUARD, connect).await {
+            Err(_) => bail!("no answer to the upgrade of {path}"),
+            Ok(Ok((stream, _))) => Ok(Ws { stream }),
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
+                let body = response
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                Err(anyhow!("{} {}", response.status().as_u16(), body.trim()))
+            }
+            Ok(Err(e)) => Err(e.into()),
+        }
+    }
+
+    /// Sends a text message.
+    pub async fn send(&mut self, text: &str) -> Result<()> {
+        self.send_message(Message::text(text)).await
+    }
+
+    /// Sends any message.
+    pub async fn send_message(&mut self, message: Message) -> Result<()> {
+        tokio::time::timeout(GUARD, self.stream.send(message))
+            .await
+            .map_err(|_| anyhow!("a send did not finish"))??;
+        Ok(())
+    }
+
+    /// The next message (pings and pongs skipped).
+    pub async fn next(&mut self) -> Result<Got> {
+        loop {
+            let next = tokio::time::timeout(GUARD, self.stream.next())
+                .await
+                .map_err(|_| anyhow!("nothing arrived"))?;
+            return Ok(match next {
+                None => Got::Dropped,
+                Some(Err(_)) => Got::Dropped,
+                Some(Ok(Message::Text(t))) => Got::Text(t.as_str().to_owned()),
+                Some(Ok(Message::Binary(b))) => Got::Binary(b.to_vec()),
+                Some(Ok(Message::Close(frame))) => match frame {
+                    Some(CloseFrame { code, reason }) => {
+                        Got::Close(u16::from(code), reason.as_str().to_owned())
+                    }
+                    None => Got::Close(1005, String::new()),
+                },
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+            });
+        }
+    }
+
+    /// The next frame as it came, pings and pongs included.
+    pub async fn next_raw(&mut self) -> Result<Option<Message>> {
+        let next = tokio::time::timeout(GUARD, self.stream.next())
+            .await
+            .map_err(|_| anyhow!("nothing arrived"))?;
+        Ok(next.transpose()?)
+    }
+
+    /// The TCP stream under the socket (to write raw bytes).
+    pub fn raw(&mut self) -> &mut TcpStream {
+        match self.stream.get_mut() {
+            MaybeTlsStream::Plain(stream) => stream,
+            _ => unreachable!("tests connect without TLS"),
+        }
+    }
+
+    /// The next message, which must be text.
+    pub async fn text(&mut self) -> Result<String> {
+        match self.next().await? {
+            Got::Text(t) => Ok(t),
+            other => bail!("expected a text message, got {other}"),
+        }
+    }
+
+    /// Sends `command` and returns the text answer.
+    pub async fn ask(&mut self, command: &str) -> Result<String> {
+        self.send(command).await?;
+        self.text().await
+    }
+
+    /// Closes with `code` and waits for the server's close frame.
+    pub async fn close(mut self, code: u16) -> Result<Got> {
+        let frame = CloseFrame {
+            code: code.into(),
+            reason: "bye".into(),
+        };
+        self.send_message(Message::Close(Some(frame))).await?;
+        loop {
+            match self.next().await? {
+                Got::Text(_) | Got::Binary(_) => continue,
+                end => return Ok(end),
+            }
+        }
+    }
+
+    /// Reads until the socket ends and returns how.
+    pub async fn until_end(&mut self) -> Result<Got> {
+        loop {
+            match self.next().await? {
+                Got::Text(_) | Got::Binary(_) => continue,
+                end => return Ok(end),
+            }
+        }
+    }
+
+    /// The raw TCP stream (to drop it without a close frame).
+    pub fn into_inner(self) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+        self.stream
+    }
+}
