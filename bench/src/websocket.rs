@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::e2e::cpu::tree_rss;
 use crate::e2e::servers::{self as e2e, Pinning, Running, Server};
 use crate::stats::{Latencies, ratio};
 
@@ -523,46 +524,6 @@ fn first_worker_pid(base: &str) -> anyhow::Result<u32> {
         .and_then(|ws| ws.iter().find_map(|w| w["pid"].as_u64()))
         .map(|p| p as u32)
         .context("no worker pid")
-}
-
-/// Resident memory of `root` and its descendants, in bytes.
-fn tree_rss(root: u32) -> u64 {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    let mut procs: Vec<(u32, u32, u64)> = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
-            continue;
-        };
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        procs.push((pid, field("PPid:") as u32, field("VmRSS:") * 1024));
-    }
-    let mut tree = vec![root];
-    let mut total = 0;
-    let mut i = 0;
-    while i < tree.len() {
-        let parent = tree[i];
-        for &(pid, ppid, rss) in &procs {
-            if pid == parent {
-                total += rss;
-            }
-            if ppid == parent && !tree.contains(&pid) {
-                tree.push(pid);
-            }
-        }
-        i += 1;
-    }
-    total
 }
 
 /// Raises the open-file limit to its hard limit: every socket is a

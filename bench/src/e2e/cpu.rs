@@ -1,5 +1,5 @@
-//! CPU time of a server's whole process tree (odo's workers included),
-//! sampled from `/proc` in the background.
+//! CPU time (sampled in the background) and resident memory of a
+//! server's whole process tree (odo's workers included), from `/proc`.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,38 +10,55 @@ const CPU_SAMPLE: Duration = Duration::from_millis(20);
 
 /// user + system clock ticks of `root` and all its descendants.
 fn tree_cpu_ticks(root: u32) -> u64 {
+    tree_sum(root, "stat", |stat| {
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+        Some((num(1)? as u32, num(11)? + num(12)?))
+    })
+}
+
+/// Resident memory of `root` and all its descendants, in bytes.
+pub(crate) fn tree_rss(root: u32) -> u64 {
+    tree_sum(root, "status", |status| {
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        };
+        // Kernel threads have no VmRSS: they count as nothing.
+        Some((field("PPid:")? as u32, field("VmRSS:").unwrap_or(0) * 1024))
+    })
+}
+
+/// The sum over `root` and its descendants of a figure read from each
+/// process's `/proc/PID/<file>`: `parse` gives (parent pid, figure).
+fn tree_sum(root: u32, file: &str, parse: impl Fn(&str) -> Option<(u32, u64)>) -> u64 {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
     };
-    // (pid, ppid, ticks) of every process.
+    // (pid, ppid, figure) of every process.
     let mut procs: Vec<(u32, u32, u64)> = Vec::new();
     for entry in entries.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+        let Ok(text) = std::fs::read_to_string(entry.path().join(file)) else {
             continue;
         };
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let num = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        procs.push((pid, num(1) as u32, num(11) + num(12)));
+        if let Some((ppid, figure)) = parse(&text) {
+            procs.push((pid, ppid, figure));
+        }
     }
     let mut tree = vec![root];
     let mut total = 0;
     let mut i = 0;
     while i < tree.len() {
         let parent = tree[i];
-        for &(pid, ppid, ticks) in &procs {
+        for &(pid, ppid, figure) in &procs {
             if pid == parent {
-                total += ticks;
+                total += figure;
             }
             if ppid == parent && !tree.contains(&pid) {
                 tree.push(pid);

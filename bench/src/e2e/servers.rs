@@ -257,16 +257,26 @@ pub(crate) fn start_workerd(workerd: &Workerd, pinning: Pinning) -> anyhow::Resu
         .stderr(log)
         .spawn()
         .with_context(|| format!("starting {}", workerd.binary.display()))?;
+    ready_on_port(child, port, data, "workerd.log")
+}
+
+/// The server `child` started on `port` of loopback, once it answers; if it
+/// does not, stops it and fails with its log (`log`, in `data`).
+fn ready_on_port(
+    child: Child,
+    port: u16,
+    data: tempfile::TempDir,
+    log: &str,
+) -> anyhow::Result<Running> {
     let running = Running {
         child,
         base: format!("http://127.0.0.1:{port}"),
         _data: data,
     };
     if let Err(e) = wait_ready(&running) {
-        let log =
-            std::fs::read_to_string(running._data.path().join("workerd.log")).unwrap_or_default();
+        let text = std::fs::read_to_string(running._data.path().join(log)).unwrap_or_default();
         running.stop();
-        anyhow::bail!("{e:#}; workerd log:\n{log}");
+        anyhow::bail!("{e:#}; {log}:\n{text}");
     }
     Ok(running)
 }
@@ -336,16 +346,5 @@ pub(crate) fn start_limit(limit: &Path, pinning: Pinning) -> anyhow::Result<Runn
         .stderr(log)
         .spawn()
         .with_context(|| format!("starting {}", limit.display()))?;
-    let running = Running {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        _data: data,
-    };
-    if let Err(e) = wait_ready(&running) {
-        let log =
-            std::fs::read_to_string(running._data.path().join("limit.log")).unwrap_or_default();
-        running.stop();
-        anyhow::bail!("{e:#}; limit server log:\n{log}");
-    }
-    Ok(running)
+    ready_on_port(child, port, data, "limit.log")
 }
