@@ -159,10 +159,21 @@ async fn keep_alive(
         }
         let sent = Instant::now();
         if stream.is_none() {
-            stream = tokio::time::timeout(config.etcd_timeout, client.lease_keep_alive(id))
-                .await
-                .ok()
-                .and_then(Result::ok);
+            // Opening the stream renews the lease once and reads etcd's
+            // answer: a lease that expired meanwhile (the host was cut off
+            // from etcd past its TTL) fails here, not in the loop below.
+            match tokio::time::timeout(config.etcd_timeout, client.lease_keep_alive(id)).await {
+                Ok(Ok(opened)) => stream = Some(opened),
+                Ok(Err(etcd_client::Error::LeaseKeepAliveError(e))) if e.contains("not found") => {
+                    warn!(
+                        lease = id,
+                        "the lease expired in etcd while it could not be renewed; joining again"
+                    );
+                    state.send_replace(LeaseState::Lost);
+                    return;
+                }
+                Ok(Err(_)) | Err(_) => {}
+            }
         }
         let renewed = match stream.as_mut() {
             None => None,
