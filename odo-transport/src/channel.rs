@@ -53,6 +53,15 @@ pub struct ClientConfig {
     /// A layer over TCP connections (TLS), within the connect timeout.
     /// Default none.
     pub upgrade: Option<Arc<dyn TcpUpgrade>>,
+    /// How long data sent on a TCP connection may stay unacknowledged
+    /// before the kernel gives the connection up (`TCP_USER_TIMEOUT`, on
+    /// Linux; ignored elsewhere). Without it a link that goes silent (a
+    /// partition, a host that vanished) keeps a channel open for the
+    /// kernel's ~15 minutes of retransmissions, and every call sent on it
+    /// ends at its deadline with an unknown outcome; with it the channel
+    /// closes, and the next call connects again or is answered as never
+    /// delivered. Default 5 s; `None` keeps the kernel's behaviour.
+    pub tcp_user_timeout: Option<Duration>,
 }
 
 impl ClientConfig {
@@ -65,6 +74,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(5),
             upgrade: None,
+            tcp_user_timeout: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -78,6 +88,7 @@ impl fmt::Debug for ClientConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("upgrade", &self.upgrade)
+            .field("tcp_user_timeout", &self.tcp_user_timeout)
             .finish()
     }
 }
@@ -473,7 +484,7 @@ impl Channel {
                 reason: "the token is longer than MAX_TOKEN_LEN (512 bytes)",
             });
         }
-        let opened = open(endpoint, config.upgrade.as_deref());
+        let opened = open(endpoint, config.upgrade.as_deref(), config.tcp_user_timeout);
         let stream = match tokio::time::timeout(config.connect_timeout, opened).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(source)) => {
@@ -922,13 +933,18 @@ async fn read_welcome(
 }
 
 /// Opens a socket to `endpoint`, upgraded (TCP only) if asked.
-async fn open(endpoint: &Endpoint, upgrade: Option<&dyn TcpUpgrade>) -> io::Result<Stream> {
+async fn open(
+    endpoint: &Endpoint,
+    upgrade: Option<&dyn TcpUpgrade>,
+    user_timeout: Option<Duration>,
+) -> io::Result<Stream> {
     match endpoint {
         #[cfg(unix)]
         Endpoint::Unix(path) => Ok(Stream::Unix(tokio::net::UnixStream::connect(path).await?)),
         Endpoint::Tcp { host, port } => {
             let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
             stream.set_nodelay(true)?;
+            set_user_timeout(&stream, user_timeout)?;
             match upgrade {
                 None => Ok(Stream::Tcp(stream)),
                 Some(upgrade) => crate::upgrade::bridge(upgrade.connect(stream, host).await?),
@@ -937,6 +953,22 @@ async fn open(endpoint: &Endpoint, upgrade: Option<&dyn TcpUpgrade>) -> io::Resu
         #[cfg(windows)]
         Endpoint::Pipe(name) => open_pipe(name).await,
     }
+}
+
+/// Sets `TCP_USER_TIMEOUT` (Linux only; elsewhere nothing).
+#[cfg(target_os = "linux")]
+fn set_user_timeout(stream: &tokio::net::TcpStream, after: Option<Duration>) -> io::Result<()> {
+    if let Some(after) = after {
+        let ms = u32::try_from(after.as_millis()).unwrap_or(u32::MAX).max(1);
+        rustix::net::sockopt::set_tcp_user_timeout(stream, ms)?;
+    }
+    Ok(())
+}
+
+/// Sets `TCP_USER_TIMEOUT` (Linux only; elsewhere nothing).
+#[cfg(not(target_os = "linux"))]
+fn set_user_timeout(_stream: &tokio::net::TcpStream, _after: Option<Duration>) -> io::Result<()> {
+    Ok(())
 }
 
 #[cfg(windows)]
@@ -953,6 +985,29 @@ async fn open_pipe(name: &str) -> io::Result<Stream> {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::time::Duration;
+
+    use super::{Endpoint, Stream, open};
+
+    #[tokio::test]
+    async fn tcp_connections_carry_the_user_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let endpoint: Endpoint = format!("tcp:127.0.0.1:{port}").parse().expect("endpoint");
+        for (asked, seen) in [(Some(Duration::from_millis(2500)), 2500), (None, 0)] {
+            let Ok(Stream::Tcp(stream)) = open(&endpoint, None, asked).await else {
+                panic!("no TCP stream");
+            };
+            let set = rustix::net::sockopt::tcp_user_timeout(&stream).expect("getsockopt");
+            assert_eq!(set, seen, "asked {asked:?}");
         }
     }
 }
