@@ -2,7 +2,10 @@
 //! ([`crate::etcd`]), a private PostgreSQL ([`crate::postgres`]) and odo
 //! hosts (the test server with `--cluster`, `--storage postgres`), each a
 //! process of its own on a loopback address of its own (`127.0.1.N`),
-//! all torn down however the test ends.
+//! or ([`ClusterSpec::netns`]) each etcd member and each host in a
+//! network namespace of its own on a bridge ([`crate::netns`]), with
+//! PostgreSQL on the bridge's address; all torn down however the test
+//! ends.
 //!
 //! Optionally with TLS everywhere: a test CA ([`crate::tls::TestCa`])
 //! signs a certificate for each etcd member, PostgreSQL and each host;
@@ -30,6 +33,9 @@ pub const REQUIRE_ENV: &str = "ODO_REQUIRE_CLUSTER";
 /// dropped (to read them after a run that passed).
 pub const KEEP_LOGS_ENV: &str = "ODO_CLUSTER_LOGS";
 
+/// The hosts' `RUST_LOG` (default `warn`), to read more of what they do.
+pub const HOST_LOG_ENV: &str = "ODO_CLUSTER_HOST_LOG";
+
 /// How a test cluster is made.
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
@@ -49,7 +55,17 @@ pub struct ClusterSpec {
     /// The hosts' request deadline (`--request-timeout-ms`), if not the
     /// default.
     pub request_timeout_ms: Option<u64>,
+    /// Each etcd member and each of [`NETNS_HOSTS`] hosts in a network
+    /// namespace of its own (needs root, and `tls`: odo talks plain text on
+    /// loopback only).
+    pub netns: bool,
 }
+
+/// How many hosts a [`ClusterSpec::netns`] cluster has namespaces for.
+pub const NETNS_HOSTS: usize = 3;
+/// Inside its namespace each node has every port to itself: these.
+const NETNS_ETCD_PORTS: (u16, u16) = (2379, 2380);
+const NETNS_TRANSPORT_PORT: u16 = 7000;
 
 /// One odo host of a [`TestCluster`].
 #[derive(Debug)]
@@ -62,7 +78,7 @@ pub struct ClusterHost {
     pub client: HttpClient,
     /// Its log (stderr, `RUST_LOG=warn`).
     pub log: PathBuf,
-    /// Its loopback address.
+    /// Its address (loopback, or its namespace's).
     pub ip: Ipv4Addr,
     /// Where other hosts reach its objects (odo's transport).
     pub advertise: SocketAddr,
@@ -96,6 +112,9 @@ pub struct TestCluster {
     pub hosts: Vec<Option<ClusterHost>>,
     pg_url: String,
     ca: Option<TestCa>,
+    /// The namespaces, with [`ClusterSpec::netns`]: removed after every
+    /// process above stopped.
+    network: Option<crate::netns::Network>,
     // Last: removed after everything above stopped.
     dir: tempfile::TempDir,
 }
@@ -145,12 +164,36 @@ impl TestCluster {
         } else {
             None
         };
-        // etcd on 127.0.2.N.
+        let network = if spec.netns {
+            if !spec.tls {
+                bail!("a cluster in namespaces needs TLS: odo talks plain text on loopback only");
+            }
+            let labels: Vec<String> = (0..spec.etcd_members)
+                .map(|i| format!("e{i}"))
+                .chain((0..NETNS_HOSTS).map(|i| format!("h{i}")))
+                .collect();
+            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+            Some(crate::netns::Network::create(&labels)?)
+        } else {
+            None
+        };
+        // etcd on 127.0.2.N, or each in its namespace.
         let members: Vec<MemberSpec> = (0..spec.etcd_members)
             .map(|i| {
+                let name = format!("e{i}");
+                if let Some(net) = &network {
+                    let node = net.node(&name)?;
+                    return Ok(MemberSpec {
+                        name,
+                        ip: node.ip.to_string(),
+                        client_port: NETNS_ETCD_PORTS.0,
+                        peer_port: NETNS_ETCD_PORTS.1,
+                        netns: Some(node.ns.clone()),
+                    });
+                }
                 let ip = Ipv4Addr::new(127, 0, 2, 1 + i as u8);
                 Ok(MemberSpec {
-                    name: format!("e{i}"),
+                    name,
                     ip: ip.to_string(),
                     client_port: free_port(ip)?,
                     peer_port: free_port(ip)?,
@@ -181,7 +224,12 @@ impl TestCluster {
         let bindir = LocalPostgres::bindir().context("PostgreSQL is not installed")?;
         let (postgres, pg_url) = match &ca {
             Some(ca) => {
-                let ip = Ipv4Addr::new(127, 0, 3, 1);
+                // On the bridge's address with namespaces (the hosts reach
+                // it there), else on loopback.
+                let (ip, clients) = match &network {
+                    Some(net) => (net.gateway(), format!("{}/28", net.gateway())),
+                    None => (Ipv4Addr::new(127, 0, 3, 1), "127.0.0.0/8".to_owned()),
+                };
                 let port = free_port(ip)?;
                 let (cert, key) = ca.issue("postgres", &[&ip.to_string()])?;
                 let owner = crate::postgres::system_user("postgres");
@@ -197,7 +245,9 @@ impl TestCluster {
                     ],
                     // TCP only with TLS, and only with a client
                     // certificate the CA signed for the user.
-                    hba: Some("local all all trust\nhostssl all all 127.0.0.0/8 cert\n".into()),
+                    hba: Some(format!(
+                        "local all all trust\nhostssl all all {clients} cert\n"
+                    )),
                 };
                 let pg = LocalPostgres::start(bindir, listen)?;
                 // rustls checks the server's certificate against the CA
@@ -221,6 +271,7 @@ impl TestCluster {
             hosts: Vec::new(),
             pg_url,
             ca,
+            network,
             dir,
         })
     }
@@ -232,10 +283,16 @@ impl TestCluster {
     }
 
     /// Starts host `i` (a new one, or again after it was killed), on
-    /// `127.0.1.(i+1)`, and waits for its front door.
+    /// `127.0.1.(i+1)` or in its namespace, and waits for its front door.
     pub fn start_host(&mut self, i: usize) -> Result<()> {
-        let ip = host_ip(i);
         let id = format!("h{i}");
+        let (ip, netns) = match &self.network {
+            Some(net) => {
+                let node = net.node(&id)?;
+                (node.ip, Some(node.ns.clone()))
+            }
+            None => (host_ip(i), None),
+        };
         let data_dir = self.dir.path().join(&id);
         std::fs::create_dir_all(&data_dir)?;
         let log = self.dir.path().join(format!("{id}.log"));
@@ -244,8 +301,14 @@ impl TestCluster {
         spec.transport = "tcp".into();
         spec.listen = format!("{ip}:0");
         spec.stderr = Some(log.clone());
-        let advertise = SocketAddr::from((ip, free_port(ip)?));
-        spec.env = vec![("RUST_LOG".to_owned(), "warn".to_owned())];
+        let port = match netns {
+            Some(_) => NETNS_TRANSPORT_PORT,
+            None => free_port(ip)?,
+        };
+        spec.netns = netns;
+        let advertise = SocketAddr::from((ip, port));
+        let filter = std::env::var(HOST_LOG_ENV).unwrap_or_else(|_| "warn".to_owned());
+        spec.env = vec![("RUST_LOG".to_owned(), filter)];
         spec.extra_args = Vec::new();
         let postgres = self.spec.storage == odo_postgres::NAME;
         if postgres {
@@ -420,6 +483,12 @@ impl TestCluster {
     /// The test CA, with TLS.
     pub fn ca(&self) -> Option<&TestCa> {
         self.ca.as_ref()
+    }
+
+    /// The namespaces, with [`ClusterSpec::netns`] (to cut and heal
+    /// links).
+    pub fn network(&mut self) -> Option<&mut crate::netns::Network> {
+        self.network.as_mut()
     }
 
     /// The cluster's directory (logs, data).

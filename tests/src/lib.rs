@@ -14,6 +14,8 @@ pub mod cluster;
 #[cfg(unix)]
 pub mod etcd;
 pub mod http;
+#[cfg(target_os = "linux")]
+pub mod netns;
 #[cfg(unix)]
 pub mod postgres;
 pub mod scenarios;

@@ -30,6 +30,9 @@ pub struct ServerSpec {
     pub listen: String,
     /// Where the server's stderr goes (default: the test's stderr).
     pub stderr: Option<PathBuf>,
+    /// The network namespace to run in (`ip netns exec NAME`, which execs:
+    /// the pid is the server's).
+    pub netns: Option<String>,
 }
 
 /// A running server. Dropping it stops it (SIGTERM, then SIGKILL after
@@ -58,12 +61,20 @@ impl ServerSpec {
             env: Vec::new(),
             listen: "127.0.0.1:0".into(),
             stderr: None,
+            netns: None,
         }
     }
 
     /// The server's command line on `data_dir`.
     fn command(&self, data_dir: &Path) -> Command {
-        let mut command = Command::new(&self.binary);
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
         command
             .arg("serve")
             .args(["--listen", &self.listen])

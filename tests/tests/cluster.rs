@@ -29,6 +29,11 @@
 //! And `tls`: a second cluster with TLS everywhere (a test CA: etcd
 //! requires client certificates, PostgreSQL over TCP with verify-full,
 //! hosts talk TLS to each other): placement and forwarding.
+//!
+//! And `netns` (module `partition`): a cluster whose etcd members and
+//! hosts each run in a network namespace of their own, partitioned from
+//! etcd and from each other (root needed; it says why when it skips).
+//! The scenarios above stay on loopback.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
@@ -38,6 +43,13 @@ use anyhow::{Context, Result, bail, ensure};
 use odo_tests::cluster::{self, ClusterSpec, TestCluster};
 use odo_tests::http::HttpClient;
 use odo_tests::topology::{Signal, signal, stop_process};
+
+#[path = "cluster/load.rs"]
+mod load;
+#[path = "cluster/partition.rs"]
+mod partition;
+
+use load::{Ledger, Load, clients_of, failures, shards_of};
 
 const COUNTERS: usize = 24;
 
@@ -52,7 +64,8 @@ fn main() -> ExitCode {
         .expect("a runtime");
     let started = Instant::now();
     let result = runtime.block_on(async {
-        // ODO_CLUSTER_ONLY=plain|tls|fjall runs one cluster's scenarios.
+        // ODO_CLUSTER_ONLY=plain|tls|fjall|netns runs one cluster's
+        // scenarios.
         let only = std::env::var("ODO_CLUSTER_ONLY").ok();
         let runs = |name: &str| only.as_deref().is_none_or(|o| o == name);
         if runs("plain") {
@@ -63,6 +76,11 @@ fn main() -> ExitCode {
         }
         if runs("fjall") {
             fjall().await.context("the fjall cluster")?;
+        }
+        if runs("netns") {
+            partition::run()
+                .await
+                .context("the cluster in network namespaces")?;
         }
         Ok::<(), anyhow::Error>(())
     });
@@ -90,6 +108,7 @@ fn spec(tls: bool, etcd_members: usize) -> ClusterSpec {
         tls,
         storage: "postgres".into(),
         request_timeout_ms: None,
+        netns: false,
     }
 }
 
@@ -323,157 +342,6 @@ async fn placement(cluster: &mut TestCluster) -> Result<()> {
         COUNTERS * 3
     );
     Ok(())
-}
-
-/// Every acknowledged increment: counter -> values it returned.
-#[derive(Debug, Default)]
-struct Ledger {
-    acked: BTreeMap<usize, Vec<u64>>,
-}
-
-impl Ledger {
-    /// The counters' values now (through `client`), checked against every
-    /// acknowledged increment: none lost, none acknowledged twice with the
-    /// same value (that would be two live activations).
-    async fn check(&self, client: &HttpClient) -> Result<(usize, usize)> {
-        let mut acked = 0;
-        for (i, values) in &self.acked {
-            let mut sorted = values.clone();
-            sorted.sort_unstable();
-            let before = sorted.len();
-            sorted.dedup();
-            ensure!(
-                sorted.len() == before,
-                "counter c{i}: an acknowledged value was returned twice: double activation"
-            );
-            let answer = client.get(&counter(*i)).await?;
-            ensure!(answer.status == 200, "reading c{i}: {}", answer.status);
-            let now: u64 = answer.text().parse()?;
-            let max = sorted.last().copied().unwrap_or(0);
-            ensure!(
-                now >= max,
-                "counter c{i} is {now}, but {max} was acknowledged: lost"
-            );
-            acked += before;
-        }
-        Ok((acked, 0))
-    }
-}
-
-/// Load: `per_host` clients on each of `hosts`, incrementing counters
-/// round-robin until `stop`; records what was acknowledged, counts what
-/// was not; `on_ack` sees each (counter, when).
-struct Load {
-    stop: tokio::sync::watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<LoadReport>>,
-}
-
-#[derive(Debug, Default)]
-struct LoadReport {
-    /// Acknowledged increments: counter, value, when sent, when answered.
-    acked: Vec<(usize, u64, Instant, Instant)>,
-    failed: BTreeMap<String, usize>,
-    entry: String,
-    after: Vec<(u16, Instant)>,
-}
-
-impl Load {
-    fn start(clients: Vec<(String, HttpClient)>, per_host: usize) -> Self {
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let mut tasks = Vec::new();
-        let mut k = 0;
-        for (entry, client) in clients {
-            for _ in 0..per_host {
-                let client = client.clone();
-                let stopped = stopped.clone();
-                let entry = entry.clone();
-                let first = k;
-                k += 7;
-                tasks.push(tokio::spawn(async move {
-                    let mut report = LoadReport {
-                        entry,
-                        ..LoadReport::default()
-                    };
-                    let mut i = first;
-                    while !*stopped.borrow() {
-                        let c = i % COUNTERS;
-                        i += 1;
-                        let began = Instant::now();
-                        let sent = client.post(&format!("{}/increment", counter(c))).await;
-                        let at = Instant::now();
-                        match sent {
-                            Ok(answer) if answer.status == 200 => {
-                                if let Ok(n) = answer.text().parse() {
-                                    report.acked.push((c, n, began, at));
-                                }
-                                report.after.push((200, at));
-                            }
-                            Ok(answer) => {
-                                *report.failed.entry(answer.status.to_string()).or_default() += 1;
-                                report.after.push((answer.status, at));
-                                tokio::time::sleep(Duration::from_millis(20)).await;
-                            }
-                            Err(e) => {
-                                let kind = if format!("{e:#}").contains("within 30 s") {
-                                    "timeout"
-                                } else {
-                                    "connection"
-                                };
-                                *report.failed.entry(kind.into()).or_default() += 1;
-                                tokio::time::sleep(Duration::from_millis(20)).await;
-                            }
-                        }
-                    }
-                    report
-                }));
-            }
-        }
-        Self { stop, tasks }
-    }
-
-    async fn finish(self, book: &mut Ledger) -> Result<Vec<LoadReport>> {
-        self.stop.send_replace(true);
-        let mut reports = Vec::new();
-        for task in self.tasks {
-            let report = task.await?;
-            for (c, n, _, _) in &report.acked {
-                book.acked.entry(*c).or_default().push(*n);
-            }
-            reports.push(report);
-        }
-        Ok(reports)
-    }
-}
-
-fn clients_of(cluster: &TestCluster, hosts: &[usize]) -> Vec<(String, HttpClient)> {
-    hosts
-        .iter()
-        .filter_map(|i| cluster.host(*i))
-        .map(|h| (h.id.clone(), h.client.clone()))
-        .collect()
-}
-
-/// The shard of each counter.
-async fn shards_of(client: &HttpClient) -> Result<BTreeMap<usize, u32>> {
-    let mut out = BTreeMap::new();
-    for i in 0..COUNTERS {
-        let answer = client
-            .get(&format!("/_odo/placement{}", counter(i)))
-            .await?;
-        let v: serde_json::Value = serde_json::from_slice(&answer.body)?;
-        out.insert(i, v["shard"].as_u64().context("shard")? as u32);
-    }
-    Ok(out)
-}
-
-fn failures(reports: &[LoadReport]) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    for r in reports {
-        for (k, n) in &r.failed {
-            *out.entry(k.clone()).or_default() += n;
-        }
-    }
-    out
 }
 
 /// SIGKILL host 2 under load entering at hosts 0 and 1.

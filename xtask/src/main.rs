@@ -71,7 +71,8 @@ enum Task {
     },
     /// odo across machines with real processes: a 3-member etcd cluster,
     /// PostgreSQL and odo hosts on loopback addresses (placement,
-    /// forwarding, failover, fencing of a paused host, join, leave, TLS).
+    /// forwarding, failover, fencing of a paused host, join, leave, TLS),
+    /// then in network namespaces of their own (partitions; root needed).
     /// Installs etcd-server, postgresql and protobuf-compiler when missing.
     TestCluster,
     /// Only the packaging step of ci: cargo package for every published
@@ -156,10 +157,17 @@ fn test_cluster() -> Result<()> {
         );
         return Ok(());
     }
-    system::ensure(&[system::PROTOC, system::ETCD, system::POSTGRES])?;
+    system::ensure(&[
+        system::PROTOC,
+        system::ETCD,
+        system::POSTGRES,
+        system::IPROUTE2,
+    ])?;
     cargo_with_env(
         &["test", "-p", "odo-tests", "--test", "cluster"],
-        &[("ODO_REQUIRE_CLUSTER", "1")],
+        // CI runs as root: the partition scenarios (network namespaces)
+        // must run there, not skip.
+        &[("ODO_REQUIRE_CLUSTER", "1"), ("ODO_REQUIRE_NETNS", "1")],
     )
 }
 

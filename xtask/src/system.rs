@@ -67,6 +67,20 @@ fn protoc_present() -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("protoc").exists()))
 }
 
+/// `ip` (iproute2), with which `cargo xtask test-cluster` makes the
+/// network namespaces its partition scenarios run in.
+pub(crate) const IPROUTE2: Need = Need {
+    what: "ip (iproute2: the cluster test's network namespaces)",
+    package: "iproute2",
+    present: ip_present,
+};
+
+fn ip_present() -> bool {
+    ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+        .iter()
+        .any(|p| Path::new(p).exists())
+}
+
 fn postgres_present() -> bool {
     if let Some(dir) = std::env::var_os("ODO_PG_BINDIR") {
         return Path::new(&dir).join("initdb").exists();
