@@ -145,7 +145,7 @@ pub(crate) fn ensure(needs: &[Need]) -> Result<()> {
 
 /// Whether this process runs as root (uid 0), from /proc/self/status, so
 /// xtask needs no crate for it.
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
         status
             .lines()
