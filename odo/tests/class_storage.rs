@@ -66,3 +66,43 @@ async fn reopening_a_class_with_the_other_kind_of_storage_is_refused() {
         "{error}"
     );
 }
+
+/// In cluster mode on storage every host reaches (PostgreSQL), shards move
+/// between hosts; a SQLite-backed object's database is in its host's
+/// files, so such a class is refused before anything connects.
+#[cfg(feature = "cluster")]
+#[tokio::test]
+async fn sqlite_classes_are_refused_in_cluster_mode_on_shared_storage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Nothing listens on port 1 of loopback: the check comes first.
+    let nowhere: std::net::SocketAddr = "127.0.0.1:1".parse().expect("address");
+    let options = ServeOptions {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        data_dir: dir.path().to_path_buf(),
+        storage: odo_postgres::NAME.into(),
+        postgres: Some(odo_postgres::PostgresConfig::new(
+            "host=127.0.0.1 port=1 user=odo dbname=odo",
+        )),
+        cluster: Some(odo_cluster::ClusterConfig::new(
+            vec![nowhere.to_string()],
+            "refused",
+            nowhere,
+        )),
+        ..ServeOptions::default()
+    };
+    let app = App::new()
+        .class::<Nothing>("plain", "PLAIN")
+        .sqlite_class::<Nothing>("notes", "NOTES");
+    let error = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        app.serve(options, std::future::pending()),
+    )
+    .await
+    .expect("refused at once, not after trying to connect")
+    .expect_err("a SQLite-backed class on PostgreSQL in cluster mode");
+    assert!(
+        matches!(&error, OdoError::SqliteClassOnSharedStorage { class, .. } if class == "NOTES"),
+        "{error}"
+    );
+    assert!(error.to_string().contains("fjall"), "{error}");
+}
