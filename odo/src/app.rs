@@ -55,20 +55,6 @@ pub enum OdoError {
     /// The worker command line a registry passed does not parse.
     #[error("bad worker command line: {0}")]
     Launch(#[from] odo_core::launch::LaunchError),
-    /// A SQLite-backed class in cluster mode on storage that any host can
-    /// reach: its shards would move between hosts, but an object's SQLite
-    /// database lives in the files of the host that served it.
-    #[error(
-        "class {class} is SQLite-backed, and in cluster mode SQLite-backed classes need storage on \
-         the host (fjall), whose shards stay on their host; with {storage} shards move between \
-         hosts and an object's database would be left behind"
-    )]
-    SqliteClassOnSharedStorage {
-        /// The first SQLite-backed class.
-        class: String,
-        /// The storage asked for.
-        storage: String,
-    },
     /// Anything else.
     #[error("{0}")]
     Other(String),

@@ -211,17 +211,6 @@ pub(crate) async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), OdoError> {
     config.shared_storage = backend.name() == odo_postgres::NAME;
-    if config.shared_storage
-        && let Some((class, _)) = classes
-            .storage_kinds()
-            .into_iter()
-            .find(|(_, kind)| *kind == odo_worker::ClassStorage::Sqlite)
-    {
-        return Err(OdoError::SqliteClassOnSharedStorage {
-            class,
-            storage: backend.name().to_owned(),
-        });
-    }
     config.http = local.to_string();
     // Storage on this host: one server per data directory, as alone.
     let _lock = if config.shared_storage {
