@@ -162,6 +162,7 @@ mod linux {
             tls: false,
             storage: storage.into(),
             request_timeout_ms: None,
+            netns: false,
         }
     }
 
