@@ -5,7 +5,8 @@
 //! every member keeps sending. No socket is dropped (a planned move leaves
 //! no event with an unknown outcome), every member receives every message
 //! once and in the same order, the history holds the same, and the room
-//! is served by a new process afterwards.
+//! is served by a new process afterwards. Requests to counters on every
+//! shard run through it too, and none fails.
 
 use std::collections::HashMap;
 
@@ -108,6 +109,20 @@ scenario!(ws_planned_move, |w, t| {
         progress(5 * MEMBERS as u64).await?,
         "the members made no progress"
     );
+    // Requests too: two clients increment a counter on each shard.
+    let http_stop = Arc::new(AtomicBool::new(false));
+    let counters: Vec<String> = (0..WORKERS)
+        .map(|shard| {
+            format!(
+                "/counter/{}/increment",
+                name_on("COUNTER", "planned", shard)
+            )
+        })
+        .collect();
+    let loads: Vec<_> = counters
+        .iter()
+        .flat_map(|path| load(&c, path, 2, http_stop.clone()))
+        .collect();
     // The planned move: every worker drained and restarted, in turn.
     signal(w.server_pid(), Signal::Hup)?;
     let mut after = None;
@@ -134,6 +149,23 @@ scenario!(ws_planned_move, |w, t| {
         progress(moved_at + 5 * MEMBERS as u64).await?,
     );
     stop.store(true, Ordering::SeqCst);
+    http_stop.store(true, Ordering::SeqCst);
+    let (mut increments, mut failed) = (0, 0);
+    for client in loads {
+        let (acked, refused) = client.await??;
+        increments += acked.len();
+        failed += refused;
+    }
+    t.fact("no request failed", failed == 0);
+    let mut total = 0;
+    for path in &counters {
+        total += c
+            .get(path.trim_end_matches("/increment"))
+            .await?
+            .text()
+            .parse::<usize>()?;
+    }
+    t.fact("every increment acknowledged and kept", total == increments);
     let mut seen = Vec::new();
     let mut acked_all = Vec::new();
     let mut ends = Vec::new();
