@@ -69,6 +69,14 @@ pub struct SqlOptions {
     /// in milliseconds; 0 keeps none (log records go once the file has
     /// them). Default: 30 days, as Cloudflare.
     pub history_ms: u64,
+    /// Why this store does not serve SQLite-backed objects, if it does
+    /// not: opening one fails with [`SqlError::NotServed`] saying so. For
+    /// stores whose shards move between hosts (PostgreSQL in cluster
+    /// mode), where an object's database files, which live on one host,
+    /// would be left behind. Default: `None` (served).
+    ///
+    /// [`SqlError::NotServed`]: crate::SqlError::NotServed
+    pub refused: Option<String>,
 }
 
 impl Default for SqlOptions {
@@ -80,6 +88,7 @@ impl Default for SqlOptions {
             max_wal_bytes: 64 * 1024 * 1024,
             keep_synced_copies: false,
             history_ms: 30 * 24 * 60 * 60 * 1000,
+            refused: None,
         }
     }
 }
