@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::e2e::cpu::tree_rss;
+use crate::e2e::cpu::{process_rss, tree_rss};
 use crate::e2e::servers::{self as e2e, Pinning, Running, Server};
 use crate::stats::{Latencies, ratio};
 
@@ -59,6 +59,8 @@ struct FanOut {
 #[derive(Debug, Default, Clone)]
 struct Idle {
     bytes_per_socket: f64,
+    /// The share of the server's main process (odo: the front door).
+    main_bytes_per_socket: f64,
     asleep: Option<bool>,
     first_p50_ms: f64,
     first_p99_ms: f64,
@@ -164,11 +166,12 @@ pub(crate) fn run() -> anyhow::Result<()> {
             }
         };
         println!(
-            "  idle {:8} {} sockets: {:>7.0} bytes/socket (goal <= 2048), asleep: {}, \
-             first message p50 {:.2} ms p99 {:.2} ms (goal p99 < 5 ms)",
+            "  idle {:8} {} sockets: {:>7.0} bytes/socket (goal <= 2048; main process {:.0}), \
+             asleep: {}, first message p50 {:.2} ms p99 {:.2} ms (goal p99 < 5 ms)",
             server.name(),
             idle_sockets,
             result.bytes_per_socket,
+            result.main_bytes_per_socket,
             match result.asleep {
                 Some(true) => "shown (live_objects 0)",
                 Some(false) => "NOT all asleep",
@@ -406,6 +409,7 @@ async fn idle(
 ) -> anyhow::Result<Idle> {
     let tag = std::process::id();
     let before = tree_rss(running.child.id());
+    let main_before = process_rss(running.child.id());
     let paths: Vec<String> = (0..sockets)
         .map(|i| format!("/room/idle-{tag}-{}/ws", i % rooms))
         .collect();
@@ -430,6 +434,7 @@ async fn idle(
         }
     };
     let after = tree_rss(running.child.id());
+    let main_after = process_rss(running.child.id());
     let mut first = Latencies::with_capacity(rooms);
     let delivered = AtomicU64::new(0);
     for (room, ws) in all.iter_mut().take(rooms).enumerate() {
@@ -444,6 +449,7 @@ async fn idle(
     drop(all);
     Ok(Idle {
         bytes_per_socket: after.saturating_sub(before) as f64 / sockets as f64,
+        main_bytes_per_socket: main_after.saturating_sub(main_before) as f64 / sockets as f64,
         asleep,
         first_p50_ms: first.percentile(50.0).as_secs_f64() * 1e3,
         first_p99_ms: first.percentile(99.0).as_secs_f64() * 1e3,

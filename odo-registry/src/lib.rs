@@ -398,6 +398,8 @@ pub(crate) struct Shared {
     pub(crate) data_lock: Arc<Mutex<Option<DataDirLock>>>,
     /// The slots and processes as the driver last saw them.
     pub(crate) view: Mutex<View>,
+    /// Bumped each time the driver updates `view`.
+    pub(crate) view_version: watch::Sender<u64>,
     /// The hellos the registry waits for.
     pub(crate) hellos: Hellos,
     /// Events for the driver.
@@ -538,6 +540,7 @@ impl Registry {
             placement,
             data_lock: Arc::new(Mutex::new(Some(data_lock))),
             view: Mutex::default(),
+            view_version: watch::Sender::new(0),
             hellos: Hellos::default(),
             inputs: inputs.clone(),
             stopping: std::sync::atomic::AtomicBool::new(false),
@@ -684,6 +687,81 @@ impl Registry {
             }
         }
         workers
+    }
+
+    /// Restarts every worker, one slot after another, without dropping a
+    /// request or a WebSocket (a rolling restart: `odo serve` does it on
+    /// SIGHUP). Each slot is drained: its shards move to the other workers
+    /// first (released by it, then assigned elsewhere at a new epoch), its
+    /// process stops gracefully, the next one starts at once, and its
+    /// shards move back (released again, assigned to it at a new epoch).
+    /// The next slot starts once the last one is running and holds its
+    /// home shards again. With one worker its shards wait, unassigned, for
+    /// the new process (requests and WebSocket events wait too, within
+    /// their deadlines).
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::NotReady`] when a slot is not back with its
+    /// shards within the startup timeout plus the shutdown grace (its
+    /// state is in the message; the registry goes on supervising it), or
+    /// the registry is shutting down.
+    pub async fn restart_workers(&self) -> Result<(), RegistryError> {
+        for slot in 0..self.shared.config.workers {
+            self.restart_worker(slot).await?;
+        }
+        Ok(())
+    }
+
+    /// Drains `slot` and waits until its next process runs and holds its
+    /// home shards (see [`Registry::restart_workers`]).
+    async fn restart_worker(&self, slot: u32) -> Result<(), RegistryError> {
+        let mut version = self.shared.view_version.subscribe();
+        let restarts = |workers: &[WorkerStatus]| {
+            workers
+                .iter()
+                .find(|w| w.slot == slot)
+                .map_or(0, |w| w.restarts)
+        };
+        let before = restarts(&self.workers());
+        info!(slot, "restarting a worker: its shards move away first");
+        let _ = self
+            .shared
+            .inputs
+            .send(Input::Event(odo_core::placement::Event::Drain { slot }));
+        let workers = self.shared.config.workers;
+        let home: Vec<u32> = (0..self.shared.shard_count)
+            .filter(|s| s % workers == slot)
+            .collect();
+        let limit = self.shared.config.startup_timeout + self.shared.config.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            version.borrow_and_update();
+            if self.shared.is_stopping() {
+                return Err(RegistryError::NotReady(
+                    "the registry is shutting down".into(),
+                ));
+            }
+            let status = self.workers();
+            let back = status.iter().find(|w| w.slot == slot).is_some_and(|w| {
+                w.restarts > before
+                    && w.state == WorkerState::Running
+                    && home.iter().all(|s| w.shards.contains(s))
+            });
+            if back {
+                info!(slot, "worker restarted; its shards are back");
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, version.changed()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    return Err(RegistryError::NotReady(format!(
+                        "worker slot {slot} was not back with its shards {home:?} after {limit:?}: {:?}",
+                        status.iter().find(|w| w.slot == slot)
+                    )));
+                }
+            }
+        }
     }
 
     /// The cluster token (for routers' client configuration).

@@ -444,6 +444,8 @@ impl Driver {
             .iter()
             .map(|(process, proc)| (*process, proc.info.clone()))
             .collect();
+        drop(view);
+        self.shared.view_version.send_modify(|v| *v += 1);
     }
 }
 

@@ -499,7 +499,10 @@ impl App {
         );
         info!(listen = %local, workers = options.workers, "odo serving");
         println!("odo listening on http://{local}");
+        let rolling = tokio::spawn(restart_on_hangup(registry.clone()));
         router.serve(listener, shutdown).await;
+        rolling.abort();
+        let _ = rolling.await;
         // Every socket closes (1001) and its object hears of it while the
         // workers still run.
         door.shutdown().await;
@@ -541,6 +544,29 @@ fn init_logging() {
 /// file or a pipe carries no escape codes.
 fn log_color(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
     stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// Restarts the workers one after another on each SIGHUP
+/// ([`Registry::restart_workers`]: their shards, and the WebSockets of
+/// their objects, move to the other workers and back; nothing is dropped).
+/// Never returns; aborted at shutdown.
+async fn restart_on_hangup(registry: Arc<Registry>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut hangup) = signal(SignalKind::hangup()) {
+            while hangup.recv().await.is_some() {
+                info!("SIGHUP: restarting the workers one after another");
+                match registry.restart_workers().await {
+                    Ok(()) => info!("every worker restarted"),
+                    Err(e) => tracing::warn!(error = %e, "the rolling restart stopped"),
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(registry);
+    std::future::pending::<()>().await;
 }
 
 /// Resolves on SIGINT or SIGTERM (Ctrl-C elsewhere).

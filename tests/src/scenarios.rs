@@ -164,6 +164,7 @@ mod soak;
 mod sql;
 mod strangers;
 mod websockets;
+mod ws_moves;
 
 /// Every scenario, in the order they run.
 pub fn all() -> Vec<Scenario> {
@@ -226,6 +227,11 @@ pub fn all() -> Vec<Scenario> {
             "ws_sigkill_worker",
             &[Needs::Durability, Needs::LinuxProcesses],
             websockets::ws_sigkill_worker,
+        ),
+        s(
+            "ws_planned_move",
+            &[Needs::Durability, Needs::LinuxProcesses],
+            ws_moves::ws_planned_move,
         ),
         s("ws_large_message", &[], websockets::ws_large_message),
         s("ws_shutdown", &[], websockets::ws_shutdown),

@@ -241,6 +241,8 @@ pub enum Signal {
     Stop,
     /// SIGCONT.
     Cont,
+    /// SIGHUP (`odo serve`: restart the workers one after another).
+    Hup,
 }
 
 /// Sends `sig` to process `pid`.
@@ -253,6 +255,7 @@ pub fn signal(pid: u32, sig: Signal) -> Result<()> {
         Signal::Kill => S::KILL,
         Signal::Stop => S::STOP,
         Signal::Cont => S::CONT,
+        Signal::Hup => S::HUP,
     };
     kill_process(pid, sig).with_context(|| format!("signal {pid:?}"))?;
     Ok(())

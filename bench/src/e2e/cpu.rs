@@ -32,6 +32,19 @@ pub(crate) fn tree_rss(root: u32) -> u64 {
     })
 }
 
+/// Resident memory of process `pid` alone, in bytes (0 if it is gone).
+pub(crate) fn process_rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
 /// The sum over `root` and its descendants of a figure read from each
 /// process's `/proc/PID/<file>`: `parse` gives (parent pid, figure).
 fn tree_sum(root: u32, file: &str, parse: impl Fn(&str) -> Option<(u32, u64)>) -> u64 {

@@ -15,10 +15,17 @@ use tungstenite::Message;
 use tungstenite::error::Error as WsError;
 use tungstenite::protocol::{CloseFrame, Role};
 
-use super::{Door, Kill, Outbound};
+use super::{Door, Kill, Outbound, message_len};
 
-/// How long a socket the door closes has to take its close frame.
+/// How long a socket the door closes at shutdown has to take its close
+/// frame. Otherwise (a limit, a client that stopped reading) it has the
+/// idle timeout: a client that reads again within it finds the close
+/// frame after what it had not read yet.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// tungstenite's read buffer per socket, which is also the most one read
+/// takes from the connection.
+const READ_BUFFER: usize = 512;
 
 /// What a socket's connection runs over: an upgraded HTTP connection, or
 /// one end of an in-process pipe (a Rust `Client`'s socket).
@@ -48,10 +55,15 @@ pub(super) async fn run<S: Io>(
         }
     };
     let config = door.config();
+    // tungstenite allocates its read buffer up front and zero-fills it
+    // before every read, so each idle socket keeps it resident: 512 bytes
+    // (a chat message and its header in one read) rather than 4 KiB costs
+    // an idle socket 3.5 KiB less, and a large message more reads
+    // (`cargo xtask bench websocket`, idle).
     let protocol = tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(config.max_message_bytes))
         .max_frame_size(Some(config.max_message_bytes))
-        .read_buffer_size(4096)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_write_buffer_size(config.max_message_bytes.saturating_add(64 * 1024));
     let idle = config.idle_timeout;
@@ -59,18 +71,22 @@ pub(super) async fn run<S: Io>(
     let (sink, reader) = stream.split();
     let mut writer = tokio::spawn(write_loop(sink, out.clone()));
     let last = read_loop(&door, id, reader, &out, idle).await;
-    // A socket the door closed sends its close frame first, within a bound.
-    if out.kill_reason().is_some() {
-        if tokio::time::timeout(CLOSE_GRACE, &mut writer)
-            .await
-            .is_err()
-        {
-            writer.abort();
-        }
-    } else {
+    if out.kill_reason().is_none() {
+        writer.abort();
+        door.socket_gone(id, last);
+        return;
+    }
+    // The door closed it: its object hears of it now; the connection stays
+    // (counted against the cap, holding at most the frame it was writing)
+    // until its close frame is out, within a bound.
+    let known = door.let_go(id, last);
+    let grace = if door.closing() { CLOSE_GRACE } else { idle };
+    if tokio::time::timeout(grace, &mut writer).await.is_err() {
         writer.abort();
     }
-    door.socket_gone(id, last);
+    if known {
+        door.connection_gone();
+    }
 }
 
 async fn read_loop<S: Io>(
@@ -199,37 +215,47 @@ async fn read_loop<S: Io>(
 
 /// Sends what the socket's queue holds, several messages per flush; when
 /// the door closes the socket, sends its close frame and stops.
+///
+/// A message counts against the socket's send buffer until it is handed to
+/// the connection; a write that waits on a client that does not read is
+/// given up when the door closes the socket (the messages not written yet
+/// are dropped), and the close frame follows what the connection holds.
 async fn write_loop<S: Io>(
     mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
     out: Arc<Outbound>,
 ) {
     let mut batch = Vec::new();
-    loop {
+    let kill = 'write: loop {
         match out.take(&mut batch) {
-            Err(kill) => {
-                let frame = CloseFrame {
-                    code: kill.code.into(),
-                    reason: kill.reason.into(),
-                };
-                let _ = sink.send(Message::Close(Some(frame))).await;
-                return;
-            }
+            Err(kill) => break 'write kill,
             Ok(()) if batch.is_empty() => out.ready.notified().await,
             Ok(()) => {
                 for message in batch.drain(..) {
                     let close = matches!(message, Message::Close(_));
-                    if sink.feed(message).await.is_err() {
-                        return;
+                    let len = message_len(&message);
+                    tokio::select! {
+                        biased;
+                        () = out.killed.cancelled() => continue 'write,
+                        fed = sink.feed(message) => if fed.is_err() { return },
                     }
+                    out.written(len);
                     if close {
                         let _ = sink.flush().await;
                         return;
                     }
                 }
-                if sink.flush().await.is_err() {
-                    return;
+                tokio::select! {
+                    biased;
+                    () = out.killed.cancelled() => {}
+                    flushed = sink.flush() => if flushed.is_err() { return },
                 }
             }
         }
-    }
+    };
+    batch.clear();
+    let frame = CloseFrame {
+        code: kill.code.into(),
+        reason: kill.reason.into(),
+    };
+    let _ = sink.send(Message::Close(Some(frame))).await;
 }

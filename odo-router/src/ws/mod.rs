@@ -56,9 +56,11 @@ pub struct WebSocketConfig {
     /// connection cap does not count upgraded sockets). An upgrade over it
     /// is answered 503. Default 100,000.
     pub max_sockets: usize,
-    /// The bytes queued for one socket at most (besides one message of
-    /// any size): a client that stops reading is closed with 1008 once
-    /// its queue would grow past it. Default 1 MiB.
+    /// The bytes held for one socket at most, queued or taken by its
+    /// writer but not yet handed to the connection (besides one message
+    /// of any size): a client that stops reading is closed with 1008 once
+    /// they would grow past it, so it costs the door at most this much.
+    /// Default 1 MiB.
     pub send_buffer_bytes: usize,
     /// The events of one object waiting for delivery at most (while its
     /// worker is being replaced, say); a message beyond closes its socket
@@ -66,7 +68,10 @@ pub struct WebSocketConfig {
     pub object_buffer_events: usize,
     /// A socket that sends nothing for this long is pinged; one that stays
     /// silent for as long again is taken for a half-open connection and
-    /// closed (its object gets a close event, 1006). Default 60 s.
+    /// closed (its object gets a close event, 1006). A socket the door
+    /// closes (1008, 1009, ...) keeps its connection this long at most,
+    /// for its close frame to follow what the client has not read yet.
+    /// Default 60 s.
     pub idle_timeout: Duration,
     /// How long delivering one event may take. Default 30 s.
     pub event_deadline: Duration,
@@ -194,6 +199,8 @@ pub(crate) struct Outbound {
 #[derive(Default)]
 struct OutQueue {
     items: VecDeque<Message>,
+    /// The bytes of `items` and of the messages the writer took but has
+    /// not handed to the connection yet: what the socket holds here.
     bytes: usize,
     /// A close frame is queued: nothing more is sent.
     closed: bool,
@@ -261,15 +268,24 @@ impl Outbound {
         lock(&self.queue).killed
     }
 
-    /// Takes what is queued, or says the socket was killed.
+    /// Takes what is queued, or says the socket was killed. The messages
+    /// taken still count against the send buffer until the writer reports
+    /// each one written ([`Outbound::written`]), so a socket holds at most
+    /// its buffer here, whether queued or taken.
     fn take(&self, into: &mut Vec<Message>) -> Result<(), Kill> {
         let mut queue = lock(&self.queue);
         if let Some(kill) = queue.killed {
             return Err(kill);
         }
         into.extend(queue.items.drain(..));
-        queue.bytes = 0;
         Ok(())
+    }
+
+    /// The writer handed a message of `len` bytes to the connection: it no
+    /// longer counts against the send buffer.
+    fn written(&self, len: usize) {
+        let mut queue = lock(&self.queue);
+        queue.bytes = queue.bytes.saturating_sub(len);
     }
 }
 
@@ -534,9 +550,24 @@ impl Door {
 
     /// A socket ended: the door forgets it and its object gets `last`.
     fn socket_gone(&self, socket: u64, last: SocketEventKind) {
+        if self.let_go(socket, last) {
+            self.connection_gone();
+        }
+    }
+
+    /// A socket's connection is gone: it no longer counts against the cap.
+    fn connection_gone(&self) {
+        self.inner.open.fetch_sub(1, Ordering::SeqCst);
+        self.inner.changed.notify_waiters();
+    }
+
+    /// The door forgets `socket` and its object gets `last`; the socket
+    /// counts against the cap until [`Door::connection_gone`]. `false`
+    /// when the door did not know it (any more).
+    fn let_go(&self, socket: u64, last: SocketEventKind) -> bool {
         let mut state = self.state();
         let Some(gone) = state.sockets.remove(&socket) else {
-            return;
+            return false;
         };
         state.partials.remove(&socket);
         let mut start = false;
@@ -552,12 +583,17 @@ impl Door {
             obj.pumping = true;
         }
         drop(state);
-        self.inner.open.fetch_sub(1, Ordering::SeqCst);
         self.inner.changed.notify_waiters();
         if start {
             tokio::spawn(pump::pump(self.clone(), gone.object));
         }
         debug!(socket, "WebSocket closed");
+        true
+    }
+
+    /// Whether the door is shutting down.
+    fn closing(&self) -> bool {
+        self.inner.closing.load(Ordering::SeqCst)
     }
 
     /// Closes every socket with 1001 and waits (at most the grace period)

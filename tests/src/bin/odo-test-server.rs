@@ -283,9 +283,12 @@ impl DurableObject for Probe {
 
     /// Commands over the socket: `whoami` (the activation), `attach:V`
     /// (keeps V with the socket), `list` (every socket's tags and
-    /// attachment, in order), `count:T` (sockets tagged T), `auto:Q=R`
+    /// attachment, in order), `sockets` (how many), `count:T` (sockets
+    /// tagged T), `auto:Q=R`
     /// (the auto-response pair), `autots` (whether this socket's
-    /// auto-response was answered), `close` (closes it, 4000); a binary
+    /// auto-response was answered), `flood:N` (N messages of 64 KiB to
+    /// this socket), `broadcast:N` (N of them to every socket, then
+    /// `done`), `close` (closes it, 4000); a binary
     /// message comes back as it is.
     async fn websocket_message(
         &mut self,
@@ -316,6 +319,8 @@ impl DurableObject for Probe {
                 ));
             }
             rows.join(",")
+        } else if text == "sockets" {
+            ctx.websockets(None).len().to_string()
         } else if let Some(tag) = text.strip_prefix("count:") {
             ctx.websockets(Some(tag)).len().to_string()
         } else if let Some(pair) = text.strip_prefix("auto:") {
@@ -330,6 +335,21 @@ impl DurableObject for Probe {
             let chunk = "x".repeat(64 * 1024);
             for _ in 0..count.parse::<usize>().unwrap_or(0) {
                 ws.send(chunk.as_str())?;
+            }
+            return Ok(());
+        } else if let Some(count) = text.strip_prefix("broadcast:") {
+            // `count` messages of 64 KiB each to every socket of the
+            // object, then `done` to every socket: a flood for clients
+            // that stop reading among ones that read.
+            let chunk = "x".repeat(64 * 1024);
+            let sockets = ctx.websockets(None);
+            for _ in 0..count.parse::<usize>().unwrap_or(0) {
+                for socket in &sockets {
+                    socket.send(chunk.as_str())?;
+                }
+            }
+            for socket in &sockets {
+                socket.send("done")?;
             }
             return Ok(());
         } else if text == "close" {

@@ -26,14 +26,14 @@ async fn live_objects(c: &HttpClient) -> Result<u64> {
 }
 
 /// The room's history as `(N, M)` pairs.
-async fn history(c: &HttpClient, room: &str) -> Result<Vec<(u64, String)>> {
+pub(super) async fn history(c: &HttpClient, room: &str) -> Result<Vec<(u64, String)>> {
     let answer = c.get(&format!("/room/{room}/history?limit=1000")).await?;
     ensure!(answer.status == 200, "history: {}", answer.text());
     Ok(serde_json::from_slice(&answer.body)?)
 }
 
 /// Reads `ws` until it has the echo `N:text`; returns every line read.
-async fn until_echo(ws: &mut Ws, text: &str) -> Result<Vec<String>> {
+pub(super) async fn until_echo(ws: &mut Ws, text: &str) -> Result<Vec<String>> {
     let mut seen = Vec::new();
     loop {
         match ws.next().await? {
