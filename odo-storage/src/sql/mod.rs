@@ -27,7 +27,9 @@ mod error;
 mod guard;
 mod history;
 mod kv;
+mod ledger;
 mod log;
+mod trim;
 mod turns;
 mod wal;
 
@@ -37,10 +39,12 @@ pub use cursor::{Cursor, Row, SqlValue};
 pub use database::SqlStorage;
 pub use error::SqlError;
 pub use guard::{MAX_SQL_COLUMNS, MAX_SQL_PARAMETERS, MAX_SQL_ROW_BYTES, MAX_SQL_STATEMENT_BYTES};
+pub use trim::SqlHistoryStats;
 
 pub(crate) use claim::Claims;
 pub(crate) use database::{record_entry, recover, sync_file};
 pub(crate) use log::{SYNCED_KEY, record_key, synced_value};
+pub(crate) use trim::ShardHistory;
 
 /// Options of the SQLite-backed objects of a store (in
 /// [`StoreOptions::sql`](crate::StoreOptions)).
@@ -69,6 +73,15 @@ pub struct SqlOptions {
     /// in milliseconds; 0 keeps none (log records go once the file has
     /// them). Default: 30 days, as Cloudflare.
     pub history_ms: u64,
+    /// The most bytes of history (log records kept for point-in-time
+    /// recovery, and base files) a shard keeps, across its objects. Over
+    /// it, the oldest history of the shard is folded away first, whatever
+    /// the window ([`history_ms`](Self::history_ms)) allows; what each
+    /// object still holds is
+    /// [`ObjectStorage::oldest_bookmark`](crate::ObjectStorage::oldest_bookmark),
+    /// what the shard holds [`Store::sql_history`](crate::Store::sql_history).
+    /// Default: 1 GiB.
+    pub max_history_bytes: u64,
 }
 
 impl Default for SqlOptions {
@@ -80,6 +93,7 @@ impl Default for SqlOptions {
             max_wal_bytes: 64 * 1024 * 1024,
             keep_synced_copies: false,
             history_ms: 30 * 24 * 60 * 60 * 1000,
+            max_history_bytes: 1024 * 1024 * 1024,
         }
     }
 }
