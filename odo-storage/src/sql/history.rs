@@ -210,7 +210,7 @@ fn record_size(
 
 /// Feeds the records of `id` (oldest first, as their `when` keys say) to
 /// `offer` until it answers false; answers the `when` keys it took.
-fn walk_records(
+pub(crate) fn walk_records(
     backend: &dyn Backend,
     id: &ObjectId,
     mut offer: impl FnMut(u64, u64, u64) -> bool,

@@ -4,16 +4,15 @@
 //!
 //! An object's history is its log records (each kept until it is folded
 //! into the object's base file) plus its base file. Over the cap, the
-//! oldest history of the shard goes first: the object whose oldest kept
-//! record is the oldest folds its records, oldest first, until the shard
-//! is back under the cap or its oldest kept record is no longer the
-//! shard's oldest; then the next oldest object does, and so on. A record
-//! folds only once the database file holds it, synced (`sql/synced`):
-//! the log is what recovery replays after that point.
+//! oldest history of the shard goes first: its oldest records, across
+//! its objects, until what they weigh (less what folding them adds to
+//! their objects' base files) brings the shard to 7/8 of the cap. A
+//! record folds only once the database file holds it, synced
+//! (`sql/synced`): the log is what recovery replays after that point.
 //!
 //! [`SqlOptions::max_history_bytes`]: super::SqlOptions::max_history_bytes
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use odo_core::ObjectId;
 
@@ -48,18 +47,6 @@ pub(crate) struct Ledger {
     pub(crate) trims: u64,
     /// Bytes the trims took away.
     pub(crate) trimmed_bytes: u64,
-}
-
-/// One step of a trim: fold the history of `id` older than `before_ms`,
-/// at most `need` bytes of records past what the shard must lose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Trim {
-    pub(crate) id: ObjectId,
-    /// Bytes the shard is over its cap.
-    pub(crate) need: u64,
-    /// Records committed at or after this time stay (the next oldest
-    /// object's oldest record: past it, that object's history is older).
-    pub(crate) before_ms: u64,
 }
 
 impl Ledger {
@@ -119,46 +106,83 @@ impl Ledger {
         self.objects.len()
     }
 
-    /// The history of `id`, as last measured.
-    pub(crate) fn get(&self, id: &ObjectId) -> Option<ObjectHistory> {
-        self.objects.get(id).copied()
-    }
-
-    /// The next step of bringing the shard under `cap` (skipping the
-    /// objects in `skip`, which could not fold): the object with the
-    /// oldest kept record; `None` when the shard is under its cap or
-    /// nothing is left to fold.
-    pub(crate) fn next_trim(&self, cap: u64, skip: &HashSet<ObjectId>) -> Option<Trim> {
-        let total = self.total();
-        if total <= cap {
-            return None;
-        }
-        let mut candidates: Vec<(u64, ObjectId)> = self
+    /// The objects that keep records, and what their history weighs.
+    pub(crate) fn with_records(&self) -> Vec<(ObjectId, ObjectHistory)> {
+        let mut objects: Vec<_> = self
             .objects
             .iter()
-            .filter(|(id, _)| !skip.contains(id))
-            .filter_map(|(id, h)| Some((h.oldest_ms?, *id)))
+            .filter(|(_, h)| h.oldest_ms.is_some())
+            .map(|(id, h)| (*id, *h))
             .collect();
-        candidates.sort_unstable();
-        let (oldest, id) = *candidates.first()?;
-        let next = candidates.get(1).map_or(u64::MAX, |(t, _)| *t);
-        Some(Trim {
-            id,
-            need: total - cap,
-            // At least the oldest record goes.
-            before_ms: next.max(oldest.saturating_add(1)),
-        })
+        objects.sort_unstable_by_key(|(id, h)| (h.oldest_ms, *id));
+        objects
     }
 }
 
+/// The bytes a trim of a shard with `total` bytes of history must take
+/// away, with its `cap`: down to 7/8 of the cap, so that a shard at its
+/// cap is not trimmed again at every catch-up; 0 when under the cap.
+pub(crate) fn trim_need(total: u64, cap: u64) -> u64 {
+    if total <= cap {
+        return 0;
+    }
+    total - (cap - cap / 8)
+}
+
+/// What one object can give to a trim: its records that may fold (synced
+/// in its file), oldest first, as (time, record number, bytes); and what
+/// its base file would grow by if it folded any (about the database's
+/// size less the base's).
+#[derive(Debug, Clone)]
+pub(crate) struct Candidate {
+    pub(crate) id: ObjectId,
+    pub(crate) growth: u64,
+    pub(crate) records: Vec<(u64, u64, u64)>,
+}
+
+/// Which records a trim folds: the shard's oldest, across its objects,
+/// until they pay for `need` bytes (the records' bytes, less the growth
+/// of each base they go into) or none are left. Answers, per object, the
+/// last record to fold; an object whose records taken would not pay for
+/// its base's growth is left out (folding it would grow the history).
+pub(crate) fn plan_trim(candidates: &[Candidate], need: u64) -> Vec<(ObjectId, u64)> {
+    let mut all: Vec<(u64, usize, u64, u64)> = candidates
+        .iter()
+        .enumerate()
+        .flat_map(|(at, c)| c.records.iter().map(move |&(t, seq, b)| (t, at, seq, b)))
+        .collect();
+    all.sort_unstable();
+    let mut taken: Vec<Option<(u64, u64)>> = vec![None; candidates.len()];
+    let mut freed: i128 = 0;
+    for (_, at, seq, bytes) in all {
+        if freed >= i128::from(need) {
+            break;
+        }
+        let slot = &mut taken[at];
+        if slot.is_none() {
+            freed -= i128::from(candidates[at].growth);
+        }
+        let (_, sum) = slot.get_or_insert((0, 0));
+        *slot = Some((seq, *sum + bytes));
+        freed += i128::from(bytes);
+    }
+    candidates
+        .iter()
+        .zip(taken)
+        .filter_map(|(c, t)| {
+            let (upto, bytes) = t?;
+            (bytes > c.growth).then_some((c.id, upto))
+        })
+        .collect()
+}
+
 /// Which records of one object a fold takes: fed the object's records in
-/// order (oldest first), it takes them while they are synced, older than
-/// the bound, and still needed.
+/// order (oldest first), it takes them while they are at most `upto` and
+/// older than `before_ms`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FoldPlan {
     synced: u64,
     before_ms: u64,
-    need: u64,
     /// The last record taken (0: none).
     pub(crate) upto: u64,
     /// Bytes of the records taken.
@@ -168,13 +192,11 @@ pub(crate) struct FoldPlan {
 }
 
 impl FoldPlan {
-    /// A plan taking records up to `synced`, committed before `before_ms`,
-    /// until `need` bytes are taken (`u64::MAX`: no limit).
-    pub(crate) fn new(synced: u64, before_ms: u64, need: u64) -> Self {
+    /// A plan taking records up to `upto`, committed before `before_ms`.
+    pub(crate) fn new(upto: u64, before_ms: u64) -> Self {
         Self {
-            synced,
+            synced: upto,
             before_ms,
-            need,
             upto: 0,
             bytes: 0,
             next_ms: None,
@@ -183,7 +205,7 @@ impl FoldPlan {
 
     /// Offers the next record; answers whether the plan wants more.
     pub(crate) fn offer(&mut self, seq: u64, time_ms: u64, bytes: u64) -> bool {
-        if seq > self.synced || time_ms >= self.before_ms || self.bytes >= self.need {
+        if seq > self.synced || time_ms >= self.before_ms {
             self.next_ms = Some(time_ms);
             return false;
         }
@@ -202,123 +224,111 @@ mod tests {
         odo_core::Namespace::new("L").id_from_name(&n.to_string())
     }
 
-    /// One object of the model shard: records (time, bytes), oldest
-    /// first, of which the first `synced` may fold; and its base.
-    #[derive(Debug, Clone)]
-    struct Model {
-        records: Vec<(u64, u64)>,
-        synced: usize,
-        base: u64,
-        folded: Vec<(u64, u64)>,
-    }
-
-    fn shard() -> impl Strategy<Value = Vec<Model>> {
+    /// A shard's candidates: records with growing times (ties across
+    /// objects), numbered from 1.
+    fn candidates() -> impl Strategy<Value = Vec<Candidate>> {
         prop::collection::vec(
             (
-                prop::collection::vec((0u64..50, 1u64..100), 0..30),
-                0usize..30,
-                0u64..200,
-            )
-                .prop_map(|(mut records, synced, base)| {
-                    // Times grow with records.
-                    let mut time = 0;
-                    for r in &mut records {
-                        time += r.0;
-                        r.0 = time;
-                    }
-                    let synced = synced.min(records.len());
-                    Model {
-                        records,
-                        synced,
-                        base,
-                        folded: Vec::new(),
-                    }
-                }),
+                prop::collection::vec((0u64..20, 1u64..100), 0..30),
+                0u64..150,
+            ),
             1..6,
         )
-    }
-
-    /// The trim loop of `trim.rs`, on the model: measure, then fold as
-    /// the ledger says until it says stop.
-    fn run(shard: &mut [Model], cap: u64) -> Ledger {
-        let mut ledger = Ledger::default();
-        for (n, m) in shard.iter().enumerate() {
-            ledger.set(
-                id(n),
-                ObjectHistory {
-                    records: m.records.iter().map(|r| r.1).sum::<u64>(),
-                    base: m.base,
-                    oldest_ms: m.records.first().map(|r| r.0),
-                },
-            );
-        }
-        let mut skip = HashSet::new();
-        while let Some(trim) = ledger.next_trim(cap, &skip) {
-            let n = (0..shard.len()).find(|n| id(*n) == trim.id).unwrap();
-            let m = &mut shard[n];
-            let mut plan = FoldPlan::new(m.synced as u64, trim.before_ms, trim.need);
-            for (at, (time, bytes)) in m.records.iter().enumerate() {
-                if !plan.offer(at as u64 + 1, *time, *bytes) {
-                    break;
-                }
-            }
-            if plan.upto == 0 {
-                skip.insert(trim.id);
-                continue;
-            }
-            let taken: Vec<_> = m.records.drain(..plan.upto as usize).collect();
-            m.synced -= taken.len();
-            m.folded.extend(taken);
-            let lost = ledger.folded(
-                trim.id,
-                plan.bytes,
-                m.base,
-                m.records.first().map(|r| r.0),
-                true,
-            );
-            assert_eq!(lost, plan.bytes as i64);
-        }
-        ledger
+        .prop_map(|objects| {
+            objects
+                .into_iter()
+                .enumerate()
+                .map(|(n, (records, growth))| {
+                    let mut time = 0;
+                    Candidate {
+                        id: id(n),
+                        growth,
+                        records: records
+                            .into_iter()
+                            .enumerate()
+                            .map(|(at, (step, bytes))| {
+                                time += step;
+                                (time, at as u64 + 1, bytes)
+                            })
+                            .collect(),
+                    }
+                })
+                .collect()
+        })
     }
 
     proptest! {
         #[test]
-        fn trims_bring_the_shard_under_its_cap_oldest_history_first(
-            mut shard in shard(),
-            cap in 0u64..2000,
+        fn a_trim_takes_the_shards_oldest_records_until_they_pay_for_the_need(
+            candidates in candidates(),
+            need in 0u64..3000,
         ) {
-            let before: u64 = shard.iter().map(|m| m.base + m.records.iter().map(|r| r.1).sum::<u64>()).sum();
-            let ledger = run(&mut shard, cap);
-            let after: u64 = shard.iter().map(|m| m.base + m.records.iter().map(|r| r.1).sum::<u64>()).sum();
-            // The ledger follows what is there.
-            prop_assert_eq!(ledger.total(), after);
-            prop_assert_eq!(ledger.trimmed_bytes, before - after);
-            // Under the cap, or nothing left that may fold.
-            let foldable = shard.iter().any(|m| m.synced > 0);
-            prop_assert!(after <= cap || !foldable, "{after} > {cap} with history left to fold");
-            // Nothing folded while under the cap.
-            if before <= cap {
-                prop_assert_eq!(ledger.trims, 0);
+            let plan = plan_trim(&candidates, need);
+            let upto = |c: &Candidate| plan.iter().find(|(id, _)| *id == c.id).map_or(0, |p| p.1);
+            let mut freed: i128 = 0;
+            let mut newest_taken = None;
+            let mut oldest_left = None;
+            for c in &candidates {
+                let upto = upto(c);
+                let taken: Vec<_> = c.records.iter().filter(|r| r.1 <= upto).collect();
+                let bytes: u64 = taken.iter().map(|r| r.2).sum();
+                if upto > 0 {
+                    // A record the object has; worth its base's growth.
+                    prop_assert!(c.records.iter().any(|r| r.1 == upto));
+                    prop_assert!(bytes > c.growth);
+                    freed += i128::from(bytes) - i128::from(c.growth);
+                    newest_taken = newest_taken.max(taken.last().map(|r| r.0));
+                }
+                if let Some(left) = c.records.iter().find(|r| r.1 > upto) {
+                    // Objects left out for their growth aside, nothing
+                    // older than a record taken stays.
+                    if upto > 0 || c.growth == 0 {
+                        oldest_left = Some(oldest_left.map_or(left.0, |o: u64| o.min(left.0)));
+                    }
+                }
             }
-            // Oldest first: no record left that may fold is older than one
-            // that was folded.
-            let newest_folded = shard.iter().flat_map(|m| m.folded.iter().map(|r| r.0)).max();
-            let oldest_foldable = shard
-                .iter()
-                .flat_map(|m| m.records[..m.synced].iter().map(|r| r.0))
-                .min();
-            if let (Some(folded), Some(kept)) = (newest_folded, oldest_foldable) {
-                prop_assert!(folded <= kept, "folded a record of {folded}, kept one of {kept}");
+            if let (Some(taken), Some(left)) = (newest_taken, oldest_left) {
+                prop_assert!(taken <= left, "took a record of {taken}, left one of {left}");
             }
-            // Records that may not fold stay.
-            for m in &shard {
-                prop_assert!(m.synced <= m.records.len());
+            // Enough, unless nothing worth folding is left.
+            let everything = candidates.iter().all(|c| upto(c) == c.records.last().map_or(0, |r| r.1) || c.records.iter().map(|r| r.2).sum::<u64>() <= c.growth);
+            prop_assert!(freed >= i128::from(need) || everything || plan.len() < candidates.len(),
+                "freed {freed} of {need}");
+            if need == 0 {
+                prop_assert!(plan.is_empty());
+            }
+        }
+
+        #[test]
+        fn without_base_growth_a_trim_frees_what_it_needs_oldest_first(
+            mut candidates in candidates(),
+            need in 0u64..3000,
+        ) {
+            for c in &mut candidates {
+                c.growth = 0;
+            }
+            let plan = plan_trim(&candidates, need);
+            let mut taken = Vec::new();
+            let mut left = Vec::new();
+            for c in &candidates {
+                let upto = plan.iter().find(|(id, _)| *id == c.id).map_or(0, |p| p.1);
+                for r in &c.records {
+                    if r.1 <= upto { taken.push(*r) } else { left.push(*r) }
+                }
+            }
+            let freed: u64 = taken.iter().map(|r| r.2).sum();
+            prop_assert!(freed >= need || left.is_empty(), "freed {freed} of {need}");
+            // Every record taken is needed: without the newest, too little.
+            if let Some(newest) = taken.iter().map(|r| r.0).max() {
+                prop_assert!(left.iter().all(|r| r.0 >= newest));
+                let before: u64 = taken.iter().filter(|r| r.0 < newest).map(|r| r.2).sum();
+                prop_assert!(before < need);
             }
         }
     }
 
     #[test]
-    fn under_the_cap_or_with_only_bases_nothing_trims() {
+    fn the_ledger_follows_measures_records_and_folds() {
         let mut ledger = Ledger::default();
         ledger.set(
             id(0),
@@ -328,25 +338,25 @@ mod tests {
                 oldest_ms: Some(5),
             },
         );
-        assert_eq!(ledger.next_trim(10, &HashSet::new()), None);
+        ledger.add_record(id(1), 7, 9);
+        assert_eq!(ledger.total(), 17);
         assert_eq!(
-            ledger.next_trim(4, &HashSet::new()),
-            Some(Trim {
-                id: id(0),
-                need: 6,
-                before_ms: u64::MAX
-            })
+            ledger
+                .with_records()
+                .iter()
+                .map(|o| o.0)
+                .collect::<Vec<_>>(),
+            vec![id(0), id(1)]
         );
-        ledger.set(
-            id(0),
-            ObjectHistory {
-                records: 6,
-                base: 4,
-                oldest_ms: None,
-            },
+        assert_eq!(ledger.folded(id(0), 6, 5, None, true), 5);
+        assert_eq!(
+            (ledger.total(), ledger.trims, ledger.trimmed_bytes),
+            (12, 1, 5)
         );
-        assert_eq!(ledger.next_trim(4, &HashSet::new()), None);
-        ledger.set(id(0), ObjectHistory::default());
-        assert_eq!((ledger.total(), ledger.objects()), (0, 0));
+        assert_eq!(ledger.with_records().len(), 1);
+        ledger.set(id(1), ObjectHistory::default());
+        assert_eq!((ledger.total(), ledger.objects()), (5, 1));
+        assert_eq!(trim_need(10, 16), 0);
+        assert_eq!(trim_need(20, 16), 6);
     }
 }

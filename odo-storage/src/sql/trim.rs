@@ -13,15 +13,14 @@
 //!
 //! [`SqlOptions::max_history_bytes`]: super::SqlOptions::max_history_bytes
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use odo_core::ObjectId;
 use tokio::sync::watch;
 
-use super::history::{Folded, Folding, fold, measure};
-use super::ledger::{FoldPlan, Ledger};
+use super::history::{Folded, Folding, fold, measure, walk_records};
+use super::ledger::{Candidate, FoldPlan, Ledger, ObjectHistory, plan_trim, trim_need};
 use crate::error::StorageError;
 use crate::store::{CommitState, CommitWait, ObjectFailure, StoreInner, Submission};
 
@@ -138,6 +137,34 @@ fn census(store: &StoreInner, dir: &Path) {
     store.sql_history.ledger().censused = true;
 }
 
+/// What object `id` (its database at `db`, its history `history`) can
+/// give to a trim.
+fn candidate(
+    store: &StoreInner,
+    id: ObjectId,
+    db: &Path,
+    history: ObjectHistory,
+) -> Result<Candidate, StorageError> {
+    let synced = super::log::synced(&*store.backend, &id)?;
+    let mut records = Vec::new();
+    walk_records(&*store.backend, &id, |seq, time, bytes| {
+        if seq > synced {
+            return false;
+        }
+        records.push((time, seq, bytes));
+        true
+    })?;
+    Ok(Candidate {
+        id,
+        // The new base is the database as of the last record folded:
+        // about the file's size now.
+        growth: std::fs::metadata(db)
+            .map_or(0, |m| m.len())
+            .saturating_sub(history.base),
+        records,
+    })
+}
+
 /// Brings the shard's history under its cap, oldest history first, if it
 /// is over (and no other trim is running). Blocking.
 pub(crate) fn trim(store: &StoreInner) {
@@ -151,67 +178,64 @@ pub(crate) fn trim(store: &StoreInner) {
     if !store.sql_history.ledger().censused {
         census(store, &dir);
     }
-    let mut skip = HashSet::new();
-    loop {
-        let Some(step) = store.sql_history.ledger().next_trim(cap, &skip) else {
-            break;
-        };
-        let id = step.id;
-        let db = dir.join(format!("{id}.sqlite"));
-        // Folding writes a new base, about the size of the database: fold
-        // enough records to pay for it too, and leave an object whose
-        // records would not (its history is mostly its base).
-        let history = store.sql_history.ledger().get(&id).unwrap_or_default();
-        let growth = std::fs::metadata(&db)
-            .map_or(0, |m| m.len())
-            .saturating_sub(history.base);
-        if history.records <= growth {
-            skip.insert(id);
-            continue;
-        }
-        let Some(_folding) = Folding::take(&db) else {
-            skip.insert(id);
-            continue;
-        };
-        let folded = super::log::synced(&*store.backend, &id).and_then(|synced| {
-            fold(
-                &*store.backend,
-                &id,
-                &db,
-                FoldPlan::new(synced, step.before_ms, step.need.saturating_add(growth)),
-            )
-        });
-        match folded.and_then(|folded| match folded {
-            Some(folded) => commit_fold(store, id, folded, true).map(Some),
-            None => Ok(None),
-        }) {
-            Ok(Some(lost)) => {
-                tracing::info!(
-                    %id,
-                    lost,
-                    history_bytes = store.sql_history.ledger().total(),
-                    cap,
-                    "the shard's SQL history was over its cap: its oldest was folded away"
-                );
-                if lost <= 0 {
-                    skip.insert(id);
-                }
+    let (need, objects) = {
+        let ledger = store.sql_history.ledger();
+        (trim_need(ledger.total(), cap), ledger.with_records())
+    };
+    if need == 0 {
+        return;
+    }
+    let db = |id: &ObjectId| dir.join(format!("{id}.sqlite"));
+    let mut candidates = Vec::with_capacity(objects.len());
+    for (id, history) in objects {
+        match candidate(store, id, &db(&id), history) {
+            Ok(candidate) => candidates.push(candidate),
+            Err(error) => {
+                tracing::warn!(%error, %id, "reading an object's history to trim it failed; it is kept");
             }
-            Ok(None) => {
-                skip.insert(id);
+        }
+    }
+    let plan = plan_trim(&candidates, need);
+    drop(candidates);
+    let (mut lost, mut folds) = (0, 0);
+    for (id, upto) in plan {
+        let db = db(&id);
+        // A fold of the object running now (its own catch-up) or a restore
+        // reading its base: this trim leaves it, the next one sees it.
+        let Some(_folding) = Folding::take(&db) else {
+            continue;
+        };
+        let folded =
+            fold(&*store.backend, &id, &db, FoldPlan::new(upto, u64::MAX)).and_then(|folded| {
+                match folded {
+                    Some(folded) => commit_fold(store, id, folded, true),
+                    None => Ok(0),
+                }
+            });
+        match folded {
+            Ok(bytes) => {
+                lost += bytes;
+                folds += 1;
             }
             Err(error) => {
                 tracing::warn!(%error, %id, "trimming an object's history failed; it is kept");
-                skip.insert(id);
             }
         }
     }
     let total = store.sql_history.ledger().total();
-    if total > cap {
-        tracing::debug!(
-            total,
+    if folds > 0 {
+        tracing::info!(
             cap,
-            "the shard's SQL history is over its cap with nothing left to fold yet (base files, or records the files do not hold synced)"
+            lost,
+            folds,
+            history_bytes = total,
+            "the shard's SQL history was over its cap: its oldest was folded away"
+        );
+    } else {
+        tracing::debug!(
+            cap,
+            history_bytes = total,
+            "the shard's SQL history is over its cap with nothing worth folding yet (base files, or records their files do not hold synced yet)"
         );
     }
 }

@@ -201,7 +201,7 @@ impl ObjectStorage {
             if history_ms > 0 {
                 if let Some(_folding) = super::history::Folding::take(&path) {
                     let cutoff = super::now_ms().saturating_sub(history_ms);
-                    let plan = FoldPlan::new(seq, cutoff, u64::MAX);
+                    let plan = FoldPlan::new(seq, cutoff);
                     let folded = super::history::fold(&*store.backend, &id, &path, plan).and_then(
                         |folded| match folded {
                             Some(folded) => commit_fold(&store, id, folded, false).map(drop),
