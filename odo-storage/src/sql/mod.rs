@@ -12,8 +12,9 @@
 //!
 //! The database file catches up lazily: when the WAL has grown and every
 //! local commit is durable in the log (and when the object is dropped),
-//! the WAL is checkpointed into the file, the file is synced off the
-//! async threads, and the next commit records the synced point and drops
+//! the WAL is checkpointed into the file and the file is synced, both off
+//! the async threads (on a drop, the checkpoint runs on the dropping
+//! thread), and the next commit records the synced point and drops
 //! the records up to it. On open the WAL is forgotten and the records
 //! after the synced point are replayed into the file, so what the file
 //! holds past its last sync, or what a failed group commit left in the

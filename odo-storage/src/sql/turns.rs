@@ -166,7 +166,14 @@ impl ObjectStorage {
             }
             self.prune()?;
         }
-        self.catch_up(true)
+        // The checkpoint copies up to the WAL's bound into the file: off
+        // the async threads, as the sync after it.
+        match self.sql.as_deref_mut() {
+            Some(sql) if !sql.in_turn() && sql.is_open() => sql.checkpoint_off_thread().await?,
+            _ => return Ok(()),
+        }
+        self.after_checkpoint(true);
+        Ok(())
     }
 
     /// Checkpoints the database into its file (every local commit is
@@ -174,7 +181,6 @@ impl ObjectStorage {
     /// next commit records the synced point. With `in_view` false (the
     /// view is going away) the sync's completion writes the marker itself.
     fn catch_up(&mut self, in_view: bool) -> Result<(), StorageError> {
-        let store = self.store.clone();
         let Some(sql) = self.sql.as_deref_mut() else {
             return Ok(());
         };
@@ -182,6 +188,17 @@ impl ObjectStorage {
             return Ok(());
         }
         sql.checkpoint()?;
+        self.after_checkpoint(in_view);
+        Ok(())
+    }
+
+    /// The rest of a catch-up once the WAL is checkpointed: the file's
+    /// sync, the fold of old history and the trim, on a blocking thread.
+    fn after_checkpoint(&mut self, in_view: bool) {
+        let store = self.store.clone();
+        let Some(sql) = self.sql.as_deref_mut() else {
+            return;
+        };
         let seq = sql.next_seq - 1;
         let path = sql.path.clone();
         let fsynced = sql.fsynced.clone();
@@ -234,7 +251,6 @@ impl ObjectStorage {
             Ok(runtime) => drop(runtime.spawn_blocking(sync)),
             Err(_) => sync(),
         }
-        Ok(())
     }
 
     /// Commits the turn's SQL locally and puts its log record (and the
