@@ -37,7 +37,9 @@ impl ObjectStorage {
     /// # Errors
     ///
     /// [`SqlError::OutsideHistory`] for a time before the history the
-    /// object keeps ([`SqlOptions::history_ms`](crate::SqlOptions::history_ms));
+    /// object keeps ([`SqlOptions::history_ms`](crate::SqlOptions::history_ms),
+    /// and the shard's cap, [`SqlOptions::max_history_bytes`](crate::SqlOptions::max_history_bytes)),
+    /// naming the oldest bookmark it keeps;
     /// [`SqlError::NotSqlBacked`] for a key-value-backed object.
     pub async fn bookmark_for_time(&mut self, time_ms: u64) -> Result<String, StorageError> {
         let backend = self.store.backend.clone();
@@ -67,7 +69,9 @@ impl ObjectStorage {
     /// The oldest bookmark the object's history still holds: how far back
     /// a restore can go (history older than
     /// [`SqlOptions::history_ms`](crate::SqlOptions::history_ms) is folded
-    /// away as the database catches up).
+    /// away as the database catches up, and the shard's oldest history
+    /// when the shard is over its cap,
+    /// [`SqlOptions::max_history_bytes`](crate::SqlOptions::max_history_bytes)).
     ///
     /// # Errors
     ///
