@@ -6,6 +6,7 @@
 use clap::Parser;
 use clap::builder::{PossibleValue, PossibleValuesParser};
 
+mod cluster;
 mod e2e;
 mod sql;
 mod stats;
@@ -46,6 +47,11 @@ const BENCHES: &[(&str, &str, Bench)] = &[
         "websocket",
         "the room over WebSockets against workerd's: fan-out, idle sockets, a worker killed, one big room",
         websocket::run,
+    ),
+    (
+        "cluster",
+        "odo across hosts: fjall, PostgreSQL, 3 hosts entering at owner and not; PostgreSQL alone; etcd's work per shard move",
+        cluster::run,
     ),
 ];
 

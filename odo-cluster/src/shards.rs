@@ -21,6 +21,9 @@ use crate::lease::LeaseState;
 use crate::view::View;
 
 /// What the shard loop needs.
+/// Why a SQLite-backed object is refused when shards move between hosts.
+pub(crate) const SQL_ON_SHARED_STORAGE: &str = "in cluster mode SQLite-backed objects need storage on the host (fjall), whose shards stay on their host; with storage every host reaches (PostgreSQL) shards move between hosts and an object's database files would be left behind";
+
 pub(crate) struct Shards {
     pub(crate) client: Client,
     pub(crate) keys: Keys,
@@ -179,8 +182,15 @@ impl Shards {
     /// with backoff.
     async fn open(&mut self, shard: u32, epoch: u64) {
         let spec = ShardSpec::new(&self.data_dir, shard, epoch);
+        // SQLite-backed objects keep their files in this host's data
+        // directory, as alone; where shards move between hosts, those files
+        // would be left behind, so such objects are refused.
+        let mut options = StoreOptions::for_shard(&spec, self.backend.durable());
+        if self.config.shared_storage {
+            options.sql.refused = Some(SQL_ON_SHARED_STORAGE.to_owned());
+        }
         let opened = match self.backend.open(spec).await {
-            Ok(backend) => Store::open_shared(backend, StoreOptions::default()),
+            Ok(backend) => Store::open_shared(backend, options),
             Err(e) => Err(e),
         };
         let result = opened.map_err(|e| e.to_string()).and_then(|store| {

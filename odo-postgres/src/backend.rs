@@ -23,10 +23,10 @@ use odo_core::ObjectId;
 use odo_storage::{AlarmChange, Backend, KeyRange, ObjectBatch, ScanLimit, StorageError};
 use tokio::runtime::{Handle, Runtime};
 use tokio_postgres::types::ToSql;
-use tracing::warn;
 
 use crate::conn::{Link, Session, Settings, with_session};
 use crate::error::PostgresError;
+use crate::sql::FENCED;
 
 /// One shard of odo's schema in PostgreSQL, opened by a
 /// [`PostgresFactory`](crate::PostgresFactory) at an epoch.
@@ -418,32 +418,31 @@ impl CommitRows {
     }
 }
 
-/// One group commit: one transaction, its first statement the fence.
+/// One group commit: one transaction, its first statement the fence, sent
+/// with its writes and its `COMMIT` in one pipeline (one round trip).
 async fn commit(shared: &Arc<Shared>, rows: Arc<CommitRows>) -> Result<(), PostgresError> {
     let epoch = shared.epoch_param()?;
     let result = with_session(&shared.commits, "committing a batch", false, |s| {
         let rows = rows.clone();
         let shard = shared.shard_param();
         async move {
-            s.client
-                .batch_execute("BEGIN")
-                .await
-                .map_err(PostgresError::query("beginning a commit"))?;
-            let applied = apply(&s, shard, epoch, &rows).await;
-            match applied {
-                Ok(true) => s
-                    .client
-                    .batch_execute("COMMIT")
-                    .await
-                    .map_err(PostgresError::query("committing a batch"))
-                    .map(|()| true),
-                Ok(false) | Err(_) => {
-                    if let Err(e) = s.client.batch_execute("ROLLBACK").await {
-                        warn!(error = %e, "rolling back a refused commit failed");
-                    }
-                    applied
-                }
+            // Polled in this order (biased), so sent in this order. After an
+            // error the server ignores the rest of the transaction and turns
+            // the `COMMIT` into a rollback (which `batch_execute` does not
+            // report): the outcome is the first error, if any.
+            let (begin, applied, commit) = tokio::join!(
+                biased;
+                s.client.batch_execute("BEGIN"),
+                apply(&s, shard, epoch, &rows),
+                s.client.batch_execute("COMMIT"),
+            );
+            begin.map_err(PostgresError::query("beginning a commit"))?;
+            if !applied? {
+                return Ok(false);
             }
+            commit
+                .map_err(PostgresError::query("committing a batch"))
+                .map(|()| true)
         }
     })
     .await?;
@@ -468,7 +467,8 @@ async fn commit(shared: &Arc<Shared>, rows: Arc<CommitRows>) -> Result<(), Postg
 }
 
 /// The statements of one commit, pipelined on the connection inside the
-/// transaction. `Ok(false)`: the fence did not hold.
+/// transaction. `Ok(false)`: the fence did not hold (the transaction is
+/// aborted).
 async fn apply(
     s: &Session,
     shard: i32,
@@ -523,9 +523,14 @@ async fn apply(
     let (fence, clear, delete, upsert, set_alarms, delete_alarms) =
         tokio::join!(biased; fence, clear, delete, upsert, set_alarms, delete_alarms);
     let context = "committing a batch";
-    let fence = fence.map_err(PostgresError::query(context))?;
+    if let Err(e) = fence {
+        return match e.code() == Some(&FENCED) {
+            true => Ok(false),
+            false => Err(PostgresError::query(context)(e)),
+        };
+    }
     for result in [clear, delete, upsert, set_alarms, delete_alarms] {
         result.map_err(PostgresError::query(context))?;
     }
-    Ok(!fence.is_empty())
+    Ok(true)
 }

@@ -67,13 +67,25 @@ pub(crate) fn newest(schema: &str) -> String {
     format!("SELECT epoch FROM {schema}.odo_shards WHERE shard = $1")
 }
 
-/// The fence, first statement of every commit's transaction: a row only
-/// if shard `$1` is still at epoch `$2`, and a share lock on that row until
-/// the transaction ends, so a newer claim (an `UPDATE` of the row) waits
-/// for this commit, or this commit sees the newer epoch and is refused.
+/// The fence, first statement of every commit's transaction: a share lock
+/// on shard `$1`'s row until the transaction ends, so a newer claim (an
+/// `UPDATE` of the row) waits for this commit, or this commit sees the
+/// newer epoch and is refused. Refused means an error, `division_by_zero`
+/// ([`FENCED`]: the row count is 0), at execution, never at planning: it
+/// aborts the transaction, so the writes pipelined behind it fail and the
+/// `COMMIT` sent with them rolls back. One round trip per commit.
 pub(crate) fn fence(schema: &str) -> String {
-    format!("SELECT epoch FROM {schema}.odo_shards WHERE shard = $1 AND epoch = $2 FOR SHARE")
+    format!(
+        "SELECT 1 / count(*)::integer FROM (
+             SELECT epoch FROM {schema}.odo_shards WHERE shard = $1 AND epoch = $2 FOR SHARE
+         ) AS holds"
+    )
 }
+
+/// The error the fence raises when the shard's epoch is not the one the
+/// commit carries.
+pub(crate) const FENCED: tokio_postgres::error::SqlState =
+    tokio_postgres::error::SqlState::DIVISION_BY_ZERO;
 
 pub(crate) fn get(schema: &str) -> String {
     format!("SELECT value FROM {schema}.odo_data WHERE shard = $1 AND object = $2 AND key = $3")

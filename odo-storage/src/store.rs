@@ -334,6 +334,11 @@ impl Store {
     /// hold; an object must always be opened the same way.
     #[cfg(feature = "sql")]
     pub fn sql_object(&self, id: ObjectId) -> Result<ObjectTurns, StorageError> {
+        if let Some(why) = &self.inner.options.sql.refused {
+            return Err(StorageError::Sql(crate::SqlError::NotServed {
+                why: why.clone(),
+            }));
+        }
         let dir = self.inner.sql_dir.path()?;
         Ok(ObjectTurns::new(ObjectStorage::new_sql(
             id,

@@ -233,8 +233,15 @@ pub(crate) async fn run<T: DurableObject>(start: ActorStart, factory: Factory<T>
     let view = match open_view(&shard.store, target.id, storage) {
         Ok(view) => view,
         Err(error) => {
-            // Its queued callers are answered when `_exit` drops.
             warn!(class = %target.class, id = %target.id, %error, "cannot open the object's storage");
+            // Nothing ran: its queued callers learn why (any queued after
+            // this are answered when `_exit` drops).
+            let message = format!("cannot open the object's storage: {error}");
+            for event in mailbox.take_all() {
+                let _ = event.reply.send(Err(WireError::Internal {
+                    message: message.clone(),
+                }));
+            }
             return;
         }
     };

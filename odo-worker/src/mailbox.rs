@@ -101,8 +101,12 @@ impl Mailbox {
 
     /// Drops every queued event (their callers see the object stop).
     pub(crate) fn clear(&self) {
-        let dropped = std::mem::take(&mut *self.queue());
-        drop(dropped);
+        drop(self.take_all());
+    }
+
+    /// Takes every queued event, to answer them without running them.
+    pub(crate) fn take_all(&self) -> VecDeque<Event> {
+        std::mem::take(&mut *self.queue())
     }
 
     /// The next event. Cancel-safe: an event is taken only when returned.

@@ -211,6 +211,19 @@ pub(crate) async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), OdoError> {
     config.shared_storage = backend.name() == odo_postgres::NAME;
+    if config.shared_storage {
+        for (class, kind) in classes.storage_kinds() {
+            if kind == odo_worker::ClassStorage::Sqlite {
+                tracing::warn!(
+                    class,
+                    storage = backend.name(),
+                    "a SQLite-backed class: its objects are refused in cluster mode on storage that \
+                     every host reaches (their database files would stay behind when shards move); \
+                     serve it from fjall"
+                );
+            }
+        }
+    }
     config.http = local.to_string();
     // Storage on this host: one server per data directory, as alone.
     let _lock = if config.shared_storage {

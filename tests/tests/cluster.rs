@@ -126,6 +126,9 @@ async fn plain_scenarios(cluster: &mut TestCluster) -> Result<()> {
         cluster.start_host(i)?;
     }
     placement(cluster).await.context("placement")?;
+    sqlite_refused(cluster)
+        .await
+        .context("SQLite-backed objects")?;
     let mut book = Ledger::default();
     failover(cluster, &mut book).await.context("failover")?;
     join(cluster).await.context("join")?;
@@ -832,6 +835,7 @@ async fn fjall_scenario(cluster: &mut TestCluster) -> Result<()> {
         let answer = via.post(&format!("{}/increment", counter(i))).await?;
         ensure!(answer.status == 200, "c{i}: {}", answer.status);
     }
+    sqlite_on_its_host(cluster, &via, &placed).await?;
     let killed = Instant::now();
     cluster.kill_host(victim)?;
     // Its lease runs out: its shards have no owner, and stay assigned to it.
@@ -904,6 +908,55 @@ async fn fjall_scenario(cluster: &mut TestCluster) -> Result<()> {
         orphaned_after.as_millis(),
         COUNTERS - on_victim.len(),
         back_after.as_millis(),
+    );
+    Ok(())
+}
+
+/// On fjall, a SQLite-backed object is served, its database file in the
+/// data directory of the host that owns it (not a temporary one).
+async fn sqlite_on_its_host(
+    cluster: &TestCluster,
+    via: &HttpClient,
+    placed: &BTreeMap<u32, (String, u64)>,
+) -> Result<()> {
+    for n in 1..=2 {
+        let answer = via.post("/sqlcounter/s/increment").await?;
+        ensure!(
+            answer.status == 200 && answer.text() == n.to_string(),
+            "sqlcounter: {} {}",
+            answer.status,
+            answer.text()
+        );
+    }
+    let placement: serde_json::Value =
+        serde_json::from_slice(&via.get("/_odo/placement/sqlcounter/s").await?.body)?;
+    let shard = placement["shard"].as_u64().context("shard")? as u32;
+    let owner = &placed.get(&shard).context("the shard's owner")?.0;
+    let files = std::fs::read_dir(cluster.dir().join(owner).join("sql"))
+        .with_context(|| format!("{owner}'s sql directory"))?
+        .count();
+    ensure!(files > 0, "no database file in {owner}'s data directory");
+    Ok(())
+}
+
+/// On PostgreSQL, shards move between hosts, and a SQLite-backed object's
+/// database files would not: such objects are refused, saying why.
+async fn sqlite_refused(cluster: &TestCluster) -> Result<()> {
+    let host = cluster.host(0).context("h0")?;
+    let answer = host.client.post("/sqlcounter/s/increment").await?;
+    ensure!(
+        answer.status >= 500
+            && answer
+                .text()
+                .contains("SQLite-backed objects are not served here"),
+        "{} {}",
+        answer.status,
+        answer.text()
+    );
+    ensure!(
+        host.log_text().contains("a SQLite-backed class"),
+        "no startup warning in {}'s log",
+        host.id
     );
     Ok(())
 }

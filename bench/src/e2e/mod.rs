@@ -294,7 +294,7 @@ fn report(results: &[(Server, HashMap<String, Workload>)]) {
     );
 }
 
-fn parse_duration(text: &str) -> anyhow::Result<f64> {
+pub(crate) fn parse_duration(text: &str) -> anyhow::Result<f64> {
     let (number, scale) = match text.strip_suffix('m') {
         Some(n) => (n, 60.0),
         None => (text.strip_suffix('s').unwrap_or(text), 1.0),

@@ -58,6 +58,13 @@ pub enum SqlError {
     /// A row could not be mapped into the asked type.
     #[error("could not map a row: {0}")]
     Decode(#[source] serde_json::Error),
+    /// SQLite-backed objects are not served by this store
+    /// ([`SqlOptions::refused`](super::SqlOptions::refused)).
+    #[error("SQLite-backed objects are not served here: {why}")]
+    NotServed {
+        /// Why.
+        why: String,
+    },
     /// The object's class is key-value-backed: it has no SQL database.
     #[error("this object's class is key-value-backed; register it as SQLite-backed to use SQL")]
     NotSqlBacked,

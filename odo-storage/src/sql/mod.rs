@@ -83,6 +83,14 @@ pub struct SqlOptions {
     /// what the shard holds [`Store::sql_history`](crate::Store::sql_history).
     /// Default: 1 GiB.
     pub max_history_bytes: u64,
+    /// Why this store does not serve SQLite-backed objects, if it does
+    /// not: opening one fails with [`SqlError::NotServed`] saying so. For
+    /// stores whose shards move between hosts (PostgreSQL in cluster
+    /// mode), where an object's database files, which live on one host,
+    /// would be left behind. Default: `None` (served).
+    ///
+    /// [`SqlError::NotServed`]: crate::SqlError::NotServed
+    pub refused: Option<String>,
 }
 
 impl Default for SqlOptions {
@@ -95,6 +103,7 @@ impl Default for SqlOptions {
             keep_synced_copies: false,
             history_ms: 30 * 24 * 60 * 60 * 1000,
             max_history_bytes: 1024 * 1024 * 1024,
+            refused: None,
         }
     }
 }
