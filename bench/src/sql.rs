@@ -26,7 +26,10 @@ use odo_storage::{
     StoreOptions,
 };
 
-use crate::stats::ratio;
+use crate::stats::{Latencies, ratio, us};
+
+/// A turn's durability, awaited by its own task: how long from its start.
+type DurableIn = tokio::task::JoinHandle<Result<Duration, StorageError>>;
 
 const MEASURE: Duration = Duration::from_secs(3);
 const WARM_UP: Duration = Duration::from_millis(300);
@@ -136,30 +139,69 @@ async fn counters(counter: Counter, objects: usize, in_flight: usize) -> anyhow:
                     durable.await?;
                 }
             }
-            let mut pending: VecDeque<(Instant, CommitWait)> = VecDeque::new();
+            // Each turn's durability is awaited by a task of its own, which
+            // measures start -> durable as it happens.
+            let mut pending: VecDeque<(Instant, DurableIn)> = VecDeque::new();
             let mut done = 0u64;
+            let mut latencies = (Latencies::default(), Latencies::default());
+            let finish = |started: Instant, durable: Duration, latencies: &mut (Latencies, Latencies)| {
+                if started >= measure_from && started < end {
+                    latencies.1.push(durable);
+                    1
+                } else {
+                    0
+                }
+            };
             while Instant::now() < end {
                 if pending.len() >= in_flight
                     && let Some((started, durable)) = pending.pop_front()
                 {
-                    durable.await?;
-                    done += u64::from(started >= measure_from);
+                    let took = durable.await.map_err(|e| StorageError::backend("a waiter", e))??;
+                    done += finish(started, took, &mut latencies);
                 }
                 let started = Instant::now();
                 if let Some(durable) = increment(&mut turns, counter).await? {
-                    pending.push_back((started, durable));
+                    if started >= measure_from {
+                        latencies.0.push(started.elapsed());
+                    }
+                    pending.push_back((
+                        started,
+                        tokio::spawn(async move {
+                            durable.await?;
+                            Ok(started.elapsed())
+                        }),
+                    ));
                 }
             }
             for (started, durable) in pending {
-                durable.await?;
-                done += u64::from(started >= measure_from && started < end);
+                let took = durable.await.map_err(|e| StorageError::backend("a waiter", e))??;
+                done += finish(started, took, &mut latencies);
             }
-            Ok::<_, StorageError>(done)
+            Ok::<_, StorageError>((done, latencies))
         }));
     }
     let mut total = 0;
+    let mut all = (Latencies::default(), Latencies::default());
     for task in tasks {
-        total += task.await.context("a benchmark task panicked")??;
+        let (done, latencies) = task.await.context("a benchmark task panicked")??;
+        total += done;
+        all.0.extend(latencies.0);
+        all.1.extend(latencies.1);
+    }
+    if objects == 1 {
+        let (mut turn, mut durable) = all;
+        println!(
+            "  {:<32} turn (async side) p50/p99/p99.9/max us: {}/{}/{}/{}; start->durable: {}/{}/{}/{}",
+            counter.name(),
+            us(turn.percentile(50.0)),
+            us(turn.percentile(99.0)),
+            us(turn.percentile(99.9)),
+            us(turn.percentile(100.0)),
+            us(durable.percentile(50.0)),
+            us(durable.percentile(99.0)),
+            us(durable.percentile(99.9)),
+            us(durable.percentile(100.0)),
+        );
     }
     store.close().await?;
     Ok(total as f64 / MEASURE.as_secs_f64())

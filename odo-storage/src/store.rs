@@ -222,6 +222,9 @@ pub(crate) struct StoreInner {
     /// Which SQLite-backed objects have their database open in a view.
     #[cfg(feature = "sql")]
     pub(crate) sql_claims: Arc<crate::sql::Claims>,
+    /// What the shard's SQL history weighs, against its cap.
+    #[cfg(feature = "sql")]
+    pub(crate) sql_history: crate::sql::ShardHistory,
 }
 
 impl std::fmt::Debug for StoreInner {
@@ -310,6 +313,8 @@ impl Store {
                 sql_dir: crate::sql::SqlDir::new(options.sql.dir.clone()),
                 #[cfg(feature = "sql")]
                 sql_claims: Arc::default(),
+                #[cfg(feature = "sql")]
+                sql_history: crate::sql::ShardHistory::default(),
                 options,
             }),
         })
@@ -340,6 +345,17 @@ impl Store {
             self.inner.clone(),
             &dir,
         )))
+    }
+
+    /// What the shard's SQL history (kept for point-in-time recovery)
+    /// weighs, against its cap
+    /// ([`SqlOptions::max_history_bytes`](crate::SqlOptions::max_history_bytes)),
+    /// and what the cap took away so far.
+    #[cfg(feature = "sql")]
+    pub fn sql_history(&self) -> crate::sql::SqlHistoryStats {
+        self.inner
+            .sql_history
+            .stats(self.inner.options.sql.max_history_bytes)
     }
 
     /// The backend, for reads outside any object (tools, metrics).

@@ -30,6 +30,13 @@ fn sql_on_memory_comes_back_empty_after_reopen() {
     conformance::durability(&SqlHarness::<MemoryHarness>::default());
 }
 
+/// Killed while restores to bookmarks run: each restore is whole, done or
+/// still to do, and every acknowledged turn is there.
+#[test]
+fn sql_restores_survive_sigkill() {
+    conformance::sql_restore_crash(&fjall(), "sql_restores_survive_sigkill");
+}
+
 #[test]
 fn sql_transactions_survive_sigkill() {
     conformance::sql_crash(&fjall(), "sql_transactions_survive_sigkill", false);
@@ -43,10 +50,26 @@ fn sql_transactions_survive_sigkill_and_lost_file_writes() {
     let harness = SqlHarness {
         inner: FjallHarness::default(),
         keep_synced_copies: true,
+        ..SqlHarness::default()
     };
     conformance::sql_crash(
         &harness,
         "sql_transactions_survive_sigkill_and_lost_file_writes",
         true,
+    );
+}
+
+/// With a small cap on the shard's history, trims fold it away while the
+/// child commits and is killed: every acknowledged transaction stays, and
+/// what is left of each object's history restores to a whole state.
+#[test]
+fn sql_transactions_survive_sigkill_while_history_is_trimmed() {
+    let harness = SqlHarness {
+        max_history_bytes: Some(64 * 1024),
+        ..fjall()
+    };
+    conformance::sql_crash_checking_history(
+        &harness,
+        "sql_transactions_survive_sigkill_while_history_is_trimmed",
     );
 }

@@ -312,3 +312,130 @@ async fn history_older_than_the_window_is_folded_away_and_the_rest_restores() {
     drop(restored);
     store.close().await.unwrap();
 }
+
+/// The record a bookmark names, and when it was taken (bookmarks are
+/// opaque to objects; the test reads them to watch the history move).
+fn parts(bookmark: &str) -> (u64, u64) {
+    let (time, seq) = bookmark.split_once('-').unwrap();
+    (
+        u64::from_str_radix(time, 16).unwrap(),
+        u64::from_str_radix(seq, 16).unwrap(),
+    )
+}
+
+fn open_capped(dir: &Path, cap: u64) -> Store {
+    let backend = FjallBackend::open(dir.join("kv"), FjallOptions::default()).unwrap();
+    let mut options = StoreOptions::default();
+    options.sql.dir = Some(dir.join("sql"));
+    options.sql.checkpoint_wal_bytes = 16 * 1024;
+    options.sql.max_history_bytes = cap;
+    Store::open(backend, options).unwrap()
+}
+
+#[tokio::test]
+async fn history_over_its_cap_loses_its_oldest_first_and_the_rest_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    // Object "old" writes first: its history is the shard's oldest.
+    let store = open_capped(dir.path(), u64::MAX);
+    let mut old = object(&store, "old").await;
+    let mut old_marks = Vec::new();
+    for n in 1..=40 {
+        step(&mut old, n).await;
+        old_marks.push((old.current_bookmark().await.unwrap(), state(&mut old).await));
+    }
+    drop(old);
+    store.close().await.unwrap();
+    let old_bytes = {
+        let store = open_capped(dir.path(), u64::MAX);
+        let old = object(&store, "old").await;
+        drop(old);
+        let bytes = store.sql_history().bytes;
+        store.close().await.unwrap();
+        bytes
+    };
+    assert!(old_bytes > 40 * 2000, "{old_bytes} bytes of history");
+    // The clock moves on: every record of "new" is newer than those of
+    // "old" (waiting for time to pass, not timing anything).
+    let then = now_ms();
+    while now_ms() <= then {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+
+    // With a cap a little above what "old" holds, "new" writes past it.
+    let cap = old_bytes + 64 * 1024;
+    let store = open_capped(dir.path(), cap);
+    let mut new = object(&store, "new").await;
+    let mut old = object(&store, "old").await;
+    let mut new_marks = Vec::new();
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut n = 1;
+    while parts(&old.oldest_bookmark().await.unwrap()).1 == 0 {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the history was never trimmed: {:?}",
+            store.sql_history()
+        );
+        step(&mut new, n).await;
+        new_marks.push((new.current_bookmark().await.unwrap(), state(&mut new).await));
+        n += 1;
+        tokio::task::yield_now().await;
+    }
+    // The trim counts itself once its fold is durable, which is when the
+    // oldest bookmark moved: wait for the count too.
+    while store.sql_history().trims == 0 {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the trim was never counted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let stats = store.sql_history();
+    assert!(stats.trims >= 1 && stats.trimmed_bytes > 0, "{stats:?}");
+    assert_eq!(stats.cap, cap);
+    // The oldest went first: "new" kept all of its history.
+    assert_eq!(parts(&new.oldest_bookmark().await.unwrap()).1, 0);
+    let oldest = old.oldest_bookmark().await.unwrap();
+    let (_, base) = parts(&oldest);
+    assert!(base < 40, "'old' kept some of its history ({oldest})");
+
+    // Before the oldest: refused, naming the oldest.
+    let (early, _) = &old_marks[0];
+    match old.on_next_session_restore_bookmark(early).await {
+        Err(StorageError::Sql(SqlError::OutsideHistory { oldest: named, .. })) => {
+            assert_eq!(named, oldest)
+        }
+        other => panic!("restoring to {early} before {oldest}: {other:?}"),
+    }
+    match old.bookmark_for_time(parts(early).0).await {
+        Err(StorageError::Sql(SqlError::OutsideHistory { oldest: named, .. })) => {
+            assert_eq!(named, oldest)
+        }
+        other => panic!("a bookmark for a time before {oldest}: {other:?}"),
+    }
+    old.rollback_turn();
+    // After it: every state recorded then comes back exactly.
+    let kept: Vec<_> = old_marks
+        .iter()
+        .filter(|(b, _)| parts(b).1 >= base)
+        .cloned()
+        .collect();
+    assert!(!kept.is_empty());
+    for (bookmark, expected) in [kept.first().unwrap(), kept.last().unwrap()] {
+        let (_, mut restored) = restore(&store, old, "old", bookmark).await;
+        assert_eq!(
+            &state(&mut restored).await,
+            expected,
+            "restored to {bookmark}"
+        );
+        old = restored;
+    }
+    let (bookmark, expected) = &new_marks[0];
+    let (_, mut restored) = restore(&store, new, "new", bookmark).await;
+    assert_eq!(
+        &state(&mut restored).await,
+        expected,
+        "restored to {bookmark}"
+    );
+    drop((old, restored));
+    store.close().await.unwrap();
+}

@@ -37,6 +37,8 @@ mod crash;
 mod intercept;
 #[cfg(feature = "sql")]
 mod sql_crash;
+#[cfg(feature = "sql")]
+mod sql_restore_crash;
 mod state_machine;
 
 use std::path::Path;
@@ -54,7 +56,9 @@ use crate::{FjallBackend, FjallOptions};
 pub use crash::crash;
 pub use intercept::{CommitHook, CommitValve, InterceptCommits, OpenOnDrop};
 #[cfg(feature = "sql")]
-pub use sql_crash::sql_crash;
+pub use sql_crash::{sql_crash, sql_crash_checking_history};
+#[cfg(feature = "sql")]
+pub use sql_restore_crash::sql_restore_crash;
 pub use state_machine::state_machine;
 
 /// How the suite opens the backend under test.
@@ -112,6 +116,10 @@ pub struct SqlHarness<H> {
     /// (`<file>.synced`), so the crash test can throw away what the file
     /// wrote since ([`sql_crash`]).
     pub keep_synced_copies: bool,
+    /// The shard's cap on SQL history
+    /// ([`SqlOptions::max_history_bytes`](crate::SqlOptions::max_history_bytes));
+    /// `None`: the default.
+    pub max_history_bytes: Option<u64>,
 }
 
 #[cfg(feature = "sql")]
@@ -138,6 +146,9 @@ impl<H: Harness> Harness for SqlHarness<H> {
         // Small, so that the files catch up often.
         options.sql.checkpoint_wal_bytes = 64 * 1024;
         options.sql.keep_synced_copies = self.keep_synced_copies;
+        if let Some(cap) = self.max_history_bytes {
+            options.sql.max_history_bytes = cap;
+        }
         options
     }
 

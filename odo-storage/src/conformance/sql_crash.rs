@@ -32,6 +32,23 @@ const ROUNDS: usize = 3;
 ///
 /// Panics when a check fails or the child misbehaves.
 pub fn sql_crash<H: Harness>(harness: &H, test_name: &str, throw_back: bool) {
+    run(harness, test_name, throw_back, false);
+}
+
+/// [`sql_crash`], and after each kill also checks every object's history:
+/// restored to its oldest bookmark it is whole, and the undo bookmark
+/// brings it back. For a harness with a small history cap
+/// ([`SqlHarness::max_history_bytes`](super::SqlHarness::max_history_bytes)),
+/// so that trims run while the child is killed.
+///
+/// # Panics
+///
+/// Panics when a check fails or the child misbehaves.
+pub fn sql_crash_checking_history<H: Harness>(harness: &H, test_name: &str) {
+    run(harness, test_name, false, true);
+}
+
+fn run<H: Harness>(harness: &H, test_name: &str, throw_back: bool, check_history: bool) {
     if let Some(dir) = std::env::var_os(CHILD_ENV) {
         child(harness, Path::new(&dir));
     }
@@ -73,7 +90,7 @@ pub fn sql_crash<H: Harness>(harness: &H, test_name: &str, throw_back: bool) {
         if throw_back {
             throw_back_files(&dir.path().join("sql"));
         }
-        verify(harness, dir.path(), &acked, round);
+        verify(harness, dir.path(), &acked, round, check_history);
     }
 }
 
@@ -113,68 +130,138 @@ fn throw_back_files(dir: &Path) {
     }
 }
 
-fn verify<H: Harness>(harness: &H, dir: &Path, acked: &[u64; OBJECTS], round: usize) {
+fn verify<H: Harness>(
+    harness: &H,
+    dir: &Path,
+    acked: &[u64; OBJECTS],
+    round: usize,
+    check_history: bool,
+) {
     runtime().block_on(async {
         let backend = harness.open(dir).expect("reopening after the crash");
         let store = Store::open(backend, harness.store_options(dir)).expect("store");
         for (n, &acked) in acked.iter().enumerate() {
-            let id = object_id(n);
-            let mut turns = harness.object(&store, id);
-            turns.prepare().await.expect("recovering the database");
-            let has_table = !turns
-                .sql()
-                .expect("sql")
-                .exec("PRAGMA table_list(t)", &[])
-                .expect("table_list")
-                .to_vec()
-                .is_empty();
-            let rows: Vec<i64> = if has_table {
-                turns
-                    .sql()
-                    .expect("sql")
-                    .exec("SELECT seq FROM t ORDER BY k", &[])
-                    .expect("select")
-                    .raw()
-                    .map(|r| r[0].as_i64().expect("an integer"))
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            let kv = turns
-                .get("seq")
+            let mut turns = harness.object(&store, object_id(n));
+            let stored = whole_state(&store, &mut turns, &format!("round {round}, object {n}"))
                 .await
-                .expect("get")
-                .map(|v| u64::from_be_bytes(v.as_ref().try_into().expect("8 bytes")));
-            let alarm = turns.get_alarm().await.expect("get_alarm");
-            let indexed = store.backend().alarm(&id).expect("the alarm index");
-            let stored = kv.unwrap_or(0);
-            assert!(
-                rows.len() == if kv.is_some() { ROWS as usize } else { 0 }
-                    && rows.iter().all(|seq| *seq as u64 == stored),
-                "round {round}, object {n}: a transaction is half there: rows {rows:?}, key {kv:?}"
-            );
+                .unwrap_or(0);
             assert!(
                 stored >= acked,
                 "round {round}, object {n}: acknowledged transaction {acked} lost (found {stored})"
             );
-            assert_eq!(
-                alarm, kv,
-                "round {round}, object {n}: the alarm does not match"
-            );
-            assert_eq!(
-                indexed, kv,
-                "round {round}, object {n}: the alarm index does not match"
-            );
-            turns.rollback_turn();
+            if check_history {
+                let what = format!("round {round}, object {n}, at its oldest bookmark");
+                turns.prepare().await.expect("preparing");
+                let oldest = turns.oldest_bookmark().await.expect("the oldest bookmark");
+                let undo = turns
+                    .on_next_session_restore_bookmark(&oldest)
+                    .await
+                    .expect("restoring to the oldest bookmark");
+                commit(&mut turns).await;
+                drop(turns);
+                let mut turns = harness.object(&store, object_id(n));
+                whole_state(&store, &mut turns, &what).await;
+                turns.prepare().await.expect("preparing");
+                turns
+                    .on_next_session_restore_bookmark(&undo)
+                    .await
+                    .expect("undoing the restore");
+                commit(&mut turns).await;
+                drop(turns);
+                let mut turns = harness.object(&store, object_id(n));
+                let back = whole_state(&store, &mut turns, &what).await.unwrap_or(0);
+                assert_eq!(back, stored, "{what}: the undo did not bring it back");
+            }
         }
         store.close().await.expect("close");
     });
 }
 
+/// Opens the object (recovering its database, doing a restore asked for)
+/// and answers the one sequence number its whole state holds (`None`:
+/// nothing written), after checking that it is whole: its rows, its key,
+/// its alarm and the shard's alarm index all say the same.
+pub(super) async fn whole_state(
+    store: &Store,
+    turns: &mut crate::ObjectTurns,
+    what: &str,
+) -> Option<u64> {
+    let id = turns.id();
+    turns.prepare().await.expect("recovering the database");
+    let has_table = !turns
+        .sql()
+        .expect("sql")
+        .exec("PRAGMA table_list(t)", &[])
+        .expect("table_list")
+        .to_vec()
+        .is_empty();
+    let rows: Vec<i64> = if has_table {
+        turns
+            .sql()
+            .expect("sql")
+            .exec("SELECT seq FROM t ORDER BY k", &[])
+            .expect("select")
+            .raw()
+            .map(|r| r[0].as_i64().expect("an integer"))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let kv = turns
+        .get("seq")
+        .await
+        .expect("get")
+        .map(|v| u64::from_be_bytes(v.as_ref().try_into().expect("8 bytes")));
+    let alarm = turns.get_alarm().await.expect("get_alarm");
+    let indexed = store.backend().alarm(&id).expect("the alarm index");
+    let stored = kv.unwrap_or(0);
+    assert!(
+        rows.len() == if kv.is_some() { ROWS as usize } else { 0 }
+            && rows.iter().all(|seq| *seq as u64 == stored),
+        "{what}: a transaction is half there: rows {rows:?}, key {kv:?}"
+    );
+    assert_eq!(alarm, kv, "{what}: the alarm does not match");
+    assert_eq!(indexed, kv, "{what}: the alarm index does not match");
+    turns.rollback_turn();
+    kv
+}
+
+async fn commit(turns: &mut crate::ObjectTurns) {
+    if let Some(durable) = turns.commit_turn() {
+        durable.await.expect("committing");
+    }
+}
+
+/// One turn of the crash tests' children: `seq` into 4 rows of a table
+/// (all deleted first every 7th), into the key `seq` and into the alarm.
+pub(super) async fn write_turn(
+    turns: &mut crate::ObjectTurns,
+    seq: u64,
+) -> Result<(), crate::StorageError> {
+    let sql = turns.sql()?;
+    sql.exec(
+        "CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, seq INTEGER, pad BLOB)",
+        &[],
+    )?;
+    if seq.is_multiple_of(7) {
+        sql.exec("DELETE FROM t", &[])?;
+    }
+    for k in 0..ROWS {
+        sql.exec(
+            "INSERT OR REPLACE INTO t VALUES (?, ?, randomblob(300))",
+            &[SqlValue::from(k), SqlValue::Integer(seq as i64)],
+        )?;
+    }
+    turns.put("seq", seq.to_be_bytes().to_vec()).await?;
+    turns.set_alarm(seq).await
+}
+
 /// The child: commits SQL transactions until killed.
 fn child<H: Harness>(harness: &H, dir: &Path) -> ! {
     runtime().block_on(async {
-        let backend = harness.open(dir).unwrap_or_else(|e| die("opening the store", e));
+        let backend = harness
+            .open(dir)
+            .unwrap_or_else(|e| die("opening the store", e));
         let store = Store::open(backend, harness.store_options(dir))
             .unwrap_or_else(|e| die("starting the store", e));
         say(READY);
@@ -182,33 +269,23 @@ fn child<H: Harness>(harness: &H, dir: &Path) -> ! {
         for n in 0..OBJECTS {
             let mut turns = harness.object(&store, object_id(n));
             tasks.push(tokio::spawn(async move {
-                turns.prepare().await.unwrap_or_else(|e| die("recovering", e));
+                turns
+                    .prepare()
+                    .await
+                    .unwrap_or_else(|e| die("recovering", e));
                 let stored = turns.get("seq").await.unwrap_or_else(|e| die("reading", e));
                 let mut seq = stored.map_or(0, |v| {
                     u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))
                 });
                 loop {
                     seq += 1;
-                    turns.prepare().await.unwrap_or_else(|e| die("preparing", e));
-                    let turn = async {
-                        let sql = turns.sql()?;
-                        sql.exec(
-                            "CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, seq INTEGER, pad BLOB)",
-                            &[],
-                        )?;
-                        if seq % 7 == 0 {
-                            sql.exec("DELETE FROM t", &[])?;
-                        }
-                        for k in 0..ROWS {
-                            sql.exec(
-                                "INSERT OR REPLACE INTO t VALUES (?, ?, randomblob(300))",
-                                &[SqlValue::from(k), SqlValue::Integer(seq as i64)],
-                            )?;
-                        }
-                        turns.put("seq", seq.to_be_bytes().to_vec()).await?;
-                        turns.set_alarm(seq).await
-                    };
-                    turn.await.unwrap_or_else(|e| die("writing", e));
+                    turns
+                        .prepare()
+                        .await
+                        .unwrap_or_else(|e| die("preparing", e));
+                    write_turn(&mut turns, seq)
+                        .await
+                        .unwrap_or_else(|e| die("writing", e));
                     if let Some(durable) = turns.commit_turn() {
                         durable.await.unwrap_or_else(|e| die("committing", e));
                     }

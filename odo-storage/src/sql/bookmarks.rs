@@ -8,8 +8,8 @@ use tokio::sync::watch;
 
 use super::error::SqlError;
 use super::history::{
-    RESTORE_KEY, bookmark, build_restore, parse_bookmark, pending_restore, record_at, u64_value,
-    when_key,
+    Folding, RESTORE_KEY, bookmark, build_restore, parse_bookmark, pending_restore, record_at,
+    u64_value, when_key,
 };
 use super::{now_ms, record_entry, recover};
 use crate::batch::ObjectBatch;
@@ -37,7 +37,9 @@ impl ObjectStorage {
     /// # Errors
     ///
     /// [`SqlError::OutsideHistory`] for a time before the history the
-    /// object keeps ([`SqlOptions::history_ms`](crate::SqlOptions::history_ms));
+    /// object keeps ([`SqlOptions::history_ms`](crate::SqlOptions::history_ms),
+    /// and the shard's cap, [`SqlOptions::max_history_bytes`](crate::SqlOptions::max_history_bytes)),
+    /// naming the oldest bookmark it keeps;
     /// [`SqlError::NotSqlBacked`] for a key-value-backed object.
     pub async fn bookmark_for_time(&mut self, time_ms: u64) -> Result<String, StorageError> {
         let backend = self.store.backend.clone();
@@ -67,7 +69,9 @@ impl ObjectStorage {
     /// The oldest bookmark the object's history still holds: how far back
     /// a restore can go (history older than
     /// [`SqlOptions::history_ms`](crate::SqlOptions::history_ms) is folded
-    /// away as the database catches up).
+    /// away as the database catches up, and the shard's oldest history
+    /// when the shard is over its cap,
+    /// [`SqlOptions::max_history_bytes`](crate::SqlOptions::max_history_bytes)).
     ///
     /// # Errors
     ///
@@ -138,19 +142,25 @@ impl ObjectStorage {
         let built = {
             let backend = backend.clone();
             let path = path.clone();
-            tokio::task::spawn_blocking(move || build_restore(&*backend, &id, &path, target, time))
-                .await
-                .map_err(|e| StorageError::backend("restoring an object's database", e))?
+            tokio::task::spawn_blocking(move || {
+                // No fold of the object changes its base meanwhile.
+                let _folding = Folding::wait(&path);
+                build_restore(&*backend, &id, &path, target, time)
+            })
+            .await
+            .map_err(|e| StorageError::backend("restoring an object's database", e))?
         };
         let mut batch = ObjectBatch::default();
         batch.entries.insert(RESTORE_KEY.to_owned(), None);
         match built {
             Ok((record, alarm)) => {
                 let (key, value) = record_entry(seq, &record);
+                let size = value.as_ref().map_or(0, |v| v.len() as u64);
                 batch.entries.insert(key, value);
                 batch
                     .entries
-                    .insert(when_key(time, seq), Some(bytes::Bytes::new()));
+                    .insert(when_key(time, seq), Some(u64_value(size)));
+                self.store.sql_history.ledger().add_record(id, size, time);
                 batch.alarm = alarm;
             }
             // The history no longer holds the bookmark (it was folded

@@ -296,24 +296,63 @@ impl SqlStorage {
     /// Only when every local commit is durable in the log.
     pub(crate) fn checkpoint(&mut self) -> Result<(), StorageError> {
         let guard = self.guard.clone();
-        let conn = self.conn()?;
-        guard
-            .internal(|| {
-                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
-                    row.get::<_, i64>(0)
-                })
-            })
-            .map_err(sqlite)
-            .and_then(|busy| match busy {
-                0 => Ok(()),
-                _ => Err(StorageError::backend(
-                    "checkpointing an object's database",
-                    "the checkpoint could not complete",
-                )),
-            })?;
+        checkpoint(self.conn()?, &guard)?;
         self.wal.reset();
         Ok(())
     }
+
+    /// [`checkpoint`](Self::checkpoint), on a blocking thread: the
+    /// connection (and the claim, which outlives it) go there and come
+    /// back. If the wait is given up (the turn's future dropped), they are
+    /// dropped there, connection first, and the next opening waits for
+    /// the claim.
+    pub(crate) async fn checkpoint_off_thread(&mut self) -> Result<(), StorageError> {
+        let (Some(conn), claim) = (self.conn.take(), self.claim.take()) else {
+            return Err(StorageError::backend(
+                "checkpointing an object's database",
+                "it is not open",
+            ));
+        };
+        let open = Open { conn, claim };
+        let guard = self.guard.clone();
+        let (open, result) = tokio::task::spawn_blocking(move || {
+            let mut open = open;
+            let result = checkpoint(&mut open.conn, &guard);
+            (open, result)
+        })
+        .await
+        .map_err(|e| StorageError::backend("checkpointing an object's database", e))?;
+        self.conn = Some(open.conn);
+        self.claim = open.claim;
+        result?;
+        self.wal.reset();
+        Ok(())
+    }
+}
+
+/// A connection and the claim that must outlive it (fields drop in
+/// order).
+struct Open {
+    conn: Connection,
+    claim: Option<super::claim::Claim>,
+}
+
+/// Copies the WAL of `conn` into its file and empties it (no sync).
+fn checkpoint(conn: &mut Connection, guard: &Guard) -> Result<(), StorageError> {
+    guard
+        .internal(|| {
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                row.get::<_, i64>(0)
+            })
+        })
+        .map_err(sqlite)
+        .and_then(|busy| match busy {
+            0 => Ok(()),
+            _ => Err(StorageError::backend(
+                "checkpointing an object's database",
+                "the checkpoint could not complete",
+            )),
+        })
 }
 
 fn sqlite(error: rusqlite::Error) -> StorageError {

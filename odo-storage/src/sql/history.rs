@@ -33,6 +33,7 @@ use odo_core::ObjectId;
 
 use super::database::PAGE_SIZE;
 use super::error::SqlError;
+use super::ledger::{FoldPlan, ObjectHistory};
 use super::log::{record_key, records_from, seq_of};
 use super::wal::{Record, replay};
 use crate::backend::{Backend, ScanLimit};
@@ -178,10 +179,107 @@ pub(crate) fn oldest(backend: &dyn Backend, id: &ObjectId) -> Result<String, Sto
     Ok(bookmark(time, base))
 }
 
-/// Folds the history of `id` older than `cutoff_ms` (and at most up to
-/// record `synced`, which the file at `db` holds, synced) into a new base
-/// file, and answers the batch that makes it the base and drops the
-/// records it holds; `None` when there is nothing to fold. Blocking.
+/// What a fold did: the batch that makes its base the object's and drops
+/// the records it holds, and what the history weighs after it.
+#[derive(Debug)]
+pub(crate) struct Folded {
+    pub(crate) batch: ObjectBatch,
+    /// Bytes of the records folded.
+    pub(crate) records: u64,
+    /// The new base file's size.
+    pub(crate) base: u64,
+    /// When the oldest record left committed (`None`: none left).
+    pub(crate) oldest_ms: Option<u64>,
+}
+
+/// The size of log record `seq` of `id`, as its `when` key's value says
+/// (older logs left it empty: then the record's own).
+fn record_size(
+    backend: &dyn Backend,
+    id: &ObjectId,
+    seq: u64,
+    value: &[u8],
+) -> Result<u64, StorageError> {
+    match <[u8; 8]>::try_from(value) {
+        Ok(size) => Ok(u64::from_be_bytes(size)),
+        Err(_) => Ok(backend
+            .get(id, &record_key(seq))?
+            .map_or(0, |r| r.len() as u64)),
+    }
+}
+
+/// Feeds the records of `id` (oldest first, as their `when` keys say) to
+/// `offer` until it answers false; answers the `when` keys it took.
+pub(crate) fn walk_records(
+    backend: &dyn Backend,
+    id: &ObjectId,
+    mut offer: impl FnMut(u64, u64, u64) -> bool,
+) -> Result<Vec<String>, StorageError> {
+    let mut taken = Vec::new();
+    let mut range = KeyRange {
+        lower: Bound::Included(WHEN_PREFIX.to_owned()),
+        upper: Bound::Excluded(WHEN_END.to_owned()),
+    };
+    loop {
+        let page = backend.scan(
+            id,
+            &range,
+            false,
+            ScanLimit {
+                entries: 4096,
+                bytes: usize::MAX,
+            },
+        )?;
+        let Some((last, _)) = page.last() else {
+            return Ok(taken);
+        };
+        range.lower = Bound::Excluded(last.clone());
+        for (key, value) in page {
+            let name = key.strip_prefix(WHEN_PREFIX).unwrap_or_default();
+            let seq = parse_bookmark(name)?;
+            let time = u64::from_str_radix(name.split_once('-').map_or("", |p| p.0), 16)
+                .map_err(|_| StorageError::corruption(format!("{key} of object {id}")))?;
+            if !offer(seq, time, record_size(backend, id, seq, &value)?) {
+                return Ok(taken);
+            }
+            taken.push(key);
+        }
+    }
+}
+
+/// What the history of `id` (database at `db`) weighs: its records and
+/// its base file. Blocking; reads every `when` key of the object.
+pub(crate) fn measure(
+    backend: &dyn Backend,
+    id: &ObjectId,
+    db: &Path,
+) -> Result<ObjectHistory, StorageError> {
+    let base = base(backend, id)?;
+    let mut history = ObjectHistory {
+        records: 0,
+        base: base_size(db, base),
+        oldest_ms: None,
+    };
+    walk_records(backend, id, |_, time, bytes| {
+        history.oldest_ms.get_or_insert(time);
+        history.records += bytes;
+        true
+    })?;
+    Ok(history)
+}
+
+fn base_size(db: &Path, base: u64) -> u64 {
+    match base {
+        0 => 0,
+        n => std::fs::metadata(base_file(db, n)).map_or(0, |m| m.len()),
+    }
+}
+
+/// Folds the records of `id` that `plan` takes (never past record
+/// `synced`, which the file at `db` holds, synced) into a new base file,
+/// and answers the batch that makes it the base and drops the records it
+/// holds; `None` when there is nothing to fold. Blocking; the caller holds
+/// the object's [`Folding`].
 ///
 /// The new base is written, synced and renamed into place before the
 /// batch exists, so the `sql/base` key never names a file that is not
@@ -191,15 +289,12 @@ pub(crate) fn fold(
     backend: &dyn Backend,
     id: &ObjectId,
     db: &Path,
-    synced: u64,
-    cutoff_ms: u64,
-) -> Result<Option<ObjectBatch>, StorageError> {
+    mut plan: FoldPlan,
+) -> Result<Option<Folded>, StorageError> {
     let base = base(backend, id)?;
     remove_stale_bases(db, base);
-    let Some(old) = record_at(backend, id, cutoff_ms.saturating_sub(1))? else {
-        return Ok(None);
-    };
-    let upto = old.min(synced);
+    let when_keys = walk_records(backend, id, |seq, time, bytes| plan.offer(seq, time, bytes))?;
+    let upto = plan.upto;
     if upto <= base {
         return Ok(None);
     }
@@ -237,37 +332,15 @@ pub(crate) fn fold(
     for seq in base + 1..=upto {
         batch.entries.insert(record_key(seq), None);
     }
-    // Times grow with records: the `when` keys up to record `upto` are the
-    // ones before its own, and it.
-    let mut range = KeyRange {
-        lower: Bound::Included(WHEN_PREFIX.to_owned()),
-        upper: Bound::Excluded(WHEN_END.to_owned()),
-    };
-    'keys: loop {
-        let page = backend.scan(
-            id,
-            &range,
-            false,
-            ScanLimit {
-                entries: 4096,
-                bytes: usize::MAX,
-            },
-        )?;
-        let Some((last, _)) = page.last() else { break };
-        range.lower = Bound::Excluded(last.clone());
-        for (key, _) in page {
-            let seq = key
-                .strip_prefix(WHEN_PREFIX)
-                .map(parse_bookmark)
-                .transpose()?
-                .unwrap_or(u64::MAX);
-            if seq > upto {
-                break 'keys;
-            }
-            batch.entries.insert(key, None);
-        }
+    for key in when_keys {
+        batch.entries.insert(key, None);
     }
-    Ok(Some(batch))
+    Ok(Some(Folded {
+        batch,
+        records: plan.bytes,
+        base: base_size(db, upto),
+        oldest_ms: plan.next_ms,
+    }))
 }
 
 /// The databases whose history is being folded in this process.
@@ -290,12 +363,29 @@ impl Folding {
     }
 }
 
+impl Folding {
+    /// The right to fold (or read the base of) `db`'s history, once no
+    /// one else holds it. Blocking.
+    pub(crate) fn wait(db: &Path) -> Self {
+        let mut folding = FOLDING.lock().unwrap_or_else(|e| e.into_inner());
+        while folding.iter().any(|p| p == db) {
+            folding = FOLDED.wait(folding).unwrap_or_else(|e| e.into_inner());
+        }
+        folding.push(db.to_path_buf());
+        Folding(db.to_path_buf())
+    }
+}
+
+/// Signalled when a [`Folding`] is released.
+static FOLDED: std::sync::Condvar = std::sync::Condvar::new();
+
 impl Drop for Folding {
     fn drop(&mut self) {
         FOLDING
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|p| p != &self.0);
+        FOLDED.notify_all();
     }
 }
 

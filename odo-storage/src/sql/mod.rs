@@ -12,8 +12,9 @@
 //!
 //! The database file catches up lazily: when the WAL has grown and every
 //! local commit is durable in the log (and when the object is dropped),
-//! the WAL is checkpointed into the file, the file is synced off the
-//! async threads, and the next commit records the synced point and drops
+//! the WAL is checkpointed into the file and the file is synced, both off
+//! the async threads (on a drop, the checkpoint runs on the dropping
+//! thread), and the next commit records the synced point and drops
 //! the records up to it. On open the WAL is forgotten and the records
 //! after the synced point are replayed into the file, so what the file
 //! holds past its last sync, or what a failed group commit left in the
@@ -27,7 +28,9 @@ mod error;
 mod guard;
 mod history;
 mod kv;
+mod ledger;
 mod log;
+mod trim;
 mod turns;
 mod wal;
 
@@ -37,10 +40,12 @@ pub use cursor::{Cursor, Row, SqlValue};
 pub use database::SqlStorage;
 pub use error::SqlError;
 pub use guard::{MAX_SQL_COLUMNS, MAX_SQL_PARAMETERS, MAX_SQL_ROW_BYTES, MAX_SQL_STATEMENT_BYTES};
+pub use trim::SqlHistoryStats;
 
 pub(crate) use claim::Claims;
 pub(crate) use database::{record_entry, recover, sync_file};
 pub(crate) use log::{SYNCED_KEY, record_key, synced_value};
+pub(crate) use trim::ShardHistory;
 
 /// Options of the SQLite-backed objects of a store (in
 /// [`StoreOptions::sql`](crate::StoreOptions)).
@@ -69,6 +74,15 @@ pub struct SqlOptions {
     /// in milliseconds; 0 keeps none (log records go once the file has
     /// them). Default: 30 days, as Cloudflare.
     pub history_ms: u64,
+    /// The most bytes of history (log records kept for point-in-time
+    /// recovery, and base files) a shard keeps, across its objects. Over
+    /// it, the oldest history of the shard is folded away first, whatever
+    /// the window ([`history_ms`](Self::history_ms)) allows; what each
+    /// object still holds is
+    /// [`ObjectStorage::oldest_bookmark`](crate::ObjectStorage::oldest_bookmark),
+    /// what the shard holds [`Store::sql_history`](crate::Store::sql_history).
+    /// Default: 1 GiB.
+    pub max_history_bytes: u64,
     /// Why this store does not serve SQLite-backed objects, if it does
     /// not: opening one fails with [`SqlError::NotServed`] saying so. For
     /// stores whose shards move between hosts (PostgreSQL in cluster
@@ -88,6 +102,7 @@ impl Default for SqlOptions {
             max_wal_bytes: 64 * 1024 * 1024,
             keep_synced_copies: false,
             history_ms: 30 * 24 * 60 * 60 * 1000,
+            max_history_bytes: 1024 * 1024 * 1024,
             refused: None,
         }
     }

@@ -12,11 +12,13 @@ use tokio::sync::watch;
 
 use super::database::SqlStorage;
 use super::error::SqlError;
+use super::ledger::FoldPlan;
+use super::trim::{commit_fold, measure_into, trim};
 use super::{SYNCED_KEY, record_entry, record_key, recover, sync_file, synced_value};
 use crate::batch::{AlarmChange, ObjectBatch};
 use crate::error::StorageError;
 use crate::object::ObjectStorage;
-use crate::store::{CommitState, CommitWait, ObjectFailure, StoreInner, Submission};
+use crate::store::{CommitState, ObjectFailure, StoreInner, Submission};
 
 impl ObjectStorage {
     pub(crate) fn new_sql(id: ObjectId, store: Arc<StoreInner>, dir: &Path) -> Self {
@@ -45,6 +47,9 @@ impl ObjectStorage {
         if !sql.is_open() {
             let claim = self.store.sql_claims.take_now(sql.id)?;
             let recovered = recover(&*backend, &sql.id, &sql.path, sql.max_bytes, &sql.guard)?;
+            if self.store.options.sql.history_ms > 0 {
+                measure_into(&self.store, &sql.id, &sql.path);
+            }
             sql.opened(recovered, claim);
         }
         Ok(sql)
@@ -129,11 +134,15 @@ impl ObjectStorage {
             // An older view of the object may still be closing its
             // connection (an eviction, a reset): wait for it.
             let claim = self.store.sql_claims.take(sql.id).await;
-            let backend = self.store.backend.clone();
+            let store = self.store.clone();
             let (id, path, max_bytes, guard) =
                 (sql.id, sql.path.clone(), sql.max_bytes, sql.guard.clone());
             let recovered = tokio::task::spawn_blocking(move || {
-                recover(&*backend, &id, &path, max_bytes, &guard)
+                let recovered = recover(&*store.backend, &id, &path, max_bytes, &guard)?;
+                if store.options.sql.history_ms > 0 {
+                    measure_into(&store, &id, &path);
+                }
+                Ok::<_, StorageError>(recovered)
             })
             .await
             .map_err(|e| StorageError::backend("opening an object's database", e))??;
@@ -157,7 +166,14 @@ impl ObjectStorage {
             }
             self.prune()?;
         }
-        self.catch_up(true)
+        // The checkpoint copies up to the WAL's bound into the file: off
+        // the async threads, as the sync after it.
+        match self.sql.as_deref_mut() {
+            Some(sql) if !sql.in_turn() && sql.is_open() => sql.checkpoint_off_thread().await?,
+            _ => return Ok(()),
+        }
+        self.after_checkpoint(true);
+        Ok(())
     }
 
     /// Checkpoints the database into its file (every local commit is
@@ -165,7 +181,6 @@ impl ObjectStorage {
     /// next commit records the synced point. With `in_view` false (the
     /// view is going away) the sync's completion writes the marker itself.
     fn catch_up(&mut self, in_view: bool) -> Result<(), StorageError> {
-        let store = self.store.clone();
         let Some(sql) = self.sql.as_deref_mut() else {
             return Ok(());
         };
@@ -173,6 +188,17 @@ impl ObjectStorage {
             return Ok(());
         }
         sql.checkpoint()?;
+        self.after_checkpoint(in_view);
+        Ok(())
+    }
+
+    /// The rest of a catch-up once the WAL is checkpointed: the file's
+    /// sync, the fold of old history and the trim, on a blocking thread.
+    fn after_checkpoint(&mut self, in_view: bool) {
+        let store = self.store.clone();
+        let Some(sql) = self.sql.as_deref_mut() else {
+            return;
+        };
         let seq = sql.next_seq - 1;
         let path = sql.path.clone();
         let fsynced = sql.fsynced.clone();
@@ -189,33 +215,22 @@ impl ObjectStorage {
                 return;
             }
             fsynced.fetch_max(seq, Ordering::SeqCst);
-            if history_ms > 0
-                && let Some(_folding) = super::history::Folding::take(&path)
-            {
-                let cutoff = super::now_ms().saturating_sub(history_ms);
-                match super::history::fold(&*store.backend, &id, &path, seq, cutoff) {
-                    Ok(Some(batch)) => {
-                        let (done, durable) = watch::channel(CommitState::Pending);
-                        // A closed store is fine: the history stays longer.
-                        if store
-                            .submit(Submission {
-                                object: id,
-                                batch: Arc::new(batch),
-                                done,
-                                failure: ObjectFailure::default(),
-                            })
-                            .is_ok()
-                            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-                        {
-                            // The next fold reads the new base's key.
-                            let _ = runtime.block_on(CommitWait::new(durable).wait());
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(error) => {
+            if history_ms > 0 {
+                if let Some(_folding) = super::history::Folding::take(&path) {
+                    let cutoff = super::now_ms().saturating_sub(history_ms);
+                    let plan = FoldPlan::new(seq, cutoff);
+                    let folded = super::history::fold(&*store.backend, &id, &path, plan).and_then(
+                        |folded| match folded {
+                            Some(folded) => commit_fold(&store, id, folded, false).map(drop),
+                            None => Ok(()),
+                        },
+                    );
+                    // A closed store is fine: the history stays longer.
+                    if let Err(error) = folded {
                         tracing::warn!(%error, %id, "folding an object's old history failed; it is kept");
                     }
                 }
+                trim(&store);
             }
             if !in_view && seq > marked {
                 let mut batch = ObjectBatch::default();
@@ -236,7 +251,6 @@ impl ObjectStorage {
             Ok(runtime) => drop(runtime.spawn_blocking(sync)),
             Err(_) => sync(),
         }
-        Ok(())
     }
 
     /// Commits the turn's SQL locally and puts its log record (and the
@@ -253,10 +267,17 @@ impl ObjectStorage {
             // time is the state at that time.
             let time = record.time_ms.max(sql.last_time);
             sql.last_time = time;
+            // The record's size, for the history's cap.
             turn.entries.insert(
                 super::history::when_key(time, sql.next_seq),
-                Some(Bytes::new()),
+                Some(super::history::u64_value(value_len(&value))),
             );
+            if keep_history {
+                self.store
+                    .sql_history
+                    .ledger()
+                    .add_record(sql.id, value_len(&value), time);
+            }
             sql.next_seq += 1;
             turn.entries.insert(key, value);
         }
@@ -279,6 +300,10 @@ impl ObjectStorage {
         }
         Ok(())
     }
+}
+
+fn value_len(value: &Option<Bytes>) -> u64 {
+    value.as_ref().map_or(0, |v| v.len() as u64)
 }
 
 /// Copies the synced file at `path` to `<path>.synced`, atomically.
