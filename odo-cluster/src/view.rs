@@ -47,7 +47,13 @@ async fn connect_with(
         .collect();
     let mut options = ConnectOptions::new()
         .with_connect_timeout(config.etcd_timeout)
-        .with_keep_alive(Duration::from_secs(1), config.etcd_timeout);
+        // etcd refuses pings more often than every 5 s (its
+        // `--grpc-keepalive-min-time`): it closed the connection with every
+        // stream on it (a follower's campaign, a lease's keep-alives) every
+        // few seconds when this pinged each second. A dead link is found by
+        // the requests' own timeouts (a lease renewal's within the local
+        // deadline), not by these pings.
+        .with_keep_alive(ETCD_PING_INTERVAL, config.etcd_timeout);
     if let Some(timeout) = request_timeout {
         options = options.with_timeout(timeout);
     }
@@ -71,6 +77,9 @@ async fn connect_with(
         .await
         .map_err(ClusterError::etcd("connecting"))
 }
+
+/// How often an idle connection to etcd is pinged (HTTP/2).
+const ETCD_PING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// An owner key as the host sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

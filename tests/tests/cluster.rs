@@ -151,6 +151,7 @@ async fn plain_scenarios(cluster: &mut TestCluster) -> Result<()> {
     let mut book = Ledger::default();
     failover(cluster, &mut book).await.context("failover")?;
     join(cluster).await.context("join")?;
+    steady_etcd_links(cluster)?;
     zombie(cluster, &mut book).await.context("zombie")?;
     leave(cluster, &mut book).await.context("leave")?;
     infrastructure(cluster, &mut book)
@@ -826,5 +827,19 @@ async fn sqlite_refused(cluster: &TestCluster) -> Result<()> {
         "no startup warning in {}'s log",
         host.id
     );
+    Ok(())
+}
+
+/// Seconds into the cluster's life, with etcd up all along, no host has
+/// lost its connection to etcd: a follower's campaign (a stream that lasts
+/// as long as the leader) still runs. Pinging etcd more often than its
+/// `--grpc-keepalive-min-time` (5 s) made etcd close every host's
+/// connection every few seconds, each campaign failing with it.
+fn steady_etcd_links(cluster: &TestCluster) -> Result<()> {
+    for host in cluster.live() {
+        let log = host.log_text();
+        let failed = log.matches("campaign failed").count();
+        ensure!(failed == 0, "{}: {failed} campaigns failed", host.id);
+    }
     Ok(())
 }
