@@ -61,20 +61,12 @@ pub fn crash<H: Harness>(harness: &H, test_name: &str) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut acked = [0u64; OBJECTS];
     for round in 0..ROUNDS {
-        let exe = std::env::current_exe().expect("the current test binary");
-        let child = Command::new(exe)
-            .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, dir.path())
-            .envs(harness.child_env())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawning the child");
-        let mut guard = ChildGuard(child);
-        let stdout = guard.0.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        wait_ready(&mut lines, &mut guard, round);
+        let (mut guard, mut lines) = spawn_ready(
+            test_name,
+            (CHILD_ENV, dir.path()),
+            harness.child_env(),
+            round,
+        );
 
         let target = 1 + random_below(300);
         let mut seen = 0;
@@ -97,11 +89,41 @@ pub fn crash<H: Harness>(harness: &H, test_name: &str) {
     }
 }
 
+/// The lines a child prints.
+pub(super) type ChildLines = Lines<BufReader<ChildStdout>>;
+
+/// Runs test `test_name` of this binary again as a child, its data
+/// directory in the environment variable `dir.0` and `env` beside (what
+/// the harness needs), and waits for its ready line. The child is killed
+/// when the guard drops.
+pub(super) fn spawn_ready(
+    test_name: &str,
+    dir: (&str, &Path),
+    env: Vec<(String, String)>,
+    round: usize,
+) -> (ChildGuard, ChildLines) {
+    let exe = std::env::current_exe().expect("the current test binary");
+    let child = Command::new(exe)
+        .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(dir.0, dir.1)
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawning the child");
+    let mut guard = ChildGuard(child);
+    let stdout = guard.0.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    wait_ready(&mut lines, &mut guard, round);
+    (guard, lines)
+}
+
 pub(super) fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> Option<String> {
     lines.next().and_then(Result::ok)
 }
 
-pub(super) fn wait_ready(
+fn wait_ready(
     lines: &mut Lines<BufReader<ChildStdout>>,
     guard: &mut ChildGuard,
     round: usize,

@@ -4,11 +4,8 @@
 //! then thrown back to their last synced copies.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use super::crash::{
-    ACK, ChildGuard, OBJECTS, READY, die, next_line, random_below, say, wait_ready,
-};
+use super::crash::{ACK, OBJECTS, READY, die, next_line, random_below, say, spawn_ready};
 use super::{Harness, object_id, runtime};
 use crate::{SqlValue, Store};
 
@@ -58,19 +55,12 @@ fn run<H: Harness>(harness: &H, test_name: &str, throw_back: bool, check_history
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut acked = [0u64; OBJECTS];
     for round in 0..ROUNDS {
-        let exe = std::env::current_exe().expect("the current test binary");
-        let child = Command::new(exe)
-            .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawning the child");
-        let mut guard = ChildGuard(child);
-        let stdout = guard.0.stdout.take().expect("piped stdout");
-        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-        wait_ready(&mut lines, &mut guard, round);
+        let (mut guard, mut lines) = spawn_ready(
+            test_name,
+            (CHILD_ENV, dir.path()),
+            harness.child_env(),
+            round,
+        );
         let target = 1 + random_below(400);
         let mut seen = 0;
         while seen < target {

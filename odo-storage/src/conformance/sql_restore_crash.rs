@@ -3,11 +3,9 @@
 //! bookmark and reopens the object (which does the restore), and is
 //! killed with SIGKILL while a restore and the reactivation after it run.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use super::crash::{ChildGuard, READY, die, next_line, random_below, say, wait_ready};
+use super::crash::{READY, die, next_line, random_below, say, spawn_ready};
 use super::sql_crash::{whole_state, write_turn};
 use super::{Harness, object_id, runtime};
 use crate::Store;
@@ -73,21 +71,9 @@ pub fn sql_restore_crash<H: Harness>(harness: &H, test_name: &str) {
     let mut known = [Known::default(); OBJECTS];
     let mut inside = 0;
     for round in 0..ROUNDS {
-        let exe = std::env::current_exe().expect("the current test binary");
-        let child = Command::new(exe)
-            .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, dir.path())
-            .env(ROUND_ENV, (round + 1).to_string())
-            .envs(harness.child_env())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawning the child");
-        let mut guard = ChildGuard(child);
-        let stdout = guard.0.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        wait_ready(&mut lines, &mut guard, round);
+        let mut env = harness.child_env();
+        env.push((ROUND_ENV.to_owned(), (round + 1).to_string()));
+        let (mut guard, mut lines) = spawn_ready(test_name, (CHILD_ENV, dir.path()), env, round);
         // A random number of acknowledgements, then the next reopening
         // that restores, then kill (at once, or a line or two later).
         let acks = 1 + random_below(120);
