@@ -110,47 +110,47 @@ mod linux {
         );
         let mut rows = Vec::new();
         {
-            let mut c = TestCluster::start(spec(&binary, "fjall"))?;
-            c.start_host(0)?;
-            runtime.block_on(c.wait_placed(SETTLE, true))?;
-            rows.extend(runtime.block_on(workloads(
-                &c,
-                "fjall, 1 host",
-                Entry::Owner,
-                duration,
-            ))?);
+            let (c, placed) = runtime.block_on(placed_cluster(&binary, "fjall", 1))?;
+            let on_owner = (Entry::Owner, &placed);
+            rows.extend(runtime.block_on(workloads(&c, "fjall, 1 host", on_owner, duration))?);
         }
         {
-            let mut c = TestCluster::start(spec(&binary, "postgres"))?;
-            c.start_host(0)?;
-            runtime.block_on(c.wait_placed(SETTLE, true))?;
-            rows.extend(runtime.block_on(workloads(&c, "pg, 1 host", Entry::Owner, duration))?);
+            let (c, placed) = runtime.block_on(placed_cluster(&binary, "postgres", 1))?;
+            let on_owner = (Entry::Owner, &placed);
+            rows.extend(runtime.block_on(workloads(&c, "pg, 1 host", on_owner, duration))?);
             for load in ["hot", "spread"] {
                 rows.push(runtime.block_on(postgres_alone(&c.postgres.url(), load, duration))?);
             }
         }
         {
-            let mut c = TestCluster::start(spec(&binary, "postgres"))?;
-            for i in 0..3 {
-                c.start_host(i)?;
+            let (mut c, placed) = runtime.block_on(placed_cluster(&binary, "postgres", 3))?;
+            for (config, entry) in [
+                ("pg, 3 hosts, owner", Entry::Owner),
+                ("pg, 3 hosts, remote", Entry::Remote),
+            ] {
+                rows.extend(runtime.block_on(workloads(&c, config, (entry, &placed), duration))?);
             }
-            runtime.block_on(c.wait_placed(SETTLE, true))?;
-            rows.extend(runtime.block_on(workloads(
-                &c,
-                "pg, 3 hosts, owner",
-                Entry::Owner,
-                duration,
-            ))?);
-            rows.extend(runtime.block_on(workloads(
-                &c,
-                "pg, 3 hosts, remote",
-                Entry::Remote,
-                duration,
-            ))?);
             let costs = runtime.block_on(etcd_costs(&mut c, duration))?;
             report(&rows, &costs);
         }
         Ok(())
+    }
+
+    /// Shard -> (owner, epoch), once settled.
+    type Placement = BTreeMap<u32, (String, u64)>;
+
+    /// A cluster of `hosts` hosts on `storage`, started and settled.
+    async fn placed_cluster(
+        binary: &Path,
+        storage: &str,
+        hosts: usize,
+    ) -> Result<(TestCluster, Placement)> {
+        let mut c = TestCluster::start(spec(binary, storage))?;
+        for i in 0..hosts {
+            c.start_host(i)?;
+        }
+        let placed = c.wait_placed(SETTLE, true).await?;
+        Ok((c, placed))
     }
 
     fn spec(binary: &Path, storage: &str) -> ClusterSpec {
@@ -191,8 +191,11 @@ mod linux {
 
     /// Counter names whose object the entry host (host 0) owns, or does
     /// not: `count` of them.
-    async fn names(c: &TestCluster, entry: Entry, count: usize) -> Result<Vec<String>> {
-        let placement = c.wait_placed(SETTLE, true).await?;
+    async fn names(
+        c: &TestCluster,
+        (entry, placement): (Entry, &Placement),
+        count: usize,
+    ) -> Result<Vec<String>> {
         let host = c.host(0).context("host 0 is not running")?;
         let mut out = Vec::with_capacity(count);
         for i in 0.. {
@@ -222,7 +225,7 @@ mod linux {
     async fn workloads(
         c: &TestCluster,
         config: &'static str,
-        entry: Entry,
+        entry: (Entry, &Placement),
         duration: Duration,
     ) -> Result<Vec<Row>> {
         let spread = names(c, entry, KEYS).await?;

@@ -290,34 +290,8 @@ async fn placement(cluster: &mut TestCluster) -> Result<()> {
     for (owner, _) in placed.values() {
         *per_host.entry(owner).or_default() += 1;
     }
-    let pids: BTreeMap<u32, String> = cluster
-        .live()
-        .map(|h| (h.server.pid, h.id.clone()))
-        .collect();
-    let mut forwarded = 0;
+    let forwarded = one_activation_each(cluster).await?;
     for i in 0..COUNTERS {
-        let mut seen = BTreeSet::new();
-        for host in cluster.live() {
-            let answer = host.client.get(&format!("{}/whoami", counter(i))).await?;
-            ensure!(
-                answer.status == 200,
-                "whoami via {}: {}",
-                host.id,
-                answer.status
-            );
-            let who: serde_json::Value = serde_json::from_slice(&answer.body)?;
-            let pid = who["pid"].as_u64().context("pid")? as u32;
-            ensure!(pids.contains_key(&pid), "whoami names pid {pid}, no host");
-            if pid != host.server.pid {
-                forwarded += 1;
-            }
-            seen.insert((pid, who["activation"].to_string()));
-        }
-        ensure!(
-            seen.len() == 1,
-            "counter c{i}: {} activations seen: {seen:?}",
-            seen.len()
-        );
         for host in cluster.live() {
             let answer = host
                 .client
@@ -346,6 +320,39 @@ async fn placement(cluster: &mut TestCluster) -> Result<()> {
         COUNTERS * 3
     );
     Ok(())
+}
+
+/// Every counter, entering at every host, shows one activation (one pid,
+/// that of a running host, and one activation id). Returns how many of
+/// those answers came from another host than the one entered at.
+async fn one_activation_each(cluster: &TestCluster) -> Result<usize> {
+    let pids: BTreeSet<u32> = cluster.live().map(|h| h.server.pid).collect();
+    let mut forwarded = 0;
+    for i in 0..COUNTERS {
+        let mut seen = BTreeSet::new();
+        for host in cluster.live() {
+            let answer = host.client.get(&format!("{}/whoami", counter(i))).await?;
+            ensure!(
+                answer.status == 200,
+                "whoami c{i} via {}: {}",
+                host.id,
+                answer.status
+            );
+            let who: serde_json::Value = serde_json::from_slice(&answer.body)?;
+            let pid = who["pid"].as_u64().context("pid")? as u32;
+            ensure!(pids.contains(&pid), "whoami names pid {pid}, no host");
+            if pid != host.server.pid {
+                forwarded += 1;
+            }
+            seen.insert((pid, who["activation"].to_string()));
+        }
+        ensure!(
+            seen.len() == 1,
+            "counter c{i}: {} activations seen: {seen:?}",
+            seen.len()
+        );
+    }
+    Ok(forwarded)
 }
 
 /// SIGKILL host 2 under load entering at hosts 0 and 1.

@@ -28,7 +28,7 @@ use odo_tests::http::HttpClient;
 use odo_tests::netns;
 
 use super::load::{Ledger, Load, LoadReport, clients_of, failures, shards_of};
-use super::{COUNTERS, counter};
+use super::{COUNTERS, counter, one_activation_each};
 
 const ETCD: [&str; 3] = ["e0", "e1", "e2"];
 
@@ -90,27 +90,6 @@ fn tally(reports: &[LoadReport]) -> (usize, usize, BTreeMap<String, usize>) {
     let acked: usize = reports.iter().map(|r| r.acked.len()).sum();
     let requests = acked + failed.values().sum::<usize>();
     (requests, acked, failed)
-}
-
-/// Every counter, entering at every host, shows one activation (one pid,
-/// one activation id).
-async fn one_activation_each(cluster: &TestCluster) -> Result<()> {
-    for i in 0..COUNTERS {
-        let mut seen = BTreeSet::new();
-        for host in cluster.live() {
-            let answer = host.client.get(&format!("{}/whoami", counter(i))).await?;
-            ensure!(
-                answer.status == 200,
-                "whoami c{i} via {}: {}",
-                host.id,
-                answer.status
-            );
-            let who: serde_json::Value = serde_json::from_slice(&answer.body)?;
-            seen.insert((who["pid"].to_string(), who["activation"].to_string()));
-        }
-        ensure!(seen.len() == 1, "c{i}: activations {seen:?}");
-    }
-    Ok(())
 }
 
 /// Polls `what` every 50 ms until it holds, for at most 30 s.
