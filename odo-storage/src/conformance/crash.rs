@@ -123,11 +123,7 @@ pub(super) fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> Option<Str
     lines.next().and_then(Result::ok)
 }
 
-fn wait_ready(
-    lines: &mut Lines<BufReader<ChildStdout>>,
-    guard: &mut ChildGuard,
-    round: usize,
-) {
+fn wait_ready(lines: &mut Lines<BufReader<ChildStdout>>, guard: &mut ChildGuard, round: usize) {
     loop {
         match next_line(lines) {
             // libtest may print `test name ... ` on the same line first.
