@@ -17,7 +17,7 @@ use odo_router::{
     Door, ForwardError, Location, ObjectService, PathRoutes, PlainRoutes, Router, RouterConfig,
     SocketEventOut, WebSocketConfig,
 };
-use odo_storage::{BackendFactory, Backends, ShardSpec, Store, StoreOptions};
+use odo_storage::{BackendFactory, Backends, ShardSpec, Store};
 use odo_worker::{
     CallScope, ClassError, ClassStorage, Classes, DurableObject, ObjectAddress, RpcCall, Runtime,
     RuntimeConfig,
@@ -819,7 +819,7 @@ impl LocalService {
         let runtime = Runtime::new(classes, options.runtime.clone(), shards);
         for shard in 0..shards {
             let spec = ShardSpec::new(&options.data_dir, shard, 1);
-            let store_options = StoreOptions::for_shard(&spec, backend.durable());
+            let store_options = runtime.store_options(&spec, backend.durable());
             let opened = backend.open(spec).await?;
             let store = Store::open_shared(opened, store_options)?;
             runtime

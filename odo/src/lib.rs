@@ -41,7 +41,7 @@ pub use odo_router::{Client, RouterConfig};
 /// implements ([`storage::Backend`], [`storage::BackendFactory`]), for
 /// [`App::backend`].
 pub use odo_storage as storage;
-pub use odo_storage::{ListOptions, SqlValue};
+pub use odo_storage::{ListOptions, SqlLimits, SqlValue};
 pub use odo_worker::{
     AlarmInfo, ClassStorage, Context, DurableObject, ObjectError, Request, Response, RpcCall,
     RpcReply, RuntimeConfig, Stub, WebSocket, WebSocketError, WebSocketMessage,
