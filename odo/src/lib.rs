@@ -21,6 +21,9 @@
 
 mod admin;
 mod app;
+mod cli;
+mod local;
+mod signals;
 #[cfg(all(feature = "cluster", not(target_os = "linux")))]
 compile_error!("odo's `cluster` feature (odo-cluster) is built on Linux only");
 #[cfg(feature = "cluster")]
