@@ -312,7 +312,6 @@ scenario!(sql_rollback, |w, t| {
         json!([]),
     )
     .await?;
-    let txn = |statements: Value| statements.to_string();
     let insert =
         |v: &str| json!({ "sql": "INSERT INTO notes VALUES (?)", "params": [{ "text": v }] });
     // One statement fails: none of them happened.
@@ -321,7 +320,7 @@ scenario!(sql_rollback, |w, t| {
         "POST",
         &format!("/sqlprobe/{n}/txn"),
         &[],
-        txn(json!([insert("a"), insert("b"), insert("a")])),
+        json!([insert("a"), insert("b"), insert("a")]).to_string(),
     )
     .await?;
     t.fact(
@@ -333,7 +332,7 @@ scenario!(sql_rollback, |w, t| {
         "POST",
         &format!("/sqlprobe/{n}/txn"),
         &[],
-        txn(json!([insert("a"), insert("b")])),
+        json!([insert("a"), insert("b")]).to_string(),
     )
     .await?;
     t.fact(
