@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use odo_core::socket::{SocketOp, SocketOutput};
+use odo_core::socket::{DoorSockets, ShardSockets, SocketOp, SocketOutput};
 use odo_core::wire::{Request, Response};
 use odo_transport::{ChannelPool, ClientConfig};
 use tokio::sync::{mpsc, oneshot};
@@ -45,8 +45,10 @@ struct Door {
     queued_bytes: Arc<AtomicUsize>,
 }
 
-/// Reaches the front doors over the transport.
-pub(crate) struct RemoteDoors {
+/// Reaches the front doors over the transport: what a worker process
+/// uses, and what a cluster host uses for the doors of other hosts (over
+/// the hosts' authenticated transport).
+pub struct RemoteDoors {
     pool: Arc<ChannelPool>,
     doors: Mutex<HashMap<String, Door>>,
 }
@@ -58,7 +60,9 @@ impl fmt::Debug for RemoteDoors {
 }
 
 impl RemoteDoors {
-    pub(crate) fn new(client: ClientConfig) -> Self {
+    /// Reaches front doors as `client` (the token, and a TLS upgrade
+    /// between hosts).
+    pub fn new(client: ClientConfig) -> Self {
         Self {
             pool: Arc::new(ChannelPool::new(client)),
             doors: Mutex::default(),
@@ -94,6 +98,26 @@ impl WebSocketDoors for RemoteDoors {
             return async { false }.boxed();
         }
         async move { taken.await.unwrap_or(false) }.boxed()
+    }
+
+    fn shard_sockets(
+        &self,
+        door: &str,
+        shard: u32,
+        shard_count: u32,
+    ) -> BoxFuture<'static, Result<Vec<DoorSockets>, String>> {
+        let pool = self.pool.clone();
+        let door = door.to_owned();
+        async move {
+            let channel = pool.get(&door).await.map_err(|e| e.to_string())?;
+            let request = Request::SocketRecords(ShardSockets { shard, shard_count });
+            match channel.call(request, Bytes::new(), PUSH_DEADLINE).await {
+                Ok((Response::SocketRecords(records), _)) => Ok(records),
+                Ok((other, _)) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        .boxed()
     }
 }
 

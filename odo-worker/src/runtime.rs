@@ -219,11 +219,40 @@ impl Runtime {
 
     /// Starts serving `shard` at `epoch` from `store`, including its alarms.
     pub fn open_shard(&self, shard: u32, epoch: u64, store: Store) -> Result<(), ShardError> {
+        self.open_shard_with_sockets(shard, epoch, store, Vec::new())
+    }
+
+    /// As [`Runtime::open_shard`], knowing from the start the sockets the
+    /// front doors hold for the shard's objects (`sockets`, as each door
+    /// answered [`WebSocketDoors::shard_sockets`]): a cluster host taking
+    /// over a shard serves it only with every door's sockets in its book,
+    /// so a broadcast reaches the members held at doors whose clients have
+    /// not spoken since.
+    ///
+    /// # Errors
+    ///
+    /// As [`Runtime::open_shard`].
+    pub fn open_shard_with_sockets(
+        &self,
+        shard: u32,
+        epoch: u64,
+        store: Store,
+        sockets: Vec<odo_core::socket::DoorSockets>,
+    ) -> Result<(), ShardError> {
         let count = self.inner.shard_count;
         if shard >= count {
             return Err(ShardError::NoSuchShard { shard, count });
         }
         let state = Arc::new(ShardState::new(shard, epoch, store));
+        for held in sockets {
+            if held.object.shard(count) != shard {
+                continue;
+            }
+            let door = state.sockets.door(&held.door);
+            state
+                .sockets
+                .sync(&held.object, &door, held.sockets, held.auto_response);
+        }
         {
             let mut shards = self
                 .inner

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use bytes::{Bytes, BytesMut};
 use odo_core::ObjectId;
 use odo_core::socket::{
-    SocketOp, SocketOutput, SocketRecord, UPGRADE_DOOR_HEADER, UPGRADE_SOCKET_HEADER,
+    DoorSockets, SocketOp, SocketOutput, SocketRecord, UPGRADE_DOOR_HEADER, UPGRADE_SOCKET_HEADER,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -798,6 +798,20 @@ pub trait WebSocketDoors: Send + Sync + 'static {
         output: SocketOutput,
         body: Bytes,
     ) -> futures_util::future::BoxFuture<'static, bool>;
+
+    /// What front door `door` holds of the sockets of `shard`'s objects
+    /// (of `shard_count` shards), for this process to take the shard over
+    /// knowing every door's sockets (cluster mode). By default, nothing:
+    /// a door's sockets are then handed over with its next event.
+    fn shard_sockets(
+        &self,
+        door: &str,
+        shard: u32,
+        shard_count: u32,
+    ) -> futures_util::future::BoxFuture<'static, Result<Vec<DoorSockets>, String>> {
+        let _ = (door, shard, shard_count);
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// Whether `request` asks for a WebSocket (`Upgrade: websocket`): the

@@ -12,6 +12,10 @@
 //!    saw the same value; time from the kill to the first durable write on
 //!    the new owner.
 //! 3. `join`: the killed host comes back and gets its share.
+//! 3b. `room` (module `room`): a chat room whose members enter at every
+//!    host; the host holding the room is SIGKILLed while they talk: the
+//!    other sockets stay open at their doors, the room moves, messages
+//!    are stored and delivered once, in order (then the host comes back).
 //! 4. `zombie`: SIGSTOP a host past its lease under load, then SIGCONT:
 //!    its shards moved at a newer epoch meanwhile; its late commits are
 //!    refused by PostgreSQL's fence (its log says so), nothing it answered
@@ -48,6 +52,8 @@ use odo_tests::topology::{Signal, signal, stop_process};
 mod load;
 #[path = "cluster/partition.rs"]
 mod partition;
+#[path = "cluster/room.rs"]
+mod room;
 
 use load::{Ledger, Load, clients_of, failures, shards_of};
 
@@ -151,6 +157,9 @@ async fn plain_scenarios(cluster: &mut TestCluster) -> Result<()> {
     let mut book = Ledger::default();
     failover(cluster, &mut book).await.context("failover")?;
     join(cluster).await.context("join")?;
+    room::room(cluster)
+        .await
+        .context("a room across hosts, its host killed")?;
     steady_etcd_links(cluster)?;
     zombie(cluster, &mut book).await.context("zombie")?;
     leave(cluster, &mut book).await.context("leave")?;
