@@ -14,8 +14,11 @@
 //! - A host taking over a shard asks every live member's door for its
 //!   records of the shard's sockets first ([`gather`]), so the objects it
 //!   serves know their members at every door from their first turn.
+//! - A host that leaves the members takes its door with it: pushes to it
+//!   are dropped from then on, and the objects here get close events for
+//!   its sockets ([`follow_members`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -26,9 +29,12 @@ use odo_core::WireError;
 use odo_core::socket::{DoorSockets, SocketOutput};
 use odo_core::wire::{Request, Response};
 use odo_transport::{ClientConfig, Handler};
-use odo_worker::{ObjectHandler, RemoteDoors, WebSocketDoors};
+use odo_worker::{ObjectHandler, RemoteDoors, Runtime, WebSocketDoors};
+use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
+
+use crate::view::View;
 
 /// How long a host taking over a shard waits for one door's records.
 const GATHER_WITHIN: Duration = Duration::from_secs(2);
@@ -56,11 +62,21 @@ impl std::fmt::Debug for HostDoors {
 impl HostDoors {
     /// The doors as the host at `own` reaches them, with `client` (the
     /// cluster's token and TLS).
-    pub(crate) fn new(own: String, client: ClientConfig) -> Self {
+    ///
+    /// A door exists while its host is a live member in `view`: pushes to
+    /// the door of a host that died are sent again until its lease expired,
+    /// then dropped (its sockets ended with it).
+    pub(crate) fn new(own: String, client: ClientConfig, view: watch::Receiver<Arc<View>>) -> Self {
+        let alive = move |door: &str| {
+            view.borrow()
+                .members
+                .values()
+                .any(|m| m.member.endpoint == door)
+        };
         Self {
             own,
             local: RwLock::new(None),
-            remote: RemoteDoors::new(client),
+            remote: RemoteDoors::new(client).with_liveness(Arc::new(alive)),
             unreachable: Mutex::default(),
         }
     }
@@ -195,5 +211,42 @@ impl Handler for HostHandler {
             }
             other => self.objects.handle(other, body).await,
         }
+    }
+}
+
+/// Follows the members until `stop`: when a host leaves the members (its
+/// lease expired or was revoked), its door is gone with it, and the objects
+/// of this host's shards get close events for the sockets it held
+/// ([`Runtime::door_gone`]).
+pub(crate) async fn follow_members(
+    runtime: Runtime,
+    own: String,
+    mut view: watch::Receiver<Arc<View>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let endpoints = |view: &View| -> BTreeSet<String> {
+        view.members
+            .values()
+            .map(|m| m.member.endpoint.clone())
+            .collect()
+    };
+    let mut known = endpoints(&view.borrow_and_update());
+    loop {
+        tokio::select! {
+            changed = view.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = endpoints(&view.borrow_and_update());
+        for gone in known.difference(&now).filter(|e| **e != own) {
+            let sockets = runtime.door_gone(gone);
+            if sockets > 0 {
+                info!(door = %gone, sockets, "a host left the members: its front door's sockets are closed for their objects");
+            }
+        }
+        known = now;
     }
 }

@@ -176,7 +176,7 @@ impl Host {
         };
         let router = ObjectRouter::new(runtime.clone(), endpoint.clone(), placement, hosts.clone());
         runtime.set_cluster(Arc::new(router.clone()));
-        let doors = Arc::new(HostDoors::new(endpoint.clone(), hosts));
+        let doors = Arc::new(HostDoors::new(endpoint.clone(), hosts, view.clone()));
         runtime.set_websocket_doors(doors.clone());
         let (server_stop, mut server_stopped) = watch::channel(false);
         let handler = Arc::new(HostHandler {
@@ -218,6 +218,12 @@ impl Host {
             lease.clone(),
             view.clone(),
             leading_tx,
+            stop_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(crate::doors::follow_members(
+            runtime.clone(),
+            endpoint.clone(),
+            view.clone(),
             stop_rx.clone(),
         )));
         let (draining_tx, draining_rx) = watch::channel(false);

@@ -13,7 +13,7 @@ use odo_core::{ObjectAddress, WireError};
 use odo_storage::Store;
 use odo_transport::forward::ForwardError;
 use tokio::sync::{Notify, oneshot};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::actor::ActorStart;
 use crate::alarms::{AlarmHost, alarm_loop};
@@ -205,6 +205,60 @@ impl Runtime {
         scope: CallScope,
     ) -> Result<(), WireError> {
         self.inner.socket_event(event, epoch, payload, scope).await
+    }
+
+    /// Front door `door` is gone with its host (cluster mode: the host's
+    /// lease expired): each object of this runtime's shards with sockets
+    /// there gets a close event (1006, not clean) for each, as for a
+    /// dropped connection on one machine, and forgets them. Returns how
+    /// many sockets that was; the events run in the background.
+    pub fn door_gone(&self, door: &str) -> usize {
+        let shards: Vec<Arc<ShardState>> = read(&self.inner.shards).values().cloned().collect();
+        let mut events = Vec::new();
+        for shard in shards {
+            for (id, socket) in shard.sockets.at_door(door) {
+                let Some(class) = self.inner.classes.by_tag(id.namespace_tag()) else {
+                    continue;
+                };
+                events.push(odo_core::socket::SocketEvent {
+                    target: odo_core::wire::Target {
+                        object: ObjectAddress {
+                            class: class.name.clone(),
+                            id,
+                            name: None,
+                        },
+                        shard: shard.shard,
+                        epoch: shard.epoch,
+                    },
+                    meta: odo_core::wire::CallMeta::default(),
+                    door: door.to_owned(),
+                    socket,
+                    auto_response_ms: None,
+                    kind: odo_core::socket::SocketEventKind::Close {
+                        code: odo_core::socket::close_code::ABNORMAL,
+                        reason: "the host holding the socket was lost".into(),
+                        was_clean: false,
+                    },
+                });
+            }
+        }
+        let n = events.len();
+        if n > 0 {
+            let this = self.clone();
+            tokio::spawn(async move {
+                for event in events {
+                    let epoch = event.target.epoch;
+                    let scope = CallScope::outside(this.inner.config.call_timeout);
+                    if let Err(e) = this
+                        .socket_event(event, Some(epoch), Bytes::new(), scope)
+                        .await
+                    {
+                        debug!(error = %e, "a lost host's socket: its close event failed");
+                    }
+                }
+            });
+        }
+        n
     }
 
     /// A handle on namespace `class`, for programs that hold the runtime.

@@ -252,6 +252,21 @@ impl SocketBook {
             .is_some_and(|s| s.entries.contains_key(key))
     }
 
+    /// The sockets front door `door` holds, of every object of the shard.
+    pub(crate) fn at_door(&self, door: &str) -> Vec<(ObjectId, u64)> {
+        let mut out: Vec<(ObjectId, u64)> = lock(&self.objects)
+            .iter()
+            .flat_map(|(id, s)| {
+                s.entries
+                    .keys()
+                    .filter(|k| &*k.door == door)
+                    .map(move |k| (*id, k.id))
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// Forgets a socket (it closed).
     pub(crate) fn remove(&self, object: &ObjectId, key: &SocketKey) {
         self.with(object, |s| s.remove(key));

@@ -274,6 +274,13 @@ pub(crate) async fn serve(
         host.endpoint().to_owned(),
         service.clone(),
     );
+    // Socket numbers unique across this host's restarts (the milliseconds
+    // since the Unix epoch, times 2^20): a room's owner may still list the
+    // sockets of this door's previous incarnation.
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    door.number_sockets_from(started_ms << 20);
     host.set_front_door(Some(Arc::new(crate::websockets::LocalDoors(door.clone()))));
     let front = Arc::new(
         router(service)

@@ -322,6 +322,15 @@ impl Door {
         }
     }
 
+    /// Numbers this door's sockets from `first` on (before any upgrade).
+    /// A cluster host's door is named by the host's endpoint, which a
+    /// restarted host takes again: numbering from the start time keeps a
+    /// new socket from taking a number that the old incarnation gave out,
+    /// which a room's owner may still hold.
+    pub fn number_sockets_from(&self, first: u64) {
+        self.inner.next_socket.store(first.max(1), Ordering::SeqCst);
+    }
+
     /// The endpoint workers send this door's outputs to.
     pub fn endpoint(&self) -> &str {
         &self.inner.endpoint

@@ -1,5 +1,7 @@
 //! `room`: one chat room (the demo `room` class) whose members enter at
-//! every host, and the host that holds the room SIGKILLed while they talk.
+//! every host, and the host that holds the room SIGKILLed while they talk;
+//! then another room, and a host that holds members but not the room
+//! killed: no socket at another host is closed, no message missed.
 //!
 //! Before the kill every member, whichever host it entered at, receives
 //! every message, in one order (the owner's broadcast reaches the doors of
@@ -111,11 +113,11 @@ async fn talk(
     Ok(member)
 }
 
-/// A room whose shard `owner` holds: its name and the owner's index.
-async fn room_held_by_a_host(cluster: &TestCluster) -> Result<(String, usize)> {
+/// Room `name` and the index of the host that holds it.
+async fn room_held_by_a_host(cluster: &TestCluster, name: &str) -> Result<(String, usize)> {
     let placed = cluster.wait_placed(Duration::from_secs(30), true).await?;
-    let client = &cluster.host(0).context("h0")?.client;
-    let name = "lobby".to_owned();
+    let client = &cluster.live().next().context("no host")?.client;
+    let name = name.to_owned();
     let answer = client.get(&format!("/_odo/placement/room/{name}")).await?;
     let v: serde_json::Value = serde_json::from_slice(&answer.body)?;
     let shard = v["shard"].as_u64().context("shard")? as u32;
@@ -127,7 +129,28 @@ async fn room_held_by_a_host(cluster: &TestCluster) -> Result<(String, usize)> {
 }
 
 pub(crate) async fn room(cluster: &mut TestCluster) -> Result<()> {
-    let (name, victim) = room_held_by_a_host(cluster).await?;
+    let began = Instant::now();
+    let (name, owner) = room_held_by_a_host(cluster, "lobby").await?;
+    conversation(cluster, &name, owner, true).await?;
+    // Then a host that holds members but not the room: no socket at the
+    // other hosts is closed, nothing is missed.
+    let (name, owner) = room_held_by_a_host(cluster, "porch").await?;
+    conversation(cluster, &name, (owner + 1) % 3, false).await?;
+    println!(
+        "cluster: room: both kills in {} s",
+        began.elapsed().as_secs()
+    );
+    Ok(())
+}
+
+/// Members talk in room `name`, entering at every host; host `victim`
+/// (the room's owner, or not) is SIGKILLed meanwhile, then started again.
+async fn conversation(
+    cluster: &mut TestCluster,
+    name: &str,
+    victim: usize,
+    owner_killed: bool,
+) -> Result<()> {
     let path = format!("/room/{name}/ws");
     // Members 0.. enter at the hosts in turn; member 0 at a host that
     // survives.
@@ -324,15 +347,33 @@ pub(crate) async fn room(cluster: &mut TestCluster) -> Result<()> {
         .filter(|(_, m)| m.end == End::Dropped)
         .count();
     let sent: usize = members.iter().map(|(_, m)| m.sent.len()).sum();
-    let pause = members
+    if !owner_killed {
+        ensure!(
+            restarted == 0 && lost == 0,
+            "a host holding members but not the room was killed: {restarted} sockets at other hosts closed with 1012, {lost} messages missed"
+        );
+    }
+    // The longest silence a talker still open saw from the kill on: from
+    // the kill (or a line) to its next line.
+    let talker = members
         .iter()
-        .flat_map(|(_, m)| m.got.iter())
-        .filter(|(n, _, at)| *at > killed_at && *n > max_before_kill)
-        .map(|(_, _, at)| at.duration_since(killed_at))
-        .min()
+        .find(|(host, m)| *host != victim && m.end == End::Open && !m.sent.is_empty())
+        .context("no talker stayed open")?;
+    let times: Vec<Instant> = talker.1.got.iter().map(|(_, _, at)| *at).collect();
+    let pause = std::iter::once(killed_at)
+        .chain(times.iter().copied().filter(|at| *at > killed_at))
+        .collect::<Vec<_>>()
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]))
+        .max()
         .context("nothing delivered after the kill")?;
+    let what = if owner_killed {
+        "the room's host"
+    } else {
+        "a host holding members, not the room,"
+    };
     println!(
-        "cluster: room: {} members entering at 3 hosts (2 of them only listening), the room's host h{victim} SIGKILLed after {max_before_kill} messages: {sent} sent, {} stored (last {last}), {delivered} lines delivered, {lost} missed by open members (in flight at the kill), 0 duplicates, 0 out of order; sockets dropped with the killed host: {dropped}, closed 1012 (in flight): {restarted}, open to the end: {}; first delivery after the kill {} ms",
+        "cluster: room: {} members entering at 3 hosts (2 of them only listening), {what} h{victim} SIGKILLed after {max_before_kill} messages: {sent} sent, {} stored (last {last}), {delivered} lines delivered, {lost} missed by open members (in flight at the kill), 0 duplicates, 0 out of order; sockets dropped with the killed host: {dropped}, closed 1012 (in flight): {restarted}, open to the end: {}; longest silence at an open member after the kill {} ms",
         members.len(),
         history.len(),
         members.len() - dropped - restarted,
