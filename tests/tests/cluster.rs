@@ -32,7 +32,8 @@
 //!
 //! And `tls`: a second cluster with TLS everywhere (a test CA: etcd
 //! requires client certificates, PostgreSQL over TCP with verify-full,
-//! hosts talk TLS to each other): placement and forwarding.
+//! hosts talk TLS to each other): placement and forwarding, and a room's
+//! broadcasts to the doors of both hosts.
 //!
 //! And `netns` (module `partition`): a cluster whose etcd members and
 //! hosts each run in a network namespace of their own, partitioned from
@@ -647,6 +648,7 @@ async fn tls() -> Result<()> {
             }
         }
         ensure!(forwarded > 0, "no request was forwarded between the hosts");
+        let lines = room::one_room_at_every_host(&cluster).await.context("a room")?;
         // Plain text to a host's transport port gets no odo answer: the
         // connection fails its TLS handshake and is closed.
         let h0 = cluster.host(0).context("h0")?;
@@ -667,7 +669,7 @@ async fn tls() -> Result<()> {
         };
         ensure!(logged, "h0 did not log the refused plain-text connection");
         println!(
-            "cluster: tls: etcd with client certificates, PostgreSQL over TLS with client certificates, 2 hosts over mutual TLS: {} shards placed, {forwarded} of 16 whoami forwarded between hosts, increments add up; plain text to a host's transport port is refused (its log says so)",
+            "cluster: tls: etcd with client certificates, PostgreSQL over TLS with client certificates, 2 hosts over mutual TLS: {} shards placed, {forwarded} of 16 whoami forwarded between hosts, increments add up; a room with a member at each host: {lines} lines delivered, each to both; plain text to a host's transport port is refused (its log says so)",
             placed.len()
         );
         Ok(())

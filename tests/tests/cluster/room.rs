@@ -384,3 +384,25 @@ async fn conversation(
     cluster.wait_placed(Duration::from_secs(30), true).await?;
     Ok(())
 }
+
+/// One member entering at each live host of `cluster` says one thing in
+/// turn: each line reaches every member (the room's owner pushes to the
+/// other hosts' doors). Returns the lines delivered.
+pub(crate) async fn one_room_at_every_host(cluster: &TestCluster) -> Result<usize> {
+    let mut members = Vec::new();
+    for host in cluster.live() {
+        members.push(Ws::connect(host.client.base(), "/room/across/ws").await?);
+    }
+    let mut delivered = 0;
+    for speaker in 0..members.len() {
+        let text = format!("hello from {speaker}");
+        members[speaker].send(&text).await?;
+        let line = format!("{}:{text}", speaker + 1);
+        for (i, member) in members.iter_mut().enumerate() {
+            let got = member.text().await?;
+            ensure!(got == line, "member {i} got {got:?}, not {line:?}");
+            delivered += 1;
+        }
+    }
+    Ok(delivered)
+}
