@@ -99,7 +99,9 @@ impl WebSocketDoors for HostDoors {
         if door == self.own {
             return match self.local() {
                 Some(local) => local.submit(door, output, body),
-                None => async { false }.boxed(),
+                // No door (yet, or any more): it holds no socket, and
+                // outputs for sockets that are gone are dropped.
+                None => async { true }.boxed(),
             };
         }
         self.remote.submit(door, output, body)
@@ -183,10 +185,7 @@ impl Handler for HostHandler {
             Request::SocketOutput(output) => {
                 // Applied before this returns: pushes are applied in the
                 // order they arrive (each door's sender keeps one in flight).
-                let applied = match self.doors.local() {
-                    Some(local) => local.submit(&self.doors.own, output, body),
-                    None => async { false }.boxed(),
-                };
+                let applied = self.doors.submit(&self.doors.own, output, body);
                 if applied.await {
                     (Response::Socket, Bytes::new())
                 } else {
