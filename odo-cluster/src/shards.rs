@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
-use odo_storage::{BackendFactory, ShardSpec, Store, StoreOptions};
+use odo_storage::{BackendFactory, ShardSpec, Store};
 use odo_worker::Runtime;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -189,7 +189,7 @@ impl Shards {
         // SQLite-backed objects keep their files in this host's data
         // directory, as alone; where shards move between hosts, those files
         // would be left behind, so such objects are refused.
-        let mut options = StoreOptions::for_shard(&spec, self.backend.durable());
+        let mut options = self.runtime.store_options(&spec, self.backend.durable());
         if self.config.shared_storage {
             options.sql.refused = Some(SQL_ON_SHARED_STORAGE.to_owned());
         }

@@ -7,10 +7,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -289,21 +289,24 @@ impl Router {
     }
 
     /// Reads the request body up to the limit and the deadline; the answer
-    /// to give instead when it cannot.
+    /// to give instead when it cannot. A body over the limit is answered
+    /// 413 at once and the rest of it is read and discarded in the
+    /// background ([`linger`]), so the connection's close is orderly.
     async fn read_body(
         &self,
         parts: &http::request::Parts,
-        body: Incoming,
+        mut body: Incoming,
         deadline: Instant,
     ) -> Result<Bytes, http::Response<Body>> {
         let max = self.config.max_body_bytes;
-        let too_large = || {
+        let too_large = |body: Incoming, declared: Option<u64>| {
+            linger(body, declared);
             let mut response = text(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body over the {max}-byte limit\n"),
             );
-            // The rest of the body is never read, so the connection cannot
-            // carry another request: say so, or a client reusing it races
+            // The connection cannot carry another request after a body
+            // the door did not take: say so, or a client reusing it races
             // the close.
             response
                 .headers_mut()
@@ -316,21 +319,27 @@ impl Router {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > max as u64) {
-            return Err(too_large());
+            return Err(too_large(body, declared));
         }
-        match tokio::time::timeout_at(deadline, Limited::new(body, max).collect()).await {
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(e))
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                Err(too_large())
+        let mut collected = BytesMut::new();
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+                Err(_) => return Err(error_response(&ForwardError::Deadline { written: false })),
+                Ok(None) => return Ok(collected.freeze()),
+                Ok(Some(Err(e))) => {
+                    return Err(text(
+                        StatusCode::BAD_REQUEST,
+                        format!("cannot read the body: {e}\n"),
+                    ));
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            if let Ok(data) = frame.into_data() {
+                if collected.len() + data.len() > max {
+                    return Err(too_large(body, None));
+                }
+                collected.extend_from_slice(&data);
             }
-            Ok(Err(e)) => Err(text(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the body: {e}\n"),
-            )),
-            Err(_) => Err(error_response(&ForwardError::Deadline { written: false })),
         }
     }
 
@@ -384,4 +393,37 @@ impl Router {
         }
         text(StatusCode::NOT_FOUND, "not found\n")
     }
+}
+
+/// The most of a refused body the door reads and discards after its 413,
+/// and for how long: a client that writes its whole body before reading
+/// (most do) then reads the answer and an orderly close. Without it the
+/// door would close with unread bytes in its receive buffer, which makes
+/// the kernel reset the connection, and a reset can destroy the 413 before
+/// the client reads it. A body declared larger than this is not drained:
+/// the connection closes at once.
+const LINGER_BYTES: u64 = 16 * 1024 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(5);
+
+/// Reads and discards what is left of a refused request body, in the
+/// background, within [`LINGER_BYTES`] and [`LINGER_TIME`]; then drops it
+/// (hyper closes the connection after its answer either way).
+fn linger(mut body: Incoming, declared: Option<u64>) {
+    if declared.is_some_and(|len| len > LINGER_BYTES) {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut read = 0u64;
+        let drain = async {
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(data) = frame.data_ref() {
+                    read += data.len() as u64;
+                    if read > LINGER_BYTES {
+                        break;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+    });
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{GUARD, Read, Served, connect, hello, read_some, read_to_close};
 use odo_router::RouterConfig;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,5 +182,79 @@ async fn an_idle_http2_connection_is_closed() {
         ended.is_ok(),
         "an idle HTTP/2 connection stayed open past {GUARD:?}"
     );
+    served.stop().await;
+}
+
+/// A client that sends a body over the limit is answered 413 and may finish
+/// sending its body: the door reads and discards it before closing, so the
+/// close is an orderly end of file, never a reset that could destroy the
+/// answer before the client has read it (a client writing its whole body
+/// first, as most do, would otherwise see a broken pipe instead of 413).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_answered_and_drained_before_the_close() {
+    let served = Served::start(RouterConfig::default()).await;
+    let max = RouterConfig::default().max_body_bytes;
+    for declared in [true, false] {
+        let mut stream = connect(served.addr).await;
+        let body = vec![b'x'; max + 64 * 1024];
+        let head = if declared {
+            format!(
+                "PUT /echo/a HTTP/1.1\r\nhost: test\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            )
+        } else {
+            "PUT /echo/a HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n\r\n".to_owned()
+        };
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let (first, rest) = body.split_at(max + 1024);
+        let chunk = |part: &[u8]| {
+            if declared {
+                part.to_vec()
+            } else {
+                let mut framed = format!("{:x}\r\n", part.len()).into_bytes();
+                framed.extend_from_slice(part);
+                framed.extend_from_slice(b"\r\n");
+                framed
+            }
+        };
+        stream.write_all(&chunk(first)).await.unwrap();
+        // The answer comes before the body is all sent.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(GUARD, stream.read(&mut buf))
+                .await
+                .expect("an answer within the guard")
+                .expect("the answer, not a reset");
+            assert!(n > 0, "closed before the answer");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 413"), "{got:?}");
+        // The rest of the body is taken, and the close is orderly.
+        stream
+            .write_all(&chunk(rest))
+            .await
+            .expect("the rest of the body is read");
+        if !declared {
+            stream
+                .write_all(b"0\r\n\r\n")
+                .await
+                .expect("the last chunk");
+        }
+        let end = loop {
+            match tokio::time::timeout(GUARD, stream.read(&mut buf))
+                .await
+                .expect("the close within the guard")
+            {
+                Ok(0) => break Ok(()),
+                Ok(_) => {}
+                Err(e) => break Err(e),
+            }
+        };
+        assert!(
+            end.is_ok(),
+            "declared {declared}: reset instead of a close: {end:?}"
+        );
+    }
     served.stop().await;
 }

@@ -101,7 +101,7 @@ pub use object::{ListOptions, ObjectStorage, Transaction};
 #[cfg(feature = "sql")]
 pub use sql::{
     Cursor, MAX_SQL_COLUMNS, MAX_SQL_PARAMETERS, MAX_SQL_ROW_BYTES, MAX_SQL_STATEMENT_BYTES, Row,
-    SqlError, SqlHistoryStats, SqlOptions, SqlStorage, SqlValue,
+    SqlError, SqlHistoryStats, SqlLimits, SqlOptions, SqlStorage, SqlValue,
 };
 pub use store::{CommitStats, CommitWait, Store, StoreOptions};
 pub use turns::ObjectTurns;

@@ -111,6 +111,24 @@ impl ObjectTurns {
         }
     }
 
+    /// Why the current turn cannot commit, if SQLite rolled its whole
+    /// transaction back after an error (a full database, say): the turn
+    /// must then fail (nothing of it is written; the object is reset)
+    /// rather than commit. Call it before [`commit_turn`](Self::commit_turn).
+    pub fn turn_rolled_back(&self) -> Option<String> {
+        #[cfg(feature = "sql")]
+        {
+            self.storage
+                .sql
+                .as_deref()
+                .and_then(|sql| sql.aborted().map(str::to_owned))
+        }
+        #[cfg(not(feature = "sql"))]
+        {
+            None
+        }
+    }
+
     /// Whether the current turn has written anything.
     pub fn has_turn_writes(&self) -> bool {
         self.storage.has_turn_writes()

@@ -59,6 +59,12 @@ async fn typed_values_round_trip_and_cursors_answer_rows() {
         )
         .unwrap();
     assert_eq!(written.rows_written(), 2);
+    // A statement that changes no row reports none, not the last
+    // INSERT's count.
+    let index = sql.exec("CREATE INDEX t_i ON t (i)", &[]).unwrap();
+    assert_eq!(index.rows_written(), 0);
+    let batch = sql.exec("CREATE TABLE u (v); DROP TABLE u", &[]).unwrap();
+    assert_eq!(batch.rows_written(), 0);
     let cursor = sql.exec("SELECT * FROM t ORDER BY i", &[]).unwrap();
     assert_eq!(cursor.column_names(), ["i", "r", "s", "b", "n"]);
     let rows: Vec<Vec<SqlValue>> = cursor.clone().into_raw();

@@ -545,6 +545,15 @@ async fn turn<T: DurableObject>(
         },
     };
     let deferred = std::mem::take(&mut ctx.deferred);
+    // A turn whose SQL transaction SQLite rolled back (a full database)
+    // cannot commit, whatever its handler answered: it failed, and nothing
+    // of it is written, which its caller is told (not "outcome unknown").
+    let ran = match (ran, ctx.storage.turn_rolled_back()) {
+        (Ran::Ok(_), Some(cause)) => Ran::Failed(format!(
+            "the turn's transaction was rolled back after an earlier error: {cause}"
+        )),
+        (ran, _) => ran,
+    };
     match ran {
         Ran::Ok(outcome) => {
             let restore = ctx.storage.restore_asked();

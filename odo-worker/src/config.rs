@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use odo_storage::SqlLimits;
+
 /// Limits and timings of the object runtime. `Default` gives the documented
 /// defaults.
 #[derive(Debug, Clone)]
@@ -34,6 +36,11 @@ pub struct RuntimeConfig {
     /// Default [`MAX_SOCKETS_PER_OBJECT`](crate::MAX_SOCKETS_PER_OBJECT)
     /// (32,768, as Cloudflare).
     pub websocket_max_sockets_per_object: usize,
+    /// SQLite-backed objects' largest database and the history kept for
+    /// point-in-time recovery, for every store this runtime's host opens
+    /// ([`Runtime::store_options`](crate::Runtime::store_options)).
+    /// Default: [`SqlLimits::default`] (10 GB, 30 days, 1 GiB per shard).
+    pub sql: SqlLimits,
 }
 
 impl Default for RuntimeConfig {
@@ -47,6 +54,7 @@ impl Default for RuntimeConfig {
             release_grace: Duration::from_secs(10),
             websocket_max_message_bytes: 32 * 1024 * 1024,
             websocket_max_sockets_per_object: 32_768,
+            sql: SqlLimits::default(),
         }
     }
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use odo_core::WireError;
 use odo_core::launch::WorkerLaunch;
 use odo_core::wire::{CallMeta, Control, ControlReply, Request, Response, WorkerStats};
-use odo_storage::{BackendFactory, Backends, ShardSpec, StorageError, Store, StoreOptions};
+use odo_storage::{BackendFactory, Backends, ShardSpec, StorageError, Store};
 use odo_transport::forward;
 use odo_transport::{
     BindError, Channel, ClientConfig, ConnectError, Endpoint, EndpointError, Handler, Server,
@@ -234,7 +234,7 @@ struct WorkerHandler {
 impl WorkerHandler {
     async fn open_store(&self, shard: u32, epoch: u64) -> Result<Store, StorageError> {
         let spec = ShardSpec::new(&self.data_dir, shard, epoch);
-        let options = StoreOptions::for_shard(&spec, self.backend.durable());
+        let options = self.runtime.store_options(&spec, self.backend.durable());
         let backend = self.backend.open(spec).await?;
         Store::open_shared(backend, options)
     }

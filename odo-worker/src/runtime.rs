@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use odo_core::{ObjectAddress, WireError};
-use odo_storage::Store;
+use odo_storage::{ShardSpec, Store, StoreOptions};
 use odo_transport::forward::ForwardError;
 use tokio::sync::{Notify, oneshot};
 use tracing::{debug, info, warn};
@@ -123,6 +123,15 @@ impl Runtime {
     /// The classes this runtime hosts.
     pub fn classes(&self) -> &Classes {
         &self.inner.classes
+    }
+
+    /// The options of the store of `shard`, whose backend is `durable` or
+    /// not: [`StoreOptions::for_shard`] with the SQLite-backed objects'
+    /// limits of this runtime's [`RuntimeConfig::sql`].
+    pub fn store_options(&self, shard: &ShardSpec, durable: bool) -> StoreOptions {
+        let mut options = StoreOptions::for_shard(shard, durable);
+        options.sql = options.sql.with_limits(self.inner.config.sql);
+        options
     }
 
     /// The number of virtual shards.

@@ -21,6 +21,9 @@
 
 mod admin;
 mod app;
+mod cli;
+mod local;
+mod signals;
 #[cfg(all(feature = "cluster", not(target_os = "linux")))]
 compile_error!("odo's `cluster` feature (odo-cluster) is built on Linux only");
 #[cfg(feature = "cluster")]
@@ -41,7 +44,7 @@ pub use odo_router::{Client, RouterConfig};
 /// implements ([`storage::Backend`], [`storage::BackendFactory`]), for
 /// [`App::backend`].
 pub use odo_storage as storage;
-pub use odo_storage::{ListOptions, SqlValue};
+pub use odo_storage::{ListOptions, SqlLimits, SqlValue};
 pub use odo_worker::{
     AlarmInfo, ClassStorage, Context, DurableObject, ObjectError, Request, Response, RpcCall,
     RpcReply, RuntimeConfig, Stub, WebSocket, WebSocketError, WebSocketMessage,

@@ -21,6 +21,7 @@ pub mod postgres;
 pub mod scenarios;
 pub mod soak;
 pub mod sqlite_cell;
+pub mod sqlprobe;
 #[cfg(target_os = "linux")]
 pub mod tls;
 pub mod topology;

@@ -162,6 +162,7 @@ mod reset_race;
 mod secrets;
 mod soak;
 mod sql;
+mod sql_api;
 mod strangers;
 mod websockets;
 mod ws_moves;
@@ -251,6 +252,20 @@ pub fn all() -> Vec<Scenario> {
             "fault_sigkill_sql_worker",
             &[Needs::Durability, Needs::LinuxProcesses],
             sql::fault_sigkill_sql_worker,
+        ),
+        s("sql_schema_and_types", &[], sql_api::sql_schema_and_types),
+        s("sql_refused", &[], sql_api::sql_refused),
+        s("sql_limits", &[], sql_api::sql_limits),
+        s("sql_rollback", &[], sql_api::sql_rollback),
+        s(
+            "sql_point_in_time_recovery",
+            &[],
+            sql_api::sql_point_in_time_recovery,
+        ),
+        s(
+            "sql_restore_after_restart",
+            &[Needs::Durability],
+            sql_api::sql_restore_after_restart,
         ),
     ]
 }

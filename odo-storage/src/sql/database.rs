@@ -236,6 +236,11 @@ impl SqlStorage {
         Ok(())
     }
 
+    /// Why SQLite rolled the turn's transaction back, if it did.
+    pub(crate) fn aborted(&self) -> Option<&str> {
+        self.aborted.as_deref()
+    }
+
     /// Whether the turn has an open transaction.
     pub(crate) fn in_turn(&self) -> bool {
         self.in_txn
@@ -365,8 +370,10 @@ fn run(
     params: &[SqlValue],
 ) -> rusqlite::Result<Cursor> {
     let columns: Arc<[String]> = statement.column_names().map(str::to_owned).collect();
-    let readonly = statement.readonly();
     let width = columns.len();
+    // `changes()` is the last INSERT, UPDATE or DELETE's, stale after any
+    // other statement: count what this one changed instead.
+    let before = conn.total_changes();
     let mut rows = Vec::new();
     {
         let mut answer = statement.query(rusqlite::params_from_iter(params.iter()))?;
@@ -380,7 +387,7 @@ fn run(
     }
     let scanned = statement.get_status(StatementStatus::FullscanStep).max(0) as u64;
     statement.reset_status(StatementStatus::FullscanStep);
-    let rows_written = if readonly { 0 } else { conn.changes() };
+    let rows_written = conn.total_changes() - before;
     Ok(Cursor {
         columns,
         rows_read: (rows.len() as u64).max(scanned),
@@ -401,7 +408,7 @@ fn run_batch(conn: &Connection, query: &str) -> rusqlite::Result<Cursor> {
     while let Some(mut statement) = rusqlite::fallible_iterator::FallibleIterator::next(&mut batch)?
     {
         let columns: Arc<[String]> = statement.column_names().map(str::to_owned).collect();
-        let readonly = statement.readonly();
+        let before = conn.total_changes();
         let mut rows = Vec::new();
         {
             let mut answer = statement.query([])?;
@@ -414,9 +421,7 @@ fn run_batch(conn: &Connection, query: &str) -> rusqlite::Result<Cursor> {
             }
         }
         read += rows.len() as u64;
-        if !readonly {
-            written += conn.changes();
-        }
+        written += conn.total_changes() - before;
         last = Cursor {
             columns,
             rows,

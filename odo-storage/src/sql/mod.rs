@@ -95,15 +95,51 @@ pub struct SqlOptions {
 
 impl Default for SqlOptions {
     fn default() -> Self {
+        let limits = SqlLimits::default();
         Self {
             dir: None,
-            max_database_bytes: 10_000_000_000,
+            max_database_bytes: limits.max_database_bytes,
             checkpoint_wal_bytes: 4 * 1024 * 1024,
             max_wal_bytes: 64 * 1024 * 1024,
             keep_synced_copies: false,
+            history_ms: limits.history_ms,
+            max_history_bytes: limits.max_history_bytes,
+            refused: None,
+        }
+    }
+}
+
+impl SqlOptions {
+    /// These options with `limits`' size limit and history.
+    pub fn with_limits(mut self, limits: SqlLimits) -> Self {
+        self.max_database_bytes = limits.max_database_bytes;
+        self.history_ms = limits.history_ms;
+        self.max_history_bytes = limits.max_history_bytes;
+        self
+    }
+}
+
+/// What an operator sets for every SQLite-backed object of a host: the
+/// largest database and how much history is kept for point-in-time
+/// recovery. The parts of [`SqlOptions`] that do not depend on the shard
+/// (its directory) or the deployment (whether it serves such objects);
+/// `Default` gives the documented defaults, those of [`SqlOptions`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqlLimits {
+    /// [`SqlOptions::max_database_bytes`]. Default: 10 GB.
+    pub max_database_bytes: u64,
+    /// [`SqlOptions::history_ms`]. Default: 30 days.
+    pub history_ms: u64,
+    /// [`SqlOptions::max_history_bytes`]. Default: 1 GiB.
+    pub max_history_bytes: u64,
+}
+
+impl Default for SqlLimits {
+    fn default() -> Self {
+        Self {
+            max_database_bytes: 10_000_000_000,
             history_ms: 30 * 24 * 60 * 60 * 1000,
             max_history_bytes: 1024 * 1024 * 1024,
-            refused: None,
         }
     }
 }

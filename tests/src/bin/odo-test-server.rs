@@ -2,11 +2,15 @@
 //! demo app of `odo serve` (Counter, Kv) plus a `Probe` class that provokes
 //! what the scenarios need (failing handlers, slow turns, transactions,
 //! alarms that fail, calls between objects, echoes), with one more storage
-//! backend than odo's own: `logfile` (`odo_tests::backend`).
+//! backend than odo's own: `logfile` (`odo_tests::backend`), and a
+//! SQLite-backed `SqlProbe` (`odo_tests::sqlprobe`) that drives the SQL API
+//! from outside.
 //!
 //! `ODO_TEST_IDLE_MS` sets the runtime's idle timeout (eviction scenarios);
 //! `ODO_TEST_QUEUE_DEPTH` its per-object queue depth (overload scenarios);
-//! `ODO_TEST_WS_PER_OBJECT` the WebSockets one object may accept.
+//! `ODO_TEST_WS_PER_OBJECT` the WebSockets one object may accept;
+//! `ODO_TEST_SQL_MAX_DATABASE_BYTES` the largest database of a SQLite-backed
+//! object (`RuntimeConfig::sql`, which reaches every worker).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -423,6 +427,9 @@ fn main() -> ExitCode {
     if let Some(depth) = env_u64("ODO_TEST_QUEUE_DEPTH") {
         runtime.queue_depth = depth as usize;
     }
+    if let Some(bytes) = env_u64("ODO_TEST_SQL_MAX_DATABASE_BYTES") {
+        runtime.sql.max_database_bytes = bytes;
+    }
     // Failing alarms are retried quickly so scenarios stay short.
     runtime.alarm_retry.first_delay = Duration::from_millis(50);
     // The `sqlite` cell: every class SQLite-backed, on fjall.
@@ -434,6 +441,7 @@ fn main() -> ExitCode {
     };
     odo::demo_app_on(storage)
         .class_as("probe", "PROBE", storage, Probe::create)
+        .sqlite_class::<odo_tests::sqlprobe::SqlProbe>("sqlprobe", "SQL_PROBE")
         // A backend from outside odo's crates (the harness's
         // `test_server_backends` lists what this server offers).
         .backend(odo_tests::backend::LogFileFactory)

@@ -1,0 +1,105 @@
+//! The server process's surroundings: its log output, and the signals and
+//! standard input that stop it or restart its workers.
+
+use std::sync::Arc;
+
+use odo_registry::Registry;
+use tracing::info;
+
+/// The log filter when `RUST_LOG` is not set: odo at `info`, the storage
+/// engine's own per-file chatter (fjall, lsm-tree) only from `warn`.
+const DEFAULT_LOG_FILTER: &str = "info,fjall=warn,lsm_tree=warn";
+
+pub(crate) fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    let color = log_color(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(color)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Whether logs are colored: only on a terminal, and not when `NO_COLOR`
+/// is set to a non-empty value (<https://no-color.org>). A log written to a
+/// file or a pipe carries no escape codes.
+fn log_color(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// Restarts the workers one after another on each SIGHUP
+/// ([`Registry::restart_workers`]: their shards, and the WebSockets of
+/// their objects, move to the other workers and back; nothing is dropped).
+/// Never returns; aborted at shutdown.
+pub(crate) async fn restart_on_hangup(registry: Arc<Registry>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut hangup) = signal(SignalKind::hangup()) {
+            while hangup.recv().await.is_some() {
+                info!("SIGHUP: restarting the workers one after another");
+                match registry.restart_workers().await {
+                    Ok(()) => info!("every worker restarted"),
+                    Err(e) => tracing::warn!(error = %e, "the rolling restart stopped"),
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(registry);
+    std::future::pending::<()>().await;
+}
+
+/// Resolves on SIGINT or SIGTERM (Ctrl-C elsewhere).
+pub(crate) async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            info!("signal received: shutting down");
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    info!("Ctrl-C received: shutting down");
+}
+
+/// Resolves when standard input reaches end of file (or fails).
+pub(crate) async fn stdin_closed() {
+    use tokio::io::AsyncReadExt;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 256];
+    while let Ok(n) = stdin.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::*;
+
+    #[test]
+    fn logs_are_colored_only_on_a_terminal_without_no_color() {
+        assert!(log_color(true, None));
+        assert!(log_color(true, Some(OsStr::new(""))));
+        assert!(!log_color(true, Some(OsStr::new("1"))));
+        assert!(!log_color(false, None));
+        assert!(!log_color(false, Some(OsStr::new("1"))));
+    }
+}
