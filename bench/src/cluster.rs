@@ -20,9 +20,15 @@
 //! own `/metrics`) per second of an idle 3-host cluster (lease renewals)
 //! and per shard moved when a host leaves and when it joins.
 //!
+//! Last, failover (`cluster_failover.rs`): many SIGKILLs of a host, each
+//! timed from the kill to the first durable write on the shard's new
+//! owner, as p50/p99 against the goal (p99 under 5 s).
+//!
 //! Needs etcd, PostgreSQL and wrk (`cargo xtask test-cluster` installs the
 //! first two, `apt-get install -y wrk` the last); without them it says so
-//! and skips. Knobs: `DURATION` (per workload, default `5s`).
+//! and skips. Knobs: `DURATION` (per workload, default `5s`), `KILLS`
+//! (failover rounds, default 20), `ODO_BENCH_CLUSTER_RUNS=workloads,failover`
+//! (the parts to run).
 
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn run() -> anyhow::Result<()> {
@@ -34,7 +40,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
 pub(crate) use linux::run;
 
 #[cfg(target_os = "linux")]
-mod linux {
+pub(crate) mod linux {
     use std::collections::BTreeMap;
     use std::io::Write as _;
     use std::path::{Path, PathBuf};
@@ -52,8 +58,8 @@ mod linux {
     const CONNS: usize = 32;
     const KEYS: usize = 1000;
     const SHARDS: u32 = 16;
-    const LEASE_TTL_S: u64 = 3;
-    const SETTLE: Duration = Duration::from_secs(60);
+    pub(crate) const LEASE_TTL_S: u64 = 3;
+    pub(crate) const SETTLE: Duration = Duration::from_secs(60);
     /// The goal for the hop: the p50 of requests entering at a host that
     /// does not own the object, over that of requests entering at the
     /// owner, at most this.
@@ -89,7 +95,15 @@ mod linux {
         if !available_or_skip("bench cluster") {
             return Ok(());
         }
-        if !on_path("wrk") {
+        // ODO_BENCH_CLUSTER_RUNS=workloads,failover picks the parts.
+        let runs =
+            std::env::var("ODO_BENCH_CLUSTER_RUNS").unwrap_or_else(|_| "workloads,failover".into());
+        let runs: Vec<&str> = runs.split(',').map(str::trim).collect();
+        if let Some(unknown) = runs.iter().find(|r| !["workloads", "failover"].contains(r)) {
+            bail!("ODO_BENCH_CLUSTER_RUNS: unknown part {unknown:?} (workloads, failover)");
+        }
+        let workloads_too = runs.contains(&"workloads");
+        if workloads_too && !on_path("wrk") {
             println!("cluster skipped: wrk not found (install it: apt-get install -y wrk)");
             return Ok(());
         }
@@ -109,12 +123,12 @@ mod linux {
             duration.as_secs_f64()
         );
         let mut rows = Vec::new();
-        {
+        if workloads_too {
             let (c, placed) = runtime.block_on(placed_cluster(&binary, "fjall", 1))?;
             let on_owner = (Entry::Owner, &placed);
             rows.extend(runtime.block_on(workloads(&c, "fjall, 1 host", on_owner, duration))?);
         }
-        {
+        if workloads_too {
             let (c, placed) = runtime.block_on(placed_cluster(&binary, "postgres", 1))?;
             let on_owner = (Entry::Owner, &placed);
             rows.extend(runtime.block_on(workloads(&c, "pg, 1 host", on_owner, duration))?);
@@ -122,7 +136,7 @@ mod linux {
                 rows.push(runtime.block_on(postgres_alone(&c.postgres.url(), load, duration))?);
             }
         }
-        {
+        if workloads_too {
             let (mut c, placed) = runtime.block_on(placed_cluster(&binary, "postgres", 3))?;
             for (config, entry) in [
                 ("pg, 3 hosts, owner", Entry::Owner),
@@ -133,14 +147,17 @@ mod linux {
             let costs = runtime.block_on(etcd_costs(&mut c, duration))?;
             report(&rows, &costs);
         }
+        if runs.contains(&"failover") {
+            runtime.block_on(crate::cluster_failover::run(&binary))?;
+        }
         Ok(())
     }
 
     /// Shard -> (owner, epoch), once settled.
-    type Placement = BTreeMap<u32, (String, u64)>;
+    pub(crate) type Placement = BTreeMap<u32, (String, u64)>;
 
     /// A cluster of `hosts` hosts on `storage`, started and settled.
-    async fn placed_cluster(
+    pub(crate) async fn placed_cluster(
         binary: &Path,
         storage: &str,
         hosts: usize,

@@ -7,6 +7,8 @@ use clap::Parser;
 use clap::builder::{PossibleValue, PossibleValuesParser};
 
 mod cluster;
+#[cfg(target_os = "linux")]
+mod cluster_failover;
 mod e2e;
 mod sql;
 mod stats;

@@ -9,7 +9,7 @@ use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use odo_storage::BackendFactory;
 use odo_transport::upgrade::TcpUpgrade;
 use odo_transport::{ClientConfig, Endpoint, Server, ServerConfig};
-use odo_worker::{Classes, ObjectHandler, ObjectRouter, Runtime, RuntimeConfig};
+use odo_worker::{Classes, ObjectHandler, ObjectRouter, Runtime, RuntimeConfig, WebSocketDoors};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::ClusterConfig;
+use crate::doors::{HostDoors, HostHandler};
 use crate::error::ClusterError;
 use crate::keys::{Keys, Member};
 use crate::lease::LeaseState;
@@ -35,6 +36,7 @@ const LEAVE_WITHIN: Duration = Duration::from_secs(30);
 pub struct Host {
     config: Arc<ClusterConfig>,
     router: Arc<ObjectRouter>,
+    doors: Arc<HostDoors>,
     runtime: Runtime,
     endpoint: String,
     shard_count: u32,
@@ -167,19 +169,20 @@ impl Host {
         .await?;
         let endpoint = server.endpoint().to_string();
         let placement = Arc::new(EtcdPlacement::new(shard_count, view.clone()));
-        let router = ObjectRouter::new(
-            runtime.clone(),
-            endpoint.clone(),
-            placement,
-            ClientConfig {
-                peer_name: config.host.clone(),
-                upgrade,
-                ..ClientConfig::new(token.clone())
-            },
-        );
+        let hosts = ClientConfig {
+            peer_name: config.host.clone(),
+            upgrade,
+            ..ClientConfig::new(token.clone())
+        };
+        let router = ObjectRouter::new(runtime.clone(), endpoint.clone(), placement, hosts.clone());
         runtime.set_cluster(Arc::new(router.clone()));
+        let doors = Arc::new(HostDoors::new(endpoint.clone(), hosts, view.clone()));
+        runtime.set_websocket_doors(doors.clone());
         let (server_stop, mut server_stopped) = watch::channel(false);
-        let handler = Arc::new(ObjectHandler::new(runtime.clone()));
+        let handler = Arc::new(HostHandler {
+            objects: ObjectHandler::new(runtime.clone()),
+            doors: doors.clone(),
+        });
         background.push(tokio::spawn(async move {
             server
                 .serve(handler, async move {
@@ -217,6 +220,12 @@ impl Host {
             leading_tx,
             stop_rx.clone(),
         )));
+        tasks.push(tokio::spawn(crate::doors::follow_members(
+            runtime.clone(),
+            endpoint.clone(),
+            view.clone(),
+            stop_rx.clone(),
+        )));
         let (draining_tx, draining_rx) = watch::channel(false);
         let mut member_watch = member_rx;
         let mut stopping = stop_rx.clone();
@@ -245,6 +254,7 @@ impl Host {
                 backend,
                 data_dir,
                 endpoint: endpoint.clone(),
+                doors: doors.clone(),
                 draining: draining_rx,
                 lease: lease.clone(),
                 view: view.clone(),
@@ -257,6 +267,7 @@ impl Host {
         Ok(Host {
             config,
             router,
+            doors,
             runtime,
             endpoint,
             shard_count,
@@ -277,6 +288,16 @@ impl Host {
     /// others to their owners.
     pub fn router(&self) -> &Arc<ObjectRouter> {
         &self.router
+    }
+
+    /// Sets this host's WebSocket front door (`None`: forgets it, at
+    /// shutdown, after the door closed its sockets). Its endpoint is
+    /// [`Host::endpoint`]: the sockets it holds are named by it, their
+    /// objects' outputs come to it in this process or over the transport
+    /// from the host that owns the object, and a host taking over a shard
+    /// asks it for its records of the shard's sockets.
+    pub fn set_front_door(&self, door: Option<Arc<dyn WebSocketDoors>>) {
+        self.doors.set_local(door);
     }
 
     /// The objects' runtime of this host.

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::ClusterConfig;
+use crate::doors::{self, HostDoors};
 use crate::keys::{Keys, Owner};
 use crate::lease::LeaseState;
 use crate::view::View;
@@ -33,6 +34,9 @@ pub(crate) struct Shards {
     pub(crate) backend: Arc<dyn BackendFactory>,
     pub(crate) data_dir: PathBuf,
     pub(crate) endpoint: String,
+    /// The cluster's front doors: asked for their sockets of a shard
+    /// before it is served here.
+    pub(crate) doors: Arc<HostDoors>,
     pub(crate) draining: watch::Receiver<bool>,
     pub(crate) lease: watch::Receiver<LeaseState>,
     pub(crate) view: watch::Receiver<Arc<View>>,
@@ -193,11 +197,27 @@ impl Shards {
             Ok(backend) => Store::open_shared(backend, options),
             Err(e) => Err(e),
         };
-        let result = opened.map_err(|e| e.to_string()).and_then(|store| {
-            self.runtime
-                .open_shard(shard, epoch, store)
-                .map_err(|e| e.to_string())
-        });
+        let result = match opened {
+            Ok(store) => {
+                // Every door's sockets of the shard's objects, before any
+                // of them runs a turn here.
+                let mut endpoints: Vec<String> = self
+                    .view
+                    .borrow()
+                    .members
+                    .values()
+                    .map(|m| m.member.endpoint.clone())
+                    .collect();
+                endpoints.push(self.endpoint.clone());
+                endpoints.sort();
+                endpoints.dedup();
+                let sockets = doors::gather(&self.doors, &endpoints, shard, self.shard_count).await;
+                self.runtime
+                    .open_shard_with_sockets(shard, epoch, store, sockets)
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
         match result {
             Ok(()) => {
                 self.retry_at.remove(&shard);

@@ -132,6 +132,33 @@ pub struct SocketRecord {
     pub auto_response_ms: Option<u64>,
 }
 
+/// What one front door holds of one object's sockets, as it hands them to
+/// the new holder of the object's shard when asked
+/// ([`crate::wire::Request::SocketRecords`]): in a cluster a room's
+/// members may be held by the doors of several hosts, and the shard's new
+/// owner learns of every door's sockets before it serves the shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoorSockets {
+    /// The front door (its endpoint, where the object's outputs go).
+    pub door: String,
+    /// The object.
+    pub object: ObjectId,
+    /// Its sockets held there.
+    pub sockets: Vec<SocketRecord>,
+    /// The object's auto-response pair, as that door keeps it.
+    pub auto_response: Option<(String, String)>,
+}
+
+/// Asks a front door for its records of the sockets of one shard's objects
+/// ([`crate::wire::Request::SocketRecords`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardSockets {
+    /// The shard.
+    pub shard: u32,
+    /// The number of shards (an object's shard is `id.shard(count)`).
+    pub shard_count: u32,
+}
+
 /// Outputs of an object's turns for the sockets one front door holds, in
 /// the order the object made them. The frame's body holds the payloads of
 /// the ops, one after the other, in op order.

@@ -184,6 +184,10 @@ pub enum Request {
     /// attachments) to the front door holding the sockets; the payloads
     /// are the frame's body.
     SocketOutput(crate::socket::SocketOutput),
+    /// A shard's new holder asks a front door for its records of the
+    /// sockets of that shard's objects (cluster mode: answered
+    /// [`Response::SocketRecords`]).
+    SocketRecords(crate::socket::ShardSockets),
 }
 
 /// An HTTP-like request.
@@ -307,6 +311,8 @@ pub enum Response {
     /// A socket event was handled (its turn's outputs were handed to the
     /// front door first), or a front door applied a socket output.
     Socket,
+    /// A front door's records of the sockets of a shard's objects.
+    SocketRecords(Vec<crate::socket::DoorSockets>),
 }
 
 /// An HTTP-like response.

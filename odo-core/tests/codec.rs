@@ -341,6 +341,31 @@ fn golden_frames() {
             "",
         ),
         ("cancel", Message::Cancel, ""),
+        (
+            "socket-records",
+            Message::Request(Request::SocketRecords(odo_core::socket::ShardSockets {
+                shard: 3,
+                shard_count: 8,
+            })),
+            "",
+        ),
+        (
+            "socket-records-response",
+            Message::Response(Response::SocketRecords(vec![
+                odo_core::socket::DoorSockets {
+                    door: "tcp:10.0.0.2:7000".into(),
+                    object: Namespace::new("ROOM").id_from_name("lobby"),
+                    sockets: vec![odo_core::socket::SocketRecord {
+                        socket: 7,
+                        tags: vec!["a".into()],
+                        attachment: Some(vec![1, 2]),
+                        auto_response_ms: None,
+                    }],
+                    auto_response: Some(("ping".into(), "pong".into())),
+                },
+            ])),
+            "",
+        ),
     ];
     let mut out = String::new();
     for (name, message, body) in frames {

@@ -957,7 +957,10 @@ async fn open(
 
 /// Sets `TCP_USER_TIMEOUT` (Linux only; elsewhere nothing).
 #[cfg(target_os = "linux")]
-fn set_user_timeout(stream: &tokio::net::TcpStream, after: Option<Duration>) -> io::Result<()> {
+pub(crate) fn set_user_timeout(
+    stream: &tokio::net::TcpStream,
+    after: Option<Duration>,
+) -> io::Result<()> {
     if let Some(after) = after {
         let ms = u32::try_from(after.as_millis()).unwrap_or(u32::MAX).max(1);
         rustix::net::sockopt::set_tcp_user_timeout(stream, ms)?;
@@ -967,7 +970,10 @@ fn set_user_timeout(stream: &tokio::net::TcpStream, after: Option<Duration>) -> 
 
 /// Sets `TCP_USER_TIMEOUT` (Linux only; elsewhere nothing).
 #[cfg(not(target_os = "linux"))]
-fn set_user_timeout(_stream: &tokio::net::TcpStream, _after: Option<Duration>) -> io::Result<()> {
+pub(crate) fn set_user_timeout(
+    _stream: &tokio::net::TcpStream,
+    _after: Option<Duration>,
+) -> io::Result<()> {
     Ok(())
 }
 

@@ -143,6 +143,15 @@ pub struct ServerConfig {
     /// A layer over accepted TCP connections (TLS), within the handshake
     /// timeout. Default none.
     pub upgrade: Option<Arc<dyn TcpUpgrade>>,
+    /// How long data this server sends on an accepted TCP connection may
+    /// stay unacknowledged before the kernel gives the connection up
+    /// (`TCP_USER_TIMEOUT`, on Linux; ignored elsewhere), as
+    /// [`ClientConfig::tcp_user_timeout`](crate::ClientConfig::tcp_user_timeout)
+    /// on the calling side: answers to a peer that went silent (a
+    /// partition, a host that vanished) end the connection and the calls
+    /// it still runs are dropped, instead of the kernel's ~15 minutes of
+    /// retransmissions. Default 5 s; `None` keeps the kernel's behaviour.
+    pub tcp_user_timeout: Option<Duration>,
 }
 
 impl ServerConfig {
@@ -158,6 +167,7 @@ impl ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             allow_non_loopback: false,
             upgrade: None,
+            tcp_user_timeout: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -173,6 +183,7 @@ impl fmt::Debug for ServerConfig {
             .field("max_unauthenticated", &self.max_unauthenticated)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("allow_non_loopback", &self.allow_non_loopback)
+            .field("tcp_user_timeout", &self.tcp_user_timeout)
             .field("upgrade", &self.upgrade)
             .finish()
     }
@@ -279,12 +290,16 @@ enum Listener {
 }
 
 impl Listener {
-    /// Accepts one connection, with a description of the peer for logs.
-    async fn accept(&mut self) -> io::Result<(Stream, String)> {
+    /// Accepts one connection, with a description of the peer for logs; a
+    /// TCP one with `user_timeout` (`TCP_USER_TIMEOUT`) set.
+    async fn accept(&mut self, user_timeout: Option<Duration>) -> io::Result<(Stream, String)> {
         match self {
             Listener::Tcp(listener) => {
                 let (stream, addr) = listener.accept().await?;
                 stream.set_nodelay(true)?;
+                if let Err(e) = crate::channel::set_user_timeout(&stream, user_timeout) {
+                    warn!(peer = %addr, error = %e, "cannot set TCP_USER_TIMEOUT on an accepted connection");
+                }
                 Ok((Stream::Tcp(stream), addr.to_string()))
             }
             #[cfg(unix)]
@@ -442,7 +457,7 @@ impl Server {
                         warn!(%endpoint, "a connection task panicked");
                     }
                 }
-                accepted = listener.accept() => match accepted {
+                accepted = listener.accept(config.tcp_user_timeout) => match accepted {
                     Ok((stream, peer)) => {
                         // Never refused nor queued here: with the
                         // unauthenticated cap full, the oldest stranger
@@ -918,4 +933,30 @@ fn send_response(
     // A short error message fits any bound that holds a frame header plus a
     // little; if even that fails, the caller's deadline ends the call.
     let _ = with_encoded(&frame, max_frame_len, |bytes| sink.send(bytes));
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::time::Duration;
+
+    use super::{Listener, Stream};
+
+    #[tokio::test]
+    async fn accepted_tcp_connections_carry_the_user_timeout() {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = tcp.local_addr().expect("address");
+        let mut listener = Listener::Tcp(tcp);
+        for (asked, seen) in [(Some(Duration::from_millis(2500)), 2500), (None, 0)] {
+            let _client = tokio::net::TcpStream::connect(address)
+                .await
+                .expect("connect");
+            let Ok((Stream::Tcp(stream), _)) = listener.accept(asked).await else {
+                panic!("no TCP stream");
+            };
+            let set = rustix::net::sockopt::tcp_user_timeout(&stream).expect("getsockopt");
+            assert_eq!(set, seen, "asked {asked:?}");
+        }
+    }
 }

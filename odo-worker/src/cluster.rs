@@ -195,6 +195,76 @@ impl ObjectRouter {
     }
 }
 
+impl ObjectRouter {
+    /// Delivers an event of a client's WebSocket that front door `door`
+    /// holds (socket `socket` there) to `target`: in this process if its
+    /// shard is here, else to the shard's owner through the forwarder (a
+    /// cluster host's door relays the events of sockets whose object lives
+    /// on another host). `Moved` here waits for the placement and routes
+    /// again, within the deadline; the door's pump decides what any other
+    /// failure means for the socket.
+    ///
+    /// # Errors
+    ///
+    /// [`CallError::Forward`]: as the forwarder or the runtime answered
+    /// (`UnknownSocket` when the object's holder must first be handed the
+    /// door's record of its sockets).
+    pub async fn socket_event(
+        self: &Arc<Self>,
+        target: ObjectAddress,
+        event: OutboundCall,
+        payload: Bytes,
+        scope: CallScope,
+    ) -> Result<(), CallError> {
+        let OutboundCall::Socket {
+            door,
+            socket,
+            auto_response_ms,
+            kind,
+        } = &event
+        else {
+            return Err(WireError::BadRequest {
+                message: "not a WebSocket event".into(),
+            }
+            .into());
+        };
+        loop {
+            let seen = self.placement.version();
+            if !self.local_now(&target) {
+                match self
+                    .forward(&target, &event, payload.clone(), &scope)
+                    .await?
+                {
+                    Delivery::Local => {}
+                    Delivery::Answered(Response::Socket, _) => return Ok(()),
+                    Delivery::Answered(other, _) => return Err(unexpected(other)),
+                }
+            }
+            let shard = target.id.shard(self.placement.shard_count());
+            let local = odo_core::socket::SocketEvent {
+                target: odo_core::wire::Target {
+                    object: target.clone(),
+                    shard,
+                    epoch: self.runtime.shard_epoch(shard).unwrap_or(0),
+                },
+                meta: odo_core::wire::CallMeta::default(),
+                door: door.clone(),
+                socket: *socket,
+                auto_response_ms: *auto_response_ms,
+                kind: kind.clone(),
+            };
+            match self
+                .runtime
+                .socket_event(local, None, payload.clone(), scope.clone())
+                .await
+            {
+                Err(WireError::Moved { .. }) if self.wait_for_move(seen, &scope).await => {}
+                result => return Ok(result?),
+            }
+        }
+    }
+}
+
 impl Cluster for Arc<ObjectRouter> {
     fn fetch(
         &self,

@@ -17,11 +17,11 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use odo_core::socket::{SocketOp, SocketOutput};
+use odo_core::socket::{DoorSockets, ShardSockets, SocketOp, SocketOutput};
 use odo_core::wire::{Request, Response};
 use odo_transport::{ChannelPool, ClientConfig};
 use tokio::sync::{mpsc, oneshot};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::socket::WebSocketDoors;
 
@@ -45,11 +45,18 @@ struct Door {
     queued_bytes: Arc<AtomicUsize>,
 }
 
-/// Reaches the front doors over the transport.
-pub(crate) struct RemoteDoors {
+/// Reaches the front doors over the transport: what a worker process
+/// uses, and what a cluster host uses for the doors of other hosts (over
+/// the hosts' authenticated transport).
+pub struct RemoteDoors {
     pool: Arc<ChannelPool>,
     doors: Mutex<HashMap<String, Door>>,
+    alive: Option<DoorAlive>,
 }
+
+/// Whether a front door may still be reached: see
+/// [`RemoteDoors::with_liveness`].
+pub type DoorAlive = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl fmt::Debug for RemoteDoors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -58,11 +65,28 @@ impl fmt::Debug for RemoteDoors {
 }
 
 impl RemoteDoors {
-    pub(crate) fn new(client: ClientConfig) -> Self {
+    /// Reaches front doors as `client` (the token, and a TLS upgrade
+    /// between hosts).
+    pub fn new(client: ClientConfig) -> Self {
         Self {
             pool: Arc::new(ChannelPool::new(client)),
             doors: Mutex::default(),
+            alive: None,
         }
+    }
+
+    /// Knowing which doors still exist (`alive`: in a cluster, the doors
+    /// of the live members). A push to a door that no longer exists is
+    /// dropped and counts as taken: its sockets ended with its host. A
+    /// push that could not be sent to a door that still exists (its host
+    /// died and its lease has not expired yet, or it restarts) is sent
+    /// again until it is taken, the door is gone, or 30 s passed. A push
+    /// that may have been applied is never sent again. Without it, any
+    /// failed push fails (a worker's front door is its server's).
+    #[must_use]
+    pub fn with_liveness(mut self, alive: DoorAlive) -> Self {
+        self.alive = Some(alive);
+        self
     }
 }
 
@@ -74,6 +98,7 @@ impl WebSocketDoors for RemoteDoors {
             let queued_bytes = Arc::new(AtomicUsize::new(0));
             tokio::spawn(send_loop(
                 self.pool.clone(),
+                self.alive.clone(),
                 door.to_owned(),
                 queued,
                 queued_bytes.clone(),
@@ -95,6 +120,26 @@ impl WebSocketDoors for RemoteDoors {
         }
         async move { taken.await.unwrap_or(false) }.boxed()
     }
+
+    fn shard_sockets(
+        &self,
+        door: &str,
+        shard: u32,
+        shard_count: u32,
+    ) -> BoxFuture<'static, Result<Vec<DoorSockets>, String>> {
+        let pool = self.pool.clone();
+        let door = door.to_owned();
+        async move {
+            let channel = pool.get(&door).await.map_err(|e| e.to_string())?;
+            let request = Request::SocketRecords(ShardSockets { shard, shard_count });
+            match channel.call(request, Bytes::new(), PUSH_DEADLINE).await {
+                Ok((Response::SocketRecords(records), _)) => Ok(records),
+                Ok((other, _)) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        .boxed()
+    }
 }
 
 /// One push being gathered.
@@ -114,6 +159,7 @@ impl Push {
 /// Sends the outputs queued for `door`, one push at a time.
 async fn send_loop(
     pool: Arc<ChannelPool>,
+    alive: Option<DoorAlive>,
     door: String,
     mut queued: mpsc::UnboundedReceiver<Queued>,
     queued_bytes: Arc<AtomicUsize>,
@@ -183,10 +229,11 @@ async fn send_loop(
             pushes.push(push);
         }
         let mut failed = false;
-        for push in pushes {
-            let ok = !failed && send(&pool, &door, push.ops, push.body.freeze()).await;
+        for mut push in pushes {
+            let done = std::mem::take(&mut push.done);
+            let ok = !failed && send_until(&pool, alive.as_ref(), &door, push).await;
             failed |= !ok;
-            for done in push.done {
+            for done in done {
                 let _ = done.send(ok);
             }
         }
@@ -201,27 +248,75 @@ fn payload_len(op: &SocketOp) -> usize {
     }
 }
 
-async fn send(pool: &ChannelPool, door: &str, ops: Vec<SocketOp>, body: Bytes) -> bool {
+/// What became of one push.
+enum Pushed {
+    Taken,
+    /// Never reached the door: safe to send again.
+    Unsent,
+    /// Written, then the connection ended: it may have been applied.
+    Lost,
+    /// The door refused it.
+    Refused,
+}
+
+/// Sends one push; with `alive`, again while it was not sent and the door
+/// still exists (see [`RemoteDoors::with_liveness`]).
+async fn send_until(pool: &ChannelPool, alive: Option<&DoorAlive>, door: &str, push: Push) -> bool {
+    let Some(alive) = alive else {
+        let sent = send(pool, door, push.ops, push.body.freeze()).await;
+        return matches!(sent, Pushed::Taken);
+    };
+    let body = push.body.freeze();
+    let give_up = tokio::time::Instant::now() + PUSH_DEADLINE;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        if !alive(door) {
+            debug!(%door, "the front door's host is gone: WebSocket outputs for it dropped");
+            return true;
+        }
+        match send(pool, door, push.ops.clone(), body.clone()).await {
+            Pushed::Taken => return true,
+            Pushed::Unsent if tokio::time::Instant::now() + pause < give_up => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Pushed::Unsent => return !alive(door),
+            Pushed::Refused => return false,
+            // Never sent again (it may have been applied): taken if the
+            // door turns out to be gone with its host, else failed.
+            Pushed::Lost => {
+                while alive(door) && tokio::time::Instant::now() < give_up {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                return !alive(door);
+            }
+        }
+    }
+}
+
+async fn send(pool: &ChannelPool, door: &str, ops: Vec<SocketOp>, body: Bytes) -> Pushed {
     if ops.is_empty() {
-        return true;
+        return Pushed::Taken;
     }
     let channel = match pool.get(door).await {
         Ok(channel) => channel,
         Err(e) => {
-            warn!(%door, error = %e, "cannot reach the front door: WebSocket outputs dropped");
-            return false;
+            warn!(%door, error = %e, "cannot reach the front door: WebSocket outputs not sent");
+            return Pushed::Unsent;
         }
     };
     let request = Request::SocketOutput(SocketOutput { ops });
     match channel.call(request, body, PUSH_DEADLINE).await {
-        Ok((Response::Socket, _)) => true,
+        Ok((Response::Socket, _)) => Pushed::Taken,
         Ok((other, _)) => {
             warn!(%door, answer = ?other, "the front door refused WebSocket outputs");
-            false
+            Pushed::Refused
         }
+        Err(odo_transport::CallError::NotSent { .. }) => Pushed::Unsent,
         Err(e) => {
             warn!(%door, error = %e, "WebSocket outputs lost on the way to the front door");
-            false
+            Pushed::Lost
         }
     }
 }

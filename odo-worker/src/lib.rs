@@ -41,6 +41,7 @@ pub use class::{ClassError, Classes};
 pub use cluster::ObjectRouter;
 pub use config::{AlarmRetry, RuntimeConfig};
 pub use context::Context;
+pub use doors::{DoorAlive, RemoteDoors};
 pub use error::ObjectError;
 pub use object::DurableObject;
 pub use odo_core::ObjectAddress;

@@ -363,8 +363,8 @@ impl Handler for ObjectHandler {
                     .await
                     .map(|()| (Response::Socket, Bytes::new()))
             }
-            Request::SocketOutput(_) => Err(WireError::BadRequest {
-                message: "WebSocket outputs go to a front door, not to a worker".into(),
+            Request::SocketOutput(_) | Request::SocketRecords(_) => Err(WireError::BadRequest {
+                message: "WebSocket outputs and records are a front door's, not a worker's".into(),
             }),
             Request::Alarm(_) => Err(WireError::BadRequest {
                 message: "alarms are scheduled by the process that holds the shard".into(),

@@ -13,7 +13,7 @@ use odo_core::{ObjectAddress, WireError};
 use odo_storage::{ShardSpec, Store, StoreOptions};
 use odo_transport::forward::ForwardError;
 use tokio::sync::{Notify, oneshot};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::actor::ActorStart;
 use crate::alarms::{AlarmHost, alarm_loop};
@@ -216,6 +216,60 @@ impl Runtime {
         self.inner.socket_event(event, epoch, payload, scope).await
     }
 
+    /// Front door `door` is gone with its host (cluster mode: the host's
+    /// lease expired): each object of this runtime's shards with sockets
+    /// there gets a close event (1006, not clean) for each, as for a
+    /// dropped connection on one machine, and forgets them. Returns how
+    /// many sockets that was; the events run in the background.
+    pub fn door_gone(&self, door: &str) -> usize {
+        let shards: Vec<Arc<ShardState>> = read(&self.inner.shards).values().cloned().collect();
+        let mut events = Vec::new();
+        for shard in shards {
+            for (id, socket) in shard.sockets.at_door(door) {
+                let Some(class) = self.inner.classes.by_tag(id.namespace_tag()) else {
+                    continue;
+                };
+                events.push(odo_core::socket::SocketEvent {
+                    target: odo_core::wire::Target {
+                        object: ObjectAddress {
+                            class: class.name.clone(),
+                            id,
+                            name: None,
+                        },
+                        shard: shard.shard,
+                        epoch: shard.epoch,
+                    },
+                    meta: odo_core::wire::CallMeta::default(),
+                    door: door.to_owned(),
+                    socket,
+                    auto_response_ms: None,
+                    kind: odo_core::socket::SocketEventKind::Close {
+                        code: odo_core::socket::close_code::ABNORMAL,
+                        reason: "the host holding the socket was lost".into(),
+                        was_clean: false,
+                    },
+                });
+            }
+        }
+        let n = events.len();
+        if n > 0 {
+            let this = self.clone();
+            tokio::spawn(async move {
+                for event in events {
+                    let epoch = event.target.epoch;
+                    let scope = CallScope::outside(this.inner.config.call_timeout);
+                    if let Err(e) = this
+                        .socket_event(event, Some(epoch), Bytes::new(), scope)
+                        .await
+                    {
+                        debug!(error = %e, "a lost host's socket: its close event failed");
+                    }
+                }
+            });
+        }
+        n
+    }
+
     /// A handle on namespace `class`, for programs that hold the runtime.
     pub fn namespace(&self, class: &str) -> NamespaceHandle {
         NamespaceHandle::new(
@@ -228,11 +282,40 @@ impl Runtime {
 
     /// Starts serving `shard` at `epoch` from `store`, including its alarms.
     pub fn open_shard(&self, shard: u32, epoch: u64, store: Store) -> Result<(), ShardError> {
+        self.open_shard_with_sockets(shard, epoch, store, Vec::new())
+    }
+
+    /// As [`Runtime::open_shard`], knowing from the start the sockets the
+    /// front doors hold for the shard's objects (`sockets`, as each door
+    /// answered [`WebSocketDoors::shard_sockets`]): a cluster host taking
+    /// over a shard serves it only with every door's sockets in its book,
+    /// so a broadcast reaches the members held at doors whose clients have
+    /// not spoken since.
+    ///
+    /// # Errors
+    ///
+    /// As [`Runtime::open_shard`].
+    pub fn open_shard_with_sockets(
+        &self,
+        shard: u32,
+        epoch: u64,
+        store: Store,
+        sockets: Vec<odo_core::socket::DoorSockets>,
+    ) -> Result<(), ShardError> {
         let count = self.inner.shard_count;
         if shard >= count {
             return Err(ShardError::NoSuchShard { shard, count });
         }
         let state = Arc::new(ShardState::new(shard, epoch, store));
+        for held in sockets {
+            if held.object.shard(count) != shard {
+                continue;
+            }
+            let door = state.sockets.door(&held.door);
+            state
+                .sockets
+                .sync(&held.object, &door, held.sockets, held.auto_response);
+        }
         {
             let mut shards = self
                 .inner

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use bytes::{Bytes, BytesMut};
 use odo_core::ObjectId;
 use odo_core::socket::{
-    SocketOp, SocketOutput, SocketRecord, UPGRADE_DOOR_HEADER, UPGRADE_SOCKET_HEADER,
+    DoorSockets, SocketOp, SocketOutput, SocketRecord, UPGRADE_DOOR_HEADER, UPGRADE_SOCKET_HEADER,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -250,6 +250,21 @@ impl SocketBook {
         lock(&self.objects)
             .get(object)
             .is_some_and(|s| s.entries.contains_key(key))
+    }
+
+    /// The sockets front door `door` holds, of every object of the shard.
+    pub(crate) fn at_door(&self, door: &str) -> Vec<(ObjectId, u64)> {
+        let mut out: Vec<(ObjectId, u64)> = lock(&self.objects)
+            .iter()
+            .flat_map(|(id, s)| {
+                s.entries
+                    .keys()
+                    .filter(|k| &*k.door == door)
+                    .map(move |k| (*id, k.id))
+            })
+            .collect();
+        out.sort_unstable();
+        out
     }
 
     /// Forgets a socket (it closed).
@@ -798,6 +813,20 @@ pub trait WebSocketDoors: Send + Sync + 'static {
         output: SocketOutput,
         body: Bytes,
     ) -> futures_util::future::BoxFuture<'static, bool>;
+
+    /// What front door `door` holds of the sockets of `shard`'s objects
+    /// (of `shard_count` shards), for this process to take the shard over
+    /// knowing every door's sockets (cluster mode). By default, nothing:
+    /// a door's sockets are then handed over with its next event.
+    fn shard_sockets(
+        &self,
+        door: &str,
+        shard: u32,
+        shard_count: u32,
+    ) -> futures_util::future::BoxFuture<'static, Result<Vec<DoorSockets>, String>> {
+        let _ = (door, shard, shard_count);
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// Whether `request` asks for a WebSocket (`Upgrade: websocket`): the

@@ -13,7 +13,8 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use odo_cluster::{ClusterConfig, Host, TlsFiles};
 use odo_core::ObjectId;
-use odo_router::{Admin, ForwardError, Location, ObjectService};
+use odo_router::{Admin, Door, ForwardError, Location, ObjectService, SocketEventOut};
+use odo_transport::forward::OutboundCall;
 use odo_worker::{CallError, CallScope, Cluster, ObjectAddress, ObjectRouter};
 use tokio::time::Instant;
 
@@ -146,6 +147,29 @@ impl ObjectService for HostService {
         .boxed()
     }
 
+    fn socket_event(
+        &self,
+        object: ObjectAddress,
+        event: SocketEventOut,
+        payload: Bytes,
+        deadline: Instant,
+    ) -> BoxFuture<'static, Result<(), ForwardError>> {
+        let router = self.0.clone();
+        async move {
+            let event = OutboundCall::Socket {
+                door: event.door,
+                socket: event.socket,
+                auto_response_ms: event.auto_response_ms,
+                kind: event.kind,
+            };
+            router
+                .socket_event(object, event, payload, scope(deadline))
+                .await
+                .map_err(forward_error)
+        }
+        .boxed()
+    }
+
     fn locate(&self, id: &ObjectId) -> Option<Location> {
         let location = self.0.placement().locate(id);
         let here = self.0.runtime().shard_epoch(location.shard) == Some(location.epoch);
@@ -241,13 +265,36 @@ pub(crate) async fn serve(
     .await
     .map_err(|e| OdoError::Other(e.to_string()))?;
     let host = Arc::new(host);
+    let service = Arc::new(HostService(host.router().clone()));
+    // The WebSocket front door: its sockets are named by this host's
+    // transport endpoint, where the hosts that own their objects send the
+    // outputs (ARCHITECTURE.md, "A WebSocket across hosts").
+    let door = Door::new(
+        options.websocket.clone(),
+        host.endpoint().to_owned(),
+        service.clone(),
+    );
+    // Socket numbers unique across this host's restarts (the milliseconds
+    // since the Unix epoch, times 2^20): a room's owner may still list the
+    // sockets of this door's previous incarnation.
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    door.number_sockets_from(started_ms << 20);
+    host.set_front_door(Some(Arc::new(crate::websockets::LocalDoors(door.clone()))));
     let front = Arc::new(
-        router(Arc::new(HostService(host.router().clone())))
-            .with_admin(Arc::new(HostAdmin(host.clone()))),
+        router(service)
+            .with_admin(Arc::new(HostAdmin(host.clone())))
+            .with_websockets(door.clone()),
     );
     tracing::info!(listen = %local, host = %host.status().host, "odo serving as a cluster host");
     println!("odo listening on http://{local}");
     front.serve(listener, shutdown).await;
+    // Every socket closes (1001) and its object hears of it while this
+    // host still serves; then the door and the runtime let go of each
+    // other.
+    door.shutdown().await;
+    host.set_front_door(None);
     match Arc::try_unwrap(host) {
         Ok(host) => host.leave().await,
         Err(_) => {

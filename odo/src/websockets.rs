@@ -68,6 +68,16 @@ impl WebSocketDoors for LocalDoors {
         let applied = self.0.apply(output, body).is_ok();
         async move { applied }.boxed()
     }
+
+    fn shard_sockets(
+        &self,
+        _door: &str,
+        shard: u32,
+        shard_count: u32,
+    ) -> BoxFuture<'static, Result<Vec<odo_core::socket::DoorSockets>, String>> {
+        let records = self.0.shard_sockets(shard, shard_count);
+        async move { Ok(records) }.boxed()
+    }
 }
 
 /// Raises this process's open-file limit to its hard limit: every open

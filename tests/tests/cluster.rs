@@ -12,6 +12,10 @@
 //!    saw the same value; time from the kill to the first durable write on
 //!    the new owner.
 //! 3. `join`: the killed host comes back and gets its share.
+//! 3b. `room` (module `room`): a chat room whose members enter at every
+//!    host; the host holding the room is SIGKILLed while they talk: the
+//!    other sockets stay open at their doors, the room moves, messages
+//!    are stored and delivered once, in order (then the host comes back).
 //! 4. `zombie`: SIGSTOP a host past its lease under load, then SIGCONT:
 //!    its shards moved at a newer epoch meanwhile; its late commits are
 //!    refused by PostgreSQL's fence (its log says so), nothing it answered
@@ -28,7 +32,8 @@
 //!
 //! And `tls`: a second cluster with TLS everywhere (a test CA: etcd
 //! requires client certificates, PostgreSQL over TCP with verify-full,
-//! hosts talk TLS to each other): placement and forwarding.
+//! hosts talk TLS to each other): placement and forwarding, and a room's
+//! broadcasts to the doors of both hosts.
 //!
 //! And `netns` (module `partition`): a cluster whose etcd members and
 //! hosts each run in a network namespace of their own, partitioned from
@@ -48,6 +53,8 @@ use odo_tests::topology::{Signal, signal, stop_process};
 mod load;
 #[path = "cluster/partition.rs"]
 mod partition;
+#[path = "cluster/room.rs"]
+mod room;
 
 use load::{Ledger, Load, clients_of, failures, shards_of};
 
@@ -151,6 +158,9 @@ async fn plain_scenarios(cluster: &mut TestCluster) -> Result<()> {
     let mut book = Ledger::default();
     failover(cluster, &mut book).await.context("failover")?;
     join(cluster).await.context("join")?;
+    room::room(cluster)
+        .await
+        .context("a room across hosts, its host killed")?;
     steady_etcd_links(cluster)?;
     zombie(cluster, &mut book).await.context("zombie")?;
     leave(cluster, &mut book).await.context("leave")?;
@@ -638,6 +648,7 @@ async fn tls() -> Result<()> {
             }
         }
         ensure!(forwarded > 0, "no request was forwarded between the hosts");
+        let lines = room::one_room_at_every_host(&cluster).await.context("a room")?;
         // Plain text to a host's transport port gets no odo answer: the
         // connection fails its TLS handshake and is closed.
         let h0 = cluster.host(0).context("h0")?;
@@ -658,7 +669,7 @@ async fn tls() -> Result<()> {
         };
         ensure!(logged, "h0 did not log the refused plain-text connection");
         println!(
-            "cluster: tls: etcd with client certificates, PostgreSQL over TLS with client certificates, 2 hosts over mutual TLS: {} shards placed, {forwarded} of 16 whoami forwarded between hosts, increments add up; plain text to a host's transport port is refused (its log says so)",
+            "cluster: tls: etcd with client certificates, PostgreSQL over TLS with client certificates, 2 hosts over mutual TLS: {} shards placed, {forwarded} of 16 whoami forwarded between hosts, increments add up; a room with a member at each host: {lines} lines delivered, each to both; plain text to a host's transport port is refused (its log says so)",
             placed.len()
         );
         Ok(())

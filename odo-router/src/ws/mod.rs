@@ -23,7 +23,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use odo_core::socket::{SocketEventKind, SocketOp, SocketOutput, SocketRecord, close_code};
+use odo_core::socket::{
+    DoorSockets, SocketEventKind, SocketOp, SocketOutput, SocketRecord, close_code,
+};
 use odo_core::wire::{Request, Response};
 use odo_core::{ObjectAddress, ObjectId, WireError};
 use tokio::sync::Notify;
@@ -320,6 +322,15 @@ impl Door {
         }
     }
 
+    /// Numbers this door's sockets from `first` on (before any upgrade).
+    /// A cluster host's door is named by the host's endpoint, which a
+    /// restarted host takes again: numbering from the start time keeps a
+    /// new socket from taking a number that the old incarnation gave out,
+    /// which a room's owner may still hold.
+    pub fn number_sockets_from(&self, first: u64) {
+        self.inner.next_socket.store(first.max(1), Ordering::SeqCst);
+    }
+
     /// The endpoint workers send this door's outputs to.
     pub fn endpoint(&self) -> &str {
         &self.inner.endpoint
@@ -339,7 +350,8 @@ impl Door {
     }
 
     /// Answers a request a worker sent this door (its transport
-    /// endpoint's handler): applies `SocketOutput`s. Answers at once,
+    /// endpoint's handler): applies `SocketOutput`s, and answers
+    /// `SocketRecords` with [`Door::shard_sockets`]. Answers at once,
     /// without waiting, so outputs are applied in the order they arrive.
     pub fn handle_request(&self, request: Request, body: Bytes) -> (Response, Bytes) {
         match request {
@@ -347,6 +359,10 @@ impl Door {
                 Ok(()) => (Response::Socket, Bytes::new()),
                 Err(e) => (Response::Error(e), Bytes::new()),
             },
+            Request::SocketRecords(asked) => (
+                Response::SocketRecords(self.shard_sockets(asked.shard, asked.shard_count)),
+                Bytes::new(),
+            ),
             _ => (
                 Response::Error(WireError::BadRequest {
                     message: "a front door takes only WebSocket outputs".into(),
@@ -470,6 +486,38 @@ impl Door {
             .collect();
         records.sort_by_key(|r| r.socket);
         records
+    }
+
+    /// What the door holds of the sockets of every object of `shard` (of
+    /// `shard_count`), for the shard's new holder: in a cluster, the host
+    /// that takes over a shard asks every host's door before it serves it,
+    /// so its objects know their sockets at every door, not only at the
+    /// doors whose clients speak first.
+    pub fn shard_sockets(&self, shard: u32, shard_count: u32) -> Vec<DoorSockets> {
+        let state = self.state();
+        let mut out: Vec<DoorSockets> = state
+            .objects
+            .iter()
+            .filter(|(id, _)| id.shard(shard_count) == shard)
+            .map(|(id, obj)| {
+                let mut sockets: Vec<SocketRecord> = state
+                    .sockets
+                    .iter()
+                    .filter(|(_, s)| s.object == *id && s.accepted)
+                    .map(|(&n, s)| s.record(n))
+                    .collect();
+                sockets.sort_by_key(|r| r.socket);
+                DoorSockets {
+                    door: self.endpoint().to_owned(),
+                    object: *id,
+                    sockets,
+                    auto_response: obj.auto_response.clone(),
+                }
+            })
+            .filter(|d| !d.sockets.is_empty())
+            .collect();
+        out.sort_by_key(|d| d.object);
+        out
     }
 
     /// The object's auto-response pair, as the door keeps it.
