@@ -34,9 +34,14 @@ use super::{Door, Kill, Out, Outbound};
 /// after what it had not read yet.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// tungstenite's read buffer per socket, which is also the most one read
-/// takes from the connection.
-const READ_BUFFER: usize = 512;
+/// The bytes one read takes from the connection, into a buffer on the
+/// stack of the socket's task while it runs: an idle socket keeps none.
+const READ_SCRATCH: usize = 4096;
+
+/// tungstenite's own read buffer (kept per socket, allocated up front) and
+/// the most it takes from the scratch buffer at once: a copy in memory,
+/// no system call.
+const READ_BUFFER: usize = 64;
 
 /// The most messages read from one socket before its task lets others
 /// run.
@@ -74,10 +79,11 @@ pub(super) async fn run<S: Io>(
     };
     let config = door.config();
     // tungstenite allocates its read buffer up front, so each idle socket
-    // keeps it: 512 bytes (a chat message and its header in one read)
-    // rather than 4 KiB costs an idle socket 3.5 KiB less, and a large
-    // message more reads (`cargo xtask bench websocket`, idle). It writes
-    // only pongs and close frames, into `Conn::sending`.
+    // keeps it: 64 bytes rather than 4 KiB (tungstenite's default) or
+    // 512 (a chat message in one read); it reads from the task's scratch
+    // buffer, so a small one costs copies, not system calls
+    // (`cargo xtask bench websocket`, idle). It writes only pongs and close
+    // frames, into `Conn::sending`.
     let protocol = tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(config.max_message_bytes))
         .max_frame_size(Some(config.max_message_bytes))
@@ -89,6 +95,7 @@ pub(super) async fn run<S: Io>(
         ctx: WebSocketContext::new(Role::Server, Some(protocol)),
         sending: VecDeque::new(),
         offset: 0,
+        leftover: Bytes::new(),
         pinged: false,
         closed_by_client: None,
     };
@@ -122,32 +129,69 @@ struct Conn<S> {
     /// be partly written (`offset` bytes of it).
     sending: VecDeque<Out>,
     offset: usize,
+    /// Bytes read from the connection that tungstenite has not taken yet
+    /// when the task stopped reading to let others run (rarely any).
+    leftover: Bytes,
     /// The socket was pinged for its silence and has not answered yet.
     pinged: bool,
     /// The client's close frame, once it came.
     closed_by_client: Option<(u16, String)>,
 }
 
-/// tungstenite's view of the connection: reads poll it (a pending read
-/// is `WouldBlock`), writes (pongs, close frames) are kept to be written
-/// in order with the door's frames.
+/// tungstenite's view of the connection: reads take what was left over,
+/// then what the scratch buffer holds, then poll the connection into it
+/// (a pending read is `WouldBlock`); writes (pongs, close frames) are kept
+/// to be written in order with the door's frames.
 struct Adapter<'a, 'b, S> {
     io: &'a mut S,
     cx: Option<&'a mut Context<'b>>,
+    leftover: &'a mut Bytes,
+    scratch: Scratch<'a>,
     written: Vec<u8>,
+}
+
+/// A read buffer on the task's stack: `buf[start..end]` not taken yet.
+struct Scratch<'a> {
+    buf: &'a mut [u8],
+    start: usize,
+    end: usize,
+}
+
+impl Scratch<'_> {
+    fn unread(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
 }
 
 impl<S: Io> Read for Adapter<'_, '_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(cx) = self.cx.as_deref_mut() else {
-            return Err(io::ErrorKind::WouldBlock.into());
-        };
-        let mut buf = ReadBuf::new(buf);
-        match Pin::new(&mut *self.io).poll_read(cx, &mut buf) {
-            Poll::Ready(Ok(())) => Ok(buf.filled().len()),
-            Poll::Ready(Err(e)) => Err(e),
-            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        if !self.leftover.is_empty() {
+            let n = buf.len().min(self.leftover.len());
+            buf[..n].copy_from_slice(&self.leftover.split_to(n));
+            if self.leftover.is_empty() {
+                // Let go of the allocation.
+                *self.leftover = Bytes::new();
+            }
+            return Ok(n);
         }
+        if self.scratch.start == self.scratch.end {
+            let Some(cx) = self.cx.as_deref_mut() else {
+                return Err(io::ErrorKind::WouldBlock.into());
+            };
+            let mut read = ReadBuf::new(self.scratch.buf);
+            match Pin::new(&mut *self.io).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => {
+                    self.scratch.end = read.filled().len();
+                    self.scratch.start = 0;
+                }
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => return Err(io::ErrorKind::WouldBlock.into()),
+            }
+        }
+        let n = buf.len().min(self.scratch.end - self.scratch.start);
+        buf[..n].copy_from_slice(&self.scratch.buf[self.scratch.start..][..n]);
+        self.scratch.start += n;
+        Ok(n)
     }
 }
 
@@ -172,17 +216,36 @@ impl<S: Io> Conn<S> {
     fn protocol<R>(
         &mut self,
         cx: Option<&mut Context<'_>>,
+        scratch: &mut [u8],
         f: impl FnOnce(&mut WebSocketContext, &mut Adapter<'_, '_, S>) -> R,
     ) -> R {
         let mut adapter = Adapter {
             io: &mut self.io,
             cx,
+            leftover: &mut self.leftover,
+            scratch: Scratch {
+                buf: scratch,
+                start: 0,
+                end: 0,
+            },
             written: Vec::new(),
         };
         let result = f(&mut self.ctx, &mut adapter);
-        if !adapter.written.is_empty() {
+        let Adapter {
+            leftover,
+            scratch,
+            written,
+            ..
+        } = adapter;
+        // Read but not taken (the task stopped reading to let others run):
+        // kept for the next run. The scratch buffer is filled only once
+        // what was left over is taken.
+        if !scratch.unread().is_empty() {
+            *leftover = Bytes::copy_from_slice(scratch.unread());
+        }
+        if !written.is_empty() {
             self.sending.push_back(Out::Frame {
-                bytes: Bytes::from(adapter.written),
+                bytes: Bytes::from(written),
                 len: 0,
             });
         }
@@ -221,24 +284,33 @@ impl<S: Io> Conn<S> {
             });
         }
         // What the client sent.
-        let mut budget = READ_BUDGET;
-        loop {
-            if budget == 0 {
-                // More to read: later, after the other sockets' turns.
-                cx.waker().wake_by_ref();
-                break;
-            }
-            budget -= 1;
-            let read = self.protocol(Some(cx), |ctx, adapter| ctx.read(adapter));
-            match read {
-                Ok(message) => {
-                    self.pinged = false;
-                    sleep.as_mut().reset(Instant::now() + idle);
-                    self.received(door, id, message);
+        let mut closed = self.closed_by_client.take();
+        let mut scratch = [0u8; READ_SCRATCH];
+        let (messages, failed) = self.protocol(Some(&mut *cx), &mut scratch, |ctx, adapter| {
+            let mut messages = 0;
+            while messages < READ_BUDGET {
+                match ctx.read(adapter) {
+                    Ok(message) => {
+                        messages += 1;
+                        received(door, id, message, &mut closed);
+                    }
+                    Err(e) if would_block(&e) => return (messages, None),
+                    Err(e) => return (messages, Some(e)),
                 }
-                Err(e) if would_block(&e) => break,
-                Err(e) => return Poll::Ready(self.read_failed(e, out)),
             }
+            (messages, None)
+        });
+        self.closed_by_client = closed;
+        if messages > 0 {
+            self.pinged = false;
+            sleep.as_mut().reset(Instant::now() + idle);
+        }
+        if let Some(e) = failed {
+            return Poll::Ready(self.read_failed(e, out));
+        }
+        if messages == READ_BUDGET {
+            // More to read: later, after the other sockets' turns.
+            cx.waker().wake_by_ref();
         }
         // What is queued for the client.
         if let Poll::Ready(Err(_)) = self.poll_write(cx, out) {
@@ -276,14 +348,18 @@ impl<S: Io> Conn<S> {
             match item {
                 Out::Frame { .. } => self.sending.push_back(item),
                 Out::Close(frame) => {
-                    let _ = self.protocol(None, |ctx, adapter| ctx.close(adapter, Some(frame)));
+                    let _ = self.protocol(None, &mut [], |ctx, adapter| {
+                        ctx.close(adapter, Some(frame))
+                    });
                 }
             }
         }
     }
+}
 
-    /// Hands a message the client sent to the door.
-    fn received(&mut self, door: &Door, id: u64, message: Message) {
+/// Hands a message the client sent to the door; notes its close frame.
+fn received(door: &Door, id: u64, message: Message, closed: &mut Option<(u16, String)>) {
+    {
         match message {
             Message::Text(text) => {
                 if !door.auto_respond(id, text.as_str()) {
@@ -298,7 +374,7 @@ impl<S: Io> Conn<S> {
                 door.relay(id, SocketEventKind::Message { binary: true }, bytes);
             }
             Message::Close(frame) => {
-                self.closed_by_client = Some(match frame {
+                *closed = Some(match frame {
                     Some(CloseFrame { code, reason }) => {
                         (u16::from(code), reason.as_str().to_owned())
                     }
@@ -308,7 +384,9 @@ impl<S: Io> Conn<S> {
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
     }
+}
 
+impl<S: Io> Conn<S> {
     /// The event a read error ends the socket with; a limit or bad input
     /// also has the door close it.
     fn read_failed(&mut self, error: WsError, out: &Outbound) -> SocketEventKind {
@@ -425,7 +503,9 @@ impl<S: Io> Conn<S> {
                     code: kill.code.into(),
                     reason: kill.reason.into(),
                 };
-                let _ = self.protocol(None, |ctx, adapter| ctx.close(adapter, Some(frame)));
+                let _ = self.protocol(None, &mut [], |ctx, adapter| {
+                    ctx.close(adapter, Some(frame))
+                });
             }
         }
     }
