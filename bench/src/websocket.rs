@@ -13,10 +13,13 @@
 //! 3. odo only: a worker SIGKILLed in the middle of run 1: sockets dropped,
 //!    echoed messages missing from the history, the longest pause a sender saw.
 //! 4. One big room: 10,000 members, one sender, 100-byte messages:
-//!    deliveries/s.
+//!    deliveries/s. The sender keeps 16 messages in flight
+//!    (`ODO_BENCH_WS_WINDOW`; 1 waits for each echo before the next send).
 //!
-//! `DURATION` (default 5s) sets runs 1 and 3; `ODO_BENCH_WS_IDLE` (default
-//! 10000) the sockets of runs 2 and 4.
+//! `DURATION` (default 5s) sets runs 1, 3 and 4; `ODO_BENCH_WS_IDLE` (default
+//! 10000) the sockets of runs 2 and 4; `ODO_BENCH_WS_RUNS` (default
+//! `fanout,idle,kill,big`) which runs to make, for example
+//! `ODO_BENCH_WS_RUNS=big cargo xtask bench websocket`.
 
 use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
@@ -36,6 +39,10 @@ use crate::e2e::servers::{self as e2e, Pinning, Running, Server};
 use crate::stats::{Latencies, ratio};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Messages the big room's sender keeps in flight by default
+/// (`ODO_BENCH_WS_WINDOW`).
+const BIG_ROOM_WINDOW: u64 = 16;
 
 /// A bound on any one wait of the load client.
 const GUARD: Duration = Duration::from_secs(30);
@@ -478,17 +485,30 @@ async fn big_room(base: &str, members: usize, duration: Duration) -> anyhow::Res
             }
         }));
     }
+    // The sender keeps up to `window` messages in flight (sent, its own
+    // echo not back yet), as a chat client that does not wait for one
+    // message's echo before typing the next: the room's turns and the
+    // door's writes may then batch, as they would under real load.
+    let window: u64 = std::env::var("ODO_BENCH_WS_WINDOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(BIG_ROOM_WINDOW)
+        .max(1);
     let body = "x".repeat(90);
     let own = AtomicU64::new(0);
     let started = Instant::now();
-    let mut k = 0u64;
-    while started.elapsed() < duration {
-        let text = format!("{k:09}{body}");
-        sender.send(Message::text(text.clone())).await?;
-        if until_echo(&mut sender, &text, &own).await?.is_err() {
+    let (mut sent, mut echoed) = (0u64, 0u64);
+    let text = |k: u64| format!("{k:09}{body}");
+    while started.elapsed() < duration || echoed < sent {
+        while sent - echoed < window && started.elapsed() < duration {
+            sender.feed(Message::text(text(sent))).await?;
+            sent += 1;
+        }
+        sender.flush().await?;
+        if until_echo(&mut sender, &text(echoed), &own).await?.is_err() {
             bail!("the sender was closed");
         }
-        k += 1;
+        echoed += 1;
     }
     let rate = (delivered.load(Ordering::Relaxed) + own.load(Ordering::Relaxed)) as f64
         / started.elapsed().as_secs_f64();

@@ -65,8 +65,20 @@ pub(crate) fn on_path(program: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
-/// Builds the release `odo` binary (a no-op when it is up to date).
+/// Builds the release `odo` binary (a no-op when it is up to date), or
+/// takes the one `ODO_BENCH_ODO` names.
 pub(crate) fn odo_binary(root: &Path) -> anyhow::Result<PathBuf> {
+    // A given binary (`ODO_BENCH_ODO=path`, say a build of another commit
+    // to compare with) is used as it is.
+    if let Some(given) = std::env::var_os("ODO_BENCH_ODO") {
+        let given = PathBuf::from(given);
+        anyhow::ensure!(
+            given.is_file(),
+            "ODO_BENCH_ODO: {} not found",
+            given.display()
+        );
+        return Ok(given);
+    }
     let binary = target_dir(root).join("release/odo");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("e2e: cargo build --release -p odo");

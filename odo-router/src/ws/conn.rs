@@ -1,31 +1,54 @@
-//! One socket's connection once upgraded: a reader that relays what the
-//! client sends (answering the auto-response itself), a writer that sends
-//! what the socket's queue holds, and how the connection ended, which the
-//! object is told.
+//! One socket's connection once upgraded, driven by one task: tungstenite's
+//! protocol layer (a [`WebSocketContext`], over buffers of our own) reads
+//! what the client sends, answers pings and closes, and the frames the
+//! door queued (each framed once for every socket it goes to) are written
+//! as they are, several in one write. How the connection ended is what
+//! its object is told.
+//!
+//! An idle socket holds no buffer here beyond tungstenite's small read
+//! buffer: what it sends is taken from its queue and let go of once
+//! written.
 
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use odo_core::socket::{SocketEventKind, close_code};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::WebSocketStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 use tungstenite::Message;
-use tungstenite::error::Error as WsError;
-use tungstenite::protocol::{CloseFrame, Role};
+use tungstenite::error::{Error as WsError, ProtocolError};
+use tungstenite::protocol::{CloseFrame, Role, WebSocketContext};
 
-use super::{Door, Kill, Outbound, message_len};
+use super::{Door, Kill, Out, Outbound};
 
 /// How long a socket the door closes at shutdown has to take its close
-/// frame. Otherwise (a limit, a client that stopped reading) it has the
-/// idle timeout: a client that reads again within it finds the close
-/// frame after what it had not read yet.
+/// frame, and how long a socket whose client closed it (or went away) has
+/// to take what is left to send (tungstenite's answer to its close).
+/// Otherwise (a limit, a client that stopped reading) it has the idle
+/// timeout: a client that reads again within it finds the close frame
+/// after what it had not read yet.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// tungstenite's read buffer per socket, which is also the most one read
-/// takes from the connection.
-const READ_BUFFER: usize = 512;
+/// The bytes one read takes from the connection, into a buffer on the
+/// stack of the socket's task while it runs: an idle socket keeps none.
+const READ_SCRATCH: usize = 4096;
+
+/// tungstenite's own read buffer (kept per socket, allocated up front) and
+/// the most it takes from the scratch buffer at once: a copy in memory,
+/// no system call.
+const READ_BUFFER: usize = 64;
+
+/// The most messages read from one socket before its task lets others
+/// run.
+const READ_BUDGET: usize = 64;
+
+/// The most frames handed to the connection in one write.
+const WRITE_SLICES: usize = 64;
 
 /// What a socket's connection runs over: an upgraded HTTP connection, or
 /// one end of an in-process pipe (a Rust `Client`'s socket).
@@ -55,207 +78,435 @@ pub(super) async fn run<S: Io>(
         }
     };
     let config = door.config();
-    // tungstenite allocates its read buffer up front and zero-fills it
-    // before every read, so each idle socket keeps it resident: 512 bytes
-    // (a chat message and its header in one read) rather than 4 KiB costs
-    // an idle socket 3.5 KiB less, and a large message more reads
-    // (`cargo xtask bench websocket`, idle).
+    // tungstenite allocates its read buffer up front, so each idle socket
+    // keeps it: 64 bytes rather than 4 KiB (tungstenite's default) or
+    // 512 (a chat message in one read); it reads from the task's scratch
+    // buffer, so a small one costs copies, not system calls
+    // (`cargo xtask bench websocket`, idle). It writes only pongs and close
+    // frames, into `Conn::sending`.
     let protocol = tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(config.max_message_bytes))
         .max_frame_size(Some(config.max_message_bytes))
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .max_write_buffer_size(config.max_message_bytes.saturating_add(64 * 1024));
+        .write_buffer_size(0);
     let idle = config.idle_timeout;
-    let stream = WebSocketStream::from_raw_socket(upgraded, Role::Server, Some(protocol)).await;
-    let (sink, reader) = stream.split();
-    let mut writer = tokio::spawn(write_loop(sink, out.clone()));
-    let last = read_loop(&door, id, reader, &out, idle).await;
-    if out.kill_reason().is_none() {
-        writer.abort();
-        door.socket_gone(id, last);
-        return;
-    }
-    // The door closed it: its object hears of it now; the connection stays
-    // (counted against the cap, holding at most the frame it was writing)
-    // until its close frame is out, within a bound.
+    let mut conn = Conn {
+        io: upgraded,
+        ctx: WebSocketContext::new(Role::Server, Some(protocol)),
+        sending: VecDeque::new(),
+        offset: 0,
+        leftover: Bytes::new(),
+        pinged: false,
+        closed_by_client: None,
+    };
+    let mut sleep = std::pin::pin!(tokio::time::sleep(idle));
+    let last =
+        std::future::poll_fn(|cx| conn.poll_serve(cx, &door, id, &out, idle, sleep.as_mut())).await;
+    // Its object hears of it now; the connection stays (counted against
+    // the cap, holding at most the frame it was writing) until what is
+    // left to send (the door's close frame, or tungstenite's answer to the
+    // client's) is out, within a bound.
+    let kill = out.kill_reason();
     let known = door.let_go(id, last);
-    let grace = if door.closing() { CLOSE_GRACE } else { idle };
-    if tokio::time::timeout(grace, &mut writer).await.is_err() {
-        writer.abort();
-    }
+    let grace = match kill {
+        Some(_) if !door.closing() => idle,
+        _ => CLOSE_GRACE,
+    };
+    conn.finish(kill);
+    let _ = tokio::time::timeout(grace, std::future::poll_fn(|cx| conn.poll_write(cx, &out))).await;
+    drop(conn);
     if known {
         door.connection_gone();
     }
 }
 
-async fn read_loop<S: Io>(
-    door: &Door,
-    id: u64,
-    mut reader: futures_util::stream::SplitStream<WebSocketStream<S>>,
-    out: &Outbound,
-    idle: Duration,
-) -> SocketEventKind {
-    let mut pinged = false;
-    let mut closed_by_client: Option<(u16, String)> = None;
-    loop {
-        let next = tokio::select! {
-            biased;
-            () = out.killed.cancelled() => {
-                let kill = out.kill_reason().unwrap_or(Kill {
-                    code: close_code::GOING_AWAY,
-                    reason: "closed",
-                });
-                return SocketEventKind::Close {
-                    code: kill.code,
-                    reason: kill.reason.to_owned(),
-                    was_clean: false,
-                };
+/// One socket's connection and protocol state.
+struct Conn<S> {
+    io: S,
+    ctx: WebSocketContext,
+    /// Frames to write, in order: the door's (shared with every socket
+    /// they go to) and tungstenite's (pongs, close frames). The first may
+    /// be partly written (`offset` bytes of it).
+    sending: VecDeque<Out>,
+    offset: usize,
+    /// Bytes read from the connection that tungstenite has not taken yet
+    /// when the task stopped reading to let others run (rarely any).
+    leftover: Bytes,
+    /// The socket was pinged for its silence and has not answered yet.
+    pinged: bool,
+    /// The client's close frame, once it came.
+    closed_by_client: Option<(u16, String)>,
+}
+
+/// tungstenite's view of the connection: reads take what was left over,
+/// then what the scratch buffer holds, then poll the connection into it
+/// (a pending read is `WouldBlock`); writes (pongs, close frames) are kept
+/// to be written in order with the door's frames.
+struct Adapter<'a, 'b, S> {
+    io: &'a mut S,
+    cx: Option<&'a mut Context<'b>>,
+    leftover: &'a mut Bytes,
+    scratch: Scratch<'a>,
+    written: Vec<u8>,
+}
+
+/// A read buffer on the task's stack: `buf[start..end]` not taken yet.
+struct Scratch<'a> {
+    buf: &'a mut [u8],
+    start: usize,
+    end: usize,
+}
+
+impl Scratch<'_> {
+    fn unread(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+}
+
+impl<S: Io> Read for Adapter<'_, '_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.leftover.is_empty() {
+            let n = buf.len().min(self.leftover.len());
+            buf[..n].copy_from_slice(&self.leftover.split_to(n));
+            if self.leftover.is_empty() {
+                // Let go of the allocation.
+                *self.leftover = Bytes::new();
             }
-            next = tokio::time::timeout(idle, reader.next()) => next,
+            return Ok(n);
+        }
+        if self.scratch.start == self.scratch.end {
+            let Some(cx) = self.cx.as_deref_mut() else {
+                return Err(io::ErrorKind::WouldBlock.into());
+            };
+            let mut read = ReadBuf::new(self.scratch.buf);
+            match Pin::new(&mut *self.io).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => {
+                    self.scratch.end = read.filled().len();
+                    self.scratch.start = 0;
+                }
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => return Err(io::ErrorKind::WouldBlock.into()),
+            }
+        }
+        let n = buf.len().min(self.scratch.end - self.scratch.start);
+        buf[..n].copy_from_slice(&self.scratch.buf[self.scratch.start..][..n]);
+        self.scratch.start += n;
+        Ok(n)
+    }
+}
+
+impl<S> Write for Adapter<'_, '_, S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.written.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn would_block(e: &WsError) -> bool {
+    matches!(e, WsError::Io(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+impl<S: Io> Conn<S> {
+    /// Runs tungstenite's `f` over the connection; what it wrote joins
+    /// the frames to send.
+    fn protocol<R>(
+        &mut self,
+        cx: Option<&mut Context<'_>>,
+        scratch: &mut [u8],
+        f: impl FnOnce(&mut WebSocketContext, &mut Adapter<'_, '_, S>) -> R,
+    ) -> R {
+        let mut adapter = Adapter {
+            io: &mut self.io,
+            cx,
+            leftover: &mut self.leftover,
+            scratch: Scratch {
+                buf: scratch,
+                start: 0,
+                end: 0,
+            },
+            written: Vec::new(),
         };
-        let next = match next {
-            Err(_) if pinged => {
-                return SocketEventKind::Close {
+        let result = f(&mut self.ctx, &mut adapter);
+        let Adapter {
+            leftover,
+            scratch,
+            written,
+            ..
+        } = adapter;
+        // Read but not taken (the task stopped reading to let others run):
+        // kept for the next run. The scratch buffer is filled only once
+        // what was left over is taken.
+        if !scratch.unread().is_empty() {
+            *leftover = Bytes::copy_from_slice(scratch.unread());
+        }
+        if !written.is_empty() {
+            self.sending.push_back(Out::Frame {
+                bytes: Bytes::from(written),
+                len: 0,
+            });
+        }
+        result
+    }
+
+    /// Serves the socket until it ends: the event its object gets.
+    fn poll_serve(
+        &mut self,
+        cx: &mut Context<'_>,
+        door: &Door,
+        id: u64,
+        out: &Outbound,
+        idle: Duration,
+        mut sleep: Pin<&mut Sleep>,
+    ) -> Poll<SocketEventKind> {
+        // What the door queued (registered first: a push after the take
+        // wakes the task).
+        out.register(cx.waker());
+        if self.ctx.can_write() {
+            match out.take() {
+                Err(kill) => {
+                    return Poll::Ready(SocketEventKind::Close {
+                        code: kill.code,
+                        reason: kill.reason.to_owned(),
+                        was_clean: false,
+                    });
+                }
+                Ok(taken) => self.queue(taken),
+            }
+        } else if let Some(kill) = out.kill_reason() {
+            return Poll::Ready(SocketEventKind::Close {
+                code: kill.code,
+                reason: kill.reason.to_owned(),
+                was_clean: false,
+            });
+        }
+        // What the client sent.
+        let mut closed = self.closed_by_client.take();
+        let mut scratch = [0u8; READ_SCRATCH];
+        let (messages, failed) = self.protocol(Some(&mut *cx), &mut scratch, |ctx, adapter| {
+            let mut messages = 0;
+            while messages < READ_BUDGET {
+                match ctx.read(adapter) {
+                    Ok(message) => {
+                        messages += 1;
+                        received(door, id, message, &mut closed);
+                    }
+                    Err(e) if would_block(&e) => return (messages, None),
+                    Err(e) => return (messages, Some(e)),
+                }
+            }
+            (messages, None)
+        });
+        self.closed_by_client = closed;
+        if messages > 0 {
+            self.pinged = false;
+            sleep.as_mut().reset(Instant::now() + idle);
+        }
+        if let Some(e) = failed {
+            return Poll::Ready(self.read_failed(e, out));
+        }
+        if messages == READ_BUDGET {
+            // More to read: later, after the other sockets' turns.
+            cx.waker().wake_by_ref();
+        }
+        // What is queued for the client.
+        if let Poll::Ready(Err(_)) = self.poll_write(cx, out) {
+            return Poll::Ready(self.ended());
+        }
+        // Silence: a ping, then the end.
+        if sleep.as_mut().poll(cx).is_ready() {
+            if self.pinged {
+                return Poll::Ready(SocketEventKind::Close {
                     code: close_code::ABNORMAL,
                     reason: "the client stopped answering (half-open connection)".into(),
                     was_clean: false,
-                };
+                });
             }
-            Err(_) => {
-                pinged = true;
-                out.push(Message::Ping(Bytes::from_static(b"odo")), usize::MAX);
-                continue;
-            }
-            Ok(next) => next,
-        };
-        pinged = false;
-        match next {
-            None => break,
-            Some(Ok(message)) => match message {
-                Message::Text(text) => {
-                    if !door.auto_respond(id, text.as_str()) {
-                        door.relay(
-                            id,
-                            SocketEventKind::Message { binary: false },
-                            Bytes::from(text),
-                        );
-                    }
-                }
-                Message::Binary(bytes) => {
-                    door.relay(id, SocketEventKind::Message { binary: true }, bytes);
-                }
-                Message::Close(frame) => {
-                    closed_by_client = Some(match frame {
-                        Some(CloseFrame { code, reason }) => {
-                            (u16::from(code), reason.as_str().to_owned())
-                        }
-                        None => (1005, String::new()),
+            self.pinged = true;
+            out.push(Out::ping(), usize::MAX);
+            sleep.as_mut().reset(Instant::now() + idle);
+            let _ = sleep.as_mut().poll(cx);
+        }
+        Poll::Pending
+    }
+
+    /// Adds what was taken from the door's queue to what is being sent;
+    /// the object's close frame goes through tungstenite (it then expects
+    /// the client's answer).
+    fn queue(&mut self, taken: VecDeque<Out>) {
+        if taken.is_empty() {
+            return;
+        }
+        if self.sending.is_empty() && !taken.iter().any(|o| matches!(o, Out::Close(_))) {
+            self.sending = taken;
+            return;
+        }
+        for item in taken {
+            match item {
+                Out::Frame { .. } => self.sending.push_back(item),
+                Out::Close(frame) => {
+                    let _ = self.protocol(None, &mut [], |ctx, adapter| {
+                        ctx.close(adapter, Some(frame))
                     });
                 }
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-            },
-            // The connection ended without a close frame (a tab closed, a
-            // reset): a close the object hears as 1006.
-            Some(Err(
-                WsError::ConnectionClosed
-                | WsError::AlreadyClosed
-                | WsError::Io(_)
-                | WsError::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake),
-            )) => break,
-            Some(Err(WsError::Capacity(e))) => {
+            }
+        }
+    }
+}
+
+/// Hands a message the client sent to the door; notes its close frame.
+fn received(door: &Door, id: u64, message: Message, closed: &mut Option<(u16, String)>) {
+    {
+        match message {
+            Message::Text(text) => {
+                if !door.auto_respond(id, text.as_str()) {
+                    door.relay(
+                        id,
+                        SocketEventKind::Message { binary: false },
+                        Bytes::from(text),
+                    );
+                }
+            }
+            Message::Binary(bytes) => {
+                door.relay(id, SocketEventKind::Message { binary: true }, bytes);
+            }
+            Message::Close(frame) => {
+                *closed = Some(match frame {
+                    Some(CloseFrame { code, reason }) => {
+                        (u16::from(code), reason.as_str().to_owned())
+                    }
+                    None => (1005, String::new()),
+                });
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+        }
+    }
+}
+
+impl<S: Io> Conn<S> {
+    /// The event a read error ends the socket with; a limit or bad input
+    /// also has the door close it.
+    fn read_failed(&mut self, error: WsError, out: &Outbound) -> SocketEventKind {
+        match error {
+            // The connection ended, after a close handshake or without one
+            // (a tab closed, a reset: a close the object hears as 1006).
+            WsError::ConnectionClosed
+            | WsError::AlreadyClosed
+            | WsError::Io(_)
+            | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => self.ended(),
+            WsError::Capacity(e) => {
                 out.kill(Kill {
                     code: close_code::MESSAGE_TOO_BIG,
                     reason: "message too big",
                 });
-                return SocketEventKind::Close {
+                SocketEventKind::Close {
                     code: close_code::MESSAGE_TOO_BIG,
                     reason: e.to_string(),
                     was_clean: false,
-                };
+                }
             }
-            Some(Err(WsError::Protocol(e))) => {
+            WsError::Protocol(e) => {
                 out.kill(Kill {
                     code: 1002,
                     reason: "protocol error",
                 });
-                return SocketEventKind::Error {
+                SocketEventKind::Error {
                     message: format!("protocol error: {e}"),
-                };
+                }
             }
-            Some(Err(WsError::Utf8(e))) => {
+            WsError::Utf8(e) => {
                 out.kill(Kill {
                     code: 1007,
                     reason: "text that is not UTF-8",
                 });
-                return SocketEventKind::Error {
+                SocketEventKind::Error {
                     message: format!("invalid text: {e}"),
-                };
+                }
             }
-            Some(Err(e)) => {
-                return SocketEventKind::Error {
-                    message: e.to_string(),
-                };
-            }
+            e => SocketEventKind::Error {
+                message: e.to_string(),
+            },
         }
     }
-    match closed_by_client {
-        Some((code, reason)) => SocketEventKind::Close {
-            code,
-            reason,
-            was_clean: true,
-        },
-        None => SocketEventKind::Close {
-            code: close_code::ABNORMAL,
-            reason: "the connection ended without a close frame".into(),
-            was_clean: false,
-        },
-    }
-}
 
-/// Sends what the socket's queue holds, several messages per flush; when
-/// the door closes the socket, sends its close frame and stops.
-///
-/// A message counts against the socket's send buffer until it is handed to
-/// the connection; a write that waits on a client that does not read is
-/// given up when the door closes the socket (the messages not written yet
-/// are dropped), and the close frame follows what the connection holds.
-async fn write_loop<S: Io>(
-    mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
-    out: Arc<Outbound>,
-) {
-    let mut batch = Vec::new();
-    let kill = 'write: loop {
-        match out.take(&mut batch) {
-            Err(kill) => break 'write kill,
-            Ok(()) if batch.is_empty() => out.ready.notified().await,
-            Ok(()) => {
-                for message in batch.drain(..) {
-                    let close = matches!(message, Message::Close(_));
-                    let len = message_len(&message);
-                    tokio::select! {
-                        biased;
-                        () = out.killed.cancelled() => continue 'write,
-                        fed = sink.feed(message) => if fed.is_err() { return },
-                    }
-                    out.written(len);
-                    if close {
-                        let _ = sink.flush().await;
-                        return;
-                    }
-                }
-                tokio::select! {
-                    biased;
-                    () = out.killed.cancelled() => {}
-                    flushed = sink.flush() => if flushed.is_err() { return },
+    /// The connection ended: a clean close if the client sent its close
+    /// frame, otherwise 1006.
+    fn ended(&mut self) -> SocketEventKind {
+        match self.closed_by_client.take() {
+            Some((code, reason)) => SocketEventKind::Close {
+                code,
+                reason,
+                was_clean: true,
+            },
+            None => SocketEventKind::Close {
+                code: close_code::ABNORMAL,
+                reason: "the connection ended without a close frame".into(),
+                was_clean: false,
+            },
+        }
+    }
+
+    /// Writes what is queued, several frames per write; ready when all is
+    /// written (and flushed) or the connection failed.
+    fn poll_write(&mut self, cx: &mut Context<'_>, out: &Outbound) -> Poll<io::Result<()>> {
+        if self.sending.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        while !self.sending.is_empty() {
+            let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+            let mut count = 0;
+            for (slot, item) in slices.iter_mut().zip(&self.sending) {
+                if let Out::Frame { bytes, .. } = item {
+                    let skip = if count == 0 { self.offset } else { 0 };
+                    *slot = IoSlice::new(&bytes[skip..]);
+                    count += 1;
                 }
             }
+            let written = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.advance(written, out);
         }
-    };
-    batch.clear();
-    let frame = CloseFrame {
-        code: kill.code.into(),
-        reason: kill.reason.into(),
-    };
-    let _ = sink.send(Message::Close(Some(frame))).await;
+        // Nothing stays allocated for an idle socket.
+        self.sending = VecDeque::new();
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// `written` more bytes of the frames being sent reached the
+    /// connection.
+    fn advance(&mut self, mut written: usize, out: &Outbound) {
+        while let Some(Out::Frame { bytes, len }) = self.sending.front() {
+            let left = bytes.len() - self.offset;
+            if written < left {
+                self.offset += written;
+                return;
+            }
+            written -= left;
+            out.written(*len);
+            self.offset = 0;
+            self.sending.pop_front();
+        }
+    }
+
+    /// What is left to send once the socket ended: when the door closed
+    /// it (`kill`), only the frame being written, then its close frame;
+    /// else what is queued (tungstenite's answer to the client's close).
+    fn finish(&mut self, kill: Option<Kill>) {
+        if let Some(kill) = kill {
+            self.sending.truncate(usize::from(self.offset > 0));
+            if self.ctx.can_write() {
+                let frame = CloseFrame {
+                    code: kill.code.into(),
+                    reason: kill.reason.into(),
+                };
+                let _ = self.protocol(None, &mut [], |ctx, adapter| {
+                    ctx.close(adapter, Some(frame))
+                });
+            }
+        }
+    }
 }

@@ -30,14 +30,16 @@ use odo_core::wire::{Request, Response};
 use odo_core::{ObjectAddress, ObjectId, WireError};
 use tokio::sync::Notify;
 use tracing::debug;
-use tungstenite::Message;
 use tungstenite::protocol::CloseFrame;
 
 use crate::service::ObjectService;
 
 mod conn;
+mod outbound;
 mod pump;
 mod upgrade;
+
+use outbound::{Out, Outbound};
 
 pub(crate) use upgrade::{Upgrade, is_upgrade};
 
@@ -189,106 +191,8 @@ pub(crate) struct Kill {
     reason: &'static str,
 }
 
-/// A socket's queue of messages to send, bounded.
-pub(crate) struct Outbound {
-    queue: Mutex<OutQueue>,
-    /// Wakes the writer.
-    ready: Notify,
-    /// Cancelled when the door closes the socket (wakes the reader).
-    killed: tokio_util::sync::CancellationToken,
-}
-
-#[derive(Default)]
-struct OutQueue {
-    items: VecDeque<Message>,
-    /// The bytes of `items` and of the messages the writer took but has
-    /// not handed to the connection yet: what the socket holds here.
-    bytes: usize,
-    /// A close frame is queued: nothing more is sent.
-    closed: bool,
-    /// The door closes the socket (a limit, a restart, shutdown).
-    killed: Option<Kill>,
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn message_len(message: &Message) -> usize {
-    match message {
-        Message::Text(t) => t.len(),
-        Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
-        Message::Close(_) | Message::Frame(_) => 0,
-    }
-}
-
-impl Outbound {
-    fn new() -> Arc<Self> {
-        Arc::new(Self {
-            queue: Mutex::default(),
-            ready: Notify::new(),
-            killed: tokio_util::sync::CancellationToken::new(),
-        })
-    }
-
-    /// Queues `message`; `false` when the queue would pass `cap` bytes
-    /// (one message always fits an empty queue): the client is not
-    /// reading.
-    fn push(&self, message: Message, cap: usize) -> bool {
-        let mut queue = lock(&self.queue);
-        if queue.closed || queue.killed.is_some() {
-            return true;
-        }
-        let len = message_len(&message);
-        if !queue.items.is_empty() && queue.bytes + len > cap {
-            return false;
-        }
-        if matches!(message, Message::Close(_)) {
-            queue.closed = true;
-        }
-        queue.bytes += len;
-        queue.items.push_back(message);
-        drop(queue);
-        self.ready.notify_one();
-        true
-    }
-
-    /// Closes the socket from the door's side: what is queued is dropped.
-    fn kill(&self, kill: Kill) {
-        let mut queue = lock(&self.queue);
-        if queue.killed.is_none() {
-            queue.killed = Some(kill);
-            queue.items.clear();
-            queue.bytes = 0;
-        }
-        drop(queue);
-        self.ready.notify_one();
-        self.killed.cancel();
-    }
-
-    fn kill_reason(&self) -> Option<Kill> {
-        lock(&self.queue).killed
-    }
-
-    /// Takes what is queued, or says the socket was killed. The messages
-    /// taken still count against the send buffer until the writer reports
-    /// each one written ([`Outbound::written`]), so a socket holds at most
-    /// its buffer here, whether queued or taken.
-    fn take(&self, into: &mut Vec<Message>) -> Result<(), Kill> {
-        let mut queue = lock(&self.queue);
-        if let Some(kill) = queue.killed {
-            return Err(kill);
-        }
-        into.extend(queue.items.drain(..));
-        Ok(())
-    }
-
-    /// The writer handed a message of `len` bytes to the connection: it no
-    /// longer counts against the send buffer.
-    fn written(&self, len: usize) {
-        let mut queue = lock(&self.queue);
-        queue.bytes = queue.bytes.saturating_sub(len);
-    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -416,21 +320,16 @@ impl Door {
                             .insert(first, (binary, BytesMut::from(&whole[..])));
                         continue;
                     }
-                    let message = if binary {
-                        Message::Binary(whole)
-                    } else {
-                        match tungstenite::Utf8Bytes::try_from(whole) {
-                            Ok(text) => Message::Text(text),
-                            Err(_) => {
-                                return Err(WireError::BadRequest {
-                                    message: "a text message that is not UTF-8".into(),
-                                });
-                            }
-                        }
-                    };
+                    if !binary && std::str::from_utf8(&whole).is_err() {
+                        return Err(WireError::BadRequest {
+                            message: "a text message that is not UTF-8".into(),
+                        });
+                    }
+                    // Framed once: every socket sends the same bytes.
+                    let frame = Out::data(binary, &whole);
                     for id in sockets {
                         if let Some(socket) = state.sockets.get(&id)
-                            && !socket.out.push(message.clone(), cap)
+                            && !socket.out.push(frame.clone(), cap)
                         {
                             overflowed.push(socket.out.clone());
                         }
@@ -446,7 +345,7 @@ impl Door {
                             code: code.into(),
                             reason: reason.into(),
                         };
-                        socket.out.push(Message::Close(Some(frame)), usize::MAX);
+                        socket.out.push(Out::Close(frame), usize::MAX);
                     }
                 }
                 SocketOp::Attach { socket, len } => {
@@ -585,7 +484,7 @@ impl Door {
             return false;
         };
         s.auto_response_ms = Some(now_ms());
-        if !s.out.push(Message::text(response), cap) {
+        if !s.out.push(Out::data(false, response.as_bytes()), cap) {
             let out = s.out.clone();
             drop(state);
             out.kill(Kill {
