@@ -63,8 +63,9 @@ pub struct ClusterSpec {
 
 /// How many hosts a [`ClusterSpec::netns`] cluster has namespaces for.
 pub const NETNS_HOSTS: usize = 3;
-/// Inside its namespace each node has every port to itself: these.
-const NETNS_ETCD_PORTS: (u16, u16) = (2379, 2380);
+/// Inside its namespace each node has every port to itself: these
+/// (client, peer, metrics).
+const NETNS_ETCD_PORTS: (u16, u16, u16) = (2379, 2380, 2381);
 const NETNS_TRANSPORT_PORT: u16 = 7000;
 
 /// One odo host of a [`TestCluster`].
@@ -111,6 +112,8 @@ pub struct TestCluster {
     /// The hosts by index; `None` once killed or stopped.
     pub hosts: Vec<Option<ClusterHost>>,
     pg_url: String,
+    /// Where PostgreSQL listens (`ip:port`, or its socket's directory).
+    pg_at: String,
     ca: Option<TestCa>,
     /// The namespaces, with [`ClusterSpec::netns`]: removed after every
     /// process above stopped.
@@ -189,6 +192,7 @@ impl TestCluster {
                         client_port: NETNS_ETCD_PORTS.0,
                         peer_port: NETNS_ETCD_PORTS.1,
                         netns: Some(node.ns.clone()),
+                        metrics_port: Some(NETNS_ETCD_PORTS.2),
                     });
                 }
                 let ip = Ipv4Addr::new(127, 0, 2, 1 + i as u8);
@@ -198,6 +202,7 @@ impl TestCluster {
                     client_port: free_port(ip)?,
                     peer_port: free_port(ip)?,
                     netns: None,
+                    metrics_port: Some(free_port(ip)?),
                 })
             })
             .collect::<Result<_>>()?;
@@ -222,7 +227,7 @@ impl TestCluster {
             tls_of.as_ref().map(|f| f as &dyn Fn(usize) -> EtcdTls),
         )?;
         let bindir = LocalPostgres::bindir().context("PostgreSQL is not installed")?;
-        let (postgres, pg_url) = match &ca {
+        let (postgres, pg_url, pg_at) = match &ca {
             Some(ca) => {
                 // On the bridge's address with namespaces (the hosts reach
                 // it there), else on loopback.
@@ -256,12 +261,13 @@ impl TestCluster {
                     "host={ip} port={port} user={} dbname=postgres sslmode=require",
                     crate::postgres::USER
                 );
-                (pg, url)
+                (pg, url, format!("{ip}:{port}"))
             }
             None => {
                 let pg = LocalPostgres::start(bindir, Listen::default())?;
                 let url = pg.url();
-                (pg, url)
+                let at = pg.dir().display().to_string();
+                (pg, url, at)
             }
         };
         Ok(Self {
@@ -270,6 +276,7 @@ impl TestCluster {
             postgres,
             hosts: Vec::new(),
             pg_url,
+            pg_at,
             ca,
             network,
             dir,
@@ -285,6 +292,18 @@ impl TestCluster {
     /// Starts host `i` (a new one, or again after it was killed), on
     /// `127.0.1.(i+1)` or in its namespace, and waits for its front door.
     pub fn start_host(&mut self, i: usize) -> Result<()> {
+        self.start_host_with(i, true)
+    }
+
+    /// Starts host `i` as [`start_host`](Self::start_host) does, but
+    /// without its `--cluster-tls-*` and `--postgres-tls-*` files even if
+    /// the cluster has TLS: beyond loopback odo refuses to start so, and
+    /// this says why (the error carries the host's log).
+    pub fn start_host_without_tls(&mut self, i: usize) -> Result<()> {
+        self.start_host_with(i, false)
+    }
+
+    fn start_host_with(&mut self, i: usize, tls: bool) -> Result<()> {
         let id = format!("h{i}");
         let (ip, netns) = match &self.network {
             Some(net) => {
@@ -335,19 +354,24 @@ impl TestCluster {
             "--lease-ttl-s".into(),
             self.spec.lease_ttl_s.to_string(),
         ]);
-        if let Some(ca) = &self.ca {
+        if let Some(ca) = self.ca.as_ref().filter(|_| tls) {
             let (cert, key) = ca.issue(&id, &[&ip.to_string()])?;
-            // PostgreSQL's `cert` authentication: the user is the
-            // certificate's common name.
-            let (pg_cert, pg_key) = ca.issue(crate::postgres::USER, &[])?;
-            for (flag, path) in [
+            let mut files = vec![
                 ("--cluster-tls-ca", ca.cert_path()),
                 ("--cluster-tls-cert", cert.clone()),
                 ("--cluster-tls-key", key.clone()),
-                ("--postgres-tls-ca", ca.cert_path()),
-                ("--postgres-tls-cert", pg_cert.clone()),
-                ("--postgres-tls-key", pg_key.clone()),
-            ] {
+            ];
+            if postgres {
+                // PostgreSQL's `cert` authentication: the user is the
+                // certificate's common name.
+                let (pg_cert, pg_key) = ca.issue(crate::postgres::USER, &[])?;
+                files.extend([
+                    ("--postgres-tls-ca", ca.cert_path()),
+                    ("--postgres-tls-cert", pg_cert),
+                    ("--postgres-tls-key", pg_key),
+                ]);
+            }
+            for (flag, path) in files {
                 spec.extra_args.push(flag.into());
                 spec.extra_args.push(path.display().to_string());
             }
@@ -491,6 +515,17 @@ impl TestCluster {
         self.network.as_mut()
     }
 
+    /// Whether its etcd members and hosts run in network namespaces.
+    pub fn has_network(&self) -> bool {
+        self.network.is_some()
+    }
+
+    /// Where PostgreSQL listens: `ip:port` (the bridge's address in
+    /// namespaces), or the directory of its Unix socket without TLS.
+    pub fn pg_host(&self) -> &str {
+        &self.pg_at
+    }
+
     /// The cluster's directory (logs, data).
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -505,7 +540,16 @@ impl Drop for TestCluster {
         // Stop the hosts first so their logs are complete.
         self.hosts.clear();
         let to = PathBuf::from(to);
-        let tag = if self.ca.is_some() { "tls-" } else { "" };
+        // One run has several clusters, each with hosts h0..: their
+        // directory's (unique) name keeps their logs apart.
+        let tag = format!(
+            "{}-",
+            self.dir
+                .path()
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        );
         for entry in std::fs::read_dir(self.dir.path())
             .into_iter()
             .flatten()

@@ -36,12 +36,26 @@ pub struct MemberSpec {
     pub peer_port: u16,
     /// The network namespace to run in.
     pub netns: Option<String>,
+    /// A port for `/metrics` (and `/health`) in plain HTTP
+    /// (`--listen-metrics-urls`), besides the client port: with TLS the
+    /// client port wants a client certificate, and tests read metrics
+    /// (which member leads) with a plain HTTP client.
+    pub metrics_port: Option<u16>,
 }
 
 impl MemberSpec {
     /// `ip:client_port`.
     pub fn client(&self) -> String {
         format!("{}:{}", self.ip, self.client_port)
+    }
+
+    /// Where `/metrics` answers in plain HTTP: the metrics port if it has
+    /// one, else the client port (plain HTTP only without TLS).
+    pub fn metrics_url(&self) -> String {
+        match self.metrics_port {
+            Some(port) => format!("http://{}:{port}", self.ip),
+            None => format!("http://{}", self.client()),
+        }
     }
 }
 
@@ -120,6 +134,10 @@ pub fn start_cluster(
             "--election-timeout".to_owned(),
             "1000".to_owned(),
         ];
+        if let Some(port) = spec.metrics_port {
+            args.push("--listen-metrics-urls".to_owned());
+            args.push(format!("http://{}:{port}", spec.ip));
+        }
         if let Some(tls) = tls {
             let tls = tls(i);
             for (flag, path) in [
@@ -264,6 +282,7 @@ pub fn loopback_or_skip(test: &str, count: usize) -> Option<Vec<EtcdMember>> {
             client_port: free_port(),
             peer_port: free_port(),
             netns: None,
+            metrics_port: None,
         })
         .collect();
     Some(start_cluster(&specs, None).unwrap_or_else(|e| panic!("{test}: starting etcd: {e:#}")))

@@ -13,7 +13,9 @@
 //! this namespace has an address in, so runs side by side do not meet.
 //! Namespaces have no default route: nothing leaves the network.
 //!
-//! Root and `ip` are needed: [`unavailable`] says why a test must skip.
+//! Root and `ip` are needed: [`unavailable`] says why a test must skip
+//! ([`available_or_skip`]) or fall back to loopback addresses
+//! ([`available_or_loopback`]).
 
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
@@ -72,6 +74,22 @@ pub fn available_or_skip(test: &str) -> bool {
         panic!("{why}, but {REQUIRE_ENV} is set");
     }
     eprintln!("{why}");
+    false
+}
+
+/// Whether tests that can also run on loopback get namespaces: `true`
+/// when they can be made; otherwise prints that `test` runs on loopback
+/// instead and why (or panics when [`REQUIRE_ENV`] is set: CI runs as
+/// root and must not fall back silently).
+pub fn available_or_loopback(test: &str) -> bool {
+    let Some(why) = unavailable() else {
+        return true;
+    };
+    let why = format!("{test}: no network namespaces ({why})");
+    if std::env::var_os(REQUIRE_ENV).is_some() {
+        panic!("{why}, but {REQUIRE_ENV} is set");
+    }
+    eprintln!("{why}: on loopback addresses instead");
     false
 }
 

@@ -70,10 +70,12 @@ enum Task {
         args: Vec<String>,
     },
     /// odo across machines with real processes: a 3-member etcd cluster,
-    /// PostgreSQL and odo hosts on loopback addresses (placement,
-    /// forwarding, failover, fencing of a paused host, join, leave, TLS),
-    /// then in network namespaces of their own (partitions; root needed).
-    /// Installs etcd-server, postgresql and protobuf-compiler when missing.
+    /// PostgreSQL and odo hosts, each etcd member and host in a network
+    /// namespace of its own on a bridge, TLS everywhere (placement,
+    /// forwarding, failover, fencing of a paused host, join, leave, fjall,
+    /// partitions). Without root the hosts run on loopback addresses and
+    /// the partitions skip. Installs etcd-server, postgresql,
+    /// protobuf-compiler and iproute2 when missing.
     TestCluster,
     /// Only the packaging step of ci: cargo package for every published
     /// crate, then cargo check of each library crate alone.
@@ -163,14 +165,16 @@ fn test_cluster() -> Result<()> {
         system::POSTGRES,
         system::IPROUTE2,
     ])?;
-    // The partition scenarios make network namespaces: as root (as CI
-    // runs) they must run, not skip; otherwise they say why they skip.
+    // The clusters' hosts run in network namespaces: as root (as CI
+    // runs) they must, not fall back to loopback or skip; otherwise the
+    // hosts run on loopback addresses and the partitions skip, saying
+    // why.
     let mut env = vec![("ODO_REQUIRE_CLUSTER", "1")];
     if system::is_root() {
         env.push(("ODO_REQUIRE_NETNS", "1"));
     } else {
         println!(
-            "xtask: not root: test-cluster's partition scenarios (network namespaces) will skip"
+            "xtask: not root: test-cluster's hosts run on loopback addresses, not in network namespaces, and its partition scenarios skip"
         );
     }
     cargo_with_env(&["test", "-p", "odo-tests", "--test", "cluster"], &env)

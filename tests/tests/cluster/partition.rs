@@ -38,8 +38,7 @@ pub(crate) async fn run() -> Result<()> {
     if !netns::available_or_skip("cluster: partitions") {
         return Ok(());
     }
-    let mut spec = super::spec(true, 3);
-    spec.netns = true;
+    let mut spec = super::spec(3, true);
     // Requests whose owner cannot be reached end here, not at the 30 s
     // default: the load's figures cover the partition, not its timeouts.
     spec.request_timeout_ms = Some(2000);
