@@ -210,7 +210,15 @@ impl TestCluster {
             Some(ca) => {
                 let mut files = Vec::new();
                 for m in &members {
-                    let (cert, key) = ca.issue(&m.name, &[&m.ip])?;
+                    // etcd checks a peer's certificate against the
+                    // address the peer connects from: in a namespace the
+                    // member's own, on loopback 127.0.0.1 (the source the
+                    // kernel picks towards 127.0.2.N).
+                    let from: &[&str] = match m.netns {
+                        Some(_) => &[&m.ip],
+                        None => &[&m.ip, "127.0.0.1"],
+                    };
+                    let (cert, key) = ca.issue(&m.name, from)?;
                     files.push(EtcdTls {
                         ca: ca.cert_path(),
                         cert,
@@ -237,7 +245,12 @@ impl TestCluster {
                 };
                 let port = free_port(ip)?;
                 let (cert, key) = ca.issue("postgres", &[&ip.to_string()])?;
-                let owner = crate::postgres::system_user("postgres");
+                // PostgreSQL runs as `postgres` when the test runs as
+                // root, else as the test's user (who owns the files).
+                let owner = rustix::process::geteuid()
+                    .is_root()
+                    .then(|| crate::postgres::system_user("postgres"))
+                    .flatten();
                 let (cert, key) = ca.readable_by(owner, &cert, &key)?;
                 let listen = Listen {
                     tcp: vec![ip.to_string()],
