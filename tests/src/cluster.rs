@@ -1,16 +1,21 @@
 //! A cluster of odo hosts for tests: a private etcd cluster
 //! ([`crate::etcd`]), a private PostgreSQL ([`crate::postgres`]) and odo
-//! hosts (the test server with `--cluster`, `--storage postgres`), each a
-//! process of its own on a loopback address of its own (`127.0.1.N`),
-//! or ([`ClusterSpec::netns`]) each etcd member and each host in a
-//! network namespace of its own on a bridge ([`crate::netns`]), with
-//! PostgreSQL on the bridge's address; all torn down however the test
+//! hosts (the test server with `--cluster`, `--storage postgres`), each
+//! etcd member and each host ([`ClusterSpec::netns`], as `cargo xtask
+//! test-cluster` runs them) in a network namespace of its own on a bridge
+//! ([`crate::netns`]), with PostgreSQL on the bridge's address; or each a
+//! process of its own on a loopback address of its own (hosts
+//! `127.0.1.N`, etcd `127.0.2.N`, PostgreSQL `127.0.3.1`: the benchmarks,
+//! and the cluster test without root). All torn down however the test
 //! ends.
 //!
-//! Optionally with TLS everywhere: a test CA ([`crate::tls::TestCa`])
-//! signs a certificate for each etcd member, PostgreSQL and each host;
-//! etcd requires client certificates, PostgreSQL is reached over TCP with
-//! `sslmode=verify-full`, and the hosts talk to each other over TLS.
+//! Optionally with TLS everywhere (required in namespaces): a test CA
+//! ([`crate::tls::TestCa`]) signs a certificate for each etcd member,
+//! PostgreSQL and each host; etcd requires client certificates (its
+//! `/metrics` is served in plain HTTP on a port of its own,
+//! [`crate::etcd::MemberSpec::metrics_url`]), PostgreSQL is reached over
+//! TCP with certificate authentication, and the hosts talk to each other
+//! over mutual TLS.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
