@@ -11,7 +11,9 @@
 //! member (which require client certificates), for PostgreSQL (reached
 //! over TCP, certificate authentication) and for each host (mutual TLS
 //! between hosts). Signals go to the host process itself: `ip netns exec`
-//! execs, so the pid the test holds is the host's.
+//! execs, so the pid the test holds is the host's (`placement` checks
+//! that every pid whoami names is one the test holds), and an etcd
+//! member killed in its namespace frees its fixed ports for its restart.
 //!
 //! Three parts, each a cluster of its own, run in this order;
 //! `ODO_CLUSTER_ONLY=hosts|fjall|partition` runs one (the older names
