@@ -166,6 +166,8 @@ pub(crate) fn workerd_binary(root: &Path, shared: &Path) -> anyhow::Result<Worke
 /// A server under test; dropping its data directory removes its data.
 #[derive(Debug)]
 pub(crate) struct Running {
+    /// Which server: `odo`, `workerd` or `limit` (for messages).
+    name: &'static str,
     pub(crate) child: Child,
     pub(crate) base: String,
     _data: tempfile::TempDir,
@@ -185,7 +187,10 @@ impl Running {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        eprintln!("e2e: server {pid} did not stop within 10 s; killing it");
+        eprintln!(
+            "e2e: {} (pid {pid}) did not stop within 10 s of SIGTERM; killing it",
+            self.name
+        );
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -238,6 +243,7 @@ pub(crate) fn start_odo(odo: &Path, pinning: Pinning, sqlite: bool) -> anyhow::R
         }
     };
     let running = Running {
+        name: "odo",
         child,
         base,
         _data: data,
@@ -269,24 +275,26 @@ pub(crate) fn start_workerd(workerd: &Workerd, pinning: Pinning) -> anyhow::Resu
         .stderr(log)
         .spawn()
         .with_context(|| format!("starting {}", workerd.binary.display()))?;
-    ready_on_port(child, port, data, "workerd.log")
+    ready_on_port(child, port, data, "workerd")
 }
 
 /// The server `child` started on `port` of loopback, once it answers; if it
-/// does not, stops it and fails with its log (`log`, in `data`).
+/// does not, stops it and fails with its log (`{name}.log`, in `data`).
 fn ready_on_port(
     child: Child,
     port: u16,
     data: tempfile::TempDir,
-    log: &str,
+    name: &'static str,
 ) -> anyhow::Result<Running> {
+    let log = format!("{name}.log");
     let running = Running {
+        name,
         child,
         base: format!("http://127.0.0.1:{port}"),
         _data: data,
     };
     if let Err(e) = wait_ready(&running) {
-        let text = std::fs::read_to_string(running._data.path().join(log)).unwrap_or_default();
+        let text = std::fs::read_to_string(running._data.path().join(&log)).unwrap_or_default();
         running.stop();
         anyhow::bail!("{e:#}; {log}:\n{text}");
     }
@@ -358,5 +366,5 @@ pub(crate) fn start_limit(limit: &Path, pinning: Pinning) -> anyhow::Result<Runn
         .stderr(log)
         .spawn()
         .with_context(|| format!("starting {}", limit.display()))?;
-    ready_on_port(child, port, data, "limit.log")
+    ready_on_port(child, port, data, "limit")
 }
