@@ -179,6 +179,7 @@ pub(crate) mod linux {
             tls: false,
             storage: storage.into(),
             request_timeout_ms: None,
+            expected_hosts: None,
             netns: false,
         }
     }

@@ -11,7 +11,8 @@
 //!    host is a live member that is not draining.
 //! 3. A shard with no live, non-draining assignee goes to the live,
 //!    non-draining member holding the fewest shards (the smallest host id
-//!    on a tie).
+//!    on a tie), except that a shard never assigned yet waits while
+//!    [`Inputs::hold_new`] says the cluster is still gathering its hosts.
 //! 4. Then, with shared storage, shards move from members above
 //!    `ceil(S / members)` to members below `floor(S / members)`, one at a
 //!    time, from the most loaded (the highest shard number first) to the
@@ -35,6 +36,12 @@ pub struct Inputs {
     /// Whether shards may move between hosts (their data is in storage
     /// every host reaches).
     pub shared_storage: bool,
+    /// Leave shards that were never assigned unassigned for now: the
+    /// elected host is still waiting for the hosts it expects
+    /// (`ClusterConfig::expected_hosts`). With storage on the hosts a
+    /// shard never moves, so the first host up would otherwise keep every
+    /// shard for good.
+    pub hold_new: bool,
 }
 
 /// The assignment the elected host should write: shard -> host. Shards
@@ -58,6 +65,7 @@ pub fn assign(inputs: &Inputs) -> BTreeMap<u32, String> {
                 out.insert(shard, host.clone());
                 *load.get_mut(host).expect("takers are in load") += 1;
             }
+            None if inputs.hold_new => {}
             _ => unplaced.push(shard),
         }
     }

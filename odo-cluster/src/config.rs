@@ -54,6 +54,14 @@ pub struct ClusterConfig {
     /// shards may move between hosts), as PostgreSQL is. With storage on
     /// the host (fjall), a shard stays where it was first placed.
     pub shared_storage: bool,
+    /// With storage on the hosts: how many hosts the elected host waits
+    /// for (as members) before it places shards that were never placed,
+    /// so a new cluster's shards spread over the hosts started together
+    /// instead of all staying with the first one up. Default 1 (no wait).
+    pub expected_hosts: usize,
+    /// The longest the elected host waits for [`Self::expected_hosts`];
+    /// then it places new shards on the members it has. Default 30 s.
+    pub expected_hosts_wait: Duration,
 }
 
 impl ClusterConfig {
@@ -72,6 +80,8 @@ impl ClusterConfig {
             etcd_timeout: Duration::from_secs(2),
             tls: None,
             shared_storage: false,
+            expected_hosts: 1,
+            expected_hosts_wait: Duration::from_secs(30),
         }
     }
 
@@ -131,6 +141,11 @@ impl ClusterConfig {
                 "{} shards: use 1 to 65536",
                 self.shards
             )));
+        }
+        if self.expected_hosts == 0 {
+            return Err(ClusterError::Config(
+                "expected hosts: at least 1 (this host)".into(),
+            ));
         }
         if self.lease_ttl < Duration::from_secs(2) || self.lease_ttl.subsec_millis() != 0 {
             return Err(ClusterError::Config(format!(
@@ -209,6 +224,9 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = config();
         c.lease_ttl = Duration::from_millis(2500);
+        assert!(c.validate().is_err());
+        let mut c = config();
+        c.expected_hosts = 0;
         assert!(c.validate().is_err());
         let mut c = config();
         c.advertise = "198.18.0.2:7000".parse().unwrap();

@@ -62,12 +62,26 @@ pub(crate) async fn run(
         leading.send_replace(true);
         let leader_key = leader.key().to_vec();
         let leader_rev = leader.rev();
+        let elected = Instant::now();
+        let mut gathering = false;
         loop {
             if *stop.borrow() || lease.borrow().serving(Instant::now()) != Some(id) {
                 break;
             }
             let current = view.borrow_and_update().clone();
-            let desired = desired(&current, shards, config.shared_storage);
+            let hold_new = hold_new_shards(&config, current.members.len(), elected.elapsed());
+            if hold_new != gathering {
+                gathering = hold_new;
+                if hold_new {
+                    info!(
+                        members = current.members.len(),
+                        expected = config.expected_hosts,
+                        wait_ms = config.expected_hosts_wait.as_millis() as u64,
+                        "waiting for the expected hosts before placing new shards"
+                    );
+                }
+            }
+            let desired = desired(&current, shards, config.shared_storage, hold_new);
             let changes: Vec<(u32, String)> = desired
                 .iter()
                 .filter(|(shard, host)| current.assign.get(shard) != Some(host))
@@ -115,8 +129,20 @@ pub(crate) async fn run(
     }
 }
 
+/// Whether shards never assigned yet wait: with storage on the hosts
+/// (their shards never move), while fewer than the expected hosts are
+/// members and the elected host has not waited for them long enough.
+fn hold_new_shards(config: &ClusterConfig, members: usize, waited: Duration) -> bool {
+    !config.shared_storage && members < config.expected_hosts && waited < config.expected_hosts_wait
+}
+
 /// The assignment for `view`.
-pub(crate) fn desired(view: &View, shards: u32, shared_storage: bool) -> BTreeMap<u32, String> {
+pub(crate) fn desired(
+    view: &View,
+    shards: u32,
+    shared_storage: bool,
+    hold_new: bool,
+) -> BTreeMap<u32, String> {
     let members: BTreeSet<String> = view.members.keys().cloned().collect();
     let draining = view
         .members
@@ -130,6 +156,7 @@ pub(crate) fn desired(view: &View, shards: u32, shared_storage: bool) -> BTreeMa
         draining,
         assigned: view.assign.clone(),
         shared_storage,
+        hold_new,
     })
 }
 
@@ -147,5 +174,40 @@ async fn lease_gone(lease: &mut watch::Receiver<LeaseState>, id: i64) {
             }
             changed = lease.changed() => if changed.is_err() { return },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_shards_wait_for_the_expected_hosts_only_with_storage_on_the_hosts() {
+        let mut config = ClusterConfig::new(
+            vec!["127.0.0.1:2379".into()],
+            "t",
+            "127.0.0.1:7000".parse().unwrap(),
+        );
+        config.expected_hosts = 3;
+        config.expected_hosts_wait = Duration::from_secs(30);
+        let early = Duration::from_secs(1);
+        assert!(hold_new_shards(&config, 1, early));
+        assert!(hold_new_shards(&config, 2, early));
+        assert!(!hold_new_shards(&config, 3, early), "all there");
+        assert!(
+            !hold_new_shards(&config, 2, Duration::from_secs(30)),
+            "waited long enough"
+        );
+        config.shared_storage = true;
+        assert!(
+            !hold_new_shards(&config, 1, early),
+            "shared storage rebalances"
+        );
+        config.shared_storage = false;
+        config.expected_hosts = 1;
+        assert!(
+            !hold_new_shards(&config, 1, early),
+            "the default waits for no one"
+        );
     }
 }

@@ -16,22 +16,26 @@ fn inputs() -> impl Strategy<Value = Inputs> {
         proptest::collection::btree_set(0u8..6, 0..3),
         proptest::collection::vec(proptest::option::of(0u8..8), 40),
         any::<bool>(),
+        any::<bool>(),
     )
-        .prop_map(|(shards, members, draining, assigned, shared_storage)| {
-            let host = |h: u8| format!("h{h}");
-            Inputs {
-                shards,
-                members: members.iter().copied().map(host).collect(),
-                draining: draining.iter().copied().map(host).collect(),
-                assigned: assigned
-                    .iter()
-                    .take(shards as usize)
-                    .enumerate()
-                    .filter_map(|(s, h)| h.map(|h| (s as u32, host(h))))
-                    .collect(),
-                shared_storage,
-            }
-        })
+        .prop_map(
+            |(shards, members, draining, assigned, shared_storage, hold_new)| {
+                let host = |h: u8| format!("h{h}");
+                Inputs {
+                    shards,
+                    members: members.iter().copied().map(host).collect(),
+                    draining: draining.iter().copied().map(host).collect(),
+                    assigned: assigned
+                        .iter()
+                        .take(shards as usize)
+                        .enumerate()
+                        .filter_map(|(s, h)| h.map(|h| (s as u32, host(h))))
+                        .collect(),
+                    shared_storage,
+                    hold_new,
+                }
+            },
+        )
 }
 
 proptest! {
@@ -41,6 +45,8 @@ proptest! {
         let takers: BTreeSet<&String> = inputs.members.difference(&inputs.draining).collect();
         for shard in 0..inputs.shards {
             match (out.get(&shard), inputs.assigned.get(&shard)) {
+                // Still gathering hosts: a new shard waits.
+                (got, None) if inputs.hold_new => prop_assert_eq!(got, None),
                 // Storage on the hosts: an assigned shard never moves.
                 (got, Some(was)) if !inputs.shared_storage => prop_assert_eq!(got, Some(was)),
                 // Otherwise it goes to a taker whenever there is one.

@@ -46,6 +46,15 @@ pub(crate) struct ClusterFlags {
     /// all of it.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(2..=3600))]
     lease_ttl_s: u64,
+    /// With storage on the hosts (fjall), where a shard never moves: how
+    /// many hosts the cluster waits for before it places a new cluster's
+    /// shards, so they spread over the hosts started together.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    cluster_expected_hosts: u64,
+    /// The longest a new cluster waits for --cluster-expected-hosts, in
+    /// seconds; then it places its shards on the hosts it has.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    cluster_expected_hosts_wait_s: u64,
     /// The CA certificate (PEM) of the cluster: etcd's and other hosts'
     /// certificates must chain to it.
     #[arg(long, value_name = "FILE", requires_all = ["cluster_tls_cert", "cluster_tls_key"])]
@@ -78,6 +87,8 @@ impl ClusterFlags {
         config.shards = self.shards;
         config.lease_ttl = Duration::from_secs(self.lease_ttl_s);
         config.local_deadline = config.lease_ttl * 2 / 3;
+        config.expected_hosts = usize::try_from(self.cluster_expected_hosts).unwrap_or(usize::MAX);
+        config.expected_hosts_wait = Duration::from_secs(self.cluster_expected_hosts_wait_s);
         if let (Some(ca), Some(cert), Some(key)) = (
             &self.cluster_tls_ca,
             &self.cluster_tls_cert,

@@ -60,6 +60,9 @@ pub struct ClusterSpec {
     /// The hosts' request deadline (`--request-timeout-ms`), if not the
     /// default.
     pub request_timeout_ms: Option<u64>,
+    /// `--cluster-expected-hosts`, if not the default (1): with storage on
+    /// the hosts, a new cluster's shards wait for this many hosts.
+    pub expected_hosts: Option<usize>,
     /// Each etcd member and each of [`NETNS_HOSTS`] hosts in a network
     /// namespace of its own (needs root, and `tls`: odo talks plain text on
     /// loopback only).
@@ -357,6 +360,10 @@ impl TestCluster {
         if let Some(ms) = self.spec.request_timeout_ms {
             spec.extra_args
                 .extend(["--request-timeout-ms".into(), ms.to_string()]);
+        }
+        if let Some(n) = self.spec.expected_hosts {
+            spec.extra_args
+                .extend(["--cluster-expected-hosts".into(), n.to_string()]);
         }
         spec.extra_args.extend([
             "--cluster".into(),

@@ -51,10 +51,12 @@
 //!    bridge's address, under load: service resumes, nothing acknowledged
 //!    is lost.
 //!
-//! `fjall`: 1 etcd member and 2 hosts keeping shards on their own disks:
-//! a killed host's shards do not move (requests for them are answered as
-//! never delivered, 503 or a retryable 504, at their deadline) and come
-//! back, data intact, with the host.
+//! `fjall`: 1 etcd member and 2 hosts keeping shards on their own disks,
+//! both expected before the first placement (`--cluster-expected-hosts
+//! 2`), so each holds shards: a killed host's shards do not move
+//! (requests for them are answered as never delivered, 503 or a
+//! retryable 504, at their deadline) while every object on the other host
+//! is served, and come back, data intact, with the host.
 //!
 //! `partition` (module `partition`): 3 etcd members and 3 hosts, one host
 //! cut off from etcd, then from the other hosts, by blackhole routes in
@@ -170,6 +172,7 @@ fn spec(etcd_members: usize, netns: bool) -> ClusterSpec {
         tls: true,
         storage: "postgres".into(),
         request_timeout_ms: None,
+        expected_hosts: None,
         netns,
     }
 }
@@ -778,6 +781,10 @@ async fn fjall() -> Result<()> {
     let mut spec = spec(1, netns);
     spec.storage = "fjall".into();
     spec.request_timeout_ms = Some(1500);
+    // fjall's shards never move: without waiting for both hosts, the
+    // first one up would keep all of them, and the survivor would hold
+    // none.
+    spec.expected_hosts = Some(2);
     let mut cluster = TestCluster::start(spec)?;
     let result = fjall_scenario(&mut cluster).await;
     if result.is_err() {
@@ -842,9 +849,14 @@ async fn fjall_scenario(cluster: &mut TestCluster) -> Result<()> {
         .filter(|(_, s)| placed[s].0 == victim_id)
         .map(|(c, _)| *c)
         .collect();
-    let elsewhere = (0..COUNTERS).find(|c| !on_victim.contains(c));
-    let (down, up) = (on_victim.first().copied(), elsewhere);
-    if let Some(c) = down {
+    let elsewhere: Vec<usize> = (0..COUNTERS).filter(|c| !on_victim.contains(c)).collect();
+    // Both hosts were expected before the first placement, so each holds
+    // shards (and so objects) of its own.
+    ensure!(
+        count(&survivor_id) > 0 && !elsewhere.is_empty(),
+        "the survivor {survivor_id} holds no shard of {placed:?}"
+    );
+    if let Some(c) = on_victim.first().copied() {
         let answer = via.get(&counter(c)).await?;
         // Never delivered, so safe to send again: 503, or 504 when the
         // deadline ran out while the router waited for an owner (both
@@ -856,11 +868,12 @@ async fn fjall_scenario(cluster: &mut TestCluster) -> Result<()> {
             answer.headers
         );
     }
-    if let Some(c) = up {
+    for &c in &elsewhere {
         let answer = via.get(&counter(c)).await?;
         ensure!(
             answer.text() == "1",
-            "c{c} on the survivor: {}",
+            "c{c} on the survivor while the other host is down: {} {}",
+            answer.status,
             answer.text()
         );
     }
@@ -885,10 +898,11 @@ async fn fjall_scenario(cluster: &mut TestCluster) -> Result<()> {
         );
     }
     println!(
-        "cluster: fjall: 2 hosts with storage on each: /_odo/workers says shards stay with their host; {victim_id} (SIGKILL, {} shards) left its shards unowned and assigned to it ({} ms after the kill), a request for one of its objects answered as never delivered (503 or 504, retryable) at its deadline, {} objects on {survivor_id} served meanwhile; restarted on its data directory it serves the same shards within {} ms, all {COUNTERS} counters intact",
+        "cluster: fjall: 2 hosts with storage on each: /_odo/workers says shards stay with their host; {victim_id} (SIGKILL, {} shards) left its shards unowned and assigned to it ({} ms after the kill), a request for one of its objects answered as never delivered (503 or 504, retryable) at its deadline, all {} objects on {survivor_id} ({} shards) served meanwhile; restarted on its data directory it serves the same shards within {} ms, all {COUNTERS} counters intact",
         count(&victim_id),
         orphaned_after.as_millis(),
-        COUNTERS - on_victim.len(),
+        elsewhere.len(),
+        count(&survivor_id),
         back_after.as_millis(),
     );
     Ok(())
