@@ -60,8 +60,14 @@ pub struct CallScope {
 impl CallScope {
     /// A scope outside any object, ending `timeout` from now.
     pub fn outside(timeout: Duration) -> Self {
+        Self::outside_until(Instant::now() + timeout.min(odo_transport::MAX_DEADLINE))
+    }
+
+    /// A scope outside any object (a request from the front door), ending
+    /// at `deadline`.
+    pub fn outside_until(deadline: Instant) -> Self {
         Self {
-            deadline: Instant::now() + timeout.min(odo_transport::MAX_DEADLINE),
+            deadline,
             chain: Arc::from([]),
         }
     }

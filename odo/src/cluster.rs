@@ -108,13 +108,6 @@ impl ClusterFlags {
 #[derive(Debug, Clone)]
 pub(crate) struct HostService(pub(crate) Arc<ObjectRouter>);
 
-fn scope(deadline: Instant) -> CallScope {
-    CallScope {
-        deadline,
-        chain: Arc::from([]),
-    }
-}
-
 fn forward_error(error: CallError) -> ForwardError {
     match error {
         CallError::Forward(e) => e,
@@ -134,7 +127,7 @@ impl ObjectService for HostService {
         let router = self.0.clone();
         async move {
             router
-                .fetch(object, request, scope(deadline))
+                .fetch(object, request, CallScope::outside_until(deadline))
                 .await
                 .map_err(forward_error)
         }
@@ -151,7 +144,7 @@ impl ObjectService for HostService {
         let router = self.0.clone();
         async move {
             router
-                .call(object, method, args, scope(deadline))
+                .call(object, method, args, CallScope::outside_until(deadline))
                 .await
                 .map_err(forward_error)
         }
@@ -174,7 +167,7 @@ impl ObjectService for HostService {
                 kind: event.kind,
             };
             router
-                .socket_event(object, event, payload, scope(deadline))
+                .socket_event(object, event, payload, CallScope::outside_until(deadline))
                 .await
                 .map_err(forward_error)
         }

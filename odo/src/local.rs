@@ -73,10 +73,7 @@ impl ObjectService for LocalService {
     ) -> BoxFuture<'static, Result<http::Response<Bytes>, ForwardError>> {
         let runtime = self.runtime.clone();
         async move {
-            let scope = CallScope {
-                deadline,
-                chain: Arc::from([]),
-            };
+            let scope = CallScope::outside_until(deadline);
             Ok(runtime.fetch_within(object, None, request, scope).await?)
         }
         .boxed()
@@ -91,10 +88,7 @@ impl ObjectService for LocalService {
     ) -> BoxFuture<'static, Result<Bytes, ForwardError>> {
         let runtime = self.runtime.clone();
         async move {
-            let scope = CallScope {
-                deadline,
-                chain: Arc::from([]),
-            };
+            let scope = CallScope::outside_until(deadline);
             Ok(runtime
                 .call_within(object, None, RpcCall { method, args }, scope)
                 .await?)
@@ -124,10 +118,7 @@ impl ObjectService for LocalService {
                 auto_response_ms: event.auto_response_ms,
                 kind: event.kind,
             };
-            let scope = CallScope {
-                deadline,
-                chain: Arc::from([]),
-            };
+            let scope = CallScope::outside_until(deadline);
             Ok(runtime.socket_event(event, None, payload, scope).await?)
         }
         .boxed()

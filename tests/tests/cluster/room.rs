@@ -156,13 +156,16 @@ async fn conversation(
     // survives.
     let hosts: Vec<usize> = (0..3).filter(|i| *i != victim).chain([victim]).collect();
     let mut sockets = Vec::new();
-    for (h, host) in hosts.iter().enumerate() {
-        let base = cluster
-            .host(*host)
-            .context("host")?
+    let base = |host: usize| -> Result<String> {
+        Ok(cluster
+            .host(host)
+            .with_context(|| format!("h{host}"))?
             .client
             .base()
-            .to_owned();
+            .to_owned())
+    };
+    for (h, host) in hosts.iter().enumerate() {
+        let base = base(*host)?;
         for j in 0..PER_HOST {
             let me = h * PER_HOST + j;
             let ws = Ws::connect(&base, &path)
@@ -175,12 +178,7 @@ async fn conversation(
     // of its own hands its socket to the room's new owner.
     let mut listeners = Vec::new();
     for host in hosts.iter().filter(|h| **h != victim) {
-        let base = cluster
-            .host(*host)
-            .context("host")?
-            .client
-            .base()
-            .to_owned();
+        let base = base(*host)?;
         let ws = Ws::connect(&base, &path)
             .await
             .with_context(|| format!("a listener entering at h{host}"))?;
