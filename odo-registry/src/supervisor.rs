@@ -635,11 +635,16 @@ async fn process_life(
     let stall_limit = config.stall_limit.as_millis() as u64;
     // Set once the worker was reported unresponsive: it is killed next.
     let mut reported = false;
+    // Set once it was asked to stop: it closes its connections and drains,
+    // so heartbeats would fail and report a draining worker unresponsive.
+    // Its grace period bounds the drain instead (the machine's Kill).
+    let mut stopping = false;
     loop {
         tokio::select! {
             status = child.wait() => return format!("exited: {}", describe(status)),
             command = commands.recv() => match command {
                 Some(Command::Stop) => {
+                    stopping = true;
                     let bye = Request::Control(Control::Shutdown);
                     let channel = channel.clone();
                     // The machine kills the process if it does not exit in
@@ -652,7 +657,7 @@ async fn process_life(
                     return format!("killed: {}", kill(&mut child).await);
                 }
             },
-            _ = ticks.tick(), if !reported => {
+            _ = ticks.tick(), if !reported && !stopping => {
                 let beat = Request::Control(Control::Heartbeat { now_ms: 0 });
                 match channel.call(beat, Bytes::new(), config.heartbeat_timeout).await {
                     Ok((Response::Control(ControlReply::Stats(stats)), _)) => {

@@ -24,7 +24,8 @@ use odo_transport::{Channel, ClientConfig, Server, ServerConfig, handler_fn};
 /// How each slot's scripted worker behaves, by slot: `ODO_FAKE_MODES`,
 /// comma-separated, one of `normal`, `stuck` (never answers a heartbeat),
 /// `busy` (answers each heartbeat after 700 ms), `stalled` (reports a
-/// stalled poll).
+/// stalled poll), `draining` (at shutdown closes its connections at once,
+/// as a real worker does, and exits 1 s later, after its drain).
 const MODES_ENV: &str = "ODO_FAKE_MODES";
 /// Where scripted workers log what they are told: one line per message.
 const LOG_ENV: &str = "ODO_FAKE_LOG";
@@ -37,7 +38,7 @@ fn main() -> ExitCode {
     if let Ok(Some(launch)) = WorkerLaunch::parse(args.iter().skip(1).cloned()) {
         return fake_worker(launch);
     }
-    let tests: [(&str, Test); 4] = [
+    let tests: [(&str, Test); 5] = [
         (
             "heartbeats_kill_a_stuck_worker_and_spare_a_busy_one",
             heartbeats_kill_a_stuck_worker_and_spare_a_busy_one,
@@ -53,6 +54,10 @@ fn main() -> ExitCode {
         (
             "shutdown_stops_every_worker_gracefully",
             shutdown_stops_every_worker_gracefully,
+        ),
+        (
+            "shutdown_lets_a_worker_drain_after_it_closed_its_connections",
+            shutdown_lets_a_worker_drain_after_it_closed_its_connections,
         ),
     ];
     let mut failed = 0;
@@ -92,6 +97,7 @@ fn fake_worker(launch: WorkerLaunch) -> ExitCode {
         .unwrap_or("normal")
         .to_owned();
     let log = std::env::var(LOG_ENV).ok().map(PathBuf::from);
+    let draining = mode == "draining";
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -109,6 +115,7 @@ fn fake_worker(launch: WorkerLaunch) -> ExitCode {
                 let _ = file.write_all(line.as_bytes());
             }
         };
+        let last_words = note.clone();
         let listen = launch.listen.parse().expect("a listen endpoint");
         let server = Server::bind(&listen, ServerConfig::new(token.clone()))
             .await
@@ -171,6 +178,10 @@ fn fake_worker(launch: WorkerLaunch) -> ExitCode {
         tokio::select! {
             _ = serving => {}
             () = control.closed() => {}
+        }
+        if draining {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            last_words("drained".into());
         }
     });
     ExitCode::SUCCESS
@@ -372,6 +383,30 @@ fn shutdown_stops_every_worker_gracefully() -> Result<(), String> {
         // They exited on their own, not at the 5 s grace's kill.
         if took >= Duration::from_secs(5) {
             return Err(format!("shutdown took {took:?}"));
+        }
+        Ok(())
+    })
+}
+
+/// A worker that closed its connections at the shutdown request is
+/// draining, not unresponsive: the heartbeats that then fail must not get
+/// it killed before its drain ends (they did: the first one after the
+/// close reported it unresponsive, and the registry killed it).
+fn shutdown_lets_a_worker_drain_after_it_closed_its_connections() -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let config = config(dir.path(), 2, "draining,draining");
+    runtime().block_on(async {
+        let registry = Registry::start(config).await.map_err(|e| e.to_string())?;
+        registry.ready().await.map_err(|e| e.to_string())?;
+        let pids: Vec<u32> = registry.workers().iter().filter_map(|w| w.pid).collect();
+        registry.shutdown().await;
+        let log = log_lines(dir.path());
+        for pid in &pids {
+            if !log.iter().any(|(p, l)| p == pid && l == "drained") {
+                return Err(format!(
+                    "worker {pid} was killed before it drained: {log:?}"
+                ));
+            }
         }
         Ok(())
     })
