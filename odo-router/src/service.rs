@@ -79,6 +79,18 @@ pub struct SocketEventOut {
     pub kind: odo_core::socket::SocketEventKind,
 }
 
+impl From<SocketEventOut> for OutboundCall {
+    /// The event as the forwarder sends it to the object's holder.
+    fn from(event: SocketEventOut) -> Self {
+        OutboundCall::Socket {
+            door: event.door,
+            socket: event.socket,
+            auto_response_ms: event.auto_response_ms,
+            kind: event.kind,
+        }
+    }
+}
+
 /// Where an object lives.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Location {
@@ -209,13 +221,10 @@ impl ObjectService for ClusterService {
     ) -> BoxFuture<'static, Result<(), ForwardError>> {
         let this = self.clone();
         async move {
-            let call = OutboundCall::Socket {
-                door: event.door,
-                socket: event.socket,
-                auto_response_ms: event.auto_response_ms,
-                kind: event.kind,
-            };
-            match this.forward(object, call, payload, deadline).await? {
+            match this
+                .forward(object, event.into(), payload, deadline)
+                .await?
+            {
                 (Response::Socket, _) => Ok(()),
                 (other, _) => Err(unexpected(other)),
             }

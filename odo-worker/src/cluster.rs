@@ -216,18 +216,12 @@ impl ObjectRouter {
         payload: Bytes,
         scope: CallScope,
     ) -> Result<(), CallError> {
-        let OutboundCall::Socket {
-            door,
-            socket,
-            auto_response_ms,
-            kind,
-        } = &event
-        else {
+        if !matches!(event, OutboundCall::Socket { .. }) {
             return Err(WireError::BadRequest {
                 message: "not a WebSocket event".into(),
             }
             .into());
-        };
+        }
         loop {
             let seen = self.placement.version();
             if !self.local_now(&target) {
@@ -240,22 +234,9 @@ impl ObjectRouter {
                     Delivery::Answered(other, _) => return Err(unexpected(other)),
                 }
             }
-            let shard = target.id.shard(self.placement.shard_count());
-            let local = odo_core::socket::SocketEvent {
-                target: odo_core::wire::Target {
-                    object: target.clone(),
-                    shard,
-                    epoch: self.runtime.shard_epoch(shard).unwrap_or(0),
-                },
-                meta: odo_core::wire::CallMeta::default(),
-                door: door.clone(),
-                socket: *socket,
-                auto_response_ms: *auto_response_ms,
-                kind: kind.clone(),
-            };
             match self
                 .runtime
-                .socket_event(local, None, payload.clone(), scope.clone())
+                .socket_event_within(target.clone(), &event, payload.clone(), scope.clone())
                 .await
             {
                 Err(WireError::Moved { .. }) if self.wait_for_move(seen, &scope).await => {}

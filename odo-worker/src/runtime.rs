@@ -11,7 +11,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use odo_core::{ObjectAddress, WireError};
 use odo_storage::{ShardSpec, Store, StoreOptions};
-use odo_transport::forward::ForwardError;
+use odo_transport::forward::{ForwardError, OutboundCall};
 use tokio::sync::{Notify, oneshot};
 use tracing::{debug, info, warn};
 
@@ -214,6 +214,44 @@ impl Runtime {
         scope: CallScope,
     ) -> Result<(), WireError> {
         self.inner.socket_event(event, epoch, payload, scope).await
+    }
+
+    /// [`Runtime::socket_event`] for `target` in this process, addressed
+    /// as [`Runtime::fetch_within`] addresses a request: at its shard's
+    /// current epoch, within `scope`. `event` is an
+    /// [`OutboundCall::Socket`]; any other call is a bad request.
+    pub async fn socket_event_within(
+        &self,
+        target: ObjectAddress,
+        event: &OutboundCall,
+        payload: Bytes,
+        scope: CallScope,
+    ) -> Result<(), WireError> {
+        let OutboundCall::Socket {
+            door,
+            socket,
+            auto_response_ms,
+            kind,
+        } = event
+        else {
+            return Err(WireError::BadRequest {
+                message: "not a WebSocket event".into(),
+            });
+        };
+        let shard = target.id.shard(self.shard_count());
+        let event = odo_core::socket::SocketEvent {
+            target: odo_core::wire::Target {
+                object: target,
+                shard,
+                epoch: self.shard_epoch(shard).unwrap_or(0),
+            },
+            meta: odo_core::wire::CallMeta::default(),
+            door: door.clone(),
+            socket: *socket,
+            auto_response_ms: *auto_response_ms,
+            kind: kind.clone(),
+        };
+        self.socket_event(event, None, payload, scope).await
     }
 
     /// Front door `door` is gone with its host (cluster mode: the host's

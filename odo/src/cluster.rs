@@ -14,7 +14,6 @@ use futures_util::future::BoxFuture;
 use odo_cluster::{ClusterConfig, Host, TlsFiles};
 use odo_core::ObjectId;
 use odo_router::{Admin, Door, ForwardError, Location, ObjectService, SocketEventOut};
-use odo_transport::forward::OutboundCall;
 use odo_worker::{CallError, CallScope, Cluster, ObjectAddress, ObjectRouter};
 use tokio::time::Instant;
 
@@ -160,14 +159,13 @@ impl ObjectService for HostService {
     ) -> BoxFuture<'static, Result<(), ForwardError>> {
         let router = self.0.clone();
         async move {
-            let event = OutboundCall::Socket {
-                door: event.door,
-                socket: event.socket,
-                auto_response_ms: event.auto_response_ms,
-                kind: event.kind,
-            };
             router
-                .socket_event(object, event, payload, CallScope::outside_until(deadline))
+                .socket_event(
+                    object,
+                    event.into(),
+                    payload,
+                    CallScope::outside_until(deadline),
+                )
                 .await
                 .map_err(forward_error)
         }

@@ -105,21 +105,10 @@ impl ObjectService for LocalService {
     ) -> BoxFuture<'static, Result<(), ForwardError>> {
         let runtime = self.runtime.clone();
         async move {
-            let shard = object.id.shard(runtime.shard_count());
-            let event = odo_core::socket::SocketEvent {
-                target: odo_core::wire::Target {
-                    object,
-                    shard,
-                    epoch: runtime.shard_epoch(shard).unwrap_or(0),
-                },
-                meta: odo_core::wire::CallMeta::default(),
-                door: event.door,
-                socket: event.socket,
-                auto_response_ms: event.auto_response_ms,
-                kind: event.kind,
-            };
             let scope = CallScope::outside_until(deadline);
-            Ok(runtime.socket_event(event, None, payload, scope).await?)
+            Ok(runtime
+                .socket_event_within(object, &event.into(), payload, scope)
+                .await?)
         }
         .boxed()
     }
