@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -150,16 +151,16 @@ struct Adapter<'a, 'b, S> {
     written: Vec<u8>,
 }
 
-/// A read buffer on the task's stack: `buf[start..end]` not taken yet.
+/// A read buffer on the task's stack, never zero-filled (a poll that only
+/// writes costs nothing for it): `filled()[start..]` not taken yet.
 struct Scratch<'a> {
-    buf: &'a mut [u8],
+    buf: ReadBuf<'a>,
     start: usize,
-    end: usize,
 }
 
 impl Scratch<'_> {
     fn unread(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
+        &self.buf.filled()[self.start..]
     }
 }
 
@@ -174,22 +175,21 @@ impl<S: Io> Read for Adapter<'_, '_, S> {
             }
             return Ok(n);
         }
-        if self.scratch.start == self.scratch.end {
+        if self.scratch.unread().is_empty() {
             let Some(cx) = self.cx.as_deref_mut() else {
                 return Err(io::ErrorKind::WouldBlock.into());
             };
-            let mut read = ReadBuf::new(self.scratch.buf);
-            match Pin::new(&mut *self.io).poll_read(cx, &mut read) {
-                Poll::Ready(Ok(())) => {
-                    self.scratch.end = read.filled().len();
-                    self.scratch.start = 0;
-                }
+            self.scratch.buf.clear();
+            self.scratch.start = 0;
+            match Pin::new(&mut *self.io).poll_read(cx, &mut self.scratch.buf) {
+                Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => return Err(io::ErrorKind::WouldBlock.into()),
             }
         }
-        let n = buf.len().min(self.scratch.end - self.scratch.start);
-        buf[..n].copy_from_slice(&self.scratch.buf[self.scratch.start..][..n]);
+        let unread = self.scratch.unread();
+        let n = buf.len().min(unread.len());
+        buf[..n].copy_from_slice(&unread[..n]);
         self.scratch.start += n;
         Ok(n)
     }
@@ -216,7 +216,7 @@ impl<S: Io> Conn<S> {
     fn protocol<R>(
         &mut self,
         cx: Option<&mut Context<'_>>,
-        scratch: &mut [u8],
+        scratch: &mut [MaybeUninit<u8>],
         f: impl FnOnce(&mut WebSocketContext, &mut Adapter<'_, '_, S>) -> R,
     ) -> R {
         let mut adapter = Adapter {
@@ -224,9 +224,8 @@ impl<S: Io> Conn<S> {
             cx,
             leftover: &mut self.leftover,
             scratch: Scratch {
-                buf: scratch,
+                buf: ReadBuf::uninit(scratch),
                 start: 0,
-                end: 0,
             },
             written: Vec::new(),
         };
@@ -285,7 +284,7 @@ impl<S: Io> Conn<S> {
         }
         // What the client sent.
         let mut closed = self.closed_by_client.take();
-        let mut scratch = [0u8; READ_SCRATCH];
+        let mut scratch = [MaybeUninit::<u8>::uninit(); READ_SCRATCH];
         let (messages, failed) = self.protocol(Some(&mut *cx), &mut scratch, |ctx, adapter| {
             let mut messages = 0;
             while messages < READ_BUDGET {
