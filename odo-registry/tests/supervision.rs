@@ -362,29 +362,40 @@ fn epochs_are_recorded_before_use_and_only_grow() -> Result<(), String> {
 }
 
 fn shutdown_stops_every_worker_gracefully() -> Result<(), String> {
+    let took = shutdown_logs("normal,normal", "shutdown")?;
+    // They exited on their own, not at the 5 s grace's kill.
+    if took >= Duration::from_secs(5) {
+        return Err(format!("shutdown took {took:?}"));
+    }
+    Ok(())
+}
+
+/// Starts 2 scripted workers behaving as `modes`, shuts the registry down,
+/// and checks that each of them logged `word` and no longer runs; returns
+/// how long the shutdown took.
+fn shutdown_logs(modes: &str, word: &str) -> Result<Duration, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let config = config(dir.path(), 2, "normal,normal");
+    let config = config(dir.path(), 2, modes);
     runtime().block_on(async {
         let registry = Registry::start(config).await.map_err(|e| e.to_string())?;
         registry.ready().await.map_err(|e| e.to_string())?;
         let pids: Vec<u32> = registry.workers().iter().filter_map(|w| w.pid).collect();
+        if pids.len() != 2 {
+            return Err(format!("2 workers expected, running: {pids:?}"));
+        }
         let started = Instant::now();
         registry.shutdown().await;
         let took = started.elapsed();
         let log = log_lines(dir.path());
         for pid in &pids {
-            if !log.iter().any(|(p, l)| p == pid && l == "shutdown") {
-                return Err(format!("worker {pid} was not asked to shut down: {log:?}"));
+            if !log.iter().any(|(p, l)| p == pid && l == word) {
+                return Err(format!("worker {pid} did not log {word:?}: {log:?}"));
             }
             if std::path::Path::new(&format!("/proc/{pid}")).exists() {
                 return Err(format!("worker {pid} still runs"));
             }
         }
-        // They exited on their own, not at the 5 s grace's kill.
-        if took >= Duration::from_secs(5) {
-            return Err(format!("shutdown took {took:?}"));
-        }
-        Ok(())
+        Ok(took)
     })
 }
 
@@ -393,21 +404,6 @@ fn shutdown_stops_every_worker_gracefully() -> Result<(), String> {
 /// it killed before its drain ends (they did: the first one after the
 /// close reported it unresponsive, and the registry killed it).
 fn shutdown_lets_a_worker_drain_after_it_closed_its_connections() -> Result<(), String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let config = config(dir.path(), 2, "draining,draining");
-    runtime().block_on(async {
-        let registry = Registry::start(config).await.map_err(|e| e.to_string())?;
-        registry.ready().await.map_err(|e| e.to_string())?;
-        let pids: Vec<u32> = registry.workers().iter().filter_map(|w| w.pid).collect();
-        registry.shutdown().await;
-        let log = log_lines(dir.path());
-        for pid in &pids {
-            if !log.iter().any(|(p, l)| p == pid && l == "drained") {
-                return Err(format!(
-                    "worker {pid} was killed before it drained: {log:?}"
-                ));
-            }
-        }
-        Ok(())
-    })
+    // Killed before its drain, a worker never logs "drained".
+    shutdown_logs("draining,draining", "drained").map(|_| ())
 }

@@ -856,18 +856,17 @@ async fn fjall_scenario(cluster: &mut TestCluster) -> Result<()> {
         count(&survivor_id) > 0 && !elsewhere.is_empty(),
         "the survivor {survivor_id} holds no shard of {placed:?}"
     );
-    if let Some(c) = on_victim.first().copied() {
-        let answer = via.get(&counter(c)).await?;
-        // Never delivered, so safe to send again: 503, or 504 when the
-        // deadline ran out while the router waited for an owner (both
-        // marked retryable; which one depends on where the wait ends).
-        ensure!(
-            matches!(answer.status, 503 | 504) && answer.header("x-odo-retryable") == ["true"],
-            "c{c} on the downed host: {} {:?}",
-            answer.status,
-            answer.headers
-        );
-    }
+    let c = *on_victim.first().context("no counter on the killed host")?;
+    let answer = via.get(&counter(c)).await?;
+    // Never delivered, so safe to send again: 503, or 504 when the
+    // deadline ran out while the router waited for an owner (both marked
+    // retryable; which one depends on where the wait ends).
+    ensure!(
+        matches!(answer.status, 503 | 504) && answer.header("x-odo-retryable") == ["true"],
+        "c{c} on the downed host: {} {:?}",
+        answer.status,
+        answer.headers
+    );
     for &c in &elsewhere {
         let answer = via.get(&counter(c)).await?;
         ensure!(

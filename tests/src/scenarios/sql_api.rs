@@ -386,7 +386,8 @@ scenario!(sql_point_in_time_recovery, |w, t| {
     t.fact("restore of the deleted object accepted", accepted);
     t.fact("restored after delete_all", state(&c, n).await?);
 
-    // What is not a bookmark of the object, or is outside its history.
+    // What is not a bookmark is refused; an object never written has a
+    // bookmark for any time (its empty state).
     t.send(
         &c,
         "POST",
