@@ -259,7 +259,15 @@ fn kill_run(
 
 async fn connect(base: &str, path: &str) -> anyhow::Result<Ws> {
     let url = format!("{}{path}", base.replacen("http://", "ws://", 1));
-    let (ws, _) = tokio::time::timeout(GUARD, tokio_tungstenite::connect_async(url))
+    // tungstenite zero-fills its read buffer up to `read_buffer_size`
+    // before every read (128 KiB by default): with 1,000 sockets each
+    // reading small frames, that memset was a fifth of the machine's CPU,
+    // taken from the server under test. 4 KiB holds a frame of the
+    // contract's messages.
+    let config =
+        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
+    let connect = tokio_tungstenite::connect_async_with_config(url, Some(config), false);
+    let (ws, _) = tokio::time::timeout(GUARD, connect)
         .await
         .map_err(|_| anyhow!("upgrade of {path}: no answer"))??;
     Ok(ws)

@@ -57,7 +57,9 @@ impl Ws {
         let url = format!("{}{path}", base.replacen("http://", "ws://", 1));
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(max_message.or(Some(64 << 20)))
-            .max_frame_size(max_message.or(Some(64 << 20)));
+            .max_frame_size(max_message.or(Some(64 << 20)))
+            // tungstenite zero-fills this much before every read.
+            .read_buffer_size(4096);
         let connect = tokio_tungstenite::connect_async_with_config(url, Some(config), false);
         match tokio::time::timeout(GUARD, connect).await {
             Err(_) => bail!("no answer to the upgrade of {path}"),
