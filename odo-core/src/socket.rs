@@ -107,6 +107,18 @@ pub enum SocketEventKind {
         /// What went wrong.
         message: String,
     },
+    /// Whole messages of the object's sockets, in arrival order, in one
+    /// call: each is a turn of its own, run as if sent one by one, but they
+    /// share the trip and the object's commits. The frame's body holds
+    /// their payloads one after the other, in order. A front door sends
+    /// what queued for an object while its previous call ran. The call
+    /// answers once every message's turn is answered; if one failed, its
+    /// error (when the outcome of any may be unknown, that of the whole
+    /// batch is).
+    Messages {
+        /// The messages, in order.
+        messages: Vec<BatchedMessage>,
+    },
     /// The front door's record of every socket it holds for the object,
     /// replacing what the worker knew (after the object's worker changed).
     /// Not a turn.
@@ -116,6 +128,19 @@ pub enum SocketEventKind {
         /// The object's auto-response pair, if it set one.
         auto_response: Option<(String, String)>,
     },
+}
+
+/// One message of a [`SocketEventKind::Messages`] batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchedMessage {
+    /// The socket it came from.
+    pub socket: u64,
+    /// Binary rather than text.
+    pub binary: bool,
+    /// The payload's length in the frame's body.
+    pub len: u32,
+    /// When the socket's auto-response was last answered, if ever.
+    pub auto_response_ms: Option<u64>,
 }
 
 /// What a front door keeps of one accepted socket, as it hands it to the

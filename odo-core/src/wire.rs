@@ -16,8 +16,11 @@ use crate::address::ObjectAddress;
 use crate::id::ObjectId;
 
 /// The version of the odo protocol spoken over a connection, checked in the
-/// handshake. Bumped when the meaning of messages changes.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// handshake. Bumped when the meaning of messages changes, or when messages
+/// are added that a peer of the version before cannot read (2: batches of
+/// WebSocket messages, `PartlyDelivered`), so that peers of two versions
+/// refuse each other at the handshake rather than mid-conversation.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// One decoded frame: a request id, an envelope and the raw body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -423,6 +426,19 @@ pub enum WireError {
     /// sends the event again. Never delivered.
     #[error("unknown WebSocket: the front door must hand over its sockets first")]
     UnknownSocket,
+    /// A batch of WebSocket messages ([`crate::socket::SocketEventKind::Messages`])
+    /// ran in part: its first `delivered` messages ran, each answered and
+    /// none with an unknown outcome; the rest were never delivered, for
+    /// the reason `rest` (the shard moved, say), and may be sent again.
+    /// Only a batch's sender can act on it: for anyone else its outcome is
+    /// unknown.
+    #[error("{delivered} messages of a batch ran; the rest were not delivered: {rest}")]
+    PartlyDelivered {
+        /// How many messages, from the first, ran.
+        delivered: u32,
+        /// Why the others were not delivered.
+        rest: Box<WireError>,
+    },
 }
 
 fn cycle_text(chain: &[ObjectId]) -> String {

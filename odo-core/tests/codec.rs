@@ -94,6 +94,62 @@ fn wire_error() -> impl Strategy<Value = WireError> {
     ]
 }
 
+fn socket_event_kind() -> impl Strategy<Value = odo_core::socket::SocketEventKind> {
+    use odo_core::socket::{BatchedMessage, SocketEventKind as Kind, SocketRecord};
+    prop_oneof![
+        any::<bool>().prop_map(|binary| Kind::Message { binary }),
+        any::<bool>().prop_map(|first| Kind::Part { first }),
+        (any::<u16>(), ".{0,12}", any::<bool>()).prop_map(|(code, reason, was_clean)| {
+            Kind::Close {
+                code,
+                reason,
+                was_clean,
+            }
+        }),
+        ".{0,12}".prop_map(|message| Kind::Error { message }),
+        proptest::collection::vec(
+            (
+                any::<u64>(),
+                any::<bool>(),
+                any::<u32>(),
+                proptest::option::of(any::<u64>())
+            )
+                .prop_map(|(socket, binary, len, auto_response_ms)| BatchedMessage {
+                    socket,
+                    binary,
+                    len,
+                    auto_response_ms,
+                }),
+            0..4
+        )
+        .prop_map(|messages| Kind::Messages { messages }),
+        (
+            proptest::collection::vec(
+                (
+                    any::<u64>(),
+                    proptest::collection::vec(".{0,6}", 0..3),
+                    proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8)),
+                    proptest::option::of(any::<u64>())
+                )
+                    .prop_map(|(socket, tags, attachment, auto_response_ms)| {
+                        SocketRecord {
+                            socket,
+                            tags,
+                            attachment,
+                            auto_response_ms,
+                        }
+                    }),
+                0..3
+            ),
+            proptest::option::of((".{0,6}", ".{0,6}"))
+        )
+            .prop_map(|(sockets, auto_response)| Kind::Sync {
+                sockets,
+                auto_response
+            }),
+    ]
+}
+
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
         (any::<u32>(), ".{0,20}", ".{0,10}").prop_map(|(protocol_version, token, peer)| {
@@ -142,6 +198,24 @@ fn message() -> impl Strategy<Value = Message> {
             }))
         }),
         control().prop_map(|c| Message::Request(Request::Control(c))),
+        (
+            target(),
+            meta(),
+            ".{0,12}",
+            any::<u64>(),
+            proptest::option::of(any::<u64>()),
+            socket_event_kind()
+        )
+            .prop_map(|(target, meta, door, socket, auto_response_ms, kind)| {
+                Message::Request(Request::Socket(odo_core::socket::SocketEvent {
+                    target,
+                    meta,
+                    door,
+                    socket,
+                    auto_response_ms,
+                    kind,
+                }))
+            }),
         (any::<u16>(), headers()).prop_map(|(status, headers)| Message::Response(Response::Fetch(
             FetchResponse { status, headers }
         ))),
@@ -341,6 +415,36 @@ fn golden_frames() {
             "",
         ),
         ("cancel", Message::Cancel, ""),
+        (
+            "socket-messages",
+            Message::Request(Request::Socket(odo_core::socket::SocketEvent {
+                target: sample_target(),
+                meta: CallMeta {
+                    deadline_ms: 1_700_000_030_000,
+                    chain: Vec::new(),
+                },
+                door: "uds:/run/odo/door.sock".into(),
+                socket: 7,
+                auto_response_ms: None,
+                kind: odo_core::socket::SocketEventKind::Messages {
+                    messages: vec![
+                        odo_core::socket::BatchedMessage {
+                            socket: 7,
+                            binary: false,
+                            len: 2,
+                            auto_response_ms: None,
+                        },
+                        odo_core::socket::BatchedMessage {
+                            socket: 9,
+                            binary: true,
+                            len: 1,
+                            auto_response_ms: Some(1_700_000_000_000),
+                        },
+                    ],
+                },
+            })),
+            "hi!",
+        ),
         (
             "socket-records",
             Message::Request(Request::SocketRecords(odo_core::socket::ShardSockets {

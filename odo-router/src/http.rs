@@ -347,6 +347,9 @@ impl Router {
         if path == "metrics" {
             let mut out = String::new();
             self.metrics.render(&mut out);
+            if let Some(door) = &self.door {
+                door.render_metrics(&mut out);
+            }
             if let Some(admin) = &self.admin {
                 admin.metrics(&mut out);
             }

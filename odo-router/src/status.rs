@@ -65,6 +65,11 @@ fn classify(error: &ForwardError) -> (StatusCode, &'static str, String) {
                 "outcome-unknown",
                 format!("outcome unknown: {reason}"),
             ),
+            WireError::PartlyDelivered { .. } => (
+                StatusCode::BAD_GATEWAY,
+                "outcome-unknown",
+                format!("outcome unknown: {e}"),
+            ),
             WireError::DeadlineExceeded => (
                 StatusCode::GATEWAY_TIMEOUT,
                 "deadline",

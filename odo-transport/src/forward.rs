@@ -76,6 +76,7 @@ impl ForwardError {
                 | WireError::UnknownSocket => Outcome::NotDelivered,
                 WireError::ObjectReset { .. } | WireError::BadRequest { .. } => Outcome::Failed,
                 WireError::OutcomeUnknown { .. }
+                | WireError::PartlyDelivered { .. }
                 | WireError::DeadlineExceeded
                 | WireError::Internal { .. } => Outcome::Unknown,
             },

@@ -79,7 +79,13 @@ mod layering {
         ("actor", include_str!("actor.rs")),
         ("class", include_str!("class.rs")),
         ("alarms", include_str!("alarms.rs")),
-        ("runtime", include_str!("runtime.rs")),
+        (
+            "runtime",
+            concat!(
+                include_str!("runtime/mod.rs"),
+                include_str!("runtime/sockets.rs")
+            ),
+        ),
         ("cluster", include_str!("cluster.rs")),
         ("doors", include_str!("doors.rs")),
         ("process", include_str!("process.rs")),

@@ -99,6 +99,11 @@ impl Mailbox {
         self.queue().is_empty()
     }
 
+    /// Events that may still be queued before the queue is full.
+    pub(crate) fn room(&self) -> usize {
+        self.capacity.saturating_sub(self.queue().len())
+    }
+
     /// Drops every queued event (their callers see the object stop).
     pub(crate) fn clear(&self) {
         drop(self.take_all());

@@ -116,6 +116,14 @@ impl ObjectTable {
         &self.parts[(self.hasher.hash_one(id) as usize) % TABLE_SHARDS]
     }
 
+    /// Events that may still be queued for `id` before its queue is full:
+    /// `queue_depth` for an object with no actor (its mailbox is new).
+    pub(crate) fn room(&self, id: &ObjectId, queue_depth: usize) -> usize {
+        lock(self.part(id))
+            .get(id)
+            .map_or(queue_depth.max(1), |slot| slot.control.mailbox.room())
+    }
+
     /// Objects live right now.
     pub(crate) fn live(&self) -> usize {
         self.live.load(Ordering::SeqCst)

@@ -165,6 +165,7 @@ mod sql;
 mod sql_api;
 mod strangers;
 mod websockets;
+mod ws_batches;
 mod ws_moves;
 
 /// Every scenario, in the order they run.
@@ -234,6 +235,7 @@ pub fn all() -> Vec<Scenario> {
             &[Needs::Durability, Needs::LinuxProcesses],
             ws_moves::ws_planned_move,
         ),
+        s("ws_batches", &[], ws_batches::ws_batches),
         s("ws_large_message", &[], websockets::ws_large_message),
         s("ws_shutdown", &[], websockets::ws_shutdown),
         s("ws_limits", &[Needs::LinuxProcesses], websockets::ws_limits),

@@ -76,6 +76,22 @@ impl Ws {
         }
     }
 
+    /// As [`Ws::connect`], trying again (for up to [`GUARD`], a pause of
+    /// 20 ms between tries) while the upgrade is answered 503 (the object
+    /// is being re-placed, or its queue is full), as a client reconnecting
+    /// after a 1012 would.
+    pub async fn reconnect(base: &str, path: &str) -> Result<Ws> {
+        let start = std::time::Instant::now();
+        loop {
+            match Self::connect(base, path).await {
+                Err(e) if e.to_string().starts_with("503 ") && start.elapsed() < GUARD => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Sends a text message.
     pub async fn send(&mut self, text: &str) -> Result<()> {
         self.send_message(Message::text(text)).await

@@ -126,6 +126,9 @@ struct Inner {
     closing: AtomicBool,
     /// Woken when a socket goes or a pump ends (shutdown waits on it).
     changed: Notify,
+    /// Batches of messages sent to objects, and the messages in them.
+    batches: AtomicU64,
+    batched_messages: AtomicU64,
 }
 
 #[derive(Default)]
@@ -222,6 +225,8 @@ impl Door {
                 open: AtomicUsize::new(0),
                 closing: AtomicBool::new(false),
                 changed: Notify::new(),
+                batches: AtomicU64::new(0),
+                batched_messages: AtomicU64::new(0),
             }),
         }
     }
@@ -243,6 +248,51 @@ impl Door {
     /// Sockets open (or being upgraded) right now.
     pub fn open_sockets(&self) -> usize {
         self.inner.open.load(Ordering::SeqCst)
+    }
+
+    /// Events waiting at this door for delivery to their objects, over
+    /// every object (those being delivered not counted).
+    pub fn queued_events(&self) -> usize {
+        self.state().objects.values().map(|o| o.queue.len()).sum()
+    }
+
+    /// Appends the door's metrics in the Prometheus text format: sockets
+    /// open, events waiting, and the messages that reached their objects
+    /// in batches.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let counters = [
+            (
+                "odo_websocket_open",
+                "gauge",
+                "WebSockets open (or being upgraded) at this front door.",
+                self.open_sockets() as u64,
+            ),
+            (
+                "odo_websocket_queued_events",
+                "gauge",
+                "WebSocket events waiting at this front door for delivery.",
+                self.queued_events() as u64,
+            ),
+            (
+                "odo_websocket_batches_total",
+                "counter",
+                "Calls that carried several queued messages of one object at once.",
+                self.inner.batches.load(Ordering::Relaxed),
+            ),
+            (
+                "odo_websocket_batched_messages_total",
+                "counter",
+                "Messages that reached their object in a batch.",
+                self.inner.batched_messages.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, kind, help, value) in counters {
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            );
+        }
     }
 
     fn config(&self) -> &WebSocketConfig {

@@ -10,10 +10,11 @@
 //! and its object gets the close event. The object's other sockets stay
 //! open.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
-use odo_core::socket::{SocketEventKind, close_code};
+use bytes::{Bytes, BytesMut};
+use odo_core::socket::{BatchedMessage, SocketEventKind, SocketRecord, close_code};
 use odo_core::{ObjectAddress, ObjectId, WireError};
 use odo_transport::forward::Outcome;
 use tokio::time::Instant;
@@ -30,22 +31,54 @@ const PART_BYTES: usize = 4 * 1024 * 1024;
 const FIRST_PAUSE: Duration = Duration::from_millis(20);
 const MAX_PAUSE: Duration = Duration::from_secs(1);
 
+/// Whole messages delivered in one call at most (their bytes at most
+/// [`PART_BYTES`]).
+const BATCH_MESSAGES: usize = 64;
+
+/// What the pump sends next: one event, or the whole messages that queued
+/// behind one another, as one batch.
+enum Next {
+    One(Pending, Option<u64>),
+    Batch(Vec<(Pending, Option<u64>)>),
+}
+
 /// Delivers `object`'s queued events until its queue is empty.
 pub(super) async fn pump(door: Door, object: ObjectId) {
     loop {
         let next = {
             let mut state = door.state();
+            let state = &mut *state;
             let Some(obj) = state.objects.get_mut(&object) else {
                 return;
             };
+            let auto_response_ms =
+                |socket: u64| state.sockets.get(&socket).and_then(|s| s.auto_response_ms);
             match obj.queue.pop_front() {
                 Some(pending) => {
                     let address = obj.address.clone();
-                    let auto_response_ms = state
-                        .sockets
-                        .get(&pending.socket)
-                        .and_then(|s| s.auto_response_ms);
-                    Some((address, pending, auto_response_ms))
+                    let mut batch = Vec::new();
+                    let mut bytes = pending.payload.len();
+                    while batch.len() + 1 < BATCH_MESSAGES
+                        && batchable(&pending)
+                        && obj
+                            .queue
+                            .front()
+                            .is_some_and(|p| batchable(p) && bytes + p.payload.len() <= PART_BYTES)
+                    {
+                        let Some(p) = obj.queue.pop_front() else {
+                            break;
+                        };
+                        bytes += p.payload.len();
+                        let at = auto_response_ms(p.socket);
+                        batch.push((p, at));
+                    }
+                    let at = auto_response_ms(pending.socket);
+                    if batch.is_empty() {
+                        Some((address, Next::One(pending, at)))
+                    } else {
+                        batch.insert(0, (pending, at));
+                        Some((address, Next::Batch(batch)))
+                    }
                 }
                 None => {
                     obj.pumping = false;
@@ -56,12 +89,140 @@ pub(super) async fn pump(door: Door, object: ObjectId) {
                 }
             }
         };
-        let Some((address, pending, auto_response_ms)) = next else {
-            door.inner.changed.notify_waiters();
+        match next {
+            None => {
+                door.inner.changed.notify_waiters();
+                return;
+            }
+            Some((address, Next::One(pending, at))) => deliver(&door, address, pending, at).await,
+            Some((address, Next::Batch(batch))) => deliver_batch(&door, address, batch).await,
+        }
+    }
+}
+
+/// Whether `pending` may travel in a batch: a whole message that fits one
+/// part.
+fn batchable(pending: &Pending) -> bool {
+    matches!(pending.kind, SocketEventKind::Message { .. }) && pending.payload.len() <= PART_BYTES
+}
+
+/// Delivers a batch of whole messages in one call: each is a turn of its
+/// own at the object, as if sent one by one. A batch the worker refused as
+/// a whole (nothing of it ran) is sent again or, if the refusal is not
+/// transient, message by message, so each gets what it alone would have;
+/// of a batch that ran in part (the shard moved after its lead), the rest
+/// is handled so.
+/// A batch whose outcome is unknown closes each of its sockets with 1012,
+/// as a single message would.
+async fn deliver_batch(
+    door: &Door,
+    address: ObjectAddress,
+    mut batch: Vec<(Pending, Option<u64>)>,
+) {
+    door.inner.batches.fetch_add(1, Ordering::Relaxed);
+    door.inner
+        .batched_messages
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    let mut pause = FIRST_PAUSE;
+    let mut handed_over = false;
+    loop {
+        let Err(mut error) = send_batch(door, &address, &batch).await else {
             return;
         };
-        deliver(&door, address, pending, auto_response_ms).await;
+        // The lead ran; the rest was never delivered and goes again.
+        if let ForwardError::Object(WireError::PartlyDelivered { delivered, rest }) = error {
+            let delivered = (delivered as usize).min(batch.len());
+            debug!(object = %address, delivered, "a batch of WebSocket messages ran in part");
+            batch.drain(..delivered);
+            if batch.is_empty() {
+                return;
+            }
+            error = ForwardError::Object(*rest);
+        }
+        if matches!(error, ForwardError::Object(WireError::UnknownSocket)) && !handed_over {
+            handed_over = true;
+            match hand_over(
+                door,
+                &address,
+                batch.first().map_or(0, |(p, _)| p.socket),
+                None,
+            )
+            .await
+            {
+                Ok(()) => continue,
+                Err(e) => error = e,
+            }
+        }
+        match error.outcome() {
+            Outcome::NotDelivered if error.retryable() => {
+                if door.inner.closing.load(Ordering::SeqCst) {
+                    debug!(object = %address, "shutting down: undelivered WebSocket messages dropped");
+                    return;
+                }
+                debug!(object = %address, %error, "WebSocket messages not delivered yet; sending them again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_PAUSE);
+            }
+            Outcome::NotDelivered => {
+                debug!(object = %address, %error, "a batch of WebSocket messages refused: sending them one by one");
+                for (pending, at) in batch {
+                    deliver(door, address.clone(), pending, at).await;
+                }
+                return;
+            }
+            Outcome::Failed => {
+                warn!(object = %address, %error, "a message of a batch of WebSocket messages failed");
+                return;
+            }
+            Outcome::Unknown => {
+                warn!(
+                    object = %address, messages = batch.len(), %error,
+                    "the outcome of a batch of WebSocket messages is unknown: closing their sockets with 1012"
+                );
+                let mut sockets: Vec<u64> = batch.iter().map(|(p, _)| p.socket).collect();
+                sockets.sort_unstable();
+                sockets.dedup();
+                for socket in sockets {
+                    restart_socket(door, &address.id, socket);
+                }
+                return;
+            }
+        }
     }
+}
+
+/// Sends a batch of whole messages as one event, their payloads one after
+/// the other in its body.
+async fn send_batch(
+    door: &Door,
+    address: &ObjectAddress,
+    batch: &[(Pending, Option<u64>)],
+) -> Result<(), ForwardError> {
+    let deadline = Instant::now() + door.config().event_deadline;
+    let mut body = BytesMut::with_capacity(batch.iter().map(|(p, _)| p.payload.len()).sum());
+    let mut messages = Vec::with_capacity(batch.len());
+    for (pending, auto_response_ms) in batch {
+        let SocketEventKind::Message { binary } = pending.kind else {
+            continue;
+        };
+        body.extend_from_slice(&pending.payload);
+        messages.push(BatchedMessage {
+            socket: pending.socket,
+            binary,
+            len: pending.payload.len() as u32,
+            auto_response_ms: *auto_response_ms,
+        });
+    }
+    let event = SocketEventOut {
+        door: door.endpoint().to_owned(),
+        socket: batch.first().map_or(0, |(p, _)| p.socket),
+        auto_response_ms: None,
+        kind: SocketEventKind::Messages { messages },
+    };
+    door.inner
+        .service
+        .socket_event(address.clone(), event, body.freeze(), deadline)
+        .await
 }
 
 async fn deliver(
@@ -79,14 +240,14 @@ async fn deliver(
         // gets the door's record of them (once per event), then the event.
         if matches!(error, ForwardError::Object(WireError::UnknownSocket)) && !handed_over {
             handed_over = true;
-            match hand_over(door, &address, &pending).await {
+            match hand_over(door, &address, pending.socket, pending.record.as_ref()).await {
                 Ok(()) => continue,
                 Err(e) => error = e,
             }
         }
         match error.outcome() {
             Outcome::NotDelivered if error.retryable() => {
-                if door.inner.closing.load(std::sync::atomic::Ordering::SeqCst) {
+                if door.inner.closing.load(Ordering::SeqCst) {
                     debug!(object = %address, "shutting down: an undelivered WebSocket event dropped");
                     return;
                 }
@@ -113,21 +274,22 @@ async fn deliver(
 }
 
 /// Hands the object's worker the door's record of the object's sockets
-/// (and of the socket whose last event `pending` is, if the door has let
-/// it go already), with the object's auto-response.
+/// (and `record`, that of a socket the door has let go already, whose last
+/// event is being sent), with the object's auto-response.
 async fn hand_over(
     door: &Door,
     address: &ObjectAddress,
-    pending: &Pending,
+    socket: u64,
+    record: Option<&SocketRecord>,
 ) -> Result<(), ForwardError> {
     let mut sockets = door.records(&address.id);
-    if let Some(record) = &pending.record {
+    if let Some(record) = record {
         sockets.push(record.clone());
     }
     debug!(object = %address, sockets = sockets.len(), "handing the object's WebSockets to its worker");
     let event = SocketEventOut {
         door: door.endpoint().to_owned(),
-        socket: pending.socket,
+        socket,
         auto_response_ms: None,
         kind: SocketEventKind::Sync {
             sockets,

@@ -292,7 +292,9 @@ impl DurableObject for Probe {
     /// (the auto-response pair), `autots` (whether this socket's
     /// auto-response was answered), `flood:N` (N messages of 64 KiB to
     /// this socket), `broadcast:N` (N of them to every socket, then
-    /// `done`), `close` (closes it, 4000); a binary
+    /// `done`), `close` (closes it, 4000), `waitfile:PATH` (makes
+    /// `PATH.started`, then the turn lasts until PATH exists), `put:K` (stores `ws/K`), `fail:K` (stores
+    /// `ws/K`, sends, then fails: neither survives), `has:K`; a binary
     /// message comes back as it is.
     async fn websocket_message(
         &mut self,
@@ -359,6 +361,36 @@ impl DurableObject for Probe {
         } else if text == "close" {
             ws.close(4000, "asked to")?;
             return Ok(());
+        } else if let Some(path) = text.strip_prefix("waitfile:") {
+            // Makes `PATH.started`, then runs until the test makes `path`
+            // (at most 30 s): what the object's sockets send meanwhile
+            // queues at the door.
+            std::fs::write(format!("{path}.started"), b"")
+                .map_err(|e| ObjectError::msg(format!("waitfile: {e}")))?;
+            let start = std::time::Instant::now();
+            while !std::path::Path::new(path).exists() {
+                if start.elapsed() > std::time::Duration::from_secs(30) {
+                    return Err(ObjectError::msg("waitfile: the file never came"));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            "released".to_owned()
+        } else if let Some(key) = text.strip_prefix("put:") {
+            ctx.storage()
+                .put(&format!("ws/{key}"), Bytes::from_static(b"1"))
+                .await?;
+            format!("stored {key}")
+        } else if let Some(key) = text.strip_prefix("fail:") {
+            // Written, then refused: the turn's write is rolled back and
+            // it sends nothing.
+            ctx.storage()
+                .put(&format!("ws/{key}"), Bytes::from_static(b"1"))
+                .await?;
+            ws.send(format!("never sent {key}"))?;
+            return Err(ObjectError::msg("failing on purpose"));
+        } else if let Some(key) = text.strip_prefix("has:") {
+            let stored = ctx.storage().get(&format!("ws/{key}")).await?.is_some();
+            format!("{key} stored: {}", if stored { "yes" } else { "no" })
         } else {
             format!("unknown command {text:?}")
         };

@@ -2,8 +2,9 @@
 //! ordering per socket, hibernation (the object evicted, its sockets kept,
 //! tags and attachments intact), the auto-response answered without a
 //! wake-up, a client that vanishes, a SIGKILLed worker under 100 open
-//! sockets (none dropped but the one whose message was running, closed
-//! with 1012; no message stored or broadcast twice), and shutdown (1001).
+//! sockets (none dropped but those with a message in flight to the
+//! worker, closed with 1012, whose clients reconnect; no message stored or
+//! broadcast twice), and shutdown (1001).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -187,15 +188,20 @@ scenario!(ws_sigkill_worker, |w, t| {
     let echoed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut senders = Vec::new();
     for i in 0..SENDERS {
-        let mut ws = Ws::connect(&base, &format!("/room/{room}/ws")).await?;
-        let (stop, echoed) = (stop.clone(), echoed.clone());
+        let path = format!("/room/{room}/ws");
+        let mut ws = Ws::connect(&base, &path).await?;
+        let (stop, echoed, base) = (stop.clone(), echoed.clone(), base.clone());
         senders.push(tokio::spawn(async move {
-            // Sends until told to stop; returns what was echoed and how it
-            // ended (None: still open).
+            // Sends until told to stop; returns what was echoed, how its
+            // sockets ended, and its last socket if still open. A socket
+            // closed with 1012 (its last message's outcome unknown) is
+            // replaced, as a real client would reconnect, and its message
+            // is not sent again.
             let mut acked = Vec::new();
+            let mut ends = Vec::new();
             for k in 0.. {
                 if stop.load(Ordering::SeqCst) {
-                    return Ok::<_, anyhow::Error>((acked, None, ws));
+                    return Ok::<_, anyhow::Error>((acked, ends, Some(ws)));
                 }
                 let text = format!("s{i}-{k}");
                 ws.send(&text).await?;
@@ -207,7 +213,15 @@ scenario!(ws_sigkill_worker, |w, t| {
                             break;
                         }
                         Got::Text(_) => {}
-                        end => return Ok((acked, Some(end), ws)),
+                        end @ Got::Close(1012, _) => {
+                            ends.push(end.to_string());
+                            ws = Ws::reconnect(&base, &path).await?;
+                            break;
+                        }
+                        end => {
+                            ends.push(end.to_string());
+                            return Ok((acked, ends, None));
+                        }
                     }
                 }
             }
@@ -236,12 +250,12 @@ scenario!(ws_sigkill_worker, |w, t| {
     let mut ends: BTreeMap<String, usize> = BTreeMap::new();
     let mut open_senders = Vec::new();
     for sender in senders {
-        let (acked, end, ws) = sender.await??;
+        let (acked, closed, ws) = sender.await??;
         acked_all.extend(acked);
-        match end {
-            None => open_senders.push(ws),
-            Some(end) => *ends.entry(end.to_string()).or_default() += 1,
+        for end in closed {
+            *ends.entry(end).or_default() += 1;
         }
+        open_senders.extend(ws);
     }
     t.figure("senders closed", format!("{ends:?}"));
     t.fact(

@@ -20,12 +20,14 @@ use crate::alarms::{AlarmHost, alarm_loop};
 use crate::call::{CallError, CallScope, Cluster};
 use crate::class::{ClassEntry, Classes};
 use crate::config::RuntimeConfig;
-use crate::mailbox::{Event, EventKind, Outcome, SocketIn};
+use crate::mailbox::{Event, EventKind, Outcome};
 use crate::rpc::RpcCall;
-use crate::socket::{SocketKey, WebSocketDoors, WebSocketMessage};
+use crate::socket::WebSocketDoors;
 use crate::stub::NamespaceHandle;
 use crate::table::{ObjectTable, ShardState, lock};
 use crate::types::{Request, Response};
+
+mod sockets;
 
 /// The object runtime of one process: hosts the objects of the shards it
 /// serves, one live instance per object, one event at a time per object.
@@ -520,6 +522,19 @@ impl Inner {
         kind: EventKind,
         scope: CallScope,
     ) -> Result<Outcome, WireError> {
+        self.submit(target, epoch, kind, scope)?.await
+    }
+
+    /// The first half of [`Inner::deliver`]: checks the event and queues it
+    /// for its object at once (so events submitted one after the other run
+    /// in that order); the returned future waits for its answer.
+    fn submit(
+        &self,
+        target: ObjectAddress,
+        epoch: Option<u64>,
+        kind: EventKind,
+        scope: CallScope,
+    ) -> Result<impl Future<Output = Result<Outcome, WireError>> + use<>, WireError> {
         let is_call = matches!(
             kind,
             EventKind::Fetch(_) | EventKind::Call(_) | EventKind::Socket(..)
@@ -534,17 +549,19 @@ impl Inner {
         let (reply, outcome) = oneshot::channel();
         let deadline = scope.deadline;
         self.enqueue(&class, target, shard, Event { kind, reply, scope })?;
-        let stopped = |_| WireError::OutcomeUnknown {
-            reason: "the object stopped before answering".into(),
-        };
-        if is_call {
-            match tokio::time::timeout_at(deadline, outcome).await {
-                Ok(answer) => answer.map_err(stopped)?,
-                Err(_) => Err(WireError::DeadlineExceeded),
+        Ok(async move {
+            let stopped = |_| WireError::OutcomeUnknown {
+                reason: "the object stopped before answering".into(),
+            };
+            if is_call {
+                match tokio::time::timeout_at(deadline, outcome).await {
+                    Ok(answer) => answer.map_err(stopped)?,
+                    Err(_) => Err(WireError::DeadlineExceeded),
+                }
+            } else {
+                outcome.await.map_err(stopped)?
             }
-        } else {
-            outcome.await.map_err(stopped)?
-        }
+        })
     }
 
     /// The class and the shard of `target`, if this runtime serves it (at
@@ -577,96 +594,6 @@ impl Inner {
             return Err(WireError::Moved { epoch: shard.epoch });
         }
         Ok((class.clone(), shard))
-    }
-
-    /// See [`Runtime::socket_event`]. Parts of a message and a front door's
-    /// record of its sockets are kept without a turn; messages, closes and
-    /// errors are turns.
-    pub(crate) async fn socket_event(
-        &self,
-        event: odo_core::socket::SocketEvent,
-        epoch: Option<u64>,
-        payload: Bytes,
-        scope: CallScope,
-    ) -> Result<(), WireError> {
-        use odo_core::socket::SocketEventKind as Kind;
-        let target = event.target.object;
-        let (_, shard) = self.locate(&target, epoch)?;
-        let book = &shard.sockets;
-        let key = SocketKey {
-            door: book.door(&event.door),
-            id: event.socket,
-        };
-        let id = target.id;
-        if let Some(at) = event.auto_response_ms {
-            book.set_auto_response_ms(&id, &key, at);
-        }
-        let max = self.config.websocket_max_message_bytes;
-        // A socket this worker never saw (it was accepted under another
-        // worker): the front door hands over its record first.
-        let turn = matches!(
-            event.kind,
-            Kind::Message { .. } | Kind::Close { .. } | Kind::Error { .. }
-        );
-        if turn && !book.knows(&id, &key) {
-            return Err(WireError::UnknownSocket);
-        }
-        let input = match event.kind {
-            Kind::Part { first } => {
-                return if book.add_part(&id, &key, first, &payload, max) {
-                    Ok(())
-                } else {
-                    Err(WireError::BadRequest {
-                        message: format!("a WebSocket message over the {max}-byte limit"),
-                    })
-                };
-            }
-            Kind::Sync {
-                sockets,
-                auto_response,
-            } => {
-                book.sync(&id, &key.door, sockets, auto_response);
-                return Ok(());
-            }
-            Kind::Message { binary } => {
-                let payload = book.complete(&id, &key, payload);
-                if binary {
-                    SocketIn::Message(WebSocketMessage::Binary(payload))
-                } else {
-                    match String::from_utf8(payload.to_vec()) {
-                        Ok(text) => SocketIn::Message(WebSocketMessage::Text(text)),
-                        Err(_) => {
-                            return Err(WireError::BadRequest {
-                                message: "a text message that is not UTF-8".into(),
-                            });
-                        }
-                    }
-                }
-            }
-            Kind::Close {
-                code,
-                reason,
-                was_clean,
-            } => {
-                book.remove(&id, &key);
-                SocketIn::Close {
-                    code,
-                    reason,
-                    was_clean,
-                }
-            }
-            Kind::Error { message } => {
-                book.remove(&id, &key);
-                SocketIn::Error(message)
-            }
-        };
-        match self
-            .deliver(target, epoch, EventKind::Socket(key, input), scope)
-            .await?
-        {
-            Outcome::Done => Ok(()),
-            other => Err(unexpected(other)),
-        }
     }
 
     fn enqueue(

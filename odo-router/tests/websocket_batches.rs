@@ -1,0 +1,345 @@
+//! The front door's batches of WebSocket messages, against a scripted
+//! object service: messages that queue for an object while its previous
+//! event runs travel as one call, in order; and what each way a batch can
+//! fail means for the sockets whose messages it carried.
+//!
+//! The service answers each message by echoing `echo:{text}` to its socket
+//! through [`Door::apply`], as a worker's output would. `hold` makes its
+//! call wait until the test releases it, so the messages sent meanwhile
+//! queue at the door; `lose` answers "outcome unknown" (a worker that died
+//! mid-call), `unknown` "unknown socket" (nothing ran: a socket the worker
+//! was never handed, even after the door's hand-over), `fail` a failed
+//! turn.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use odo_core::socket::{ACCEPT_TAGS_HEADER, SocketEventKind, SocketOp, SocketOutput};
+use odo_core::{ObjectId, WireError};
+use odo_router::{
+    Client, ClientWebSocket, Door, ForwardError, Location, ObjectAddress, ObjectService,
+    SocketEventOut, WebSocketConfig,
+};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// A bound on every wait: a failure guard, not a timing.
+const GUARD: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct Scripted {
+    door: OnceLock<Door>,
+    /// The messages of each call carrying messages, in call order.
+    calls: Mutex<Vec<Vec<String>>>,
+    /// Released by the test (`notify_one` keeps a permit for a call not
+    /// waiting yet): lets a `hold` call finish.
+    release: Arc<Notify>,
+}
+
+impl Scripted {
+    fn calls(&self) -> Vec<Vec<String>> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl ObjectService for Scripted {
+    fn fetch(
+        &self,
+        _object: ObjectAddress,
+        _request: http::Request<Bytes>,
+        _deadline: Instant,
+    ) -> BoxFuture<'static, Result<http::Response<Bytes>, ForwardError>> {
+        // Every upgrade is accepted, without tags.
+        let mut response = http::Response::new(Bytes::new());
+        *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        response
+            .headers_mut()
+            .insert(ACCEPT_TAGS_HEADER, http::HeaderValue::from_static("[]"));
+        async move { Ok(response) }.boxed()
+    }
+
+    fn call(
+        &self,
+        _object: ObjectAddress,
+        _method: String,
+        _args: Bytes,
+        _deadline: Instant,
+    ) -> BoxFuture<'static, Result<Bytes, ForwardError>> {
+        async { Err(ForwardError::Unavailable("no RPC here".into())) }.boxed()
+    }
+
+    fn locate(&self, _id: &ObjectId) -> Option<Location> {
+        None
+    }
+
+    fn socket_event(
+        &self,
+        _object: ObjectAddress,
+        event: SocketEventOut,
+        mut payload: Bytes,
+        _deadline: Instant,
+    ) -> BoxFuture<'static, Result<(), ForwardError>> {
+        let messages: Vec<(u64, String)> = match event.kind {
+            SocketEventKind::Message { .. } => {
+                vec![(event.socket, String::from_utf8_lossy(&payload).into_owned())]
+            }
+            SocketEventKind::Messages { messages } => messages
+                .iter()
+                .map(|m| {
+                    let text = payload.split_to(m.len as usize);
+                    (m.socket, String::from_utf8_lossy(&text).into_owned())
+                })
+                .collect(),
+            _ => return async { Ok(()) }.boxed(),
+        };
+        let texts: Vec<String> = messages.iter().map(|(_, t)| t.clone()).collect();
+        self.calls.lock().unwrap().push(texts.clone());
+        let door = self.door.get().expect("the door is set").clone();
+        let held = texts
+            .iter()
+            .any(|t| t == "hold")
+            .then(|| self.release.clone());
+        async move {
+            if let Some(release) = held {
+                release.notified().await;
+            }
+            if texts.iter().any(|t| t == "unknown") {
+                return Err(ForwardError::Object(WireError::UnknownSocket));
+            }
+            for (socket, text) in &messages {
+                if text == "lose" {
+                    return Err(ForwardError::Lost("the worker died on purpose".into()));
+                }
+                let echo = format!("echo:{text}");
+                let output = SocketOutput {
+                    ops: vec![SocketOp::Send {
+                        sockets: vec![*socket],
+                        binary: false,
+                        len: echo.len() as u32,
+                        more: false,
+                    }],
+                };
+                door.apply(output, Bytes::from(echo))
+                    .expect("the door takes it");
+            }
+            if texts.iter().any(|t| t == "fail") {
+                return Err(ForwardError::Object(WireError::ObjectReset {
+                    reason: "failed on purpose".into(),
+                }));
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+struct Setup {
+    service: Arc<Scripted>,
+    door: Door,
+    client: Client,
+}
+
+fn setup() -> Setup {
+    let service = Arc::new(Scripted::default());
+    let door = Door::new(WebSocketConfig::default(), "test-door", service.clone());
+    assert!(service.door.set(door.clone()).is_ok(), "set once");
+    let client = Client::new(service.clone()).with_websockets(door.clone());
+    Setup {
+        service,
+        door,
+        client,
+    }
+}
+
+impl Setup {
+    async fn open(&self) -> ClientWebSocket {
+        let room = self.client.namespace("ROOM").get_by_name("r");
+        let request = http::Request::get("/room/r/ws").body(()).unwrap();
+        tokio::time::timeout(GUARD, room.websocket(request))
+            .await
+            .expect("the upgrade is answered")
+            .expect("accepted")
+    }
+
+    /// Waits until `n` events wait at the door.
+    async fn queued(&self, n: usize) {
+        let start = Instant::now();
+        while self.door.queued_events() < n {
+            assert!(start.elapsed() < GUARD, "{n} events never queued");
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Waits until the service saw `n` calls carrying messages.
+    async fn called(&self, n: usize) {
+        let start = Instant::now();
+        while self.service.calls().len() < n {
+            assert!(start.elapsed() < GUARD, "{n} calls never came");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Sends "hold" on `ws` and waits until its call runs (the object's
+    /// pump is then busy, so what follows queues).
+    async fn hold(&self, ws: &mut ClientWebSocket) {
+        let before = self.service.calls().len();
+        ws.send(Message::text("hold")).await.unwrap();
+        self.called(before + 1).await;
+    }
+}
+
+async fn text(ws: &mut ClientWebSocket) -> String {
+    match tokio::time::timeout(GUARD, ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => t.to_string(),
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
+async fn close_code(ws: &mut ClientWebSocket) -> Option<CloseCode> {
+    loop {
+        match tokio::time::timeout(GUARD, ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| f.code),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[tokio::test]
+async fn messages_queued_behind_a_running_event_travel_as_one_batch_in_order() {
+    let s = setup();
+    let mut a = s.open().await;
+    let mut b = s.open().await;
+    let mut c = s.open().await;
+    s.hold(&mut a).await;
+    for text in ["b1", "b2"] {
+        b.send(Message::text(text)).await.unwrap();
+    }
+    s.queued(2).await;
+    for text in ["c1", "c2"] {
+        c.send(Message::text(text)).await.unwrap();
+    }
+    s.queued(4).await;
+    s.service.release.notify_one();
+    assert_eq!(text(&mut a).await, "echo:hold");
+    assert_eq!(text(&mut b).await, "echo:b1");
+    assert_eq!(text(&mut b).await, "echo:b2");
+    assert_eq!(text(&mut c).await, "echo:c1");
+    assert_eq!(text(&mut c).await, "echo:c2");
+    assert_eq!(
+        s.service.calls(),
+        vec![strings(&["hold"]), strings(&["b1", "b2", "c1", "c2"])]
+    );
+    let mut metrics = String::new();
+    s.door.render_metrics(&mut metrics);
+    assert!(
+        metrics.contains("odo_websocket_batches_total 1\n")
+            && metrics.contains("odo_websocket_batched_messages_total 4\n"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_whose_outcome_is_unknown_closes_each_of_its_sockets_with_1012() {
+    let s = setup();
+    let mut a = s.open().await;
+    let mut b = s.open().await;
+    let mut c = s.open().await;
+    let mut d = s.open().await;
+    s.hold(&mut a).await;
+    b.send(Message::text("lose")).await.unwrap();
+    s.queued(1).await;
+    c.send(Message::text("c1")).await.unwrap();
+    s.queued(2).await;
+    s.service.release.notify_one();
+    assert_eq!(text(&mut a).await, "echo:hold");
+    // Neither b's nor c's message may be sent again: either may have run.
+    assert_eq!(close_code(&mut b).await, Some(CloseCode::Restart));
+    assert_eq!(close_code(&mut c).await, Some(CloseCode::Restart));
+    // The sockets without a message in the batch stay open.
+    d.send(Message::text("d1")).await.unwrap();
+    assert_eq!(text(&mut d).await, "echo:d1");
+    a.send(Message::text("a2")).await.unwrap();
+    assert_eq!(text(&mut a).await, "echo:a2");
+    assert_eq!(
+        s.service.calls(),
+        vec![
+            strings(&["hold"]),
+            strings(&["lose", "c1"]),
+            strings(&["d1"]),
+            strings(&["a2"])
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_batch_refused_as_a_whole_goes_again_one_message_at_a_time() {
+    let s = setup();
+    let mut a = s.open().await;
+    let mut b = s.open().await;
+    let mut c = s.open().await;
+    s.hold(&mut a).await;
+    b.send(Message::text("unknown")).await.unwrap();
+    s.queued(1).await;
+    c.send(Message::text("c1")).await.unwrap();
+    s.queued(2).await;
+    s.service.release.notify_one();
+    assert_eq!(text(&mut a).await, "echo:hold");
+    // Refused alone too (after a hand-over), b's message is dropped; c's
+    // is answered, once.
+    assert_eq!(text(&mut c).await, "echo:c1");
+    b.send(Message::text("b2")).await.unwrap();
+    assert_eq!(text(&mut b).await, "echo:b2");
+    assert_eq!(
+        s.service.calls(),
+        vec![
+            strings(&["hold"]),
+            // Refused, handed the door's sockets, refused again.
+            strings(&["unknown", "c1"]),
+            strings(&["unknown", "c1"]),
+            // One at a time: the same for b's message alone.
+            strings(&["unknown"]),
+            strings(&["unknown"]),
+            strings(&["c1"]),
+            strings(&["b2"])
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_batch_with_a_failed_turn_keeps_every_socket_open() {
+    let s = setup();
+    let mut a = s.open().await;
+    let mut b = s.open().await;
+    let mut c = s.open().await;
+    s.hold(&mut a).await;
+    b.send(Message::text("fail")).await.unwrap();
+    s.queued(1).await;
+    c.send(Message::text("c1")).await.unwrap();
+    s.queued(2).await;
+    s.service.release.notify_one();
+    assert_eq!(text(&mut a).await, "echo:hold");
+    assert_eq!(text(&mut b).await, "echo:fail");
+    assert_eq!(text(&mut c).await, "echo:c1");
+    // Failed, not lost: nothing is sent again and no socket is closed.
+    b.send(Message::text("b2")).await.unwrap();
+    assert_eq!(text(&mut b).await, "echo:b2");
+    assert_eq!(
+        s.service.calls(),
+        vec![
+            strings(&["hold"]),
+            strings(&["fail", "c1"]),
+            strings(&["b2"])
+        ]
+    );
+}
