@@ -194,6 +194,23 @@ impl Setup {
     }
 }
 
+/// Three sockets; `a`'s call is held while `b` sends `b_sends` and `c`
+/// sends "c1", which queue behind it, then released: `b`'s and `c`'s
+/// messages go as one batch. Returns the sockets once `a` has its echo.
+async fn batch_of(s: &Setup, b_sends: &str) -> (ClientWebSocket, ClientWebSocket, ClientWebSocket) {
+    let mut a = s.open().await;
+    let mut b = s.open().await;
+    let mut c = s.open().await;
+    s.hold(&mut a).await;
+    b.send(Message::text(b_sends)).await.unwrap();
+    s.queued(1).await;
+    c.send(Message::text("c1")).await.unwrap();
+    s.queued(2).await;
+    s.service.release.notify_one();
+    assert_eq!(text(&mut a).await, "echo:hold");
+    (a, b, c)
+}
+
 async fn text(ws: &mut ClientWebSocket) -> String {
     match tokio::time::timeout(GUARD, ws.next()).await {
         Ok(Some(Ok(Message::Text(t)))) => t.to_string(),
@@ -252,17 +269,8 @@ async fn messages_queued_behind_a_running_event_travel_as_one_batch_in_order() {
 #[tokio::test]
 async fn a_batch_whose_outcome_is_unknown_closes_each_of_its_sockets_with_1012() {
     let s = setup();
-    let mut a = s.open().await;
-    let mut b = s.open().await;
-    let mut c = s.open().await;
     let mut d = s.open().await;
-    s.hold(&mut a).await;
-    b.send(Message::text("lose")).await.unwrap();
-    s.queued(1).await;
-    c.send(Message::text("c1")).await.unwrap();
-    s.queued(2).await;
-    s.service.release.notify_one();
-    assert_eq!(text(&mut a).await, "echo:hold");
+    let (mut a, mut b, mut c) = batch_of(&s, "lose").await;
     // Neither b's nor c's message may be sent again: either may have run.
     assert_eq!(close_code(&mut b).await, Some(CloseCode::Restart));
     assert_eq!(close_code(&mut c).await, Some(CloseCode::Restart));
@@ -285,16 +293,7 @@ async fn a_batch_whose_outcome_is_unknown_closes_each_of_its_sockets_with_1012()
 #[tokio::test]
 async fn a_batch_refused_as_a_whole_goes_again_one_message_at_a_time() {
     let s = setup();
-    let mut a = s.open().await;
-    let mut b = s.open().await;
-    let mut c = s.open().await;
-    s.hold(&mut a).await;
-    b.send(Message::text("unknown")).await.unwrap();
-    s.queued(1).await;
-    c.send(Message::text("c1")).await.unwrap();
-    s.queued(2).await;
-    s.service.release.notify_one();
-    assert_eq!(text(&mut a).await, "echo:hold");
+    let (_a, mut b, mut c) = batch_of(&s, "unknown").await;
     // Refused alone too (after a hand-over), b's message is dropped; c's
     // is answered, once.
     assert_eq!(text(&mut c).await, "echo:c1");
@@ -319,16 +318,7 @@ async fn a_batch_refused_as_a_whole_goes_again_one_message_at_a_time() {
 #[tokio::test]
 async fn a_batch_with_a_failed_turn_keeps_every_socket_open() {
     let s = setup();
-    let mut a = s.open().await;
-    let mut b = s.open().await;
-    let mut c = s.open().await;
-    s.hold(&mut a).await;
-    b.send(Message::text("fail")).await.unwrap();
-    s.queued(1).await;
-    c.send(Message::text("c1")).await.unwrap();
-    s.queued(2).await;
-    s.service.release.notify_one();
-    assert_eq!(text(&mut a).await, "echo:hold");
+    let (_a, mut b, mut c) = batch_of(&s, "fail").await;
     assert_eq!(text(&mut b).await, "echo:fail");
     assert_eq!(text(&mut c).await, "echo:c1");
     // Failed, not lost: nothing is sent again and no socket is closed.
