@@ -16,7 +16,7 @@
 //! - `pump.rs`: delivering an object's events, and what a failure means
 //!   for the socket whose event it was.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -444,29 +444,31 @@ impl Door {
     /// doors whose clients speak first.
     pub fn shard_sockets(&self, shard: u32, shard_count: u32) -> Vec<DoorSockets> {
         let state = self.state();
-        let mut out: Vec<DoorSockets> = state
-            .objects
-            .iter()
-            .filter(|(id, _)| id.shard(shard_count) == shard)
-            .map(|(id, obj)| {
-                let mut sockets: Vec<SocketRecord> = state
-                    .sockets
-                    .iter()
-                    .filter(|(_, s)| s.object == *id && s.accepted)
-                    .map(|(&n, s)| s.record(n))
-                    .collect();
+        // One pass over the sockets, whatever the number of objects.
+        let mut by_object: BTreeMap<ObjectId, Vec<SocketRecord>> = BTreeMap::new();
+        for (&n, socket) in &state.sockets {
+            if socket.accepted && socket.object.shard(shard_count) == shard {
+                by_object
+                    .entry(socket.object)
+                    .or_default()
+                    .push(socket.record(n));
+            }
+        }
+        by_object
+            .into_iter()
+            .map(|(object, mut sockets)| {
                 sockets.sort_by_key(|r| r.socket);
                 DoorSockets {
                     door: self.endpoint().to_owned(),
-                    object: *id,
+                    object,
                     sockets,
-                    auto_response: obj.auto_response.clone(),
+                    auto_response: state
+                        .objects
+                        .get(&object)
+                        .and_then(|o| o.auto_response.clone()),
                 }
             })
-            .filter(|d| !d.sockets.is_empty())
-            .collect();
-        out.sort_by_key(|d| d.object);
-        out
+            .collect()
     }
 
     /// The object's auto-response pair, as the door keeps it.

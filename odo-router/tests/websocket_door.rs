@@ -1,7 +1,8 @@
-//! The front door's batches of WebSocket messages, against a scripted
-//! object service: messages that queue for an object while its previous
-//! event runs travel as one call, in order; and what each way a batch can
-//! fail means for the sockets whose messages it carried.
+//! The front door's WebSockets against a scripted object service: the
+//! batches of messages (messages that queue for an object while its
+//! previous event runs travel as one call, in order; what each way a batch
+//! can fail means for the sockets whose messages it carried), and the
+//! door's records of a shard's sockets for the shard's new holder.
 //!
 //! The service answers each message by echoing `echo:{text}` to its socket
 //! through [`Door::apply`], as a worker's output would. `hold` makes its
@@ -158,8 +159,15 @@ fn setup() -> Setup {
 
 impl Setup {
     async fn open(&self) -> ClientWebSocket {
-        let room = self.client.namespace("ROOM").get_by_name("r");
-        let request = http::Request::get("/room/r/ws").body(()).unwrap();
+        self.open_at("r").await
+    }
+
+    /// Opens a socket to room `name`.
+    async fn open_at(&self, name: &str) -> ClientWebSocket {
+        let room = self.client.namespace("ROOM").get_by_name(name);
+        let request = http::Request::get(format!("/room/{name}/ws"))
+            .body(())
+            .unwrap();
         tokio::time::timeout(GUARD, room.websocket(request))
             .await
             .expect("the upgrade is answered")
@@ -332,4 +340,40 @@ async fn a_batch_with_a_failed_turn_keeps_every_socket_open() {
             strings(&["b2"])
         ]
     );
+}
+
+#[tokio::test]
+async fn a_shards_records_list_each_of_its_objects_accepted_sockets() {
+    let s = setup();
+    let names = ["r0", "r1", "r2", "r3", "r4", "r5"];
+    let mut open = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        for _ in 0..=i % 3 {
+            open.push(s.open_at(name).await);
+        }
+    }
+    let namespace = s.client.namespace("ROOM");
+    let shard_count = 2;
+    let mut listed = 0;
+    for shard in 0..shard_count {
+        let records = s.door.shard_sockets(shard, shard_count);
+        let mut expected: Vec<_> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (namespace.id_from_name(name), i % 3 + 1))
+            .filter(|(id, _)| id.shard(shard_count) == shard)
+            .collect();
+        expected.sort();
+        let got: Vec<_> = records
+            .iter()
+            .map(|d| (d.object, d.sockets.len()))
+            .collect();
+        assert_eq!(got, expected, "shard {shard}");
+        for d in &records {
+            assert_eq!(d.door, "test-door");
+            assert!(d.sockets.windows(2).all(|w| w[0].socket < w[1].socket));
+        }
+        listed += records.iter().map(|d| d.sockets.len()).sum::<usize>();
+    }
+    assert_eq!(listed, open.len());
 }
