@@ -11,6 +11,7 @@
 //! open.
 
 use std::sync::atomic::Ordering;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -20,7 +21,7 @@ use odo_transport::forward::Outcome;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::{Door, Kill, Pending};
+use super::{Door, Kill, Pending, lock};
 use crate::service::{ForwardError, SocketEventOut};
 
 /// The largest part of a message sent in one event: a message larger than
@@ -111,94 +112,79 @@ fn batchable(pending: &Pending) -> bool {
 /// a whole (nothing of it ran) is sent again or, if the refusal is not
 /// transient, message by message, so each gets what it alone would have;
 /// of a batch that ran in part (the shard moved after its lead), the rest
-/// is handled so.
-/// A batch whose outcome is unknown closes each of its sockets with 1012,
-/// as a single message would.
-async fn deliver_batch(
-    door: &Door,
-    address: ObjectAddress,
-    mut batch: Vec<(Pending, Option<u64>)>,
-) {
+/// is handled so. A batch whose outcome is unknown closes each of its
+/// sockets with 1012, as a single message would.
+async fn deliver_batch(door: &Door, address: ObjectAddress, batch: Vec<(Pending, Option<u64>)>) {
     door.inner.batches.fetch_add(1, Ordering::Relaxed);
     door.inner
         .batched_messages
         .fetch_add(batch.len() as u64, Ordering::Relaxed);
-    let mut pause = FIRST_PAUSE;
-    let mut handed_over = false;
-    loop {
-        let Err(mut error) = send_batch(door, &address, &batch).await else {
-            return;
-        };
-        // The lead ran; the rest was never delivered and goes again.
-        if let ForwardError::Object(WireError::PartlyDelivered { delivered, rest }) = error {
-            let delivered = (delivered as usize).min(batch.len());
-            debug!(object = %address, delivered, "a batch of WebSocket messages ran in part");
-            batch.drain(..delivered);
-            if batch.is_empty() {
-                return;
-            }
-            error = ForwardError::Object(*rest);
-        }
-        if matches!(error, ForwardError::Object(WireError::UnknownSocket)) && !handed_over {
-            handed_over = true;
-            match hand_over(
-                door,
-                &address,
-                batch.first().map_or(0, |(p, _)| p.socket),
-                None,
-            )
-            .await
-            {
-                Ok(()) => continue,
-                Err(e) => error = e,
+    let first = batch.first().map_or(0, |(p, _)| p.socket);
+    let rest = Mutex::new(batch);
+    let ended = until_delivered(door, &address, first, None, || {
+        send_batch(door, &address, &rest)
+    })
+    .await;
+    let batch = rest.into_inner().unwrap_or_else(PoisonError::into_inner);
+    let Err(Some(error)) = ended else { return };
+    match error.outcome() {
+        Outcome::NotDelivered => {
+            debug!(object = %address, %error, "a batch of WebSocket messages refused: sending them one by one");
+            for (pending, at) in batch {
+                deliver(door, address.clone(), pending, at).await;
             }
         }
-        match error.outcome() {
-            Outcome::NotDelivered if error.retryable() => {
-                if door.inner.closing.load(Ordering::SeqCst) {
-                    debug!(object = %address, "shutting down: undelivered WebSocket messages dropped");
-                    return;
-                }
-                debug!(object = %address, %error, "WebSocket messages not delivered yet; sending them again");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(MAX_PAUSE);
-            }
-            Outcome::NotDelivered => {
-                debug!(object = %address, %error, "a batch of WebSocket messages refused: sending them one by one");
-                for (pending, at) in batch {
-                    deliver(door, address.clone(), pending, at).await;
-                }
-                return;
-            }
-            Outcome::Failed => {
-                warn!(object = %address, %error, "a message of a batch of WebSocket messages failed");
-                return;
-            }
-            Outcome::Unknown => {
-                warn!(
-                    object = %address, messages = batch.len(), %error,
-                    "the outcome of a batch of WebSocket messages is unknown: closing their sockets with 1012"
-                );
-                let mut sockets: Vec<u64> = batch.iter().map(|(p, _)| p.socket).collect();
-                sockets.sort_unstable();
-                sockets.dedup();
-                for socket in sockets {
-                    restart_socket(door, &address.id, socket);
-                }
-                return;
+        Outcome::Failed => {
+            warn!(object = %address, %error, "a message of a batch of WebSocket messages failed");
+        }
+        Outcome::Unknown => {
+            warn!(
+                object = %address, messages = batch.len(), %error,
+                "the outcome of a batch of WebSocket messages is unknown: closing their sockets with 1012"
+            );
+            let mut sockets: Vec<u64> = batch.iter().map(|(p, _)| p.socket).collect();
+            sockets.sort_unstable();
+            sockets.dedup();
+            for socket in sockets {
+                restart_socket(door, &address.id, socket);
             }
         }
     }
 }
 
-/// Sends a batch of whole messages as one event, their payloads one after
-/// the other in its body.
+/// Sends the messages of `batch` as one event, their payloads one after
+/// the other in its body. If the lead of them ran and the rest was never
+/// delivered, the lead leaves `batch` and the rest's error is returned.
 async fn send_batch(
     door: &Door,
     address: &ObjectAddress,
-    batch: &[(Pending, Option<u64>)],
+    batch: &Mutex<Vec<(Pending, Option<u64>)>>,
 ) -> Result<(), ForwardError> {
     let deadline = Instant::now() + door.config().event_deadline;
+    let (event, body) = batch_event(door, &lock(batch));
+    match door
+        .inner
+        .service
+        .socket_event(address.clone(), event, body, deadline)
+        .await
+    {
+        Err(ForwardError::Object(WireError::PartlyDelivered { delivered, rest })) => {
+            let mut batch = lock(batch);
+            let delivered = (delivered as usize).min(batch.len());
+            debug!(object = %address, delivered, "a batch of WebSocket messages ran in part");
+            batch.drain(..delivered);
+            if batch.is_empty() {
+                Ok(())
+            } else {
+                Err(ForwardError::Object(*rest))
+            }
+        }
+        other => other,
+    }
+}
+
+/// The event that carries the messages of `batch`, and its body.
+fn batch_event(door: &Door, batch: &[(Pending, Option<u64>)]) -> (SocketEventOut, Bytes) {
     let mut body = BytesMut::with_capacity(batch.iter().map(|(p, _)| p.payload.len()).sum());
     let mut messages = Vec::with_capacity(batch.len());
     for (pending, auto_response_ms) in batch {
@@ -219,10 +205,7 @@ async fn send_batch(
         auto_response_ms: None,
         kind: SocketEventKind::Messages { messages },
     };
-    door.inner
-        .service
-        .socket_event(address.clone(), event, body.freeze(), deadline)
-        .await
+    (event, body.freeze())
 }
 
 async fn deliver(
@@ -231,45 +214,72 @@ async fn deliver(
     pending: Pending,
     auto_response_ms: Option<u64>,
 ) {
+    let ended = until_delivered(
+        door,
+        &address,
+        pending.socket,
+        pending.record.as_ref(),
+        || send(door, &address, &pending, auto_response_ms),
+    )
+    .await;
+    let Err(Some(error)) = ended else { return };
+    match error.outcome() {
+        Outcome::NotDelivered | Outcome::Failed => {
+            warn!(object = %address, socket = pending.socket, %error, "a WebSocket event failed");
+        }
+        Outcome::Unknown => {
+            if matches!(pending.kind, SocketEventKind::Message { .. }) {
+                warn!(
+                    object = %address, socket = pending.socket, %error,
+                    "a WebSocket message's outcome is unknown: closing its socket with 1012"
+                );
+                restart_socket(door, &address.id, pending.socket);
+            }
+        }
+    }
+}
+
+/// Makes `attempt` until it is delivered (`Ok`) or ends otherwise: the
+/// door closing while it was not delivered yet (`Err(None)`, dropped), or
+/// an error that sending again would not mend (`Err(Some)`). A worker that
+/// does not know a socket (the object's worker changed since its sockets
+/// were accepted) is handed the door's records once (with `record`, that
+/// of a socket the door let go already), and the attempt made again; one
+/// that was not delivered for a passing reason is made again after a
+/// pause, 20 ms doubling up to 1 s.
+async fn until_delivered<F>(
+    door: &Door,
+    address: &ObjectAddress,
+    socket: u64,
+    record: Option<&SocketRecord>,
+    mut attempt: impl FnMut() -> F,
+) -> Result<(), Option<ForwardError>>
+where
+    F: Future<Output = Result<(), ForwardError>>,
+{
     let mut pause = FIRST_PAUSE;
     let mut handed_over = false;
     loop {
-        let result = send(door, &address, &pending, auto_response_ms).await;
-        let Err(mut error) = result else { return };
-        // The object's worker changed since its sockets were accepted: it
-        // gets the door's record of them (once per event), then the event.
+        let Err(mut error) = attempt().await else {
+            return Ok(());
+        };
         if matches!(error, ForwardError::Object(WireError::UnknownSocket)) && !handed_over {
             handed_over = true;
-            match hand_over(door, &address, pending.socket, pending.record.as_ref()).await {
+            match hand_over(door, address, socket, record).await {
                 Ok(()) => continue,
                 Err(e) => error = e,
             }
         }
-        match error.outcome() {
-            Outcome::NotDelivered if error.retryable() => {
-                if door.inner.closing.load(Ordering::SeqCst) {
-                    debug!(object = %address, "shutting down: an undelivered WebSocket event dropped");
-                    return;
-                }
-                debug!(object = %address, %error, "WebSocket event not delivered yet; sending it again");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(MAX_PAUSE);
-            }
-            Outcome::NotDelivered | Outcome::Failed => {
-                warn!(object = %address, socket = pending.socket, %error, "a WebSocket event failed");
-                return;
-            }
-            Outcome::Unknown => {
-                if matches!(pending.kind, SocketEventKind::Message { .. }) {
-                    warn!(
-                        object = %address, socket = pending.socket, %error,
-                        "a WebSocket message's outcome is unknown: closing its socket with 1012"
-                    );
-                    restart_socket(door, &address.id, pending.socket);
-                }
-                return;
-            }
+        if error.outcome() != Outcome::NotDelivered || !error.retryable() {
+            return Err(Some(error));
         }
+        if door.inner.closing.load(Ordering::SeqCst) {
+            debug!(object = %address, "shutting down: an undelivered WebSocket event dropped");
+            return Err(None);
+        }
+        debug!(object = %address, %error, "WebSocket event not delivered yet; sending it again");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_PAUSE);
     }
 }
 
