@@ -1,5 +1,7 @@
-//! Delivering one object's events: one at a time, in arrival order, and
-//! what a failure means for the socket whose event it was.
+//! Delivering one object's events: one call at a time, in arrival order,
+//! the whole messages that queued meanwhile together in one batch (each
+//! still its own turn at the object), and what a failure means for the
+//! sockets whose events they were.
 //!
 //! An event that was never delivered (no worker holds the object's shard
 //! yet, its worker is being replaced) waits at the head of the object's
@@ -8,7 +10,8 @@
 //! is unknown (its worker died while it ran) is never sent again: its
 //! socket is closed with 1012 so that its client can reconnect and check,
 //! and its object gets the close event. The object's other sockets stay
-//! open.
+//! open. Of a lost batch, each socket with a message in it is closed so:
+//! the door cannot tell which of them ran.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, PoisonError};
