@@ -60,6 +60,25 @@ pub enum Outcome {
     Unknown,
 }
 
+impl Outcome {
+    /// What the caller knows of a call that the object's side answered
+    /// `error`.
+    pub fn of(error: &WireError) -> Outcome {
+        match error {
+            WireError::Moved { .. }
+            | WireError::Overloaded
+            | WireError::UnknownClass { .. }
+            | WireError::CallCycle { .. }
+            | WireError::UnknownSocket => Outcome::NotDelivered,
+            WireError::ObjectReset { .. } | WireError::BadRequest { .. } => Outcome::Failed,
+            WireError::OutcomeUnknown { .. }
+            | WireError::PartlyDelivered { .. }
+            | WireError::DeadlineExceeded
+            | WireError::Internal { .. } => Outcome::Unknown,
+        }
+    }
+}
+
 impl ForwardError {
     /// What the caller knows about the call's effect.
     pub fn outcome(&self) -> Outcome {
@@ -68,18 +87,7 @@ impl ForwardError {
                 Outcome::NotDelivered
             }
             ForwardError::Lost(_) | ForwardError::Deadline { written: true } => Outcome::Unknown,
-            ForwardError::Object(error) => match error {
-                WireError::Moved { .. }
-                | WireError::Overloaded
-                | WireError::UnknownClass { .. }
-                | WireError::CallCycle { .. }
-                | WireError::UnknownSocket => Outcome::NotDelivered,
-                WireError::ObjectReset { .. } | WireError::BadRequest { .. } => Outcome::Failed,
-                WireError::OutcomeUnknown { .. }
-                | WireError::PartlyDelivered { .. }
-                | WireError::DeadlineExceeded
-                | WireError::Internal { .. } => Outcome::Unknown,
-            },
+            ForwardError::Object(error) => Outcome::of(error),
         }
     }
 

@@ -62,8 +62,9 @@ pub(super) async fn pump(door: Door, object: ObjectId) {
                     let address = obj.address.clone();
                     let mut batch = Vec::new();
                     let mut bytes = pending.payload.len();
-                    while batch.len() + 1 < BATCH_MESSAGES
-                        && batchable(&pending)
+                    let more = batchable(&pending);
+                    while more
+                        && batch.len() + 1 < BATCH_MESSAGES
                         && obj
                             .queue
                             .front()

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use odo_core::WireError;
 use odo_core::socket::BatchedMessage;
 use odo_core::{ObjectAddress, socket::SocketEventKind as Kind};
-use odo_transport::forward::{ForwardError, Outcome as Known};
+use odo_transport::forward::Outcome as Known;
 
 use super::{Inner, unexpected};
 use crate::call::CallScope;
@@ -171,21 +171,28 @@ impl Inner {
         let mut in_flight = VecDeque::with_capacity(turns.len());
         let mut answered = Vec::with_capacity(turns.len());
         let mut refused = None;
+        // The batch never fills the object's queue by itself: with no room
+        // left, its oldest message is answered first. The room is asked of
+        // the object's queue once, and again only after such a wait.
+        let depth = self.config.queue_depth;
+        let mut room = self.objects.room(&id, depth);
         for (key, auto_response_ms, input) in turns {
-            // The batch never fills the object's queue by itself: with no
-            // room left, its oldest message is answered first.
-            while self.objects.room(&id, self.config.queue_depth) == 0 {
+            while room == 0 {
                 let Some(answer) = in_flight.pop_front() else {
                     break;
                 };
                 answered.push(answer.await);
+                room = self.objects.room(&id, depth);
             }
             if let Some(at) = auto_response_ms {
                 book.set_auto_response_ms(&id, &key, at);
             }
             let event = EventKind::Socket(key, SocketIn::Message(input));
             match self.submit(target.clone(), epoch, event, scope.clone()) {
-                Ok(answer) => in_flight.push_back(answer),
+                Ok(answer) => {
+                    in_flight.push_back(answer);
+                    room = room.saturating_sub(1);
+                }
                 // Nothing of the batch was queued: it may be sent again.
                 Err(e) if in_flight.is_empty() && answered.is_empty() => return Err(e),
                 Err(e) => {
@@ -227,16 +234,18 @@ fn batch_answer(
     refused: Option<WireError>,
 ) -> Result<(), WireError> {
     let not_delivered =
-        |a: &Result<(), WireError>| matches!(a, Err(e) if known(e) == Known::NotDelivered);
+        |a: &Result<(), WireError>| matches!(a, Err(e) if Known::of(e) == Known::NotDelivered);
     let lead = answers.iter().take_while(|a| !not_delivered(a)).count();
     let rest_refused = answers[lead..].iter().all(not_delivered);
     let first_refusal = answers[lead..]
         .iter()
         .find_map(|a| a.as_ref().err().cloned())
         .or_else(|| refused.clone());
-    let lead_known = answers[..lead]
-        .iter()
-        .all(|a| a.as_ref().err().is_none_or(|e| known(e) != Known::Unknown));
+    let lead_known = answers[..lead].iter().all(|a| {
+        a.as_ref()
+            .err()
+            .is_none_or(|e| Known::of(e) != Known::Unknown)
+    });
     if let (true, Some(rest)) = (rest_refused, first_refusal) {
         if lead == 0 {
             return Err(rest);
@@ -250,7 +259,7 @@ fn batch_answer(
     }
     let mut worst: Option<WireError> = None;
     for error in answers.into_iter().filter_map(Result::err).chain(refused) {
-        let error = match known(&error) {
+        let error = match Known::of(&error) {
             Known::NotDelivered => WireError::OutcomeUnknown {
                 reason: format!("a message of a batch that partly ran was refused: {error}"),
             },
@@ -258,18 +267,13 @@ fn batch_answer(
         };
         let replace = match &worst {
             None => true,
-            Some(w) => known(w) != Known::Unknown && known(&error) == Known::Unknown,
+            Some(w) => Known::of(w) != Known::Unknown && Known::of(&error) == Known::Unknown,
         };
         if replace {
             worst = Some(error);
         }
     }
     worst.map_or(Ok(()), Err)
-}
-
-/// What a front door would know of one message answered `error`.
-fn known(error: &WireError) -> Known {
-    ForwardError::Object(error.clone()).outcome()
 }
 
 #[cfg(test)]
