@@ -2,7 +2,8 @@
 //! batches of messages (messages that queue for an object while its
 //! previous event runs travel as one call, in order; what each way a batch
 //! can fail means for the sockets whose messages it carried), and the
-//! door's records of a shard's sockets for the shard's new holder.
+//! door's records of a shard's sockets for the shard's new holder; and
+//! that an idle socket keeps no task at the door.
 //!
 //! The service answers each message by echoing `echo:{text}` to its socket
 //! through [`Door::apply`], as a worker's output would. `hold` makes its
@@ -376,4 +377,38 @@ async fn a_shards_records_list_each_of_its_objects_accepted_sockets() {
         listed += records.iter().map(|d| d.sockets.len()).sum::<usize>();
     }
     assert_eq!(listed, open.len());
+}
+
+/// An idle socket has no task of its own at the door: its connection runs
+/// only when its client, its queue or the idle sweep wakes it, and the
+/// door's tasks do not grow with its sockets. (With a task per socket,
+/// 200 sockets kept 200 tasks alive.)
+#[tokio::test]
+async fn idle_sockets_keep_no_task_and_wake_for_their_client_and_their_queue() {
+    let s = setup();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let mut sockets = Vec::new();
+    for i in 0..200 {
+        sockets.push(s.open_at(&format!("room-{}", i % 20)).await);
+    }
+    for (i, ws) in sockets.iter_mut().enumerate() {
+        ws.send(Message::text(format!("m{i}"))).await.unwrap();
+        assert_eq!(text(ws).await, format!("echo:m{i}"));
+    }
+    let start = Instant::now();
+    while metrics.num_alive_tasks() >= 20 {
+        assert!(
+            start.elapsed() < GUARD,
+            "{} tasks alive for 200 idle sockets",
+            metrics.num_alive_tasks()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Each still answers: its client wakes it, and the door's queue (the
+    // echo) does.
+    for (i, ws) in sockets.iter_mut().enumerate().rev() {
+        ws.send(Message::text(format!("again{i}"))).await.unwrap();
+        assert_eq!(text(ws).await, format!("echo:again{i}"));
+    }
+    assert_eq!(s.door.open_sockets(), 200);
 }

@@ -1,26 +1,25 @@
-//! One socket's connection once upgraded, driven by one task: tungstenite's
-//! protocol layer (a [`WebSocketContext`], over buffers of our own) reads
-//! what the client sends, answers pings and closes, and the frames the
-//! door queued (each framed once for every socket it goes to) are written
-//! as they are, several in one write. How the connection ended is what
-//! its object is told.
+//! One socket's connection once upgraded, and its protocol state:
+//! tungstenite's protocol layer (a [`WebSocketContext`], over buffers of
+//! our own) reads what the client sends, answers pings and closes, and the
+//! frames the door queued (each framed once for every socket it goes to)
+//! are written as they are, several in one write. How the connection ended
+//! is what its object is told. `served.rs` decides when it runs.
 //!
 //! An idle socket holds no buffer here beyond tungstenite's small read
 //! buffer: what it sends is taken from its queue and let go of once
-//! written.
+//! written, and what it reads goes through a scratch buffer on the stack
+//! of whichever task polls it.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
 use odo_core::socket::{SocketEventKind, close_code};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
 use tungstenite::Message;
 use tungstenite::error::{Error as WsError, ProtocolError};
 use tungstenite::protocol::{CloseFrame, Role, WebSocketContext};
@@ -33,10 +32,10 @@ use super::{Door, Kill, Out, Outbound};
 /// Otherwise (a limit, a client that stopped reading) it has the idle
 /// timeout: a client that reads again within it finds the close frame
 /// after what it had not read yet.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
+pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The bytes one read takes from the connection, into a buffer on the
-/// stack of the socket's task while it runs: an idle socket keeps none.
+/// stack of the task that polls the socket: an idle socket keeps none.
 const READ_SCRATCH: usize = 4096;
 
 /// tungstenite's own read buffer (kept per socket, allocated up front) and
@@ -57,72 +56,34 @@ pub(super) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
-/// Runs socket `id` from its upgrade to its end, then tells its object.
-pub(super) async fn run<S: Io>(
-    door: Door,
-    id: u64,
-    io: impl Future<Output = Result<S, String>>,
-    out: Arc<Outbound>,
-) {
-    let upgraded = match io.await {
-        Ok(upgraded) => upgraded,
-        Err(e) => {
-            door.socket_gone(
-                id,
-                SocketEventKind::Close {
-                    code: close_code::ABNORMAL,
-                    reason: format!("the upgrade failed: {e}"),
-                    was_clean: false,
-                },
-            );
-            return;
+impl<S: Io> Conn<S> {
+    /// The protocol state of a socket just upgraded over `io`.
+    pub(super) fn new(io: S, max_message_bytes: usize) -> Self {
+        // tungstenite allocates its read buffer up front, so each idle
+        // socket keeps it: 64 bytes rather than 4 KiB (tungstenite's
+        // default) or 512 (a chat message in one read); it reads from the
+        // scratch buffer, so a small one costs copies, not system calls
+        // (`cargo xtask bench websocket`, idle). It writes only pongs and
+        // close frames, into `Conn::sending`.
+        let protocol = tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(max_message_bytes))
+            .max_frame_size(Some(max_message_bytes))
+            .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(0);
+        Conn {
+            io,
+            ctx: WebSocketContext::new(Role::Server, Some(protocol)),
+            sending: VecDeque::new(),
+            offset: 0,
+            leftover: Bytes::new(),
+            pinged: false,
+            closed_by_client: None,
         }
-    };
-    let config = door.config();
-    // tungstenite allocates its read buffer up front, so each idle socket
-    // keeps it: 64 bytes rather than 4 KiB (tungstenite's default) or
-    // 512 (a chat message in one read); it reads from the task's scratch
-    // buffer, so a small one costs copies, not system calls
-    // (`cargo xtask bench websocket`, idle). It writes only pongs and close
-    // frames, into `Conn::sending`.
-    let protocol = tungstenite::protocol::WebSocketConfig::default()
-        .max_message_size(Some(config.max_message_bytes))
-        .max_frame_size(Some(config.max_message_bytes))
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0);
-    let idle = config.idle_timeout;
-    let mut conn = Conn {
-        io: upgraded,
-        ctx: WebSocketContext::new(Role::Server, Some(protocol)),
-        sending: VecDeque::new(),
-        offset: 0,
-        leftover: Bytes::new(),
-        pinged: false,
-        closed_by_client: None,
-    };
-    let mut sleep = std::pin::pin!(tokio::time::sleep(idle));
-    let last =
-        std::future::poll_fn(|cx| conn.poll_serve(cx, &door, id, &out, idle, sleep.as_mut())).await;
-    // Its object hears of it now; the connection stays (counted against
-    // the cap, holding at most the frame it was writing) until what is
-    // left to send (the door's close frame, or tungstenite's answer to the
-    // client's) is out, within a bound.
-    let kill = out.kill_reason();
-    let known = door.let_go(id, last);
-    let grace = match kill {
-        Some(_) if !door.closing() => idle,
-        _ => CLOSE_GRACE,
-    };
-    conn.finish(kill);
-    let _ = tokio::time::timeout(grace, std::future::poll_fn(|cx| conn.poll_write(cx, &out))).await;
-    drop(conn);
-    if known {
-        door.connection_gone();
     }
 }
 
 /// One socket's connection and protocol state.
-struct Conn<S> {
+pub(super) struct Conn<S> {
     io: S,
     ctx: WebSocketContext,
     /// Frames to write, in order: the door's (shared with every socket
@@ -135,8 +96,9 @@ struct Conn<S> {
     leftover: Bytes,
     /// The socket was pinged for its silence and has not answered yet.
     pinged: bool,
-    /// The client's close frame, once it came.
-    closed_by_client: Option<(u16, String)>,
+    /// The client's close frame, once it came (boxed: an idle socket
+    /// keeps 8 bytes for it, not 32).
+    closed_by_client: Option<Box<(u16, String)>>,
 }
 
 /// tungstenite's view of the connection: reads take what was left over,
@@ -252,14 +214,14 @@ impl<S: Io> Conn<S> {
     }
 
     /// Serves the socket until it ends: the event its object gets.
-    fn poll_serve(
+    /// Whatever wakes it (the client, the door's queue, the door's idle
+    /// sweep) is registered with `cx`'s waker.
+    pub(super) fn poll_serve(
         &mut self,
         cx: &mut Context<'_>,
         door: &Door,
         id: u64,
         out: &Outbound,
-        idle: Duration,
-        mut sleep: Pin<&mut Sleep>,
     ) -> Poll<SocketEventKind> {
         // What the door queued (registered first: a push after the take
         // wakes the task).
@@ -302,7 +264,7 @@ impl<S: Io> Conn<S> {
         self.closed_by_client = closed;
         if messages > 0 {
             self.pinged = false;
-            sleep.as_mut().reset(Instant::now() + idle);
+            out.heard(door.clock_ms());
         }
         if let Some(e) = failed {
             return Poll::Ready(self.read_failed(e, out));
@@ -315,8 +277,9 @@ impl<S: Io> Conn<S> {
         if let Poll::Ready(Err(_)) = self.poll_write(cx, out) {
             return Poll::Ready(self.ended());
         }
-        // Silence: a ping, then the end.
-        if sleep.as_mut().poll(cx).is_ready() {
+        // Silent for the idle timeout (the door's sweep says so): a ping,
+        // then, silent as long again, the end.
+        if out.take_idle_check() {
             if self.pinged {
                 return Poll::Ready(SocketEventKind::Close {
                     code: close_code::ABNORMAL,
@@ -325,9 +288,9 @@ impl<S: Io> Conn<S> {
                 });
             }
             self.pinged = true;
+            out.heard(door.clock_ms());
+            // Queued, it wakes the socket to be written.
             out.push(Out::ping(), usize::MAX);
-            sleep.as_mut().reset(Instant::now() + idle);
-            let _ = sleep.as_mut().poll(cx);
         }
         Poll::Pending
     }
@@ -357,7 +320,7 @@ impl<S: Io> Conn<S> {
 }
 
 /// Hands a message the client sent to the door; notes its close frame.
-fn received(door: &Door, id: u64, message: Message, closed: &mut Option<(u16, String)>) {
+fn received(door: &Door, id: u64, message: Message, closed: &mut Option<Box<(u16, String)>>) {
     {
         match message {
             Message::Text(text) => {
@@ -373,12 +336,12 @@ fn received(door: &Door, id: u64, message: Message, closed: &mut Option<(u16, St
                 door.relay(id, SocketEventKind::Message { binary: true }, bytes);
             }
             Message::Close(frame) => {
-                *closed = Some(match frame {
+                *closed = Some(Box::new(match frame {
                     Some(CloseFrame { code, reason }) => {
                         (u16::from(code), reason.as_str().to_owned())
                     }
                     None => (1005, String::new()),
-                });
+                }));
             }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
@@ -434,7 +397,7 @@ impl<S: Io> Conn<S> {
     /// The connection ended: a clean close if the client sent its close
     /// frame, otherwise 1006.
     fn ended(&mut self) -> SocketEventKind {
-        match self.closed_by_client.take() {
+        match self.closed_by_client.take().map(|closed| *closed) {
             Some((code, reason)) => SocketEventKind::Close {
                 code,
                 reason,
@@ -450,7 +413,11 @@ impl<S: Io> Conn<S> {
 
     /// Writes what is queued, several frames per write; ready when all is
     /// written (and flushed) or the connection failed.
-    fn poll_write(&mut self, cx: &mut Context<'_>, out: &Outbound) -> Poll<io::Result<()>> {
+    pub(super) fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &Outbound,
+    ) -> Poll<io::Result<()>> {
         if self.sending.is_empty() {
             return Poll::Ready(Ok(()));
         }
@@ -494,7 +461,7 @@ impl<S: Io> Conn<S> {
     /// What is left to send once the socket ended: when the door closed
     /// it (`kill`), only the frame being written, then its close frame;
     /// else what is queued (tungstenite's answer to the client's close).
-    fn finish(&mut self, kill: Option<Kill>) {
+    pub(super) fn finish(&mut self, kill: Option<Kill>) {
         if let Some(kill) = kill {
             self.sending.truncate(usize::from(self.offset > 0));
             if self.ctx.can_write() {

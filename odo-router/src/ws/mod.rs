@@ -13,6 +13,8 @@
 //! - `upgrade.rs`: an upgrade request, forwarded to the object, which
 //!   accepts it (a `101` with its tags) or answers otherwise.
 //! - `conn.rs`: one socket's connection, read and written.
+//! - `served.rs`: when a connection runs (only when woken: an idle socket
+//!   has no task), and the door's idle sweep.
 //! - `pump.rs`: delivering an object's events, and what a failure means
 //!   for the socket whose event it was.
 
@@ -37,6 +39,7 @@ use crate::service::ObjectService;
 mod conn;
 mod outbound;
 mod pump;
+mod served;
 mod upgrade;
 
 use outbound::{Out, Outbound};
@@ -129,6 +132,10 @@ struct Inner {
     /// Batches of messages sent to objects, and the messages in them.
     batches: AtomicU64,
     batched_messages: AtomicU64,
+    /// The door's clock ([`Door::clock_ms`]) starts here.
+    epoch: std::time::Instant,
+    /// The idle sweep's task was started.
+    sweeping: AtomicBool,
 }
 
 #[derive(Default)]
@@ -144,8 +151,9 @@ struct Socket {
     object: ObjectId,
     /// The object accepted it (its `101` came back).
     accepted: bool,
-    tags: Vec<String>,
-    attachment: Option<Bytes>,
+    tags: Box<[String]>,
+    /// A copy, not a slice of the output it came in (which may be large).
+    attachment: Option<Box<[u8]>>,
     auto_response_ms: Option<u64>,
     out: Arc<Outbound>,
 }
@@ -173,7 +181,7 @@ impl Socket {
     fn record(&self, id: u64) -> SocketRecord {
         SocketRecord {
             socket: id,
-            tags: self.tags.clone(),
+            tags: self.tags.to_vec(),
             attachment: self.attachment.as_ref().map(|a| a.to_vec()),
             auto_response_ms: self.auto_response_ms,
         }
@@ -227,6 +235,8 @@ impl Door {
                 changed: Notify::new(),
                 batches: AtomicU64::new(0),
                 batched_messages: AtomicU64::new(0),
+                epoch: std::time::Instant::now(),
+                sweeping: AtomicBool::new(false),
             }),
         }
     }
@@ -297,6 +307,46 @@ impl Door {
 
     fn config(&self) -> &WebSocketConfig {
         &self.inner.config
+    }
+
+    /// Milliseconds since the door was made (monotonic): when sockets
+    /// were last heard from.
+    fn clock_ms(&self) -> u64 {
+        self.inner.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Starts the idle sweep (once per door; call within a tokio
+    /// runtime): every quarter of the idle timeout, each socket silent
+    /// for the idle timeout is asked to ping its client, or to close as
+    /// half-open if it pinged already. So a silent socket is pinged
+    /// between one and one and a quarter idle timeouts after it was last
+    /// heard from. The task ends with the door.
+    fn ensure_sweep(&self) {
+        if self.inner.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let door = Arc::downgrade(&self.inner);
+        let period = (self.config().idle_timeout / 4).max(Duration::from_millis(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = door.upgrade() else {
+                    return;
+                };
+                Door { inner }.sweep_idle();
+            }
+        });
+    }
+
+    /// One pass of the idle sweep over every socket.
+    fn sweep_idle(&self) {
+        let now = self.clock_ms();
+        let idle = self.config().idle_timeout.as_millis() as u64;
+        for socket in self.state().sockets.values() {
+            socket.out.sweep(now, idle);
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -400,7 +450,7 @@ impl Door {
                 }
                 SocketOp::Attach { socket, len } => {
                     let value = match len {
-                        Some(len) => Some(payload(len as usize)?),
+                        Some(len) => Some(Box::from(&payload(len as usize)?[..])),
                         None => None,
                     };
                     if let Some(socket) = state.sockets.get_mut(&socket) {

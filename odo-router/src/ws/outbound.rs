@@ -3,6 +3,7 @@
 //! for every socket it goes to.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -61,11 +62,19 @@ impl Out {
     }
 }
 
-/// A socket's queue of frames to send, bounded.
+/// A socket's queue of frames to send, bounded, and what the door's idle
+/// sweep needs to know of it.
 pub(crate) struct Outbound {
     queue: Mutex<OutQueue>,
-    /// Wakes the socket's connection (something queued, or killed).
+    /// Wakes the socket's connection (something queued, killed, or silent
+    /// too long).
     waker: AtomicWaker,
+    /// When the client was last heard from (or last pinged), on the
+    /// door's clock ([`super::Door::clock_ms`]).
+    heard_ms: AtomicU64,
+    /// The sweep found the socket silent for the idle timeout; the
+    /// connection pings it, or closes it if it was pinged already.
+    idle_check: AtomicBool,
 }
 
 #[derive(Default)]
@@ -81,11 +90,40 @@ struct OutQueue {
 }
 
 impl Outbound {
-    pub(crate) fn new() -> Arc<Self> {
+    /// A socket's queue, its client heard from at `now_ms`.
+    pub(crate) fn new(now_ms: u64) -> Arc<Self> {
         Arc::new(Self {
             queue: Mutex::default(),
             waker: AtomicWaker::new(),
+            heard_ms: AtomicU64::new(now_ms),
+            idle_check: AtomicBool::new(false),
         })
+    }
+
+    /// The client was heard from (or pinged) at `now_ms`.
+    pub(crate) fn heard(&self, now_ms: u64) {
+        self.heard_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// The door's idle sweep: when the client has been silent for
+    /// `idle_ms` at `now_ms`, asks the connection to check on it and wakes
+    /// it (once, until it has checked).
+    pub(crate) fn sweep(&self, now_ms: u64, idle_ms: u64) {
+        let silent = now_ms.saturating_sub(self.heard_ms.load(Ordering::Relaxed));
+        if silent >= idle_ms && !self.idle_check.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
+
+    /// Whether the sweep asked for a check since the last call.
+    pub(crate) fn take_idle_check(&self) -> bool {
+        self.idle_check.swap(false, Ordering::AcqRel)
+    }
+
+    /// Drops the connection's waker (the connection ended): a waker may
+    /// own the connection, which owns this queue.
+    pub(crate) fn forget_waker(&self) {
+        drop(self.waker.take());
     }
 
     /// Queues `out`; `false` when the queue would pass `cap` bytes (one

@@ -12,7 +12,7 @@ use odo_core::socket::{ACCEPT_TAGS_HEADER, UPGRADE_DOOR_HEADER, UPGRADE_SOCKET_H
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::{ClientWebSocket, Door, Obj, Outbound, Socket, conn};
+use super::{ClientWebSocket, Door, Obj, Outbound, Socket, served};
 use crate::service::ForwardError;
 
 /// What the front door answers an upgrade request.
@@ -121,7 +121,7 @@ impl Door {
                 .map(hyper_util::rt::TokioIo::new)
                 .map_err(|e| e.to_string())
         };
-        tokio::spawn(conn::run(self.clone(), id, upgraded, out));
+        served::start(self.clone(), id, upgraded, out);
         Upgrade::Switch(switch)
     }
 
@@ -156,7 +156,7 @@ impl Door {
             ));
         }
         let id = self.inner.next_socket.fetch_add(1, Ordering::Relaxed);
-        let out = Outbound::new();
+        let out = Outbound::new(self.clock_ms());
         {
             let mut state = self.state();
             state.sockets.insert(
@@ -164,7 +164,7 @@ impl Door {
                 Socket {
                     object: object.id,
                     accepted: false,
-                    tags: Vec::new(),
+                    tags: Box::default(),
                     attachment: None,
                     auto_response_ms: None,
                     out: out.clone(),
@@ -228,7 +228,7 @@ impl Door {
             return Err(Upgrade::Answer(response));
         };
         if let Some(socket) = self.state().sockets.get_mut(&id) {
-            socket.tags = tags;
+            socket.tags = tags.into_boxed_slice();
             socket.accepted = true;
         }
         debug!(socket = id, "WebSocket accepted");
@@ -247,12 +247,7 @@ impl Door {
         let (parts, ()) = request.into_parts();
         let (id, out, _) = self.open(object, parts, deadline).await?;
         let (door_end, client_end) = tokio::io::duplex(64 * 1024);
-        tokio::spawn(conn::run(
-            self.clone(),
-            id,
-            async move { Ok(door_end) },
-            out,
-        ));
+        served::start(self.clone(), id, async move { Ok(door_end) }, out);
         Ok(tokio_tungstenite::WebSocketStream::from_raw_socket(
             client_end,
             tungstenite::protocol::Role::Client,
