@@ -440,10 +440,27 @@ impl Body for Sent {
     }
 }
 
-/// The socket, reporting reads and writes to the connection's [`Activity`].
+/// The socket, reporting reads and writes to the connection's [`Activity`]
+/// while its task watches it. A connection upgraded to a WebSocket
+/// outlives its task: once nothing else holds the activity, the stream
+/// lets it go (an idle WebSocket keeps no timing record of HTTP).
 struct Watched {
     stream: TcpStream,
-    activity: Arc<Activity>,
+    activity: Option<Arc<Activity>>,
+}
+
+impl Watched {
+    /// The activity to report to, while someone watches it.
+    fn watched(&mut self) -> Option<&Activity> {
+        if self
+            .activity
+            .as_ref()
+            .is_some_and(|a| Arc::strong_count(a) == 1)
+        {
+            self.activity = None;
+        }
+        self.activity.as_deref()
+    }
 }
 
 impl AsyncRead for Watched {
@@ -455,8 +472,11 @@ impl AsyncRead for Watched {
         let this = self.get_mut();
         let before = buf.filled().len();
         let poll = Pin::new(&mut this.stream).poll_read(cx, buf);
-        if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.activity.read(Instant::now());
+        if matches!(poll, Poll::Ready(Ok(())))
+            && buf.filled().len() > before
+            && let Some(activity) = this.watched()
+        {
+            activity.read(Instant::now());
         }
         poll
     }
@@ -470,8 +490,10 @@ impl AsyncWrite for Watched {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.stream).poll_write(cx, buf);
-        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.wrote(Instant::now());
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0)
+            && let Some(activity) = this.watched()
+        {
+            activity.wrote(Instant::now());
         }
         poll
     }
@@ -483,8 +505,10 @@ impl AsyncWrite for Watched {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
-        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.wrote(Instant::now());
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0)
+            && let Some(activity) = this.watched()
+        {
+            activity.wrote(Instant::now());
         }
         poll
     }
@@ -519,7 +543,7 @@ impl Connection {
         let activity = Arc::new(Activity::new(Instant::now()));
         let io = TokioIo::new(Watched {
             stream,
-            activity: activity.clone(),
+            activity: Some(activity.clone()),
         });
         let router = self.router.clone();
         let tracker = activity.clone();
