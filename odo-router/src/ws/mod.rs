@@ -75,7 +75,9 @@ pub struct WebSocketConfig {
     pub object_buffer_events: usize,
     /// A socket that sends nothing for this long is pinged; one that stays
     /// silent for as long again is taken for a half-open connection and
-    /// closed (its object gets a close event, 1006). A socket the door
+    /// closed (its object gets a close event, 1006). One sweep per door
+    /// checks every socket each quarter of this, so each step comes up to
+    /// a quarter later. A socket the door
     /// closes (1008, 1009, ...) keeps its connection this long at most,
     /// for its close frame to follow what the client has not read yet.
     /// Default 60 s.
