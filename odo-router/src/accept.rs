@@ -450,8 +450,10 @@ struct Watched {
 }
 
 impl Watched {
-    /// The activity to report to, while someone watches it.
-    fn watched(&mut self) -> Option<&Activity> {
+    /// Lets go of the activity once nobody else holds it (the
+    /// connection's task ended: the stream was upgraded). Called on every
+    /// poll, so a socket lets go on the first poll after its upgrade.
+    fn let_go_if_unwatched(&mut self) {
         if self
             .activity
             .as_ref()
@@ -459,7 +461,6 @@ impl Watched {
         {
             self.activity = None;
         }
-        self.activity.as_deref()
     }
 }
 
@@ -470,11 +471,12 @@ impl AsyncRead for Watched {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.let_go_if_unwatched();
         let before = buf.filled().len();
         let poll = Pin::new(&mut this.stream).poll_read(cx, buf);
         if matches!(poll, Poll::Ready(Ok(())))
             && buf.filled().len() > before
-            && let Some(activity) = this.watched()
+            && let Some(activity) = &this.activity
         {
             activity.read(Instant::now());
         }
@@ -489,9 +491,10 @@ impl AsyncWrite for Watched {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        this.let_go_if_unwatched();
         let poll = Pin::new(&mut this.stream).poll_write(cx, buf);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0)
-            && let Some(activity) = this.watched()
+            && let Some(activity) = &this.activity
         {
             activity.wrote(Instant::now());
         }
@@ -504,9 +507,10 @@ impl AsyncWrite for Watched {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        this.let_go_if_unwatched();
         let poll = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0)
-            && let Some(activity) = this.watched()
+            && let Some(activity) = &this.activity
         {
             activity.wrote(Instant::now());
         }
