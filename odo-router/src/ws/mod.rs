@@ -13,8 +13,9 @@
 //! - `upgrade.rs`: an upgrade request, forwarded to the object, which
 //!   accepts it (a `101` with its tags) or answers otherwise.
 //! - `conn.rs`: one socket's connection, read and written.
-//! - `served.rs`: when a connection runs (only when woken: an idle socket
-//!   has no task), and the door's idle sweep.
+//! - `served.rs`: when a connection runs: only when something wakes it
+//!   (its stream, its queue, the door's idle sweep), so an idle socket has
+//!   no task and no timer.
 //! - `pump.rs`: delivering an object's events, and what a failure means
 //!   for the socket whose event it was.
 
@@ -309,46 +310,6 @@ impl Door {
 
     fn config(&self) -> &WebSocketConfig {
         &self.inner.config
-    }
-
-    /// Milliseconds since the door was made (monotonic): when sockets
-    /// were last heard from.
-    fn clock_ms(&self) -> u64 {
-        self.inner.epoch.elapsed().as_millis() as u64
-    }
-
-    /// Starts the idle sweep (once per door; call within a tokio
-    /// runtime): every quarter of the idle timeout, each socket silent
-    /// for the idle timeout is asked to ping its client, or to close as
-    /// half-open if it pinged already. So a silent socket is pinged
-    /// between one and one and a quarter idle timeouts after it was last
-    /// heard from. The task ends with the door.
-    fn ensure_sweep(&self) {
-        if self.inner.sweeping.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let door = Arc::downgrade(&self.inner);
-        let period = (self.config().idle_timeout / 4).max(Duration::from_millis(1));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(inner) = door.upgrade() else {
-                    return;
-                };
-                Door { inner }.sweep_idle();
-            }
-        });
-    }
-
-    /// One pass of the idle sweep over every socket.
-    fn sweep_idle(&self) {
-        let now = self.clock_ms();
-        let idle = self.config().idle_timeout.as_millis() as u64;
-        for socket in self.state().sockets.values() {
-            socket.out.sweep(now, idle);
-        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
