@@ -142,7 +142,7 @@ pub(crate) async fn serve(
                 let connection = Connection {
                     router: router.clone(),
                     timers,
-                    permit,
+                    permit: Arc::new(std::sync::Mutex::new(Some(permit))),
                     stopping: stopping.clone(),
                     peer,
                 };
@@ -530,12 +530,25 @@ impl AsyncWrite for Watched {
     }
 }
 
+/// Gives a connection's place under the cap back (once).
+fn give_back(permit: &std::sync::Mutex<Option<OwnedSemaphorePermit>>) {
+    drop(
+        permit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take(),
+    );
+}
+
 /// One accepted connection within the cap.
 struct Connection {
     router: Arc<Router>,
     timers: Timers,
-    /// Its place under the cap, given back when its task ends.
-    permit: OwnedSemaphorePermit,
+    /// Its place under the cap, given back when its task ends, or as soon
+    /// as it answers `101` (the upgraded socket counts against the
+    /// WebSocket cap instead: a client that opens its next connection as
+    /// soon as it has the `101` must not find this one still counted).
+    permit: Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>,
     /// Becomes `true` when the router shuts down; held until the task ends.
     stopping: watch::Receiver<bool>,
     peer: SocketAddr,
@@ -551,12 +564,17 @@ impl Connection {
         });
         let router = self.router.clone();
         let tracker = activity.clone();
+        let permit = self.permit.clone();
         let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
             tracker.handler_started(request.version());
             let handling = Handling(tracker.clone());
             let router = router.clone();
+            let permit = permit.clone();
             async move {
                 let response = router.handle(request).await;
+                if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    give_back(&permit);
+                }
                 let sending = Sending(handling.0.clone());
                 sending.0.body_started(Instant::now());
                 drop(handling);
@@ -571,7 +589,7 @@ impl Connection {
             .into_owned();
         tokio::spawn(async move {
             self.drive(conn, &activity).await;
-            drop(self.permit);
+            give_back(&self.permit);
         });
     }
 
