@@ -12,9 +12,9 @@
 //!    room (p50/p99, its durable write included). The sockets open in two
 //!    halves, each left until every object sleeps: what one more idle
 //!    socket costs is the RSS the second half added, per socket (what the
-//!    first half added also holds what a server takes once, warming up:
-//!    its threads' arenas, caches, the first activations); the RSS over
-//!    all sockets against a server just started is shown beside it.
+//!    first half added also holds what a server takes once, warming up,
+//!    whatever the number of sockets); the RSS over all sockets against a
+//!    server just started is shown beside it.
 //! 3. odo only: a worker SIGKILLed in the middle of run 1: sockets dropped,
 //!    echoed messages missing from the history, the longest pause a sender saw.
 //! 4. One big room: 10,000 members, one sender, 100-byte messages:
