@@ -142,11 +142,10 @@ pub(crate) async fn serve(
                 let connection = Connection {
                     router: router.clone(),
                     timers,
-                    permit: Arc::new(std::sync::Mutex::new(Some(permit))),
                     stopping: stopping.clone(),
                     peer,
                 };
-                connection.spawn(&builder, stream);
+                connection.spawn(&builder, stream, permit);
             }
             Err(_) => {
                 if let Some(suppressed) = refusal_log.allow(Instant::now()) {
@@ -302,6 +301,12 @@ struct State {
     last_write: Instant,
     /// HTTP/2: bytes between requests are frames, not a request head.
     http2: bool,
+    /// The connection's place under the cap, given back when its task
+    /// ends, or as soon as it answers `101` (the upgraded socket counts
+    /// against the WebSocket cap instead: a client that opens its next
+    /// connection as soon as it has the `101` must not find this one still
+    /// counted).
+    place: Option<OwnedSemaphorePermit>,
 }
 
 /// What a connection waits for next, and until when.
@@ -325,7 +330,7 @@ enum Expiry {
 }
 
 impl Activity {
-    fn new(accepted: Instant) -> Self {
+    fn new(accepted: Instant, place: Option<OwnedSemaphorePermit>) -> Self {
         Self(Mutex::new(State {
             handlers: 0,
             bodies: 0,
@@ -333,7 +338,14 @@ impl Activity {
             quiet_since: accepted,
             last_write: accepted,
             http2: false,
+            place,
         }))
+    }
+
+    /// Gives the connection's place under the cap back (once).
+    fn give_back_place(&self) {
+        let place = self.state().place.take();
+        drop(place);
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -530,50 +542,40 @@ impl AsyncWrite for Watched {
     }
 }
 
-/// Gives a connection's place under the cap back (once).
-fn give_back(permit: &std::sync::Mutex<Option<OwnedSemaphorePermit>>) {
-    drop(
-        permit
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take(),
-    );
-}
-
 /// One accepted connection within the cap.
 struct Connection {
     router: Arc<Router>,
     timers: Timers,
-    /// Its place under the cap, given back when its task ends, or as soon
-    /// as it answers `101` (the upgraded socket counts against the
-    /// WebSocket cap instead: a client that opens its next connection as
-    /// soon as it has the `101` must not find this one still counted).
-    permit: Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>,
     /// Becomes `true` when the router shuts down; held until the task ends.
     stopping: watch::Receiver<bool>,
     peer: SocketAddr,
 }
 
 impl Connection {
-    fn spawn(self, builder: &Builder<TokioExecutor>, stream: TcpStream) {
+    /// Serves `stream` in its own task; `place` is its place under the
+    /// cap, kept by its [`Activity`].
+    fn spawn(
+        self,
+        builder: &Builder<TokioExecutor>,
+        stream: TcpStream,
+        place: OwnedSemaphorePermit,
+    ) {
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity::new(Instant::now()));
+        let activity = Arc::new(Activity::new(Instant::now(), Some(place)));
         let io = TokioIo::new(Watched {
             stream,
             activity: Some(activity.clone()),
         });
         let router = self.router.clone();
         let tracker = activity.clone();
-        let permit = self.permit.clone();
         let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
             tracker.handler_started(request.version());
             let handling = Handling(tracker.clone());
             let router = router.clone();
-            let permit = permit.clone();
             async move {
                 let response = router.handle(request).await;
                 if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                    give_back(&permit);
+                    handling.0.give_back_place();
                 }
                 let sending = Sending(handling.0.clone());
                 sending.0.body_started(Instant::now());
@@ -589,7 +591,7 @@ impl Connection {
             .into_owned();
         tokio::spawn(async move {
             self.drive(conn, &activity).await;
-            give_back(&self.permit);
+            activity.give_back_place();
         });
     }
 
@@ -731,7 +733,7 @@ mod tests {
         };
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        let activity = Activity::new(t0);
+        let activity = Activity::new(t0, None);
         // A new connection: the head is due header_read after accept, bytes
         // or not.
         assert_eq!(activity.next(timers), Next::At(at(10), Expiry::Head));
@@ -762,7 +764,7 @@ mod tests {
         };
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        let activity = Activity::new(t0);
+        let activity = Activity::new(t0, None);
         activity.handler_started(http::Version::HTTP_2);
         activity.handler_ended(at(1));
         // A ping, a window update: still idle since the request ended.
