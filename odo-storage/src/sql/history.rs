@@ -190,6 +190,9 @@ pub(crate) struct Folded {
     pub(crate) base: u64,
     /// When the oldest record left committed (`None`: none left).
     pub(crate) oldest_ms: Option<u64>,
+    /// The base file the new one replaces, removed once the batch is
+    /// durable (`None`: there was none).
+    pub(crate) replaced: Option<PathBuf>,
 }
 
 /// The size of log record `seq` of `id`, as its `when` key's value says
@@ -283,8 +286,9 @@ fn base_size(db: &Path, base: u64) -> u64 {
 ///
 /// The new base is written, synced and renamed into place before the
 /// batch exists, so the `sql/base` key never names a file that is not
-/// there; base files the key does not name are left over from an earlier
-/// fold and removed here.
+/// there. The base it replaces is removed once the batch is durable
+/// ([`Folded::replaced`]); one a crash left behind (written, never named)
+/// is removed by [`remove_stale_bases`], once per store.
 pub(crate) fn fold(
     backend: &dyn Backend,
     id: &ObjectId,
@@ -292,7 +296,6 @@ pub(crate) fn fold(
     mut plan: FoldPlan,
 ) -> Result<Option<Folded>, StorageError> {
     let base = base(backend, id)?;
-    remove_stale_bases(db, base);
     let when_keys = walk_records(backend, id, |seq, time, bytes| plan.offer(seq, time, bytes))?;
     let upto = plan.upto;
     if upto <= base {
@@ -340,6 +343,7 @@ pub(crate) fn fold(
         records: plan.bytes,
         base: base_size(db, upto),
         oldest_ms: plan.next_ms,
+        replaced: (base > 0).then(|| base_file(db, base)),
     }))
 }
 
@@ -389,27 +393,44 @@ impl Drop for Folding {
     }
 }
 
-/// Removes the base files of `db` other than the one of record `keep`.
-fn remove_stale_bases(db: &Path, keep: u64) {
-    let (Some(dir), Some(name)) = (db.parent(), db.file_name()) else {
-        return;
-    };
-    let mut prefix = name.to_owned();
-    prefix.push(".base-");
-    let prefix = prefix.to_string_lossy().into_owned();
+/// Removes the base files in `dir` (the shard's databases) that no
+/// object's history names: those a fold wrote and then never committed
+/// (a crash, a failed commit), and the `.tmp` files of folds cut short.
+/// A database whose history is being folded is left alone. Blocking;
+/// once per store, as it reads the whole directory.
+pub(crate) fn remove_stale_bases(backend: &dyn Backend, dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    let kept = base_file(db, keep);
     for entry in entries.flatten() {
-        let path = entry.path();
-        let stale = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.starts_with(&prefix))
-            && (keep == 0 || path != kept);
+        let name = entry.file_name();
+        let Some((db_name, number)) = name.to_str().and_then(|n| n.split_once(".base-")) else {
+            continue;
+        };
+        let Some(id) = db_name
+            .strip_suffix(".sqlite")
+            .and_then(|id| id.parse::<ObjectId>().ok())
+        else {
+            continue;
+        };
+        let db = dir.join(db_name);
+        let Some(_folding) = Folding::take(&db) else {
+            continue;
+        };
+        let named = match base(backend, &id) {
+            Ok(named) => named,
+            Err(error) => {
+                tracing::debug!(%error, %id, "an object's base is unknown: its base files are kept");
+                continue;
+            }
+        };
+        let stale = match u64::from_str_radix(number, 16) {
+            Ok(seq) => seq != named,
+            Err(_) => number.ends_with(".tmp"),
+        };
         if stale {
-            let _ = std::fs::remove_file(&path);
+            tracing::debug!(file = %entry.path().display(), "removing a stale base file");
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }

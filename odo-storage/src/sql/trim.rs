@@ -97,6 +97,12 @@ pub(crate) fn commit_fold(
     })?;
     // The next fold of the object reads the new base's key.
     wait_durable(durable)?;
+    if let Some(replaced) = &folded.replaced
+        && let Err(error) = std::fs::remove_file(replaced)
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(%error, file = %replaced.display(), "removing a replaced base file failed");
+    }
     Ok(store
         .sql_history
         .ledger()
@@ -134,6 +140,7 @@ fn census(store: &StoreInner, dir: &Path) {
         }
         after = Some(last);
     }
+    super::history::remove_stale_bases(&*store.backend, dir);
     store.sql_history.ledger().censused = true;
 }
 
@@ -178,13 +185,11 @@ pub(crate) fn trim(store: &StoreInner) {
     if !store.sql_history.ledger().censused {
         census(store, &dir);
     }
-    let (need, objects) = {
-        let ledger = store.sql_history.ledger();
-        (trim_need(ledger.total(), cap), ledger.with_records())
-    };
+    let need = trim_need(store.sql_history.ledger().total(), cap);
     if need == 0 {
         return;
     }
+    let objects = store.sql_history.ledger().with_records();
     let db = |id: &ObjectId| dir.join(format!("{id}.sqlite"));
     let mut candidates = Vec::with_capacity(objects.len());
     for (id, history) in objects {
