@@ -155,6 +155,67 @@ async fn a_turn_is_a_transaction_and_reads_see_its_writes() {
     commit(&mut turns).await;
 }
 
+/// odo runs statements of its own on an object's connection (its
+/// transactions, the key-value API's reserved table) and keeps them
+/// prepared. The object's SQL must not reach them by typing the same
+/// text: each is refused as if odo had never prepared it.
+#[tokio::test]
+async fn odos_own_prepared_statements_are_out_of_the_objects_reach() {
+    let store = store();
+    let mut turns = object(&store, "own").await;
+    turns.put_typed("secret", &41u64).await.unwrap();
+    assert_eq!(turns.get_typed::<u64>("secret").await.unwrap(), Some(41));
+    turns.delete("gone").await.unwrap();
+    commit(&mut turns).await;
+    turns.prepare().await.unwrap();
+    turns.get_typed::<u64>("secret").await.unwrap();
+    let sql = turns.sql().unwrap();
+    for (query, params) in [
+        (
+            "SELECT value FROM _odo_kv WHERE key = ?",
+            sql_params!["secret"].to_vec(),
+        ),
+        (
+            "INSERT OR REPLACE INTO _odo_kv (key, value) VALUES (?, ?)",
+            sql_params!["secret", vec![0u8]].to_vec(),
+        ),
+        (
+            "DELETE FROM _odo_kv WHERE key = ?",
+            sql_params!["secret"].to_vec(),
+        ),
+        (
+            "  SELECT value FROM _odo_kv WHERE key = ?  ",
+            sql_params!["secret"].to_vec(),
+        ),
+        (
+            "/*odo*/ SELECT value FROM _odo_kv WHERE key = ?",
+            sql_params!["secret"].to_vec(),
+        ),
+        (
+            " /*odo*/ SELECT value FROM _odo_kv WHERE key = ?",
+            sql_params!["secret"].to_vec(),
+        ),
+        ("/*odo*/ SELECT 1", Vec::new()),
+    ] {
+        refused(sql.exec(query, &params));
+    }
+    for query in [
+        "BEGIN",
+        "COMMIT",
+        " COMMIT",
+        "ROLLBACK",
+        "SAVEPOINT odo_kv_0",
+        "/*odo*/ BEGIN",
+        "/*odo*/ COMMIT",
+    ] {
+        refused(sql.exec(query, &[]));
+    }
+    commit(&mut turns).await;
+    turns.prepare().await.unwrap();
+    assert_eq!(turns.get_typed::<u64>("secret").await.unwrap(), Some(41));
+    turns.rollback_turn();
+}
+
 #[tokio::test]
 async fn what_cloudflare_refuses_is_refused() {
     let store = store();

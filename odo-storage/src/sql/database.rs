@@ -13,7 +13,7 @@ use rusqlite::{Connection, OpenFlags, StatementStatus};
 
 use super::cursor::{Cursor, SqlValue};
 use super::error::SqlError;
-use super::guard::{Guard, MAX_SQL_PARAMETERS, MAX_SQL_STATEMENT_BYTES};
+use super::guard::{Guard, MAX_SQL_PARAMETERS, MAX_SQL_STATEMENT_BYTES, OWN, claims_own, own};
 use super::log;
 use super::wal::{Record, WalTail, replay};
 use crate::backend::{Backend, ScanLimit};
@@ -146,6 +146,13 @@ impl SqlStorage {
             }
             .into());
         }
+        if claims_own(query) {
+            return Err(SqlError::Refused {
+                what: OWN.trim_end().to_owned(),
+                hint: "a statement that begins with this comment is odo's own: remove the comment",
+            }
+            .into());
+        }
         self.begin()?;
         let max_bytes = self.max_bytes;
         let guard = self.guard.clone();
@@ -183,15 +190,15 @@ impl SqlStorage {
     {
         self.begin()?;
         let name = format!("odo_tx_{}", self.savepoints);
-        self.internal(&format!("SAVEPOINT {name}"))?;
+        self.internal(&format!("{OWN}SAVEPOINT {name}"))?;
         self.savepoints += 1;
         let result = f(self);
         self.savepoints -= 1;
         match &result {
-            Ok(_) => self.internal(&format!("RELEASE {name}"))?,
+            Ok(_) => self.internal(&format!("{OWN}RELEASE {name}"))?,
             Err(_) => {
-                self.internal(&format!("ROLLBACK TO {name}"))?;
-                self.internal(&format!("RELEASE {name}"))?;
+                self.internal(&format!("{OWN}ROLLBACK TO {name}"))?;
+                self.internal(&format!("{OWN}RELEASE {name}"))?;
                 self.kv_table = None;
             }
         }
@@ -214,11 +221,20 @@ impl SqlStorage {
             .ok_or_else(|| StorageError::backend("using an object's database", "it is not open"))
     }
 
-    /// Runs odo's own statement (no rows).
+    /// Runs odo's own statement: one, without rows. Prepared once per
+    /// connection (`BEGIN` and `COMMIT` run every turn; parsing them each
+    /// time was a tenth of a small turn's CPU).
     pub(crate) fn internal(&mut self, sql: &str) -> Result<(), StorageError> {
+        debug_assert!(
+            sql.starts_with(OWN),
+            "odo's statement {sql:?} lacks its mark"
+        );
         let guard = self.guard.clone();
         let conn = self.conn()?;
-        guard.internal(|| conn.execute_batch(sql)).map_err(sqlite)
+        guard
+            .internal(|| conn.prepare_cached(sql)?.execute([]))
+            .map(drop)
+            .map_err(sqlite)
     }
 
     /// Opens the turn's transaction, if it is not open.
@@ -230,7 +246,7 @@ impl SqlStorage {
             .into());
         }
         if !self.in_txn {
-            self.internal("BEGIN")?;
+            self.internal(own!("BEGIN"))?;
             self.in_txn = true;
         }
         Ok(())
@@ -270,8 +286,8 @@ impl SqlStorage {
             };
             self.in_txn = false;
         }
-        if let Err(error) = self.internal("COMMIT") {
-            let _ = self.internal("ROLLBACK");
+        if let Err(error) = self.internal(own!("COMMIT")) {
+            let _ = self.internal(own!("ROLLBACK"));
             self.kv_table = None;
             return Err(error);
         }
@@ -291,7 +307,7 @@ impl SqlStorage {
                 return;
             }
             self.kv_table = None;
-            if let Err(error) = self.internal("ROLLBACK") {
+            if let Err(error) = self.internal(own!("ROLLBACK")) {
                 tracing::error!(%error, id = %self.id, "rolling back a turn's SQL failed");
             }
         }

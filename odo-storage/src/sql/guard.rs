@@ -19,6 +19,27 @@ pub const MAX_SQL_STATEMENT_BYTES: usize = 100_000;
 /// The largest string, blob or row, in bytes (2 MB).
 pub const MAX_SQL_ROW_BYTES: usize = 2_000_000;
 
+/// The comment that begins every statement odo keeps prepared on an
+/// object's connection. SQLite authorizes a statement once, when it is
+/// prepared, and the connection's cache hands a prepared statement to
+/// whoever asks with the same text; so the object's SQL may not begin
+/// with this mark, and cannot reach odo's own statements (which the
+/// authorizer let through as odo's) by typing their text.
+pub(crate) const OWN: &str = "/*odo*/ ";
+
+/// An odo statement's text: [`OWN`] and `$text`.
+macro_rules! own {
+    ($text:literal) => {
+        concat!("/*odo*/ ", $text)
+    };
+}
+pub(crate) use own;
+
+/// Whether the object's `query` claims to be odo's own (see [`OWN`]).
+pub(crate) fn claims_own(query: &str) -> bool {
+    query.trim_start().starts_with(OWN.trim_end())
+}
+
 /// The pragmas an object may run: those that only read the schema or
 /// check the database, and the few settings of a connection that change
 /// no durable state (as workerd allows).

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use rusqlite::OptionalExtension;
 
 use super::database::SqlStorage;
+use super::guard::own;
 use crate::batch::KeyRange;
 use crate::error::StorageError;
 
@@ -41,8 +42,10 @@ impl SqlStorage {
     /// Whether a reserved table exists (read without writing).
     fn has_table(&mut self, name: &str) -> Result<bool, StorageError> {
         self.with_conn(|conn| {
-            conn.prepare_cached("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?")?
-                .exists([name])
+            conn.prepare_cached(own!(
+                "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?"
+            ))?
+            .exists([name])
         })
     }
 
@@ -66,7 +69,7 @@ impl SqlStorage {
             return Ok(None);
         }
         self.with_conn(|conn| {
-            conn.prepare_cached("SELECT value FROM _odo_kv WHERE key = ?")?
+            conn.prepare_cached(own!("SELECT value FROM _odo_kv WHERE key = ?"))?
                 .query_row([key], |row| row.get::<_, Vec<u8>>(0))
                 .optional()
         })
@@ -76,8 +79,10 @@ impl SqlStorage {
     pub(crate) fn kv_put(&mut self, key: &str, value: &[u8]) -> Result<(), StorageError> {
         self.kv_table(true)?;
         self.with_conn(|conn| {
-            conn.prepare_cached("INSERT OR REPLACE INTO _odo_kv (key, value) VALUES (?, ?)")?
-                .execute(rusqlite::params![key, value])
+            conn.prepare_cached(own!(
+                "INSERT OR REPLACE INTO _odo_kv (key, value) VALUES (?, ?)"
+            ))?
+            .execute(rusqlite::params![key, value])
         })?;
         Ok(())
     }
@@ -88,7 +93,7 @@ impl SqlStorage {
             return Ok(false);
         }
         let deleted = self.with_conn(|conn| {
-            conn.prepare_cached("DELETE FROM _odo_kv WHERE key = ?")?
+            conn.prepare_cached(own!("DELETE FROM _odo_kv WHERE key = ?"))?
                 .execute([key])
         })?;
         Ok(deleted > 0)
@@ -106,7 +111,7 @@ impl SqlStorage {
         if range.is_empty() || !self.kv_table(false)? {
             return Ok(Vec::new());
         }
-        let mut sql = String::from("SELECT key, value FROM _odo_kv WHERE 1");
+        let mut sql = String::from(own!("SELECT key, value FROM _odo_kv WHERE 1"));
         let mut params: Vec<&str> = Vec::new();
         match &range.lower {
             Bound::Included(key) => {
@@ -156,7 +161,7 @@ impl SqlStorage {
             return Ok(None);
         }
         self.with_conn(|conn| {
-            conn.prepare_cached("SELECT time FROM _odo_alarm WHERE id = 0")?
+            conn.prepare_cached(own!("SELECT time FROM _odo_alarm WHERE id = 0"))?
                 .query_row([], |row| row.get::<_, i64>(0))
                 .optional()
         })
@@ -167,8 +172,10 @@ impl SqlStorage {
         let time = i64::try_from(time_ms).unwrap_or(i64::MAX);
         self.with_conn(|conn| {
             conn.execute_batch(CREATE_ALARM)?;
-            conn.prepare_cached("INSERT OR REPLACE INTO _odo_alarm (id, time) VALUES (0, ?)")?
-                .execute([time])
+            conn.prepare_cached(own!(
+                "INSERT OR REPLACE INTO _odo_alarm (id, time) VALUES (0, ?)"
+            ))?
+            .execute([time])
         })?;
         self.alarm_dirty = true;
         Ok(())

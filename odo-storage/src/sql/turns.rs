@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use super::database::SqlStorage;
 use super::error::SqlError;
+use super::guard::OWN;
 use super::ledger::FoldPlan;
 use super::trim::{commit_fold, measure_into, trim};
 use super::{SYNCED_KEY, record_entry, record_key, recover, sync_file, synced_value};
@@ -98,7 +99,7 @@ impl ObjectStorage {
         let sql = self.sql_kv().ok()??;
         let name = format!("odo_kv_{depth}");
         sql.begin().ok()?;
-        sql.internal(&format!("SAVEPOINT {name}")).ok()?;
+        sql.internal(&format!("{OWN}SAVEPOINT {name}")).ok()?;
         Some(name)
     }
 
@@ -107,13 +108,14 @@ impl ObjectStorage {
         let Some(sql) = self.sql.as_deref_mut() else {
             return;
         };
-        let statements = if keep {
-            format!("RELEASE {name}")
+        let ended = if keep {
+            sql.internal(&format!("{OWN}RELEASE {name}"))
         } else {
             sql.kv_table = None;
-            format!("ROLLBACK TO {name}; RELEASE {name}")
+            sql.internal(&format!("{OWN}ROLLBACK TO {name}"))
+                .and_then(|()| sql.internal(&format!("{OWN}RELEASE {name}")))
         };
-        if let Err(error) = sql.internal(&statements) {
+        if let Err(error) = ended {
             tracing::error!(%error, id = %sql.id, "ending a transaction's savepoint failed");
         }
     }
