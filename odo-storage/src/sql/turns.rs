@@ -26,6 +26,9 @@ impl ObjectStorage {
         let max_bytes = store.options.sql.max_database_bytes;
         let mut storage = Self::new(id, store);
         storage.sql = Some(Box::new(SqlStorage::new(id, dir, max_bytes)));
+        // Its key-value data is read from its database: the read cache
+        // would only fill with the log records its turns commit.
+        storage.no_read_cache();
         storage
     }
 
