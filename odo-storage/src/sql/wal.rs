@@ -155,9 +155,18 @@ impl WalTail {
         if len < self.offset + frame {
             return Ok(None);
         }
-        let mut bytes = vec![0u8; (len - self.offset) as usize];
+        let want = len - self.offset;
+        // Read into spare capacity: zeroing the buffer first cost as much
+        // as the read.
+        let mut bytes = Vec::with_capacity(want as usize);
         file.seek(SeekFrom::Start(self.offset))?;
-        file.read_exact(&mut bytes)?;
+        file.take(want).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 != want {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the WAL shrank while its last commit was read",
+            ));
+        }
         let mut pages: std::collections::BTreeMap<u32, Bytes> = Default::default();
         let bytes = Bytes::from(bytes);
         let mut at = 0usize;
