@@ -19,7 +19,7 @@
 //! - `pump.rs`: delivering an object's events, and what a failure means
 //!   for the socket whose event it was.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -164,7 +164,9 @@ struct Socket {
 /// One object with sockets here.
 struct Obj {
     address: ObjectAddress,
-    sockets: usize,
+    /// Its sockets here (a hand-over reads them without going through
+    /// every socket of the door).
+    sockets: BTreeSet<u64>,
     auto_response: Option<(String, String)>,
     queue: VecDeque<Pending>,
     pumping: bool,
@@ -193,7 +195,7 @@ impl Socket {
 
 impl Obj {
     fn idle(&self) -> bool {
-        self.sockets == 0 && self.queue.is_empty() && !self.pumping
+        self.sockets.is_empty() && self.queue.is_empty() && !self.pumping
     }
 }
 
@@ -440,14 +442,15 @@ impl Door {
     /// What the door keeps of `object`'s sockets, for its next worker.
     pub(crate) fn records(&self, object: &ObjectId) -> Vec<SocketRecord> {
         let state = self.state();
-        let mut records: Vec<SocketRecord> = state
-            .sockets
+        let Some(obj) = state.objects.get(object) else {
+            return Vec::new();
+        };
+        obj.sockets
             .iter()
-            .filter(|(_, s)| s.object == *object && s.accepted)
-            .map(|(&id, s)| s.record(id))
-            .collect();
-        records.sort_by_key(|r| r.socket);
-        records
+            .filter_map(|id| Some((*id, state.sockets.get(id)?)))
+            .filter(|(_, s)| s.accepted)
+            .map(|(id, s)| s.record(id))
+            .collect()
     }
 
     /// What the door holds of the sockets of every object of `shard` (of
@@ -584,7 +587,7 @@ impl Door {
         state.partials.remove(&socket);
         let mut start = false;
         if let Some(obj) = state.objects.get_mut(&gone.object) {
-            obj.sockets -= 1;
+            obj.sockets.remove(&socket);
             obj.queue.push_back(Pending {
                 socket,
                 kind: last,

@@ -2,6 +2,7 @@
 //! forwarded to the object, which accepts the socket (a `101` carrying its
 //! tags) or answers like any request.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
@@ -175,12 +176,13 @@ impl Door {
                 .entry(object.id)
                 .or_insert_with(|| Obj {
                     address: object.clone(),
-                    sockets: 0,
+                    sockets: BTreeSet::new(),
                     auto_response: None,
                     queue: Default::default(),
                     pumping: false,
                 })
-                .sockets += 1;
+                .sockets
+                .insert(id);
         }
         // The object learns which socket it may accept; a client cannot
         // name one itself.
@@ -263,7 +265,7 @@ impl Door {
         if let Some(socket) = state.sockets.remove(&id)
             && let Some(obj) = state.objects.get_mut(&socket.object)
         {
-            obj.sockets -= 1;
+            obj.sockets.remove(&id);
             if obj.idle() {
                 state.objects.remove(&socket.object);
             }
