@@ -400,3 +400,141 @@ async fn statements_of_one_text_run_in_order_even_when_later_ones_need_earlier_o
     );
     commit(&mut turns).await;
 }
+
+/// A statement that never ends (a recursive query without a bound) is
+/// interrupted at its time limit with a typed error, instead of holding
+/// its worker's thread until the registry kills the worker; the turn goes
+/// on, and the object's data is as before.
+#[tokio::test]
+async fn a_statement_past_its_time_limit_is_interrupted_and_the_turn_goes_on() {
+    let mut options = StoreOptions::default();
+    options.sql.max_statement_ms = 200;
+    let store = Store::open(MemoryBackend::new(), options).expect("store");
+    let mut turns = object(&store, "endless").await;
+    let sql = turns.sql().unwrap();
+    sql.exec("CREATE TABLE t (n INTEGER)", &[]).unwrap();
+    sql.exec("INSERT INTO t VALUES (1)", &[]).unwrap();
+    commit(&mut turns).await;
+    turns.prepare().await.unwrap();
+    let sql = turns.sql().unwrap();
+    let endless =
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+    match sql.exec(endless, &[]) {
+        Err(StorageError::Sql(SqlError::StatementTimedOut { limit_ms })) => {
+            assert_eq!(limit_ms, 200)
+        }
+        other => panic!("expected the statement to be interrupted, got {other:?}"),
+    }
+    // The turn goes on: an ordinary statement runs, with the whole limit.
+    let n = sql
+        .exec("SELECT count(*) AS n FROM t", &[])
+        .unwrap()
+        .one()
+        .unwrap();
+    assert_eq!(n.get("n"), Some(&SqlValue::from(1i64)));
+    // The same, writing: interrupted. SQLite rolls back the transaction of
+    // a write it interrupts, so the turn fails as a whole (as for any
+    // error that rolls it back) and nothing of it stays.
+    sql.exec("INSERT INTO t VALUES (2)", &[]).unwrap();
+    let endless_insert = "INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c";
+    assert!(matches!(
+        sql.exec(endless_insert, &[]),
+        Err(StorageError::Sql(SqlError::StatementTimedOut { .. }))
+    ));
+    assert!(matches!(
+        sql.exec("SELECT 1", &[]),
+        Err(StorageError::Sql(SqlError::TurnRolledBack { .. }))
+    ));
+    turns.rollback_turn();
+    turns.prepare().await.unwrap();
+    let sql = turns.sql().unwrap();
+    let n = sql
+        .exec("SELECT count(*) AS n FROM t", &[])
+        .unwrap()
+        .one()
+        .unwrap();
+    assert_eq!(n.get("n"), Some(&SqlValue::from(1i64)));
+    commit(&mut turns).await;
+}
+
+/// A turn too large for SQLite's page cache writes some of its pages to
+/// the WAL before it commits. When it fails instead, those pages stay in
+/// the file past the last commit: the next turns, reading or writing,
+/// must not take them for a commit of theirs.
+#[tokio::test]
+async fn a_failed_turn_that_spilled_to_the_wal_leaves_the_next_turns_whole() {
+    let store = store();
+    let mut turns = object(&store, "spill").await;
+    let sql = turns.sql().unwrap();
+    sql.exec("CREATE TABLE t (n INTEGER PRIMARY KEY, pad BLOB)", &[])
+        .unwrap();
+    sql.exec("INSERT INTO t VALUES (0, 'kept')", &[]).unwrap();
+    commit(&mut turns).await;
+    // About 8 MB in one turn (the page cache holds 2 MB), then it fails.
+    turns.prepare().await.unwrap();
+    let sql = turns.sql().unwrap();
+    sql.exec(
+        "INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 4000) SELECT x, randomblob(2000) FROM c",
+        &[],
+    )
+    .unwrap();
+    turns.rollback_turn();
+    // A turn that only reads.
+    turns.prepare().await.unwrap();
+    let sql = turns.sql().unwrap();
+    let n = sql
+        .exec("SELECT count(*) AS n FROM t", &[])
+        .unwrap()
+        .one()
+        .unwrap();
+    assert_eq!(n.get("n"), Some(&SqlValue::from(1i64)));
+    commit(&mut turns).await;
+    // A turn that writes a little.
+    turns.prepare().await.unwrap();
+    let sql = turns.sql().unwrap();
+    sql.exec("INSERT INTO t VALUES (1, 'also kept')", &[])
+        .unwrap();
+    commit(&mut turns).await;
+    assert!(!turns.has_failed());
+    turns.prepare().await.unwrap();
+    let sql = turns.sql().unwrap();
+    let n = sql
+        .exec("SELECT count(*) AS n FROM t", &[])
+        .unwrap()
+        .one()
+        .unwrap();
+    assert_eq!(n.get("n"), Some(&SqlValue::from(2i64)));
+    // The same inside a turn that goes on: a transaction of the turn
+    // spills, fails and is rolled back; the turn writes a little more,
+    // commits, and a reading turn follows.
+    let big = "INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 10 UNION ALL SELECT x + 1 FROM c WHERE x < 4010) SELECT x, randomblob(2000) FROM c";
+    let failed: Result<(), StorageError> = sql.transaction_sync(|sql| {
+        sql.exec(big, &[])?;
+        Err(StorageError::Sql(SqlError::NotOneRow { rows: 0 }))
+    });
+    assert!(failed.is_err());
+    sql.exec("INSERT INTO t VALUES (2, 'kept too')", &[])
+        .unwrap();
+    commit(&mut turns).await;
+    turns.prepare().await.unwrap();
+    let sql = turns.sql().unwrap();
+    let n = sql
+        .exec("SELECT count(*) AS n FROM t", &[])
+        .unwrap()
+        .one()
+        .unwrap();
+    assert_eq!(n.get("n"), Some(&SqlValue::from(3i64)));
+    commit(&mut turns).await;
+    assert!(!turns.has_failed());
+    drop(turns);
+    // What the log holds brings the same back.
+    let mut turns = object(&store, "spill").await;
+    let sql = turns.sql().unwrap();
+    let n = sql
+        .exec("SELECT count(*) AS n FROM t", &[])
+        .unwrap()
+        .one()
+        .unwrap();
+    assert_eq!(n.get("n"), Some(&SqlValue::from(3i64)));
+    turns.rollback_turn();
+}

@@ -52,6 +52,8 @@ pub struct SqlStorage {
     /// background sync after a checkpoint), not yet in the log's marker.
     pub(crate) fsynced: Arc<AtomicU64>,
     pub(crate) max_bytes: u64,
+    /// How long one `exec` may run, in milliseconds.
+    pub(crate) max_statement_ms: u64,
     /// The turn's change of the alarm (for the shard's alarm index), found
     /// when it commits.
     pub(crate) alarm: AlarmChange,
@@ -77,7 +79,7 @@ pub(crate) struct Recovered {
 }
 
 impl SqlStorage {
-    pub(crate) fn new(id: ObjectId, dir: &Path, max_bytes: u64) -> Self {
+    pub(crate) fn new(id: ObjectId, dir: &Path, max_bytes: u64, max_statement_ms: u64) -> Self {
         let path = dir.join(format!("{id}.sqlite"));
         Self {
             id,
@@ -92,6 +94,7 @@ impl SqlStorage {
             synced: 0,
             fsynced: Arc::new(AtomicU64::new(0)),
             max_bytes,
+            max_statement_ms,
             alarm: AlarmChange::Keep,
             alarm_dirty: false,
             kv_table: None,
@@ -154,11 +157,11 @@ impl SqlStorage {
             .into());
         }
         self.begin()?;
-        let max_bytes = self.max_bytes;
+        let (max_bytes, max_ms) = (self.max_bytes, self.max_statement_ms);
         let guard = self.guard.clone();
         let conn = self.conn()?;
         guard.clear();
-        let result = match conn.prepare_cached(query) {
+        let result = guard.timed(max_ms, || match conn.prepare_cached(query) {
             Ok(mut statement) => run(conn, &mut statement, params),
             Err(rusqlite::Error::MultipleStatement) if params.is_empty() => run_batch(conn, query),
             // rusqlite prepares the rest of the text to tell whether there
@@ -167,7 +170,7 @@ impl SqlStorage {
             // one (a single statement fails again, with its own error).
             Err(_) if params.is_empty() => run_batch(conn, query),
             Err(e) => Err(e),
-        };
+        });
         let rolled_back = conn.is_autocommit();
         result.map_err(|e| {
             let error = guard.error(e, max_bytes);
@@ -286,10 +289,22 @@ impl SqlStorage {
             };
             self.in_txn = false;
         }
+        // Only a write transaction appends a commit to the WAL (at least
+        // page 1, as its commit frame). One that only read appends nothing,
+        // and what the WAL holds past the last commit is then not its: the
+        // pages a failed turn spilled there before it rolled back.
+        let wrote = self
+            .conn()?
+            .transaction_state(Some(rusqlite::MAIN_DB))
+            .map_err(sqlite)?
+            == rusqlite::TransactionState::Write;
         if let Err(error) = self.internal(own!("COMMIT")) {
             let _ = self.internal(own!("ROLLBACK"));
             self.kv_table = None;
             return Err(error);
+        }
+        if !wrote {
+            return Ok(None);
         }
         self.wal
             .next_commit(crate::sql::now_ms())

@@ -42,6 +42,16 @@ pub enum SqlError {
         /// The limit.
         max: usize,
     },
+    /// A statement ran past its time limit and was interrupted (what it
+    /// did is undone; the turn goes on, unless SQLite rolled its
+    /// transaction back). A statement that never ends would otherwise
+    /// stall its worker's thread until the registry killed the worker,
+    /// with every object on it.
+    #[error("the statement ran longer than its limit of {limit_ms} ms and was interrupted")]
+    StatementTimedOut {
+        /// The limit, in milliseconds.
+        limit_ms: u64,
+    },
     /// The object's database would grow past its limit.
     #[error("the object's database is full: its limit is {max_bytes} bytes")]
     DatabaseFull {

@@ -2,8 +2,9 @@
 //! Cloudflare refuses, the limits, and the mapping of SQLite's errors to
 //! typed ones.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Instant;
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization, TransactionOperation};
 use rusqlite::limits::Limit;
@@ -83,6 +84,29 @@ struct Refusal {
 pub(crate) struct Guard {
     internal: Arc<AtomicBool>,
     refused: Arc<Mutex<Option<Refusal>>>,
+    deadline: Arc<Deadline>,
+}
+
+/// The time limit of the object's statement running now.
+#[derive(Debug, Default)]
+struct Deadline {
+    /// Nanoseconds since [`origin`], plus one; 0: no limit running.
+    at: AtomicU64,
+    limit_ms: AtomicU64,
+    /// The progress handler interrupted the statement.
+    fired: AtomicBool,
+}
+
+/// SQLite virtual-machine steps between two looks at the clock.
+const STEPS_PER_CHECK: i32 = 1000;
+
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+fn now_ns() -> u64 {
+    u64::try_from(origin().elapsed().as_nanos()).unwrap_or(u64::MAX - 1) + 1
 }
 
 impl Guard {
@@ -99,8 +123,24 @@ impl Guard {
         )?;
         conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, MAX_SQL_ROW_BYTES as i32)?;
         conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)?;
+        let deadline = self.deadline.clone();
+        conn.progress_handler(STEPS_PER_CHECK, Some(move || deadline.passed()))?;
         let guard = self.clone();
         conn.authorizer(Some(move |ctx: AuthContext<'_>| guard.authorize(ctx)))
+    }
+
+    /// Runs `f` (the object's statement) under a time limit of
+    /// `limit_ms`: past it, SQLite interrupts the statement, and
+    /// [`error`](Self::error) says so.
+    pub(crate) fn timed<T>(&self, limit_ms: u64, f: impl FnOnce() -> T) -> T {
+        let deadline = &self.deadline;
+        deadline.fired.store(false, Ordering::Relaxed);
+        deadline.limit_ms.store(limit_ms, Ordering::Relaxed);
+        let at = now_ns().saturating_add(limit_ms.saturating_mul(1_000_000));
+        deadline.at.store(at, Ordering::Relaxed);
+        let out = f();
+        deadline.at.store(0, Ordering::Relaxed);
+        out
     }
 
     /// Runs `f` as odo's own code (not the object's).
@@ -145,6 +185,13 @@ impl Guard {
         }
         let message = error.to_string();
         match error.sqlite_error_code() {
+            Some(ErrorCode::OperationInterrupted)
+                if self.deadline.fired.swap(false, Ordering::Relaxed) =>
+            {
+                SqlError::StatementTimedOut {
+                    limit_ms: self.deadline.limit_ms.load(Ordering::Relaxed),
+                }
+            }
             Some(ErrorCode::TooBig) => SqlError::TooBig {
                 max: MAX_SQL_ROW_BYTES,
             },
@@ -165,6 +212,19 @@ impl Guard {
             },
             _ => SqlError::Sqlite(error),
         }
+    }
+}
+
+impl Deadline {
+    /// Whether the running statement is past its limit (SQLite's progress
+    /// handler: `true` interrupts it).
+    fn passed(&self) -> bool {
+        let at = self.at.load(Ordering::Relaxed);
+        if at != 0 && now_ns() >= at {
+            self.fired.store(true, Ordering::Relaxed);
+            return true;
+        }
+        false
     }
 }
 

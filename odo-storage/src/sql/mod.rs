@@ -59,6 +59,12 @@ pub struct SqlOptions {
     /// The largest database of one object, in bytes; a write past it fails
     /// with [`SqlError::DatabaseFull`]. Default: 10 GB.
     pub max_database_bytes: u64,
+    /// How long one `exec` of an object's SQL may run, in milliseconds;
+    /// past it the statement is interrupted with
+    /// [`SqlError::StatementTimedOut`]. Keep it under the registry's stall
+    /// limit (10 s by default), which kills a worker whose thread a
+    /// statement holds longer. Default: 5,000.
+    pub max_statement_ms: u64,
     /// WAL bytes after which the database file catches up (a checkpoint
     /// once every local commit is durable). Default: 4 MiB.
     pub checkpoint_wal_bytes: u64,
@@ -99,6 +105,7 @@ impl Default for SqlOptions {
         Self {
             dir: None,
             max_database_bytes: limits.max_database_bytes,
+            max_statement_ms: limits.max_statement_ms,
             checkpoint_wal_bytes: 4 * 1024 * 1024,
             max_wal_bytes: 64 * 1024 * 1024,
             keep_synced_copies: false,
@@ -113,6 +120,7 @@ impl SqlOptions {
     /// These options with `limits`' size limit and history.
     pub fn with_limits(mut self, limits: SqlLimits) -> Self {
         self.max_database_bytes = limits.max_database_bytes;
+        self.max_statement_ms = limits.max_statement_ms;
         self.history_ms = limits.history_ms;
         self.max_history_bytes = limits.max_history_bytes;
         self
@@ -120,14 +128,16 @@ impl SqlOptions {
 }
 
 /// What an operator sets for every SQLite-backed object of a host: the
-/// largest database and how much history is kept for point-in-time
-/// recovery. The parts of [`SqlOptions`] that do not depend on the shard
+/// largest database, the longest statement, and how much history is kept
+/// for point-in-time recovery. The parts of [`SqlOptions`] that do not depend on the shard
 /// (its directory) or the deployment (whether it serves such objects);
 /// `Default` gives the documented defaults, those of [`SqlOptions`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SqlLimits {
     /// [`SqlOptions::max_database_bytes`]. Default: 10 GB.
     pub max_database_bytes: u64,
+    /// [`SqlOptions::max_statement_ms`]. Default: 5,000.
+    pub max_statement_ms: u64,
     /// [`SqlOptions::history_ms`]. Default: 30 days.
     pub history_ms: u64,
     /// [`SqlOptions::max_history_bytes`]. Default: 1 GiB.
@@ -138,6 +148,7 @@ impl Default for SqlLimits {
     fn default() -> Self {
         Self {
             max_database_bytes: 10_000_000_000,
+            max_statement_ms: 5_000,
             history_ms: 30 * 24 * 60 * 60 * 1000,
             max_history_bytes: 1024 * 1024 * 1024,
         }
