@@ -10,7 +10,8 @@
 //! `ODO_TEST_QUEUE_DEPTH` its per-object queue depth (overload scenarios);
 //! `ODO_TEST_WS_PER_OBJECT` the WebSockets one object may accept;
 //! `ODO_TEST_SQL_MAX_DATABASE_BYTES` the largest database of a SQLite-backed
-//! object (`RuntimeConfig::sql`, which reaches every worker).
+//! object and `ODO_TEST_SQL_MAX_STATEMENT_MS` the longest statement
+//! (`RuntimeConfig::sql`, which reaches every worker).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -461,6 +462,9 @@ fn main() -> ExitCode {
     }
     if let Some(bytes) = env_u64("ODO_TEST_SQL_MAX_DATABASE_BYTES") {
         runtime.sql.max_database_bytes = bytes;
+    }
+    if let Some(ms) = env_u64("ODO_TEST_SQL_MAX_STATEMENT_MS") {
+        runtime.sql.max_statement_ms = ms;
     }
     // Failing alarms are retried quickly so scenarios stay short.
     runtime.alarm_retry.first_delay = Duration::from_millis(50);

@@ -193,6 +193,8 @@ scenario!(sql_refused, |w, t| {
 
 /// `ODO_TEST_SQL_MAX_DATABASE_BYTES` in [`sql_limits`]'s server.
 const MAX_DATABASE_BYTES: u64 = 256 * 1024;
+/// `ODO_TEST_SQL_MAX_STATEMENT_MS` in [`sql_limits`]'s server.
+const MAX_STATEMENT_MS: u64 = 300;
 
 scenario!(sql_limits, |w, t| {
     let c = w.client.clone();
@@ -252,6 +254,10 @@ scenario!(sql_limits, |w, t| {
         "ODO_TEST_SQL_MAX_DATABASE_BYTES".into(),
         MAX_DATABASE_BYTES.to_string(),
     ));
+    spec.env.push((
+        "ODO_TEST_SQL_MAX_STATEMENT_MS".into(),
+        MAX_STATEMENT_MS.to_string(),
+    ));
     let server = spec.start(dir.path())?;
     let c = HttpClient::new(&server.base);
     exec(t, &c, n, "CREATE TABLE big (b BLOB)", json!([])).await?;
@@ -297,6 +303,17 @@ scenario!(sql_limits, |w, t| {
         json!([]),
     )
     .await?;
+    // A statement that never ends is interrupted at the server's limit;
+    // its worker lives on, and the object with it.
+    exec(
+        t,
+        &c,
+        n,
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+        json!([]),
+    )
+    .await?;
+    exec(t, &c, n, "SELECT count(*) FROM big", json!([])).await?;
     drop(server);
     Ok(())
 });
