@@ -100,8 +100,9 @@ pub use memory::MemoryBackend;
 pub use object::{ListOptions, ObjectStorage, Transaction};
 #[cfg(feature = "sql")]
 pub use sql::{
-    Cursor, MAX_SQL_COLUMNS, MAX_SQL_PARAMETERS, MAX_SQL_ROW_BYTES, MAX_SQL_STATEMENT_BYTES, Row,
-    SqlError, SqlHistoryStats, SqlLimits, SqlOptions, SqlStorage, SqlValue,
+    Cursor, MAX_SQL_COLUMNS, MAX_SQL_PARAMETERS, MAX_SQL_RESULT_BYTES, MAX_SQL_ROW_BYTES,
+    MAX_SQL_STATEMENT_BYTES, Row, SqlError, SqlHistoryStats, SqlLimits, SqlOptions, SqlStorage,
+    SqlValue,
 };
 pub use store::{CommitStats, CommitWait, Store, StoreOptions};
 pub use turns::ObjectTurns;

@@ -3,8 +3,9 @@
 
 use odo_core::{Namespace, ObjectId};
 use odo_storage::{
-    MAX_SQL_COLUMNS, MAX_SQL_PARAMETERS, MAX_SQL_ROW_BYTES, MAX_SQL_STATEMENT_BYTES, MemoryBackend,
-    ObjectTurns, SqlError, SqlValue, StorageError, Store, StoreOptions, sql_params,
+    MAX_SQL_COLUMNS, MAX_SQL_PARAMETERS, MAX_SQL_RESULT_BYTES, MAX_SQL_ROW_BYTES,
+    MAX_SQL_STATEMENT_BYTES, MemoryBackend, ObjectTurns, SqlError, SqlValue, StorageError, Store,
+    StoreOptions, sql_params,
 };
 
 fn id(name: &str) -> ObjectId {
@@ -537,4 +538,58 @@ async fn a_failed_turn_that_spilled_to_the_wal_leaves_the_next_turns_whole() {
         .unwrap();
     assert_eq!(n.get("n"), Some(&SqlValue::from(3i64)));
     turns.rollback_turn();
+}
+
+/// A statement may answer at most `MAX_SQL_RESULT_BYTES` of rows: a
+/// cursor holds its rows in memory, and one without a bound would take
+/// its worker's memory. A reading statement that answers more fails
+/// alone; a writing one (its changes are made before its rows are read)
+/// fails its turn.
+#[tokio::test]
+async fn a_statement_that_answers_too_much_fails_and_a_write_fails_its_turn() {
+    let store = store();
+    let mut turns = object(&store, "huge").await;
+    let rows = (MAX_SQL_RESULT_BYTES / 1_000_000) + 2;
+    let many = format!(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {rows}) SELECT zeroblob(1000000) FROM c"
+    );
+    let sql = turns.sql().unwrap();
+    sql.exec("CREATE TABLE t (v BLOB)", &[]).unwrap();
+    match sql.exec(&many, &[]) {
+        Err(StorageError::Sql(SqlError::ResultTooLarge { max })) => {
+            assert_eq!(max, MAX_SQL_RESULT_BYTES)
+        }
+        other => panic!(
+            "expected too large a result, got {:?}",
+            other.map(|c| c.rows_read())
+        ),
+    }
+    // The turn goes on.
+    sql.exec("INSERT INTO t VALUES (x'01')", &[]).unwrap();
+    commit(&mut turns).await;
+    // Writing, with the rows answered: the turn fails.
+    turns.prepare().await.unwrap();
+    let sql = turns.sql().unwrap();
+    let insert = format!(
+        "INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {rows}) SELECT zeroblob(1000000) FROM c RETURNING v"
+    );
+    assert!(matches!(
+        sql.exec(&insert, &[]),
+        Err(StorageError::Sql(SqlError::ResultTooLarge { .. }))
+    ));
+    assert!(matches!(
+        sql.exec("SELECT 1", &[]),
+        Err(StorageError::Sql(SqlError::TurnRolledBack { .. }))
+    ));
+    turns.rollback_turn();
+    turns.prepare().await.unwrap();
+    let sql = turns.sql().unwrap();
+    let n = sql
+        .exec("SELECT count(*) AS n FROM t", &[])
+        .unwrap()
+        .one()
+        .unwrap();
+    assert_eq!(n.get("n"), Some(&SqlValue::from(1i64)));
+    commit(&mut turns).await;
+    assert!(!turns.has_failed());
 }

@@ -13,7 +13,9 @@ use rusqlite::{Connection, OpenFlags, StatementStatus};
 
 use super::cursor::{Cursor, SqlValue};
 use super::error::SqlError;
-use super::guard::{Guard, MAX_SQL_PARAMETERS, MAX_SQL_STATEMENT_BYTES, OWN, claims_own, own};
+use super::guard::{
+    Guard, MAX_SQL_PARAMETERS, MAX_SQL_RESULT_BYTES, MAX_SQL_STATEMENT_BYTES, OWN, claims_own, own,
+};
 use super::log;
 use super::wal::{Record, WalTail, replay};
 use crate::backend::{Backend, ScanLimit};
@@ -161,6 +163,7 @@ impl SqlStorage {
         let guard = self.guard.clone();
         let conn = self.conn()?;
         guard.clear();
+        let changes_before = conn.total_changes();
         let result = guard.timed(max_ms, || match conn.prepare_cached(query) {
             Ok(mut statement) => run(conn, &mut statement, params),
             Err(rusqlite::Error::MultipleStatement) if params.is_empty() => run_batch(conn, query),
@@ -169,11 +172,26 @@ impl SqlStorage {
             // statement needs what an earlier one creates: run them one by
             // one (a single statement fails again, with its own error).
             Err(_) if params.is_empty() => run_batch(conn, query),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         });
-        let rolled_back = conn.is_autocommit();
-        result.map_err(|e| {
-            let error = guard.error(e, max_bytes);
+        let wrote = conn.total_changes() != changes_before;
+        let mut rolled_back = conn.is_autocommit();
+        let result = result.map_err(|e| match e {
+            RunError::Sqlite(e) => guard.error(e, max_bytes),
+            RunError::TooLarge => SqlError::ResultTooLarge {
+                max: MAX_SQL_RESULT_BYTES,
+            },
+        });
+        // A writing statement's changes are made before its rows are read:
+        // one that answered too much cannot be undone alone, so its turn
+        // fails.
+        if matches!(result, Err(SqlError::ResultTooLarge { .. })) && wrote && !rolled_back {
+            if let Err(error) = self.internal(own!("ROLLBACK")) {
+                tracing::error!(%error, id = %self.id, "rolling back a turn's SQL failed");
+            }
+            rolled_back = true;
+        }
+        result.map_err(|error| {
             if rolled_back {
                 self.aborted = Some(error.to_string());
             }
@@ -395,11 +413,46 @@ fn sqlite(error: rusqlite::Error) -> StorageError {
     StorageError::Sql(SqlError::Sqlite(error))
 }
 
+/// Why a statement's rows could not be read.
+enum RunError {
+    Sqlite(rusqlite::Error),
+    /// More than [`MAX_SQL_RESULT_BYTES`].
+    TooLarge,
+}
+
+impl From<rusqlite::Error> for RunError {
+    fn from(error: rusqlite::Error) -> Self {
+        Self::Sqlite(error)
+    }
+}
+
+/// The `width` values of `row`, counted into `bytes` (the statement's
+/// rows so far), past [`MAX_SQL_RESULT_BYTES`] an error.
+fn read_row(
+    row: &rusqlite::Row<'_>,
+    width: usize,
+    bytes: &mut usize,
+) -> Result<Vec<SqlValue>, RunError> {
+    let mut values = Vec::with_capacity(width);
+    for at in 0..width {
+        let value = row.get_ref(at)?;
+        *bytes += match value {
+            rusqlite::types::ValueRef::Text(b) | rusqlite::types::ValueRef::Blob(b) => b.len(),
+            _ => 8,
+        };
+        if *bytes > MAX_SQL_RESULT_BYTES {
+            return Err(RunError::TooLarge);
+        }
+        values.push(SqlValue::from_ref(value));
+    }
+    Ok(values)
+}
+
 fn run(
     conn: &Connection,
     statement: &mut rusqlite::CachedStatement<'_>,
     params: &[SqlValue],
-) -> rusqlite::Result<Cursor> {
+) -> Result<Cursor, RunError> {
     let columns: Arc<[String]> = statement.column_names().map(str::to_owned).collect();
     let width = columns.len();
     // `changes()` is the last INSERT, UPDATE or DELETE's, stale after any
@@ -408,12 +461,9 @@ fn run(
     let mut rows = Vec::new();
     {
         let mut answer = statement.query(rusqlite::params_from_iter(params.iter()))?;
+        let mut bytes = 0;
         while let Some(row) = answer.next()? {
-            let mut values = Vec::with_capacity(width);
-            for at in 0..width {
-                values.push(SqlValue::from_ref(row.get_ref(at)?));
-            }
-            rows.push(values);
+            rows.push(read_row(row, width, &mut bytes)?);
         }
     }
     let scanned = statement.get_status(StatementStatus::FullscanStep).max(0) as u64;
@@ -427,7 +477,7 @@ fn run(
     })
 }
 
-fn run_batch(conn: &Connection, query: &str) -> rusqlite::Result<Cursor> {
+fn run_batch(conn: &Connection, query: &str) -> Result<Cursor, RunError> {
     let mut batch = rusqlite::Batch::new(conn, query);
     let mut last = Cursor {
         columns: Arc::from(Vec::new()),
@@ -443,12 +493,9 @@ fn run_batch(conn: &Connection, query: &str) -> rusqlite::Result<Cursor> {
         let mut rows = Vec::new();
         {
             let mut answer = statement.query([])?;
+            let mut bytes = 0;
             while let Some(row) = answer.next()? {
-                let mut values = Vec::with_capacity(columns.len());
-                for at in 0..columns.len() {
-                    values.push(SqlValue::from_ref(row.get_ref(at)?));
-                }
-                rows.push(values);
+                rows.push(read_row(row, columns.len(), &mut bytes)?);
             }
         }
         read += rows.len() as u64;

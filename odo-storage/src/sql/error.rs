@@ -52,6 +52,15 @@ pub enum SqlError {
         /// The limit, in milliseconds.
         limit_ms: u64,
     },
+    /// A statement answered more bytes of rows than
+    /// [`MAX_SQL_RESULT_BYTES`](crate::MAX_SQL_RESULT_BYTES). What a
+    /// reading statement did is nothing; a writing one fails its turn (its
+    /// changes are made before its rows are read).
+    #[error("the statement answered more than {max} bytes of rows")]
+    ResultTooLarge {
+        /// The limit.
+        max: usize,
+    },
     /// The object's database would grow past its limit.
     #[error("the object's database is full: its limit is {max_bytes} bytes")]
     DatabaseFull {

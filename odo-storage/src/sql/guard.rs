@@ -19,6 +19,11 @@ pub const MAX_SQL_COLUMNS: usize = 100;
 pub const MAX_SQL_STATEMENT_BYTES: usize = 100_000;
 /// The largest string, blob or row, in bytes (2 MB).
 pub const MAX_SQL_ROW_BYTES: usize = 2_000_000;
+/// The most bytes of rows one statement may answer (128 MiB, Cloudflare's
+/// memory limit of an isolate): a cursor holds its rows in memory, and a
+/// statement that answered more would take its worker's memory, with
+/// every object on it.
+pub const MAX_SQL_RESULT_BYTES: usize = 128 * 1024 * 1024;
 
 /// The comment that begins every statement odo keeps prepared on an
 /// object's connection. SQLite authorizes a statement once, when it is

@@ -39,7 +39,10 @@ use std::path::PathBuf;
 pub use cursor::{Cursor, Row, SqlValue};
 pub use database::SqlStorage;
 pub use error::SqlError;
-pub use guard::{MAX_SQL_COLUMNS, MAX_SQL_PARAMETERS, MAX_SQL_ROW_BYTES, MAX_SQL_STATEMENT_BYTES};
+pub use guard::{
+    MAX_SQL_COLUMNS, MAX_SQL_PARAMETERS, MAX_SQL_RESULT_BYTES, MAX_SQL_ROW_BYTES,
+    MAX_SQL_STATEMENT_BYTES,
+};
 pub use trim::SqlHistoryStats;
 
 pub(crate) use claim::Claims;
