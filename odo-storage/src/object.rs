@@ -641,7 +641,6 @@ impl ObjectStorage {
         }
     }
 
-    /// Retires the in-flight turns whose commit completed, oldest first.
     /// Keeps nothing in the read cache (an object whose reads never go
     /// through it).
     #[cfg(feature = "sql")]
@@ -649,6 +648,7 @@ impl ObjectStorage {
         self.cache = ReadCache::default();
     }
 
+    /// Retires the in-flight turns whose commit completed, oldest first.
     pub(crate) fn prune(&mut self) -> Result<(), StorageError> {
         while let Some(front) = self.in_flight.front() {
             let state = front.done.borrow().clone();
