@@ -41,6 +41,10 @@ struct Scripted {
     /// Released by the test (`notify_one` keeps a permit for a call not
     /// waiting yet): lets a `hold` call finish.
     release: Arc<Notify>,
+    /// Upgrade requests the service received.
+    fetches: std::sync::atomic::AtomicUsize,
+    /// The sockets whose close event reached the service.
+    closes: Mutex<Vec<u64>>,
 }
 
 impl Scripted {
@@ -53,16 +57,30 @@ impl ObjectService for Scripted {
     fn fetch(
         &self,
         _object: ObjectAddress,
-        _request: http::Request<Bytes>,
+        request: http::Request<Bytes>,
         _deadline: Instant,
     ) -> BoxFuture<'static, Result<http::Response<Bytes>, ForwardError>> {
-        // Every upgrade is accepted, without tags.
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // Every upgrade is accepted, without tags; one to a path ending in
+        // `/held` only once the test releases it.
+        let held = request
+            .uri()
+            .path()
+            .ends_with("/held")
+            .then(|| self.release.clone());
         let mut response = http::Response::new(Bytes::new());
         *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
         response
             .headers_mut()
             .insert(ACCEPT_TAGS_HEADER, http::HeaderValue::from_static("[]"));
-        async move { Ok(response) }.boxed()
+        async move {
+            if let Some(release) = held {
+                release.notified().await;
+            }
+            Ok(response)
+        }
+        .boxed()
     }
 
     fn call(
@@ -97,6 +115,10 @@ impl ObjectService for Scripted {
                     (m.socket, String::from_utf8_lossy(&text).into_owned())
                 })
                 .collect(),
+            SocketEventKind::Close { .. } => {
+                self.closes.lock().unwrap().push(event.socket);
+                return async { Ok(()) }.boxed();
+            }
             _ => return async { Ok(()) }.boxed(),
         };
         let texts: Vec<String> = messages.iter().map(|(_, t)| t.clone()).collect();
@@ -411,4 +433,41 @@ async fn idle_sockets_keep_no_task_and_wake_for_their_client_and_their_queue() {
         assert_eq!(text(ws).await, format!("echo:again{i}"));
     }
     assert_eq!(s.door.open_sockets(), 200);
+}
+
+/// An upgrade whose future is dropped before the object answers (its
+/// client went away, its connection timed out) lets its socket go: it
+/// leaves the cap and the door's maps, and the object, which may have
+/// accepted it before the answer was lost, gets its close event. Before,
+/// each such upgrade kept its place under the socket cap for good.
+#[tokio::test]
+async fn an_upgrade_dropped_before_its_answer_lets_its_socket_go() {
+    let s = setup();
+    let room = s.client.namespace("ROOM").get_by_name("r");
+    let request = http::Request::get("/room/r/held").body(()).unwrap();
+    let upgrade = tokio::spawn(async move { room.websocket(request).await.map(drop) });
+    let start = Instant::now();
+    while s.service.fetches.load(std::sync::atomic::Ordering::SeqCst) < 1 {
+        assert!(
+            start.elapsed() < GUARD,
+            "the upgrade never reached the object"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(s.door.open_sockets(), 1);
+    upgrade.abort();
+    assert!(upgrade.await.unwrap_err().is_cancelled());
+    assert_eq!(s.door.open_sockets(), 0, "the socket left the cap");
+    while s.service.closes.lock().unwrap().is_empty() {
+        assert!(
+            start.elapsed() < GUARD,
+            "the object never got the close event"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(s.door.queued_events(), 0);
+    // Another upgrade is served as before.
+    let mut ws = s.open().await;
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(text(&mut ws).await, "echo:hi");
 }

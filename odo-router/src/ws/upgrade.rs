@@ -9,7 +9,9 @@ use bytes::Bytes;
 use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL};
 use http::{HeaderValue, StatusCode};
 use odo_core::ObjectAddress;
-use odo_core::socket::{ACCEPT_TAGS_HEADER, UPGRADE_DOOR_HEADER, UPGRADE_SOCKET_HEADER};
+use odo_core::socket::{
+    ACCEPT_TAGS_HEADER, SocketEventKind, UPGRADE_DOOR_HEADER, UPGRADE_SOCKET_HEADER, close_code,
+};
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -184,6 +186,11 @@ impl Door {
                 .sockets
                 .insert(id);
         }
+        let mut registration = Registration {
+            door: self,
+            id,
+            armed: true,
+        };
         // The object learns which socket it may accept; a client cannot
         // name one itself.
         let headers = &mut parts.headers;
@@ -207,6 +214,7 @@ impl Door {
         }
         let request = http::Request::from_parts(parts, Bytes::new());
         let answer = self.inner.service.fetch(object, request, deadline).await;
+        registration.armed = false;
         let response = match answer {
             Ok(response) => response,
             Err(e) => {
@@ -258,8 +266,8 @@ impl Door {
         .await)
     }
 
-    /// Drops a socket that was never opened (the object did not accept
-    /// it): no event, nothing kept.
+    /// Drops a socket that was never opened (the object answered, and did
+    /// not accept it): no event, nothing kept.
     fn forget(&self, id: u64) {
         let mut state = self.state();
         if let Some(socket) = state.sockets.remove(&id)
@@ -273,5 +281,35 @@ impl Door {
         drop(state);
         self.inner.open.fetch_sub(1, Ordering::SeqCst);
         self.inner.changed.notify_waiters();
+    }
+}
+
+/// A socket registered for an upgrade whose answer has not come yet.
+/// Dropped armed (the upgrade's future was dropped: its client went away,
+/// its connection timed out), it lets the socket go: the socket leaves
+/// the door's maps and the cap, and its object gets a close event, since
+/// it may have accepted the socket before the answer was lost.
+struct Registration<'a> {
+    door: &'a Door,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            debug!(
+                socket = self.id,
+                "an upgrade ended before its answer: letting its socket go"
+            );
+            self.door.socket_gone(
+                self.id,
+                SocketEventKind::Close {
+                    code: close_code::ABNORMAL,
+                    reason: "the client left before the upgrade was answered".into(),
+                    was_clean: false,
+                },
+            );
+        }
     }
 }
