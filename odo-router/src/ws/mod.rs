@@ -497,21 +497,30 @@ impl Door {
 
     /// Queues an event of socket `socket` for its object. A message that
     /// finds the object's queue full closes the socket with 1013 instead.
+    ///
+    /// A message of a socket the door has closed (1012, 1013, ...) is
+    /// dropped: its connection may still be reading what the client sent
+    /// before it saw the close, and none of that may reach the object
+    /// after the messages queued before it were dropped. The check and
+    /// every such close happen under the door's lock.
     fn relay(&self, socket: u64, kind: SocketEventKind, payload: Bytes) {
         let mut state = self.state();
-        let Some(object) = state.sockets.get(&socket).map(|s| s.object) else {
+        let is_message = matches!(kind, SocketEventKind::Message { .. });
+        let Some(object) = state
+            .sockets
+            .get(&socket)
+            .filter(|s| !is_message || s.out.kill_reason().is_none())
+            .map(|s| s.object)
+        else {
             return;
         };
         let max = self.config().object_buffer_events;
         let Some(obj) = state.objects.get_mut(&object) else {
             return;
         };
-        let is_message = matches!(kind, SocketEventKind::Message { .. });
         if is_message && obj.queue.len() >= max {
-            let out = state.sockets.get(&socket).map(|s| s.out.clone());
-            drop(state);
-            if let Some(out) = out {
-                out.kill(Kill {
+            if let Some(s) = state.sockets.get(&socket) {
+                s.out.kill(Kill {
                     code: close_code::TRY_AGAIN_LATER,
                     reason: "too many messages waiting for the object",
                 });

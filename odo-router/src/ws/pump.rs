@@ -228,6 +228,14 @@ async fn deliver(
     .await;
     let Err(Some(error)) = ended else { return };
     match error.outcome() {
+        // The close of a socket the object never had (its upgrade ended
+        // before the object answered, and the object did not take it).
+        _ if matches!(error, ForwardError::Object(WireError::UnknownSocket))
+            && pending.record.is_none()
+            && !matches!(pending.kind, SocketEventKind::Message { .. }) =>
+        {
+            debug!(object = %address, socket = pending.socket, "a socket's last event: its object never had it");
+        }
         Outcome::NotDelivered | Outcome::Failed => {
             warn!(object = %address, socket = pending.socket, %error, "a WebSocket event failed");
         }
@@ -319,16 +327,17 @@ async fn hand_over(
 
 /// Closes `socket` with 1012 (its last message may or may not have been
 /// handled) and drops its messages still queued: none is delivered twice.
+/// Both under the door's lock, so no message of the socket is queued
+/// between them ([`Door::relay`] drops those of a closed socket).
 fn restart_socket(door: &Door, object: &ObjectId, socket: u64) {
     let mut state = door.state();
     if let Some(obj) = state.objects.get_mut(object) {
         obj.queue
             .retain(|p| p.socket != socket || !matches!(p.kind, SocketEventKind::Message { .. }));
     }
-    let out = state.sockets.get(&socket).map(|s| s.out.clone());
-    drop(state);
-    if let Some(out) = out {
-        out.kill(Kill {
+    if let Some(s) = state.sockets.get(&socket) {
+        // A kill only wakes the socket; it never takes the door's lock.
+        s.out.kill(Kill {
             code: close_code::SERVICE_RESTART,
             reason: "service restart: the outcome of the last message is unknown",
         });
