@@ -564,6 +564,16 @@ async fn a_statement_that_answers_too_much_fails_and_a_write_fails_its_turn() {
             other.map(|c| c.rows_read())
         ),
     }
+    // Empty values count as the memory they take: 100 empty strings a
+    // row, rows without end.
+    let empties = vec!["''"; 100].join(", ");
+    let endless_empties = format!(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT {empties} FROM c"
+    );
+    assert!(matches!(
+        sql.exec(&endless_empties, &[]),
+        Err(StorageError::Sql(SqlError::ResultTooLarge { .. }))
+    ));
     // The turn goes on.
     sql.exec("INSERT INTO t VALUES (x'01')", &[]).unwrap();
     commit(&mut turns).await;

@@ -434,12 +434,16 @@ fn read_row(
     bytes: &mut usize,
 ) -> Result<Vec<SqlValue>, RunError> {
     let mut values = Vec::with_capacity(width);
+    // What the row costs in memory: its vector, each value's slot, and
+    // the bytes of its strings and blobs (an empty value costs its slot).
+    *bytes += std::mem::size_of::<Vec<SqlValue>>();
     for at in 0..width {
         let value = row.get_ref(at)?;
-        *bytes += match value {
-            rusqlite::types::ValueRef::Text(b) | rusqlite::types::ValueRef::Blob(b) => b.len(),
-            _ => 8,
-        };
+        *bytes += std::mem::size_of::<SqlValue>()
+            + match value {
+                rusqlite::types::ValueRef::Text(b) | rusqlite::types::ValueRef::Blob(b) => b.len(),
+                _ => 0,
+            };
         if *bytes > MAX_SQL_RESULT_BYTES {
             return Err(RunError::TooLarge);
         }

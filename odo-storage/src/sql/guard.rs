@@ -20,9 +20,10 @@ pub const MAX_SQL_STATEMENT_BYTES: usize = 100_000;
 /// The largest string, blob or row, in bytes (2 MB).
 pub const MAX_SQL_ROW_BYTES: usize = 2_000_000;
 /// The most bytes of rows one statement may answer (128 MiB, Cloudflare's
-/// memory limit of an isolate): a cursor holds its rows in memory, and a
-/// statement that answered more would take its worker's memory, with
-/// every object on it.
+/// memory limit of an isolate), counted as they take memory (each value's
+/// slot, each row's vector, and the bytes of strings and blobs): a cursor
+/// holds its rows, and a statement that answered more would take its
+/// worker's memory, with every object on it.
 pub const MAX_SQL_RESULT_BYTES: usize = 128 * 1024 * 1024;
 
 /// The comment that begins every statement odo keeps prepared on an
