@@ -603,3 +603,60 @@ async fn a_statement_that_answers_too_much_fails_and_a_write_fails_its_turn() {
     commit(&mut turns).await;
     assert!(!turns.has_failed());
 }
+
+/// When SQLite rolls the turn's transaction back inside odo's own
+/// statement (a key-value `put` past the database limit), the turn cannot
+/// go on: a later statement must not run outside it (committing on its
+/// own), and the turn fails at its end.
+#[tokio::test]
+async fn a_turn_rolled_back_inside_a_key_value_call_cannot_go_on() {
+    let mut options = StoreOptions::default();
+    options.sql.max_database_bytes = 64 * 1024;
+    let store = Store::open(MemoryBackend::new(), options).unwrap();
+    let mut turns = object(&store, "full-kv").await;
+    turns
+        .sql()
+        .unwrap()
+        .exec("CREATE TABLE log (v)", &[])
+        .unwrap();
+    commit(&mut turns).await;
+    turns.prepare().await.unwrap();
+    let mut full = None;
+    for n in 0..100 {
+        if let Err(e) = turns.storage().put(&format!("k{n}"), vec![7u8; 8000]).await {
+            full = Some(e);
+            break;
+        }
+    }
+    assert!(
+        matches!(full, Some(StorageError::Sql(SqlError::DatabaseFull { .. }))),
+        "{full:?}"
+    );
+    // The handler goes on, as a handler that logs its error might.
+    assert!(matches!(
+        turns
+            .sql()
+            .unwrap()
+            .exec("INSERT INTO log VALUES ('after')", &[]),
+        Err(StorageError::Sql(SqlError::TurnRolledBack { .. }))
+    ));
+    assert!(turns.storage().put("more", vec![1u8]).await.is_err());
+    let failed = turns.commit_turn().expect("a failed commit").await;
+    assert!(
+        matches!(failed, Err(StorageError::CommitFailed(_))),
+        "{failed:?}"
+    );
+    drop(turns);
+    // Nothing of the turn stayed.
+    let mut turns = object(&store, "full-kv").await;
+    let n = turns
+        .sql()
+        .unwrap()
+        .exec("SELECT count(*) AS n FROM log", &[])
+        .unwrap()
+        .one()
+        .unwrap();
+    assert_eq!(n.get("n"), Some(&SqlValue::from(0i64)));
+    assert_eq!(turns.storage().get("k0").await.unwrap(), None);
+    turns.rollback_turn();
+}

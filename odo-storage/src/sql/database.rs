@@ -269,8 +269,20 @@ impl SqlStorage {
         if !self.in_txn {
             self.internal(own!("BEGIN"))?;
             self.in_txn = true;
+        } else if self.conn()?.is_autocommit() {
+            // SQLite rolled the turn's transaction back under a statement
+            // whose caller did not say so: nothing more may run outside it.
+            let cause = "SQLite rolled the turn's transaction back".to_owned();
+            self.aborted = Some(cause.clone());
+            return Err(SqlError::TurnRolledBack { cause }.into());
         }
         Ok(())
+    }
+
+    /// Notes that SQLite rolled the turn's transaction back (`cause`):
+    /// every later statement of the turn fails, and so does its commit.
+    pub(crate) fn abort(&mut self, cause: String) {
+        self.aborted.get_or_insert(cause);
     }
 
     /// Why SQLite rolled the turn's transaction back, if it did.

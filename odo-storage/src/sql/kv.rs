@@ -22,10 +22,6 @@ const CREATE_KV: &str =
     "CREATE TABLE IF NOT EXISTS _odo_kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID";
 const CREATE_ALARM: &str = "CREATE TABLE IF NOT EXISTS _odo_alarm (id INTEGER PRIMARY KEY CHECK (id = 0), time INTEGER NOT NULL)";
 
-fn sqlite(error: rusqlite::Error) -> StorageError {
-    StorageError::Sql(super::SqlError::Sqlite(error))
-}
-
 impl SqlStorage {
     /// Runs `f` on the connection as odo's own code, inside the turn's
     /// transaction.
@@ -35,8 +31,19 @@ impl SqlStorage {
     ) -> Result<T, StorageError> {
         self.begin()?;
         let guard = self.guard.clone();
+        let max_bytes = self.max_bytes;
         let conn = self.conn()?;
-        guard.internal(|| f(conn)).map_err(sqlite)
+        let result = guard.internal(|| f(conn));
+        // A write past the database's limit (or an I/O error) may roll
+        // the whole turn back: it cannot go on.
+        let rolled_back = conn.is_autocommit();
+        result.map_err(|e| {
+            let error = guard.error(e, max_bytes);
+            if rolled_back {
+                self.abort(error.to_string());
+            }
+            error.into()
+        })
     }
 
     /// Whether a reserved table exists (read without writing).
