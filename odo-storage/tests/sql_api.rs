@@ -490,6 +490,13 @@ async fn a_failed_turn_that_spilled_to_the_wal_leaves_the_next_turns_whole() {
         .unwrap();
     assert_eq!(n.get("n"), Some(&SqlValue::from(1i64)));
     commit(&mut turns).await;
+    // A turn that writes nothing (a write transaction that changed no
+    // page appends nothing either).
+    turns.prepare().await.unwrap();
+    let sql = turns.sql().unwrap();
+    sql.exec("UPDATE t SET pad = NULL WHERE 0", &[]).unwrap();
+    commit(&mut turns).await;
+    assert!(!turns.has_failed());
     // A turn that writes a little.
     turns.prepare().await.unwrap();
     let sql = turns.sql().unwrap();

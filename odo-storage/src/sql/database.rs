@@ -122,7 +122,8 @@ impl SqlStorage {
         self.last_time = self.last_time.max(recovered.last_time);
         self.synced = recovered.synced;
         self.fsynced.store(recovered.synced, Ordering::SeqCst);
-        self.wal.reset();
+        // The recovery removed the old WAL file: read the new one.
+        self.wal = WalTail::new(&self.path);
     }
 
     /// Runs `query` with `params` in the turn's transaction and answers
@@ -319,25 +320,22 @@ impl SqlStorage {
             };
             self.in_txn = false;
         }
-        // Only a write transaction appends a commit to the WAL (at least
-        // page 1, as its commit frame). One that only read appends nothing,
-        // and what the WAL holds past the last commit is then not its: the
-        // pages a failed turn spilled there before it rolled back.
-        let wrote = self
-            .conn()?
-            .transaction_state(Some(rusqlite::MAIN_DB))
-            .map_err(sqlite)?
-            == rusqlite::TransactionState::Write;
+        // SQLite says how many frames the WAL holds after a commit that
+        // appended any (its WAL hook). A commit that appended none (a turn
+        // that only read, or wrote nothing) has no record, and what the WAL
+        // holds past the last commit is then not its: the pages a failed
+        // turn spilled there before it rolled back.
+        self.guard.take_commit_frames();
         if let Err(error) = self.internal(own!("COMMIT")) {
             let _ = self.internal(own!("ROLLBACK"));
             self.kv_table = None;
             return Err(error);
         }
-        if !wrote {
+        let Some(frames) = self.guard.take_commit_frames() else {
             return Ok(None);
-        }
+        };
         self.wal
-            .next_commit(crate::sql::now_ms())
+            .next_commit(crate::sql::now_ms(), frames)
             .map_err(|e| StorageError::io("reading the pages of a local commit", e))
     }
 

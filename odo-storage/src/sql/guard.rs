@@ -91,6 +91,9 @@ pub(crate) struct Guard {
     internal: Arc<AtomicBool>,
     refused: Arc<Mutex<Option<Refusal>>>,
     deadline: Arc<Deadline>,
+    /// The frames the WAL holds after the last commit that appended any,
+    /// plus one (SQLite's WAL hook); 0: none since taken.
+    commit_frames: Arc<AtomicU64>,
 }
 
 /// The time limit of the object's statement running now.
@@ -131,8 +134,19 @@ impl Guard {
         conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)?;
         let deadline = self.deadline.clone();
         conn.progress_handler(STEPS_PER_CHECK, Some(move || deadline.passed()))?;
+        let frames = self.commit_frames.clone();
+        conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages: i32| {
+            frames.store(u64::try_from(pages).unwrap_or(0) + 1, Ordering::Relaxed);
+            Ok(())
+        }))?;
         let guard = self.clone();
         conn.authorizer(Some(move |ctx: AuthContext<'_>| guard.authorize(ctx)))
+    }
+
+    /// The frames the WAL holds after the last commit that appended any,
+    /// if one did since the last call.
+    pub(crate) fn take_commit_frames(&self) -> Option<u64> {
+        self.commit_frames.swap(0, Ordering::Relaxed).checked_sub(1)
     }
 
     /// Runs `f` (the object's statement) under a time limit of

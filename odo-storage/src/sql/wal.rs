@@ -129,8 +129,10 @@ impl WalTail {
     }
 
     /// The frames of the one transaction committed since the last call,
-    /// up to its commit frame; `None` if no transaction wrote any.
-    pub(crate) fn next_commit(&mut self, time_ms: u64) -> io::Result<Option<Record>> {
+    /// which left the WAL holding `frames` frames (as SQLite's WAL hook
+    /// said): those up to its commit frame, the last of them. Frames past
+    /// it (a rolled-back transaction's spilled pages) are not read.
+    pub(crate) fn next_commit(&mut self, time_ms: u64, frames: u64) -> io::Result<Option<Record>> {
         let file = match &mut self.file {
             Some(file) => file,
             None => match File::open(&self.path) {
@@ -152,10 +154,17 @@ impl WalTail {
             self.offset = WAL_HEADER as u64;
         }
         let frame = FRAME_HEADER as u64 + u64::from(self.page_size);
-        if len < self.offset + frame {
-            return Ok(None);
-        }
-        let want = len - self.offset;
+        let end = frames
+            .checked_mul(frame)
+            .and_then(|b| b.checked_add(WAL_HEADER as u64))
+            .filter(|end| *end <= len && *end >= self.offset + frame)
+            .ok_or_else(|| {
+                io::Error::other(format!(
+                    "the WAL of {len} bytes, read up to {}, cannot end a commit at frame {frames}",
+                    self.offset
+                ))
+            })?;
+        let want = end - self.offset;
         // Read into spare capacity: zeroing the buffer first cost as much
         // as the read.
         let mut bytes = Vec::with_capacity(want as usize);
