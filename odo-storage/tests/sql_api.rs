@@ -667,3 +667,127 @@ async fn a_turn_rolled_back_inside_a_key_value_call_cannot_go_on() {
     assert_eq!(turns.storage().get("k0").await.unwrap(), None);
     turns.rollback_turn();
 }
+
+/// The authorizer sees only the old name of a table being renamed: a
+/// table of the object's renamed into a reserved name (before odo made
+/// its own), with a trigger on it, would have run the object's SQL with
+/// every write odo's key-value API makes there. Such a rename is refused
+/// and its turn fails; `ANALYZE` keeps no statistics of odo's tables
+/// (their samples would be its keys); `delete_all` drops the object's
+/// triggers before its tables.
+#[tokio::test]
+async fn the_object_cannot_take_a_reserved_name_nor_read_odos_tables_sideways() {
+    let store = store();
+    let mut turns = object(&store, "sideways").await;
+    let sql = turns.sql().unwrap();
+    sql.exec(
+        "CREATE TABLE x (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
+        &[],
+    )
+    .unwrap();
+    sql.exec("CREATE TABLE leak (k, v)", &[]).unwrap();
+    sql.exec(
+        "CREATE TRIGGER tr AFTER INSERT ON x BEGIN INSERT INTO leak SELECT key, value FROM x; END",
+        &[],
+    )
+    .unwrap();
+    commit(&mut turns).await;
+    for rename in [
+        "ALTER TABLE x RENAME TO _odo_kv",
+        "ALTER TABLE x RENAME TO \"_ODO_alarm\"",
+        "ALTER TABLE x RENAME TO _odo_other; SELECT 1",
+    ] {
+        turns.prepare().await.unwrap();
+        let sql = turns.sql().unwrap();
+        match sql.exec(rename, &[]) {
+            Err(StorageError::Sql(SqlError::Refused { what, .. })) => {
+                assert_eq!(what, "ALTER TABLE into a reserved name", "{rename}")
+            }
+            other => panic!("{rename}: expected a refusal, got {other:?}"),
+        }
+        assert!(matches!(
+            sql.exec("SELECT 1", &[]),
+            Err(StorageError::Sql(SqlError::TurnRolledBack { .. }))
+        ));
+        turns.rollback_turn();
+    }
+    // odo's key-value API works, and nothing reached the object's table.
+    turns.prepare().await.unwrap();
+    turns.storage().put("secret", vec![42u8]).await.unwrap();
+    commit(&mut turns).await;
+    turns.prepare().await.unwrap();
+    let sql = turns.sql().unwrap();
+    let n = sql
+        .exec("SELECT count(*) AS n FROM leak", &[])
+        .unwrap()
+        .one()
+        .unwrap();
+    assert_eq!(n.get("n"), Some(&SqlValue::from(0i64)));
+    // An ordinary rename still works.
+    sql.exec("ALTER TABLE x RENAME TO y", &[]).unwrap();
+    // Statistics: none of odo's tables.
+    sql.exec("ANALYZE", &[]).unwrap();
+    sql.exec("PRAGMA optimize", &[]).unwrap();
+    let stats = sql
+        .exec(
+            "SELECT count(*) AS n FROM sqlite_stat1 WHERE tbl LIKE '\\_odo\\_%' ESCAPE '\\'",
+            &[],
+        )
+        .unwrap()
+        .one()
+        .unwrap();
+    assert_eq!(stats.get("n"), Some(&SqlValue::from(0i64)));
+    assert!(matches!(
+        sql.exec("ANALYZE _odo_kv", &[]),
+        Err(StorageError::Sql(SqlError::Refused { .. })) | Ok(_)
+    ));
+    let stats = sql
+        .exec(
+            "SELECT count(*) AS n FROM sqlite_stat1 WHERE tbl LIKE '\\_odo\\_%' ESCAPE '\\'",
+            &[],
+        )
+        .unwrap()
+        .one()
+        .unwrap();
+    assert_eq!(stats.get("n"), Some(&SqlValue::from(0i64)));
+    commit(&mut turns).await;
+    // delete_all with a trigger that a cascade would fire.
+    turns.prepare().await.unwrap();
+    let sql = turns.sql().unwrap();
+    sql.exec("CREATE TABLE parent (id INTEGER PRIMARY KEY)", &[])
+        .unwrap();
+    sql.exec(
+        "CREATE TABLE child (p REFERENCES parent(id) ON DELETE CASCADE)",
+        &[],
+    )
+    .unwrap();
+    // (SQLite authorizes a trigger's body when it fires, as part of the
+    // statement that fires it: the object's own, refused.)
+    sql.exec(
+        "CREATE TRIGGER t2 BEFORE DELETE ON child BEGIN INSERT INTO leak SELECT key, value FROM _odo_kv; END",
+        &[],
+    )
+    .unwrap();
+    sql.exec("INSERT INTO parent VALUES (1)", &[]).unwrap();
+    sql.exec("INSERT INTO child VALUES (1)", &[]).unwrap();
+    assert!(matches!(
+        sql.exec("DELETE FROM child", &[]),
+        Err(StorageError::Sql(SqlError::Refused { .. }))
+    ));
+    turns.storage().delete_all().await.unwrap();
+    commit(&mut turns).await;
+    assert!(!turns.has_failed());
+    turns.prepare().await.unwrap();
+    let sql = turns.sql().unwrap();
+    let left = sql
+        .exec(
+            "SELECT count(*) AS n FROM sqlite_schema WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+            &[],
+        )
+        .unwrap()
+        .one()
+        .unwrap();
+    assert_eq!(left.get("n"), Some(&SqlValue::from(0i64)));
+    assert_eq!(turns.storage().get("secret").await.unwrap(), None);
+    turns.rollback_turn();
+}

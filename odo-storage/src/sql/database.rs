@@ -14,7 +14,8 @@ use rusqlite::{Connection, OpenFlags, StatementStatus};
 use super::cursor::{Cursor, SqlValue};
 use super::error::SqlError;
 use super::guard::{
-    Guard, MAX_SQL_PARAMETERS, MAX_SQL_RESULT_BYTES, MAX_SQL_STATEMENT_BYTES, OWN, claims_own, own,
+    Guard, MAX_SQL_PARAMETERS, MAX_SQL_RESULT_BYTES, MAX_SQL_STATEMENT_BYTES, OWN, RESERVED_HINT,
+    claims_own, own,
 };
 use super::log;
 use super::wal::{Record, WalTail, replay};
@@ -177,16 +178,31 @@ impl SqlStorage {
         });
         let wrote = conn.total_changes() != changes_before;
         let mut rolled_back = conn.is_autocommit();
-        let result = result.map_err(|e| match e {
+        let mut result = result.map_err(|e| match e {
             RunError::Sqlite(e) => guard.error(e, max_bytes),
             RunError::TooLarge => SqlError::ResultTooLarge {
                 max: MAX_SQL_RESULT_BYTES,
             },
         });
-        // A writing statement's changes are made before its rows are read:
-        // one that answered too much cannot be undone alone, so its turn
-        // fails.
-        if matches!(result, Err(SqlError::ResultTooLarge { .. })) && wrote && !rolled_back {
+        // A table renamed into a reserved name (the authorizer sees only
+        // the old name) is refused.
+        let renamed_into_reserved =
+            guard.altered() && !rolled_back && !self.reserved_names_intact()?;
+        if renamed_into_reserved {
+            result = Err(SqlError::Refused {
+                what: "ALTER TABLE into a reserved name".to_owned(),
+                hint: RESERVED_HINT,
+            });
+        }
+        // What the statement did cannot be undone alone (a rename; the
+        // changes of a writing statement, made before its rows are read):
+        // its turn fails.
+        let undo = match &result {
+            Err(SqlError::ResultTooLarge { .. }) => wrote,
+            Err(SqlError::Refused { .. }) => renamed_into_reserved,
+            _ => false,
+        };
+        if undo && !rolled_back {
             if let Err(error) = self.internal(own!("ROLLBACK")) {
                 tracing::error!(%error, id = %self.id, "rolling back a turn's SQL failed");
             }

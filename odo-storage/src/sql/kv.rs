@@ -22,7 +22,39 @@ const CREATE_KV: &str =
     "CREATE TABLE IF NOT EXISTS _odo_kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID";
 const CREATE_ALARM: &str = "CREATE TABLE IF NOT EXISTS _odo_alarm (id INTEGER PRIMARY KEY CHECK (id = 0), time INTEGER NOT NULL)";
 
+/// What `sqlite_schema` holds for each of odo's reserved tables (SQLite
+/// keeps the `CREATE` text without `IF NOT EXISTS`).
+fn reserved_table_sql(name: &str) -> Option<String> {
+    let create = match name {
+        "_odo_kv" => CREATE_KV,
+        "_odo_alarm" => CREATE_ALARM,
+        _ => return None,
+    };
+    Some(create.replacen("IF NOT EXISTS ", "", 1))
+}
+
 impl SqlStorage {
+    /// Whether the schema's reserved names are only odo's tables, as odo
+    /// made them: no table of the object's renamed into one (with its
+    /// triggers, which odo's own writes would fire), no other object on
+    /// one.
+    pub(crate) fn reserved_names_intact(&mut self) -> Result<bool, StorageError> {
+        let rows: Vec<(String, String, Option<String>)> = self.with_conn(|conn| {
+            conn.prepare(
+                "SELECT type, name, sql FROM sqlite_schema
+                 WHERE name LIKE '\\_odo\\_%' ESCAPE '\\' OR tbl_name LIKE '\\_odo\\_%' ESCAPE '\\'",
+            )?
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+            .collect()
+        })?;
+        Ok(rows.iter().all(|(kind, name, sql)| match kind.as_str() {
+            "table" => sql.is_some() && *sql == reserved_table_sql(name),
+            // A table's own automatic index.
+            "index" => sql.is_none(),
+            _ => false,
+        }))
+    }
+
     /// Runs `f` on the connection as odo's own code, inside the turn's
     /// transaction.
     fn with_conn<T>(
@@ -199,6 +231,18 @@ impl SqlStorage {
     /// Removes the object's whole database (every table, index, view and
     /// trigger, odo's own included) and its alarm, in the turn.
     pub(crate) fn delete_everything(&mut self) -> Result<(), StorageError> {
+        // Triggers first: the drops below run as odo's own statements, and
+        // a trigger the object planted (fired by a foreign key's cascade)
+        // would run with them.
+        let triggers: Vec<String> = self.with_conn(|conn| {
+            conn.prepare("SELECT name FROM sqlite_schema WHERE type = 'trigger'")?
+                .query_map([], |row| row.get(0))?
+                .collect()
+        })?;
+        for name in triggers {
+            let statement = format!("DROP TRIGGER IF EXISTS \"{}\"", name.replace('"', "\"\""));
+            self.with_conn(|conn| conn.execute_batch(&statement))?;
+        }
         loop {
             let names: Vec<(String, String)> = self.with_conn(|conn| {
                 conn.prepare(
