@@ -791,3 +791,53 @@ async fn the_object_cannot_take_a_reserved_name_nor_read_odos_tables_sideways() 
     assert_eq!(turns.storage().get("secret").await.unwrap(), None);
     turns.rollback_turn();
 }
+
+/// A turn that writes more pages than a log record may hold fails at its
+/// end, and the object comes back at its last durable state. Before, the
+/// record was written, could never be read back, and the object could
+/// never open again (the limit here is the option's, set low).
+#[tokio::test]
+async fn a_turn_too_large_for_one_record_fails_and_the_object_opens_again() {
+    let mut options = StoreOptions::default();
+    options.sql.max_turn_bytes = 1024 * 1024;
+    let store = Store::open(MemoryBackend::new(), options).unwrap();
+    let mut turns = object(&store, "bulk").await;
+    let sql = turns.sql().unwrap();
+    sql.exec("CREATE TABLE t (v BLOB)", &[]).unwrap();
+    sql.exec("INSERT INTO t VALUES ('kept')", &[]).unwrap();
+    commit(&mut turns).await;
+    turns.prepare().await.unwrap();
+    let sql = turns.sql().unwrap();
+    sql.exec(
+        "INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 200) SELECT randomblob(10000) FROM c",
+        &[],
+    )
+    .unwrap();
+    match turns.commit_turn() {
+        Some(wait) => match wait.await {
+            Err(StorageError::CommitFailed(cause)) => assert!(
+                matches!(
+                    *cause,
+                    StorageError::Sql(SqlError::TurnTooLarge {
+                        max_bytes: 1_048_576
+                    })
+                ),
+                "{cause:?}"
+            ),
+            other => panic!("expected the turn to fail, got {other:?}"),
+        },
+        None => panic!("the turn wrote"),
+    }
+    assert!(turns.has_failed());
+    drop(turns);
+    let mut turns = object(&store, "bulk").await;
+    let n = turns
+        .sql()
+        .unwrap()
+        .exec("SELECT count(*) AS n FROM t", &[])
+        .unwrap()
+        .one()
+        .unwrap();
+    assert_eq!(n.get("n"), Some(&SqlValue::from(1i64)));
+    turns.rollback_turn();
+}

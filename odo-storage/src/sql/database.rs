@@ -57,6 +57,8 @@ pub struct SqlStorage {
     pub(crate) max_bytes: u64,
     /// How long one `exec` may run, in milliseconds.
     pub(crate) max_statement_ms: u64,
+    /// The most bytes of pages one turn may write.
+    pub(crate) max_turn_bytes: u64,
     /// The turn's change of the alarm (for the shard's alarm index), found
     /// when it commits.
     pub(crate) alarm: AlarmChange,
@@ -82,7 +84,12 @@ pub(crate) struct Recovered {
 }
 
 impl SqlStorage {
-    pub(crate) fn new(id: ObjectId, dir: &Path, max_bytes: u64, max_statement_ms: u64) -> Self {
+    pub(crate) fn new(id: ObjectId, dir: &Path, limits: &super::SqlOptions) -> Self {
+        let (max_bytes, max_statement_ms, max_turn_bytes) = (
+            limits.max_database_bytes,
+            limits.max_statement_ms,
+            limits.max_turn_bytes,
+        );
         let path = dir.join(format!("{id}.sqlite"));
         Self {
             id,
@@ -98,6 +105,7 @@ impl SqlStorage {
             fsynced: Arc::new(AtomicU64::new(0)),
             max_bytes,
             max_statement_ms,
+            max_turn_bytes,
             alarm: AlarmChange::Keep,
             alarm_dirty: false,
             kv_table: None,
@@ -350,9 +358,16 @@ impl SqlStorage {
         let Some(frames) = self.guard.take_commit_frames() else {
             return Ok(None);
         };
+        let max = self.max_turn_bytes;
         self.wal
-            .next_commit(crate::sql::now_ms(), frames)
-            .map_err(|e| StorageError::io("reading the pages of a local commit", e))
+            .next_commit(crate::sql::now_ms(), frames, max)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::FileTooLarge => SqlError::TurnTooLarge {
+                    max_bytes: max.min(super::wal::MAX_RECORD_BYTES as u64),
+                }
+                .into(),
+                _ => StorageError::io("reading the pages of a local commit", e),
+            })
     }
 
     /// Drops the turn's transaction.

@@ -61,6 +61,14 @@ pub enum SqlError {
         /// The limit.
         max: usize,
     },
+    /// A turn wrote more pages than one log record may hold
+    /// ([`SqlOptions::max_turn_bytes`](crate::SqlOptions::max_turn_bytes)):
+    /// it fails, and the object is reset to its last durable state.
+    #[error("the turn wrote more than {max_bytes} bytes of pages: split it into smaller turns")]
+    TurnTooLarge {
+        /// The limit.
+        max_bytes: u64,
+    },
     /// The object's database would grow past its limit.
     #[error("the object's database is full: its limit is {max_bytes} bytes")]
     DatabaseFull {

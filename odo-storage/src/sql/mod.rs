@@ -68,6 +68,11 @@ pub struct SqlOptions {
     /// limit (10 s by default), which kills a worker whose thread a
     /// statement holds longer. Default: 5,000.
     pub max_statement_ms: u64,
+    /// The most bytes of pages one turn may write (its log record); a
+    /// turn that wrote more fails at its end with
+    /// [`SqlError::TurnTooLarge`], and the object is reset to its last
+    /// durable state. Default and most: 1 GiB (what a record may hold).
+    pub max_turn_bytes: u64,
     /// WAL bytes after which the database file catches up (a checkpoint
     /// once every local commit is durable). Default: 4 MiB.
     pub checkpoint_wal_bytes: u64,
@@ -109,6 +114,7 @@ impl Default for SqlOptions {
             dir: None,
             max_database_bytes: limits.max_database_bytes,
             max_statement_ms: limits.max_statement_ms,
+            max_turn_bytes: 1 << 30,
             checkpoint_wal_bytes: 4 * 1024 * 1024,
             max_wal_bytes: 64 * 1024 * 1024,
             keep_synced_copies: false,

@@ -23,10 +23,9 @@ use crate::store::{CommitState, ObjectFailure, StoreInner, Submission};
 
 impl ObjectStorage {
     pub(crate) fn new_sql(id: ObjectId, store: Arc<StoreInner>, dir: &Path) -> Self {
-        let max_bytes = store.options.sql.max_database_bytes;
-        let max_ms = store.options.sql.max_statement_ms;
+        let sql = SqlStorage::new(id, dir, &store.options.sql);
         let mut storage = Self::new(id, store);
-        storage.sql = Some(Box::new(SqlStorage::new(id, dir, max_bytes, max_ms)));
+        storage.sql = Some(Box::new(sql));
         // Its key-value data is read from its database: the read cache
         // would only fill with the log records its turns commit.
         storage.no_read_cache();

@@ -21,8 +21,11 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 const WAL_HEADER: usize = 32;
 const FRAME_HEADER: usize = 24;
 const RECORD_VERSION: u8 = 2;
-/// The largest record decoded (a bound on what a corrupt size may ask).
-const MAX_RECORD_BYTES: usize = 1 << 30;
+/// The largest record decoded (a bound on what a corrupt size may ask),
+/// and so the most bytes of WAL frames one commit may take
+/// ([`SqlOptions::max_turn_bytes`](super::SqlOptions::max_turn_bytes) at
+/// most).
+pub(crate) const MAX_RECORD_BYTES: usize = 1 << 30;
 
 /// The pages one transaction wrote: what a log entry holds.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -132,7 +135,16 @@ impl WalTail {
     /// which left the WAL holding `frames` frames (as SQLite's WAL hook
     /// said): those up to its commit frame, the last of them. Frames past
     /// it (a rolled-back transaction's spilled pages) are not read.
-    pub(crate) fn next_commit(&mut self, time_ms: u64, frames: u64) -> io::Result<Option<Record>> {
+    ///
+    /// A commit of more than `max_bytes` of frames is an error of kind
+    /// [`io::ErrorKind::FileTooLarge`], before it is read: its record
+    /// could not be read back.
+    pub(crate) fn next_commit(
+        &mut self,
+        time_ms: u64,
+        frames: u64,
+        max_bytes: u64,
+    ) -> io::Result<Option<Record>> {
         let file = match &mut self.file {
             Some(file) => file,
             None => match File::open(&self.path) {
@@ -165,6 +177,12 @@ impl WalTail {
                 ))
             })?;
         let want = end - self.offset;
+        if want > max_bytes.min(MAX_RECORD_BYTES as u64) {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                format!("a commit of {want} bytes of pages"),
+            ));
+        }
         // Read into spare capacity: zeroing the buffer first cost as much
         // as the read.
         let mut bytes = Vec::with_capacity(want as usize);
