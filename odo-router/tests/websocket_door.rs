@@ -471,3 +471,36 @@ async fn an_upgrade_dropped_before_its_answer_lets_its_socket_go() {
     ws.send(Message::text("hi")).await.unwrap();
     assert_eq!(text(&mut ws).await, "echo:hi");
 }
+
+/// A client that pings and never reads: each ping's pong waits to be
+/// written. They are bounded like the door's own frames (the send
+/// buffer): past it the socket is closed with 1008, instead of the door
+/// holding a byte for every byte the client sends.
+#[tokio::test]
+async fn a_client_that_pings_and_never_reads_is_closed_not_buffered() {
+    use tokio::io::AsyncWriteExt;
+    let s = setup();
+    let ws = s.open().await;
+    let mut raw = ws.into_inner();
+    // Masked pings of 125 bytes (mask 0: the payload as is): 2.5 MB of
+    // pongs against the default 1 MiB send buffer.
+    let mut ping = vec![0x89, 0x80 | 125, 0, 0, 0, 0];
+    ping.extend_from_slice(&[b'p'; 125]);
+    let flood = tokio::spawn(async move {
+        for _ in 0..20_000 {
+            if raw.write_all(&ping).await.is_err() {
+                break;
+            }
+        }
+        raw
+    });
+    let start = Instant::now();
+    while s.service.closes.lock().unwrap().is_empty() {
+        assert!(
+            start.elapsed() < GUARD,
+            "the door kept answering pings no one read"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    flood.abort();
+}

@@ -78,6 +78,7 @@ impl<S: Io> Conn<S> {
             leftover: Bytes::new(),
             pinged: false,
             closed_by_client: None,
+            own_unsent: 0,
         }
     }
 }
@@ -99,6 +100,10 @@ pub(super) struct Conn<S> {
     /// The client's close frame, once it came (boxed: an idle socket
     /// keeps 8 bytes for it, not 32).
     closed_by_client: Option<Box<(u16, String)>>,
+    /// Bytes of tungstenite's own frames (pongs) waiting in `sending`: a
+    /// client that pings and never reads grows them, so they are bounded
+    /// like the door's frames.
+    own_unsent: usize,
 }
 
 /// tungstenite's view of the connection: reads take what was left over,
@@ -205,6 +210,7 @@ impl<S: Io> Conn<S> {
             *leftover = Bytes::copy_from_slice(scratch.unread());
         }
         if !written.is_empty() {
+            self.own_unsent += written.len();
             self.sending.push_back(Out::Frame {
                 bytes: Bytes::from(written),
                 len: 0,
@@ -262,6 +268,19 @@ impl<S: Io> Conn<S> {
             (messages, None)
         });
         self.closed_by_client = closed;
+        if self.own_unsent > door.config().send_buffer_bytes {
+            // Pongs the client does not read (it pings and never reads).
+            let kill = Kill {
+                code: close_code::POLICY_VIOLATION,
+                reason: "the client does not read its messages",
+            };
+            out.kill(kill);
+            return Poll::Ready(SocketEventKind::Close {
+                code: kill.code,
+                reason: kill.reason.to_owned(),
+                was_clean: false,
+            });
+        }
         if messages > 0 {
             self.pinged = false;
             out.heard(door.clock_ms());
@@ -453,6 +472,9 @@ impl<S: Io> Conn<S> {
             }
             written -= left;
             out.written(*len);
+            if *len == 0 {
+                self.own_unsent = self.own_unsent.saturating_sub(bytes.len());
+            }
             self.offset = 0;
             self.sending.pop_front();
         }
