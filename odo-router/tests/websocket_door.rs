@@ -169,8 +169,12 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(WebSocketConfig::default())
+}
+
+fn setup_with(config: WebSocketConfig) -> Setup {
     let service = Arc::new(Scripted::default());
-    let door = Door::new(WebSocketConfig::default(), "test-door", service.clone());
+    let door = Door::new(config, "test-door", service.clone());
     assert!(service.door.set(door.clone()).is_ok(), "set once");
     let client = Client::new(service.clone()).with_websockets(door.clone());
     Setup {
@@ -503,4 +507,44 @@ async fn a_client_that_pings_and_never_reads_is_closed_not_buffered() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     flood.abort();
+}
+
+/// An object's queue is bounded in bytes as well as in events: a message
+/// that would pass `object_buffer_bytes` closes its socket with 1013, as
+/// one past `object_buffer_events` does (one message always fits an
+/// empty queue). Before, 1,024 messages of 32 MiB could wait for one
+/// object.
+#[tokio::test]
+async fn an_objects_queue_is_bounded_in_bytes() {
+    let config = WebSocketConfig {
+        object_buffer_bytes: 10 * 1024,
+        ..WebSocketConfig::default()
+    };
+    let s = setup_with(config);
+    let mut a = s.open().await;
+    let mut b = s.open().await;
+    s.hold(&mut a).await;
+    let big = "x".repeat(4 * 1024);
+    b.send(Message::text(format!("1{big}"))).await.unwrap();
+    b.send(Message::text(format!("2{big}"))).await.unwrap();
+    s.queued(2).await;
+    b.send(Message::text(format!("3{big}"))).await.unwrap();
+    assert_eq!(close_code(&mut b).await, Some(CloseCode::Again));
+    s.service.release.notify_one();
+    assert_eq!(text(&mut a).await, "echo:hold");
+    // What queued before the limit was delivered; nothing after it.
+    let start = Instant::now();
+    while s.door.queued_events() > 0 {
+        assert!(start.elapsed() < GUARD, "the queue never drained");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let delivered: Vec<char> = s
+        .service
+        .calls()
+        .concat()
+        .iter()
+        .filter_map(|m| m.chars().next())
+        .filter(|c| c.is_ascii_digit())
+        .collect();
+    assert_eq!(delivered, vec!['1', '2']);
 }

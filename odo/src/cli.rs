@@ -133,6 +133,11 @@ pub(crate) struct ServeFlags {
     /// worker is replaced); a message beyond closes its socket with 1013.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     websocket_object_buffer: u64,
+    /// The bytes of one object's messages waiting for delivery at most
+    /// (one message always fits); a message beyond closes its socket with
+    /// 1013.
+    #[arg(long, default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    websocket_object_buffer_bytes: u64,
     /// Shut down gracefully when standard input reaches end of file (for
     /// supervisors and test harnesses that hold a pipe to the server).
     #[arg(long, hide = true)]
@@ -180,6 +185,8 @@ impl ServeFlags {
                 send_buffer_bytes: self.websocket_send_buffer_bytes,
                 idle_timeout: std::time::Duration::from_millis(self.websocket_idle_timeout_ms),
                 object_buffer_events: self.websocket_object_buffer as usize,
+                object_buffer_bytes: usize::try_from(self.websocket_object_buffer_bytes)
+                    .unwrap_or(usize::MAX),
                 ..WebSocketConfig::default()
             },
             runtime: RuntimeConfig::default(),

@@ -74,6 +74,11 @@ pub struct WebSocketConfig {
     /// worker is being replaced, say); a message beyond closes its socket
     /// with 1013. Default 1,024.
     pub object_buffer_events: usize,
+    /// The bytes of one object's messages waiting for delivery at most
+    /// (one message always fits an empty queue); a message beyond closes
+    /// its socket with 1013. Without it, the count alone let one object's
+    /// queue hold 1,024 messages of 32 MiB. Default 64 MiB.
+    pub object_buffer_bytes: usize,
     /// A socket that sends nothing for this long is pinged; one that stays
     /// silent for as long again is taken for a half-open connection and
     /// closed (its object gets a close event, 1006). One sweep per door
@@ -97,6 +102,7 @@ impl Default for WebSocketConfig {
             max_sockets: 100_000,
             send_buffer_bytes: 1024 * 1024,
             object_buffer_events: 1024,
+            object_buffer_bytes: 64 * 1024 * 1024,
             idle_timeout: Duration::from_secs(60),
             event_deadline: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
@@ -169,6 +175,8 @@ struct Obj {
     sockets: BTreeSet<u64>,
     auto_response: Option<(String, String)>,
     queue: VecDeque<Pending>,
+    /// Bytes of the payloads in `queue`.
+    queued_bytes: usize,
     pumping: bool,
 }
 
@@ -194,6 +202,13 @@ impl Socket {
 }
 
 impl Obj {
+    /// The next event waiting, out of the queue.
+    fn pop(&mut self) -> Option<Pending> {
+        let pending = self.queue.pop_front()?;
+        self.queued_bytes -= pending.payload.len();
+        Some(pending)
+    }
+
     fn idle(&self) -> bool {
         self.sockets.is_empty() && self.queue.is_empty() && !self.pumping
     }
@@ -518,7 +533,10 @@ impl Door {
         let Some(obj) = state.objects.get_mut(&object) else {
             return;
         };
-        if is_message && obj.queue.len() >= max {
+        let max_bytes = self.config().object_buffer_bytes;
+        let over_bytes =
+            !obj.queue.is_empty() && obj.queued_bytes.saturating_add(payload.len()) > max_bytes;
+        if is_message && (obj.queue.len() >= max || over_bytes) {
             if let Some(s) = state.sockets.get(&socket) {
                 s.out.kill(Kill {
                     code: close_code::TRY_AGAIN_LATER,
@@ -527,6 +545,7 @@ impl Door {
             }
             return;
         }
+        obj.queued_bytes += payload.len();
         obj.queue.push_back(Pending {
             socket,
             kind,

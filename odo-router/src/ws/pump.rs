@@ -57,7 +57,7 @@ pub(super) async fn pump(door: Door, object: ObjectId) {
             };
             let auto_response_ms =
                 |socket: u64| state.sockets.get(&socket).and_then(|s| s.auto_response_ms);
-            match obj.queue.pop_front() {
+            match obj.pop() {
                 Some(pending) => {
                     let address = obj.address.clone();
                     let mut batch = Vec::new();
@@ -70,7 +70,7 @@ pub(super) async fn pump(door: Door, object: ObjectId) {
                             .front()
                             .is_some_and(|p| batchable(p) && bytes + p.payload.len() <= PART_BYTES)
                     {
-                        let Some(p) = obj.queue.pop_front() else {
+                        let Some(p) = obj.pop() else {
                             break;
                         };
                         bytes += p.payload.len();
@@ -334,6 +334,7 @@ fn restart_socket(door: &Door, object: &ObjectId, socket: u64) {
     if let Some(obj) = state.objects.get_mut(object) {
         obj.queue
             .retain(|p| p.socket != socket || !matches!(p.kind, SocketEventKind::Message { .. }));
+        obj.queued_bytes = obj.queue.iter().map(|p| p.payload.len()).sum();
     }
     if let Some(s) = state.sockets.get(&socket) {
         // A kill only wakes the socket; it never takes the door's lock.

@@ -181,6 +181,7 @@ impl Door {
                     sockets: BTreeSet::new(),
                     auto_response: None,
                     queue: Default::default(),
+                    queued_bytes: 0,
                     pumping: false,
                 })
                 .sockets
