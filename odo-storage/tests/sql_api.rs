@@ -841,3 +841,44 @@ async fn a_turn_too_large_for_one_record_fails_and_the_object_opens_again() {
     assert_eq!(n.get("n"), Some(&SqlValue::from(1i64)));
     turns.rollback_turn();
 }
+
+/// Preparing a statement is outside the time limit (SQLite's progress
+/// handler does not run then), and views nested in views can make it
+/// take longer than the registry lets a worker's thread stall: such a
+/// statement is refused once it has made too many of the authorizer's
+/// checks, before the slow part.
+#[tokio::test]
+async fn a_statement_too_complex_to_prepare_is_refused_early() {
+    let mut options = StoreOptions::default();
+    options.sql.max_statement_ms = 60_000;
+    let store = Store::open(MemoryBackend::new(), options).unwrap();
+    let mut turns = object(&store, "views").await;
+    let sql = turns.sql().unwrap();
+    sql.exec("CREATE TABLE t (x)", &[]).unwrap();
+    sql.exec(
+        "CREATE VIEW v1 AS SELECT a.x FROM t a, t b WHERE a.x = b.x",
+        &[],
+    )
+    .unwrap();
+    for level in 2..=15 {
+        let below = level - 1;
+        sql.exec(
+            &format!(
+                "CREATE VIEW v{level} AS SELECT a.x FROM v{below} a, v{below} b WHERE a.x = b.x"
+            ),
+            &[],
+        )
+        .unwrap();
+    }
+    // (Without the refusal, preparing this fails with SQLite's own error
+    // after minutes in a debug build.)
+    match sql.exec("SELECT count(*) FROM v15", &[]) {
+        Err(StorageError::Sql(SqlError::Refused { what, .. })) => {
+            assert_eq!(what, "a statement this complex")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // An ordinary statement over a few views is prepared as before.
+    sql.exec("SELECT count(*) FROM v3", &[]).unwrap();
+    commit(&mut turns).await;
+}

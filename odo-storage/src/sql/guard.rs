@@ -97,7 +97,17 @@ pub(crate) struct Guard {
     /// The object's statement alters a table (it may rename one into a
     /// reserved name, which the authorizer cannot see).
     altering: Arc<AtomicBool>,
+    /// The authorizer's calls for the object's statement being prepared.
+    checks: Arc<AtomicU64>,
 }
+
+/// The most authorizer calls one statement of the object may make while
+/// it is prepared (about one per table and column it names, views
+/// expanded). Preparing is outside the time limit (SQLite's progress
+/// handler does not run then), and views nested in views can make it
+/// take minutes: a statement past this is refused instead. An ordinary
+/// statement makes tens or hundreds.
+pub(crate) const MAX_AUTHORIZER_CHECKS: u64 = 20_000;
 
 /// The time limit of the object's statement running now.
 #[derive(Debug, Default)]
@@ -178,6 +188,13 @@ impl Guard {
         if self.internal.load(Ordering::SeqCst) {
             return Authorization::Allow;
         }
+        if self.checks.fetch_add(1, Ordering::Relaxed) >= MAX_AUTHORIZER_CHECKS {
+            *self.refused.lock().unwrap_or_else(PoisonError::into_inner) = Some(Refusal {
+                what: "a statement this complex".to_owned(),
+                hint: "it names too many tables and columns once its views are expanded: split it, or flatten nested views",
+            });
+            return Authorization::Deny;
+        }
         match &ctx.action {
             // Statistics of a reserved table would hold its keys
             // (`sqlite_stat4` samples): a plain `ANALYZE` or `PRAGMA
@@ -201,6 +218,7 @@ impl Guard {
     pub(crate) fn clear(&self) {
         *self.refused.lock().unwrap_or_else(PoisonError::into_inner) = None;
         self.altering.store(false, Ordering::SeqCst);
+        self.checks.store(0, Ordering::Relaxed);
     }
 
     /// Whether the object's statement since [`clear`](Self::clear) was
