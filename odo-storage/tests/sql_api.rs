@@ -427,12 +427,7 @@ async fn a_statement_past_its_time_limit_is_interrupted_and_the_turn_goes_on() {
         other => panic!("expected the statement to be interrupted, got {other:?}"),
     }
     // The turn goes on: an ordinary statement runs, with the whole limit.
-    let n = sql
-        .exec("SELECT count(*) AS n FROM t", &[])
-        .unwrap()
-        .one()
-        .unwrap();
-    assert_eq!(n.get("n"), Some(&SqlValue::from(1i64)));
+    assert_eq!(count(sql, "SELECT count(*) AS n FROM t"), 1);
     // The same, writing: interrupted. SQLite rolls back the transaction of
     // a write it interrupts, so the turn fails as a whole (as for any
     // error that rolls it back) and nothing of it stays.
@@ -449,12 +444,7 @@ async fn a_statement_past_its_time_limit_is_interrupted_and_the_turn_goes_on() {
     turns.rollback_turn();
     turns.prepare().await.unwrap();
     let sql = turns.sql().unwrap();
-    let n = sql
-        .exec("SELECT count(*) AS n FROM t", &[])
-        .unwrap()
-        .one()
-        .unwrap();
-    assert_eq!(n.get("n"), Some(&SqlValue::from(1i64)));
+    assert_eq!(count(sql, "SELECT count(*) AS n FROM t"), 1);
     commit(&mut turns).await;
 }
 
@@ -483,12 +473,7 @@ async fn a_failed_turn_that_spilled_to_the_wal_leaves_the_next_turns_whole() {
     // A turn that only reads.
     turns.prepare().await.unwrap();
     let sql = turns.sql().unwrap();
-    let n = sql
-        .exec("SELECT count(*) AS n FROM t", &[])
-        .unwrap()
-        .one()
-        .unwrap();
-    assert_eq!(n.get("n"), Some(&SqlValue::from(1i64)));
+    assert_eq!(count(sql, "SELECT count(*) AS n FROM t"), 1);
     commit(&mut turns).await;
     // A turn that writes nothing (a write transaction that changed no
     // page appends nothing either).
@@ -506,12 +491,7 @@ async fn a_failed_turn_that_spilled_to_the_wal_leaves_the_next_turns_whole() {
     assert!(!turns.has_failed());
     turns.prepare().await.unwrap();
     let sql = turns.sql().unwrap();
-    let n = sql
-        .exec("SELECT count(*) AS n FROM t", &[])
-        .unwrap()
-        .one()
-        .unwrap();
-    assert_eq!(n.get("n"), Some(&SqlValue::from(2i64)));
+    assert_eq!(count(sql, "SELECT count(*) AS n FROM t"), 2);
     // The same inside a turn that goes on: a transaction of the turn
     // spills, fails and is rolled back; the turn writes a little more,
     // commits, and a reading turn follows.
@@ -526,24 +506,14 @@ async fn a_failed_turn_that_spilled_to_the_wal_leaves_the_next_turns_whole() {
     commit(&mut turns).await;
     turns.prepare().await.unwrap();
     let sql = turns.sql().unwrap();
-    let n = sql
-        .exec("SELECT count(*) AS n FROM t", &[])
-        .unwrap()
-        .one()
-        .unwrap();
-    assert_eq!(n.get("n"), Some(&SqlValue::from(3i64)));
+    assert_eq!(count(sql, "SELECT count(*) AS n FROM t"), 3);
     commit(&mut turns).await;
     assert!(!turns.has_failed());
     drop(turns);
     // What the log holds brings the same back.
     let mut turns = object(&store, "spill").await;
     let sql = turns.sql().unwrap();
-    let n = sql
-        .exec("SELECT count(*) AS n FROM t", &[])
-        .unwrap()
-        .one()
-        .unwrap();
-    assert_eq!(n.get("n"), Some(&SqlValue::from(3i64)));
+    assert_eq!(count(sql, "SELECT count(*) AS n FROM t"), 3);
     turns.rollback_turn();
 }
 
@@ -601,12 +571,7 @@ async fn a_statement_that_answers_too_much_fails_and_a_write_fails_its_turn() {
     turns.rollback_turn();
     turns.prepare().await.unwrap();
     let sql = turns.sql().unwrap();
-    let n = sql
-        .exec("SELECT count(*) AS n FROM t", &[])
-        .unwrap()
-        .one()
-        .unwrap();
-    assert_eq!(n.get("n"), Some(&SqlValue::from(1i64)));
+    assert_eq!(count(sql, "SELECT count(*) AS n FROM t"), 1);
     commit(&mut turns).await;
     assert!(!turns.has_failed());
 }
@@ -656,14 +621,10 @@ async fn a_turn_rolled_back_inside_a_key_value_call_cannot_go_on() {
     drop(turns);
     // Nothing of the turn stayed.
     let mut turns = object(&store, "full-kv").await;
-    let n = turns
-        .sql()
-        .unwrap()
-        .exec("SELECT count(*) AS n FROM log", &[])
-        .unwrap()
-        .one()
-        .unwrap();
-    assert_eq!(n.get("n"), Some(&SqlValue::from(0i64)));
+    assert_eq!(
+        count(turns.sql().unwrap(), "SELECT count(*) AS n FROM log"),
+        0
+    );
     assert_eq!(turns.storage().get("k0").await.unwrap(), None);
     turns.rollback_turn();
 }
@@ -717,39 +678,30 @@ async fn the_object_cannot_take_a_reserved_name_nor_read_odos_tables_sideways() 
     commit(&mut turns).await;
     turns.prepare().await.unwrap();
     let sql = turns.sql().unwrap();
-    let n = sql
-        .exec("SELECT count(*) AS n FROM leak", &[])
-        .unwrap()
-        .one()
-        .unwrap();
-    assert_eq!(n.get("n"), Some(&SqlValue::from(0i64)));
+    assert_eq!(count(sql, "SELECT count(*) AS n FROM leak"), 0);
     // An ordinary rename still works.
     sql.exec("ALTER TABLE x RENAME TO y", &[]).unwrap();
     // Statistics: none of odo's tables.
     sql.exec("ANALYZE", &[]).unwrap();
     sql.exec("PRAGMA optimize", &[]).unwrap();
-    let stats = sql
-        .exec(
-            "SELECT count(*) AS n FROM sqlite_stat1 WHERE tbl LIKE '\\_odo\\_%' ESCAPE '\\'",
-            &[],
-        )
-        .unwrap()
-        .one()
-        .unwrap();
-    assert_eq!(stats.get("n"), Some(&SqlValue::from(0i64)));
+    assert_eq!(
+        count(
+            sql,
+            "SELECT count(*) AS n FROM sqlite_stat1 WHERE tbl LIKE '\\_odo\\_%' ESCAPE '\\'"
+        ),
+        0
+    );
     assert!(matches!(
         sql.exec("ANALYZE _odo_kv", &[]),
         Err(StorageError::Sql(SqlError::Refused { .. })) | Ok(_)
     ));
-    let stats = sql
-        .exec(
-            "SELECT count(*) AS n FROM sqlite_stat1 WHERE tbl LIKE '\\_odo\\_%' ESCAPE '\\'",
-            &[],
-        )
-        .unwrap()
-        .one()
-        .unwrap();
-    assert_eq!(stats.get("n"), Some(&SqlValue::from(0i64)));
+    assert_eq!(
+        count(
+            sql,
+            "SELECT count(*) AS n FROM sqlite_stat1 WHERE tbl LIKE '\\_odo\\_%' ESCAPE '\\'"
+        ),
+        0
+    );
     commit(&mut turns).await;
     // delete_all with a trigger that a cascade would fire.
     turns.prepare().await.unwrap();
@@ -779,15 +731,13 @@ async fn the_object_cannot_take_a_reserved_name_nor_read_odos_tables_sideways() 
     assert!(!turns.has_failed());
     turns.prepare().await.unwrap();
     let sql = turns.sql().unwrap();
-    let left = sql
-        .exec(
-            "SELECT count(*) AS n FROM sqlite_schema WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
-            &[],
-        )
-        .unwrap()
-        .one()
-        .unwrap();
-    assert_eq!(left.get("n"), Some(&SqlValue::from(0i64)));
+    assert_eq!(
+        count(
+            sql,
+            "SELECT count(*) AS n FROM sqlite_schema WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+        ),
+        0
+    );
     assert_eq!(turns.storage().get("secret").await.unwrap(), None);
     turns.rollback_turn();
 }
@@ -831,14 +781,10 @@ async fn a_turn_too_large_for_one_record_fails_and_the_object_opens_again() {
     assert!(turns.has_failed());
     drop(turns);
     let mut turns = object(&store, "bulk").await;
-    let n = turns
-        .sql()
-        .unwrap()
-        .exec("SELECT count(*) AS n FROM t", &[])
-        .unwrap()
-        .one()
-        .unwrap();
-    assert_eq!(n.get("n"), Some(&SqlValue::from(1i64)));
+    assert_eq!(
+        count(turns.sql().unwrap(), "SELECT count(*) AS n FROM t"),
+        1
+    );
     turns.rollback_turn();
 }
 
@@ -881,4 +827,13 @@ async fn a_statement_too_complex_to_prepare_is_refused_early() {
     // An ordinary statement over a few views is prepared as before.
     sql.exec("SELECT count(*) FROM v3", &[]).unwrap();
     commit(&mut turns).await;
+}
+
+/// The one value of `query`'s one row, named `n` (a count).
+fn count(sql: &mut odo_storage::SqlStorage, query: &str) -> i64 {
+    let row = sql.exec(query, &[]).unwrap().one().unwrap();
+    match row.get("n") {
+        Some(SqlValue::Integer(n)) => *n,
+        other => panic!("{query}: {other:?}"),
+    }
 }
