@@ -46,6 +46,10 @@ pub mod close_code {
     pub const POLICY_VIOLATION: u16 = 1008;
     /// A message larger than the limit.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The server met a condition it cannot handle: here, the object's
+    /// new worker could not be handed the records of its sockets
+    /// (reconnect).
+    pub const INTERNAL_ERROR: u16 = 1011;
     /// The server restarted while handling this socket's message: its
     /// outcome is unknown (reconnect and check).
     pub const SERVICE_RESTART: u16 = 1012;

@@ -45,6 +45,9 @@ struct Scripted {
     fetches: std::sync::atomic::AtomicUsize,
     /// The sockets whose close event reached the service.
     closes: Mutex<Vec<u64>>,
+    /// Refuse every hand-over of socket records (as a worker refuses one
+    /// too large for a frame).
+    refuse_sync: std::sync::atomic::AtomicBool,
 }
 
 impl Scripted {
@@ -118,6 +121,16 @@ impl ObjectService for Scripted {
             SocketEventKind::Close { .. } => {
                 self.closes.lock().unwrap().push(event.socket);
                 return async { Ok(()) }.boxed();
+            }
+            SocketEventKind::Sync { .. }
+                if self.refuse_sync.load(std::sync::atomic::Ordering::SeqCst) =>
+            {
+                return async {
+                    Err(ForwardError::Object(WireError::BadRequest {
+                        message: "the hand-over is larger than a frame".into(),
+                    }))
+                }
+                .boxed();
             }
             _ => return async { Ok(()) }.boxed(),
         };
@@ -547,4 +560,21 @@ async fn an_objects_queue_is_bounded_in_bytes() {
         .filter(|c| c.is_ascii_digit())
         .collect();
     assert_eq!(delivered, vec!['1', '2']);
+}
+
+/// A hand-over of an object's socket records that its worker refuses
+/// (they do not fit one frame, say) closes the object's sockets here with
+/// 1011, so their clients reconnect. Before, each message was dropped
+/// with a warning and its socket stayed open: the room went silent.
+#[tokio::test]
+async fn a_refused_hand_over_closes_the_objects_sockets_with_1011() {
+    let s = setup();
+    let mut a = s.open().await;
+    let mut b = s.open().await;
+    s.service
+        .refuse_sync
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    a.send(Message::text("unknown")).await.unwrap();
+    assert_eq!(close_code(&mut a).await, Some(CloseCode::Error));
+    assert_eq!(close_code(&mut b).await, Some(CloseCode::Error));
 }

@@ -279,7 +279,18 @@ where
             handed_over = true;
             match hand_over(door, address, socket, record).await {
                 Ok(()) => continue,
-                Err(e) => error = e,
+                Err(e) => {
+                    if e.outcome() == Outcome::Failed {
+                        // Refused (the records do not fit one frame, say):
+                        // every event of the object's sockets here would
+                        // fail the same way. They are closed, so their
+                        // clients reconnect, rather than their messages
+                        // dropped one by one.
+                        warn!(object = %address, error = %e, "the object's worker cannot be handed its sockets: closing them with 1011");
+                        close_all(door, &address.id);
+                    }
+                    error = e;
+                }
             }
         }
         if error.outcome() != Outcome::NotDelivered || !error.retryable() {
@@ -323,6 +334,22 @@ async fn hand_over(
         .service
         .socket_event(address.clone(), event, Bytes::new(), deadline)
         .await
+}
+
+/// Closes every socket of `object` at this door with 1011.
+fn close_all(door: &Door, object: &ObjectId) {
+    let state = door.state();
+    let Some(obj) = state.objects.get(object) else {
+        return;
+    };
+    for id in &obj.sockets {
+        if let Some(s) = state.sockets.get(id) {
+            s.out.kill(Kill {
+                code: close_code::INTERNAL_ERROR,
+                reason: "the object could not be handed its sockets: reconnect",
+            });
+        }
+    }
 }
 
 /// Closes `socket` with 1012 (its last message may or may not have been
