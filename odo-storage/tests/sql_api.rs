@@ -691,10 +691,8 @@ async fn the_object_cannot_take_a_reserved_name_nor_read_odos_tables_sideways() 
         ),
         0
     );
-    assert!(matches!(
-        sql.exec("ANALYZE _odo_kv", &[]),
-        Err(StorageError::Sql(SqlError::Refused { .. })) | Ok(_)
-    ));
+    // Named, it is skipped too.
+    sql.exec("ANALYZE _odo_kv", &[]).unwrap();
     assert_eq!(
         count(
             sql,

@@ -18,7 +18,7 @@ use super::guard::{
     claims_own, own,
 };
 use super::log;
-use super::wal::{Record, WalTail, replay};
+use super::wal::{MAX_RECORD_BYTES, Record, WalTail, replay};
 use crate::backend::{Backend, ScanLimit};
 use crate::batch::AlarmChange;
 use crate::error::StorageError;
@@ -85,11 +85,6 @@ pub(crate) struct Recovered {
 
 impl SqlStorage {
     pub(crate) fn new(id: ObjectId, dir: &Path, limits: &super::SqlOptions) -> Self {
-        let (max_bytes, max_statement_ms, max_turn_bytes) = (
-            limits.max_database_bytes,
-            limits.max_statement_ms,
-            limits.max_turn_bytes,
-        );
         let path = dir.join(format!("{id}.sqlite"));
         Self {
             id,
@@ -103,9 +98,10 @@ impl SqlStorage {
             next_seq: 1,
             synced: 0,
             fsynced: Arc::new(AtomicU64::new(0)),
-            max_bytes,
-            max_statement_ms,
-            max_turn_bytes,
+            max_bytes: limits.max_database_bytes,
+            max_statement_ms: limits.max_statement_ms,
+            // No more than a record may hold, whatever was asked.
+            max_turn_bytes: limits.max_turn_bytes.min(MAX_RECORD_BYTES as u64),
             alarm: AlarmChange::Keep,
             alarm_dirty: false,
             kv_table: None,
@@ -218,7 +214,7 @@ impl SqlStorage {
         }
         result.map_err(|error| {
             if rolled_back {
-                self.aborted = Some(error.to_string());
+                self.abort(error.to_string());
             }
             error.into()
         })
@@ -298,7 +294,7 @@ impl SqlStorage {
             // SQLite rolled the turn's transaction back under a statement
             // whose caller did not say so: nothing more may run outside it.
             let cause = "SQLite rolled the turn's transaction back".to_owned();
-            self.aborted = Some(cause.clone());
+            self.abort(cause.clone());
             return Err(SqlError::TurnRolledBack { cause }.into());
         }
         Ok(())
@@ -362,10 +358,9 @@ impl SqlStorage {
         self.wal
             .next_commit(crate::sql::now_ms(), frames, max)
             .map_err(|e| match e.kind() {
-                std::io::ErrorKind::FileTooLarge => SqlError::TurnTooLarge {
-                    max_bytes: max.min(super::wal::MAX_RECORD_BYTES as u64),
+                std::io::ErrorKind::FileTooLarge => {
+                    SqlError::TurnTooLarge { max_bytes: max }.into()
                 }
-                .into(),
                 _ => StorageError::io("reading the pages of a local commit", e),
             })
     }

@@ -26,14 +26,6 @@ pub const MAX_SQL_ROW_BYTES: usize = 2_000_000;
 /// worker's memory, with every object on it.
 pub const MAX_SQL_RESULT_BYTES: usize = 128 * 1024 * 1024;
 
-/// The comment that begins every statement odo keeps prepared on an
-/// object's connection. SQLite authorizes a statement once, when it is
-/// prepared, and the connection's cache hands a prepared statement to
-/// whoever asks with the same text; so the object's SQL may not begin
-/// with this mark, and cannot reach odo's own statements (which the
-/// authorizer let through as odo's) by typing their text.
-pub(crate) const OWN: &str = "/*odo*/ ";
-
 /// An odo statement's text: [`OWN`] and `$text`.
 macro_rules! own {
     ($text:literal) => {
@@ -41,6 +33,14 @@ macro_rules! own {
     };
 }
 pub(crate) use own;
+
+/// The comment that begins every statement odo keeps prepared on an
+/// object's connection. SQLite authorizes a statement once, when it is
+/// prepared, and the connection's cache hands a prepared statement to
+/// whoever asks with the same text; so the object's SQL may not begin
+/// with this mark, and cannot reach odo's own statements (which the
+/// authorizer let through as odo's) by typing their text.
+pub(crate) const OWN: &str = own!("");
 
 /// Whether the object's `query` claims to be odo's own (see [`OWN`]).
 pub(crate) fn claims_own(query: &str) -> bool {
@@ -101,9 +101,9 @@ pub(crate) struct Guard {
     checks: Arc<AtomicU64>,
 }
 
-/// The most authorizer calls one statement of the object may make while
-/// it is prepared (about one per table and column it names, views
-/// expanded). Preparing is outside the time limit (SQLite's progress
+/// The most authorizer calls one `exec` of the object (all of its
+/// statements) may make while it is prepared (about one per table and
+/// column named, views expanded). Preparing is outside the time limit (SQLite's progress
 /// handler does not run then), and views nested in views can make it
 /// take minutes: a statement past this is refused instead. An ordinary
 /// statement makes tens or hundreds.
@@ -197,8 +197,8 @@ impl Guard {
         }
         match &ctx.action {
             // Statistics of a reserved table would hold its keys
-            // (`sqlite_stat4` samples): a plain `ANALYZE` or `PRAGMA
-            // optimize` skips it, one naming it is refused below.
+            // (`sqlite_stat4` samples): `ANALYZE` (plain, naming it, or
+            // from `PRAGMA optimize`) skips it.
             AuthAction::Analyze { table_name } if reserved(table_name) => {
                 return Authorization::Ignore;
             }

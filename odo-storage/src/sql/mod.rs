@@ -114,7 +114,7 @@ impl Default for SqlOptions {
             dir: None,
             max_database_bytes: limits.max_database_bytes,
             max_statement_ms: limits.max_statement_ms,
-            max_turn_bytes: 1 << 30,
+            max_turn_bytes: wal::MAX_RECORD_BYTES as u64,
             checkpoint_wal_bytes: 4 * 1024 * 1024,
             max_wal_bytes: 64 * 1024 * 1024,
             keep_synced_copies: false,

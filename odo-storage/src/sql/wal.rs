@@ -136,9 +136,9 @@ impl WalTail {
     /// said): those up to its commit frame, the last of them. Frames past
     /// it (a rolled-back transaction's spilled pages) are not read.
     ///
-    /// A commit of more than `max_bytes` of frames is an error of kind
-    /// [`io::ErrorKind::FileTooLarge`], before it is read: its record
-    /// could not be read back.
+    /// A commit of more than `max_bytes` of frames (at most
+    /// [`MAX_RECORD_BYTES`]) is an error of kind
+    /// [`io::ErrorKind::FileTooLarge`], before it is read.
     pub(crate) fn next_commit(
         &mut self,
         time_ms: u64,
@@ -177,7 +177,7 @@ impl WalTail {
                 ))
             })?;
         let want = end - self.offset;
-        if want > max_bytes.min(MAX_RECORD_BYTES as u64) {
+        if want > max_bytes {
             return Err(io::Error::new(
                 io::ErrorKind::FileTooLarge,
                 format!("a commit of {want} bytes of pages"),
