@@ -202,6 +202,12 @@ impl Socket {
 }
 
 impl Obj {
+    /// Queues `pending` last.
+    fn push(&mut self, pending: Pending) {
+        self.queued_bytes += pending.payload.len();
+        self.queue.push_back(pending);
+    }
+
     /// The next event waiting, out of the queue.
     fn pop(&mut self) -> Option<Pending> {
         let pending = self.queue.pop_front()?;
@@ -545,8 +551,7 @@ impl Door {
             }
             return;
         }
-        obj.queued_bytes += payload.len();
-        obj.queue.push_back(Pending {
+        obj.push(Pending {
             socket,
             kind,
             payload,
@@ -616,7 +621,7 @@ impl Door {
         let mut start = false;
         if let Some(obj) = state.objects.get_mut(&gone.object) {
             obj.sockets.remove(&socket);
-            obj.queue.push_back(Pending {
+            obj.push(Pending {
                 socket,
                 kind: last,
                 payload: Bytes::new(),
