@@ -75,7 +75,7 @@ enum Task {
     /// forwarding, failover, fencing of a paused host, join, leave, fjall,
     /// partitions). Without root the hosts run on loopback addresses and
     /// the partitions skip. Installs etcd-server, postgresql,
-    /// protobuf-compiler and iproute2 when missing.
+    /// protobuf-compiler, libprotobuf-dev and iproute2 when missing.
     TestCluster,
     /// Only the packaging step of ci: cargo package for every published
     /// crate, then cargo check of each library crate alone.
@@ -113,7 +113,7 @@ fn ci() -> Result<()> {
     // The tests crate builds odo's `cluster` feature on Linux: its etcd
     // client needs protoc.
     if cfg!(target_os = "linux") {
-        system::ensure(&[system::PROTOC])?;
+        system::ensure(&[system::PROTOC, system::PROTO_INCLUDES])?;
     }
     cargo(&[
         "clippy",
@@ -161,6 +161,7 @@ fn test_cluster() -> Result<()> {
     }
     system::ensure(&[
         system::PROTOC,
+        system::PROTO_INCLUDES,
         system::ETCD,
         system::POSTGRES,
         system::IPROUTE2,

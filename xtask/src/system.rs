@@ -67,6 +67,32 @@ fn protoc_present() -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("protoc").exists()))
 }
 
+/// The `.proto` files of protobuf's well-known types
+/// (`google/protobuf/descriptor.proto`, ...), which the etcd client's
+/// protos import. Debian ships them in `libprotobuf-dev`, which
+/// `protobuf-compiler` only recommends: an install without recommends (as
+/// [`ensure`] makes) leaves protoc unable to build the client.
+pub(crate) const PROTO_INCLUDES: Need = Need {
+    what: "protobuf's well-known .proto files (google/protobuf/descriptor.proto: the etcd client's protos import them)",
+    package: "libprotobuf-dev",
+    present: proto_includes_present,
+};
+
+fn proto_includes_present() -> bool {
+    // protoc looks beside itself (`../include`) and in PROTOC_INCLUDE.
+    let mut dirs = vec![std::path::PathBuf::from("/usr/include")];
+    if let Some(dir) = std::env::var_os("PROTOC_INCLUDE") {
+        dirs.push(dir.into());
+    }
+    if let Some(protoc) = std::env::var_os("PROTOC")
+        && let Some(bin) = Path::new(&protoc).parent()
+    {
+        dirs.push(bin.join("../include"));
+    }
+    dirs.iter()
+        .any(|dir| dir.join("google/protobuf/descriptor.proto").is_file())
+}
+
 /// `ip` (iproute2), with which `cargo xtask test-cluster` makes the
 /// network namespaces its partition scenarios run in.
 pub(crate) const IPROUTE2: Need = Need {
@@ -153,4 +179,41 @@ pub(crate) fn is_root() -> bool {
             .and_then(|ids| ids.split_whitespace().nth(1))
             == Some("0")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What [`PROTOC`] and [`PROTO_INCLUDES`] call present is what the etcd
+    /// client's build needs: protoc compiles a file that imports a
+    /// well-known type exactly when both say so. (A fresh machine's CI once
+    /// had protoc without the well-known files, installed without
+    /// recommends, and the build failed after `ensure` had passed.)
+    #[test]
+    fn protoc_needs_match_what_the_etcd_client_build_needs() {
+        if !protoc_present() {
+            eprintln!("SKIPPED: no protoc here (xtask ci installs it before its build)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("probe.proto"),
+            "syntax = \"proto3\";\nimport \"google/protobuf/descriptor.proto\";\n\
+             extend google.protobuf.MessageOptions { string probe = 50000; }\n",
+        )
+        .unwrap();
+        let protoc = std::env::var_os("PROTOC").unwrap_or_else(|| "protoc".into());
+        let out = Command::new(protoc)
+            .current_dir(dir.path())
+            .args(["--proto_path=.", "--descriptor_set_out=probe.bin", "probe.proto"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.success(),
+            proto_includes_present(),
+            "protoc: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
