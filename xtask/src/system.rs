@@ -206,7 +206,11 @@ mod tests {
         let protoc = std::env::var_os("PROTOC").unwrap_or_else(|| "protoc".into());
         let out = Command::new(protoc)
             .current_dir(dir.path())
-            .args(["--proto_path=.", "--descriptor_set_out=probe.bin", "probe.proto"])
+            .args([
+                "--proto_path=.",
+                "--descriptor_set_out=probe.bin",
+                "probe.proto",
+            ])
             .output()
             .unwrap();
         assert_eq!(
