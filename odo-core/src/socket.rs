@@ -211,6 +211,12 @@ pub enum SocketOp {
         /// The payload continues in the next `Send` to the same sockets
         /// (a message too large for one frame).
         more: bool,
+        /// The payload continues the previous `Send` to the same sockets
+        /// (that one had `more`). A door that holds the start of a message
+        /// and gets a `Send` that does not continue it knows the rest was
+        /// lost; one that gets a continuation without a start knows its
+        /// start was.
+        continued: bool,
     },
     /// Closes a socket with a close frame.
     Close {

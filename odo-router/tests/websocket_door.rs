@@ -159,6 +159,7 @@ impl ObjectService for Scripted {
                         binary: false,
                         len: echo.len() as u32,
                         more: false,
+                        continued: false,
                     }],
                 };
                 door.apply(output, Bytes::from(echo))
@@ -577,4 +578,106 @@ async fn a_refused_hand_over_closes_the_objects_sockets_with_1011() {
     a.send(Message::text("unknown")).await.unwrap();
     assert_eq!(close_code(&mut a).await, Some(CloseCode::Error));
     assert_eq!(close_code(&mut b).await, Some(CloseCode::Error));
+}
+
+/// The id the door gave the only socket open at it.
+fn only_socket(s: &Setup) -> u64 {
+    let records = s.door.shard_sockets(0, 1);
+    assert_eq!(records.len(), 1, "one object");
+    assert_eq!(records[0].sockets.len(), 1, "one socket");
+    records[0].sockets[0].socket
+}
+
+/// A part of a message to `socket`, as a worker sends a message larger
+/// than a push: `more` when the next part follows, `continued` when it
+/// follows one.
+fn part(socket: u64, text: &str, more: bool, continued: bool) -> (SocketOutput, Bytes) {
+    let output = SocketOutput {
+        ops: vec![SocketOp::Send {
+            sockets: vec![socket],
+            binary: false,
+            len: text.len() as u32,
+            more,
+            continued,
+        }],
+    };
+    (output, Bytes::from(text.to_owned()))
+}
+
+/// What `ws` gets until its close: its text messages and the close code.
+async fn until_closed(ws: &mut ClientWebSocket) -> (Vec<String>, Option<CloseCode>) {
+    let mut texts = Vec::new();
+    loop {
+        match tokio::time::timeout(GUARD, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => texts.push(t.to_string()),
+            Ok(Some(Ok(Message::Close(frame)))) => return (texts, frame.map(|f| f.code)),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("expected a message or a close, got {other:?}"),
+        }
+    }
+}
+
+/// A message cut off after its first part (its worker died between two
+/// pushes, or their connection broke) is not glued to the socket's next
+/// message: the socket is closed with 1012, since it missed a message, and
+/// the next message's bytes never reach it prefixed by the lost part's.
+/// Before, the door kept the first part and sent it and the next message
+/// as one.
+#[tokio::test]
+async fn a_message_cut_off_after_its_first_part_closes_its_socket_with_1012() {
+    let s = setup();
+    let mut a = s.open().await;
+    let id = only_socket(&s);
+    let (head, body) = part(id, "lost-head|", true, false);
+    s.door.apply(head, body).unwrap();
+    let (next, body) = part(id, "next", false, false);
+    s.door.apply(next, body).unwrap();
+    let (texts, code) = until_closed(&mut a).await;
+    assert!(
+        texts.iter().all(|t| !t.contains("lost-head")),
+        "the lost part reached the client: {texts:?}"
+    );
+    assert_eq!(code, Some(CloseCode::Restart));
+}
+
+/// The parts of one message arrive as that message, once, however many
+/// parts it took; the part that ended a message (or a part whose head
+/// never came) starts nothing.
+#[tokio::test]
+async fn a_message_in_parts_arrives_whole_and_a_headless_part_is_dropped() {
+    let s = setup();
+    let mut a = s.open().await;
+    let id = only_socket(&s);
+    let parts = ["one|", "two|", "three"];
+    for (i, text) in parts.iter().enumerate() {
+        let (op, body) = part(id, text, i + 1 < parts.len(), i > 0);
+        s.door.apply(op, body).unwrap();
+    }
+    assert_eq!(text(&mut a).await, "one|two|three");
+    // The end of a message whose head this door never got: dropped, and
+    // the socket closed (it missed that message).
+    let (tail, body) = part(id, "tail", false, true);
+    s.door.apply(tail, body).unwrap();
+    let (texts, code) = until_closed(&mut a).await;
+    assert_eq!(texts, Vec::<String>::new());
+    assert_eq!(code, Some(CloseCode::Restart));
+}
+
+/// When the object's worker changes (the door hands the new one its
+/// sockets), a message its old worker left half-sent is dropped and its
+/// sockets closed with 1012: no new message would ever end it.
+#[tokio::test]
+async fn a_hand_over_drops_a_half_sent_message_and_closes_its_socket() {
+    let s = setup();
+    let mut a = s.open().await;
+    let id = only_socket(&s);
+    let (head, body) = part(id, "half|", true, false);
+    s.door.apply(head, body).unwrap();
+    // "unknown": the worker does not know the socket, so the door hands
+    // it over.
+    a.send(Message::text("unknown")).await.unwrap();
+    let (texts, code) = until_closed(&mut a).await;
+    assert!(texts.iter().all(|t| !t.contains("half")), "{texts:?}");
+    assert_eq!(code, Some(CloseCode::Restart));
+    assert_eq!(s.door.partial_messages(), 0);
 }

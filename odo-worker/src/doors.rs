@@ -193,11 +193,17 @@ async fn send_loop(
                         sockets,
                         binary,
                         more,
+                        continued,
                         ..
                     } if len > PUSH_BYTES => {
                         // Too large for one frame: its leading parts each
-                        // fill a push of their own.
+                        // fill a push of their own. Each part after the
+                        // first says it continues one, so the door knows
+                        // a message whose rest was lost (a push that
+                        // failed ends the batch: its later parts are
+                        // never sent).
                         let mut rest = payload;
+                        let mut continued = continued;
                         while rest.len() > PUSH_BYTES {
                             let part = rest.split_to(PUSH_BYTES);
                             push.ops.push(SocketOp::Send {
@@ -205,7 +211,9 @@ async fn send_loop(
                                 binary,
                                 len: part.len() as u32,
                                 more: true,
+                                continued,
                             });
+                            continued = true;
                             push.body.extend_from_slice(&part);
                             pushes.push(std::mem::take(&mut push));
                         }
@@ -214,6 +222,7 @@ async fn send_loop(
                             binary,
                             len: rest.len() as u32,
                             more,
+                            continued,
                         });
                         push.body.extend_from_slice(&rest);
                     }

@@ -635,6 +635,7 @@ impl SocketView {
                         binary,
                         len: payload.len() as u32,
                         more: false,
+                        continued: false,
                     });
                 }
                 PendingOp::Close { key, code, reason } => {

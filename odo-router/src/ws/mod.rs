@@ -16,6 +16,8 @@
 //! - `served.rs`: when a connection runs: only when something wakes it
 //!   (its stream, its queue, the door's idle sweep), so an idle socket has
 //!   no task and no timer.
+//! - `parts.rs`: an object's message larger than one push, put together
+//!   from its parts; one cut off closes its sockets (1012).
 //! - `pump.rs`: delivering an object's events, and what a failure means
 //!   for the socket whose event it was.
 
@@ -25,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use odo_core::socket::{
     DoorSockets, SocketEventKind, SocketOp, SocketOutput, SocketRecord, close_code,
 };
@@ -39,6 +41,7 @@ use crate::service::ObjectService;
 
 mod conn;
 mod outbound;
+mod parts;
 mod pump;
 mod served;
 mod upgrade;
@@ -151,8 +154,8 @@ struct Inner {
 struct State {
     sockets: HashMap<u64, Socket>,
     objects: HashMap<ObjectId, Obj>,
-    /// Messages being sent in parts, by their first socket.
-    partials: HashMap<u64, (bool, BytesMut)>,
+    /// Messages being sent in parts.
+    parts: parts::Parts,
 }
 
 /// One socket as the door keeps it.
@@ -226,6 +229,29 @@ impl Obj {
 pub(crate) struct Kill {
     code: u16,
     reason: &'static str,
+}
+
+/// How the door closes a socket that missed a message its object sent
+/// (cut off in parts): as a restart, so its client reconnects and reads
+/// again what it missed.
+const CUT_OFF: Kill = Kill {
+    code: close_code::SERVICE_RESTART,
+    reason: "a message to this socket was cut off: reconnect",
+};
+
+/// The send queues of the sockets in `cut` still open.
+fn cut_off(state: &State, mut cut: Vec<u64>) -> Vec<Arc<Outbound>> {
+    cut.sort_unstable();
+    cut.dedup();
+    if !cut.is_empty() {
+        tracing::warn!(
+            sockets = cut.len(),
+            "a WebSocket message cut off in parts: closing its sockets with 1012"
+        );
+    }
+    cut.iter()
+        .filter_map(|id| state.sockets.get(id).map(|s| s.out.clone()))
+        .collect()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -380,6 +406,7 @@ impl Door {
             Ok(bytes)
         };
         let mut overflowed = Vec::new();
+        let mut cut = Vec::new();
         let mut state = self.state();
         for op in output.ops {
             match op {
@@ -388,24 +415,14 @@ impl Door {
                     binary,
                     len,
                     more,
+                    continued,
                 } => {
                     let part = payload(len as usize)?;
-                    let Some(&first) = sockets.first() else {
+                    let added = state.parts.add(&sockets, binary, part, more, continued);
+                    cut.extend(added.cut);
+                    let Some((binary, whole)) = added.whole else {
                         continue;
                     };
-                    let whole = match state.partials.remove(&first) {
-                        Some((_, mut buffer)) => {
-                            buffer.extend_from_slice(&part);
-                            buffer.freeze()
-                        }
-                        None => part,
-                    };
-                    if more {
-                        state
-                            .partials
-                            .insert(first, (binary, BytesMut::from(&whole[..])));
-                        continue;
-                    }
                     if !binary && std::str::from_utf8(&whole).is_err() {
                         return Err(WireError::BadRequest {
                             message: "a text message that is not UTF-8".into(),
@@ -450,6 +467,7 @@ impl Door {
                 }
             }
         }
+        let cut = cut_off(&state, cut);
         drop(state);
         for out in overflowed {
             out.kill(Kill {
@@ -457,7 +475,35 @@ impl Door {
                 reason: "the client does not read its messages",
             });
         }
+        for out in cut {
+            out.kill(CUT_OFF);
+        }
         Ok(())
+    }
+
+    /// The object's worker changed: a message its old worker left half
+    /// sent to its sockets is dropped, and their sockets closed (1012).
+    pub(crate) fn drop_half_sent(&self, object: &ObjectId) {
+        let mut state = self.state();
+        let Some(obj) = state.objects.get(object) else {
+            return;
+        };
+        let firsts: Vec<u64> = obj.sockets.iter().copied().collect();
+        let cut = state.parts.drop_started_by(firsts);
+        if cut.is_empty() {
+            return;
+        }
+        debug!(object = %object, sockets = cut.len(), "a message half sent by the object's old worker dropped");
+        let cut = cut_off(&state, cut);
+        drop(state);
+        for out in cut {
+            out.kill(CUT_OFF);
+        }
+    }
+
+    /// Messages being put together from parts.
+    pub fn partial_messages(&self) -> usize {
+        self.state().parts.len()
     }
 
     /// What the door keeps of `object`'s sockets, for its next worker.
@@ -617,7 +663,8 @@ impl Door {
         let Some(gone) = state.sockets.remove(&socket) else {
             return false;
         };
-        state.partials.remove(&socket);
+        let State { sockets, parts, .. } = &mut *state;
+        parts.socket_gone(socket, |s| sockets.contains_key(&s));
         let mut start = false;
         if let Some(obj) = state.objects.get_mut(&gone.object) {
             obj.sockets.remove(&socket);

@@ -315,6 +315,8 @@ async fn hand_over(
     socket: u64,
     record: Option<&SocketRecord>,
 ) -> Result<(), ForwardError> {
+    // A message the object's old worker left half sent never ends.
+    door.drop_half_sent(&address.id);
     let mut sockets = door.records(&address.id);
     if let Some(record) = record {
         sockets.push(record.clone());

@@ -1,0 +1,252 @@
+//! Messages a worker sends in parts: one larger than a push travels as a
+//! first `Send` with `more`, then `Send`s with `continued` (and `more` on
+//! all but the last). The door puts the parts together, in one buffer per
+//! message, and learns when a message was cut off (its worker died between
+//! two parts, or their connection broke): the rest never comes, and the
+//! worker's next message to the same sockets starts afresh. Such a
+//! message's sockets missed it, so the door closes them (1012) rather than
+//! let a gap pass unseen, and it never glues a lost part to the next
+//! message.
+//!
+//! I/O-free: [`Parts`] only says what to send and which sockets to close.
+
+use std::collections::HashMap;
+
+use bytes::{Bytes, BytesMut};
+
+/// The messages being put together, by their first socket (a worker sends
+/// a message's parts one after the other, so one message per first socket
+/// is in flight at a time).
+#[derive(Debug, Default)]
+pub(super) struct Parts {
+    by_first: HashMap<u64, Partial>,
+}
+
+#[derive(Debug)]
+struct Partial {
+    binary: bool,
+    sockets: Vec<u64>,
+    bytes: BytesMut,
+}
+
+/// What one `Send` came to.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Added {
+    /// A whole message to send to the `Send`'s sockets: binary, its bytes.
+    pub(super) whole: Option<(bool, Bytes)>,
+    /// Sockets that missed a message (cut off, or whose start never came):
+    /// to be closed.
+    pub(super) cut: Vec<u64>,
+}
+
+impl Parts {
+    /// Adds the payload of one `Send` to `sockets` (not empty).
+    pub(super) fn add(
+        &mut self,
+        sockets: &[u64],
+        binary: bool,
+        part: Bytes,
+        more: bool,
+        continued: bool,
+    ) -> Added {
+        let Some(&first) = sockets.first() else {
+            return Added::default();
+        };
+        if !continued {
+            // A message starts: one still being put together for these
+            // sockets was cut off.
+            let cut = self
+                .by_first
+                .remove(&first)
+                .map(|stale| stale.sockets)
+                .unwrap_or_default();
+            if !more {
+                return Added {
+                    whole: Some((binary, part)),
+                    cut,
+                };
+            }
+            let mut bytes = BytesMut::with_capacity(part.len() * 2);
+            bytes.extend_from_slice(&part);
+            self.by_first.insert(
+                first,
+                Partial {
+                    binary,
+                    sockets: sockets.to_vec(),
+                    bytes,
+                },
+            );
+            return Added { whole: None, cut };
+        }
+        let Some(partial) = self.by_first.get_mut(&first) else {
+            // The rest of a message whose start this door never got.
+            return Added {
+                whole: None,
+                cut: sockets.to_vec(),
+            };
+        };
+        // Appended in place: each part is copied once.
+        partial.bytes.extend_from_slice(&part);
+        if more {
+            return Added::default();
+        }
+        let done = self
+            .by_first
+            .remove(&first)
+            .map(|p| (p.binary, p.bytes.freeze()));
+        Added {
+            whole: done,
+            cut: Vec::new(),
+        }
+    }
+
+    /// Drops the messages being put together whose first socket is one of
+    /// `firsts` (their object's worker changed: no part of them will come
+    /// any more); returns their sockets, which missed them.
+    pub(super) fn drop_started_by(&mut self, firsts: impl IntoIterator<Item = u64>) -> Vec<u64> {
+        let mut cut = Vec::new();
+        for first in firsts {
+            if let Some(partial) = self.by_first.remove(&first) {
+                cut.extend(partial.sockets);
+            }
+        }
+        cut
+    }
+
+    /// `socket` is gone: a message it started is dropped if none of its
+    /// sockets is open any more (`open` says which are).
+    pub(super) fn socket_gone(&mut self, socket: u64, open: impl Fn(u64) -> bool) {
+        if let Some(partial) = self.by_first.get(&socket)
+            && !partial.sockets.iter().any(|&s| s != socket && open(s))
+        {
+            self.by_first.remove(&socket);
+        }
+    }
+
+    /// Messages being put together.
+    pub(super) fn len(&self) -> usize {
+        self.by_first.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn whole(binary: bool, text: &str) -> Option<(bool, Bytes)> {
+        Some((binary, Bytes::from(text.to_owned())))
+    }
+
+    #[test]
+    fn a_whole_message_passes_and_parts_are_joined() {
+        let mut parts = Parts::default();
+        let added = parts.add(&[1, 2], false, Bytes::from_static(b"hi"), false, false);
+        assert_eq!(added.whole, whole(false, "hi"));
+        assert!(added.cut.is_empty());
+        assert_eq!(
+            parts.add(&[1, 2], true, Bytes::from_static(b"a"), true, false),
+            Added::default()
+        );
+        assert_eq!(
+            parts.add(&[1, 2], true, Bytes::from_static(b"b"), true, true),
+            Added::default()
+        );
+        let added = parts.add(&[1, 2], true, Bytes::from_static(b"c"), false, true);
+        assert_eq!(added.whole, whole(true, "abc"));
+        assert_eq!(parts.len(), 0);
+    }
+
+    #[test]
+    fn a_cut_off_message_is_dropped_and_its_sockets_named() {
+        let mut parts = Parts::default();
+        parts.add(&[1, 2], false, Bytes::from_static(b"lost"), true, false);
+        let added = parts.add(&[1], false, Bytes::from_static(b"next"), false, false);
+        assert_eq!(added.whole, whole(false, "next"));
+        assert_eq!(added.cut, vec![1, 2]);
+        let added = parts.add(&[3], false, Bytes::from_static(b"tail"), false, true);
+        assert_eq!(added.whole, None);
+        assert_eq!(added.cut, vec![3]);
+        parts.add(&[4, 5], false, Bytes::from_static(b"x"), true, false);
+        assert_eq!(parts.drop_started_by([4]), vec![4, 5]);
+        assert_eq!(parts.len(), 0);
+    }
+
+    #[test]
+    fn a_message_outlives_its_first_socket_while_another_is_open() {
+        let mut parts = Parts::default();
+        parts.add(&[1, 2], false, Bytes::from_static(b"a"), true, false);
+        parts.socket_gone(1, |s| s == 2);
+        let added = parts.add(&[1, 2], false, Bytes::from_static(b"b"), false, true);
+        assert_eq!(added.whole, whole(false, "ab"));
+        parts.add(&[1, 2], false, Bytes::from_static(b"a"), true, false);
+        parts.socket_gone(1, |_| false);
+        assert_eq!(parts.len(), 0);
+    }
+
+    /// The `Send`s a worker makes of a message cut into at most `n` parts
+    /// (payload, `more`, `continued`), of which the first `sent` reached
+    /// the door.
+    fn sends(text: &[u8], n: usize, sent: usize) -> Vec<(Bytes, bool, bool)> {
+        let size = text.len().div_ceil(n).max(1);
+        let chunks: Vec<&[u8]> = text.chunks(size).collect();
+        let count = chunks.len().max(1);
+        let chunks = if chunks.is_empty() {
+            vec![text]
+        } else {
+            chunks
+        };
+        chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| (Bytes::copy_from_slice(c), i + 1 < count, i > 0))
+            .take(sent)
+            .collect()
+    }
+
+    proptest! {
+        /// Against a model: of messages sent in parts, some cut off after
+        /// any number of their parts, exactly the complete ones arrive,
+        /// whole and in order, and each cut one names its sockets once
+        /// the next message starts.
+        #[test]
+        fn only_complete_messages_arrive_and_cut_ones_are_named(
+            messages in proptest::collection::vec(
+                (proptest::collection::vec(any::<u8>(), 0..40), 1usize..5, 0usize..6),
+                1..20,
+            )
+        ) {
+            let mut parts = Parts::default();
+            let mut arrived = Vec::new();
+            let mut expected = Vec::new();
+            let mut cuts = 0;
+            let mut expected_cuts = 0;
+            let mut pending_cut = false;
+            for (text, n, sent) in &messages {
+                let all = sends(text, *n, usize::MAX);
+                let sent = (*sent).min(all.len());
+                for (part, more, continued) in all.into_iter().take(sent) {
+                    let added = parts.add(&[7], true, part, more, continued);
+                    if !added.cut.is_empty() {
+                        cuts += 1;
+                    }
+                    if let Some((_, bytes)) = added.whole {
+                        arrived.push(bytes.to_vec());
+                    }
+                }
+                if sent > 0 && pending_cut {
+                    expected_cuts += 1;
+                }
+                let complete = sent == sends(text, *n, usize::MAX).len();
+                if complete {
+                    expected.push(text.clone());
+                }
+                if sent > 0 {
+                    pending_cut = !complete;
+                }
+            }
+            prop_assert_eq!(arrived, expected);
+            prop_assert_eq!(cuts, expected_cuts);
+        }
+    }
+}
