@@ -3,7 +3,8 @@
 //!
 //! The registry re-executes the current binary as
 //! `BINARY __odo-worker --index N --registry ENDPOINT --listen ENDPOINT
-//! --data-dir PATH --storage NAME --shards S --parent-pid PID`. The
+//! --data-dir PATH --storage NAME --shards S --parent-pid PID
+//! --websocket-max-message-bytes B`. The
 //! binary's `main` hands such a command line to the worker runtime instead
 //! of its own CLI.
 //!
@@ -103,6 +104,11 @@ pub struct WorkerLaunch {
     /// exits at once (the parent died before the worker could arm its
     /// parent-death signal).
     pub parent_pid: u32,
+    /// The largest WebSocket message, in bytes: the front door's limit for
+    /// what clients send, so the worker's objects receive (and may send)
+    /// every message the door lets through. The worker's runtime takes it
+    /// instead of its own `websocket_max_message_bytes`.
+    pub websocket_max_message_bytes: u64,
 }
 
 /// Why a command line is not a worker launch.
@@ -148,6 +154,8 @@ impl WorkerLaunch {
             self.shard_count.to_string(),
             "--parent-pid".into(),
             self.parent_pid.to_string(),
+            "--websocket-max-message-bytes".into(),
+            self.websocket_max_message_bytes.to_string(),
         ]
     }
 
@@ -172,7 +180,8 @@ impl WorkerLaunch {
             mut storage,
             mut shards,
             mut parent,
-        ) = (None, None, None, None, None, None, None);
+            mut max_message,
+        ) = (None, None, None, None, None, None, None, None);
         while let Some(flag) = args.next() {
             let value = args
                 .next()
@@ -192,6 +201,9 @@ impl WorkerLaunch {
                 "--storage" => storage = Some(value),
                 "--shards" => shards = Some(number("--shards", &value)?),
                 "--parent-pid" => parent = Some(number("--parent-pid", &value)?),
+                "--websocket-max-message-bytes" => {
+                    max_message = Some(number("--websocket-max-message-bytes", &value)?);
+                }
                 _ => return Err(LaunchError::Unknown(flag)),
             }
         }
@@ -203,11 +215,13 @@ impl WorkerLaunch {
             storage: storage.ok_or(LaunchError::Missing("--storage"))?,
             shard_count: shards.ok_or(LaunchError::Missing("--shards"))?,
             parent_pid: parent.ok_or(LaunchError::Missing("--parent-pid"))?,
+            websocket_max_message_bytes: max_message
+                .ok_or(LaunchError::Missing("--websocket-max-message-bytes"))?,
         }))
     }
 }
 
-fn number(flag: &'static str, value: &str) -> Result<u32, LaunchError> {
+fn number<N: std::str::FromStr>(flag: &'static str, value: &str) -> Result<N, LaunchError> {
     value.parse().map_err(|_| LaunchError::BadValue {
         flag,
         value: value.to_owned(),
@@ -228,6 +242,7 @@ mod tests {
             storage: "my-backend".into(),
             shard_count: 8,
             parent_pid: 42,
+            websocket_max_message_bytes: 40 << 20,
         }
     }
 
@@ -270,7 +285,7 @@ mod tests {
         args.truncate(args.len() - 2);
         assert_eq!(
             WorkerLaunch::parse(args),
-            Err(LaunchError::Missing("--parent-pid"))
+            Err(LaunchError::Missing("--websocket-max-message-bytes"))
         );
         let mut args = launch().to_args();
         args[2] = "two".into();

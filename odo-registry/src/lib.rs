@@ -185,6 +185,10 @@ pub struct RegistryConfig {
     /// How long [`Registry::workers_fresh`] waits for each worker's
     /// figures before it falls back to the last ones. Default 250 ms.
     pub stats_timeout: Duration,
+    /// The largest WebSocket message, in bytes, passed to every worker
+    /// (the front door's limit: the workers' objects receive every message
+    /// the door lets through, and may send as large). Default 32 MiB.
+    pub websocket_max_message_bytes: usize,
 }
 
 impl RegistryConfig {
@@ -214,6 +218,7 @@ impl RegistryConfig {
             shutdown_grace: Duration::from_secs(10),
             worker_env: Vec::new(),
             stats_timeout: Duration::from_millis(250),
+            websocket_max_message_bytes: 32 * 1024 * 1024,
         }
     }
 }

@@ -545,6 +545,7 @@ async fn process_life(
         storage: config.storage.clone(),
         shard_count: shared.shard_count,
         parent_pid: std::process::id(),
+        websocket_max_message_bytes: config.websocket_max_message_bytes as u64,
     };
     // The token goes through a pipe on the worker's standard input, never
     // its environment or command line (see odo_core::launch).

@@ -28,8 +28,10 @@ pub struct RuntimeConfig {
     /// stopped, their events answered `OutcomeUnknown`. Default 10 s.
     pub release_grace: Duration,
     /// The largest WebSocket message an object may send or receive, in
-    /// bytes. Default 32 MiB (as Cloudflare); the front door has its own
-    /// limit for what clients send.
+    /// bytes. Default 32 MiB (as Cloudflare). A server that odo's facade
+    /// runs sets it to its front door's limit (`--websocket-max-message-bytes`),
+    /// in this process and in its workers (their launch carries it), so
+    /// objects receive every message the door lets through.
     pub websocket_max_message_bytes: usize,
     /// The most WebSockets one object may have accepted at once; one more
     /// accept fails with [`WebSocketError::TooManySockets`](crate::WebSocketError).

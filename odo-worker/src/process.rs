@@ -88,14 +88,21 @@ pub fn read_token(input: impl std::io::BufRead) -> Result<String, WorkerError> {
 /// On Linux the worker also asks the kernel to kill it when its parent
 /// dies (`PR_SET_PDEATHSIG`), and exits at once if its parent is already
 /// not the registry that started it.
+///
+/// `config` is the runtime's, except its `websocket_max_message_bytes`:
+/// the launch's value replaces it (the front door's limit, one for the
+/// whole server).
 pub async fn serve(
     classes: Classes,
     backends: Backends,
     launch: WorkerLaunch,
     token: String,
-    config: RuntimeConfig,
+    mut config: RuntimeConfig,
 ) -> Result<(), WorkerError> {
     die_with_parent(launch.parent_pid);
+    // The front door's limit (one for the whole server).
+    config.websocket_max_message_bytes =
+        usize::try_from(launch.websocket_max_message_bytes).unwrap_or(usize::MAX);
     if token.is_empty() {
         return Err(odo_core::launch::TokenError::Empty.into());
     }

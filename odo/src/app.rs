@@ -71,9 +71,13 @@ pub struct ServeOptions {
     pub runtime_dir: Option<PathBuf>,
     /// Limits of the front door.
     pub router: RouterConfig,
-    /// Limits of the front door's WebSockets.
+    /// Limits of the front door's WebSockets. Its `max_message_bytes` is
+    /// the whole server's: it replaces the runtime's
+    /// `websocket_max_message_bytes`, so objects receive every message the
+    /// door lets through.
     pub websocket: WebSocketConfig,
-    /// Limits of the object runtime (used by the workers, or in-process).
+    /// Limits of the object runtime (used by the workers, or in-process),
+    /// but for its WebSocket message limit (see `websocket`).
     pub runtime: RuntimeConfig,
     /// How long a worker has to answer a heartbeat before it is killed as
     /// hung. Default 2 s.
@@ -371,12 +375,16 @@ impl App {
     /// in-flight events, flush and exit, and the sockets are removed.
     pub async fn serve(
         self,
-        options: ServeOptions,
+        mut options: ServeOptions,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), OdoError> {
         if let Some(e) = self.error {
             return Err(e);
         }
+        // One message limit for the whole server: objects receive every
+        // message the front door lets through (in this process and in the
+        // workers, which get it on their command line).
+        options.runtime.websocket_max_message_bytes = options.websocket.max_message_bytes;
         // Before anything starts: an unknown name fails here, listing the
         // registered ones.
         let backend = self.backends.get(&options.storage)?.clone();
@@ -458,6 +466,7 @@ impl App {
         config.heartbeat_timeout = options.heartbeat_timeout;
         config.stall_limit = options.stall_limit;
         config.worker_env = worker_env;
+        config.websocket_max_message_bytes = options.websocket.max_message_bytes;
         config.splitter = Some(Arc::new(crate::StorageSplitter::new(backend)));
         config.class_storage = crate::local::class_storage(&self.classes);
         let registry = Arc::new(Registry::start(config).await?);

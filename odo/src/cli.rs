@@ -117,8 +117,9 @@ pub(crate) struct ServeFlags {
     /// --max-connections); an upgrade over it is answered 503.
     #[arg(long, default_value_t = 100_000)]
     max_websockets: usize,
-    /// The largest WebSocket message a client may send, in bytes; larger
-    /// closes the socket with 1009.
+    /// The largest WebSocket message, in bytes: a client's larger message
+    /// closes its socket with 1009; objects (in every worker) receive and
+    /// may send up to it.
     #[arg(long, default_value_t = 32 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     websocket_max_message_bytes: u64,
     /// The bytes queued for one WebSocket at most; a client that stops

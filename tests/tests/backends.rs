@@ -108,6 +108,7 @@ fn a_worker_refuses_a_backend_it_did_not_register() {
         storage: "nosuch".into(),
         shard_count: 1,
         parent_pid: std::process::id(),
+        websocket_max_message_bytes: 32 << 20,
     };
     let mut child = Command::new(env!("CARGO_BIN_EXE_odo-test-server"))
         .args(launch.to_args())

@@ -237,6 +237,7 @@ fn a_worker_without_a_token_says_so() {
         storage: "memory".to_owned(),
         shard_count: 1,
         parent_pid: std::process::id(),
+        websocket_max_message_bytes: 32 << 20,
     };
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_odo-test-server"))
         .args(launch.to_args())

@@ -79,6 +79,7 @@ fn spawn_worker(dir: &std::path::Path, registry: &Endpoint) -> ChildGuard {
         storage: "fjall".to_owned(),
         shard_count: 1,
         parent_pid: std::process::id(),
+        websocket_max_message_bytes: 32 << 20,
     };
     let mut child = ChildGuard(
         Command::new(env!("CARGO_BIN_EXE_odo-test-worker"))
