@@ -681,3 +681,35 @@ async fn a_hand_over_drops_a_half_sent_message_and_closes_its_socket() {
     assert_eq!(code, Some(CloseCode::Restart));
     assert_eq!(s.door.partial_messages(), 0);
 }
+
+/// The messages the door holds for all its objects together (queued, or
+/// on their way to an object) are bounded in bytes: a message beyond
+/// closes its socket with 1013, whichever object it was for, while the
+/// message in flight stands. Before, each object's queue was bounded on
+/// its own, so many busy objects could hold without bound.
+#[tokio::test]
+async fn the_messages_the_door_holds_are_bounded_in_bytes_across_objects() {
+    let s = setup_with(WebSocketConfig {
+        door_buffer_bytes: 8,
+        ..WebSocketConfig::default()
+    });
+    let mut a = s.open_at("r1").await;
+    let mut c = s.open_at("r2").await;
+    // "hold" (4 bytes) is on its way to r1 and stays there.
+    s.hold(&mut a).await;
+    assert_eq!(s.door.held_message_bytes(), 4);
+    // 8 bytes more for r2, whose queue is empty: over the door's 8.
+    c.send(Message::text("abcdefgh")).await.unwrap();
+    assert_eq!(close_code(&mut c).await, Some(CloseCode::Again));
+    s.service.release.notify_one();
+    assert_eq!(text(&mut a).await, "echo:hold");
+    // Nothing held now: the same 8 bytes fit.
+    let start = Instant::now();
+    while s.door.held_message_bytes() > 0 {
+        assert!(start.elapsed() < GUARD, "the held bytes were never let go");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut d = s.open_at("r2").await;
+    d.send(Message::text("abcdefgh")).await.unwrap();
+    assert_eq!(text(&mut d).await, "echo:abcdefgh");
+}

@@ -139,6 +139,11 @@ pub(crate) struct ServeFlags {
     /// 1013.
     #[arg(long, default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     websocket_object_buffer_bytes: u64,
+    /// The bytes of the messages waiting for all objects together at most
+    /// (queued, or on their way to their object); a message beyond closes
+    /// its socket with 1013.
+    #[arg(long, default_value_t = 1024 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    websocket_door_buffer_bytes: u64,
     /// Shut down gracefully when standard input reaches end of file (for
     /// supervisors and test harnesses that hold a pipe to the server).
     #[arg(long, hide = true)]
@@ -187,6 +192,8 @@ impl ServeFlags {
                 idle_timeout: std::time::Duration::from_millis(self.websocket_idle_timeout_ms),
                 object_buffer_events: self.websocket_object_buffer as usize,
                 object_buffer_bytes: usize::try_from(self.websocket_object_buffer_bytes)
+                    .unwrap_or(usize::MAX),
+                door_buffer_bytes: usize::try_from(self.websocket_door_buffer_bytes)
                     .unwrap_or(usize::MAX),
                 ..WebSocketConfig::default()
             },

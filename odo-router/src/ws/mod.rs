@@ -82,6 +82,14 @@ pub struct WebSocketConfig {
     /// its socket with 1013. Without it, the count alone let one object's
     /// queue hold 1,024 messages of 32 MiB. Default 64 MiB.
     pub object_buffer_bytes: usize,
+    /// The bytes of the messages the door holds for all its objects
+    /// together at most: queued, or on their way to their object (held
+    /// until it answers, since a message may be sent again). A message
+    /// beyond closes its socket with 1013, whichever object it is for (one
+    /// message always fits a door that holds none). Without it, many busy
+    /// objects (a worker being replaced) could each hold their own
+    /// `object_buffer_bytes`. Default 1 GiB.
+    pub door_buffer_bytes: usize,
     /// A socket that sends nothing for this long is pinged; one that stays
     /// silent for as long again is taken for a half-open connection and
     /// closed (its object gets a close event, 1006). One sweep per door
@@ -106,6 +114,7 @@ impl Default for WebSocketConfig {
             send_buffer_bytes: 1024 * 1024,
             object_buffer_events: 1024,
             object_buffer_bytes: 64 * 1024 * 1024,
+            door_buffer_bytes: 1024 * 1024 * 1024,
             idle_timeout: Duration::from_secs(60),
             event_deadline: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
@@ -148,6 +157,8 @@ struct Inner {
     epoch: std::time::Instant,
     /// The idle sweep's task was started.
     sweeping: AtomicBool,
+    /// The bytes of the messages held for objects ([`Held`]).
+    held_bytes: Arc<AtomicUsize>,
 }
 
 #[derive(Default)]
@@ -191,6 +202,32 @@ struct Pending {
     /// For the last event of a socket the door no longer keeps: its
     /// record, in case the object's worker must be handed it first.
     record: Option<SocketRecord>,
+    /// The payload's place under the door's bound, given back when the
+    /// event is dropped: delivered, failed, or dropped from its queue.
+    _held: Held,
+}
+
+/// Bytes counted against [`WebSocketConfig::door_buffer_bytes`] while this
+/// lives.
+struct Held {
+    bytes: usize,
+    count: Arc<AtomicUsize>,
+}
+
+impl Held {
+    fn new(count: &Arc<AtomicUsize>, bytes: usize) -> Self {
+        count.fetch_add(bytes, Ordering::Relaxed);
+        Self {
+            bytes,
+            count: count.clone(),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.count.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl Socket {
@@ -289,6 +326,7 @@ impl Door {
                 batched_messages: AtomicU64::new(0),
                 epoch: std::time::Instant::now(),
                 sweeping: AtomicBool::new(false),
+                held_bytes: Arc::default(),
             }),
         }
     }
@@ -318,8 +356,14 @@ impl Door {
         self.state().objects.values().map(|o| o.queue.len()).sum()
     }
 
+    /// The bytes of the messages the door holds for objects, queued or on
+    /// their way ([`WebSocketConfig::door_buffer_bytes`] bounds them).
+    pub fn held_message_bytes(&self) -> usize {
+        self.inner.held_bytes.load(Ordering::Relaxed)
+    }
+
     /// Appends the door's metrics in the Prometheus text format: sockets
-    /// open, events waiting, and the messages that reached their objects
+    /// open, events waiting, the bytes of messages held, and the messages that reached their objects
     /// in batches.
     pub fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write as _;
@@ -335,6 +379,12 @@ impl Door {
                 "gauge",
                 "WebSocket events waiting at this front door for delivery.",
                 self.queued_events() as u64,
+            ),
+            (
+                "odo_websocket_held_bytes",
+                "gauge",
+                "Bytes of WebSocket messages this front door holds for objects (queued or on their way).",
+                self.held_message_bytes() as u64,
             ),
             (
                 "odo_websocket_batches_total",
@@ -588,20 +638,31 @@ impl Door {
         let max_bytes = self.config().object_buffer_bytes;
         let over_bytes =
             !obj.queue.is_empty() && obj.queued_bytes.saturating_add(payload.len()) > max_bytes;
-        if is_message && (obj.queue.len() >= max || over_bytes) {
+        // Changed only under the door's lock but for decrements, which
+        // only make room.
+        let held = self.inner.held_bytes.load(Ordering::Relaxed);
+        let over_door =
+            held > 0 && held.saturating_add(payload.len()) > self.config().door_buffer_bytes;
+        if is_message && (obj.queue.len() >= max || over_bytes || over_door) {
             if let Some(s) = state.sockets.get(&socket) {
                 s.out.kill(Kill {
                     code: close_code::TRY_AGAIN_LATER,
-                    reason: "too many messages waiting for the object",
+                    reason: if over_door {
+                        "too many messages waiting at the server"
+                    } else {
+                        "too many messages waiting for the object"
+                    },
                 });
             }
             return;
         }
+        let held = Held::new(&self.inner.held_bytes, payload.len());
         obj.push(Pending {
             socket,
             kind,
             payload,
             record: None,
+            _held: held,
         });
         let start = !obj.pumping;
         obj.pumping = true;
@@ -673,6 +734,7 @@ impl Door {
                 kind: last,
                 payload: Bytes::new(),
                 record: gone.accepted.then(|| gone.record(socket)),
+                _held: Held::new(&self.inner.held_bytes, 0),
             });
             start = !obj.pumping;
             obj.pumping = true;

@@ -106,13 +106,17 @@ impl Outbound {
     }
 
     /// The door's idle sweep: when the client has been silent for
-    /// `idle_ms` at `now_ms`, asks the connection to check on it and wakes
-    /// it (once, until it has checked).
-    pub(crate) fn sweep(&self, now_ms: u64, idle_ms: u64) {
+    /// `idle_ms` at `now_ms`, asks the connection to check on it (once,
+    /// until it has checked). `true`: the connection must be woken
+    /// ([`Outbound::wake`]) for that.
+    pub(crate) fn mark_idle(&self, now_ms: u64, idle_ms: u64) -> bool {
         let silent = now_ms.saturating_sub(self.heard_ms.load(Ordering::Relaxed));
-        if silent >= idle_ms && !self.idle_check.swap(true, Ordering::AcqRel) {
-            self.waker.wake();
-        }
+        silent >= idle_ms && !self.idle_check.swap(true, Ordering::AcqRel)
+    }
+
+    /// Wakes the socket's connection.
+    pub(crate) fn wake(&self) {
+        self.waker.wake();
     }
 
     /// Whether the sweep asked for a check since the last call.

@@ -175,12 +175,23 @@ impl Door {
         });
     }
 
-    /// One pass of the idle sweep over every socket.
+    /// One pass of the idle sweep over every socket. Which sockets are
+    /// due is read under the door's lock (an atomic load each); they are
+    /// woken after it, since a wake may spawn the socket's task: with many
+    /// silent sockets (members that only listen) the lock is held for the
+    /// scan alone, not for as many spawns.
     fn sweep_idle(&self) {
         let now = self.clock_ms();
         let idle = self.config().idle_timeout.as_millis() as u64;
-        for socket in self.state().sockets.values() {
-            socket.out.sweep(now, idle);
+        let due: Vec<_> = self
+            .state()
+            .sockets
+            .values()
+            .filter(|socket| socket.out.mark_idle(now, idle))
+            .map(|socket| socket.out.clone())
+            .collect();
+        for out in due {
+            out.wake();
         }
     }
 }
