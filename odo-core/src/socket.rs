@@ -125,12 +125,20 @@ pub enum SocketEventKind {
     },
     /// The front door's record of every socket it holds for the object,
     /// replacing what the worker knew (after the object's worker changed).
-    /// Not a turn.
+    /// Not a turn. Records too large for one frame travel in several
+    /// `Sync`s, the first without `continued`, the last without `more`:
+    /// the worker keeps the parts and takes them all at the last, so
+    /// nothing sees half of them.
     Sync {
         /// The sockets.
         sockets: Vec<SocketRecord>,
-        /// The object's auto-response pair, if it set one.
+        /// The object's auto-response pair, if it set one (what the last
+        /// part says holds).
         auto_response: Option<(String, String)>,
+        /// More records of this hand-over follow in the next `Sync`.
+        more: bool,
+        /// Continues a hand-over whose earlier parts came before.
+        continued: bool,
     },
 }
 

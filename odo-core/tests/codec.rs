@@ -141,11 +141,15 @@ fn socket_event_kind() -> impl Strategy<Value = odo_core::socket::SocketEventKin
                     }),
                 0..3
             ),
-            proptest::option::of((".{0,6}", ".{0,6}"))
+            proptest::option::of((".{0,6}", ".{0,6}")),
+            any::<bool>(),
+            any::<bool>()
         )
-            .prop_map(|(sockets, auto_response)| Kind::Sync {
+            .prop_map(|(sockets, auto_response, more, continued)| Kind::Sync {
                 sockets,
-                auto_response
+                auto_response,
+                more,
+                continued
             }),
     ]
 }

@@ -168,6 +168,9 @@ struct ObjectSockets {
     auto_response: Option<(String, String)>,
     /// The leading parts of a message that came in several frames.
     partial: Option<(SocketKey, BytesMut)>,
+    /// Hand-overs coming in parts (one per front door): the records so
+    /// far, taken at the last part.
+    handing: Vec<(Arc<str>, Vec<SocketRecord>)>,
 }
 
 impl ObjectSockets {
@@ -196,7 +199,10 @@ impl ObjectSockets {
     }
 
     fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.auto_response.is_none() && self.partial.is_none()
+        self.entries.is_empty()
+            && self.auto_response.is_none()
+            && self.partial.is_none()
+            && self.handing.is_empty()
     }
 }
 
@@ -272,15 +278,36 @@ impl SocketBook {
         self.with(object, |s| s.remove(key));
     }
 
-    /// Replaces what is known of the sockets `door` holds for `object`.
+    /// Replaces what is known of the sockets `door` holds for `object`,
+    /// with `records` and those of the earlier parts of the same hand-over
+    /// (`continued`); with `more`, only keeps them until the last part.
+    /// Fails for a later part whose first never came.
     pub(crate) fn sync(
         &self,
         object: &ObjectId,
         door: &Arc<str>,
-        records: Vec<SocketRecord>,
+        mut records: Vec<SocketRecord>,
         auto_response: Option<(String, String)>,
-    ) {
+        more: bool,
+        continued: bool,
+    ) -> Result<(), &'static str> {
         self.with(object, |s| {
+            let earlier = s
+                .handing
+                .iter()
+                .position(|(d, _)| d == door)
+                .map(|at| s.handing.swap_remove(at).1);
+            if continued {
+                let Some(mut earlier) = earlier else {
+                    return Err("a later part of a hand-over whose first part never came");
+                };
+                earlier.append(&mut records);
+                records = earlier;
+            }
+            if more {
+                s.handing.push((door.clone(), records));
+                return Ok(());
+            }
             let stale: Vec<SocketKey> = s
                 .entries
                 .keys()
@@ -307,7 +334,8 @@ impl SocketBook {
             if auto_response.is_some() {
                 s.auto_response = auto_response;
             }
-        });
+            Ok(())
+        })
     }
 
     /// Adds a leading part of a message; `false` when the message would
@@ -865,6 +893,61 @@ pub(crate) fn take_upgrade(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn record(socket: u64) -> SocketRecord {
+        SocketRecord {
+            socket,
+            tags: vec![format!("t{socket}")],
+            attachment: Some(vec![socket as u8]),
+            auto_response_ms: None,
+        }
+    }
+
+    fn known(book: &SocketBook, object: &ObjectId, door: &Arc<str>) -> Vec<u64> {
+        let mut ids: Vec<u64> = book
+            .at_door(door)
+            .into_iter()
+            .filter(|(o, _)| o == object)
+            .map(|(_, id)| id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// A hand-over in parts replaces the door's records only at its last
+    /// part, with every part's records; another door's hand-over between
+    /// them does not mix in; a later part without a first is refused.
+    #[test]
+    fn a_hand_over_in_parts_is_taken_whole_at_its_last_part() {
+        let book = SocketBook::default();
+        let object = odo_core::Namespace::new("ROOM").id_from_name("r");
+        let (a, b) = (book.door("a"), book.door("b"));
+        book.sync(&object, &a, vec![record(1)], None, false, false)
+            .unwrap();
+        book.sync(&object, &a, vec![record(2), record(3)], None, true, false)
+            .unwrap();
+        book.sync(&object, &b, vec![record(9)], None, false, false)
+            .unwrap();
+        book.sync(&object, &a, vec![record(4)], None, true, true)
+            .unwrap();
+        assert_eq!(
+            known(&book, &object, &a),
+            vec![1],
+            "nothing taken before the last part"
+        );
+        let pair = Some(("ping".to_owned(), "pong".to_owned()));
+        book.sync(&object, &a, vec![record(5)], pair, false, true)
+            .unwrap();
+        assert_eq!(known(&book, &object, &a), vec![2, 3, 4, 5]);
+        assert_eq!(known(&book, &object, &b), vec![9]);
+        assert!(
+            book.sync(&object, &a, vec![record(6)], None, false, true)
+                .is_err()
+        );
+        assert_eq!(known(&book, &object, &a), vec![2, 3, 4, 5]);
+    }
+
     #[test]
     fn the_default_cap_is_cloudflares() {
         assert_eq!(

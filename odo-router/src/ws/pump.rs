@@ -308,7 +308,9 @@ where
 
 /// Hands the object's worker the door's record of the object's sockets
 /// (and `record`, that of a socket the door has let go already, whose last
-/// event is being sent), with the object's auto-response.
+/// event is being sent), with the object's auto-response: in parts of at
+/// most [`SYNC_PART_BYTES`] when they are larger (a room of many sockets
+/// with large attachments), which the worker takes all at the last.
 async fn hand_over(
     door: &Door,
     address: &ObjectAddress,
@@ -321,21 +323,60 @@ async fn hand_over(
     if let Some(record) = record {
         sockets.push(record.clone());
     }
-    debug!(object = %address, sockets = sockets.len(), "handing the object's WebSockets to its worker");
-    let event = SocketEventOut {
-        door: door.endpoint().to_owned(),
-        socket,
-        auto_response_ms: None,
-        kind: SocketEventKind::Sync {
-            sockets,
-            auto_response: door.auto_response(&address.id),
-        },
-    };
-    let deadline = Instant::now() + door.config().event_deadline;
-    door.inner
-        .service
-        .socket_event(address.clone(), event, Bytes::new(), deadline)
-        .await
+    let auto_response = door.auto_response(&address.id);
+    let parts = sync_parts(sockets);
+    debug!(object = %address, parts = parts.len(), "handing the object's WebSockets to its worker");
+    let last = parts.len() - 1;
+    for (i, sockets) in parts.into_iter().enumerate() {
+        let event = SocketEventOut {
+            door: door.endpoint().to_owned(),
+            socket,
+            auto_response_ms: None,
+            kind: SocketEventKind::Sync {
+                sockets,
+                auto_response: auto_response.clone(),
+                more: i < last,
+                continued: i > 0,
+            },
+        };
+        let deadline = Instant::now() + door.config().event_deadline;
+        door.inner
+            .service
+            .socket_event(address.clone(), event, Bytes::new(), deadline)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The bytes of socket records one `Sync` carries at most (an estimate:
+/// tags and attachment, plus [`RECORD_OVERHEAD`] each), well under the
+/// transport's frame bound.
+const SYNC_PART_BYTES: usize = 4 * 1024 * 1024;
+
+/// What a record costs a frame besides its tags and attachment (its
+/// numbers, lengths and the envelope's share), over-estimated.
+const RECORD_OVERHEAD: usize = 64;
+
+/// `records` cut into parts of at most [`SYNC_PART_BYTES`] (a record
+/// larger than that alone in its part); at least one part, which may be
+/// empty.
+fn sync_parts(records: Vec<SocketRecord>) -> Vec<Vec<SocketRecord>> {
+    let mut parts = vec![Vec::new()];
+    let mut bytes = 0usize;
+    for record in records {
+        let size = RECORD_OVERHEAD
+            + record.attachment.as_ref().map_or(0, Vec::len)
+            + record.tags.iter().map(|t| t.len() + 8).sum::<usize>();
+        if bytes + size > SYNC_PART_BYTES && parts.last().is_some_and(|p| !p.is_empty()) {
+            parts.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        if let Some(part) = parts.last_mut() {
+            part.push(record);
+        }
+    }
+    parts
 }
 
 /// Closes every socket of `object` at this door with 1011.
@@ -407,4 +448,37 @@ async fn send(
         .service
         .socket_event(address.clone(), event(pending.kind.clone()), rest, deadline)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(socket: u64, attachment: usize) -> SocketRecord {
+        SocketRecord {
+            socket,
+            tags: vec!["t".into()],
+            attachment: Some(vec![0; attachment]),
+            auto_response_ms: None,
+        }
+    }
+
+    #[test]
+    fn records_are_cut_into_parts_under_the_bound_in_order() {
+        assert_eq!(sync_parts(Vec::new()), vec![Vec::<SocketRecord>::new()]);
+        let records: Vec<SocketRecord> = (0..1_100).map(|i| record(i, 16_000)).collect();
+        let parts = sync_parts(records.clone());
+        assert!(parts.len() > 1);
+        for part in &parts {
+            let bytes: usize = part
+                .iter()
+                .map(|r| r.attachment.as_ref().map_or(0, Vec::len))
+                .sum();
+            assert!(!part.is_empty() && bytes <= SYNC_PART_BYTES);
+        }
+        assert_eq!(parts.concat(), records);
+        // One record larger than a part goes alone.
+        let huge = vec![record(1, 10), record(2, SYNC_PART_BYTES), record(3, 10)];
+        assert_eq!(sync_parts(huge).len(), 3);
+    }
 }

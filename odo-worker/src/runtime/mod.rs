@@ -352,9 +352,15 @@ impl Runtime {
                 continue;
             }
             let door = state.sockets.door(&held.door);
-            state
-                .sockets
-                .sync(&held.object, &door, held.sockets, held.auto_response);
+            // Whole (not in parts): it cannot fail.
+            let _ = state.sockets.sync(
+                &held.object,
+                &door,
+                held.sockets,
+                held.auto_response,
+                false,
+                false,
+            );
         }
         {
             let mut shards = self

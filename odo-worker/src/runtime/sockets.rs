@@ -67,9 +67,14 @@ impl Inner {
             Kind::Sync {
                 sockets,
                 auto_response,
+                more,
+                continued,
             } => {
-                book.sync(&id, &key.door, sockets, auto_response);
-                return Ok(());
+                return book
+                    .sync(&id, &key.door, sockets, auto_response, more, continued)
+                    .map_err(|message| WireError::BadRequest {
+                        message: message.into(),
+                    });
             }
             Kind::Message { binary } => {
                 let payload = book.complete(&id, &key, payload);
