@@ -629,13 +629,19 @@ fn open(path: &Path, max_bytes: u64, guard: &Guard) -> Result<Connection, Storag
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)
         .map_err(sqlite)?;
     let max_pages = (max_bytes / PAGE_SIZE).max(1);
+    // Temporary tables (the b-trees of DISTINCT, GROUP BY, ORDER BY
+    // without an index, a recursive query's queue) spill to temporary
+    // files past their page cache, not to the heap: one statement over
+    // hundreds of megabytes must not take the worker's memory, and every
+    // object of the worker with it (tests/tests/sql_memory.rs).
+    // Temporary files are unlinked at once and live in TMPDIR.
     conn.execute_batch(&format!(
         "PRAGMA page_size = {PAGE_SIZE};
          PRAGMA locking_mode = EXCLUSIVE;
          PRAGMA journal_mode = WAL;
          PRAGMA synchronous = OFF;
          PRAGMA wal_autocheckpoint = 0;
-         PRAGMA temp_store = MEMORY;
+         PRAGMA temp_store = FILE;
          PRAGMA max_page_count = {max_pages};"
     ))
     .map_err(sqlite)?;
