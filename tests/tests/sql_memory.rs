@@ -81,13 +81,13 @@ async fn a_statement_over_hundreds_of_megabytes_keeps_the_workers_memory_flat() 
         "the worker's peak: {} MB before, {} MB after going through {} MB",
         before >> 20,
         after >> 20,
-        ROWS * ROW >> 20
+        (ROWS * ROW) >> 20
     );
     ensure!(
         after.saturating_sub(before) < GROWTH,
         "the worker's peak grew by {} MB while it went through {} MB",
         after.saturating_sub(before) >> 20,
-        ROWS * ROW >> 20
+        (ROWS * ROW) >> 20
     );
     Ok(())
 }
