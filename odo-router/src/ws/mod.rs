@@ -16,31 +16,30 @@
 //! - `served.rs`: when a connection runs: only when something wakes it
 //!   (its stream, its queue, the door's idle sweep), so an idle socket has
 //!   no task and no timer.
+//! - `outputs.rs`: what workers send the door: the outputs of objects'
+//!   turns, applied in arrival order, and requests for its records.
 //! - `parts.rs`: an object's message larger than one push, put together
 //!   from its parts; one cut off closes its sockets (1012).
 //! - `pump.rs`: delivering an object's events, and what a failure means
 //!   for the socket whose event it was.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use odo_core::socket::{
-    DoorSockets, SocketEventKind, SocketOp, SocketOutput, SocketRecord, close_code,
-};
-use odo_core::wire::{Request, Response};
-use odo_core::{ObjectAddress, ObjectId, WireError};
+use odo_core::socket::{SocketEventKind, SocketRecord, close_code};
+use odo_core::{ObjectAddress, ObjectId};
 use tokio::sync::Notify;
 use tracing::debug;
-use tungstenite::protocol::CloseFrame;
 
 use crate::service::ObjectService;
 
 mod conn;
 mod outbound;
+mod outputs;
 mod parts;
 mod pump;
 mod served;
@@ -268,29 +267,6 @@ pub(crate) struct Kill {
     reason: &'static str,
 }
 
-/// How the door closes a socket that missed a message its object sent
-/// (cut off in parts): as a restart, so its client reconnects and reads
-/// again what it missed.
-const CUT_OFF: Kill = Kill {
-    code: close_code::SERVICE_RESTART,
-    reason: "a message to this socket was cut off: reconnect",
-};
-
-/// The send queues of the sockets in `cut` still open.
-fn cut_off(state: &State, mut cut: Vec<u64>) -> Vec<Arc<Outbound>> {
-    cut.sort_unstable();
-    cut.dedup();
-    if !cut.is_empty() {
-        tracing::warn!(
-            sockets = cut.len(),
-            "a WebSocket message cut off in parts: closing its sockets with 1012"
-        );
-    }
-    cut.iter()
-        .filter_map(|id| state.sockets.get(id).map(|s| s.out.clone()))
-        .collect()
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -413,203 +389,6 @@ impl Door {
 
     fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.inner.state)
-    }
-
-    /// Answers a request a worker sent this door (its transport
-    /// endpoint's handler): applies `SocketOutput`s, and answers
-    /// `SocketRecords` with [`Door::shard_sockets`]. Answers at once,
-    /// without waiting, so outputs are applied in the order they arrive.
-    pub fn handle_request(&self, request: Request, body: Bytes) -> (Response, Bytes) {
-        match request {
-            Request::SocketOutput(output) => match self.apply(output, body) {
-                Ok(()) => (Response::Socket, Bytes::new()),
-                Err(e) => (Response::Error(e), Bytes::new()),
-            },
-            Request::SocketRecords(asked) => (
-                Response::SocketRecords(self.shard_sockets(asked.shard, asked.shard_count)),
-                Bytes::new(),
-            ),
-            _ => (
-                Response::Error(WireError::BadRequest {
-                    message: "a front door takes only WebSocket outputs".into(),
-                }),
-                Bytes::new(),
-            ),
-        }
-    }
-
-    /// Applies an object's outputs (their payloads in `body`): sends,
-    /// closes, attachments, the auto-response. Outputs for sockets that are
-    /// gone are dropped.
-    pub fn apply(&self, output: SocketOutput, body: Bytes) -> Result<(), WireError> {
-        let cap = self.config().send_buffer_bytes;
-        let mut at = 0usize;
-        let mut payload = |len: usize| -> Result<Bytes, WireError> {
-            let end = at
-                .checked_add(len)
-                .filter(|&end| end <= body.len())
-                .ok_or_else(|| WireError::BadRequest {
-                    message: "socket output ops overrun the body".into(),
-                })?;
-            let bytes = body.slice(at..end);
-            at = end;
-            Ok(bytes)
-        };
-        let mut overflowed = Vec::new();
-        let mut cut = Vec::new();
-        let mut state = self.state();
-        for op in output.ops {
-            match op {
-                SocketOp::Send {
-                    sockets,
-                    binary,
-                    len,
-                    more,
-                    continued,
-                } => {
-                    let part = payload(len as usize)?;
-                    let added = state.parts.add(&sockets, binary, part, more, continued);
-                    cut.extend(added.cut);
-                    let Some((binary, whole)) = added.whole else {
-                        continue;
-                    };
-                    if !binary && std::str::from_utf8(&whole).is_err() {
-                        return Err(WireError::BadRequest {
-                            message: "a text message that is not UTF-8".into(),
-                        });
-                    }
-                    // Framed once: every socket sends the same bytes.
-                    let frame = Out::data(binary, &whole);
-                    for id in sockets {
-                        if let Some(socket) = state.sockets.get(&id)
-                            && !socket.out.push(frame.clone(), cap)
-                        {
-                            overflowed.push(socket.out.clone());
-                        }
-                    }
-                }
-                SocketOp::Close {
-                    socket,
-                    code,
-                    reason,
-                } => {
-                    if let Some(socket) = state.sockets.get(&socket) {
-                        let frame = CloseFrame {
-                            code: code.into(),
-                            reason: reason.into(),
-                        };
-                        socket.out.push(Out::Close(frame), usize::MAX);
-                    }
-                }
-                SocketOp::Attach { socket, len } => {
-                    let value = match len {
-                        Some(len) => Some(Box::from(&payload(len as usize)?[..])),
-                        None => None,
-                    };
-                    if let Some(socket) = state.sockets.get_mut(&socket) {
-                        socket.attachment = value;
-                    }
-                }
-                SocketOp::AutoResponse { object, pair } => {
-                    if let Some(obj) = state.objects.get_mut(&object) {
-                        obj.auto_response = pair;
-                    }
-                }
-            }
-        }
-        let cut = cut_off(&state, cut);
-        drop(state);
-        for out in overflowed {
-            out.kill(Kill {
-                code: close_code::POLICY_VIOLATION,
-                reason: "the client does not read its messages",
-            });
-        }
-        for out in cut {
-            out.kill(CUT_OFF);
-        }
-        Ok(())
-    }
-
-    /// The object's worker changed: a message its old worker left half
-    /// sent to its sockets is dropped, and their sockets closed (1012).
-    pub(crate) fn drop_half_sent(&self, object: &ObjectId) {
-        let mut state = self.state();
-        let Some(obj) = state.objects.get(object) else {
-            return;
-        };
-        let firsts: Vec<u64> = obj.sockets.iter().copied().collect();
-        let cut = state.parts.drop_started_by(firsts);
-        if cut.is_empty() {
-            return;
-        }
-        debug!(object = %object, sockets = cut.len(), "a message half sent by the object's old worker dropped");
-        let cut = cut_off(&state, cut);
-        drop(state);
-        for out in cut {
-            out.kill(CUT_OFF);
-        }
-    }
-
-    /// Messages being put together from parts.
-    pub fn partial_messages(&self) -> usize {
-        self.state().parts.len()
-    }
-
-    /// What the door keeps of `object`'s sockets, for its next worker.
-    pub(crate) fn records(&self, object: &ObjectId) -> Vec<SocketRecord> {
-        let state = self.state();
-        let Some(obj) = state.objects.get(object) else {
-            return Vec::new();
-        };
-        obj.sockets
-            .iter()
-            .filter_map(|id| Some((*id, state.sockets.get(id)?)))
-            .filter(|(_, s)| s.accepted)
-            .map(|(id, s)| s.record(id))
-            .collect()
-    }
-
-    /// What the door holds of the sockets of every object of `shard` (of
-    /// `shard_count`), for the shard's new holder: in a cluster, the host
-    /// that takes over a shard asks every host's door before it serves it,
-    /// so its objects know their sockets at every door, not only at the
-    /// doors whose clients speak first.
-    pub fn shard_sockets(&self, shard: u32, shard_count: u32) -> Vec<DoorSockets> {
-        let state = self.state();
-        // One pass over the sockets, whatever the number of objects.
-        let mut by_object: BTreeMap<ObjectId, Vec<SocketRecord>> = BTreeMap::new();
-        for (&n, socket) in &state.sockets {
-            if socket.accepted && socket.object.shard(shard_count) == shard {
-                by_object
-                    .entry(socket.object)
-                    .or_default()
-                    .push(socket.record(n));
-            }
-        }
-        by_object
-            .into_iter()
-            .map(|(object, mut sockets)| {
-                sockets.sort_by_key(|r| r.socket);
-                DoorSockets {
-                    door: self.endpoint().to_owned(),
-                    object,
-                    sockets,
-                    auto_response: state
-                        .objects
-                        .get(&object)
-                        .and_then(|o| o.auto_response.clone()),
-                }
-            })
-            .collect()
-    }
-
-    /// The object's auto-response pair, as the door keeps it.
-    pub(crate) fn auto_response(&self, object: &ObjectId) -> Option<(String, String)> {
-        self.state()
-            .objects
-            .get(object)
-            .and_then(|o| o.auto_response.clone())
     }
 
     /// Queues an event of socket `socket` for its object. A message that
