@@ -26,7 +26,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use odo_core::WireError;
-use odo_core::socket::{DoorSockets, SocketOutput};
+use odo_core::socket::{DoorSockets, ShardSockets, ShardSocketsPage, SocketOutput, append_page};
 use odo_core::wire::{Request, Response};
 use odo_transport::{ClientConfig, Handler};
 use odo_worker::{ObjectHandler, RemoteDoors, Runtime, WebSocketDoors};
@@ -107,19 +107,18 @@ impl WebSocketDoors for HostDoors {
         self.remote.submit(door, output, body)
     }
 
-    fn shard_sockets(
+    fn shard_sockets_page(
         &self,
         door: &str,
-        shard: u32,
-        shard_count: u32,
-    ) -> BoxFuture<'static, Result<Vec<DoorSockets>, String>> {
+        asked: ShardSockets,
+    ) -> BoxFuture<'static, Result<ShardSocketsPage, String>> {
         if door == self.own {
             return match self.local() {
-                Some(local) => local.shard_sockets(door, shard, shard_count),
-                None => async { Ok(Vec::new()) }.boxed(),
+                Some(local) => local.shard_sockets_page(door, asked),
+                None => async { Ok(ShardSocketsPage::default()) }.boxed(),
             };
         }
-        self.remote.shard_sockets(door, shard, shard_count)
+        self.remote.shard_sockets_page(door, asked)
     }
 }
 
@@ -147,7 +146,7 @@ pub(crate) async fn gather(
             .collect()
     };
     let answers = futures_util::future::join_all(asked.iter().map(|door| {
-        tokio::time::timeout(GATHER_WITHIN, doors.shard_sockets(door, shard, shard_count))
+        tokio::time::timeout(GATHER_WITHIN, all_pages(doors, door, shard, shard_count))
     }))
     .await;
     let mut out = Vec::new();
@@ -169,6 +168,30 @@ pub(crate) async fn gather(
             .insert(door.clone(), Instant::now() + UNREACHABLE_FOR);
     }
     out
+}
+
+/// Every page of what `door` holds of `shard`'s sockets, joined.
+async fn all_pages(
+    doors: &HostDoors,
+    door: &str,
+    shard: u32,
+    shard_count: u32,
+) -> Result<Vec<DoorSockets>, String> {
+    let mut all = Vec::new();
+    let mut asked = ShardSockets {
+        shard,
+        shard_count,
+        after: None,
+    };
+    loop {
+        let page = doors.shard_sockets_page(door, asked.clone()).await?;
+        append_page(&mut all, page.objects);
+        match page.next {
+            Some(next) if Some(next) != asked.after => asked.after = Some(next),
+            Some(_) => return Err("a page of socket records that does not move on".into()),
+            None => return Ok(all),
+        }
+    }
 }
 
 /// What a host's transport server answers: requests for its objects, and,
@@ -196,12 +219,9 @@ impl Handler for HostHandler {
                 }
             }
             Request::SocketRecords(asked) => {
-                let records = self
-                    .doors
-                    .shard_sockets(&self.doors.own, asked.shard, asked.shard_count)
-                    .await;
-                match records {
-                    Ok(records) => (Response::SocketRecords(records), Bytes::new()),
+                let page = self.doors.shard_sockets_page(&self.doors.own, asked).await;
+                match page {
+                    Ok(page) => (Response::SocketRecords(page), Bytes::new()),
                     Err(message) => (
                         Response::Error(WireError::Internal { message }),
                         Bytes::new(),

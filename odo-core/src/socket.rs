@@ -186,14 +186,57 @@ pub struct DoorSockets {
     pub auto_response: Option<(String, String)>,
 }
 
-/// Asks a front door for its records of the sockets of one shard's objects
-/// ([`crate::wire::Request::SocketRecords`]).
+/// Asks a front door for one page of its records of the sockets of one
+/// shard's objects ([`crate::wire::Request::SocketRecords`]): they may
+/// pass one frame, so they come in pages, in (object, socket) order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardSockets {
     /// The shard.
     pub shard: u32,
     /// The number of shards (an object's shard is `id.shard(count)`).
     pub shard_count: u32,
+    /// Where the page starts: after this (object, socket), the `next` of
+    /// the page before; `None` for the first page.
+    pub after: Option<(ObjectId, u64)>,
+}
+
+/// One page of a front door's records of a shard's sockets
+/// ([`crate::wire::Response::SocketRecords`]). An object's sockets may
+/// straddle two pages: [`append_page`] joins them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardSocketsPage {
+    /// The objects' records, in object order, each object's in socket
+    /// order.
+    pub objects: Vec<DoorSockets>,
+    /// Where the next page starts (ask again with it as `after`); `None`
+    /// when this page is the last.
+    pub next: Option<(ObjectId, u64)>,
+}
+
+/// Appends `page` to `all`, the pages of one door before it: an object
+/// whose sockets began on the page before continues its entry there.
+pub fn append_page(all: &mut Vec<DoorSockets>, page: Vec<DoorSockets>) {
+    for entry in page {
+        match all.last_mut() {
+            Some(last) if last.door == entry.door && last.object == entry.object => {
+                last.sockets.extend(entry.sockets);
+                if entry.auto_response.is_some() {
+                    last.auto_response = entry.auto_response;
+                }
+            }
+            _ => all.push(entry),
+        }
+    }
+}
+
+impl SocketRecord {
+    /// About what the record takes in a frame, over-estimated: its tags,
+    /// its attachment, and 64 bytes for its numbers, lengths and framing.
+    /// What pages of records are cut by.
+    pub fn estimated_bytes(&self) -> usize {
+        64 + self.attachment.as_ref().map_or(0, Vec::len)
+            + self.tags.iter().map(|t| t.len() + 8).sum::<usize>()
+    }
 }
 
 /// Outputs of an object's turns for the sockets one front door holds, in
@@ -252,4 +295,47 @@ pub enum SocketOp {
         /// The request and response texts.
         pair: Option<(String, String)>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Namespace;
+
+    fn entry(door: &str, object: &str, sockets: &[u64]) -> DoorSockets {
+        DoorSockets {
+            door: door.into(),
+            object: Namespace::new("ROOM").id_from_name(object),
+            sockets: sockets
+                .iter()
+                .map(|&socket| SocketRecord {
+                    socket,
+                    tags: Vec::new(),
+                    attachment: None,
+                    auto_response_ms: None,
+                })
+                .collect(),
+            auto_response: None,
+        }
+    }
+
+    #[test]
+    fn pages_join_an_object_that_straddles_them() {
+        let mut all = Vec::new();
+        append_page(
+            &mut all,
+            vec![entry("d", "a", &[1]), entry("d", "b", &[2, 3])],
+        );
+        append_page(&mut all, vec![entry("d", "b", &[4]), entry("d", "c", &[5])]);
+        append_page(&mut all, vec![entry("e", "c", &[6])]);
+        assert_eq!(
+            all,
+            vec![
+                entry("d", "a", &[1]),
+                entry("d", "b", &[2, 3, 4]),
+                entry("d", "c", &[5]),
+                entry("e", "c", &[6]),
+            ]
+        );
+    }
 }

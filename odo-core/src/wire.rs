@@ -314,8 +314,9 @@ pub enum Response {
     /// A socket event was handled (its turn's outputs were handed to the
     /// front door first), or a front door applied a socket output.
     Socket,
-    /// A front door's records of the sockets of a shard's objects.
-    SocketRecords(Vec<crate::socket::DoorSockets>),
+    /// A page of a front door's records of the sockets of a shard's
+    /// objects.
+    SocketRecords(crate::socket::ShardSocketsPage),
 }
 
 /// An HTTP-like response.

@@ -154,6 +154,43 @@ fn socket_event_kind() -> impl Strategy<Value = odo_core::socket::SocketEventKin
     ]
 }
 
+fn socket_op() -> impl Strategy<Value = odo_core::socket::SocketOp> {
+    use odo_core::socket::SocketOp;
+    prop_oneof![
+        (
+            proptest::collection::vec(any::<u64>(), 0..4),
+            any::<bool>(),
+            any::<u32>(),
+            any::<bool>(),
+            any::<bool>()
+        )
+            .prop_map(|(sockets, binary, len, more, continued)| SocketOp::Send {
+                sockets,
+                binary,
+                len,
+                more,
+                continued
+            }),
+        (any::<u64>(), any::<u16>(), ".{0,8}").prop_map(|(socket, code, reason)| {
+            SocketOp::Close {
+                socket,
+                code,
+                reason,
+            }
+        }),
+        (any::<u64>(), proptest::option::of(any::<u32>()))
+            .prop_map(|(socket, len)| SocketOp::Attach { socket, len }),
+        (
+            any::<[u8; 32]>(),
+            proptest::option::of((".{0,6}", ".{0,6}"))
+        )
+            .prop_map(|(id, pair)| SocketOp::AutoResponse {
+                object: ObjectId::from_bytes(id),
+                pair
+            }),
+    ]
+}
+
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
         (any::<u32>(), ".{0,20}", ".{0,10}").prop_map(|(protocol_version, token, peer)| {
@@ -220,6 +257,21 @@ fn message() -> impl Strategy<Value = Message> {
                     kind,
                 }))
             }),
+        proptest::collection::vec(socket_op(), 0..4).prop_map(|ops| Message::Request(
+            Request::SocketOutput(odo_core::socket::SocketOutput { ops })
+        )),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            proptest::option::of((any::<[u8; 32]>(), any::<u64>()))
+        )
+            .prop_map(|(shard, shard_count, after)| Message::Request(
+                Request::SocketRecords(odo_core::socket::ShardSockets {
+                    shard,
+                    shard_count,
+                    after: after.map(|(id, socket)| (ObjectId::from_bytes(id), socket)),
+                })
+            )),
         (any::<u16>(), headers()).prop_map(|(status, headers)| Message::Response(Response::Fetch(
             FetchResponse { status, headers }
         ))),
@@ -454,24 +506,28 @@ fn golden_frames() {
             Message::Request(Request::SocketRecords(odo_core::socket::ShardSockets {
                 shard: 3,
                 shard_count: 8,
+                after: Some((Namespace::new("ROOM").id_from_name("hall"), 41)),
             })),
             "",
         ),
         (
             "socket-records-response",
-            Message::Response(Response::SocketRecords(vec![
-                odo_core::socket::DoorSockets {
-                    door: "tcp:10.0.0.2:7000".into(),
-                    object: Namespace::new("ROOM").id_from_name("lobby"),
-                    sockets: vec![odo_core::socket::SocketRecord {
-                        socket: 7,
-                        tags: vec!["a".into()],
-                        attachment: Some(vec![1, 2]),
-                        auto_response_ms: None,
+            Message::Response(Response::SocketRecords(
+                odo_core::socket::ShardSocketsPage {
+                    objects: vec![odo_core::socket::DoorSockets {
+                        door: "tcp:10.0.0.2:7000".into(),
+                        object: Namespace::new("ROOM").id_from_name("lobby"),
+                        sockets: vec![odo_core::socket::SocketRecord {
+                            socket: 7,
+                            tags: vec!["a".into()],
+                            attachment: Some(vec![1, 2]),
+                            auto_response_ms: None,
+                        }],
+                        auto_response: Some(("ping".into(), "pong".into())),
                     }],
-                    auto_response: Some(("ping".into(), "pong".into())),
+                    next: Some((Namespace::new("ROOM").id_from_name("lobby"), 7)),
                 },
-            ])),
+            )),
             "",
         ),
     ];

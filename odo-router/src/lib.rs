@@ -59,4 +59,4 @@ pub use odo_transport::forward::Outcome;
 pub use routes::{IdExtractor, PathRoutes, PlainHandler, PlainRoutes, RouteError};
 pub use service::{ClusterService, ForwardError, Location, ObjectService, SocketEventOut};
 pub use status::{ERROR_HEADER, RETRYABLE_HEADER};
-pub use ws::{ClientWebSocket, Door, WebSocketConfig};
+pub use ws::{ClientWebSocket, Door, SOCKET_RECORDS_PAGE_BYTES, WebSocketConfig};

@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use odo_core::socket::{DoorSockets, ShardSockets, SocketOp, SocketOutput};
+use odo_core::socket::{ShardSockets, ShardSocketsPage, SocketOp, SocketOutput};
 use odo_core::wire::{Request, Response};
 use odo_transport::{ChannelPool, ClientConfig};
 use tokio::sync::{mpsc, oneshot};
@@ -121,19 +121,18 @@ impl WebSocketDoors for RemoteDoors {
         async move { taken.await.unwrap_or(false) }.boxed()
     }
 
-    fn shard_sockets(
+    fn shard_sockets_page(
         &self,
         door: &str,
-        shard: u32,
-        shard_count: u32,
-    ) -> BoxFuture<'static, Result<Vec<DoorSockets>, String>> {
+        asked: ShardSockets,
+    ) -> BoxFuture<'static, Result<ShardSocketsPage, String>> {
         let pool = self.pool.clone();
         let door = door.to_owned();
         async move {
             let channel = pool.get(&door).await.map_err(|e| e.to_string())?;
-            let request = Request::SocketRecords(ShardSockets { shard, shard_count });
+            let request = Request::SocketRecords(asked);
             match channel.call(request, Bytes::new(), PUSH_DEADLINE).await {
-                Ok((Response::SocketRecords(records), _)) => Ok(records),
+                Ok((Response::SocketRecords(page), _)) => Ok(page),
                 Ok((other, _)) => Err(format!("unexpected answer {other:?}")),
                 Err(e) => Err(e.to_string()),
             }

@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use bytes::{Bytes, BytesMut};
 use odo_core::ObjectId;
 use odo_core::socket::{
-    DoorSockets, SocketOp, SocketOutput, SocketRecord, UPGRADE_DOOR_HEADER, UPGRADE_SOCKET_HEADER,
+    ShardSockets, ShardSocketsPage, SocketOp, SocketOutput, SocketRecord, UPGRADE_DOOR_HEADER,
+    UPGRADE_SOCKET_HEADER,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -843,18 +844,19 @@ pub trait WebSocketDoors: Send + Sync + 'static {
         body: Bytes,
     ) -> futures_util::future::BoxFuture<'static, bool>;
 
-    /// What front door `door` holds of the sockets of `shard`'s objects
-    /// (of `shard_count` shards), for this process to take the shard over
-    /// knowing every door's sockets (cluster mode). By default, nothing:
+    /// One page of what front door `door` holds of the sockets of the
+    /// objects of `asked`'s shard, for this process to take the shard over
+    /// knowing every door's sockets (cluster mode): ask again with the
+    /// page's `next` until it has none, and join the pages with
+    /// [`append_page`](odo_core::socket::append_page). By default, nothing:
     /// a door's sockets are then handed over with its next event.
-    fn shard_sockets(
+    fn shard_sockets_page(
         &self,
         door: &str,
-        shard: u32,
-        shard_count: u32,
-    ) -> futures_util::future::BoxFuture<'static, Result<Vec<DoorSockets>, String>> {
-        let _ = (door, shard, shard_count);
-        Box::pin(async { Ok(Vec::new()) })
+        asked: ShardSockets,
+    ) -> futures_util::future::BoxFuture<'static, Result<ShardSocketsPage, String>> {
+        let _ = (door, asked);
+        Box::pin(async { Ok(ShardSocketsPage::default()) })
     }
 }
 

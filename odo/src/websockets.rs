@@ -69,14 +69,15 @@ impl WebSocketDoors for LocalDoors {
         async move { applied }.boxed()
     }
 
-    fn shard_sockets(
+    fn shard_sockets_page(
         &self,
         _door: &str,
-        shard: u32,
-        shard_count: u32,
-    ) -> BoxFuture<'static, Result<Vec<odo_core::socket::DoorSockets>, String>> {
-        let records = self.0.shard_sockets(shard, shard_count);
-        async move { Ok(records) }.boxed()
+        asked: odo_core::socket::ShardSockets,
+    ) -> BoxFuture<'static, Result<odo_core::socket::ShardSocketsPage, String>> {
+        let page = self
+            .0
+            .shard_sockets_page(&asked, odo_router::SOCKET_RECORDS_PAGE_BYTES);
+        async move { Ok(page) }.boxed()
     }
 }
 

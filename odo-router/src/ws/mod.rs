@@ -267,6 +267,12 @@ pub(crate) struct Kill {
     reason: &'static str,
 }
 
+/// The bytes of socket records one frame carries at most (by
+/// [`SocketRecord::estimated_bytes`]), well under the transport's frame
+/// bound: a hand-over to a worker (`Sync`) and a page of a shard's records
+/// are cut by it.
+pub const SOCKET_RECORDS_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -3,18 +3,21 @@
 //! auto-response), applied in the order they arrive, and the door's
 //! records of its sockets, which an object's new worker is handed.
 
-use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use odo_core::socket::{DoorSockets, SocketOp, SocketOutput, SocketRecord, close_code};
+use odo_core::socket::{
+    DoorSockets, ShardSockets, ShardSocketsPage, SocketOp, SocketOutput, SocketRecord, append_page,
+    close_code,
+};
 use odo_core::wire::{Request, Response};
 use odo_core::{ObjectId, WireError};
 use tracing::debug;
 use tungstenite::protocol::CloseFrame;
 
 use super::outbound::{Out, Outbound};
-use super::{Door, Kill, State};
+use super::{Door, Kill, SOCKET_RECORDS_PAGE_BYTES, State};
 
 /// How the door closes a socket that missed a message its object sent
 /// (cut off in parts): as a restart, so its client reconnects and reads
@@ -51,7 +54,7 @@ impl Door {
                 Err(e) => (Response::Error(e), Bytes::new()),
             },
             Request::SocketRecords(asked) => (
-                Response::SocketRecords(self.shard_sockets(asked.shard, asked.shard_count)),
+                Response::SocketRecords(self.shard_sockets_page(&asked, SOCKET_RECORDS_PAGE_BYTES)),
                 Bytes::new(),
             ),
             _ => (
@@ -199,34 +202,82 @@ impl Door {
     /// `shard_count`), for the shard's new holder: in a cluster, the host
     /// that takes over a shard asks every host's door before it serves it,
     /// so its objects know their sockets at every door, not only at the
-    /// doors whose clients speak first.
+    /// doors whose clients speak first. All pages of
+    /// [`Door::shard_sockets_page`], joined.
     pub fn shard_sockets(&self, shard: u32, shard_count: u32) -> Vec<DoorSockets> {
-        let state = self.state();
-        // One pass over the sockets, whatever the number of objects.
-        let mut by_object: BTreeMap<ObjectId, Vec<SocketRecord>> = BTreeMap::new();
-        for (&n, socket) in &state.sockets {
-            if socket.accepted && socket.object.shard(shard_count) == shard {
-                by_object
-                    .entry(socket.object)
-                    .or_default()
-                    .push(socket.record(n));
+        let mut all = Vec::new();
+        let mut asked = ShardSockets {
+            shard,
+            shard_count,
+            after: None,
+        };
+        loop {
+            let page = self.shard_sockets_page(&asked, SOCKET_RECORDS_PAGE_BYTES);
+            append_page(&mut all, page.objects);
+            match page.next {
+                Some(next) => asked.after = Some(next),
+                None => return all,
             }
         }
-        by_object
-            .into_iter()
-            .map(|(object, mut sockets)| {
-                sockets.sort_by_key(|r| r.socket);
-                DoorSockets {
-                    door: self.endpoint().to_owned(),
-                    object,
-                    sockets,
-                    auto_response: state
-                        .objects
-                        .get(&object)
-                        .and_then(|o| o.auto_response.clone()),
+    }
+
+    /// One page of what the door holds of the sockets of `asked`'s shard:
+    /// in (object, socket) order from after `asked.after`, at most
+    /// `max_bytes` of records (by [`SocketRecord::estimated_bytes`]; a
+    /// record larger than that alone on its page). Each page is read under
+    /// the door's lock, so a shard of many sockets with large attachments
+    /// neither passes a frame nor holds the lock for all of them at once.
+    pub fn shard_sockets_page(&self, asked: &ShardSockets, max_bytes: usize) -> ShardSocketsPage {
+        let state = self.state();
+        let after = asked.after;
+        let mut objects: Vec<&ObjectId> = state
+            .objects
+            .keys()
+            .filter(|id| id.shard(asked.shard_count) == asked.shard)
+            .filter(|id| after.is_none_or(|(from, _)| **id >= from))
+            .collect();
+        objects.sort_unstable();
+        let mut page = ShardSocketsPage::default();
+        let mut bytes = 0usize;
+        let mut last = None;
+        for id in objects {
+            let Some(obj) = state.objects.get(id) else {
+                continue;
+            };
+            let from = match after {
+                Some((object, socket)) if object == *id => Bound::Excluded(socket),
+                _ => Bound::Unbounded,
+            };
+            let mut sockets = Vec::new();
+            let mut full = false;
+            for &n in obj.sockets.range((from, Bound::Unbounded)) {
+                let Some(socket) = state.sockets.get(&n).filter(|s| s.accepted) else {
+                    continue;
+                };
+                let record = socket.record(n);
+                let size = record.estimated_bytes();
+                if bytes > 0 && bytes + size > max_bytes {
+                    full = true;
+                    break;
                 }
-            })
-            .collect()
+                bytes += size;
+                last = Some((*id, n));
+                sockets.push(record);
+            }
+            if !sockets.is_empty() {
+                page.objects.push(DoorSockets {
+                    door: self.endpoint().to_owned(),
+                    object: *id,
+                    sockets,
+                    auto_response: obj.auto_response.clone(),
+                });
+            }
+            if full {
+                page.next = last;
+                break;
+            }
+        }
+        page
     }
 
     /// The object's auto-response pair, as the door keeps it.

@@ -24,7 +24,7 @@ use odo_transport::forward::Outcome;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::{Door, Kill, Pending, lock};
+use super::{Door, Kill, Pending, SOCKET_RECORDS_PAGE_BYTES, lock};
 use crate::service::{ForwardError, SocketEventOut};
 
 /// The largest part of a message sent in one event: a message larger than
@@ -309,7 +309,7 @@ where
 /// Hands the object's worker the door's record of the object's sockets
 /// (and `record`, that of a socket the door has let go already, whose last
 /// event is being sent), with the object's auto-response: in parts of at
-/// most [`SYNC_PART_BYTES`] when they are larger (a room of many sockets
+/// most [`SOCKET_RECORDS_PAGE_BYTES`] when they are larger (a room of many sockets
 /// with large attachments), which the worker takes all at the last.
 async fn hand_over(
     door: &Door,
@@ -348,26 +348,15 @@ async fn hand_over(
     Ok(())
 }
 
-/// The bytes of socket records one `Sync` carries at most (an estimate:
-/// tags and attachment, plus [`RECORD_OVERHEAD`] each), well under the
-/// transport's frame bound.
-const SYNC_PART_BYTES: usize = 4 * 1024 * 1024;
-
-/// What a record costs a frame besides its tags and attachment (its
-/// numbers, lengths and the envelope's share), over-estimated.
-const RECORD_OVERHEAD: usize = 64;
-
-/// `records` cut into parts of at most [`SYNC_PART_BYTES`] (a record
+/// `records` cut into parts of at most [`SOCKET_RECORDS_PAGE_BYTES`] (a record
 /// larger than that alone in its part); at least one part, which may be
 /// empty.
 fn sync_parts(records: Vec<SocketRecord>) -> Vec<Vec<SocketRecord>> {
     let mut parts = vec![Vec::new()];
     let mut bytes = 0usize;
     for record in records {
-        let size = RECORD_OVERHEAD
-            + record.attachment.as_ref().map_or(0, Vec::len)
-            + record.tags.iter().map(|t| t.len() + 8).sum::<usize>();
-        if bytes + size > SYNC_PART_BYTES && parts.last().is_some_and(|p| !p.is_empty()) {
+        let size = record.estimated_bytes();
+        if bytes + size > SOCKET_RECORDS_PAGE_BYTES && parts.last().is_some_and(|p| !p.is_empty()) {
             parts.push(Vec::new());
             bytes = 0;
         }
@@ -474,11 +463,15 @@ mod tests {
                 .iter()
                 .map(|r| r.attachment.as_ref().map_or(0, Vec::len))
                 .sum();
-            assert!(!part.is_empty() && bytes <= SYNC_PART_BYTES);
+            assert!(!part.is_empty() && bytes <= SOCKET_RECORDS_PAGE_BYTES);
         }
         assert_eq!(parts.concat(), records);
         // One record larger than a part goes alone.
-        let huge = vec![record(1, 10), record(2, SYNC_PART_BYTES), record(3, 10)];
+        let huge = vec![
+            record(1, 10),
+            record(2, SOCKET_RECORDS_PAGE_BYTES),
+            record(3, 10),
+        ];
         assert_eq!(sync_parts(huge).len(), 3);
     }
 }
