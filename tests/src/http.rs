@@ -60,6 +60,17 @@ impl HttpClient {
         &self.base
     }
 
+    /// The pid of the worker that holds the object at `path`
+    /// (`class/name`), from `/_odo/placement`.
+    pub async fn owner_pid(&self, path: &str) -> Result<u32> {
+        let answer = self.get(&format!("/_odo/placement/{path}")).await?;
+        let value: serde_json::Value = serde_json::from_slice(&answer.body)?;
+        value["pid"]
+            .as_u64()
+            .map(|p| p as u32)
+            .ok_or_else(|| anyhow::anyhow!("unassigned: {}", answer.text()))
+    }
+
     /// Sends a request with headers and body; fails only on transport
     /// errors or after 30 s.
     pub async fn send(

@@ -286,12 +286,7 @@ fn name_on(class: &str, prefix: &str, shard: u32) -> String {
 }
 
 async fn owner_pid(client: &HttpClient, path: &str) -> Result<u32> {
-    let answer = client.get(&format!("/_odo/placement/{path}")).await?;
-    let value: serde_json::Value = serde_json::from_slice(&answer.body)?;
-    value["pid"]
-        .as_u64()
-        .map(|p| p as u32)
-        .ok_or_else(|| anyhow!("unassigned: {}", answer.text()))
+    client.owner_pid(path).await
 }
 
 /// Polls `check` until it is true, for at most `limit`.

@@ -318,6 +318,17 @@ pub fn process_stopped(pid: u32) -> Option<bool> {
     Some(any)
 }
 
+/// A field of `/proc/PID/status` in bytes (`VmRSS`, `VmHWM`: the peak).
+pub fn proc_memory(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))?;
+    Ok(kib * 1024)
+}
+
 /// Stops process `pid` with SIGSTOP and waits (up to 10 s) until every
 /// one of its threads has stopped, where that can be seen. Returns whether
 /// it was seen (`false` outside Linux: the stop may still be landing).

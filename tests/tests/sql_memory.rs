@@ -10,7 +10,7 @@
 
 use anyhow::{Context as _, Result, anyhow, ensure};
 use odo_tests::http::HttpClient;
-use odo_tests::topology::ServerSpec;
+use odo_tests::topology::{ServerSpec, proc_memory};
 use serde_json::{Value, json};
 
 /// Rows the statement goes through, of [`ROW`] bytes each: 200 MB.
@@ -18,17 +18,6 @@ const ROWS: u64 = 200_000;
 const ROW: u64 = 1_000;
 /// How much the worker's peak memory may grow by while it runs.
 const GROWTH: u64 = 64 << 20;
-
-/// A field of `/proc/PID/status` in bytes (`VmHWM`: the peak).
-fn memory(pid: u32, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))?;
-    Ok(kib * 1024)
-}
 
 async fn exec(c: &HttpClient, name: &str, sql: &str) -> Result<Value> {
     let body = json!({ "sql": sql, "params": [] }).to_string();
@@ -62,7 +51,7 @@ async fn a_statement_over_hundreds_of_megabytes_keeps_the_workers_memory_flat() 
     let placement = c.get(&format!("/_odo/placement/sqlprobe/{name}")).await?;
     let placement: Value = serde_json::from_slice(&placement.body)?;
     let pid = placement["pid"].as_u64().context("the object's worker")? as u32;
-    let before = memory(pid, "VmHWM")?;
+    let before = proc_memory(pid, "VmHWM")?;
     let answer = exec(
         &c,
         name,
@@ -76,7 +65,7 @@ async fn a_statement_over_hundreds_of_megabytes_keeps_the_workers_memory_flat() 
         answer["rows"] == json!([[{ "integer": ROWS }]]),
         "every row went through: {answer}"
     );
-    let after = memory(pid, "VmHWM")?;
+    let after = proc_memory(pid, "VmHWM")?;
     eprintln!(
         "the worker's peak: {} MB before, {} MB after going through {} MB",
         before >> 20,

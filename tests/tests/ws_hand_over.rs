@@ -17,15 +17,6 @@ const SOCKETS: usize = 1_100;
 /// under the 16 KiB limit).
 const ATTACHMENT: usize = 16_000;
 
-async fn owner_pid(c: &HttpClient, path: &str) -> Result<u32> {
-    let answer = c.get(&format!("/_odo/placement/{path}")).await?;
-    let value: serde_json::Value = serde_json::from_slice(&answer.body)?;
-    value["pid"]
-        .as_u64()
-        .map(|p| p as u32)
-        .ok_or_else(|| anyhow!("unassigned: {}", answer.text()))
-}
-
 async fn ask(ws: &mut Ws, text: &str) -> Result<String> {
     ws.send(text).await?;
     match ws.next().await? {
@@ -51,7 +42,7 @@ async fn a_room_larger_than_a_frame_is_handed_to_its_new_worker_in_parts() -> Re
         ensure!(ask(&mut ws, &format!("attach:{value}")).await? == "attached");
         sockets.push(ws);
     }
-    let victim = owner_pid(&c, "probe/big-room").await?;
+    let victim = c.owner_pid("probe/big-room").await?;
     signal(victim, Signal::Kill)?;
     // The next event reaches the object on its new worker, after the
     // hand-over of every socket's record.
@@ -61,7 +52,7 @@ async fn a_room_larger_than_a_frame_is_handed_to_its_new_worker_in_parts() -> Re
         "the new worker knows {answer} sockets"
     );
     ensure!(
-        owner_pid(&c, "probe/big-room").await? != victim,
+        c.owner_pid("probe/big-room").await? != victim,
         "a new worker"
     );
     // Every record came whole, in accept order.

@@ -7,7 +7,7 @@
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use odo_tests::http::HttpClient;
-use odo_tests::topology::ServerSpec;
+use odo_tests::topology::{ServerSpec, proc_memory};
 use odo_tests::ws::{Got, Ws};
 
 /// Clients that never read.
@@ -26,17 +26,6 @@ const MAX_ROUNDS: usize = 256 * 1024 / (64 * PER_ROUND);
 /// the messages in flight to the readers, the transport's frame buffers,
 /// the allocator's free lists.
 const SLACK: u64 = 16 << 20;
-
-/// A field of `/proc/PID/status` in bytes (`VmRSS`, `VmHWM`).
-fn memory(pid: u32, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))?;
-    Ok(kib * 1024)
-}
 
 /// Reads until `done`, counting the 64 KiB messages before it.
 async fn round(ws: &mut Ws) -> Result<usize> {
@@ -85,7 +74,7 @@ async fn stalled_clients_cost_the_front_door_no_more_than_their_send_buffers() -
         readers[0].ask("sockets").await? == (READERS + STALLED).to_string(),
         "not every socket was accepted"
     );
-    let before = memory(server.pid, "VmRSS")?;
+    let before = proc_memory(server.pid, "VmRSS")?;
     // The peak from here on (best effort: without it the peak since the
     // server started counts, which only overstates the growth).
     let _ = std::fs::write(format!("/proc/{}/clear_refs", server.pid), "5");
@@ -102,7 +91,7 @@ async fn stalled_clients_cost_the_front_door_no_more_than_their_send_buffers() -
         rounds += 1;
         closed = closed_1008(&c).await?;
     }
-    let peak = memory(server.pid, "VmHWM")?;
+    let peak = proc_memory(server.pid, "VmHWM")?;
     let growth = peak.saturating_sub(before);
     let bound = STALLED as u64 * SEND_BUFFER + SLACK;
     eprintln!(

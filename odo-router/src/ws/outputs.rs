@@ -8,8 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use odo_core::socket::{
-    DoorSockets, ShardSockets, ShardSocketsPage, SocketOp, SocketOutput, SocketRecord, append_page,
-    close_code,
+    DoorSockets, ShardSockets, ShardSocketsPage, SocketOp, SocketOutput, SocketRecord, close_code,
 };
 use odo_core::wire::{Request, Response};
 use odo_core::{ObjectId, WireError};
@@ -202,23 +201,15 @@ impl Door {
     /// `shard_count`), for the shard's new holder: in a cluster, the host
     /// that takes over a shard asks every host's door before it serves it,
     /// so its objects know their sockets at every door, not only at the
-    /// doors whose clients speak first. All pages of
-    /// [`Door::shard_sockets_page`], joined.
+    /// doors whose clients speak first. All of it at once: what
+    /// [`Door::shard_sockets_page`] gives without a bound.
     pub fn shard_sockets(&self, shard: u32, shard_count: u32) -> Vec<DoorSockets> {
-        let mut all = Vec::new();
-        let mut asked = ShardSockets {
+        let asked = ShardSockets {
             shard,
             shard_count,
             after: None,
         };
-        loop {
-            let page = self.shard_sockets_page(&asked, SOCKET_RECORDS_PAGE_BYTES);
-            append_page(&mut all, page.objects);
-            match page.next {
-                Some(next) => asked.after = Some(next),
-                None => return all,
-            }
-        }
+        self.shard_sockets_page(&asked, usize::MAX).objects
     }
 
     /// One page of what the door holds of the sockets of `asked`'s shard:
