@@ -8,7 +8,7 @@
 //! as much of the worker's memory as its time limit let it fill, and with
 //! it every object of the worker when the kernel killed it.
 
-use anyhow::{Context as _, Result, anyhow, ensure};
+use anyhow::{Context as _, Result, ensure};
 use odo_tests::http::HttpClient;
 use odo_tests::topology::{ServerSpec, proc_memory};
 use serde_json::{Value, json};
