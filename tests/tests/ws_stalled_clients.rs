@@ -5,7 +5,7 @@
 //! memory is read from `/proc` (peak against the level before the flood),
 //! a memory bound, not a timing.
 
-use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use odo_tests::http::HttpClient;
 use odo_tests::topology::{ServerSpec, proc_memory};
 use odo_tests::ws::{Got, Ws};
