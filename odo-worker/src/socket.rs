@@ -171,7 +171,28 @@ struct ObjectSockets {
     partial: Option<(SocketKey, BytesMut)>,
     /// Hand-overs coming in parts (one per front door): the records so
     /// far, taken at the last part.
-    handing: Vec<(Arc<str>, Vec<SocketRecord>)>,
+    handing: Vec<Handing>,
+}
+
+/// A hand-over from one front door, while its parts come.
+#[derive(Debug)]
+struct Handing {
+    door: Arc<str>,
+    records: Vec<SocketRecord>,
+    /// The accept order when its first part came: sockets accepted since
+    /// (through `fetch`, while the parts came) are not in the door's
+    /// records yet, and stay.
+    from_seq: u64,
+}
+
+/// Why a part of a hand-over was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SyncRefused {
+    /// A later part whose first never came here (the object moved between
+    /// them): the door starts again.
+    NoFirstPart,
+    /// More records than an object may have sockets.
+    TooMany,
 }
 
 impl ObjectSockets {
@@ -274,6 +295,22 @@ impl SocketBook {
         out
     }
 
+    /// An event of `door` for `object` that is not part of a hand-over:
+    /// a hand-over from that door still coming in parts was given up (the
+    /// door sends its parts before the event they precede), so its parts
+    /// are let go.
+    pub(crate) fn end_handing(&self, object: &ObjectId, door: &Arc<str>) {
+        let mut objects = lock(&self.objects);
+        if let Some(s) = objects.get_mut(object)
+            && !s.handing.is_empty()
+        {
+            s.handing.retain(|h| h.door != *door);
+            if s.is_empty() {
+                objects.remove(object);
+            }
+        }
+    }
+
     /// Forgets a socket (it closed).
     pub(crate) fn remove(&self, object: &ObjectId, key: &SocketKey) {
         self.with(object, |s| s.remove(key));
@@ -282,7 +319,9 @@ impl SocketBook {
     /// Replaces what is known of the sockets `door` holds for `object`,
     /// with `records` and those of the earlier parts of the same hand-over
     /// (`continued`); with `more`, only keeps them until the last part.
-    /// Fails for a later part whose first never came.
+    /// Sockets accepted here since the first part came stay. Fails for a
+    /// later part whose first never came, and past `max_records`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn sync(
         &self,
         object: &ObjectId,
@@ -291,29 +330,39 @@ impl SocketBook {
         auto_response: Option<(String, String)>,
         more: bool,
         continued: bool,
-    ) -> Result<(), &'static str> {
+        max_records: usize,
+    ) -> Result<(), SyncRefused> {
         self.with(object, |s| {
             let earlier = s
                 .handing
                 .iter()
-                .position(|(d, _)| d == door)
-                .map(|at| s.handing.swap_remove(at).1);
-            if continued {
-                let Some(mut earlier) = earlier else {
-                    return Err("a later part of a hand-over whose first part never came");
-                };
-                earlier.append(&mut records);
-                records = earlier;
+                .position(|h| h.door == *door)
+                .map(|at| s.handing.swap_remove(at));
+            let from_seq = match (continued, earlier) {
+                (false, _) => s.next_seq,
+                (true, None) => return Err(SyncRefused::NoFirstPart),
+                (true, Some(mut earlier)) => {
+                    earlier.records.append(&mut records);
+                    records = earlier.records;
+                    earlier.from_seq
+                }
+            };
+            if records.len() > max_records {
+                return Err(SyncRefused::TooMany);
             }
             if more {
-                s.handing.push((door.clone(), records));
+                s.handing.push(Handing {
+                    door: door.clone(),
+                    records,
+                    from_seq,
+                });
                 return Ok(());
             }
             let stale: Vec<SocketKey> = s
                 .entries
-                .keys()
-                .filter(|k| k.door == *door)
-                .cloned()
+                .iter()
+                .filter(|(k, e)| k.door == *door && e.seq < from_seq)
+                .map(|(k, _)| k.clone())
                 .collect();
             for key in stale {
                 s.remove(&key);
@@ -918,36 +967,60 @@ mod tests {
     }
 
     /// A hand-over in parts replaces the door's records only at its last
-    /// part, with every part's records; another door's hand-over between
-    /// them does not mix in; a later part without a first is refused.
+    /// part, with every part's records, keeping sockets accepted here
+    /// since it began; another door's hand-over between them does not mix
+    /// in; a later part without a first is refused, and so are more
+    /// records than an object may have sockets.
     #[test]
     fn a_hand_over_in_parts_is_taken_whole_at_its_last_part() {
         let book = SocketBook::default();
         let object = odo_core::Namespace::new("ROOM").id_from_name("r");
         let (a, b) = (book.door("a"), book.door("b"));
-        book.sync(&object, &a, vec![record(1)], None, false, false)
+        book.sync(&object, &a, vec![record(1)], None, false, false, 100)
             .unwrap();
-        book.sync(&object, &a, vec![record(2), record(3)], None, true, false)
+        book.sync(
+            &object,
+            &a,
+            vec![record(2), record(3)],
+            None,
+            true,
+            false,
+            100,
+        )
+        .unwrap();
+        book.sync(&object, &b, vec![record(9)], None, false, false, 100)
             .unwrap();
-        book.sync(&object, &b, vec![record(9)], None, false, false)
-            .unwrap();
-        book.sync(&object, &a, vec![record(4)], None, true, true)
+        book.sync(&object, &a, vec![record(4)], None, true, true, 100)
             .unwrap();
         assert_eq!(
             known(&book, &object, &a),
             vec![1],
             "nothing taken before the last part"
         );
+        // Accepted here while the parts came: not in the door's records,
+        // and kept.
+        book.with(&object, |s| {
+            let key = SocketKey {
+                door: a.clone(),
+                id: 7,
+            };
+            s.insert(key, Arc::from(Vec::<String>::new()), None);
+        });
         let pair = Some(("ping".to_owned(), "pong".to_owned()));
-        book.sync(&object, &a, vec![record(5)], pair, false, true)
+        book.sync(&object, &a, vec![record(5)], pair, false, true, 100)
             .unwrap();
-        assert_eq!(known(&book, &object, &a), vec![2, 3, 4, 5]);
+        assert_eq!(known(&book, &object, &a), vec![2, 3, 4, 5, 7]);
         assert_eq!(known(&book, &object, &b), vec![9]);
-        assert!(
-            book.sync(&object, &a, vec![record(6)], None, false, true)
-                .is_err()
+        assert_eq!(
+            book.sync(&object, &a, vec![record(6)], None, false, true, 100),
+            Err(SyncRefused::NoFirstPart)
         );
-        assert_eq!(known(&book, &object, &a), vec![2, 3, 4, 5]);
+        let many: Vec<SocketRecord> = (10..20).map(record).collect();
+        assert_eq!(
+            book.sync(&object, &a, many, None, false, false, 9),
+            Err(SyncRefused::TooMany)
+        );
+        assert_eq!(known(&book, &object, &a), vec![2, 3, 4, 5, 7]);
     }
 
     #[test]

@@ -89,6 +89,15 @@ fn proto_includes_present() -> bool {
     {
         dirs.push(bin.join("../include"));
     }
+    // A protoc found on PATH (a release zip unpacked under /usr/local, or
+    // a CI's setup step) brings its own `include` beside its `bin`.
+    if let Some(path) = std::env::var_os("PATH") {
+        for bin in std::env::split_paths(&path) {
+            if bin.join("protoc").exists() {
+                dirs.push(bin.join("../include"));
+            }
+        }
+    }
     dirs.iter()
         .any(|dir| dir.join("google/protobuf/descriptor.proto").is_file())
 }

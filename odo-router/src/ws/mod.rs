@@ -96,6 +96,8 @@ pub struct WebSocketConfig {
     /// a quarter later. A socket the door
     /// closes (1008, 1009, ...) keeps its connection this long at most,
     /// for its close frame to follow what the client has not read yet.
+    /// A message an object sends in parts whose rest has not come for
+    /// this long was cut off: its sockets are closed with 1012.
     /// Default 60 s.
     pub idle_timeout: Duration,
     /// How long delivering one event may take. Default 30 s.

@@ -67,8 +67,39 @@ impl Door {
 
     /// Applies an object's outputs (their payloads in `body`): sends,
     /// closes, attachments, the auto-response. Outputs for sockets that are
-    /// gone are dropped.
+    /// gone are dropped. Outputs that cannot be applied (they overrun the
+    /// body, a text message is not UTF-8) fail the rest of them; the
+    /// sockets of a message that was dropped or cut off are closed (1012)
+    /// even then.
     pub fn apply(&self, output: SocketOutput, body: Bytes) -> Result<(), WireError> {
+        let mut overflowed = Vec::new();
+        let mut cut = Vec::new();
+        let mut state = self.state();
+        let now = self.clock_ms();
+        let applied = self.apply_ops(&mut state, output, body, now, &mut overflowed, &mut cut);
+        let cut = cut_off(&state, cut);
+        drop(state);
+        for out in overflowed {
+            out.kill(Kill {
+                code: close_code::POLICY_VIOLATION,
+                reason: "the client does not read its messages",
+            });
+        }
+        for out in cut {
+            out.kill(CUT_OFF);
+        }
+        applied
+    }
+
+    fn apply_ops(
+        &self,
+        state: &mut State,
+        output: SocketOutput,
+        body: Bytes,
+        now_ms: u64,
+        overflowed: &mut Vec<Arc<Outbound>>,
+        cut: &mut Vec<u64>,
+    ) -> Result<(), WireError> {
         let cap = self.config().send_buffer_bytes;
         let mut at = 0usize;
         let mut payload = |len: usize| -> Result<Bytes, WireError> {
@@ -82,9 +113,6 @@ impl Door {
             at = end;
             Ok(bytes)
         };
-        let mut overflowed = Vec::new();
-        let mut cut = Vec::new();
-        let mut state = self.state();
         for op in output.ops {
             match op {
                 SocketOp::Send {
@@ -95,12 +123,15 @@ impl Door {
                     continued,
                 } => {
                     let part = payload(len as usize)?;
-                    let added = state.parts.add(&sockets, binary, part, more, continued);
+                    let added = state
+                        .parts
+                        .add(&sockets, binary, part, more, continued, now_ms);
                     cut.extend(added.cut);
                     let Some((binary, whole)) = added.whole else {
                         continue;
                     };
                     if !binary && std::str::from_utf8(&whole).is_err() {
+                        cut.extend(sockets);
                         return Err(WireError::BadRequest {
                             message: "a text message that is not UTF-8".into(),
                         });
@@ -144,33 +175,27 @@ impl Door {
                 }
             }
         }
-        let cut = cut_off(&state, cut);
-        drop(state);
-        for out in overflowed {
-            out.kill(Kill {
-                code: close_code::POLICY_VIOLATION,
-                reason: "the client does not read its messages",
-            });
-        }
-        for out in cut {
-            out.kill(CUT_OFF);
-        }
         Ok(())
     }
 
-    /// The object's worker changed: a message its old worker left half
-    /// sent to its sockets is dropped, and their sockets closed (1012).
-    pub(crate) fn drop_half_sent(&self, object: &ObjectId) {
+    /// The idle sweep's part: a message whose next part has not come for
+    /// `stale_ms` was cut off (its worker died between two parts, or gave
+    /// up on a push: a worker sends a message's parts one after the other,
+    /// each within its push deadline). It is dropped and its sockets
+    /// closed (1012).
+    pub(crate) fn cut_stale_parts(&self, now_ms: u64, stale_ms: u64) {
         let mut state = self.state();
-        let Some(obj) = state.objects.get(object) else {
+        if state.parts.len() == 0 {
             return;
-        };
-        let firsts: Vec<u64> = obj.sockets.iter().copied().collect();
-        let cut = state.parts.drop_started_by(firsts);
+        }
+        let cut = state.parts.cut_stale(now_ms, stale_ms);
         if cut.is_empty() {
             return;
         }
-        debug!(object = %object, sockets = cut.len(), "a message half sent by the object's old worker dropped");
+        debug!(
+            sockets = cut.len(),
+            "a message in parts whose rest never came dropped"
+        );
         let cut = cut_off(&state, cut);
         drop(state);
         for out in cut {

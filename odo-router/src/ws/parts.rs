@@ -6,7 +6,10 @@
 //! worker's next message to the same sockets starts afresh. Such a
 //! message's sockets missed it, so the door closes them (1012) rather than
 //! let a gap pass unseen, and it never glues a lost part to the next
-//! message.
+//! message. A cut is seen when the next message to the same sockets
+//! starts, when a part comes whose start never came (or that continues
+//! another list of sockets), and, failing both, when the rest has not come
+//! for a while ([`Parts::cut_stale`], from the door's idle sweep).
 //!
 //! I/O-free: [`Parts`] only says what to send and which sockets to close.
 
@@ -27,6 +30,8 @@ struct Partial {
     binary: bool,
     sockets: Vec<u64>,
     bytes: BytesMut,
+    /// When its last part came, on the door's clock.
+    touched_ms: u64,
 }
 
 /// What one `Send` came to.
@@ -40,7 +45,8 @@ pub(super) struct Added {
 }
 
 impl Parts {
-    /// Adds the payload of one `Send` to `sockets` (not empty).
+    /// Adds the payload of one `Send` to `sockets` (not empty), at
+    /// `now_ms` on the door's clock.
     pub(super) fn add(
         &mut self,
         sockets: &[u64],
@@ -48,6 +54,7 @@ impl Parts {
         part: Bytes,
         more: bool,
         continued: bool,
+        now_ms: u64,
     ) -> Added {
         let Some(&first) = sockets.first() else {
             return Added::default();
@@ -74,12 +81,19 @@ impl Parts {
                     binary,
                     sockets: sockets.to_vec(),
                     bytes,
+                    touched_ms: now_ms,
                 },
             );
             return Added { whole: None, cut };
         }
-        let Some(partial) = self.by_first.get_mut(&first) else {
-            // The rest of a message whose start this door never got.
+        let Some(partial) = self
+            .by_first
+            .get_mut(&first)
+            .filter(|p| p.sockets == sockets)
+        else {
+            // The rest of a message whose start this door never got (or
+            // that of another message than the one being put together for
+            // these sockets: that one stays).
             return Added {
                 whole: None,
                 cut: sockets.to_vec(),
@@ -87,6 +101,7 @@ impl Parts {
         };
         // Appended in place: each part is copied once.
         partial.bytes.extend_from_slice(&part);
+        partial.touched_ms = now_ms;
         if more {
             return Added::default();
         }
@@ -100,16 +115,18 @@ impl Parts {
         }
     }
 
-    /// Drops the messages being put together whose first socket is one of
-    /// `firsts` (their object's worker changed: no part of them will come
-    /// any more); returns their sockets, which missed them.
-    pub(super) fn drop_started_by(&mut self, firsts: impl IntoIterator<Item = u64>) -> Vec<u64> {
+    /// Drops the messages whose last part came `stale_ms` or more before
+    /// `now_ms`: their rest will not come. Returns their sockets, which
+    /// missed them.
+    pub(super) fn cut_stale(&mut self, now_ms: u64, stale_ms: u64) -> Vec<u64> {
         let mut cut = Vec::new();
-        for first in firsts {
-            if let Some(partial) = self.by_first.remove(&first) {
-                cut.extend(partial.sockets);
+        self.by_first.retain(|_, partial| {
+            let live = now_ms.saturating_sub(partial.touched_ms) < stale_ms;
+            if !live {
+                cut.append(&mut partial.sockets);
             }
-        }
+            live
+        });
         cut
     }
 
@@ -141,18 +158,18 @@ mod tests {
     #[test]
     fn a_whole_message_passes_and_parts_are_joined() {
         let mut parts = Parts::default();
-        let added = parts.add(&[1, 2], false, Bytes::from_static(b"hi"), false, false);
+        let added = parts.add(&[1, 2], false, Bytes::from_static(b"hi"), false, false, 0);
         assert_eq!(added.whole, whole(false, "hi"));
         assert!(added.cut.is_empty());
         assert_eq!(
-            parts.add(&[1, 2], true, Bytes::from_static(b"a"), true, false),
+            parts.add(&[1, 2], true, Bytes::from_static(b"a"), true, false, 0),
             Added::default()
         );
         assert_eq!(
-            parts.add(&[1, 2], true, Bytes::from_static(b"b"), true, true),
+            parts.add(&[1, 2], true, Bytes::from_static(b"b"), true, true, 0),
             Added::default()
         );
-        let added = parts.add(&[1, 2], true, Bytes::from_static(b"c"), false, true);
+        let added = parts.add(&[1, 2], true, Bytes::from_static(b"c"), false, true, 0);
         assert_eq!(added.whole, whole(true, "abc"));
         assert_eq!(parts.len(), 0);
     }
@@ -160,26 +177,33 @@ mod tests {
     #[test]
     fn a_cut_off_message_is_dropped_and_its_sockets_named() {
         let mut parts = Parts::default();
-        parts.add(&[1, 2], false, Bytes::from_static(b"lost"), true, false);
-        let added = parts.add(&[1], false, Bytes::from_static(b"next"), false, false);
+        parts.add(&[1, 2], false, Bytes::from_static(b"lost"), true, false, 0);
+        let added = parts.add(&[1], false, Bytes::from_static(b"next"), false, false, 0);
         assert_eq!(added.whole, whole(false, "next"));
         assert_eq!(added.cut, vec![1, 2]);
-        let added = parts.add(&[3], false, Bytes::from_static(b"tail"), false, true);
+        let added = parts.add(&[3], false, Bytes::from_static(b"tail"), false, true, 0);
         assert_eq!(added.whole, None);
         assert_eq!(added.cut, vec![3]);
-        parts.add(&[4, 5], false, Bytes::from_static(b"x"), true, false);
-        assert_eq!(parts.drop_started_by([4]), vec![4, 5]);
+        parts.add(&[4, 5], false, Bytes::from_static(b"x"), true, false, 0);
+        // The rest of a message to other sockets than the one being put
+        // together for 4: dropped, and that one stays.
+        let added = parts.add(&[4], false, Bytes::from_static(b"y"), false, true, 0);
+        assert_eq!((added.whole, added.cut), (None, vec![4]));
+        assert_eq!(parts.len(), 1);
+        parts.add(&[4, 5], false, Bytes::from_static(b"z"), true, true, 10);
+        assert_eq!(parts.cut_stale(50, 50), Vec::<u64>::new());
+        assert_eq!(parts.cut_stale(60, 50), vec![4, 5]);
         assert_eq!(parts.len(), 0);
     }
 
     #[test]
     fn a_message_outlives_its_first_socket_while_another_is_open() {
         let mut parts = Parts::default();
-        parts.add(&[1, 2], false, Bytes::from_static(b"a"), true, false);
+        parts.add(&[1, 2], false, Bytes::from_static(b"a"), true, false, 0);
         parts.socket_gone(1, |s| s == 2);
-        let added = parts.add(&[1, 2], false, Bytes::from_static(b"b"), false, true);
+        let added = parts.add(&[1, 2], false, Bytes::from_static(b"b"), false, true, 0);
         assert_eq!(added.whole, whole(false, "ab"));
-        parts.add(&[1, 2], false, Bytes::from_static(b"a"), true, false);
+        parts.add(&[1, 2], false, Bytes::from_static(b"a"), true, false, 0);
         parts.socket_gone(1, |_| false);
         assert_eq!(parts.len(), 0);
     }
@@ -226,7 +250,7 @@ mod tests {
                 let all = sends(text, *n, usize::MAX);
                 let sent = (*sent).min(all.len());
                 for (part, more, continued) in all.into_iter().take(sent) {
-                    let added = parts.add(&[7], true, part, more, continued);
+                    let added = parts.add(&[7], true, part, more, continued, 0);
                     if !added.cut.is_empty() {
                         cuts += 1;
                     }

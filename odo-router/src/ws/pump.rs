@@ -317,8 +317,6 @@ async fn hand_over(
     socket: u64,
     record: Option<&SocketRecord>,
 ) -> Result<(), ForwardError> {
-    // A message the object's old worker left half sent never ends.
-    door.drop_half_sent(&address.id);
     let mut sockets = door.records(&address.id);
     if let Some(record) = record {
         sockets.push(record.clone());
@@ -326,26 +324,41 @@ async fn hand_over(
     let auto_response = door.auto_response(&address.id);
     let parts = sync_parts(sockets);
     debug!(object = %address, parts = parts.len(), "handing the object's WebSockets to its worker");
-    let last = parts.len() - 1;
-    for (i, sockets) in parts.into_iter().enumerate() {
-        let event = SocketEventOut {
-            door: door.endpoint().to_owned(),
-            socket,
-            auto_response_ms: None,
-            kind: SocketEventKind::Sync {
-                sockets,
-                auto_response: auto_response.clone(),
-                more: i < last,
-                continued: i > 0,
-            },
-        };
-        let deadline = Instant::now() + door.config().event_deadline;
-        door.inner
-            .service
-            .socket_event(address.clone(), event, Bytes::new(), deadline)
-            .await?;
+    let mut again = true;
+    'over: loop {
+        let last = parts.len() - 1;
+        for (i, sockets) in parts.iter().enumerate() {
+            let event = SocketEventOut {
+                door: door.endpoint().to_owned(),
+                socket,
+                auto_response_ms: None,
+                kind: SocketEventKind::Sync {
+                    sockets: sockets.clone(),
+                    auto_response: auto_response.clone(),
+                    more: i < last,
+                    continued: i > 0,
+                },
+            };
+            let deadline = Instant::now() + door.config().event_deadline;
+            let sent = door
+                .inner
+                .service
+                .socket_event(address.clone(), event, Bytes::new(), deadline)
+                .await;
+            match sent {
+                Ok(()) => {}
+                // A later part reached a worker that never had the first
+                // (the object moved between them): once more from the
+                // start.
+                Err(ForwardError::Object(WireError::UnknownSocket)) if i > 0 && again => {
+                    again = false;
+                    continue 'over;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        return Ok(());
     }
-    Ok(())
 }
 
 /// `records` cut into parts of at most [`SOCKET_RECORDS_PAGE_BYTES`] (a record

@@ -179,7 +179,8 @@ impl Door {
     /// due is read under the door's lock (an atomic load each); they are
     /// woken after it, since a wake may spawn the socket's task: with many
     /// silent sockets (members that only listen) the lock is held for the
-    /// scan alone, not for as many spawns.
+    /// scan alone, not for as many spawns. Also drops the messages in
+    /// parts whose rest has not come for the idle timeout.
     fn sweep_idle(&self) {
         let now = self.clock_ms();
         let idle = self.config().idle_timeout.as_millis() as u64;
@@ -193,6 +194,7 @@ impl Door {
         for out in due {
             out.wake();
         }
+        self.cut_stale_parts(now, idle);
     }
 }
 

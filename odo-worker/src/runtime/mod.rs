@@ -352,15 +352,19 @@ impl Runtime {
                 continue;
             }
             let door = state.sockets.door(&held.door);
-            // Whole (not in parts): it cannot fail.
-            let _ = state.sockets.sync(
+            // Whole (not in parts): it fails only past the cap.
+            let max = self.inner.config.websocket_max_sockets_per_object;
+            if let Err(refused) = state.sockets.sync(
                 &held.object,
                 &door,
                 held.sockets,
                 held.auto_response,
                 false,
                 false,
-            );
+                max,
+            ) {
+                tracing::warn!(object = %held.object, door = %held.door, ?refused, "a front door's records of an object's sockets refused: they are handed over with its next event");
+            }
         }
         {
             let mut shards = self

@@ -15,7 +15,7 @@ use odo_transport::forward::Outcome as Known;
 use super::{Inner, unexpected};
 use crate::call::CallScope;
 use crate::mailbox::{EventKind, Outcome, SocketIn};
-use crate::socket::{SocketKey, WebSocketMessage};
+use crate::socket::{SocketKey, SyncRefused, WebSocketMessage};
 
 impl Inner {
     /// See [`Runtime::socket_event`]. Parts of a message and a front door's
@@ -36,6 +36,9 @@ impl Inner {
             id: event.socket,
         };
         let id = target.id;
+        if !matches!(event.kind, Kind::Sync { .. }) {
+            book.end_handing(&id, &key.door);
+        }
         if let Some(at) = event.auto_response_ms {
             book.set_auto_response_ms(&id, &key, at);
         }
@@ -70,10 +73,17 @@ impl Inner {
                 more,
                 continued,
             } => {
+                let max = self.config.websocket_max_sockets_per_object;
                 return book
-                    .sync(&id, &key.door, sockets, auto_response, more, continued)
-                    .map_err(|message| WireError::BadRequest {
-                        message: message.into(),
+                    .sync(&id, &key.door, sockets, auto_response, more, continued, max)
+                    .map_err(|refused| match refused {
+                        // The door starts the hand-over again.
+                        SyncRefused::NoFirstPart => WireError::UnknownSocket,
+                        SyncRefused::TooMany => WireError::BadRequest {
+                            message: format!(
+                                "a hand-over of more than {max} sockets of one object"
+                            ),
+                        },
                     });
             }
             Kind::Message { binary } => {
