@@ -44,7 +44,7 @@ fn cut_off(state: &State, mut cut: Vec<u64>) -> Vec<Arc<Outbound>> {
 impl Door {
     /// Answers a request a worker sent this door (its transport
     /// endpoint's handler): applies `SocketOutput`s, and answers
-    /// `SocketRecords` with [`Door::shard_sockets`]. Answers at once,
+    /// `SocketRecords` with a page of [`Door::shard_sockets_page`]. Answers at once,
     /// without waiting, so outputs are applied in the order they arrive.
     pub fn handle_request(&self, request: Request, body: Bytes) -> (Response, Bytes) {
         match request {

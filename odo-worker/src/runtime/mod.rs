@@ -327,7 +327,7 @@ impl Runtime {
 
     /// As [`Runtime::open_shard`], knowing from the start the sockets the
     /// front doors hold for the shard's objects (`sockets`, as each door
-    /// answered [`WebSocketDoors::shard_sockets`]): a cluster host taking
+    /// answered [`WebSocketDoors::shard_sockets_page`]): a cluster host taking
     /// over a shard serves it only with every door's sockets in its book,
     /// so a broadcast reaches the members held at doors whose clients have
     /// not spoken since.
