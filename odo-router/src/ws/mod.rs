@@ -347,8 +347,8 @@ impl Door {
     }
 
     /// Appends the door's metrics in the Prometheus text format: sockets
-    /// open, events waiting, the bytes of messages held, and the messages that reached their objects
-    /// in batches.
+    /// open, events waiting, the bytes of messages held, and the messages
+    /// that reached their objects in batches.
     pub fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write as _;
         let counters = [
