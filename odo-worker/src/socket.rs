@@ -235,6 +235,9 @@ impl ObjectSockets {
 pub(crate) struct SocketBook {
     objects: Mutex<HashMap<ObjectId, ObjectSockets>>,
     doors: Mutex<Vec<Arc<str>>>,
+    /// Hand-overs coming in parts, over every object: while there is
+    /// none, [`SocketBook::end_handing`] takes no lock.
+    handing: std::sync::atomic::AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -300,11 +303,18 @@ impl SocketBook {
     /// door sends its parts before the event they precede), so its parts
     /// are let go.
     pub(crate) fn end_handing(&self, object: &ObjectId, door: &Arc<str>) {
+        use std::sync::atomic::Ordering;
+        if self.handing.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let mut objects = lock(&self.objects);
         if let Some(s) = objects.get_mut(object)
             && !s.handing.is_empty()
         {
+            let before = s.handing.len();
             s.handing.retain(|h| h.door != *door);
+            self.handing
+                .fetch_sub(before - s.handing.len(), Ordering::Relaxed);
             if s.is_empty() {
                 objects.remove(object);
             }
@@ -338,6 +348,10 @@ impl SocketBook {
                 .iter()
                 .position(|h| h.door == *door)
                 .map(|at| s.handing.swap_remove(at));
+            if earlier.is_some() {
+                self.handing
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
             let from_seq = match (continued, earlier) {
                 (false, _) => s.next_seq,
                 (true, None) => return Err(SyncRefused::NoFirstPart),
@@ -351,6 +365,8 @@ impl SocketBook {
                 return Err(SyncRefused::TooMany);
             }
             if more {
+                self.handing
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 s.handing.push(Handing {
                     door: door.clone(),
                     records,
@@ -1013,6 +1029,14 @@ mod tests {
         assert_eq!(known(&book, &object, &b), vec![9]);
         assert_eq!(
             book.sync(&object, &a, vec![record(6)], None, false, true, 100),
+            Err(SyncRefused::NoFirstPart)
+        );
+        // A hand-over the door gave up (its next event came): its parts go.
+        book.sync(&object, &a, vec![record(8)], None, true, false, 100)
+            .unwrap();
+        book.end_handing(&object, &a);
+        assert_eq!(
+            book.sync(&object, &a, vec![record(9)], None, false, true, 100),
             Err(SyncRefused::NoFirstPart)
         );
         let many: Vec<SocketRecord> = (10..20).map(record).collect();
