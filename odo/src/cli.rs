@@ -127,7 +127,8 @@ pub(crate) struct ServeFlags {
     #[arg(long, default_value_t = 1024 * 1024)]
     websocket_send_buffer_bytes: usize,
     /// A WebSocket silent for this long is pinged, and closed as half-open
-    /// if it stays silent as long again, in milliseconds.
+    /// if it stays silent as long again, in milliseconds; a message left
+    /// unfinished this long closes its socket with 1008.
     #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
     websocket_idle_timeout_ms: u64,
     /// The events of one object waiting for delivery at most (while its
@@ -140,8 +141,8 @@ pub(crate) struct ServeFlags {
     #[arg(long, default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     websocket_object_buffer_bytes: u64,
     /// The bytes of the messages waiting for all objects together at most
-    /// (queued, or on their way to their object); a message beyond closes
-    /// its socket with 1013.
+    /// (queued, on their way to their object, or still arriving); a
+    /// message beyond closes its socket with 1013.
     #[arg(long, default_value_t = 1024 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     websocket_door_buffer_bytes: u64,
     /// Shut down gracefully when standard input reaches end of file (for

@@ -187,3 +187,47 @@ impl Ws {
         self.stream
     }
 }
+
+/// A client frame written by hand (opcode, final bit, payload), masked
+/// with the all-zero key so the payload goes as it is: for tests that
+/// send what tungstenite would not (a message left unfinished, a close
+/// never answered).
+pub fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
+    let len = payload.len();
+    if len < 126 {
+        frame.push(0x80 | len as u8);
+    } else if let Ok(short) = u16::try_from(len) {
+        frame.push(0x80 | 126);
+        frame.extend(short.to_be_bytes());
+    } else {
+        frame.push(0x80 | 127);
+        frame.extend((len as u64).to_be_bytes());
+    }
+    frame.extend([0, 0, 0, 0]);
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// The next server frame read from `stream` by hand: its opcode and
+/// payload, `None` at the end of the connection.
+pub async fn server_frame(stream: &mut TcpStream) -> Result<Option<(u8, Vec<u8>)>> {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut head = [0u8; 2];
+        if stream.read_exact(&mut head).await.is_err() {
+            return Ok(None);
+        }
+        let len = match head[1] & 0x7f {
+            126 => u64::from(stream.read_u16().await?),
+            127 => stream.read_u64().await?,
+            n => u64::from(n),
+        };
+        let mut payload = vec![0; usize::try_from(len)?];
+        stream.read_exact(&mut payload).await?;
+        Ok::<_, anyhow::Error>(Some((head[0] & 0x0f, payload)))
+    };
+    tokio::time::timeout(GUARD, read)
+        .await
+        .map_err(|_| anyhow!("no frame arrived"))?
+}

@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use tungstenite::Message;
 use tungstenite::error::{Error as WsError, ProtocolError};
 use tungstenite::protocol::{CloseFrame, Role, WebSocketContext};
 
-use super::{Door, Kill, Out, Outbound};
+use super::{Door, Held, Kill, OVER_DOOR, Out, Outbound};
 
 /// How long a socket the door closes at shutdown has to take its close
 /// frame, and how long a socket whose client closed it (or went away) has
@@ -56,29 +57,44 @@ pub(super) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
+/// tungstenite's protocol state for a socket whose messages may be
+/// `max_message_bytes` long.
+fn protocol_state(max_message_bytes: usize) -> WebSocketContext {
+    // tungstenite allocates its read buffer up front, so each idle socket
+    // keeps it: 64 bytes rather than 4 KiB (tungstenite's default) or 512
+    // (a chat message in one read); it reads from the scratch buffer, so a
+    // small one costs copies, not system calls (`cargo xtask bench
+    // websocket`, idle). It writes only pongs and close frames, into
+    // `Conn::sending`.
+    let protocol = tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0);
+    WebSocketContext::new(Role::Server, Some(protocol))
+}
+
+/// The bytes a control frame from a client takes on the wire: it is
+/// masked, and its payload (at most 125 bytes) needs no extended length.
+fn control_frame_bytes(payload: usize) -> usize {
+    2 + 4 + payload
+}
+
 impl<S: Io> Conn<S> {
-    /// The protocol state of a socket just upgraded over `io`.
-    pub(super) fn new(io: S, max_message_bytes: usize) -> Self {
-        // tungstenite allocates its read buffer up front, so each idle
-        // socket keeps it: 64 bytes rather than 4 KiB (tungstenite's
-        // default) or 512 (a chat message in one read); it reads from the
-        // scratch buffer, so a small one costs copies, not system calls
-        // (`cargo xtask bench websocket`, idle). It writes only pongs and
-        // close frames, into `Conn::sending`.
-        let protocol = tungstenite::protocol::WebSocketConfig::default()
-            .max_message_size(Some(max_message_bytes))
-            .max_frame_size(Some(max_message_bytes))
-            .read_buffer_size(READ_BUFFER)
-            .write_buffer_size(0);
+    /// The protocol state of a socket of `door` just upgraded over `io`.
+    pub(super) fn new(io: S, door: &Door) -> Self {
         Conn {
             io,
-            ctx: WebSocketContext::new(Role::Server, Some(protocol)),
+            ctx: protocol_state(door.config().max_message_bytes),
             sending: VecDeque::new(),
             offset: 0,
             leftover: Bytes::new(),
             pinged: false,
             closed_by_client: None,
             own_unsent: 0,
+            unfinished: Held::new(&door.inner.held_bytes, 0),
+            progress_ms: 0,
+            closed_by_object_ms: None,
         }
     }
 }
@@ -104,6 +120,19 @@ pub(super) struct Conn<S> {
     /// client that pings and never reads grows them, so they are bounded
     /// like the door's frames.
     own_unsent: usize,
+    /// The bytes read of a message the client has not finished (what
+    /// tungstenite holds of it), counted against the door's bound on the
+    /// messages it holds: a client may begin a message and never finish
+    /// it.
+    unfinished: Held,
+    /// When the unfinished message last grew, on the door's clock: one
+    /// left as it is for the idle timeout (its client answering pings all
+    /// the while) closes the socket.
+    progress_ms: u64,
+    /// When the object's close frame was queued, on the door's clock: the
+    /// client's answer is awaited for [`CLOSE_GRACE`], and what it sends
+    /// meanwhile is not relayed.
+    closed_by_object_ms: Option<u64>,
 }
 
 /// tungstenite's view of the connection: reads take what was left over,
@@ -116,6 +145,54 @@ struct Adapter<'a, 'b, S> {
     leftover: &'a mut Bytes,
     scratch: Scratch<'a>,
     written: Vec<u8>,
+    /// The bytes of an unfinished message, counted as they are handed to
+    /// tungstenite (settled into the door's count before each read from
+    /// the connection).
+    budget: Budget<'a>,
+}
+
+/// An unfinished message's bytes, and the door's bound on what it holds.
+struct Budget<'a> {
+    unfinished: &'a mut Held,
+    /// Handed to tungstenite since the count was last settled.
+    taken: usize,
+    /// The door's bound ([`WebSocketConfig::door_buffer_bytes`]).
+    ///
+    /// [`WebSocketConfig::door_buffer_bytes`]: super::WebSocketConfig::door_buffer_bytes
+    limit: usize,
+    /// Reading stopped: the message would pass the door's bound.
+    over: bool,
+}
+
+impl Budget<'_> {
+    fn settle(&mut self) {
+        self.unfinished.add(std::mem::take(&mut self.taken));
+    }
+
+    /// Whether the unfinished message may take more bytes: it may while
+    /// the door holds less than its bound, or holds nothing besides it
+    /// (one message always fits; tungstenite bounds it).
+    fn may_grow(&mut self) -> bool {
+        self.settle();
+        let own = self.unfinished.bytes();
+        let total = self.unfinished.total();
+        own == 0 || total < self.limit || total <= own
+    }
+
+    /// A message came whole: what was read of it is no longer unfinished
+    /// (the door counts it from here as a message waiting for its object).
+    fn message_done(&mut self) {
+        self.taken = 0;
+        let all = self.unfinished.bytes();
+        self.unfinished.remove(all);
+    }
+
+    /// A control frame of `bytes` came: they are not part of a message.
+    fn control_done(&mut self, bytes: usize) {
+        let from_taken = bytes.min(self.taken);
+        self.taken -= from_taken;
+        self.unfinished.remove(bytes - from_taken);
+    }
 }
 
 /// A read buffer on the task's stack, never zero-filled (a poll that only
@@ -140,12 +217,17 @@ impl<S: Io> Read for Adapter<'_, '_, S> {
                 // Let go of the allocation.
                 *self.leftover = Bytes::new();
             }
+            self.budget.taken += n;
             return Ok(n);
         }
         if self.scratch.unread().is_empty() {
             let Some(cx) = self.cx.as_deref_mut() else {
                 return Err(io::ErrorKind::WouldBlock.into());
             };
+            if !self.budget.may_grow() {
+                self.budget.over = true;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
             self.scratch.buf.clear();
             self.scratch.start = 0;
             match Pin::new(&mut *self.io).poll_read(cx, &mut self.scratch.buf) {
@@ -158,6 +240,7 @@ impl<S: Io> Read for Adapter<'_, '_, S> {
         let n = buf.len().min(unread.len());
         buf[..n].copy_from_slice(&unread[..n]);
         self.scratch.start += n;
+        self.budget.taken += n;
         Ok(n)
     }
 }
@@ -184,8 +267,9 @@ impl<S: Io> Conn<S> {
         &mut self,
         cx: Option<&mut Context<'_>>,
         scratch: &mut [MaybeUninit<u8>],
+        limit: usize,
         f: impl FnOnce(&mut WebSocketContext, &mut Adapter<'_, '_, S>) -> R,
-    ) -> R {
+    ) -> (R, bool) {
         let mut adapter = Adapter {
             io: &mut self.io,
             cx,
@@ -195,14 +279,23 @@ impl<S: Io> Conn<S> {
                 start: 0,
             },
             written: Vec::new(),
+            budget: Budget {
+                unfinished: &mut self.unfinished,
+                taken: 0,
+                limit,
+                over: false,
+            },
         };
         let result = f(&mut self.ctx, &mut adapter);
         let Adapter {
             leftover,
             scratch,
             written,
+            mut budget,
             ..
         } = adapter;
+        budget.settle();
+        let over = budget.over;
         // Read but not taken (the task stopped reading to let others run):
         // kept for the next run. The scratch buffer is filled only once
         // what was left over is taken.
@@ -216,58 +309,84 @@ impl<S: Io> Conn<S> {
                 len: 0,
             });
         }
-        result
+        (result, over)
     }
 
     /// Serves the socket until it ends: the event its object gets.
     /// Whatever wakes it (the client, the door's queue, the door's idle
-    /// sweep) is registered with `cx`'s waker.
+    /// sweep, the object's close awaiting its answer) is registered with
+    /// `cx`'s waker.
     pub(super) fn poll_serve(
         &mut self,
         cx: &mut Context<'_>,
         door: &Door,
         id: u64,
-        out: &Outbound,
+        out: &Arc<Outbound>,
     ) -> Poll<SocketEventKind> {
         // What the door queued (registered first: a push after the take
         // wakes the task).
         out.register(cx.waker());
         if self.ctx.can_write() {
             match out.take() {
-                Err(kill) => {
-                    return Poll::Ready(SocketEventKind::Close {
-                        code: kill.code,
-                        reason: kill.reason.to_owned(),
-                        was_clean: false,
-                    });
+                Err(kill) => return Poll::Ready(killed(kill)),
+                Ok(taken) => {
+                    if self.queue(taken) {
+                        self.closed_by_object(door, out);
+                    }
                 }
-                Ok(taken) => self.queue(taken),
             }
         } else if let Some(kill) = out.kill_reason() {
-            return Poll::Ready(SocketEventKind::Close {
-                code: kill.code,
-                reason: kill.reason.to_owned(),
-                was_clean: false,
-            });
+            return Poll::Ready(killed(kill));
         }
         // What the client sent.
-        let mut closed = self.closed_by_client.take();
+        let mut read = RunRead {
+            closed: self.closed_by_client.take(),
+            relay: self.closed_by_object_ms.is_none(),
+            messages: 0,
+            data: 0,
+        };
+        let before = self.unfinished.bytes();
         let mut scratch = [MaybeUninit::<u8>::uninit(); READ_SCRATCH];
-        let (messages, failed) = self.protocol(Some(&mut *cx), &mut scratch, |ctx, adapter| {
-            let mut messages = 0;
-            while messages < READ_BUDGET {
+        let limit = door.config().door_buffer_bytes;
+        let (failed, over) = self.protocol(Some(&mut *cx), &mut scratch, limit, |ctx, adapter| {
+            while read.messages < READ_BUDGET {
                 match ctx.read(adapter) {
                     Ok(message) => {
-                        messages += 1;
-                        received(door, id, message, &mut closed);
+                        read.messages += 1;
+                        match &message {
+                            Message::Text(_) | Message::Binary(_) => {
+                                read.data += 1;
+                                adapter.budget.message_done();
+                            }
+                            Message::Ping(p) | Message::Pong(p) => {
+                                adapter.budget.control_done(control_frame_bytes(p.len()));
+                            }
+                            Message::Close(frame) => {
+                                let payload = frame.as_ref().map_or(0, |f| 2 + f.reason.len());
+                                adapter.budget.control_done(control_frame_bytes(payload));
+                            }
+                            Message::Frame(_) => {}
+                        }
+                        read.received(door, id, message);
                     }
-                    Err(e) if would_block(&e) => return (messages, None),
-                    Err(e) => return (messages, Some(e)),
+                    Err(e) if would_block(&e) => return None,
+                    Err(e) => return Some(e),
                 }
             }
-            (messages, None)
+            None
         });
-        self.closed_by_client = closed;
+        self.closed_by_client = read.closed;
+        let now = door.clock_ms();
+        if over {
+            // Its unfinished message would pass the door's bound.
+            let kill = Kill {
+                code: close_code::TRY_AGAIN_LATER,
+                reason: OVER_DOOR,
+            };
+            door.refuse(id, OVER_DOOR);
+            out.kill(kill);
+            return Poll::Ready(killed(kill));
+        }
         if self.own_unsent > door.config().send_buffer_bytes {
             // Pongs the client does not read (it pings and never reads).
             let kill = Kill {
@@ -275,20 +394,40 @@ impl<S: Io> Conn<S> {
                 reason: "the client does not read its messages",
             };
             out.kill(kill);
-            return Poll::Ready(SocketEventKind::Close {
-                code: kill.code,
-                reason: kill.reason.to_owned(),
-                was_clean: false,
-            });
+            return Poll::Ready(killed(kill));
         }
-        if messages > 0 {
+        if read.messages > 0 {
             self.pinged = false;
-            out.heard(door.clock_ms());
+            out.heard(now);
         }
         if let Some(e) = failed {
             return Poll::Ready(self.read_failed(e, out));
         }
-        if messages == READ_BUDGET {
+        let unfinished = self.unfinished.bytes();
+        if read.data > 0 || unfinished > before {
+            self.progress_ms = now;
+        } else if unfinished > 0
+            && now.saturating_sub(self.progress_ms) >= door.config().idle_timeout.as_millis() as u64
+        {
+            // Begun and left as it is for the idle timeout, its client
+            // answering pings (or sending pongs) all the while.
+            let kill = Kill {
+                code: close_code::POLICY_VIOLATION,
+                reason: "a message was left unfinished",
+            };
+            out.kill(kill);
+            return Poll::Ready(killed(kill));
+        }
+        if let Some(closed_ms) = self.closed_by_object_ms
+            && now.saturating_sub(closed_ms) >= CLOSE_GRACE.as_millis() as u64
+        {
+            return Poll::Ready(SocketEventKind::Close {
+                code: close_code::ABNORMAL,
+                reason: "the client did not answer the close frame".into(),
+                was_clean: false,
+            });
+        }
+        if read.messages == READ_BUDGET {
             // More to read: later, after the other sockets' turns.
             cx.waker().wake_by_ref();
         }
@@ -307,42 +446,82 @@ impl<S: Io> Conn<S> {
                 });
             }
             self.pinged = true;
-            out.heard(door.clock_ms());
+            out.heard(now);
             // Queued, it wakes the socket to be written.
             out.push(Out::ping(), usize::MAX);
         }
         Poll::Pending
     }
 
+    /// The object's close frame was queued: the client has
+    /// [`CLOSE_GRACE`] to answer it, and the socket is woken then to see
+    /// whether it did (a timer for the closing socket alone).
+    fn closed_by_object(&mut self, door: &Door, out: &Arc<Outbound>) {
+        self.closed_by_object_ms = Some(door.clock_ms());
+        let out = Arc::downgrade(out);
+        tokio::spawn(async move {
+            tokio::time::sleep(CLOSE_GRACE).await;
+            if let Some(out) = out.upgrade() {
+                out.wake();
+            }
+        });
+    }
+
     /// Adds what was taken from the door's queue to what is being sent;
     /// the object's close frame goes through tungstenite (it then expects
-    /// the client's answer).
-    fn queue(&mut self, taken: VecDeque<Out>) {
+    /// the client's answer). `true` when that close frame was among them.
+    fn queue(&mut self, taken: VecDeque<Out>) -> bool {
         if taken.is_empty() {
-            return;
+            return false;
         }
         if self.sending.is_empty() && !taken.iter().any(|o| matches!(o, Out::Close(_))) {
             self.sending = taken;
-            return;
+            return false;
         }
+        let mut closed = false;
         for item in taken {
             match item {
                 Out::Frame { .. } => self.sending.push_back(item),
                 Out::Close(frame) => {
-                    let _ = self.protocol(None, &mut [], |ctx, adapter| {
+                    closed = true;
+                    let _ = self.protocol(None, &mut [], usize::MAX, |ctx, adapter| {
                         ctx.close(adapter, Some(frame))
                     });
                 }
             }
         }
+        closed
     }
 }
 
-/// Hands a message the client sent to the door; notes its close frame.
-fn received(door: &Door, id: u64, message: Message, closed: &mut Option<Box<(u16, String)>>) {
-    {
+/// The event of a socket the door closed.
+fn killed(kill: Kill) -> SocketEventKind {
+    SocketEventKind::Close {
+        code: kill.code,
+        reason: kill.reason.to_owned(),
+        was_clean: false,
+    }
+}
+
+/// What one run read from the client.
+struct RunRead {
+    /// The client's close frame, once it came (boxed: an idle socket
+    /// keeps 8 bytes for it, not 32).
+    closed: Option<Box<(u16, String)>>,
+    /// Messages go to the object (not once it closed the socket).
+    relay: bool,
+    /// Messages and control frames read.
+    messages: usize,
+    /// Messages (text or binary) among them.
+    data: usize,
+}
+
+impl RunRead {
+    /// Hands a message the client sent to the door; notes its close
+    /// frame.
+    fn received(&mut self, door: &Door, id: u64, message: Message) {
         match message {
-            Message::Text(text) => {
+            Message::Text(text) if self.relay => {
                 if !door.auto_respond(id, text.as_str()) {
                     door.relay(
                         id,
@@ -351,18 +530,22 @@ fn received(door: &Door, id: u64, message: Message, closed: &mut Option<Box<(u16
                     );
                 }
             }
-            Message::Binary(bytes) => {
+            Message::Binary(bytes) if self.relay => {
                 door.relay(id, SocketEventKind::Message { binary: true }, bytes);
             }
             Message::Close(frame) => {
-                *closed = Some(Box::new(match frame {
+                self.closed = Some(Box::new(match frame {
                     Some(CloseFrame { code, reason }) => {
                         (u16::from(code), reason.as_str().to_owned())
                     }
                     None => (1005, String::new()),
                 }));
             }
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            Message::Text(_)
+            | Message::Binary(_)
+            | Message::Ping(_)
+            | Message::Pong(_)
+            | Message::Frame(_) => {}
         }
     }
 }
@@ -491,10 +674,16 @@ impl<S: Io> Conn<S> {
                     code: kill.code.into(),
                     reason: kill.reason.into(),
                 };
-                let _ = self.protocol(None, &mut [], |ctx, adapter| {
+                let _ = self.protocol(None, &mut [], usize::MAX, |ctx, adapter| {
                     ctx.close(adapter, Some(frame))
                 });
             }
         }
+        // Nothing more is read: tungstenite's buffers (an unfinished
+        // message among them) go now, not when the close frame is out.
+        self.ctx = protocol_state(READ_BUFFER);
+        let unfinished = self.unfinished.bytes();
+        self.unfinished.remove(unfinished);
+        self.leftover = Bytes::new();
     }
 }

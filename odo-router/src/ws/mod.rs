@@ -8,7 +8,8 @@
 //! order: `pump.rs`), and applies the outputs the object's turns hand back
 //! ([`Door::apply`]). Every buffer is bounded: a socket's send queue (a
 //! client that stops reading is closed with 1008), an object's queue of
-//! undelivered events (overflow closes the socket with 1013).
+//! undelivered events (overflow closes the socket with 1013), and all
+//! the messages the door holds, those still arriving included.
 //!
 //! - `upgrade.rs`: an upgrade request, forwarded to the object, which
 //!   accepts it (a `101` with its tags) or answers otherwise.
@@ -82,12 +83,14 @@ pub struct WebSocketConfig {
     /// queue hold 1,024 messages of 32 MiB. Default 64 MiB.
     pub object_buffer_bytes: usize,
     /// The bytes of the messages the door holds for all its objects
-    /// together at most: queued, or on their way to their object (held
-    /// until it answers, since a message may be sent again). A message
-    /// beyond closes its socket with 1013, whichever object it is for (one
-    /// message always fits a door that holds none). Without it, many busy
-    /// objects (a worker being replaced) could each hold their own
-    /// `object_buffer_bytes`. Default 1 GiB.
+    /// together at most: queued, on their way to their object (held
+    /// until it answers, since a message may be sent again), or still
+    /// arriving (what was read of a message its client has not finished).
+    /// A message beyond closes its socket with 1013, whichever object it
+    /// is for (one message always fits a door that holds none). Without
+    /// it, many busy objects (a worker being replaced) could each hold
+    /// their own `object_buffer_bytes`, and clients could each leave a
+    /// message unfinished. Default 1 GiB.
     pub door_buffer_bytes: usize,
     /// A socket that sends nothing for this long is pinged; one that stays
     /// silent for as long again is taken for a half-open connection and
@@ -97,7 +100,9 @@ pub struct WebSocketConfig {
     /// closes (1008, 1009, ...) keeps its connection this long at most,
     /// for its close frame to follow what the client has not read yet.
     /// A message an object sends in parts whose rest has not come for
-    /// this long was cut off: its sockets are closed with 1012.
+    /// this long was cut off: its sockets are closed with 1012. A message
+    /// a client left unfinished, no part of it coming for this long,
+    /// closes its socket with 1008.
     /// Default 60 s.
     pub idle_timeout: Duration,
     /// How long delivering one event may take. Default 30 s.
@@ -223,6 +228,33 @@ impl Held {
             count: count.clone(),
         }
     }
+
+    /// The bytes it counts.
+    fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Counts `more` bytes more.
+    fn add(&mut self, more: usize) {
+        if more > 0 {
+            self.count.fetch_add(more, Ordering::Relaxed);
+            self.bytes += more;
+        }
+    }
+
+    /// Counts `fewer` bytes fewer (at most all it counts).
+    fn remove(&mut self, fewer: usize) {
+        let fewer = fewer.min(self.bytes);
+        if fewer > 0 {
+            self.count.fetch_sub(fewer, Ordering::Relaxed);
+            self.bytes -= fewer;
+        }
+    }
+
+    /// The door's bytes held over all (this one's with them).
+    fn total(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for Held {
@@ -259,6 +291,15 @@ impl Obj {
     fn idle(&self) -> bool {
         self.sockets.is_empty() && self.queue.is_empty() && !self.pumping
     }
+
+    /// Drops the messages of `socket` waiting in the queue (the door
+    /// closed it: none of them may reach the object); its other events
+    /// (its close) stay.
+    fn drop_messages_of(&mut self, socket: u64) {
+        self.queue
+            .retain(|p| p.socket != socket || !matches!(p.kind, SocketEventKind::Message { .. }));
+        self.queued_bytes = self.queue.iter().map(|p| p.payload.len()).sum();
+    }
 }
 
 /// Why a socket was closed by the door: the code its client and its
@@ -274,6 +315,26 @@ pub(crate) struct Kill {
 /// bound: a hand-over to a worker (`Sync`) and a page of a shard's records
 /// are cut by it.
 pub const SOCKET_RECORDS_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Why a socket is closed (1013) when the door holds all it may.
+const OVER_DOOR: &str = "too many messages waiting at the server";
+
+/// Closes `socket` with 1013 for `reason`; its messages waiting go with
+/// it: left in its object's queue, they would keep the queue full for the
+/// object's other sockets.
+fn refuse(state: &mut State, socket: u64, reason: &'static str) {
+    let Some(s) = state.sockets.get(&socket) else {
+        return;
+    };
+    // A kill only wakes the socket; it never takes the door's lock.
+    s.out.kill(Kill {
+        code: close_code::TRY_AGAIN_LATER,
+        reason,
+    });
+    if let Some(obj) = state.objects.get_mut(&s.object) {
+        obj.drop_messages_of(socket);
+    }
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -340,8 +401,9 @@ impl Door {
         self.state().objects.values().map(|o| o.queue.len()).sum()
     }
 
-    /// The bytes of the messages the door holds for objects, queued or on
-    /// their way ([`WebSocketConfig::door_buffer_bytes`] bounds them).
+    /// The bytes of the messages the door holds for objects, queued, on
+    /// their way or still arriving ([`WebSocketConfig::door_buffer_bytes`]
+    /// bounds them).
     pub fn held_message_bytes(&self) -> usize {
         self.inner.held_bytes.load(Ordering::Relaxed)
     }
@@ -367,7 +429,7 @@ impl Door {
             (
                 "odo_websocket_held_bytes",
                 "gauge",
-                "Bytes of WebSocket messages this front door holds for objects (queued or on their way).",
+                "Bytes of WebSocket messages this front door holds for objects (queued, on their way or still arriving).",
                 self.held_message_bytes() as u64,
             ),
             (
@@ -400,7 +462,9 @@ impl Door {
     }
 
     /// Queues an event of socket `socket` for its object. A message that
-    /// finds the object's queue full closes the socket with 1013 instead.
+    /// finds the object's queue full (or the door's bound reached) closes
+    /// the socket with 1013 instead, and its messages still waiting are
+    /// dropped.
     ///
     /// A message of a socket the door has closed (1012, 1013, ...) is
     /// dropped: its connection may still be reading what the client sent
@@ -431,16 +495,15 @@ impl Door {
         let over_door =
             held > 0 && held.saturating_add(payload.len()) > self.config().door_buffer_bytes;
         if is_message && (obj.queue.len() >= max || over_bytes || over_door) {
-            if let Some(s) = state.sockets.get(&socket) {
-                s.out.kill(Kill {
-                    code: close_code::TRY_AGAIN_LATER,
-                    reason: if over_door {
-                        "too many messages waiting at the server"
-                    } else {
-                        "too many messages waiting for the object"
-                    },
-                });
-            }
+            refuse(
+                &mut state,
+                socket,
+                if over_door {
+                    OVER_DOOR
+                } else {
+                    "too many messages waiting for the object"
+                },
+            );
             return;
         }
         let held = Held::new(&self.inner.held_bytes, payload.len());
@@ -457,6 +520,12 @@ impl Door {
         if start {
             tokio::spawn(pump::pump(self.clone(), object));
         }
+    }
+
+    /// Closes `socket` with 1013 for `reason` (a bound on what the door
+    /// holds) and drops its messages waiting for its object.
+    fn refuse(&self, socket: u64, reason: &'static str) {
+        refuse(&mut self.state(), socket, reason);
     }
 
     /// Answers a text message with the object's auto-response if it is

@@ -404,9 +404,7 @@ fn close_all(door: &Door, object: &ObjectId) {
 fn restart_socket(door: &Door, object: &ObjectId, socket: u64) {
     let mut state = door.state();
     if let Some(obj) = state.objects.get_mut(object) {
-        obj.queue
-            .retain(|p| p.socket != socket || !matches!(p.kind, SocketEventKind::Message { .. }));
-        obj.queued_bytes = obj.queue.iter().map(|p| p.payload.len()).sum();
+        obj.drop_messages_of(socket);
     }
     if let Some(s) = state.sockets.get(&socket) {
         // A kill only wakes the socket; it never takes the door's lock.

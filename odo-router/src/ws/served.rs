@@ -69,7 +69,7 @@ pub(super) fn start<S: Io>(
                 return;
             }
         };
-        let conn = Conn::new(upgraded, door.config().max_message_bytes);
+        let conn = Conn::new(upgraded, &door);
         out.heard(door.clock_ms());
         let served = Arc::new(Served {
             door,

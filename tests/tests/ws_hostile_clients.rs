@@ -1,0 +1,255 @@
+//! Hostile clients against the front door's WebSockets, each writing
+//! frames by hand: what tungstenite as a client would never send (a
+//! message left unfinished, an object's close never answered, a flood of
+//! messages for a busy object). Each test failed before its fix.
+//!
+//! Memory is read from `/proc` (the front door is the server's main
+//! process), a bound, not a timing; every wait is bounded by the test
+//! client's guard.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail, ensure};
+use odo_tests::http::HttpClient;
+use odo_tests::topology::{ServerSpec, proc_memory};
+use odo_tests::ws::{Got, Ws, client_frame, server_frame};
+use tokio::io::AsyncWriteExt;
+use tokio_tungstenite::tungstenite::Message;
+
+const BINARY: u8 = 2;
+const CONTINUATION: u8 = 0;
+const TEXT: u8 = 1;
+const CLOSE: u8 = 8;
+const PING: u8 = 9;
+const PONG: u8 = 10;
+
+/// Messages begun and never finished count against the door's bound on
+/// the messages it holds (`--websocket-door-buffer-bytes`): before, 32
+/// sockets each holding 4 MiB of an unfinished message grew the door by
+/// 128 MiB with a door buffer of 4 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_messages_count_against_the_door_buffer() -> Result<()> {
+    if !cfg!(target_os = "linux") {
+        eprintln!("skipped: reading the front door's memory needs Linux's /proc");
+        return Ok(());
+    }
+    const SOCKETS: usize = 32;
+    const LIMIT: usize = 4 << 20;
+    /// What the door may grow by besides the bound: its sockets, the
+    /// allocator's free lists.
+    const SLACK: u64 = 16 << 20;
+    let dir = tempfile::tempdir()?;
+    let mut spec = ServerSpec::new(env!("CARGO_BIN_EXE_odo-test-server"), 1);
+    spec.storage = "memory".into();
+    spec.extra_args = [
+        "--websocket-max-message-bytes",
+        &LIMIT.to_string(),
+        "--websocket-door-buffer-bytes",
+        &LIMIT.to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let server = spec.start(dir.path())?;
+    let mut sockets = Vec::new();
+    for i in 0..SOCKETS {
+        sockets.push(Ws::connect(&server.base, &format!("/probe/part{}/ws", i % 4)).await?);
+    }
+    let before = proc_memory(server.pid, "VmRSS")?;
+    let chunk = vec![b'a'; 64 * 1024];
+    let mut refused = 0;
+    for ws in &mut sockets {
+        // All of a message but its last two 64 KiB fragments.
+        let mut bytes = client_frame(BINARY, false, &chunk);
+        for _ in 1..LIMIT / chunk.len() - 2 {
+            bytes.extend(client_frame(CONTINUATION, false, &chunk));
+        }
+        // A ping after the fragments: its pong says all of them were read.
+        bytes.extend(client_frame(PING, true, b"p"));
+        if ws.raw().write_all(&bytes).await.is_err() {
+            refused += 1;
+            continue;
+        }
+        loop {
+            match ws.next_raw().await {
+                Ok(Some(Message::Pong(_))) => break,
+                Ok(Some(Message::Close(_)) | None) | Err(_) => {
+                    refused += 1;
+                    break;
+                }
+                Ok(Some(_)) => {}
+            }
+        }
+    }
+    let growth = proc_memory(server.pid, "VmRSS")?.saturating_sub(before);
+    let bound = LIMIT as u64 + SLACK;
+    ensure!(
+        growth <= bound,
+        "{SOCKETS} unfinished messages grew the front door by {} KiB, over the door buffer + slack \
+         ({} KiB); {refused} sockets were refused",
+        growth / 1024,
+        bound / 1024
+    );
+    ensure!(
+        refused >= SOCKETS - 2,
+        "only {refused} of {SOCKETS} sockets were refused though the door holds one message"
+    );
+    // Once the sockets are gone, the door holds nothing for them.
+    drop(sockets);
+    let client = HttpClient::new(&server.base);
+    let start = Instant::now();
+    loop {
+        let metrics = client.get("/_odo/metrics").await?.text();
+        if metrics.lines().any(|l| l == "odo_websocket_held_bytes 0") {
+            return Ok(());
+        }
+        ensure!(
+            start.elapsed() < odo_tests::ws::GUARD,
+            "the door still counts bytes held for sockets that are gone: {:?}",
+            metrics
+                .lines()
+                .find(|l| l.starts_with("odo_websocket_held_bytes"))
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A message left unfinished is not held forever by a client that
+/// answers pings (or sends pongs): with no new part of it for the idle
+/// timeout, the socket is closed with 1008.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_message_is_not_held_forever() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut spec = ServerSpec::new(env!("CARGO_BIN_EXE_odo-test-server"), 1);
+    spec.storage = "memory".into();
+    spec.extra_args = vec!["--websocket-idle-timeout-ms".into(), "1000".into()];
+    let server = spec.start(dir.path())?;
+    let mut ws = Ws::connect(&server.base, "/probe/held/ws").await?;
+    ws.raw()
+        .write_all(&client_frame(BINARY, false, b"first "))
+        .await?;
+    // Five idle timeouts, a pong every quarter of one.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if ws
+            .raw()
+            .write_all(&client_frame(PONG, true, b""))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let _ = ws
+        .raw()
+        .write_all(&client_frame(CONTINUATION, true, b"last"))
+        .await;
+    let got = ws.next().await?;
+    ensure!(
+        matches!(got, Got::Close(1008, _) | Got::Dropped),
+        "a message begun 5 idle timeouts ago, not continued since: the client got {got}"
+    );
+    let log = HttpClient::new(&server.base)
+        .get("/probe/held/wslog")
+        .await?
+        .text();
+    ensure!(
+        log.lines().any(|l| l.starts_with("close 1008")),
+        "the object was not told of the close: {log:?}"
+    );
+    Ok(())
+}
+
+/// After the object closes a socket, what its client sends is not
+/// relayed, and a client that never answers the close frame is let go
+/// after a short grace: the object gets its close event and no longer
+/// lists it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_close_ends_the_socket_though_the_client_never_answers() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut spec = ServerSpec::new(env!("CARGO_BIN_EXE_odo-test-server"), 1);
+    spec.storage = "memory".into();
+    spec.extra_args = vec!["--websocket-idle-timeout-ms".into(), "1000".into()];
+    let server = spec.start(dir.path())?;
+    let mut ws = Ws::connect(&server.base, "/probe/kick/ws").await?;
+    // Read by hand from here on: tungstenite would answer the close frame.
+    let raw = ws.raw();
+    raw.write_all(&client_frame(TEXT, true, b"close")).await?;
+    match server_frame(raw).await? {
+        Some((CLOSE, payload)) if payload.starts_with(&4000u16.to_be_bytes()) => {}
+        other => bail!("expected the object's close 4000, got {other:?}"),
+    }
+    // Five idle timeouts of messages, never answering the close.
+    let start = Instant::now();
+    let mut sent = 0u32;
+    while start.elapsed() < Duration::from_secs(5) {
+        let frame = client_frame(TEXT, true, format!("put:k{sent}").as_bytes());
+        if raw.write_all(&frame).await.is_err() {
+            break;
+        }
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut other = Ws::connect(&server.base, "/probe/kick/ws").await?;
+    let count = other.ask("sockets").await?;
+    let first = other.ask("has:k0").await?;
+    let log = HttpClient::new(&server.base)
+        .get("/probe/kick/wslog")
+        .await?
+        .text();
+    ensure!(
+        count == "1" && first == "k0 stored: no" && log.lines().count() == 1,
+        "5 s after the object closed a socket it still has {count} sockets; \
+         the first message sent after its close: {first:?}; its close events: {log:?}"
+    );
+    Ok(())
+}
+
+/// A client that floods a busy object is closed with 1013 and its queued
+/// messages go with it: before, they stayed, so the next innocent sender
+/// found the object's queue full and was closed too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_does_not_get_its_neighbours_closed() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut spec = ServerSpec::new(env!("CARGO_BIN_EXE_odo-test-server"), 1);
+    spec.storage = "memory".into();
+    let server = spec.start(dir.path())?;
+    let path = "/probe/room/ws";
+    let mut busy = Ws::connect(&server.base, path).await?;
+    let mut flooder = Ws::connect(&server.base, path).await?;
+    let mut neighbour = Ws::connect(&server.base, path).await?;
+    // The object is busy for a moment (a slow turn).
+    let file = dir.path().join("release");
+    busy.send(&format!("waitfile:{}", file.display())).await?;
+    let started = dir.path().join("release.started");
+    let start = Instant::now();
+    while !started.exists() {
+        ensure!(
+            start.elapsed() < odo_tests::ws::GUARD,
+            "the slow turn never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // More than the object's queue holds (1,024 events by default).
+    let flood: Vec<u8> = (0..1100)
+        .flat_map(|_| client_frame(TEXT, true, b"sockets"))
+        .collect();
+    flooder.raw().write_all(&flood).await?;
+    let flooder_end = flooder.until_end().await?;
+    ensure!(
+        matches!(flooder_end, Got::Close(1013, _)),
+        "the flooder got {flooder_end}"
+    );
+    neighbour.send("whoami").await?;
+    std::fs::write(&file, b"")?;
+    ensure!(
+        busy.text().await? == "released",
+        "the slow turn did not end"
+    );
+    match neighbour.next().await? {
+        Got::Text(_) => Ok(()),
+        got => {
+            bail!("the flooder got {flooder_end}; its neighbour, sending one message, got {got}")
+        }
+    }
+}
