@@ -253,3 +253,35 @@ async fn a_flooding_client_does_not_get_its_neighbours_closed() -> Result<()> {
         }
     }
 }
+
+/// An upgrade whose `Sec-WebSocket-Key` is not 16 bytes in base64 is
+/// refused with 400 before it reaches the object (RFC 6455, 4.2.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_with_a_malformed_key_is_refused() -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir()?;
+    let mut spec = ServerSpec::new(env!("CARGO_BIN_EXE_odo-test-server"), 1);
+    spec.storage = "memory".into();
+    let server = spec.start(dir.path())?;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    for key in ["x", "dGhlIHNhbXBsZSBub25jZR==", &"QUFB".repeat(1000)] {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await?;
+        let request = format!(
+            "GET /probe/keys/ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut head = [0u8; 12];
+        tokio::time::timeout(odo_tests::ws::GUARD, stream.read_exact(&mut head)).await??;
+        let status = String::from_utf8_lossy(&head);
+        ensure!(
+            status == "HTTP/1.1 400",
+            "an upgrade with the key {:?} was answered {status:?}",
+            &key[..key.len().min(30)]
+        );
+    }
+    // A well-formed one is accepted.
+    let mut ws = Ws::connect(&server.base, "/probe/keys/ws").await?;
+    ensure!(ws.ask("sockets").await? == "1");
+    Ok(())
+}

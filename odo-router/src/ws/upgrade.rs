@@ -61,6 +61,17 @@ fn has_token(headers: &http::HeaderMap, name: http::HeaderName, token: &str) -> 
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// Whether `key` is a `Sec-WebSocket-Key` as RFC 6455 has it: 16 bytes
+/// in base64, so 22 characters of the base64 alphabet (the last of them
+/// carrying 2 bits: `A`, `Q`, `g` or `w`) and `==`.
+fn valid_key(key: &[u8]) -> bool {
+    let is_base64 = |c: &u8| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/';
+    key.len() == 24
+        && key[..21].iter().all(is_base64)
+        && matches!(key[21], b'A' | b'Q' | b'g' | b'w')
+        && &key[22..] == b"=="
+}
+
 impl Door {
     /// Handles an upgrade request for `object`.
     pub(crate) async fn upgrade(
@@ -92,6 +103,12 @@ impl Door {
         let Some(key) = parts.headers.get(SEC_WEBSOCKET_KEY).cloned() else {
             return refuse(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is missing");
         };
+        if !valid_key(key.as_bytes()) {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "Sec-WebSocket-Key must be 16 bytes in base64",
+            );
+        }
         if self.inner.closing.load(Ordering::SeqCst) {
             return refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -311,6 +328,38 @@ impl Drop for Registration<'_> {
                     was_clean: false,
                 },
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_key;
+
+    #[test]
+    fn a_key_is_16_bytes_in_base64() {
+        // RFC 6455's example, and the extremes of the alphabet.
+        for key in [
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            "AAAAAAAAAAAAAAAAAAAAAA==",
+            "/////////////////////w==",
+            "+++++++++++++++++++++g==",
+        ] {
+            assert!(valid_key(key.as_bytes()), "{key}");
+        }
+        for key in [
+            "",
+            "dGhlIHNhbXBsZSBub25jZQ=",
+            "dGhlIHNhbXBsZSBub25jZQ===",
+            // Bits past the 16th byte.
+            "dGhlIHNhbXBsZSBub25jZR==",
+            "dGhlIHNhbXBsZSBub25j!Q==",
+            "dGhlIHNhbXBsZSBub25jZQ.=",
+            // 17 bytes, 15 bytes.
+            "dGhlIHNhbXBsZSBub25jZQ1=",
+            "dGhlIHNhbXBsZSBub25j",
+        ] {
+            assert!(!valid_key(key.as_bytes()), "{key}");
         }
     }
 }
