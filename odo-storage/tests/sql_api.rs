@@ -677,8 +677,33 @@ async fn the_object_cannot_take_a_reserved_name_nor_read_odos_tables_sideways() 
     turns.storage().put("secret", vec![42u8]).await.unwrap();
     commit(&mut turns).await;
     turns.prepare().await.unwrap();
-    let sql = turns.sql().unwrap();
+    let mut sql = turns.sql().unwrap();
     assert_eq!(count(sql, "SELECT count(*) AS n FROM leak"), 0);
+    // Page statistics would show odo's tables (their sizes, how many
+    // keys): refused, however they are named.
+    for query in [
+        "SELECT name, pgsize FROM dbstat",
+        "SELECT count(*) AS n FROM DBSTAT WHERE name LIKE '\\_odo%' ESCAPE '\\'",
+        "SELECT * FROM main.dbstat",
+        "SELECT * FROM dbstat('main')",
+        "SELECT * FROM sqlite_dbpage",
+    ] {
+        match sql.exec(query, &[]) {
+            Err(StorageError::Sql(SqlError::Refused { what, .. })) => {
+                assert!(
+                    what.contains("dbstat") || what.contains("dbpage"),
+                    "{query}: {what}"
+                )
+            }
+            // A module this SQLite lacks is refused by SQLite itself.
+            Err(StorageError::Sql(SqlError::Sqlite(e)))
+                if e.to_string().contains("no such table") => {}
+            other => panic!("{query}: expected a refusal, got {other:?}"),
+        }
+        turns.rollback_turn();
+        turns.prepare().await.unwrap();
+        sql = turns.sql().unwrap();
+    }
     // An ordinary rename still works.
     sql.exec("ALTER TABLE x RENAME TO y", &[]).unwrap();
     // Statistics: none of odo's tables.

@@ -303,6 +303,9 @@ const TRANSACTION_HINT: &str =
 pub(crate) const RESERVED_HINT: &str = "tables named `_odo_*` are odo's own";
 const TEMP_HINT: &str = "temporary schema objects are not kept; create an ordinary one";
 
+/// SQLite's tables of pages, which show every table of the database.
+const PAGE_TABLES: [&str; 2] = ["dbstat", "sqlite_dbpage"];
+
 /// What an object's statement may not do, Cloudflare's rules.
 fn refusal(action: &AuthAction<'_>) -> Option<Refusal> {
     use AuthAction as A;
@@ -350,6 +353,18 @@ fn refusal(action: &AuthAction<'_>) -> Option<Refusal> {
             refused(
                 format!("PRAGMA {pragma_name}"),
                 "only pragmas that read the schema or check the database are allowed (table_info, table_list, index_list, foreign_keys, quick_check, optimize, ...)",
+            )
+        }
+        // Page statistics (and raw pages) cover every table, odo's own
+        // among them: their sizes say how many keys an object keeps.
+        A::Read { table_name, .. }
+            if PAGE_TABLES
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(table_name)) =>
+        {
+            refused(
+                format!("reading {table_name}"),
+                "page statistics would show odo's own tables; `database_size()` gives the database's size",
             )
         }
         A::Function { function_name } if function_name.eq_ignore_ascii_case("load_extension") => {
