@@ -268,6 +268,13 @@ pub enum SocketOp {
         /// lost; one that gets a continuation without a start knows its
         /// start was.
         continued: bool,
+        /// Names a message sent in parts among those of its sender: every
+        /// part of one message carries the same, and a sender never gives
+        /// two messages the same (it counts up from a random start), so
+        /// parts of two senders to the same sockets (a host that lost its
+        /// shard pushing late beside the shard's new owner) are never
+        /// joined. 0 for a message in one part.
+        message: u64,
     },
     /// Closes a socket with a close frame.
     Close {

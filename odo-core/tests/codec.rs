@@ -162,15 +162,19 @@ fn socket_op() -> impl Strategy<Value = odo_core::socket::SocketOp> {
             any::<bool>(),
             any::<u32>(),
             any::<bool>(),
-            any::<bool>()
+            any::<bool>(),
+            any::<u64>()
         )
-            .prop_map(|(sockets, binary, len, more, continued)| SocketOp::Send {
-                sockets,
-                binary,
-                len,
-                more,
-                continued
-            }),
+            .prop_map(
+                |(sockets, binary, len, more, continued, message)| SocketOp::Send {
+                    sockets,
+                    binary,
+                    len,
+                    more,
+                    continued,
+                    message,
+                }
+            ),
         (any::<u64>(), any::<u16>(), ".{0,8}").prop_map(|(socket, code, reason)| {
             SocketOp::Close {
                 socket,
@@ -500,6 +504,27 @@ fn golden_frames() {
                 },
             })),
             "hi!",
+        ),
+        (
+            "socket-output-parts",
+            Message::Request(Request::SocketOutput(odo_core::socket::SocketOutput {
+                ops: vec![
+                    odo_core::socket::SocketOp::Send {
+                        sockets: vec![7, 9],
+                        binary: true,
+                        len: 3,
+                        more: true,
+                        continued: false,
+                        message: 0x0123_4567_89ab_cdef,
+                    },
+                    odo_core::socket::SocketOp::Close {
+                        socket: 11,
+                        code: 4000,
+                        reason: "bye".into(),
+                    },
+                ],
+            })),
+            "abc",
         ),
         (
             "socket-records",

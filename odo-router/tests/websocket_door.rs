@@ -160,6 +160,7 @@ impl ObjectService for Scripted {
                         len: echo.len() as u32,
                         more: false,
                         continued: false,
+                        message: 1,
                     }],
                 };
                 door.apply(output, Bytes::from(echo))
@@ -600,6 +601,7 @@ fn part(socket: u64, text: &str, more: bool, continued: bool) -> (SocketOutput, 
             len: text.len() as u32,
             more,
             continued,
+            message: 1,
         }],
     };
     (output, Bytes::from(text.to_owned()))
@@ -717,6 +719,7 @@ async fn a_message_whose_rest_never_comes_is_dropped_by_the_sweep() {
             len: 5,
             more: true,
             continued: false,
+            message: 1,
         }],
     };
     s.door.apply(out, Bytes::from_static(b"head|")).unwrap();
@@ -746,6 +749,7 @@ async fn a_refused_output_still_closes_the_sockets_it_cut() {
                 len: 4,
                 more: false,
                 continued: false,
+                message: 1,
             },
             SocketOp::Send {
                 sockets: vec![id],
@@ -753,6 +757,7 @@ async fn a_refused_output_still_closes_the_sockets_it_cut() {
                 len: 100,
                 more: false,
                 continued: false,
+                message: 1,
             },
         ],
     };

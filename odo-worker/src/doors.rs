@@ -163,6 +163,7 @@ async fn send_loop(
     mut queued: mpsc::UnboundedReceiver<Queued>,
     queued_bytes: Arc<AtomicUsize>,
 ) {
+    let mut next_message = MessageNames::new();
     while let Some(first) = queued.recv().await {
         let mut batch = vec![first];
         let mut bytes = batch[0].body.len();
@@ -200,7 +201,8 @@ async fn send_loop(
                         // first says it continues one, so the door knows
                         // a message whose rest was lost (a push that
                         // failed ends the batch: its later parts are
-                        // never sent).
+                        // never sent); all carry the message's name.
+                        let message = next_message.next();
                         let mut rest = payload;
                         let mut continued = continued;
                         while rest.len() > PUSH_BYTES {
@@ -211,6 +213,7 @@ async fn send_loop(
                                 len: part.len() as u32,
                                 more: true,
                                 continued,
+                                message,
                             });
                             continued = true;
                             push.body.extend_from_slice(&part);
@@ -222,6 +225,7 @@ async fn send_loop(
                             len: rest.len() as u32,
                             more,
                             continued,
+                            message,
                         });
                         push.body.extend_from_slice(&rest);
                     }
@@ -245,6 +249,29 @@ async fn send_loop(
                 let _ = done.send(ok);
             }
         }
+    }
+}
+
+/// Names for the messages a sender sends in parts
+/// ([`SocketOp::Send`]'s `message`): counting up from a random start, so
+/// two senders (two workers, or two incarnations of one) do not give the
+/// same name to messages in flight to the same sockets. Never 0.
+struct MessageNames(u64);
+
+impl MessageNames {
+    fn new() -> Self {
+        // Without the system's randomness (never seen on Linux), the clock.
+        let start = getrandom::u64().unwrap_or_else(|_| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+        Self(start)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(1).max(1);
+        self.0
     }
 }
 

@@ -730,6 +730,7 @@ impl SocketView {
                         len: payload.len() as u32,
                         more: false,
                         continued: false,
+                        message: 0,
                     });
                 }
                 PendingOp::Close { key, code, reason } => {

@@ -16,6 +16,7 @@ use tracing::debug;
 use tungstenite::protocol::CloseFrame;
 
 use super::outbound::{Out, Outbound};
+use super::parts::Flow;
 use super::{Door, Kill, SOCKET_RECORDS_PAGE_BYTES, State};
 
 /// How the door closes a socket that missed a message its object sent
@@ -121,11 +122,20 @@ impl Door {
                     len,
                     more,
                     continued,
+                    message,
                 } => {
                     let part = payload(len as usize)?;
-                    let added = state
-                        .parts
-                        .add(&sockets, binary, part, more, continued, now_ms);
+                    let added = state.parts.add(
+                        &sockets,
+                        binary,
+                        part,
+                        Flow {
+                            more,
+                            continued,
+                            message,
+                        },
+                        now_ms,
+                    );
                     cut.extend(added.cut);
                     let Some((binary, whole)) = added.whole else {
                         continue;

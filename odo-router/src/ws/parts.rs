@@ -8,8 +8,10 @@
 //! let a gap pass unseen, and it never glues a lost part to the next
 //! message. A cut is seen when the next message to the same sockets
 //! starts, when a part comes whose start never came (or that continues
-//! another list of sockets), and, failing both, when the rest has not come
-//! for a while ([`Parts::cut_stale`], from the door's idle sweep).
+//! another list of sockets, or another message: every part names its
+//! message, so parts of two senders are never joined), and, failing
+//! these, when the rest has not come for a while ([`Parts::cut_stale`],
+//! from the door's idle sweep).
 //!
 //! I/O-free: [`Parts`] only says what to send and which sockets to close.
 
@@ -27,11 +29,25 @@ pub(super) struct Parts {
 
 #[derive(Debug)]
 struct Partial {
+    /// Its name from its sender ([`Flow::message`]).
+    message: u64,
     binary: bool,
     sockets: Vec<u64>,
     bytes: BytesMut,
     /// When its last part came, on the door's clock.
     touched_ms: u64,
+}
+
+/// Where a `Send`'s payload stands in its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Flow {
+    /// The message continues in a later `Send`.
+    pub(super) more: bool,
+    /// The payload continues an earlier `Send`.
+    pub(super) continued: bool,
+    /// The message's name from its sender: a continuation joins only the
+    /// message of the same name.
+    pub(super) message: u64,
 }
 
 /// What one `Send` came to.
@@ -52,10 +68,14 @@ impl Parts {
         sockets: &[u64],
         binary: bool,
         part: Bytes,
-        more: bool,
-        continued: bool,
+        flow: Flow,
         now_ms: u64,
     ) -> Added {
+        let Flow {
+            more,
+            continued,
+            message,
+        } = flow;
         let Some(&first) = sockets.first() else {
             return Added::default();
         };
@@ -78,6 +98,7 @@ impl Parts {
             self.by_first.insert(
                 first,
                 Partial {
+                    message,
                     binary,
                     sockets: sockets.to_vec(),
                     bytes,
@@ -89,11 +110,11 @@ impl Parts {
         let Some(partial) = self
             .by_first
             .get_mut(&first)
-            .filter(|p| p.sockets == sockets)
+            .filter(|p| p.sockets == sockets && p.message == message)
         else {
             // The rest of a message whose start this door never got (or
             // that of another message than the one being put together for
-            // these sockets: that one stays).
+            // these sockets, from another sender, say: that one stays).
             return Added {
                 whole: None,
                 cut: sockets.to_vec(),
@@ -155,21 +176,64 @@ mod tests {
         Some((binary, Bytes::from(text.to_owned())))
     }
 
+    impl Parts {
+        /// `add` for a message of one sender (named 1).
+        fn add_one(
+            &mut self,
+            sockets: &[u64],
+            binary: bool,
+            part: Bytes,
+            more: bool,
+            continued: bool,
+            now_ms: u64,
+        ) -> Added {
+            let flow = Flow {
+                more,
+                continued,
+                message: 1,
+            };
+            self.add(sockets, binary, part, flow, now_ms)
+        }
+    }
+
+    /// Two senders' messages in parts to the same sockets (a host that
+    /// lost the object pushing late beside its new owner): a part is
+    /// joined only to its own message; one of another message is dropped
+    /// and its sockets named.
+    #[test]
+    fn parts_of_two_senders_are_never_joined() {
+        let mut parts = Parts::default();
+        let flow = |more, continued, message| Flow {
+            more,
+            continued,
+            message,
+        };
+        let bytes = |b: &'static [u8]| Bytes::from_static(b);
+        // The new owner starts a message; the old one's late rest comes.
+        parts.add(&[1, 2], false, bytes(b"new-"), flow(true, false, 20), 0);
+        let added = parts.add(&[1, 2], false, bytes(b"old-tail"), flow(false, true, 10), 0);
+        assert_eq!((added.whole, added.cut), (None, vec![1, 2]));
+        // The new owner's message is still whole at its end.
+        let added = parts.add(&[1, 2], false, bytes(b"end"), flow(false, true, 20), 0);
+        assert_eq!(added.whole, whole(false, "new-end"));
+        assert_eq!(parts.len(), 0);
+    }
+
     #[test]
     fn a_whole_message_passes_and_parts_are_joined() {
         let mut parts = Parts::default();
-        let added = parts.add(&[1, 2], false, Bytes::from_static(b"hi"), false, false, 0);
+        let added = parts.add_one(&[1, 2], false, Bytes::from_static(b"hi"), false, false, 0);
         assert_eq!(added.whole, whole(false, "hi"));
         assert!(added.cut.is_empty());
         assert_eq!(
-            parts.add(&[1, 2], true, Bytes::from_static(b"a"), true, false, 0),
+            parts.add_one(&[1, 2], true, Bytes::from_static(b"a"), true, false, 0),
             Added::default()
         );
         assert_eq!(
-            parts.add(&[1, 2], true, Bytes::from_static(b"b"), true, true, 0),
+            parts.add_one(&[1, 2], true, Bytes::from_static(b"b"), true, true, 0),
             Added::default()
         );
-        let added = parts.add(&[1, 2], true, Bytes::from_static(b"c"), false, true, 0);
+        let added = parts.add_one(&[1, 2], true, Bytes::from_static(b"c"), false, true, 0);
         assert_eq!(added.whole, whole(true, "abc"));
         assert_eq!(parts.len(), 0);
     }
@@ -177,20 +241,20 @@ mod tests {
     #[test]
     fn a_cut_off_message_is_dropped_and_its_sockets_named() {
         let mut parts = Parts::default();
-        parts.add(&[1, 2], false, Bytes::from_static(b"lost"), true, false, 0);
-        let added = parts.add(&[1], false, Bytes::from_static(b"next"), false, false, 0);
+        parts.add_one(&[1, 2], false, Bytes::from_static(b"lost"), true, false, 0);
+        let added = parts.add_one(&[1], false, Bytes::from_static(b"next"), false, false, 0);
         assert_eq!(added.whole, whole(false, "next"));
         assert_eq!(added.cut, vec![1, 2]);
-        let added = parts.add(&[3], false, Bytes::from_static(b"tail"), false, true, 0);
+        let added = parts.add_one(&[3], false, Bytes::from_static(b"tail"), false, true, 0);
         assert_eq!(added.whole, None);
         assert_eq!(added.cut, vec![3]);
-        parts.add(&[4, 5], false, Bytes::from_static(b"x"), true, false, 0);
+        parts.add_one(&[4, 5], false, Bytes::from_static(b"x"), true, false, 0);
         // The rest of a message to other sockets than the one being put
         // together for 4: dropped, and that one stays.
-        let added = parts.add(&[4], false, Bytes::from_static(b"y"), false, true, 0);
+        let added = parts.add_one(&[4], false, Bytes::from_static(b"y"), false, true, 0);
         assert_eq!((added.whole, added.cut), (None, vec![4]));
         assert_eq!(parts.len(), 1);
-        parts.add(&[4, 5], false, Bytes::from_static(b"z"), true, true, 10);
+        parts.add_one(&[4, 5], false, Bytes::from_static(b"z"), true, true, 10);
         assert_eq!(parts.cut_stale(50, 50), Vec::<u64>::new());
         assert_eq!(parts.cut_stale(60, 50), vec![4, 5]);
         assert_eq!(parts.len(), 0);
@@ -199,11 +263,11 @@ mod tests {
     #[test]
     fn a_message_outlives_its_first_socket_while_another_is_open() {
         let mut parts = Parts::default();
-        parts.add(&[1, 2], false, Bytes::from_static(b"a"), true, false, 0);
+        parts.add_one(&[1, 2], false, Bytes::from_static(b"a"), true, false, 0);
         parts.socket_gone(1, |s| s == 2);
-        let added = parts.add(&[1, 2], false, Bytes::from_static(b"b"), false, true, 0);
+        let added = parts.add_one(&[1, 2], false, Bytes::from_static(b"b"), false, true, 0);
         assert_eq!(added.whole, whole(false, "ab"));
-        parts.add(&[1, 2], false, Bytes::from_static(b"a"), true, false, 0);
+        parts.add_one(&[1, 2], false, Bytes::from_static(b"a"), true, false, 0);
         parts.socket_gone(1, |_| false);
         assert_eq!(parts.len(), 0);
     }
@@ -250,7 +314,7 @@ mod tests {
                 let all = sends(text, *n, usize::MAX);
                 let sent = (*sent).min(all.len());
                 for (part, more, continued) in all.into_iter().take(sent) {
-                    let added = parts.add(&[7], true, part, more, continued, 0);
+                    let added = parts.add_one(&[7], true, part, more, continued, 0);
                     if !added.cut.is_empty() {
                         cuts += 1;
                     }
