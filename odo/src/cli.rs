@@ -141,8 +141,8 @@ pub(crate) struct ServeFlags {
     #[arg(long, default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     websocket_object_buffer_bytes: u64,
     /// The bytes of the messages waiting for all objects together at most
-    /// (queued, on their way to their object, or still arriving); a
-    /// message beyond closes its socket with 1013.
+    /// (queued, on their way to their object, or still arriving, those at
+    /// most half of it); a message beyond closes its socket with 1013.
     #[arg(long, default_value_t = 1024 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     websocket_door_buffer_bytes: u64,
     /// Shut down gracefully when standard input reaches end of file (for

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail, ensure};
 use odo_tests::http::HttpClient;
-use odo_tests::topology::{ServerSpec, proc_memory};
+use odo_tests::topology::{RunningServer, ServerSpec, proc_memory};
 use odo_tests::ws::{Got, Ws, client_frame, server_frame};
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
@@ -283,5 +283,242 @@ async fn an_upgrade_with_a_malformed_key_is_refused() -> Result<()> {
     // A well-formed one is accepted.
     let mut ws = Ws::connect(&server.base, "/probe/keys/ws").await?;
     ensure!(ws.ask("sockets").await? == "1");
+    Ok(())
+}
+
+/// A masked client frame whose length is written in the 64-bit form
+/// whatever it is (RFC 6455 asks for the minimal form; tungstenite
+/// accepts any).
+fn client_frame_long_length(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![if fin { 0x80 } else { 0 } | opcode, 0x80 | 127];
+    frame.extend((payload.len() as u64).to_be_bytes());
+    frame.extend([0, 0, 0, 0]);
+    frame.extend_from_slice(payload);
+    frame
+}
+
+fn start(extra: &[&str], dir: &std::path::Path) -> Result<RunningServer> {
+    let mut spec = ServerSpec::new(env!("CARGO_BIN_EXE_odo-test-server"), 1);
+    spec.storage = "memory".into();
+    spec.extra_args = extra.iter().map(|s| (*s).to_owned()).collect();
+    spec.start(dir)
+}
+
+async fn held_bytes(server: &RunningServer) -> Result<u64> {
+    let metrics = HttpClient::new(&server.base)
+        .get("/_odo/metrics")
+        .await?
+        .text();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("odo_websocket_held_bytes "))
+        .unwrap_or("odo_websocket_held_bytes ?")
+        .to_owned();
+    Ok(line
+        .rsplit(' ')
+        .next()
+        .unwrap_or("")
+        .parse()
+        .unwrap_or(u64::MAX))
+}
+
+/// Writes `bytes`, then a ping, and waits for its pong: all of `bytes`
+/// was read by the door.
+async fn write_and_sync(ws: &mut Ws, bytes: &[u8]) -> Result<()> {
+    ws.raw().write_all(bytes).await?;
+    ws.raw()
+        .write_all(&client_frame(PING, true, b"sync"))
+        .await?;
+    loop {
+        match ws.next_raw().await? {
+            Some(Message::Pong(_)) => return Ok(()),
+            Some(Message::Close(frame)) => bail!("closed while syncing: {frame:?}"),
+            None => bail!("dropped while syncing"),
+            Some(_) => {}
+        }
+    }
+}
+
+/// Empty parts of a message are no bytes of it: before, the door counted
+/// every frame's header, without bound (tungstenite's limit counts the
+/// payload), so one socket holding one byte of a message in a million
+/// empty parts made the door "full", and every other socket's messages
+/// were refused with 1013.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_fragments_do_not_count_as_held_bytes() -> Result<()> {
+    const LIMIT: usize = 4 << 20;
+    let dir = tempfile::tempdir()?;
+    let server = start(
+        &["--websocket-door-buffer-bytes", &LIMIT.to_string()],
+        dir.path(),
+    )?;
+    let mut attacker = Ws::connect(&server.base, "/probe/attacker/ws").await?;
+    // One byte of a message, then a million empty parts of it (6 MB).
+    let mut bytes = client_frame(BINARY, false, b"x");
+    for _ in 0..1_000_000 {
+        bytes.extend(client_frame(CONTINUATION, false, b""));
+    }
+    write_and_sync(&mut attacker, &bytes).await?;
+    let held = held_bytes(&server).await?;
+    let mut innocent = Ws::connect(&server.base, "/probe/innocent/ws").await?;
+    innocent.send("sockets").await?;
+    let got = innocent.next().await?;
+    ensure!(
+        held < 64 * 1024 && got == Got::Text("1".into()),
+        "a socket holding 1 byte of an unfinished message: odo_websocket_held_bytes {held}; \
+         an innocent socket of another object sending 7 bytes got {got}"
+    );
+    Ok(())
+}
+
+/// Pongs are no message bytes, however their length is written: before,
+/// a pong with its length in the 64-bit form (which tungstenite accepts)
+/// left 8 bytes counted, with no message begun at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_length_pongs_do_not_count_as_held_bytes() -> Result<()> {
+    const LIMIT: usize = 4 << 20;
+    let dir = tempfile::tempdir()?;
+    let server = start(
+        &["--websocket-door-buffer-bytes", &LIMIT.to_string()],
+        dir.path(),
+    )?;
+    let mut attacker = Ws::connect(&server.base, "/probe/attacker/ws").await?;
+    let mut bytes = Vec::new();
+    for _ in 0..700_000 {
+        bytes.extend(client_frame_long_length(PONG, true, b""));
+    }
+    write_and_sync(&mut attacker, &bytes).await?;
+    let held = held_bytes(&server).await?;
+    let mut innocent = Ws::connect(&server.base, "/probe/innocent/ws").await?;
+    innocent.send("sockets").await?;
+    let got = innocent.next().await?;
+    ensure!(
+        held == 0 && got == Got::Text("1".into()),
+        "a socket that sent only pongs: odo_websocket_held_bytes {held}; \
+         an innocent socket of another object sending 7 bytes got {got}"
+    );
+    Ok(())
+}
+
+/// A message trickled in (a byte of it every quarter of the idle timeout)
+/// cannot take the door's bound from complete messages: messages still
+/// arriving may hold half of it at most. Before, one socket held all of
+/// it for as long as it liked, and every other socket's messages were
+/// refused with 1013 meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_message_does_not_hold_the_door_forever() -> Result<()> {
+    const LIMIT: usize = 4 << 20;
+    let dir = tempfile::tempdir()?;
+    let server = start(
+        &[
+            "--websocket-door-buffer-bytes",
+            &LIMIT.to_string(),
+            "--websocket-max-message-bytes",
+            &LIMIT.to_string(),
+            "--websocket-idle-timeout-ms",
+            "1000",
+        ],
+        dir.path(),
+    )?;
+    let mut attacker = Ws::connect(&server.base, "/probe/attacker/ws").await?;
+    // Refused (1013) past half the bound, as it should be.
+    let _ = write_and_sync(
+        &mut attacker,
+        &client_frame(BINARY, false, &vec![b'a'; LIMIT - 512]),
+    )
+    .await;
+    // Eight idle timeouts, a byte of the message every quarter of one.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(8) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        // A byte of the message, and a pong (so the idle sweep hears it).
+        let mut trickle = client_frame(CONTINUATION, false, b"a");
+        trickle.extend(client_frame(PONG, true, b""));
+        if attacker.raw().write_all(&trickle).await.is_err() {
+            break;
+        }
+    }
+    let held = held_bytes(&server).await?;
+    let mut innocent = Ws::connect(&server.base, "/probe/innocent/ws").await?;
+    innocent
+        .send_message(Message::binary(vec![b'b'; 1024]))
+        .await?;
+    let got = innocent.next().await?;
+    ensure!(
+        matches!(&got, Got::Binary(b) if b.len() == 1024),
+        "8 idle timeouts after a message was begun (a byte of it every 250 ms), \
+         odo_websocket_held_bytes {held}; an innocent 1 KiB message got {got}"
+    );
+    Ok(())
+}
+
+/// The object sends a lot, then closes the socket: a client that reads
+/// slowly (a slow link, a busy program) gets all of it and the close
+/// frame, since the close grace starts once the close frame was written
+/// (before, a second after it was queued: the messages before it were
+/// cut off, and the object heard 1006).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_gets_all_the_object_sent_before_its_close() -> Result<()> {
+    const MESSAGES: usize = 320; // 20 MiB of 64 KiB messages
+    let dir = tempfile::tempdir()?;
+    let server = start(
+        &[
+            "--websocket-send-buffer-bytes",
+            &(64usize << 20).to_string(),
+        ],
+        dir.path(),
+    )?;
+    let mut ws = Ws::connect(&server.base, "/probe/slow/ws").await?;
+    ws.send(&format!("flood:{MESSAGES}")).await?;
+    ws.send("close").await?;
+    // The client reads 3 s later (a slow link, a busy program).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut texts = 0;
+    let end = loop {
+        match ws.next().await? {
+            Got::Text(_) => texts += 1,
+            end => break end,
+        }
+    };
+    let log = HttpClient::new(&server.base)
+        .get("/probe/slow/wslog")
+        .await?
+        .text();
+    ensure!(
+        texts == MESSAGES && matches!(end, Got::Close(4000, _)),
+        "the client got {texts} of {MESSAGES} messages, then {end}; the object heard {log:?}"
+    );
+    Ok(())
+}
+
+/// A client sending one large message slowly in one frame (as a browser
+/// does) cannot answer the door's ping until the frame ends: the
+/// message's bytes count as hearing from it. Before, only whole messages
+/// did, so two idle timeouts into the upload the socket was dropped as
+/// half-open though its bytes kept coming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_single_frame_upload_is_not_taken_for_half_open() -> Result<()> {
+    const LEN: usize = 48 * 1024;
+    let dir = tempfile::tempdir()?;
+    let server = start(&["--websocket-idle-timeout-ms", "1000"], dir.path())?;
+    let mut ws = Ws::connect(&server.base, "/probe/upload/ws").await?;
+    let frame = client_frame(BINARY, true, &vec![b'u'; LEN]);
+    // 1 KiB every 100 ms: about 5 idle timeouts for the frame.
+    let start = Instant::now();
+    for chunk in frame.chunks(1024) {
+        if let Err(e) = ws.raw().write_all(chunk).await {
+            bail!(
+                "the upload was cut {:?} into it, bytes flowing all along: {e}",
+                start.elapsed()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = ws.next().await?;
+    ensure!(
+        matches!(&got, Got::Binary(b) if b.len() == LEN),
+        "a 48 KiB message uploaded over {:?} in one frame: the client got {got}",
+        start.elapsed()
+    );
     Ok(())
 }

@@ -25,14 +25,17 @@ use tungstenite::Message;
 use tungstenite::error::{Error as WsError, ProtocolError};
 use tungstenite::protocol::{CloseFrame, Role, WebSocketContext};
 
-use super::{Door, Held, Kill, OVER_DOOR, Out, Outbound};
+use super::arriving::Arriving;
+use super::{Door, HeldArriving, Kill, OVER_DOOR, Out, Outbound};
 
 /// How long a socket the door closes at shutdown has to take its close
-/// frame, and how long a socket whose client closed it (or went away) has
-/// to take what is left to send (tungstenite's answer to its close).
-/// Otherwise (a limit, a client that stopped reading) it has the idle
-/// timeout: a client that reads again within it finds the close frame
-/// after what it had not read yet.
+/// frame, how long a socket whose client closed it (or went away) has to
+/// take what is left to send (tungstenite's answer to its close), and how
+/// long a client has to answer its object's close frame once it was
+/// written. Otherwise (a limit, a client that stopped reading, a close
+/// frame of its object not written yet) it has the idle timeout: a
+/// client that reads again within it finds the close frame after what it
+/// had not read yet.
 pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The bytes one read takes from the connection, into a buffer on the
@@ -74,12 +77,6 @@ fn protocol_state(max_message_bytes: usize) -> WebSocketContext {
     WebSocketContext::new(Role::Server, Some(protocol))
 }
 
-/// The bytes a control frame from a client takes on the wire: it is
-/// masked, and its payload (at most 125 bytes) needs no extended length.
-fn control_frame_bytes(payload: usize) -> usize {
-    2 + 4 + payload
-}
-
 impl<S: Io> Conn<S> {
     /// The protocol state of a socket of `door` just upgraded over `io`.
     pub(super) fn new(io: S, door: &Door) -> Self {
@@ -92,9 +89,10 @@ impl<S: Io> Conn<S> {
             pinged: false,
             closed_by_client: None,
             own_unsent: 0,
-            unfinished: Held::new(&door.inner.held_bytes, 0),
+            arriving: Arriving::default(),
+            unfinished: HeldArriving::new(&door.inner.held_bytes),
             progress_ms: 0,
-            closed_by_object_ms: None,
+            closing: None,
         }
     }
 }
@@ -120,19 +118,32 @@ pub(super) struct Conn<S> {
     /// client that pings and never reads grows them, so they are bounded
     /// like the door's frames.
     own_unsent: usize,
-    /// The bytes read of a message the client has not finished (what
-    /// tungstenite holds of it), counted against the door's bound on the
-    /// messages it holds: a client may begin a message and never finish
-    /// it.
-    unfinished: Held,
-    /// When the unfinished message last grew, on the door's clock: one
-    /// left as it is for the idle timeout (its client answering pings all
-    /// the while) closes the socket.
+    /// The frames the client sent, followed beside tungstenite: the
+    /// payload read of a message it has not finished (what tungstenite
+    /// holds of it).
+    arriving: Arriving,
+    /// That payload, counted against the door's bound on the messages it
+    /// holds: a client may begin a message and never finish it.
+    unfinished: HeldArriving,
+    /// When the client last sent any of a message's payload, on the
+    /// door's clock: a message left as it is for the idle timeout (its
+    /// client answering pings all the while) closes the socket.
     progress_ms: u64,
-    /// When the object's close frame was queued, on the door's clock: the
-    /// client's answer is awaited for [`CLOSE_GRACE`], and what it sends
-    /// meanwhile is not relayed.
-    closed_by_object_ms: Option<u64>,
+    /// The object closed the socket: what its client sends is no longer
+    /// relayed.
+    closing: Option<Closing>,
+}
+
+/// Where the object's close of a socket stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    /// Its close frame waits behind what the client has not read yet,
+    /// since this time on the door's clock: it has the idle timeout to
+    /// read it (as a client that stops reading has).
+    Queued(u64),
+    /// Its close frame went out at this time: the client has
+    /// [`CLOSE_GRACE`] to answer it.
+    Sent(u64),
 }
 
 /// tungstenite's view of the connection: reads take what was left over,
@@ -153,9 +164,10 @@ struct Adapter<'a, 'b, S> {
 
 /// An unfinished message's bytes, and the door's bound on what it holds.
 struct Budget<'a> {
-    unfinished: &'a mut Held,
-    /// Handed to tungstenite since the count was last settled.
-    taken: usize,
+    arriving: &'a mut Arriving,
+    unfinished: &'a mut HeldArriving,
+    /// Payload bytes of messages handed to tungstenite in this run.
+    progress: u64,
     /// The door's bound ([`WebSocketConfig::door_buffer_bytes`]).
     ///
     /// [`WebSocketConfig::door_buffer_bytes`]: super::WebSocketConfig::door_buffer_bytes
@@ -165,33 +177,27 @@ struct Budget<'a> {
 }
 
 impl Budget<'_> {
-    fn settle(&mut self) {
-        self.unfinished.add(std::mem::take(&mut self.taken));
+    /// Hands `bytes` to tungstenite: follows them.
+    fn taken(&mut self, bytes: &[u8]) {
+        self.progress += self.arriving.feed(bytes);
     }
 
-    /// Whether the unfinished message may take more bytes: it may while
-    /// the door holds less than its bound, or holds nothing besides it
-    /// (one message always fits; tungstenite bounds it).
+    /// Brings the door's count up to date.
+    fn settle(&mut self) {
+        let unfinished = usize::try_from(self.arriving.unfinished()).unwrap_or(usize::MAX);
+        self.unfinished.set(unfinished);
+    }
+
+    /// Whether the unfinished message may take more bytes: while the
+    /// door holds less than its bound, and messages still arriving less
+    /// than half of it (the other half is kept for complete ones, so
+    /// clients slow to finish their messages cannot take all of it). A
+    /// message's first bytes are always read: a small one arrives whole.
     fn may_grow(&mut self) -> bool {
         self.settle();
         let own = self.unfinished.bytes();
-        let total = self.unfinished.total();
-        own == 0 || total < self.limit || total <= own
-    }
-
-    /// A message came whole: what was read of it is no longer unfinished
-    /// (the door counts it from here as a message waiting for its object).
-    fn message_done(&mut self) {
-        self.taken = 0;
-        let all = self.unfinished.bytes();
-        self.unfinished.remove(all);
-    }
-
-    /// A control frame of `bytes` came: they are not part of a message.
-    fn control_done(&mut self, bytes: usize) {
-        let from_taken = bytes.min(self.taken);
-        self.taken -= from_taken;
-        self.unfinished.remove(bytes - from_taken);
+        let (total, arriving) = self.unfinished.totals();
+        own == 0 || (total < self.limit && arriving < self.limit / 2)
     }
 }
 
@@ -217,7 +223,7 @@ impl<S: Io> Read for Adapter<'_, '_, S> {
                 // Let go of the allocation.
                 *self.leftover = Bytes::new();
             }
-            self.budget.taken += n;
+            self.budget.taken(&buf[..n]);
             return Ok(n);
         }
         if self.scratch.unread().is_empty() {
@@ -240,7 +246,7 @@ impl<S: Io> Read for Adapter<'_, '_, S> {
         let n = buf.len().min(unread.len());
         buf[..n].copy_from_slice(&unread[..n]);
         self.scratch.start += n;
-        self.budget.taken += n;
+        self.budget.taken(&buf[..n]);
         Ok(n)
     }
 }
@@ -269,7 +275,7 @@ impl<S: Io> Conn<S> {
         scratch: &mut [MaybeUninit<u8>],
         limit: usize,
         f: impl FnOnce(&mut WebSocketContext, &mut Adapter<'_, '_, S>) -> R,
-    ) -> (R, bool) {
+    ) -> (R, bool, u64) {
         let mut adapter = Adapter {
             io: &mut self.io,
             cx,
@@ -280,8 +286,9 @@ impl<S: Io> Conn<S> {
             },
             written: Vec::new(),
             budget: Budget {
+                arriving: &mut self.arriving,
                 unfinished: &mut self.unfinished,
-                taken: 0,
+                progress: 0,
                 limit,
                 over: false,
             },
@@ -295,7 +302,7 @@ impl<S: Io> Conn<S> {
             ..
         } = adapter;
         budget.settle();
-        let over = budget.over;
+        let (over, progress) = (budget.over, budget.progress);
         // Read but not taken (the task stopped reading to let others run):
         // kept for the next run. The scratch buffer is filled only once
         // what was left over is taken.
@@ -309,7 +316,7 @@ impl<S: Io> Conn<S> {
                 len: 0,
             });
         }
-        (result, over)
+        (result, over, progress)
     }
 
     /// Serves the socket until it ends: the event its object gets.
@@ -331,7 +338,12 @@ impl<S: Io> Conn<S> {
                 Err(kill) => return Poll::Ready(killed(kill)),
                 Ok(taken) => {
                     if self.queue(taken) {
-                        self.closed_by_object(door, out);
+                        // Its close frame is written once what is before
+                        // it is: the client has the idle timeout to read
+                        // that far.
+                        let now = door.clock_ms();
+                        self.closing = Some(Closing::Queued(now));
+                        wake_after(out, door.config().idle_timeout);
                     }
                 }
             }
@@ -341,40 +353,28 @@ impl<S: Io> Conn<S> {
         // What the client sent.
         let mut read = RunRead {
             closed: self.closed_by_client.take(),
-            relay: self.closed_by_object_ms.is_none(),
+            relay: self.closing.is_none(),
             messages: 0,
-            data: 0,
         };
-        let before = self.unfinished.bytes();
         let mut scratch = [MaybeUninit::<u8>::uninit(); READ_SCRATCH];
         let limit = door.config().door_buffer_bytes;
-        let (failed, over) = self.protocol(Some(&mut *cx), &mut scratch, limit, |ctx, adapter| {
-            while read.messages < READ_BUDGET {
-                match ctx.read(adapter) {
-                    Ok(message) => {
-                        read.messages += 1;
-                        match &message {
-                            Message::Text(_) | Message::Binary(_) => {
-                                read.data += 1;
-                                adapter.budget.message_done();
-                            }
-                            Message::Ping(p) | Message::Pong(p) => {
-                                adapter.budget.control_done(control_frame_bytes(p.len()));
-                            }
-                            Message::Close(frame) => {
-                                let payload = frame.as_ref().map_or(0, |f| 2 + f.reason.len());
-                                adapter.budget.control_done(control_frame_bytes(payload));
-                            }
-                            Message::Frame(_) => {}
+        let (failed, over, progress) =
+            self.protocol(Some(&mut *cx), &mut scratch, limit, |ctx, adapter| {
+                while read.messages < READ_BUDGET {
+                    match ctx.read(adapter) {
+                        Ok(message) => {
+                            read.messages += 1;
+                            // A message that came whole no longer counts
+                            // as arriving (before it counts as waiting).
+                            adapter.budget.settle();
+                            read.received(door, id, message);
                         }
-                        read.received(door, id, message);
+                        Err(e) if would_block(&e) => return None,
+                        Err(e) => return Some(e),
                     }
-                    Err(e) if would_block(&e) => return None,
-                    Err(e) => return Some(e),
                 }
-            }
-            None
-        });
+                None
+            });
         self.closed_by_client = read.closed;
         let now = door.clock_ms();
         if over {
@@ -396,19 +396,19 @@ impl<S: Io> Conn<S> {
             out.kill(kill);
             return Poll::Ready(killed(kill));
         }
-        if read.messages > 0 {
+        // A message's bytes are heard too: a client sending a large
+        // message in one frame cannot answer a ping before its end.
+        if read.messages > 0 || progress > 0 {
             self.pinged = false;
             out.heard(now);
         }
         if let Some(e) = failed {
             return Poll::Ready(self.read_failed(e, out));
         }
-        let unfinished = self.unfinished.bytes();
-        if read.data > 0 || unfinished > before {
+        let idle_ms = door.config().idle_timeout.as_millis() as u64;
+        if progress > 0 {
             self.progress_ms = now;
-        } else if unfinished > 0
-            && now.saturating_sub(self.progress_ms) >= door.config().idle_timeout.as_millis() as u64
-        {
+        } else if self.unfinished.bytes() > 0 && now.saturating_sub(self.progress_ms) >= idle_ms {
             // Begun and left as it is for the idle timeout, its client
             // answering pings (or sending pongs) all the while.
             let kill = Kill {
@@ -418,15 +418,6 @@ impl<S: Io> Conn<S> {
             out.kill(kill);
             return Poll::Ready(killed(kill));
         }
-        if let Some(closed_ms) = self.closed_by_object_ms
-            && now.saturating_sub(closed_ms) >= CLOSE_GRACE.as_millis() as u64
-        {
-            return Poll::Ready(SocketEventKind::Close {
-                code: close_code::ABNORMAL,
-                reason: "the client did not answer the close frame".into(),
-                was_clean: false,
-            });
-        }
         if read.messages == READ_BUDGET {
             // More to read: later, after the other sockets' turns.
             cx.waker().wake_by_ref();
@@ -434,6 +425,32 @@ impl<S: Io> Conn<S> {
         // What is queued for the client.
         if let Poll::Ready(Err(_)) = self.poll_write(cx, out) {
             return Poll::Ready(self.ended());
+        }
+        // The object closed the socket: its close frame is awaited by the
+        // client (read within the idle timeout), then the client's answer
+        // (within the close grace).
+        match self.closing {
+            Some(Closing::Queued(_)) if self.sending.is_empty() => {
+                self.closing = Some(Closing::Sent(now));
+                wake_after(out, CLOSE_GRACE);
+            }
+            Some(Closing::Queued(since)) if now.saturating_sub(since) >= idle_ms => {
+                return Poll::Ready(SocketEventKind::Close {
+                    code: close_code::ABNORMAL,
+                    reason: "the client did not read the close frame".into(),
+                    was_clean: false,
+                });
+            }
+            Some(Closing::Sent(since))
+                if now.saturating_sub(since) >= CLOSE_GRACE.as_millis() as u64 =>
+            {
+                return Poll::Ready(SocketEventKind::Close {
+                    code: close_code::ABNORMAL,
+                    reason: "the client did not answer the close frame".into(),
+                    was_clean: false,
+                });
+            }
+            _ => {}
         }
         // Silent for the idle timeout (the door's sweep says so): a ping,
         // then, silent as long again, the end.
@@ -451,20 +468,6 @@ impl<S: Io> Conn<S> {
             out.push(Out::ping(), usize::MAX);
         }
         Poll::Pending
-    }
-
-    /// The object's close frame was queued: the client has
-    /// [`CLOSE_GRACE`] to answer it, and the socket is woken then to see
-    /// whether it did (a timer for the closing socket alone).
-    fn closed_by_object(&mut self, door: &Door, out: &Arc<Outbound>) {
-        self.closed_by_object_ms = Some(door.clock_ms());
-        let out = Arc::downgrade(out);
-        tokio::spawn(async move {
-            tokio::time::sleep(CLOSE_GRACE).await;
-            if let Some(out) = out.upgrade() {
-                out.wake();
-            }
-        });
     }
 
     /// Adds what was taken from the door's queue to what is being sent;
@@ -494,6 +497,18 @@ impl<S: Io> Conn<S> {
     }
 }
 
+/// Wakes the socket of `out` after `delay` (a timer of a socket its
+/// object closed, for the steps of its close alone).
+fn wake_after(out: &Arc<Outbound>, delay: Duration) {
+    let out = Arc::downgrade(out);
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        if let Some(out) = out.upgrade() {
+            out.wake();
+        }
+    });
+}
+
 /// The event of a socket the door closed.
 fn killed(kill: Kill) -> SocketEventKind {
     SocketEventKind::Close {
@@ -512,8 +527,6 @@ struct RunRead {
     relay: bool,
     /// Messages and control frames read.
     messages: usize,
-    /// Messages (text or binary) among them.
-    data: usize,
 }
 
 impl RunRead {
@@ -682,8 +695,8 @@ impl<S: Io> Conn<S> {
         // Nothing more is read: tungstenite's buffers (an unfinished
         // message among them) go now, not when the close frame is out.
         self.ctx = protocol_state(READ_BUFFER);
-        let unfinished = self.unfinished.bytes();
-        self.unfinished.remove(unfinished);
+        self.arriving = Arriving::default();
+        self.unfinished.set(0);
         self.leftover = Bytes::new();
     }
 }

@@ -34,10 +34,11 @@ use bytes::Bytes;
 use odo_core::socket::{SocketEventKind, SocketRecord, close_code};
 use odo_core::{ObjectAddress, ObjectId};
 use tokio::sync::Notify;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::service::ObjectService;
 
+mod arriving;
 mod conn;
 mod outbound;
 mod outputs;
@@ -87,10 +88,13 @@ pub struct WebSocketConfig {
     /// until it answers, since a message may be sent again), or still
     /// arriving (what was read of a message its client has not finished).
     /// A message beyond closes its socket with 1013, whichever object it
-    /// is for (one message always fits a door that holds none). Without
-    /// it, many busy objects (a worker being replaced) could each hold
-    /// their own `object_buffer_bytes`, and clients could each leave a
-    /// message unfinished. Default 1 GiB.
+    /// is for (one complete message always fits a door that holds none).
+    /// Messages still arriving may hold half of it together at most, so
+    /// clients slow to finish theirs cannot take it all from complete
+    /// ones (keep it at least twice `max_message_bytes`). Without it,
+    /// many busy objects (a worker being replaced) could each hold their
+    /// own `object_buffer_bytes`, and clients could each leave a message
+    /// unfinished. Default 1 GiB.
     pub door_buffer_bytes: usize,
     /// A socket that sends nothing for this long is pinged; one that stays
     /// silent for as long again is taken for a half-open connection and
@@ -163,8 +167,9 @@ struct Inner {
     epoch: std::time::Instant,
     /// The idle sweep's task was started.
     sweeping: AtomicBool,
-    /// The bytes of the messages held for objects ([`Held`]).
-    held_bytes: Arc<AtomicUsize>,
+    /// The bytes of the messages held for objects, and of those still
+    /// arriving ([`Held`]).
+    held_bytes: Arc<HeldBytes>,
 }
 
 #[derive(Default)]
@@ -213,19 +218,54 @@ struct Pending {
     _held: Held,
 }
 
+/// The door's counts of the message bytes it holds.
+#[derive(Debug, Default)]
+struct HeldBytes {
+    /// Every message byte held, against
+    /// [`WebSocketConfig::door_buffer_bytes`].
+    held: AtomicUsize,
+    /// Those of messages still arriving (among `held`), which may take
+    /// half the bound at most, so that clients slow to finish their
+    /// messages can never take all of it from complete ones.
+    arriving: AtomicUsize,
+}
+
 /// Bytes counted against [`WebSocketConfig::door_buffer_bytes`] while this
 /// lives.
 struct Held {
     bytes: usize,
-    count: Arc<AtomicUsize>,
+    counts: Arc<HeldBytes>,
 }
 
 impl Held {
-    fn new(count: &Arc<AtomicUsize>, bytes: usize) -> Self {
-        count.fetch_add(bytes, Ordering::Relaxed);
+    fn new(counts: &Arc<HeldBytes>, bytes: usize) -> Self {
+        counts.held.fetch_add(bytes, Ordering::Relaxed);
         Self {
             bytes,
-            count: count.clone(),
+            counts: counts.clone(),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.counts.held.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// The bytes of a message still arriving, counted against
+/// [`WebSocketConfig::door_buffer_bytes`] (and among those arriving)
+/// while this lives.
+struct HeldArriving {
+    bytes: usize,
+    counts: Arc<HeldBytes>,
+}
+
+impl HeldArriving {
+    fn new(counts: &Arc<HeldBytes>) -> Self {
+        Self {
+            bytes: 0,
+            counts: counts.clone(),
         }
     }
 
@@ -234,32 +274,34 @@ impl Held {
         self.bytes
     }
 
-    /// Counts `more` bytes more.
-    fn add(&mut self, more: usize) {
-        if more > 0 {
-            self.count.fetch_add(more, Ordering::Relaxed);
-            self.bytes += more;
+    /// Counts `bytes` from now on.
+    fn set(&mut self, bytes: usize) {
+        let counts = &*self.counts;
+        if bytes > self.bytes {
+            let more = bytes - self.bytes;
+            counts.held.fetch_add(more, Ordering::Relaxed);
+            counts.arriving.fetch_add(more, Ordering::Relaxed);
+        } else if bytes < self.bytes {
+            let fewer = self.bytes - bytes;
+            counts.held.fetch_sub(fewer, Ordering::Relaxed);
+            counts.arriving.fetch_sub(fewer, Ordering::Relaxed);
         }
+        self.bytes = bytes;
     }
 
-    /// Counts `fewer` bytes fewer (at most all it counts).
-    fn remove(&mut self, fewer: usize) {
-        let fewer = fewer.min(self.bytes);
-        if fewer > 0 {
-            self.count.fetch_sub(fewer, Ordering::Relaxed);
-            self.bytes -= fewer;
-        }
-    }
-
-    /// The door's bytes held over all (this one's with them).
-    fn total(&self) -> usize {
-        self.count.load(Ordering::Relaxed)
+    /// The door's bytes held over all (this one's with them), and those
+    /// of messages still arriving.
+    fn totals(&self) -> (usize, usize) {
+        (
+            self.counts.held.load(Ordering::Relaxed),
+            self.counts.arriving.load(Ordering::Relaxed),
+        )
     }
 }
 
-impl Drop for Held {
+impl Drop for HeldArriving {
     fn drop(&mut self) {
-        self.count.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.set(0);
     }
 }
 
@@ -357,6 +399,14 @@ impl Door {
         endpoint: impl Into<String>,
         service: Arc<dyn ObjectService>,
     ) -> Self {
+        if config.door_buffer_bytes / 2 < config.max_message_bytes {
+            warn!(
+                door_buffer_bytes = config.door_buffer_bytes,
+                max_message_bytes = config.max_message_bytes,
+                "messages still arriving may hold half the door buffer: a client message \
+                 larger than that is refused (1013) though under the message limit"
+            );
+        }
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -405,7 +455,7 @@ impl Door {
     /// their way or still arriving ([`WebSocketConfig::door_buffer_bytes`]
     /// bounds them).
     pub fn held_message_bytes(&self) -> usize {
-        self.inner.held_bytes.load(Ordering::Relaxed)
+        self.inner.held_bytes.held.load(Ordering::Relaxed)
     }
 
     /// Appends the door's metrics in the Prometheus text format: sockets
@@ -491,7 +541,7 @@ impl Door {
             !obj.queue.is_empty() && obj.queued_bytes.saturating_add(payload.len()) > max_bytes;
         // Changed only under the door's lock but for decrements, which
         // only make room.
-        let held = self.inner.held_bytes.load(Ordering::Relaxed);
+        let held = self.inner.held_bytes.held.load(Ordering::Relaxed);
         let over_door =
             held > 0 && held.saturating_add(payload.len()) > self.config().door_buffer_bytes;
         if is_message && (obj.queue.len() >= max || over_bytes || over_door) {

@@ -1,0 +1,311 @@
+//! The bytes of a client's message still arriving, followed frame by frame
+//! beside tungstenite (which parses and checks the frames; this only reads
+//! their headers): the payload of the data frames of a message not
+//! finished yet, what tungstenite holds of it. Frame headers, masks and
+//! control frames (pings, pongs, a close) are no part of a message, so a
+//! client cannot make the door count bytes it does not hold, nor keep a
+//! message alive with empty parts.
+//!
+//! I/O-free: [`Arriving::feed`] takes the bytes in the order tungstenite
+//! reads them, in pieces of any size.
+
+/// Where the reader stands in a client's stream of frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum At {
+    /// The first byte of a frame's header is next.
+    Head,
+    /// The second (mask bit, length): `data` and `fin` from the first.
+    Length { data: bool, fin: bool },
+    /// `left` more bytes of an extended length, `len` so far.
+    Extended {
+        data: bool,
+        fin: bool,
+        masked: bool,
+        left: u8,
+        len: u64,
+    },
+    /// `left` more bytes of the mask, then `len` bytes of payload.
+    Mask {
+        data: bool,
+        fin: bool,
+        left: u8,
+        len: u64,
+    },
+    /// `left` more bytes of payload.
+    Payload { data: bool, fin: bool, left: u64 },
+}
+
+/// A client's message still arriving. See the module's docs.
+#[derive(Debug, Clone)]
+pub(super) struct Arriving {
+    at: At,
+    /// Payload bytes of the message being put together (its finished
+    /// frames and what came of the one arriving).
+    unfinished: u64,
+}
+
+impl Default for Arriving {
+    fn default() -> Self {
+        Self {
+            at: At::Head,
+            unfinished: 0,
+        }
+    }
+}
+
+impl Arriving {
+    /// The payload bytes of the message not finished yet.
+    pub(super) fn unfinished(&self) -> u64 {
+        self.unfinished
+    }
+
+    /// Reads `bytes`, the next ones of the stream; returns how many of
+    /// them are a message's payload (what shows the message progresses).
+    pub(super) fn feed(&mut self, mut bytes: &[u8]) -> u64 {
+        let mut payload = 0;
+        while !bytes.is_empty() {
+            match self.at {
+                At::Payload { data, fin, left } => {
+                    let n = left.min(bytes.len() as u64);
+                    bytes = &bytes[n as usize..];
+                    if data {
+                        payload += n;
+                        self.unfinished += n;
+                    }
+                    self.at = At::Payload {
+                        data,
+                        fin,
+                        left: left - n,
+                    };
+                }
+                _ => {
+                    self.step(bytes[0]);
+                    bytes = &bytes[1..];
+                }
+            }
+            if let At::Payload { data, fin, left: 0 } = self.at {
+                // A data frame with its final bit ends its message.
+                if data && fin {
+                    self.unfinished = 0;
+                }
+                self.at = At::Head;
+            }
+        }
+        payload
+    }
+
+    /// Reads one byte of a frame's header.
+    fn step(&mut self, byte: u8) {
+        self.at = match self.at {
+            At::Head => At::Length {
+                // Opcodes 0 (continuation), 1 (text), 2 (binary) and the
+                // reserved 3 to 7 (which tungstenite refuses) are data;
+                // 8 and up are control frames.
+                data: byte & 0x08 == 0,
+                fin: byte & 0x80 != 0,
+            },
+            At::Length { data, fin } => {
+                let masked = byte & 0x80 != 0;
+                match byte & 0x7f {
+                    126 => At::Extended {
+                        data,
+                        fin,
+                        masked,
+                        left: 2,
+                        len: 0,
+                    },
+                    127 => At::Extended {
+                        data,
+                        fin,
+                        masked,
+                        left: 8,
+                        len: 0,
+                    },
+                    len => Self::after_length(data, fin, masked, u64::from(len)),
+                }
+            }
+            At::Extended {
+                data,
+                fin,
+                masked,
+                left,
+                len,
+            } => {
+                let len = len << 8 | u64::from(byte);
+                if left == 1 {
+                    Self::after_length(data, fin, masked, len)
+                } else {
+                    At::Extended {
+                        data,
+                        fin,
+                        masked,
+                        left: left - 1,
+                        len,
+                    }
+                }
+            }
+            At::Mask {
+                data,
+                fin,
+                left,
+                len,
+            } => {
+                if left == 1 {
+                    At::Payload {
+                        data,
+                        fin,
+                        left: len,
+                    }
+                } else {
+                    At::Mask {
+                        data,
+                        fin,
+                        left: left - 1,
+                        len,
+                    }
+                }
+            }
+            At::Payload { .. } => unreachable!("payload bytes are taken in `feed`"),
+        };
+    }
+
+    fn after_length(data: bool, fin: bool, masked: bool, len: u64) -> At {
+        if masked {
+            At::Mask {
+                data,
+                fin,
+                left: 4,
+                len,
+            }
+        } else {
+            At::Payload {
+                data,
+                fin,
+                left: len,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use proptest::prelude::*;
+    use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+    use tungstenite::protocol::frame::{Frame, FrameHeader};
+
+    /// A frame as a client sends it (masked), its length written in the
+    /// shortest form or, `long`, in the 64-bit one (which tungstenite
+    /// accepts too).
+    fn client_frame(opcode: OpCode, fin: bool, payload: &[u8], long: bool) -> Vec<u8> {
+        let header = FrameHeader {
+            is_final: fin,
+            opcode,
+            mask: Some([1, 2, 3, 4]),
+            ..FrameHeader::default()
+        };
+        let frame = Frame::from_payload(header, Bytes::copy_from_slice(payload));
+        let mut bytes = Vec::new();
+        frame.format(&mut bytes).expect("a frame formats");
+        if long {
+            let head = bytes[0];
+            let at = bytes.len() - payload.len() - 4;
+            let mut long = vec![head, 0x80 | 127];
+            long.extend((payload.len() as u64).to_be_bytes());
+            long.extend_from_slice(&bytes[at..]);
+            bytes = long;
+        }
+        bytes
+    }
+
+    #[test]
+    fn headers_and_control_frames_are_no_part_of_a_message() {
+        let mut arriving = Arriving::default();
+        let mut stream = client_frame(OpCode::Data(Data::Binary), false, b"abc", false);
+        stream.extend(client_frame(
+            OpCode::Data(Data::Continue),
+            false,
+            b"",
+            false,
+        ));
+        stream.extend(client_frame(
+            OpCode::Control(Control::Pong),
+            true,
+            b"pong",
+            true,
+        ));
+        stream.extend(client_frame(
+            OpCode::Data(Data::Continue),
+            false,
+            &[7; 300],
+            false,
+        ));
+        assert_eq!(arriving.feed(&stream), 303);
+        assert_eq!(arriving.unfinished(), 303);
+        let end = client_frame(OpCode::Data(Data::Continue), true, b"!", true);
+        assert_eq!(arriving.feed(&end), 1);
+        assert_eq!(arriving.unfinished(), 0);
+    }
+
+    /// One frame of a generated stream: a data frame (`Some(fin)`) or a
+    /// control frame (`None`), its payload length, the long length form.
+    type Step = (Option<bool>, usize, bool);
+
+    proptest! {
+        /// Against a model: fed any stream of frames (data frames of
+        /// messages, control frames between them) in pieces of any size,
+        /// it counts exactly the payload of the message being put together,
+        /// at every frame's end, and the data payload it read.
+        #[test]
+        fn counts_the_payload_of_the_unfinished_message(
+            steps in proptest::collection::vec(
+                (proptest::option::of(any::<bool>()), 0usize..70_000, any::<bool>()),
+                1..12,
+            ),
+            cuts in proptest::collection::vec(1usize..5_000, 1..8),
+        ) {
+            let steps: Vec<Step> = steps
+                .into_iter()
+                .map(|(kind, len, long)| match kind {
+                    // Control payloads are at most 125 bytes.
+                    None => (None, len % 126, long),
+                    data => (data, len, long),
+                })
+                .collect();
+            let mut arriving = Arriving::default();
+            let mut model = 0u64;
+            let mut in_message = false;
+            let mut total_payload = 0;
+            let mut read_payload = 0;
+            for (kind, len, long) in steps {
+                let payload = vec![0x5a; len];
+                let bytes = match kind {
+                    Some(fin) => {
+                        let opcode = if in_message {
+                            OpCode::Data(Data::Continue)
+                        } else {
+                            OpCode::Data(Data::Binary)
+                        };
+                        in_message = !fin;
+                        total_payload += len as u64;
+                        model = if fin { 0 } else { model + len as u64 };
+                        client_frame(opcode, fin, &payload, long)
+                    }
+                    None => client_frame(OpCode::Control(Control::Ping), true, &payload, long),
+                };
+                // Fed in pieces.
+                let mut rest = &bytes[..];
+                let mut i = 0;
+                while !rest.is_empty() {
+                    let n = cuts[i % cuts.len()].min(rest.len());
+                    read_payload += arriving.feed(&rest[..n]);
+                    rest = &rest[n..];
+                    i += 1;
+                }
+                prop_assert_eq!(arriving.unfinished(), model);
+            }
+            prop_assert_eq!(read_payload, total_payload);
+        }
+    }
+}

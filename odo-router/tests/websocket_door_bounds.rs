@@ -1,0 +1,185 @@
+//! The front door's bounds on the messages it holds, against a scripted
+//! object service (`scripted/`): what a message still arriving counts,
+//! and when a socket its object closed is let go.
+
+mod scripted;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use odo_router::{ClientWebSocket, Door, WebSocketConfig};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+use scripted::*;
+
+/// A part of a binary message, as a client sends it.
+fn part(first: bool, fin: bool, payload: &[u8]) -> Message {
+    let opcode = if first { Data::Binary } else { Data::Continue };
+    Message::Frame(Frame::message(payload.to_vec(), OpCode::Data(opcode), fin))
+}
+
+/// Pings and waits for the pong: all sent before was read by the door.
+async fn sync(ws: &mut ClientWebSocket) {
+    ws.send(Message::Ping(Bytes::from_static(b"sync")))
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(GUARD, ws.next()).await {
+            Ok(Some(Ok(Message::Pong(_)))) => return,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    }
+}
+
+/// Waits until the door counts `want` held bytes.
+async fn held_becomes(door: &Door, want: usize) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        if door.held_message_bytes() == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+/// A Rust `Client`'s socket (a 64 KiB in-process pipe) whose program
+/// reads 2.5 s after the object sent 1 MiB and closed gets all of it and
+/// the close frame: the close grace starts once the close frame is
+/// written. (For a while the door let such a socket go a second after it
+/// queued the close: the program got none of it.)
+#[tokio::test]
+async fn an_in_process_client_reading_late_gets_what_came_before_the_close() {
+    let s = setup();
+    let mut ws = s.open().await;
+    ws.send(Message::text("bigclose")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut texts = 0;
+    let end = loop {
+        match tokio::time::timeout(GUARD, ws.next()).await {
+            Ok(Some(Ok(Message::Text(_)))) => texts += 1,
+            Ok(Some(Ok(Message::Close(frame)))) => break format!("close {frame:?}"),
+            Ok(Some(Ok(_))) => continue,
+            other => break format!("{other:?}"),
+        }
+    };
+    assert!(
+        texts == 16 && end.contains("4000"),
+        "the program got {texts} of 16 messages, then {end}"
+    );
+}
+
+/// The door's count of held bytes after one byte of a message and 10,000
+/// empty parts of it is that byte (before, it counted every part's
+/// header).
+#[tokio::test]
+async fn empty_parts_of_a_message_are_not_held_bytes() {
+    let s = setup();
+    let mut ws = s.open().await;
+    ws.send(part(true, false, b"x")).await.unwrap();
+    for _ in 0..10_000 {
+        ws.feed(part(false, false, b"")).await.unwrap();
+    }
+    ws.flush().await.unwrap();
+    sync(&mut ws).await;
+    let held = s.door.held_message_bytes();
+    assert!(
+        held < 1024,
+        "one byte of an unfinished message, in 10,001 parts: the door counts {held} bytes held"
+    );
+}
+
+/// The count of a message still arriving goes back to 0 whichever way
+/// its socket ends, and a message in parts with pings between them is
+/// delivered whole and then uncounted.
+#[tokio::test]
+async fn held_bytes_return_to_zero_however_an_unfinished_message_ends() {
+    let s = setup();
+    // Parts with pings between them, then the end: delivered, then 0.
+    let mut a = s.open().await;
+    a.send(part(true, false, &[b'a'; 10_000])).await.unwrap();
+    sync(&mut a).await;
+    assert!(s.door.held_message_bytes() >= 10_000);
+    a.send(part(false, false, &[b'b'; 10_000])).await.unwrap();
+    sync(&mut a).await;
+    a.send(part(false, true, b"c")).await.unwrap();
+    match tokio::time::timeout(GUARD, a.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => assert_eq!(t.len(), "echo:".len() + 20_001),
+        other => panic!("expected the echo, got {other:?}"),
+    }
+    assert!(
+        held_becomes(&s.door, 0).await,
+        "{}",
+        s.door.held_message_bytes()
+    );
+    // Unfinished, then the client's close frame.
+    let mut b = s.open().await;
+    b.send(part(true, false, &[b'a'; 50_000])).await.unwrap();
+    sync(&mut b).await;
+    b.close(None).await.unwrap();
+    assert!(
+        held_becomes(&s.door, 0).await,
+        "{}",
+        s.door.held_message_bytes()
+    );
+    // Unfinished, then the connection dropped.
+    let mut c = s.open().await;
+    c.send(part(true, false, &[b'a'; 50_000])).await.unwrap();
+    sync(&mut c).await;
+    drop(c);
+    assert!(
+        held_becomes(&s.door, 0).await,
+        "{}",
+        s.door.held_message_bytes()
+    );
+    // Unfinished, then a message too big (1009).
+    let mut d = s.open().await;
+    d.send(part(true, false, &[b'a'; 50_000])).await.unwrap();
+    sync(&mut d).await;
+    let _ = d.send(part(false, true, &vec![b'a'; 40 << 20])).await;
+    assert!(
+        held_becomes(&s.door, 0).await,
+        "{}",
+        s.door.held_message_bytes()
+    );
+}
+
+/// With the door at its bound (messages queued for a busy object), a
+/// client whose pong (or ping, or close frame) arrives in two pieces is
+/// not refused: a control frame is no message. (Before, its first piece
+/// counted as a message still arriving, and the socket got 1013.)
+#[tokio::test]
+async fn a_pong_in_two_pieces_on_a_full_door_is_not_refused() {
+    use tokio::io::AsyncWriteExt;
+    let s = setup_with(WebSocketConfig {
+        door_buffer_bytes: 100_000,
+        ..WebSocketConfig::default()
+    });
+    let mut a = s.open().await;
+    let mut b = s.open().await;
+    let mut c = s.open_at("other").await;
+    s.hold(&mut a).await;
+    // The door holds "hold" (on its way) and 99,996 bytes queued: its
+    // bound (in three messages: one may arrive with half of it at most).
+    for n in 1..=3 {
+        b.send(Message::binary(vec![b'b'; 33_332])).await.unwrap();
+        s.queued(n).await;
+    }
+    assert_eq!(s.door.held_message_bytes(), 100_000);
+    // c's pong, masked with the zero key, in two writes.
+    let pong = [0x8a, 0x80, 0, 0, 0, 0];
+    c.get_mut().write_all(&pong[..3]).await.unwrap();
+    c.get_mut().flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let rest = c.get_mut().write_all(&pong[3..]).await;
+    if let Err(e) = rest {
+        let got = tokio::time::timeout(GUARD, c.next()).await;
+        panic!("a pong in two pieces: the rest could not be written ({e}); the client got {got:?}");
+    }
+    sync(&mut c).await;
+}
