@@ -346,23 +346,12 @@ async fn write_and_sync(ws: &mut Ws, bytes: &[u8]) -> Result<()> {
 /// were refused with 1013.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_fragments_do_not_count_as_held_bytes() -> Result<()> {
-    const LIMIT: usize = 4 << 20;
-    let dir = tempfile::tempdir()?;
-    let server = start(
-        &["--websocket-door-buffer-bytes", &LIMIT.to_string()],
-        dir.path(),
-    )?;
-    let mut attacker = Ws::connect(&server.base, "/probe/attacker/ws").await?;
     // One byte of a message, then a million empty parts of it (6 MB).
     let mut bytes = client_frame(BINARY, false, b"x");
     for _ in 0..1_000_000 {
         bytes.extend(client_frame(CONTINUATION, false, b""));
     }
-    write_and_sync(&mut attacker, &bytes).await?;
-    let held = held_bytes(&server).await?;
-    let mut innocent = Ws::connect(&server.base, "/probe/innocent/ws").await?;
-    innocent.send("sockets").await?;
-    let got = innocent.next().await?;
+    let (held, got) = attack_then_innocent(&bytes).await?;
     ensure!(
         held < 64 * 1024 && got == Got::Text("1".into()),
         "a socket holding 1 byte of an unfinished message: odo_websocket_held_bytes {held}; \
@@ -371,11 +360,10 @@ async fn empty_fragments_do_not_count_as_held_bytes() -> Result<()> {
     Ok(())
 }
 
-/// Pongs are no message bytes, however their length is written: before,
-/// a pong with its length in the 64-bit form (which tungstenite accepts)
-/// left 8 bytes counted, with no message begun at all.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn long_length_pongs_do_not_count_as_held_bytes() -> Result<()> {
+/// A server with a door buffer of 4 MiB, a socket that sends `bytes` (all
+/// of them read), then a socket of another object that asks a question:
+/// the bytes the door says it holds, and what the second socket got.
+async fn attack_then_innocent(bytes: &[u8]) -> Result<(u64, Got)> {
     const LIMIT: usize = 4 << 20;
     let dir = tempfile::tempdir()?;
     let server = start(
@@ -383,15 +371,23 @@ async fn long_length_pongs_do_not_count_as_held_bytes() -> Result<()> {
         dir.path(),
     )?;
     let mut attacker = Ws::connect(&server.base, "/probe/attacker/ws").await?;
+    write_and_sync(&mut attacker, bytes).await?;
+    let held = held_bytes(&server).await?;
+    let mut innocent = Ws::connect(&server.base, "/probe/innocent/ws").await?;
+    innocent.send("sockets").await?;
+    Ok((held, innocent.next().await?))
+}
+
+/// Pongs are no message bytes, however their length is written: before,
+/// a pong with its length in the 64-bit form (which tungstenite accepts)
+/// left 8 bytes counted, with no message begun at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_length_pongs_do_not_count_as_held_bytes() -> Result<()> {
     let mut bytes = Vec::new();
     for _ in 0..700_000 {
         bytes.extend(client_frame_long_length(PONG, true, b""));
     }
-    write_and_sync(&mut attacker, &bytes).await?;
-    let held = held_bytes(&server).await?;
-    let mut innocent = Ws::connect(&server.base, "/probe/innocent/ws").await?;
-    innocent.send("sockets").await?;
-    let got = innocent.next().await?;
+    let (held, got) = attack_then_innocent(&bytes).await?;
     ensure!(
         held == 0 && got == Got::Text("1".into()),
         "a socket that sent only pongs: odo_websocket_held_bytes {held}; \
