@@ -183,3 +183,101 @@ async fn a_pong_in_two_pieces_on_a_full_door_is_not_refused() {
     }
     sync(&mut c).await;
 }
+
+/// A masked client frame header (mask key 0, so the payload goes as is)
+/// with first byte `b0` and a payload length `len` in the 64-bit form.
+fn raw_header(b0: u8, len: u64) -> Vec<u8> {
+    let mut h = vec![b0, 0x80 | 127];
+    h.extend(len.to_be_bytes());
+    h.extend([0, 0, 0, 0]);
+    h
+}
+
+/// A ping whose header claims 4 MiB closes its socket (1002) before its
+/// payload is read. Before, tungstenite buffered the payload until the
+/// frame was whole (it checks the 125-byte control limit only then),
+/// while the door counted no control payload: four sockets each got 1 MiB
+/// of it into the door, against a door bound of 200,000 bytes, uncounted
+/// and not closed.
+#[tokio::test]
+async fn a_control_frame_with_a_long_length_is_not_held_uncounted() {
+    use tokio::io::AsyncWriteExt;
+    let s = setup_with(WebSocketConfig {
+        door_buffer_bytes: 200_000,
+        max_message_bytes: 4 << 20,
+        ..WebSocketConfig::default()
+    });
+    let mut sockets = Vec::new();
+    let mut taken = 0usize;
+    for _ in 0..4 {
+        let mut ws = s.open().await;
+        ws.get_mut()
+            .write_all(&raw_header(0x89, 4 << 20))
+            .await
+            .unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        for _ in 0..16 {
+            // The pipe holds 64 KiB: what passes it, the door read.
+            match tokio::time::timeout(Duration::from_secs(2), ws.get_mut().write_all(&chunk)).await
+            {
+                Ok(Ok(())) => taken += chunk.len(),
+                _ => break,
+            }
+        }
+        sockets.push(ws);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = s.door.held_message_bytes();
+    let mut closed = 0;
+    for ws in &mut sockets {
+        if tokio::time::timeout(Duration::from_millis(300), ws.next())
+            .await
+            .is_ok()
+        {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed == 4 || held >= taken.saturating_sub(4 * 64 * 1024),
+        "{taken} bytes of pings' payload taken by the door (bound 200,000): it counts {held} held, {closed} of 4 sockets closed"
+    );
+}
+
+/// A client with a message under way (begun while the door had room)
+/// whose ping arrives once the door reached its bound (complete messages
+/// queued for a busy object) gets its pong: a ping is no byte of a
+/// message. Before, the bound was checked before any read, whatever was
+/// to be read, and the socket got 1013.
+#[tokio::test]
+async fn a_ping_mid_message_on_a_full_door_is_not_refused() {
+    let s = setup_with(WebSocketConfig {
+        door_buffer_bytes: 100_000,
+        ..WebSocketConfig::default()
+    });
+    let mut a = s.open().await;
+    let mut b = s.open().await;
+    let mut c = s.open_at("other").await;
+    s.hold(&mut a).await;
+    // c begins a message while the door has room.
+    c.send(part(true, false, b"0123456789")).await.unwrap();
+    sync(&mut c).await;
+    // The door reaches its bound: "hold" (4) + c's 10 + 99,986 queued.
+    for (n, len) in [33_329, 33_329, 33_328].into_iter().enumerate() {
+        b.send(Message::binary(vec![b'b'; len])).await.unwrap();
+        s.queued(n + 1).await;
+    }
+    assert_eq!(s.door.held_message_bytes(), 100_000);
+    // c sends a ping: no byte of its message.
+    c.send(Message::Ping(Bytes::from_static(b"p")))
+        .await
+        .unwrap();
+    let got = loop {
+        match tokio::time::timeout(GUARD, c.next()).await {
+            Ok(Some(Ok(Message::Pong(_)))) => break "pong".to_owned(),
+            Ok(Some(Ok(Message::Close(f)))) => break format!("close {f:?}"),
+            Ok(Some(Ok(_))) => continue,
+            other => break format!("{other:?}"),
+        }
+    };
+    assert_eq!(got, "pong", "a ping mid-message on a full door");
+}

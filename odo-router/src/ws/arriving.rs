@@ -6,6 +6,14 @@
 //! client cannot make the door count bytes it does not hold, nor keep a
 //! message alive with empty parts.
 //!
+//! It also says where frames end, so that the door hands tungstenite no
+//! byte past the frame it is reading: once a message came whole,
+//! tungstenite then holds nothing of the client's, and its buffers may be
+//! replaced by small ones (it keeps the allocation of the largest frame it
+//! read otherwise). And it sees at once a control frame that claims more
+//! than 125 bytes (or comes in parts), which tungstenite would buffer
+//! whole, up to the message limit, before refusing it.
+//!
 //! I/O-free: [`Arriving::feed`] takes the bytes in the order tungstenite
 //! reads them, in pieces of any size.
 
@@ -42,6 +50,9 @@ pub(super) struct Arriving {
     /// Payload bytes of the message being put together (its finished
     /// frames and what came of the one arriving).
     unfinished: u64,
+    /// A control frame longer than 125 bytes, or in parts, began: the
+    /// connection is to be closed (1002) before its payload is read.
+    refused: bool,
 }
 
 impl Default for Arriving {
@@ -49,8 +60,19 @@ impl Default for Arriving {
         Self {
             at: At::Head,
             unfinished: 0,
+            refused: false,
         }
     }
+}
+
+/// What one [`Arriving::feed`] took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Fed {
+    /// Bytes taken from the front of those given: all of them, or up to
+    /// the end of a frame (or of a refused control frame's header).
+    pub(super) taken: usize,
+    /// Payload bytes of messages among them.
+    pub(super) payload: u64,
 }
 
 impl Arriving {
@@ -59,11 +81,37 @@ impl Arriving {
         self.unfinished
     }
 
-    /// Reads `bytes`, the next ones of the stream; returns how many of
-    /// them are a message's payload (what shows the message progresses).
-    pub(super) fn feed(&mut self, mut bytes: &[u8]) -> u64 {
+    /// Whether a control frame began that tungstenite would refuse once
+    /// whole (longer than 125 bytes, or in parts).
+    pub(super) fn refused(&self) -> bool {
+        self.refused
+    }
+
+    /// Whether the next bytes belong to a data frame (its header or its
+    /// payload) rather than to a control frame or a frame's first byte.
+    pub(super) fn in_data_frame(&self) -> bool {
+        match self.at {
+            At::Head => false,
+            At::Length { data, .. }
+            | At::Extended { data, .. }
+            | At::Mask { data, .. }
+            | At::Payload { data, .. } => data,
+        }
+    }
+
+    /// Whether the stream stands between two frames.
+    pub(super) fn between_frames(&self) -> bool {
+        self.at == At::Head
+    }
+
+    /// Reads the next bytes of the stream, from the front of `bytes` up
+    /// to the end of the frame they are in (or all of them); stops at the
+    /// header of a control frame it refuses, and takes nothing once it
+    /// refused one.
+    pub(super) fn feed(&mut self, all: &[u8]) -> Fed {
+        let mut bytes = all;
         let mut payload = 0;
-        while !bytes.is_empty() {
+        while !bytes.is_empty() && !self.refused {
             match self.at {
                 At::Payload { data, fin, left } => {
                     let n = left.min(bytes.len() as u64);
@@ -89,9 +137,13 @@ impl Arriving {
                     self.unfinished = 0;
                 }
                 self.at = At::Head;
+                break;
             }
         }
-        payload
+        Fed {
+            taken: all.len() - bytes.len(),
+            payload,
+        }
     }
 
     /// Reads one byte of a frame's header.
@@ -121,7 +173,7 @@ impl Arriving {
                         left: 8,
                         len: 0,
                     },
-                    len => Self::after_length(data, fin, masked, u64::from(len)),
+                    len => self.after_length(data, fin, masked, u64::from(len)),
                 }
             }
             At::Extended {
@@ -133,7 +185,7 @@ impl Arriving {
             } => {
                 let len = len << 8 | u64::from(byte);
                 if left == 1 {
-                    Self::after_length(data, fin, masked, len)
+                    self.after_length(data, fin, masked, len)
                 } else {
                     At::Extended {
                         data,
@@ -169,7 +221,10 @@ impl Arriving {
         };
     }
 
-    fn after_length(data: bool, fin: bool, masked: bool, len: u64) -> At {
+    fn after_length(&mut self, data: bool, fin: bool, masked: bool, len: u64) -> At {
+        if !data && (len > 125 || !fin) {
+            self.refused = true;
+        }
         if masked {
             At::Mask {
                 data,
@@ -219,6 +274,63 @@ mod tests {
         bytes
     }
 
+    /// Feeds all of `bytes`, a frame at a time; the payload read.
+    fn feed_all(arriving: &mut Arriving, mut bytes: &[u8]) -> u64 {
+        let mut payload = 0;
+        while !bytes.is_empty() {
+            let fed = arriving.feed(bytes);
+            assert!(fed.taken > 0, "a feed takes something");
+            payload += fed.payload;
+            bytes = &bytes[fed.taken..];
+        }
+        payload
+    }
+
+    #[test]
+    fn a_feed_stops_at_the_end_of_a_frame() {
+        let mut arriving = Arriving::default();
+        let mut stream = client_frame(OpCode::Data(Data::Text), true, b"hi", false);
+        let first = stream.len();
+        stream.extend(client_frame(
+            OpCode::Data(Data::Text),
+            true,
+            b"there",
+            false,
+        ));
+        assert_eq!(
+            arriving.feed(&stream),
+            Fed {
+                taken: first,
+                payload: 2
+            }
+        );
+        assert!(arriving.between_frames());
+        assert_eq!(arriving.feed(&stream[first..]).taken, stream.len() - first);
+    }
+
+    #[test]
+    fn a_control_frame_tungstenite_would_refuse_is_seen_at_its_header() {
+        for (first, len) in [(0x89u8, 126u64), (0x8a, 4 << 20), (0x09, 1), (0x88, 200)] {
+            let mut arriving = Arriving::default();
+            let mut header = vec![first, 0x80 | 127];
+            header.extend(len.to_be_bytes());
+            header.extend([0, 0, 0, 0]);
+            header.extend([0; 64]);
+            let fed = arriving.feed(&header);
+            assert!(arriving.refused(), "{first:#x} {len}");
+            assert_eq!(fed.taken, 10, "{first:#x} {len}: stops after the length");
+            assert_eq!(arriving.feed(&header[2..]).taken, 0);
+        }
+        let mut arriving = Arriving::default();
+        arriving.feed(&client_frame(
+            OpCode::Control(Control::Ping),
+            true,
+            &[1; 125],
+            true,
+        ));
+        assert!(!arriving.refused());
+    }
+
     #[test]
     fn headers_and_control_frames_are_no_part_of_a_message() {
         let mut arriving = Arriving::default();
@@ -241,10 +353,10 @@ mod tests {
             &[7; 300],
             false,
         ));
-        assert_eq!(arriving.feed(&stream), 303);
+        assert_eq!(feed_all(&mut arriving, &stream), 303);
         assert_eq!(arriving.unfinished(), 303);
         let end = client_frame(OpCode::Data(Data::Continue), true, b"!", true);
-        assert_eq!(arriving.feed(&end), 1);
+        assert_eq!(feed_all(&mut arriving, &end), 1);
         assert_eq!(arriving.unfinished(), 0);
     }
 
@@ -299,11 +411,14 @@ mod tests {
                 let mut i = 0;
                 while !rest.is_empty() {
                     let n = cuts[i % cuts.len()].min(rest.len());
-                    read_payload += arriving.feed(&rest[..n]);
-                    rest = &rest[n..];
+                    let fed = arriving.feed(&rest[..n]);
+                    prop_assert!(fed.taken > 0);
+                    read_payload += fed.payload;
+                    rest = &rest[fed.taken..];
                     i += 1;
                 }
                 prop_assert_eq!(arriving.unfinished(), model);
+                prop_assert!(arriving.between_frames());
             }
             prop_assert_eq!(read_payload, total_payload);
         }

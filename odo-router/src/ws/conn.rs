@@ -8,7 +8,10 @@
 //! An idle socket holds no buffer here beyond tungstenite's small read
 //! buffer: what it sends is taken from its queue and let go of once
 //! written, and what it reads goes through a scratch buffer on the stack
-//! of whichever task polls it.
+//! of whichever task polls it. tungstenite keeps the allocation of the
+//! largest frame it read; after a message larger than 1 KiB its state is
+//! renewed (it was handed no byte past that message's last frame, so it
+//! holds nothing else of the client's).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
@@ -46,6 +49,10 @@ const READ_SCRATCH: usize = 4096;
 /// the most it takes from the scratch buffer at once: a copy in memory,
 /// no system call.
 const READ_BUFFER: usize = 64;
+
+/// A message larger than this renews tungstenite's state once it came
+/// whole, to let go of the buffer it grew for it.
+const RENEW_AFTER_BYTES: usize = 1024;
 
 /// The most messages read from one socket before its task lets others
 /// run.
@@ -174,12 +181,17 @@ struct Budget<'a> {
     limit: usize,
     /// Reading stopped: the message would pass the door's bound.
     over: bool,
+    /// Reading stopped: a control frame tungstenite would refuse began.
+    refused: bool,
 }
 
 impl Budget<'_> {
-    /// Hands `bytes` to tungstenite: follows them.
-    fn taken(&mut self, bytes: &[u8]) {
-        self.progress += self.arriving.feed(bytes);
+    /// Follows the front of `bytes`, up to the end of a frame: how many
+    /// to hand to tungstenite.
+    fn take(&mut self, bytes: &[u8]) -> usize {
+        let fed = self.arriving.feed(bytes);
+        self.progress += fed.payload;
+        fed.taken
     }
 
     /// Brings the door's count up to date.
@@ -195,6 +207,11 @@ impl Budget<'_> {
     /// message's first bytes are always read: a small one arrives whole.
     fn may_grow(&mut self) -> bool {
         self.settle();
+        if !self.arriving.in_data_frame() {
+            // A frame's first bytes, or a control frame's: what a full
+            // door refuses is a message's payload.
+            return true;
+        }
         let own = self.unfinished.bytes();
         let (total, arriving) = self.unfinished.totals();
         own == 0 || (total < self.limit && arriving < self.limit / 2)
@@ -216,14 +233,20 @@ impl Scratch<'_> {
 
 impl<S: Io> Read for Adapter<'_, '_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // No byte past a control frame's header that tungstenite would
+        // buffer whole before refusing it.
+        if self.budget.arriving.refused() {
+            self.budget.refused = true;
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         if !self.leftover.is_empty() {
             let n = buf.len().min(self.leftover.len());
+            let n = self.budget.take(&self.leftover[..n]);
             buf[..n].copy_from_slice(&self.leftover.split_to(n));
             if self.leftover.is_empty() {
                 // Let go of the allocation.
                 *self.leftover = Bytes::new();
             }
-            self.budget.taken(&buf[..n]);
             return Ok(n);
         }
         if self.scratch.unread().is_empty() {
@@ -244,9 +267,11 @@ impl<S: Io> Read for Adapter<'_, '_, S> {
         }
         let unread = self.scratch.unread();
         let n = buf.len().min(unread.len());
-        buf[..n].copy_from_slice(&unread[..n]);
+        // Up to the end of the frame: once a message came whole,
+        // tungstenite holds nothing more of the client's.
+        let n = self.budget.take(&unread[..n]);
+        buf[..n].copy_from_slice(&self.scratch.unread()[..n]);
         self.scratch.start += n;
-        self.budget.taken(&buf[..n]);
         Ok(n)
     }
 }
@@ -275,7 +300,7 @@ impl<S: Io> Conn<S> {
         scratch: &mut [MaybeUninit<u8>],
         limit: usize,
         f: impl FnOnce(&mut WebSocketContext, &mut Adapter<'_, '_, S>) -> R,
-    ) -> (R, bool, u64) {
+    ) -> (R, Run) {
         let mut adapter = Adapter {
             io: &mut self.io,
             cx,
@@ -291,6 +316,7 @@ impl<S: Io> Conn<S> {
                 progress: 0,
                 limit,
                 over: false,
+                refused: false,
             },
         };
         let result = f(&mut self.ctx, &mut adapter);
@@ -302,7 +328,11 @@ impl<S: Io> Conn<S> {
             ..
         } = adapter;
         budget.settle();
-        let (over, progress) = (budget.over, budget.progress);
+        let run = Run {
+            over: budget.over,
+            refused: budget.refused,
+            progress: budget.progress,
+        };
         // Read but not taken (the task stopped reading to let others run):
         // kept for the next run. The scratch buffer is filled only once
         // what was left over is taken.
@@ -316,7 +346,7 @@ impl<S: Io> Conn<S> {
                 len: 0,
             });
         }
-        (result, over, progress)
+        (result, run)
     }
 
     /// Serves the socket until it ends: the event its object gets.
@@ -358,26 +388,50 @@ impl<S: Io> Conn<S> {
         };
         let mut scratch = [MaybeUninit::<u8>::uninit(); READ_SCRATCH];
         let limit = door.config().door_buffer_bytes;
-        let (failed, over, progress) =
-            self.protocol(Some(&mut *cx), &mut scratch, limit, |ctx, adapter| {
-                while read.messages < READ_BUDGET {
-                    match ctx.read(adapter) {
-                        Ok(message) => {
-                            read.messages += 1;
-                            // A message that came whole no longer counts
-                            // as arriving (before it counts as waiting).
-                            adapter.budget.settle();
-                            read.received(door, id, message);
+        let max_message_bytes = door.config().max_message_bytes;
+        let (failed, run) = self.protocol(Some(&mut *cx), &mut scratch, limit, |ctx, adapter| {
+            while read.messages < READ_BUDGET {
+                match ctx.read(adapter) {
+                    Ok(message) => {
+                        read.messages += 1;
+                        // A message that came whole no longer counts
+                        // as arriving (before it counts as waiting).
+                        adapter.budget.settle();
+                        if message.len() > RENEW_AFTER_BYTES
+                            && matches!(message, Message::Text(_) | Message::Binary(_))
+                            && ctx.can_read()
+                            && ctx.can_write()
+                            && adapter.budget.arriving.between_frames()
+                        {
+                            // tungstenite keeps the allocation of the
+                            // largest frame it read, for the socket's
+                            // life; it holds nothing else of the client's
+                            // here (it was handed no byte past this
+                            // frame), so it starts afresh.
+                            *ctx = protocol_state(max_message_bytes);
                         }
-                        Err(e) if would_block(&e) => return None,
-                        Err(e) => return Some(e),
+                        read.received(door, id, message);
                     }
+                    Err(e) if would_block(&e) => return None,
+                    Err(e) => return Some(e),
                 }
-                None
-            });
+            }
+            None
+        });
         self.closed_by_client = read.closed;
         let now = door.clock_ms();
-        if over {
+        if run.refused {
+            // A control frame longer than 125 bytes (or in parts):
+            // tungstenite would buffer it whole before refusing it.
+            out.kill(Kill {
+                code: 1002,
+                reason: "protocol error",
+            });
+            return Poll::Ready(SocketEventKind::Error {
+                message: "protocol error: a control frame longer than 125 bytes or in parts".into(),
+            });
+        }
+        if run.over {
             // Its unfinished message would pass the door's bound.
             let kill = Kill {
                 code: close_code::TRY_AGAIN_LATER,
@@ -398,7 +452,7 @@ impl<S: Io> Conn<S> {
         }
         // A message's bytes are heard too: a client sending a large
         // message in one frame cannot answer a ping before its end.
-        if read.messages > 0 || progress > 0 {
+        if read.messages > 0 || run.progress > 0 {
             self.pinged = false;
             out.heard(now);
         }
@@ -406,7 +460,7 @@ impl<S: Io> Conn<S> {
             return Poll::Ready(self.read_failed(e, out));
         }
         let idle_ms = door.config().idle_timeout.as_millis() as u64;
-        if progress > 0 {
+        if run.progress > 0 {
             self.progress_ms = now;
         } else if self.unfinished.bytes() > 0 && now.saturating_sub(self.progress_ms) >= idle_ms {
             // Begun and left as it is for the idle timeout, its client
@@ -516,6 +570,16 @@ fn killed(kill: Kill) -> SocketEventKind {
         reason: kill.reason.to_owned(),
         was_clean: false,
     }
+}
+
+/// What stopped or moved the reading of one run.
+struct Run {
+    /// The unfinished message would pass the door's bound.
+    over: bool,
+    /// A control frame tungstenite would refuse began.
+    refused: bool,
+    /// Payload bytes of messages read.
+    progress: u64,
 }
 
 /// What one run read from the client.
