@@ -14,7 +14,7 @@
 //! holds nothing else of the client's).
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,6 +28,7 @@ use tungstenite::Message;
 use tungstenite::error::{Error as WsError, ProtocolError};
 use tungstenite::protocol::{CloseFrame, Role, WebSocketContext};
 
+use super::adapter::{Adapter, Budget, Scratch, would_block};
 use super::arriving::Arriving;
 use super::{Door, HeldArriving, Kill, OVER_DOOR, Out, Outbound};
 
@@ -151,144 +152,6 @@ enum Closing {
     /// Its close frame went out at this time: the client has
     /// [`CLOSE_GRACE`] to answer it.
     Sent(u64),
-}
-
-/// tungstenite's view of the connection: reads take what was left over,
-/// then what the scratch buffer holds, then poll the connection into it
-/// (a pending read is `WouldBlock`); writes (pongs, close frames) are kept
-/// to be written in order with the door's frames.
-struct Adapter<'a, 'b, S> {
-    io: &'a mut S,
-    cx: Option<&'a mut Context<'b>>,
-    leftover: &'a mut Bytes,
-    scratch: Scratch<'a>,
-    written: Vec<u8>,
-    /// The bytes of an unfinished message, counted as they are handed to
-    /// tungstenite (settled into the door's count before each read from
-    /// the connection).
-    budget: Budget<'a>,
-}
-
-/// An unfinished message's bytes, and the door's bound on what it holds.
-struct Budget<'a> {
-    arriving: &'a mut Arriving,
-    unfinished: &'a mut HeldArriving,
-    /// Payload bytes of messages handed to tungstenite in this run.
-    progress: u64,
-    /// The door's bound ([`WebSocketConfig::door_buffer_bytes`]).
-    ///
-    /// [`WebSocketConfig::door_buffer_bytes`]: super::WebSocketConfig::door_buffer_bytes
-    limit: usize,
-    /// Reading stopped: the message would pass the door's bound.
-    over: bool,
-    /// Reading stopped: a control frame tungstenite would refuse began.
-    refused: bool,
-}
-
-impl Budget<'_> {
-    /// Follows the front of `bytes`, up to the end of a frame: how many
-    /// to hand to tungstenite.
-    fn take(&mut self, bytes: &[u8]) -> usize {
-        let fed = self.arriving.feed(bytes);
-        self.progress += fed.payload;
-        fed.taken
-    }
-
-    /// Brings the door's count up to date.
-    fn settle(&mut self) {
-        let unfinished = usize::try_from(self.arriving.unfinished()).unwrap_or(usize::MAX);
-        self.unfinished.set(unfinished);
-    }
-
-    /// Whether the unfinished message may take more bytes: while the
-    /// door holds less than its bound, and messages still arriving less
-    /// than half of it (the other half is kept for complete ones, so
-    /// clients slow to finish their messages cannot take all of it). A
-    /// message's first bytes are always read: a small one arrives whole.
-    fn may_grow(&mut self) -> bool {
-        self.settle();
-        if !self.arriving.in_data_frame() {
-            // A frame's first bytes, or a control frame's: what a full
-            // door refuses is a message's payload.
-            return true;
-        }
-        let own = self.unfinished.bytes();
-        let (total, arriving) = self.unfinished.totals();
-        own == 0 || (total < self.limit && arriving < self.limit / 2)
-    }
-}
-
-/// A read buffer on the task's stack, never zero-filled (a poll that only
-/// writes costs nothing for it): `filled()[start..]` not taken yet.
-struct Scratch<'a> {
-    buf: ReadBuf<'a>,
-    start: usize,
-}
-
-impl Scratch<'_> {
-    fn unread(&self) -> &[u8] {
-        &self.buf.filled()[self.start..]
-    }
-}
-
-impl<S: Io> Read for Adapter<'_, '_, S> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        // No byte past a control frame's header that tungstenite would
-        // buffer whole before refusing it.
-        if self.budget.arriving.refused() {
-            self.budget.refused = true;
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        if !self.leftover.is_empty() {
-            let n = buf.len().min(self.leftover.len());
-            let n = self.budget.take(&self.leftover[..n]);
-            buf[..n].copy_from_slice(&self.leftover.split_to(n));
-            if self.leftover.is_empty() {
-                // Let go of the allocation.
-                *self.leftover = Bytes::new();
-            }
-            return Ok(n);
-        }
-        if self.scratch.unread().is_empty() {
-            let Some(cx) = self.cx.as_deref_mut() else {
-                return Err(io::ErrorKind::WouldBlock.into());
-            };
-            if !self.budget.may_grow() {
-                self.budget.over = true;
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            self.scratch.buf.clear();
-            self.scratch.start = 0;
-            match Pin::new(&mut *self.io).poll_read(cx, &mut self.scratch.buf) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Err(e),
-                Poll::Pending => return Err(io::ErrorKind::WouldBlock.into()),
-            }
-        }
-        let unread = self.scratch.unread();
-        let n = buf.len().min(unread.len());
-        // Up to the end of the frame: once a message came whole,
-        // tungstenite holds nothing more of the client's.
-        let n = self.budget.take(&unread[..n]);
-        buf[..n].copy_from_slice(&self.scratch.unread()[..n]);
-        self.scratch.start += n;
-        Ok(n)
-    }
-}
-
-impl<S> Write for Adapter<'_, '_, S> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.written.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-fn would_block(e: &WsError) -> bool {
-    matches!(e, WsError::Io(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 impl<S: Io> Conn<S> {

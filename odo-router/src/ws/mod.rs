@@ -13,7 +13,9 @@
 //!
 //! - `upgrade.rs`: an upgrade request, forwarded to the object, which
 //!   accepts it (a `101` with its tags) or answers otherwise.
-//! - `conn.rs`: one socket's connection, read and written.
+//! - `conn.rs`: one socket's connection, read and written; `adapter.rs`:
+//!   tungstenite's view of it; `arriving.rs`: the client's frames,
+//!   followed beside tungstenite to count a message still arriving.
 //! - `served.rs`: when a connection runs: only when something wakes it
 //!   (its stream, its queue, the door's idle sweep), so an idle socket has
 //!   no task and no timer.
@@ -38,6 +40,7 @@ use tracing::{debug, warn};
 
 use crate::service::ObjectService;
 
+mod adapter;
 mod arriving;
 mod conn;
 mod outbound;
