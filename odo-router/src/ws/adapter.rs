@@ -53,10 +53,16 @@ pub(super) struct Budget<'a> {
 impl Budget<'_> {
     /// Follows the front of `bytes`, up to the end of a frame: how many
     /// to hand to tungstenite.
-    fn take(&mut self, bytes: &[u8]) -> usize {
+    /// `None` when the next bytes are a message's payload that the door's
+    /// bound refuses ([`Budget::may_grow`]).
+    fn take(&mut self, bytes: &[u8]) -> Option<usize> {
+        if self.arriving.in_data_payload() && !self.may_grow() {
+            self.over = true;
+            return None;
+        }
         let fed = self.arriving.feed(bytes);
         self.progress += fed.payload;
-        fed.taken
+        Some(fed.taken)
     }
 
     /// Brings the door's count up to date.
@@ -65,18 +71,15 @@ impl Budget<'_> {
         self.unfinished.set(unfinished);
     }
 
-    /// Whether the unfinished message may take more bytes: while the
+    /// Whether the unfinished message may take more payload: while the
     /// door holds less than its bound, and messages still arriving less
     /// than half of it (the other half is kept for complete ones, so
     /// clients slow to finish their messages cannot take all of it). A
-    /// message's first bytes are always read: a small one arrives whole.
+    /// message's first bytes are always taken (as much as one read
+    /// holds): a small one arrives whole. Only payload is checked: a
+    /// control frame is no message, so a ping on a full door is answered.
     fn may_grow(&mut self) -> bool {
         self.settle();
-        if !self.arriving.in_data_frame() {
-            // A frame's first bytes, or a control frame's: what a full
-            // door refuses is a message's payload.
-            return true;
-        }
         let own = self.unfinished.bytes();
         let (total, arriving) = self.unfinished.totals();
         own == 0 || (total < self.limit && arriving < self.limit / 2)
@@ -106,7 +109,9 @@ impl<S: Io> Read for Adapter<'_, '_, S> {
         }
         if !self.leftover.is_empty() {
             let n = buf.len().min(self.leftover.len());
-            let n = self.budget.take(&self.leftover[..n]);
+            let Some(n) = self.budget.take(&self.leftover[..n]) else {
+                return Err(io::ErrorKind::WouldBlock.into());
+            };
             buf[..n].copy_from_slice(&self.leftover.split_to(n));
             if self.leftover.is_empty() {
                 // Let go of the allocation.
@@ -118,10 +123,6 @@ impl<S: Io> Read for Adapter<'_, '_, S> {
             let Some(cx) = self.cx.as_deref_mut() else {
                 return Err(io::ErrorKind::WouldBlock.into());
             };
-            if !self.budget.may_grow() {
-                self.budget.over = true;
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
             self.scratch.buf.clear();
             self.scratch.start = 0;
             match Pin::new(&mut *self.io).poll_read(cx, &mut self.scratch.buf) {
@@ -131,10 +132,16 @@ impl<S: Io> Read for Adapter<'_, '_, S> {
             }
         }
         let unread = self.scratch.unread();
+        if unread.is_empty() {
+            // The end of the connection.
+            return Ok(0);
+        }
         let n = buf.len().min(unread.len());
         // Up to the end of the frame: once a message came whole,
         // tungstenite holds nothing more of the client's.
-        let n = self.budget.take(&unread[..n]);
+        let Some(n) = self.budget.take(&unread[..n]) else {
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
         buf[..n].copy_from_slice(&self.scratch.unread()[..n]);
         self.scratch.start += n;
         Ok(n)

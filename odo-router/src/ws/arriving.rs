@@ -87,16 +87,10 @@ impl Arriving {
         self.refused
     }
 
-    /// Whether the next bytes belong to a data frame (its header or its
-    /// payload) rather than to a control frame or a frame's first byte.
-    pub(super) fn in_data_frame(&self) -> bool {
-        match self.at {
-            At::Head => false,
-            At::Length { data, .. }
-            | At::Extended { data, .. }
-            | At::Mask { data, .. }
-            | At::Payload { data, .. } => data,
-        }
+    /// Whether the next bytes are a message's payload (of a data frame
+    /// whose header was read): what the door's bound may refuse.
+    pub(super) fn in_data_payload(&self) -> bool {
+        matches!(self.at, At::Payload { data: true, left, .. } if left > 0)
     }
 
     /// Whether the stream stands between two frames.
@@ -105,7 +99,9 @@ impl Arriving {
     }
 
     /// Reads the next bytes of the stream, from the front of `bytes` up
-    /// to the end of the frame they are in (or all of them); stops at the
+    /// to the end of the frame they are in (or all of them); stops also
+    /// at the end of a data frame's header (so that its payload can be
+    /// checked against the door's bound before it is taken) and at the
     /// header of a control frame it refuses, and takes nothing once it
     /// refused one.
     pub(super) fn feed(&mut self, all: &[u8]) -> Fed {
@@ -129,6 +125,9 @@ impl Arriving {
                 _ => {
                     self.step(bytes[0]);
                     bytes = &bytes[1..];
+                    if self.in_data_payload() {
+                        break;
+                    }
                 }
             }
             if let At::Payload { data, fin, left: 0 } = self.at {
@@ -287,25 +286,40 @@ mod tests {
     }
 
     #[test]
-    fn a_feed_stops_at_the_end_of_a_frame() {
+    fn a_feed_stops_after_a_data_frames_header_and_at_its_end() {
         let mut arriving = Arriving::default();
         let mut stream = client_frame(OpCode::Data(Data::Text), true, b"hi", false);
-        let first = stream.len();
+        stream.extend(client_frame(
+            OpCode::Control(Control::Ping),
+            true,
+            b"p",
+            false,
+        ));
         stream.extend(client_frame(
             OpCode::Data(Data::Text),
             true,
             b"there",
             false,
         ));
+        let mut takes = Vec::new();
+        let mut rest = &stream[..];
+        while !rest.is_empty() {
+            let fed = arriving.feed(rest);
+            takes.push((fed.taken, fed.payload, arriving.in_data_payload()));
+            rest = &rest[fed.taken..];
+        }
+        // Header (2 + mask 4), payload; the ping whole; header, payload.
         assert_eq!(
-            arriving.feed(&stream),
-            Fed {
-                taken: first,
-                payload: 2
-            }
+            takes,
+            vec![
+                (6, 0, true),
+                (2, 2, false),
+                (7, 0, false),
+                (6, 0, true),
+                (5, 5, false)
+            ]
         );
         assert!(arriving.between_frames());
-        assert_eq!(arriving.feed(&stream[first..]).taken, stream.len() - first);
     }
 
     #[test]
