@@ -7,9 +7,10 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::error::SqlError;
+use super::folding::Folding;
 use super::history::{
-    Folding, RESTORE_KEY, bookmark, build_restore, parse_bookmark, pending_restore, record_at,
-    u64_value, when_key,
+    RESTORE_KEY, bookmark, build_restore, parse_bookmark, pending_restore, record_at, u64_value,
+    when_key,
 };
 use super::{now_ms, record_entry, recover};
 use crate::batch::ObjectBatch;
@@ -104,8 +105,24 @@ impl ObjectStorage {
         let id = self.id;
         let sql = self.sql_kv()?.ok_or(SqlError::NotSqlBacked)?;
         let last = sql.next_seq - 1;
-        let base = super::history::base(&*backend, &id)?;
-        if target < base || target > last {
+        let path = sql.path.clone();
+        let held = {
+            let backend = backend.clone();
+            tokio::task::spawn_blocking(move || {
+                // Checked and pinned in one step for folds: none moves the
+                // base past `target` until the restore is done.
+                let folding = Folding::wait(&path);
+                let base = super::history::base(&*backend, &id)?;
+                let held = base <= target && target <= last;
+                if held {
+                    folding.pin(target);
+                }
+                Ok::<_, StorageError>(held)
+            })
+            .await
+            .map_err(|e| StorageError::backend("asking for a restore", e))??
+        };
+        if !held {
             return Err(SqlError::OutsideHistory {
                 asked: bookmark.to_owned(),
                 oldest: super::history::oldest(&*backend, &id)?,
@@ -131,10 +148,13 @@ impl ObjectStorage {
     pub(crate) async fn restore_if_asked(&mut self) -> Result<(), StorageError> {
         let backend = self.store.backend.clone();
         let id = self.id;
-        let Some(target) = pending_restore(&*backend, &id)? else {
+        let Some(sql) = self.sql.as_deref_mut() else {
             return Ok(());
         };
-        let Some(sql) = self.sql.as_deref_mut() else {
+        let Some(target) = pending_restore(&*backend, &id)? else {
+            // A pin from a restore asked for in a turn that never
+            // committed (this opening would have the restore).
+            Folding::unpin(&sql.path);
             return Ok(());
         };
         let (path, seq) = (sql.path.clone(), sql.next_seq);
@@ -185,6 +205,7 @@ impl ObjectStorage {
             }
             return Err(e);
         }
+        Folding::unpin(&path);
         if !restored {
             return Ok(());
         }

@@ -120,6 +120,14 @@ impl SqlStorage {
         self.reopened(recovered);
     }
 
+    /// Closes the connection of a view going away and hands over its
+    /// claim, to be held until the work on the file that outlives the
+    /// view is done (its synced marker on the way).
+    pub(crate) fn close_keeping_claim(&mut self) -> Option<super::claim::Claim> {
+        self.conn = None;
+        self.claim.take()
+    }
+
     /// Takes a newly recovered connection, keeping the claim.
     pub(crate) fn reopened(&mut self, recovered: Recovered) {
         self.conn = Some(recovered.conn);
@@ -582,7 +590,10 @@ pub(crate) fn recover(
         }
     }
     let synced = log::synced(backend, id)?;
-    let mut last = synced.max(log::last_seq(backend, id)?);
+    // Records up to the base are folded away; the next one comes after
+    // them even if the synced marker lags behind.
+    let base = super::history::base(backend, id)?;
+    let mut last = synced.max(base).max(log::last_seq(backend, id)?);
     let mut from = synced + 1;
     loop {
         let page = backend.scan(

@@ -33,6 +33,7 @@ use odo_core::ObjectId;
 
 use super::database::PAGE_SIZE;
 use super::error::SqlError;
+use super::folding::Folding;
 use super::ledger::{FoldPlan, ObjectHistory};
 use super::log::{record_key, records_from, seq_of};
 use super::wal::{Record, replay};
@@ -95,6 +96,18 @@ pub(crate) fn pending_restore(
     id: &ObjectId,
 ) -> Result<Option<u64>, StorageError> {
     read_u64(backend, id, RESTORE_KEY)
+}
+
+/// The last record a fold of `id` (database at `db`) may take: a restore
+/// asked for (pending in the backend, or being asked for in a turn not
+/// yet committed) needs the state at its record.
+pub(crate) fn fold_limit(
+    backend: &dyn Backend,
+    id: &ObjectId,
+    db: &Path,
+) -> Result<u64, StorageError> {
+    let pending = pending_restore(backend, id)?.unwrap_or(u64::MAX);
+    Ok(pending.min(Folding::pinned(db).unwrap_or(u64::MAX)))
 }
 
 /// The base file of `db` as of record `seq`.
@@ -281,8 +294,10 @@ fn base_size(db: &Path, base: u64) -> u64 {
 /// Folds the records of `id` that `plan` takes (never past record
 /// `synced`, which the file at `db` holds, synced) into a new base file,
 /// and answers the batch that makes it the base and drops the records it
-/// holds; `None` when there is nothing to fold. Blocking; the caller holds
-/// the object's [`Folding`].
+/// holds; `None` when there is nothing to fold. Never folds past a
+/// bookmark that a restore asked for needs ([`Folding::pinned`], or the
+/// restore pending in the backend). Blocking; the caller holds the
+/// object's [`Folding`].
 ///
 /// The new base is written, synced and renamed into place before the
 /// batch exists, so the `sql/base` key never names a file that is not
@@ -296,7 +311,10 @@ pub(crate) fn fold(
     mut plan: FoldPlan,
 ) -> Result<Option<Folded>, StorageError> {
     let base = base(backend, id)?;
-    let when_keys = walk_records(backend, id, |seq, time, bytes| plan.offer(seq, time, bytes))?;
+    let limit = fold_limit(backend, id, db)?;
+    let when_keys = walk_records(backend, id, |seq, time, bytes| {
+        seq <= limit && plan.offer(seq, time, bytes)
+    })?;
     let upto = plan.upto;
     if upto <= base {
         return Ok(None);
@@ -345,52 +363,6 @@ pub(crate) fn fold(
         oldest_ms: plan.next_ms,
         replaced: (base > 0).then(|| base_file(db, base)),
     }))
-}
-
-/// The databases whose history is being folded in this process.
-static FOLDING: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
-
-/// The right to fold the history of one database, until dropped: one fold
-/// at a time, from computing it to its batch being durable.
-#[derive(Debug)]
-pub(crate) struct Folding(PathBuf);
-
-impl Folding {
-    /// The right to fold `db`'s history, unless a fold of it is running.
-    pub(crate) fn take(db: &Path) -> Option<Self> {
-        let mut folding = FOLDING.lock().unwrap_or_else(|e| e.into_inner());
-        if folding.iter().any(|p| p == db) {
-            return None;
-        }
-        folding.push(db.to_path_buf());
-        Some(Folding(db.to_path_buf()))
-    }
-}
-
-impl Folding {
-    /// The right to fold (or read the base of) `db`'s history, once no
-    /// one else holds it. Blocking.
-    pub(crate) fn wait(db: &Path) -> Self {
-        let mut folding = FOLDING.lock().unwrap_or_else(|e| e.into_inner());
-        while folding.iter().any(|p| p == db) {
-            folding = FOLDED.wait(folding).unwrap_or_else(|e| e.into_inner());
-        }
-        folding.push(db.to_path_buf());
-        Folding(db.to_path_buf())
-    }
-}
-
-/// Signalled when a [`Folding`] is released.
-static FOLDED: std::sync::Condvar = std::sync::Condvar::new();
-
-impl Drop for Folding {
-    fn drop(&mut self) {
-        FOLDING
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|p| p != &self.0);
-        FOLDED.notify_all();
-    }
 }
 
 /// Removes the base files in `dir` (the shard's databases) that no

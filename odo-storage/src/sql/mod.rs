@@ -25,6 +25,7 @@ mod claim;
 mod cursor;
 mod database;
 mod error;
+mod folding;
 mod guard;
 mod history;
 mod kv;

@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use odo_core::ObjectId;
 use tokio::sync::watch;
 
-use super::history::{Folded, Folding, fold, measure, walk_records};
+use super::folding::Folding;
+use super::history::{Folded, fold, fold_limit, measure, walk_records};
 use super::ledger::{Candidate, FoldPlan, Ledger, ObjectHistory, plan_trim, trim_need};
 use crate::error::StorageError;
 use crate::store::{CommitState, CommitWait, ObjectFailure, StoreInner, Submission};
@@ -153,9 +154,11 @@ fn candidate(
     history: ObjectHistory,
 ) -> Result<Candidate, StorageError> {
     let synced = super::log::synced(&*store.backend, &id)?;
+    // What a restore asked for needs is not offered.
+    let limit = synced.min(fold_limit(&*store.backend, &id, db)?);
     let mut records = Vec::new();
     walk_records(&*store.backend, &id, |seq, time, bytes| {
-        if seq > synced {
+        if seq > limit {
             return false;
         }
         records.push((time, seq, bytes));

@@ -211,6 +211,10 @@ impl ObjectStorage {
         let marked = sql.synced;
         let keep_copy = store.options.sql.keep_synced_copies;
         let history_ms = store.options.sql.history_ms;
+        // A view going away keeps the next view of the object from opening
+        // until its marker is submitted: a marker submitted after the next
+        // view's would take the log's synced point back.
+        let claim = (!in_view).then(|| sql.close_keeping_claim()).flatten();
         let sync = move || {
             if let Err(error) = sync_file(&path).and_then(|()| match keep_copy {
                 true => keep_synced_copy(&path),
@@ -220,8 +224,23 @@ impl ObjectStorage {
                 return;
             }
             fsynced.fetch_max(seq, Ordering::SeqCst);
+            if !in_view && seq > marked {
+                let mut batch = ObjectBatch::default();
+                batch
+                    .entries
+                    .insert(SYNCED_KEY.to_owned(), Some(synced_value(seq)));
+                let (done, _) = watch::channel(CommitState::Pending);
+                // A closed store is fine: the records stay and are replayed.
+                let _ = store.submit(Submission {
+                    object: id,
+                    batch: Arc::new(batch),
+                    done,
+                    failure: ObjectFailure::default(),
+                });
+            }
+            drop(claim);
             if history_ms > 0 {
-                if let Some(_folding) = super::history::Folding::take(&path) {
+                if let Some(_folding) = super::folding::Folding::take(&path) {
                     let cutoff = super::now_ms().saturating_sub(history_ms);
                     let plan = FoldPlan::new(seq, cutoff);
                     let folded = super::history::fold(&*store.backend, &id, &path, plan).and_then(
@@ -236,20 +255,6 @@ impl ObjectStorage {
                     }
                 }
                 trim(&store);
-            }
-            if !in_view && seq > marked {
-                let mut batch = ObjectBatch::default();
-                batch
-                    .entries
-                    .insert(SYNCED_KEY.to_owned(), Some(synced_value(seq)));
-                let (done, _) = watch::channel(CommitState::Pending);
-                // A closed store is fine: the records stay and are replayed.
-                let _ = store.submit(Submission {
-                    object: id,
-                    batch: Arc::new(batch),
-                    done,
-                    failure: ObjectFailure::default(),
-                });
             }
         };
         match tokio::runtime::Handle::try_current() {
