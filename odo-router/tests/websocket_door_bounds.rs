@@ -24,16 +24,19 @@ fn part(first: bool, fin: bool, payload: &[u8]) -> Message {
 
 /// Pings and waits for the pong: all sent before was read by the door.
 async fn sync(ws: &mut ClientWebSocket) {
-    ws.send(Message::Ping(Bytes::from_static(b"sync")))
-        .await
-        .unwrap();
-    loop {
-        match tokio::time::timeout(GUARD, ws.next()).await {
-            Ok(Some(Ok(Message::Pong(_)))) => return,
-            Ok(Some(Ok(_))) => continue,
-            other => panic!("expected a pong, got {other:?}"),
-        }
+    if let Err(e) = try_sync(ws).await {
+        panic!("expected a pong, got {e}");
     }
+}
+
+/// Fills the door to its bound of 100,000 bytes with `b`'s messages of
+/// `lens` bytes, queued for a busy object (`held` bytes already held).
+async fn fill_to_bound(s: &Setup, b: &mut ClientWebSocket, lens: &[usize]) {
+    for (n, &len) in lens.iter().enumerate() {
+        b.send(Message::binary(vec![b'b'; len])).await.unwrap();
+        s.queued(n + 1).await;
+    }
+    assert_eq!(s.door.held_message_bytes(), 100_000);
 }
 
 /// Waits until the door counts `want` held bytes.
@@ -166,11 +169,7 @@ async fn a_pong_in_two_pieces_on_a_full_door_is_not_refused() {
     s.hold(&mut a).await;
     // The door holds "hold" (on its way) and 99,996 bytes queued: its
     // bound (in three messages: one may arrive with half of it at most).
-    for n in 1..=3 {
-        b.send(Message::binary(vec![b'b'; 33_332])).await.unwrap();
-        s.queued(n).await;
-    }
-    assert_eq!(s.door.held_message_bytes(), 100_000);
+    fill_to_bound(&s, &mut b, &[33_332; 3]).await;
     // c's pong, masked with the zero key, in two writes.
     let pong = [0x8a, 0x80, 0, 0, 0, 0];
     c.get_mut().write_all(&pong[..3]).await.unwrap();
@@ -262,24 +261,13 @@ async fn a_ping_mid_message_on_a_full_door_is_not_refused() {
     c.send(part(true, false, b"0123456789")).await.unwrap();
     sync(&mut c).await;
     // The door reaches its bound: "hold" (4) + c's 10 + 99,986 queued.
-    for (n, len) in [33_329, 33_329, 33_328].into_iter().enumerate() {
-        b.send(Message::binary(vec![b'b'; len])).await.unwrap();
-        s.queued(n + 1).await;
-    }
-    assert_eq!(s.door.held_message_bytes(), 100_000);
+    fill_to_bound(&s, &mut b, &[33_329, 33_329, 33_328]).await;
     // c sends a ping: no byte of its message.
-    c.send(Message::Ping(Bytes::from_static(b"p")))
-        .await
-        .unwrap();
-    let got = loop {
-        match tokio::time::timeout(GUARD, c.next()).await {
-            Ok(Some(Ok(Message::Pong(_)))) => break "pong".to_owned(),
-            Ok(Some(Ok(Message::Close(f)))) => break format!("close {f:?}"),
-            Ok(Some(Ok(_))) => continue,
-            other => break format!("{other:?}"),
-        }
-    };
-    assert_eq!(got, "pong", "a ping mid-message on a full door");
+    assert_eq!(
+        try_sync(&mut c).await,
+        Ok(()),
+        "a ping mid-message on a full door"
+    );
 }
 
 /// Pings and waits for the pong; how the socket ended if it was closed

@@ -145,22 +145,9 @@ async fn records_after_a_fold_are_numbered_past_it_whatever_the_synced_marker_sa
     }
     let last = parts(&a.current_bookmark().await.unwrap()).1;
     drop(a);
-    let mut a = object(&store, "a").await;
     let mut b = object(&store, "b").await;
-    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let mut n = 1;
-    while parts(&a.oldest_bookmark().await.unwrap()).1 < last {
-        assert!(
-            std::time::Instant::now() < give_up,
-            "the history of 'a' was never folded: {:?}",
-            store.sql_history()
-        );
-        step(&mut b, n).await;
-        n += 1;
-        tokio::task::yield_now().await;
-    }
-    a.rollback_turn();
-    drop((a, b));
+    write_until_a_is_folded(&store, &mut b, last).await;
+    drop(b);
     store.close().await.unwrap();
 
     // The marker of "a" taken back to nothing.
@@ -186,6 +173,32 @@ async fn records_after_a_fold_are_numbered_past_it_whatever_the_synced_marker_sa
     assert_eq!(state(&mut restored).await, before, "restored to {bookmark}");
     drop(restored);
     store.close().await.unwrap();
+}
+
+/// Has `b` write (turns of [`step`]) until the history of object "a" is
+/// folded up to record `upto` at least (a trim under a small cap); answers
+/// where its base is then.
+async fn write_until_a_is_folded(store: &Store, b: &mut ObjectTurns, upto: u64) -> u64 {
+    let base = || {
+        store
+            .backend()
+            .get(&id("a"), "sql/base")
+            .unwrap()
+            .map_or(0, |v| u64::from_be_bytes(v.as_ref().try_into().unwrap()))
+    };
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut n = 1;
+    while base() < upto {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the history of 'a' was never folded up to {upto}: {:?}",
+            store.sql_history()
+        );
+        step(b, n).await;
+        n += 1;
+        tokio::task::yield_now().await;
+    }
+    base()
 }
 
 /// One turn that replaces the one row of table `r`, and key `k`.
@@ -235,26 +248,8 @@ async fn a_restore_asked_for_is_done_though_trims_run_before_it() {
     let store = open_capped(dir.path(), 1);
     let mut b = object(&store, "b").await;
     let target = parts(&bookmark).1;
-    let base = |store: &Store| {
-        store
-            .backend()
-            .get(&id("a"), "sql/base")
-            .unwrap()
-            .map_or(0, |v| u64::from_be_bytes(v.as_ref().try_into().unwrap()))
-    };
-    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let mut n = 1;
-    while base(&store) < target {
-        assert!(
-            std::time::Instant::now() < give_up,
-            "the history of 'a' was never trimmed: {:?}",
-            store.sql_history()
-        );
-        step(&mut b, n).await;
-        n += 1;
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(base(&store), target, "the trim stopped at the bookmark");
+    let base = write_until_a_is_folded(&store, &mut b, target).await;
+    assert_eq!(base, target, "the trim stopped at the bookmark");
     let mut a = object(&store, "a").await;
     assert_eq!(state(&mut a).await, expected, "restored to {bookmark}");
     drop((a, b));
