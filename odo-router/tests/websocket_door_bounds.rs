@@ -29,6 +29,21 @@ async fn sync(ws: &mut ClientWebSocket) {
     }
 }
 
+/// A door with a bound of 100,000 bytes whose object is busy (`a`'s
+/// message on its way to it); `b` another socket to that object, `c` a
+/// socket to another one.
+async fn busy_door() -> (Setup, ClientWebSocket, ClientWebSocket, ClientWebSocket) {
+    let s = setup_with(WebSocketConfig {
+        door_buffer_bytes: 100_000,
+        ..WebSocketConfig::default()
+    });
+    let mut a = s.open().await;
+    let b = s.open().await;
+    let c = s.open_at("other").await;
+    s.hold(&mut a).await;
+    (s, a, b, c)
+}
+
 /// Fills the door to its bound of 100,000 bytes with `b`'s messages of
 /// `lens` bytes, queued for a busy object (`held` bytes already held).
 async fn fill_to_bound(s: &Setup, b: &mut ClientWebSocket, lens: &[usize]) {
@@ -159,14 +174,7 @@ async fn held_bytes_return_to_zero_however_an_unfinished_message_ends() {
 #[tokio::test]
 async fn a_pong_in_two_pieces_on_a_full_door_is_not_refused() {
     use tokio::io::AsyncWriteExt;
-    let s = setup_with(WebSocketConfig {
-        door_buffer_bytes: 100_000,
-        ..WebSocketConfig::default()
-    });
-    let mut a = s.open().await;
-    let mut b = s.open().await;
-    let mut c = s.open_at("other").await;
-    s.hold(&mut a).await;
+    let (s, _a, mut b, mut c) = busy_door().await;
     // The door holds "hold" (on its way) and 99,996 bytes queued: its
     // bound (in three messages: one may arrive with half of it at most).
     fill_to_bound(&s, &mut b, &[33_332; 3]).await;
@@ -249,14 +257,7 @@ async fn a_control_frame_with_a_long_length_is_not_held_uncounted() {
 /// to be read, and the socket got 1013.
 #[tokio::test]
 async fn a_ping_mid_message_on_a_full_door_is_not_refused() {
-    let s = setup_with(WebSocketConfig {
-        door_buffer_bytes: 100_000,
-        ..WebSocketConfig::default()
-    });
-    let mut a = s.open().await;
-    let mut b = s.open().await;
-    let mut c = s.open_at("other").await;
-    s.hold(&mut a).await;
+    let (s, _a, mut b, mut c) = busy_door().await;
     // c begins a message while the door has room.
     c.send(part(true, false, b"0123456789")).await.unwrap();
     sync(&mut c).await;
