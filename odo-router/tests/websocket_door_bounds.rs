@@ -358,3 +358,34 @@ async fn a_message_in_frames_the_size_of_the_scratch_is_bounded_by_the_door() {
          the door holds {held} bytes against a bound of 100,000"
     );
 }
+
+/// After its object closed it, a socket whose client does not read (the
+/// close frame waits behind what the object sent) sends one more message
+/// of 40,000 bytes. tungstenite keeps the buffer it read that message
+/// into until the socket ends (its state is not renewed once it is
+/// closing), so the door counts it as held until then. Before, the door
+/// counted nothing of it once it came whole: each socket so closed could
+/// keep half the door's bound uncounted for the idle timeout.
+#[tokio::test]
+async fn a_message_read_after_the_objects_close_counts_until_the_socket_ends() {
+    let s = setup();
+    let mut ws = s.open().await;
+    ws.send(Message::text("bigclose")).await.unwrap();
+    // The object's messages and close came: the first one is here.
+    match tokio::time::timeout(GUARD, ws.next()).await {
+        Ok(Some(Ok(Message::Text(_)))) => {}
+        other => panic!("expected the object's first message, got {other:?}"),
+    }
+    ws.send(Message::binary(vec![b'x'; 40_000])).await.unwrap();
+    assert!(
+        held_becomes(&s.door, 40_000).await,
+        "a message read while closing: the door holds {}",
+        s.door.held_message_bytes()
+    );
+    drop(ws);
+    assert!(
+        held_becomes(&s.door, 0).await,
+        "the socket ended: the door holds {}",
+        s.door.held_message_bytes()
+    );
+}

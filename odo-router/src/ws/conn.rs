@@ -262,16 +262,22 @@ impl<S: Io> Conn<S> {
                         adapter.budget.settle();
                         if message.len() > RENEW_AFTER_BYTES
                             && matches!(message, Message::Text(_) | Message::Binary(_))
-                            && ctx.can_read()
-                            && ctx.can_write()
-                            && adapter.budget.arriving.between_frames()
                         {
                             // tungstenite keeps the allocation of the
                             // largest frame it read, for the socket's
-                            // life; it holds nothing else of the client's
-                            // here (it was handed no byte past this
-                            // frame), so it starts afresh.
-                            *ctx = protocol_state(max_message_bytes);
+                            // life. Between frames of an open socket it
+                            // holds nothing else of the client's here (it
+                            // was handed no byte past this frame), so it
+                            // starts afresh; otherwise (a socket closing)
+                            // the door counts what it keeps.
+                            if ctx.can_read()
+                                && ctx.can_write()
+                                && adapter.budget.arriving.between_frames()
+                            {
+                                *ctx = protocol_state(max_message_bytes);
+                            } else {
+                                adapter.budget.unfinished.keep(message.len());
+                            }
                         }
                         read.received(door, id, message);
                     }

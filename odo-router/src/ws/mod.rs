@@ -258,9 +258,11 @@ impl Drop for Held {
 
 /// The bytes of a message still arriving, counted against
 /// [`WebSocketConfig::door_buffer_bytes`] (and among those arriving)
-/// while this lives.
+/// while this lives; never less than what tungstenite was found to keep
+/// of a message that came whole ([`HeldArriving::keep`]).
 struct HeldArriving {
     bytes: usize,
+    kept: usize,
     counts: Arc<HeldBytes>,
 }
 
@@ -268,6 +270,7 @@ impl HeldArriving {
     fn new(counts: &Arc<HeldBytes>) -> Self {
         Self {
             bytes: 0,
+            kept: 0,
             counts: counts.clone(),
         }
     }
@@ -277,8 +280,21 @@ impl HeldArriving {
         self.bytes
     }
 
-    /// Counts `bytes` from now on.
+    /// Counts `bytes` of the message still arriving from now on (or what
+    /// tungstenite keeps, if more).
     fn set(&mut self, bytes: usize) {
+        self.count(bytes.max(self.kept));
+    }
+
+    /// Counts, until the socket ends, `bytes` that tungstenite keeps of a
+    /// message that came whole (the buffer it read it into, when its
+    /// state could not be renewed).
+    fn keep(&mut self, bytes: usize) {
+        self.kept = self.kept.max(bytes);
+        self.count(self.bytes.max(self.kept));
+    }
+
+    fn count(&mut self, bytes: usize) {
         let counts = &*self.counts;
         if bytes > self.bytes {
             let more = bytes - self.bytes;
@@ -304,7 +320,7 @@ impl HeldArriving {
 
 impl Drop for HeldArriving {
     fn drop(&mut self) {
-        self.set(0);
+        self.count(0);
     }
 }
 
