@@ -54,16 +54,18 @@ async fn fill_to_bound(s: &Setup, b: &mut ClientWebSocket, lens: &[usize]) {
     assert_eq!(s.door.held_message_bytes(), 100_000);
 }
 
-/// Waits until the door counts `want` held bytes.
-async fn held_becomes(door: &Door, want: usize) -> bool {
+/// Waits until the door counts `want` held bytes; fails the test, saying
+/// `what` and the count, if it does not within 3 s.
+async fn assert_held_becomes(door: &Door, want: usize, what: &str) {
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(3) {
-        if door.held_message_bytes() == want {
-            return true;
-        }
+    while door.held_message_bytes() != want {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{what}: the door holds {} bytes, not {want}",
+            door.held_message_bytes()
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    false
 }
 
 /// A Rust `Client`'s socket (a 64 KiB in-process pipe) whose program
@@ -130,41 +132,25 @@ async fn held_bytes_return_to_zero_however_an_unfinished_message_ends() {
         Ok(Some(Ok(Message::Text(t)))) => assert_eq!(t.len(), "echo:".len() + 20_001),
         other => panic!("expected the echo, got {other:?}"),
     }
-    assert!(
-        held_becomes(&s.door, 0).await,
-        "{}",
-        s.door.held_message_bytes()
-    );
+    assert_held_becomes(&s.door, 0, "delivered whole").await;
     // Unfinished, then the client's close frame.
     let mut b = s.open().await;
     b.send(part(true, false, &[b'a'; 50_000])).await.unwrap();
     sync(&mut b).await;
     b.close(None).await.unwrap();
-    assert!(
-        held_becomes(&s.door, 0).await,
-        "{}",
-        s.door.held_message_bytes()
-    );
+    assert_held_becomes(&s.door, 0, "the client closed").await;
     // Unfinished, then the connection dropped.
     let mut c = s.open().await;
     c.send(part(true, false, &[b'a'; 50_000])).await.unwrap();
     sync(&mut c).await;
     drop(c);
-    assert!(
-        held_becomes(&s.door, 0).await,
-        "{}",
-        s.door.held_message_bytes()
-    );
+    assert_held_becomes(&s.door, 0, "the connection dropped").await;
     // Unfinished, then a message too big (1009).
     let mut d = s.open().await;
     d.send(part(true, false, &[b'a'; 50_000])).await.unwrap();
     sync(&mut d).await;
     let _ = d.send(part(false, true, &vec![b'a'; 40 << 20])).await;
-    assert!(
-        held_becomes(&s.door, 0).await,
-        "{}",
-        s.door.held_message_bytes()
-    );
+    assert_held_becomes(&s.door, 0, "a message too big").await;
 }
 
 /// With the door at its bound (messages queued for a busy object), a
@@ -377,15 +363,7 @@ async fn a_message_read_after_the_objects_close_counts_until_the_socket_ends() {
         other => panic!("expected the object's first message, got {other:?}"),
     }
     ws.send(Message::binary(vec![b'x'; 40_000])).await.unwrap();
-    assert!(
-        held_becomes(&s.door, 40_000).await,
-        "a message read while closing: the door holds {}",
-        s.door.held_message_bytes()
-    );
+    assert_held_becomes(&s.door, 40_000, "a message read while closing").await;
     drop(ws);
-    assert!(
-        held_becomes(&s.door, 0).await,
-        "the socket ended: the door holds {}",
-        s.door.held_message_bytes()
-    );
+    assert_held_becomes(&s.door, 0, "the socket ended").await;
 }
