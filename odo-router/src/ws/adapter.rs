@@ -38,16 +38,14 @@ pub(super) struct Adapter<'a, 'b, S> {
 pub(super) struct Budget<'a> {
     pub(super) arriving: &'a mut Arriving,
     pub(super) unfinished: &'a mut HeldArriving,
-    /// Payload bytes of messages handed to tungstenite in this run.
-    pub(super) progress: u64,
+    /// Some payload of a message was handed to tungstenite in this run.
+    pub(super) progress: bool,
     /// The door's bound ([`WebSocketConfig::door_buffer_bytes`]).
     ///
     /// [`WebSocketConfig::door_buffer_bytes`]: super::WebSocketConfig::door_buffer_bytes
     pub(super) limit: usize,
     /// Reading stopped: the message would pass the door's bound.
     pub(super) over: bool,
-    /// Reading stopped: a control frame tungstenite would refuse began.
-    pub(super) refused: bool,
 }
 
 impl Budget<'_> {
@@ -61,7 +59,7 @@ impl Budget<'_> {
             return None;
         }
         let fed = self.arriving.feed(bytes);
-        self.progress += fed.payload;
+        self.progress |= fed.payload > 0;
         Some(fed.taken)
     }
 
@@ -80,9 +78,11 @@ impl Budget<'_> {
     /// control frame is no message, so a ping on a full door is answered.
     fn may_grow(&mut self) -> bool {
         self.settle();
-        let own = self.unfinished.bytes();
+        if self.unfinished.bytes() == 0 {
+            return true;
+        }
         let (total, arriving) = self.unfinished.totals();
-        own == 0 || (total < self.limit && arriving < self.limit / 2)
+        total < self.limit && arriving < self.limit / 2
     }
 }
 
@@ -104,7 +104,6 @@ impl<S: Io> Read for Adapter<'_, '_, S> {
         // No byte past a control frame's header that tungstenite would
         // buffer whole before refusing it.
         if self.budget.arriving.refused() {
-            self.budget.refused = true;
             return Err(io::ErrorKind::WouldBlock.into());
         }
         if !self.leftover.is_empty() {

@@ -176,10 +176,9 @@ impl<S: Io> Conn<S> {
             budget: Budget {
                 arriving: &mut self.arriving,
                 unfinished: &mut self.unfinished,
-                progress: 0,
+                progress: false,
                 limit,
                 over: false,
-                refused: false,
             },
         };
         let result = f(&mut self.ctx, &mut adapter);
@@ -193,7 +192,7 @@ impl<S: Io> Conn<S> {
         budget.settle();
         let run = Run {
             over: budget.over,
-            refused: budget.refused,
+            refused: budget.arriving.refused(),
             progress: budget.progress,
         };
         // Read but not taken (the task stopped reading to let others run):
@@ -270,10 +269,8 @@ impl<S: Io> Conn<S> {
                             // was handed no byte past this frame), so it
                             // starts afresh; otherwise (a socket closing)
                             // the door counts what it keeps.
-                            if ctx.can_read()
-                                && ctx.can_write()
-                                && adapter.budget.arriving.between_frames()
-                            {
+                            debug_assert!(adapter.budget.arriving.between_frames());
+                            if ctx.can_read() && ctx.can_write() {
                                 *ctx = protocol_state(max_message_bytes);
                             } else {
                                 adapter.budget.unfinished.keep(message.len());
@@ -306,8 +303,8 @@ impl<S: Io> Conn<S> {
                 code: close_code::TRY_AGAIN_LATER,
                 reason: OVER_DOOR,
             };
+            // The door kills it, and drops its queued messages.
             door.refuse(id, OVER_DOOR);
-            out.kill(kill);
             return Poll::Ready(killed(kill));
         }
         if self.own_unsent > door.config().send_buffer_bytes {
@@ -321,7 +318,7 @@ impl<S: Io> Conn<S> {
         }
         // A message's bytes are heard too: a client sending a large
         // message in one frame cannot answer a ping before its end.
-        if read.messages > 0 || run.progress > 0 {
+        if read.messages > 0 || run.progress {
             self.pinged = false;
             out.heard(now);
         }
@@ -329,9 +326,10 @@ impl<S: Io> Conn<S> {
             return Poll::Ready(self.read_failed(e, out));
         }
         let idle_ms = door.config().idle_timeout.as_millis() as u64;
-        if run.progress > 0 {
+        if run.progress {
             self.progress_ms = now;
-        } else if self.unfinished.bytes() > 0 && now.saturating_sub(self.progress_ms) >= idle_ms {
+        } else if self.arriving.unfinished() > 0 && now.saturating_sub(self.progress_ms) >= idle_ms
+        {
             // Begun and left as it is for the idle timeout, its client
             // answering pings (or sending pongs) all the while.
             let kill = Kill {
@@ -447,8 +445,8 @@ struct Run {
     over: bool,
     /// A control frame tungstenite would refuse began.
     refused: bool,
-    /// Payload bytes of messages read.
-    progress: u64,
+    /// Some payload of a message was read.
+    progress: bool,
 }
 
 /// What one run read from the client.
