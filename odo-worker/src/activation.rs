@@ -15,20 +15,21 @@ pub(crate) fn next_activation() -> u64 {
 /// random per-process prefix.
 pub(crate) fn activation_name(n: u64) -> String {
     static PREFIX: OnceLock<u64> = OnceLock::new();
-    let prefix = *PREFIX.get_or_init(|| {
-        let mut bytes = [0u8; 8];
-        // Falls back to the pid and time if the OS generator is unavailable:
-        // uniqueness within the process still holds through the counter.
-        if getrandom::fill(&mut bytes).is_err() {
-            let t = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos() as u64;
-            bytes = (t ^ u64::from(std::process::id())).to_le_bytes();
-        }
-        u64::from_le_bytes(bytes)
-    });
+    // Uniqueness within the process holds through the counter.
+    let prefix = *PREFIX.get_or_init(random_u64);
     format!("{prefix:016x}-{n}")
+}
+
+/// A random number from the OS generator, or (if it is unavailable) from
+/// the clock and the pid: a start that two processes do not share.
+pub(crate) fn random_u64() -> u64 {
+    getrandom::u64().unwrap_or_else(|_| {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        t ^ u64::from(std::process::id())
+    })
 }
 
 /// Milliseconds since the Unix epoch.

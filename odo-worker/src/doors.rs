@@ -260,13 +260,7 @@ struct MessageNames(u64);
 
 impl MessageNames {
     fn new() -> Self {
-        // Without the system's randomness (never seen on Linux), the clock.
-        let start = getrandom::u64().unwrap_or_else(|_| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        });
-        Self(start)
+        Self(crate::activation::random_u64())
     }
 
     fn next(&mut self) -> u64 {
