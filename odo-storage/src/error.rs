@@ -101,8 +101,10 @@ pub enum StorageError {
         #[source]
         source: Option<BoxError>,
     },
-    /// Any other failure of the storage engine, including a failed fsync
-    /// (after which the engine refuses further writes).
+    /// Any other failure of the storage engine, including a failed write
+    /// or fsync (after which fjall refuses further writes until it is
+    /// opened again, which `FjallBackend` does
+    /// itself).
     #[error("storage engine error while {context}: {source}")]
     Backend {
         /// What was being done.

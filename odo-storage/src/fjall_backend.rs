@@ -19,6 +19,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -101,11 +102,56 @@ impl FjallOptions {
 /// The directory is locked while the backend is open: a second
 /// [`open`](Self::open) of the same directory, from this process or
 /// another, fails with [`StorageError::Locked`] naming the holder's pid.
+///
+/// A write that fails (a full disk, a failed fsync) leaves fjall refusing
+/// every later write until it is opened again, as a crash would. The
+/// backend does that itself: the next call after such a failure closes
+/// fjall and opens it again from the same directory, which drops whatever
+/// the failed write left of itself at the journal's end. Reopening is
+/// paced (100 ms apart at first, doubling up to 5 s while writes keep
+/// failing; a commit that succeeds starts the pace again), and
+/// in between, writes are refused at once while reads go on; while a
+/// reopening itself fails (its cause is in the error), reads fail too. So
+/// once the disk has room again, the same process takes writes again.
 #[derive(Debug)]
 pub struct FjallBackend {
     dir: PathBuf,
-    durability: Durability,
-    inner: RwLock<Option<Open>>,
+    options: FjallOptions,
+    inner: RwLock<State>,
+    /// A write failed since fjall was last opened: it refuses writes until
+    /// it is opened again.
+    broken: AtomicBool,
+    /// When the next reopening may happen, and the pause after it.
+    pace: Mutex<Pace>,
+}
+
+/// The first pause between two reopenings of fjall after failed writes.
+const REOPEN_FIRST_DELAY: Duration = Duration::from_millis(100);
+/// The longest pause between two reopenings of fjall after failed writes.
+const REOPEN_MAX_DELAY: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+enum State {
+    Open(Open),
+    /// Reopening after a failed write failed too: why, in words (the
+    /// error itself went to the call that tried).
+    Down(String),
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    not_before: Option<Instant>,
+    delay: Duration,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Self {
+            not_before: None,
+            delay: REOPEN_FIRST_DELAY,
+        }
+    }
 }
 
 // Field order matters: fjall is dropped (and so closed) before the lock file
@@ -172,34 +218,13 @@ impl FjallBackend {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir)
             .map_err(|e| StorageError::io(format!("creating {}", dir.display()), e))?;
-        let canonical = dir
-            .canonicalize()
-            .map_err(|e| StorageError::io(format!("resolving {}", dir.display()), e))?;
-        let claim = DirClaim::take(canonical).ok_or_else(|| StorageError::Locked {
-            dir: dir.clone(),
-            holder_pid: Some(std::process::id()),
-        })?;
-        let lock = lock_dir(&dir)?;
-        let db = Database::builder(dir.join(DB_DIR))
-            .cache_size(options.cache_bytes)
-            .open()
-            .map_err(|e| engine_error(format!("opening {}", dir.display()), e))?;
-        let keyspace = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(|e| engine_error(format!("opening keyspace {name}"), e))
-        };
-        let open = Open {
-            data: keyspace("data")?,
-            alarms: keyspace("alarms")?,
-            alarm_of: keyspace("alarm_of")?,
-            db,
-            _lock: lock,
-            _claim: claim,
-        };
+        let open = Open::in_dir(&dir, &options)?;
         Ok(Self {
             dir,
-            durability: options.durability,
-            inner: RwLock::new(Some(open)),
+            options,
+            inner: RwLock::new(State::Open(open)),
+            broken: AtomicBool::new(false),
+            pace: Mutex::new(Pace::default()),
         })
     }
 
@@ -210,7 +235,7 @@ impl FjallBackend {
 
     /// The durability level commits are acknowledged at.
     pub fn durability(&self) -> Durability {
-        self.durability
+        self.options.durability
     }
 
     /// Bytes the database occupies on disk (journal and tables).
@@ -237,12 +262,100 @@ impl FjallBackend {
     }
 
     fn with<T>(&self, f: impl FnOnce(&Open) -> Result<T, StorageError>) -> Result<T, StorageError> {
+        self.reopen_if_due()?;
         let guard = self.inner.read().map_err(|_| poisoned())?;
-        match guard.as_ref() {
-            Some(open) => f(open),
-            None => Err(StorageError::Closed),
+        match &*guard {
+            State::Open(open) => f(open),
+            State::Down(cause) => Err(down(cause)),
+            State::Closed => Err(StorageError::Closed),
         }
     }
+
+    /// After a failed write, closes fjall and opens it again, if the pace
+    /// allows (see [`FjallBackend`]).
+    fn reopen_if_due(&self) -> Result<(), StorageError> {
+        if !self.broken.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut state = self.inner.write().map_err(|_| poisoned())?;
+        // Another call may have reopened it meanwhile.
+        if !self.broken.load(Ordering::Acquire) || matches!(*state, State::Closed) {
+            return Ok(());
+        }
+        let now = Instant::now();
+        {
+            let mut pace = lock_pace(&self.pace);
+            if pace.not_before.is_some_and(|t| now < t) {
+                return Ok(());
+            }
+            let delay = pace.delay;
+            pace.not_before = Some(now + delay);
+            pace.delay = (delay * 2).min(REOPEN_MAX_DELAY);
+        }
+        // fjall lets go of the directory (its journal, its lock) before it
+        // is opened again.
+        let previous = std::mem::replace(&mut *state, State::Closed);
+        drop(previous);
+        match Open::in_dir(&self.dir, &self.options) {
+            Ok(open) => {
+                *state = State::Open(open);
+                self.broken.store(false, Ordering::Release);
+                tracing::warn!(dir = %self.dir.display(), "store reopened after a failed write");
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(dir = %self.dir.display(), %error, "reopening the store after a failed write failed");
+                *state = State::Down(error.to_string());
+                Err(StorageError::backend(
+                    "reopening the store after a failed write",
+                    error,
+                ))
+            }
+        }
+    }
+}
+
+impl Open {
+    /// Claims and locks `dir` and opens fjall in it.
+    fn in_dir(dir: &Path, options: &FjallOptions) -> Result<Self, StorageError> {
+        let canonical = dir
+            .canonicalize()
+            .map_err(|e| StorageError::io(format!("resolving {}", dir.display()), e))?;
+        let claim = DirClaim::take(canonical).ok_or_else(|| StorageError::Locked {
+            dir: dir.to_path_buf(),
+            holder_pid: Some(std::process::id()),
+        })?;
+        let lock = lock_dir(dir)?;
+        let db = Database::builder(dir.join(DB_DIR))
+            .cache_size(options.cache_bytes)
+            .open()
+            .map_err(|e| engine_error(format!("opening {}", dir.display()), e))?;
+        let keyspace = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(|e| engine_error(format!("opening keyspace {name}"), e))
+        };
+        Ok(Open {
+            data: keyspace("data")?,
+            alarms: keyspace("alarms")?,
+            alarm_of: keyspace("alarm_of")?,
+            db,
+            _lock: lock,
+            _claim: claim,
+        })
+    }
+}
+
+fn lock_pace(pace: &Mutex<Pace>) -> std::sync::MutexGuard<'_, Pace> {
+    pace.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The error of a call while fjall, which a failed write left refusing
+/// writes, could not be opened again.
+fn down(cause: &str) -> StorageError {
+    StorageError::backend(
+        "using the store",
+        format!("it is closed after a failed write, and reopening it failed: {cause}"),
+    )
 }
 
 fn poisoned() -> StorageError {
@@ -478,10 +591,18 @@ impl Backend for FjallBackend {
 
     fn commit(&self, writes: &[(ObjectId, Arc<ObjectBatch>)]) -> Result<(), StorageError> {
         self.with(|open| {
+            if self.broken.load(Ordering::Acquire) {
+                // fjall would refuse it: it has not been opened again since
+                // a write failed (the pace holds it back for now).
+                return Err(StorageError::backend(
+                    "committing a batch",
+                    "refused: a write failed, and the store has not been reopened since",
+                ));
+            }
             let mut batch = open
                 .db
                 .batch()
-                .durability(Some(self.durability.persist_mode()));
+                .durability(Some(self.options.durability.persist_mode()));
             for (object, writes) in writes {
                 if writes.clear {
                     // One object's data is contiguous: tombstone each of its
@@ -534,9 +655,22 @@ impl Backend for FjallBackend {
                     None => batch.remove(&open.alarm_of, object.as_bytes().as_slice()),
                 }
             }
-            batch
-                .commit()
-                .map_err(|e| engine_error("committing a batch", e))
+            match batch.commit() {
+                Ok(()) => {
+                    let mut pace = lock_pace(&self.pace);
+                    if pace.not_before.is_some() {
+                        *pace = Pace::default();
+                    }
+                    Ok(())
+                }
+                Err(error) => {
+                    // Whatever failed (the journal's write or its sync),
+                    // fjall refuses writes from now on until it is
+                    // opened again.
+                    self.broken.store(true, Ordering::Release);
+                    Err(engine_error("committing a batch", error))
+                }
+            }
         })
     }
 
@@ -595,7 +729,7 @@ impl Backend for FjallBackend {
 
     fn close(&self) -> Result<(), StorageError> {
         let mut guard = self.inner.write().map_err(|_| poisoned())?;
-        let Some(open) = guard.take() else {
+        let State::Open(open) = std::mem::replace(&mut *guard, State::Closed) else {
             return Ok(());
         };
         let flushed = open

@@ -19,6 +19,8 @@ pub mod netns;
 #[cfg(unix)]
 pub mod postgres;
 pub mod scenarios;
+#[cfg(target_os = "linux")]
+pub mod small_disk;
 pub mod soak;
 pub mod sqlite_cell;
 pub mod sqlprobe;
