@@ -152,6 +152,13 @@ pub struct ServerConfig {
     /// it still runs are dropped, instead of the kernel's ~15 minutes of
     /// retransmissions. Default 5 s; `None` keeps the kernel's behaviour.
     pub tcp_user_timeout: Option<Duration>,
+    /// How often a server on a Unix socket checks that its socket file is
+    /// still there, and makes it again if not: a cleaner of temporary
+    /// files (systemd-tmpfiles ages `/tmp` out after 10 days) may remove
+    /// it, or its whole directory, under a long-running server, and no
+    /// new peer could connect after that. One `stat` per check. Default
+    /// 1 s.
+    pub socket_file_check: Duration,
 }
 
 impl ServerConfig {
@@ -168,6 +175,7 @@ impl ServerConfig {
             allow_non_loopback: false,
             upgrade: None,
             tcp_user_timeout: Some(Duration::from_secs(5)),
+            socket_file_check: Duration::from_secs(1),
         }
     }
 }
@@ -184,6 +192,7 @@ impl fmt::Debug for ServerConfig {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("allow_non_loopback", &self.allow_non_loopback)
             .field("tcp_user_timeout", &self.tcp_user_timeout)
+            .field("socket_file_check", &self.socket_file_check)
             .field("upgrade", &self.upgrade)
             .finish()
     }
@@ -280,7 +289,7 @@ enum Listener {
     Unix {
         listener: tokio::net::UnixListener,
         /// Removes the socket file when the server is dropped.
-        _file: crate::unix::SocketFile,
+        file: crate::unix::SocketFile,
     },
     #[cfg(windows)]
     Pipe {
@@ -290,6 +299,36 @@ enum Listener {
 }
 
 impl Listener {
+    /// Makes the socket file again if it is gone (a cleaner of temporary
+    /// files removed it, or its directory) or another file took its path:
+    /// a new listener there replaces this one. Connections accepted
+    /// before stay. A no-op for TCP (and named pipes).
+    async fn keep_socket_file(&mut self, endpoint: &Endpoint, logs: &LogLimiter) {
+        #[cfg(unix)]
+        if let Listener::Unix { listener, file } = self {
+            if file.in_place() {
+                return;
+            }
+            let path = file.path().to_owned();
+            match crate::unix::bind(endpoint, &path).await {
+                Ok((fresh, fresh_file)) => {
+                    *listener = fresh;
+                    // The old file's guard leaves the new file alone: it
+                    // is another one.
+                    *file = fresh_file;
+                    warn!(%endpoint, "the socket file was removed under this server: listening on a new one");
+                }
+                Err(error) => {
+                    if let Some(held_back) = logs.allow() {
+                        warn!(%endpoint, %error, held_back, "the socket file was removed under this server, and making it again failed");
+                    }
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (endpoint, logs);
+    }
+
     /// Accepts one connection, with a description of the peer for logs; a
     /// TCP one with `user_timeout` (`TCP_USER_TIMEOUT`) set.
     async fn accept(&mut self, user_timeout: Option<Duration>) -> io::Result<(Stream, String)> {
@@ -386,13 +425,7 @@ impl Server {
             #[cfg(unix)]
             Endpoint::Unix(path) => {
                 let (listener, file) = crate::unix::bind(endpoint, path).await?;
-                (
-                    Listener::Unix {
-                        listener,
-                        _file: file,
-                    },
-                    endpoint.clone(),
-                )
+                (Listener::Unix { listener, file }, endpoint.clone())
             }
             Endpoint::Tcp { host, port } => bind_tcp(endpoint, host, *port, &config).await?,
             #[cfg(windows)]
@@ -447,9 +480,13 @@ impl Server {
         let draining = CancellationToken::new();
         let mut connections = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
+        let rebind_logs = LogLimiter::new(DROP_LOG_INTERVAL);
+        let mut check = tokio::time::interval(config.socket_file_check);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                _ = check.tick() => listener.keep_socket_file(&endpoint, &rebind_logs).await,
                 Some(done) = connections.join_next(), if !connections.is_empty() => {
                     if let Err(e) = done
                         && e.is_panic()

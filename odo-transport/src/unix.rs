@@ -1,5 +1,6 @@
 //! Unix socket files: a private directory, a private socket, stale sockets
-//! replaced only when nothing listens, and removal at shutdown.
+//! replaced only when nothing listens, a socket made again when its file
+//! was removed under a running server, and removal at shutdown.
 
 use std::fs;
 use std::io;
@@ -19,6 +20,23 @@ pub(crate) struct SocketFile {
     path: PathBuf,
     dev: u64,
     ino: u64,
+}
+
+impl SocketFile {
+    /// Whether the file at its path is still the socket this server made
+    /// (a cleaner of temporary files may have removed it, or the whole
+    /// directory).
+    pub(crate) fn in_place(&self) -> bool {
+        matches!(
+            fs::symlink_metadata(&self.path),
+            Ok(meta) if meta.dev() == self.dev && meta.ino() == self.ino
+        )
+    }
+
+    /// Its path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 impl Drop for SocketFile {

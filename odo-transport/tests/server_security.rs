@@ -1,5 +1,6 @@
 //! Where and how servers listen: private socket directories, private
-//! sockets, stale sockets, loopback-only TCP.
+//! sockets, stale sockets, sockets removed under a running server,
+//! loopback-only TCP.
 // These tests exercise Unix sockets next to TCP; on other platforms the
 // crate's own code is compile-checked, and TCP is covered by the
 // multi-process matrix.
@@ -114,6 +115,43 @@ async fn a_live_socket_is_not_replaced() {
     // The first server is untouched.
     assert_serving(&first.endpoint).await;
     first.stop().await;
+}
+
+/// A cleaner of temporary files removes the socket's directory, socket and
+/// all, under a running server: the server makes both again (the
+/// directory private) within its check interval, and a channel connected
+/// before keeps working.
+#[tokio::test]
+async fn a_socket_removed_under_a_running_server_is_made_again() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("run");
+    let socket = dir.join("w.sock");
+    let mut config = server_config();
+    config.socket_file_check = std::time::Duration::from_millis(20);
+    let server = start_at(&unix_endpoint(&socket), None, config, echo()).await;
+    let before = connect(&server.endpoint).await;
+    std::fs::remove_dir_all(&dir).expect("the cleaner");
+    let removed = std::time::Instant::now();
+    while !socket.exists() {
+        assert!(
+            removed.elapsed() < std::time::Duration::from_secs(10),
+            "the socket was not made again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(mode(&dir), 0o700, "socket directory mode");
+    assert_eq!(mode(&socket), 0o600, "socket mode");
+    assert_serving(&server.endpoint).await;
+    let (_, body) = before
+        .call(request(2), bytes::Bytes::from_static(b"old"), LONG)
+        .await
+        .expect("a channel connected before still works");
+    assert_eq!(body, "old");
+    server.stop().await;
+    assert!(
+        !socket.exists(),
+        "the new socket file is removed at shutdown"
+    );
 }
 
 #[tokio::test]

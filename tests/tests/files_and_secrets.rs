@@ -1,8 +1,9 @@
 //! odo touches only what it made and keeps its secret to itself: one lock
 //! on the whole data directory (a second server fails, naming the holder,
 //! and changes nothing), the cluster token never in a worker's environment
-//! (nor so in that of a program object code starts), and worker figures
-//! that say how old they are or are fetched fresh.
+//! (nor so in that of a program object code starts), worker figures
+//! that say how old they are or are fetched fresh, and sockets that a
+//! temporary-file cleaner removed made again.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -285,4 +286,101 @@ async fn worker_figures_say_how_old_they_are_or_are_fresh() {
     // The fresh figures are kept.
     assert_eq!(registry.workers()[0].live_objects, 3);
     registry.shutdown().await;
+}
+
+/// A cleaner of temporary files (systemd-tmpfiles ages `/tmp` out after
+/// 10 days) removes the runtime directory with every socket in it while
+/// the server runs. Each server made its socket again, so a worker that
+/// dies afterwards is replaced (it reaches the registry) and serves again
+/// (the router and the front door reach it). Before, the replacement
+/// could never reach the registry: it exited at once, again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_a_cleaner_removed_are_made_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = spec(2).start(dir.path()).expect("the server starts");
+    let client = odo_tests::http::HttpClient::new(&server.base);
+    let names: Vec<String> = (0..16).map(|i| format!("clean-{i}")).collect();
+    for name in &names {
+        let answer = client
+            .post(&format!("/counter/{name}/increment"))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    // The cleaner: the runtime directory (`odo-<pid>-<random>` inside
+    // the `--runtime-dir` the test gave), sockets and all.
+    let run = dir.path().join("run");
+    for entry in std::fs::read_dir(&run).unwrap().flatten() {
+        std::fs::remove_dir_all(entry.path()).unwrap();
+    }
+    let victim = client.owner_pid("counter/clean-0").await.unwrap();
+    odo_tests::topology::signal(victim, odo_tests::topology::Signal::Kill).unwrap();
+    let killed = Instant::now();
+    while odo_tests::topology::process_alive(victim) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "{victim} outlived SIGKILL"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A replacement runs and every object answers, each counted once more.
+    let started = Instant::now();
+    let mut pending: Vec<&String> = names.iter().collect();
+    while !pending.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "30 s after the cleaner and the kill, {} objects still fail, as {:?}; workers: {}",
+            pending.len(),
+            client
+                .post(&format!("/counter/{}/increment", pending[0]))
+                .await
+                .map(|a| a.text()),
+            client
+                .get("/_odo/workers")
+                .await
+                .map(|a| a.text())
+                .unwrap_or_default()
+        );
+        let mut failed = Vec::new();
+        for name in pending {
+            let answer = client
+                .post(&format!("/counter/{name}/increment"))
+                .await
+                .unwrap();
+            match answer.status {
+                200 => assert_eq!(answer.text(), "2", "{name}"),
+                // Never delivered while its shard has no holder: retried.
+                503 => failed.push(name),
+                other => panic!("{name}: {other} {}", answer.text()),
+            }
+        }
+        pending = failed;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let workers: Vec<serde_json::Value> =
+        serde_json::from_slice(&client.get("/_odo/workers").await.unwrap().body).unwrap();
+    let running: Vec<u64> = workers
+        .iter()
+        .filter(|w| w["state"] == "running")
+        .filter_map(|w| w["pid"].as_u64())
+        .collect();
+    let started = Instant::now();
+    let mut running = running;
+    while running.len() < 2 || running.contains(&u64::from(victim)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no replacement of the killed worker {victim} runs: {running:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let workers: Vec<serde_json::Value> =
+            serde_json::from_slice(&client.get("/_odo/workers").await.unwrap().body).unwrap();
+        running = workers
+            .iter()
+            .filter(|w| w["state"] == "running")
+            .filter_map(|w| w["pid"].as_u64())
+            .collect();
+    }
+    drop(server);
 }
