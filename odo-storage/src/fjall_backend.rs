@@ -39,6 +39,11 @@ const LOCK_FILE: &str = "odo.lock";
 /// `exec`s (see [`lock_dir`]).
 const STALE_OWN_LOCK_WAIT: Duration = Duration::from_secs(5);
 const DB_DIR: &str = "fjall";
+/// The file that tells whether the directory takes writes again after a
+/// failed one (written, synced, removed).
+const PROBE_FILE: &str = "odo.probe";
+/// What the probe writes.
+const PROBE_BYTES: usize = 64 * 1024;
 
 /// How far a commit goes before it is acknowledged. See `DURABILITY.md`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -105,14 +110,16 @@ impl FjallOptions {
 ///
 /// A write that fails (a full disk, a failed fsync) leaves fjall refusing
 /// every later write until it is opened again, as a crash would. The
-/// backend does that itself: the next call after such a failure closes
-/// fjall and opens it again from the same directory, which drops whatever
-/// the failed write left of itself at the journal's end. Reopening is
-/// paced (100 ms apart at first, doubling up to 5 s while writes keep
-/// failing; a commit that succeeds starts the pace again), and
-/// in between, writes are refused at once while reads go on; while a
-/// reopening itself fails (its cause is in the error), reads fail too. So
-/// once the disk has room again, the same process takes writes again.
+/// backend does that itself: once the directory takes a write again (a
+/// probe file of 64 KiB written, synced and removed), it closes fjall and
+/// opens it again from the same directory, which drops whatever the
+/// failed write left of itself at the journal's end. The first try comes
+/// with the next call after the failure; tries are paced (100 ms apart at
+/// first, doubling up to 5 s while writes keep failing; a commit that
+/// succeeds starts the pace again). Until then, writes are refused at
+/// once and reads go on; only while a reopening itself fails (its cause is
+/// in the error) do reads fail too. So once the disk has room again, the
+/// same process takes writes again.
 #[derive(Debug)]
 pub struct FjallBackend {
     dir: PathBuf,
@@ -272,25 +279,32 @@ impl FjallBackend {
     }
 
     /// After a failed write, closes fjall and opens it again, if the pace
-    /// allows (see [`FjallBackend`]).
+    /// allows and the directory takes writes again (see [`FjallBackend`]).
     fn reopen_if_due(&self) -> Result<(), StorageError> {
         if !self.broken.load(Ordering::Acquire) {
             return Ok(());
         }
-        let mut state = self.inner.write().map_err(|_| poisoned())?;
-        // Another call may have reopened it meanwhile.
-        if !self.broken.load(Ordering::Acquire) || matches!(*state, State::Closed) {
-            return Ok(());
-        }
-        let now = Instant::now();
         {
             let mut pace = lock_pace(&self.pace);
+            let now = Instant::now();
             if pace.not_before.is_some_and(|t| now < t) {
                 return Ok(());
             }
             let delay = pace.delay;
             pace.not_before = Some(now + delay);
             pace.delay = (delay * 2).min(REOPEN_MAX_DELAY);
+        }
+        // While the directory takes no writes (the disk is still full),
+        // fjall stays open for reads: reopening it would only replay its
+        // journal to fail the next write again.
+        if let Err(error) = probe_writes(&self.dir) {
+            tracing::debug!(dir = %self.dir.display(), %error, "the store's directory takes no writes yet");
+            return Ok(());
+        }
+        let mut state = self.inner.write().map_err(|_| poisoned())?;
+        // Another call may have reopened it meanwhile.
+        if !self.broken.load(Ordering::Acquire) || matches!(*state, State::Closed) {
+            return Ok(());
         }
         // fjall lets go of the directory (its journal, its lock) before it
         // is opened again.
@@ -343,6 +357,19 @@ impl Open {
             _claim: claim,
         })
     }
+}
+
+/// Whether `dir` takes a write again: [`PROBE_BYTES`] written to a file
+/// of its own there, synced, and removed.
+fn probe_writes(dir: &Path) -> std::io::Result<()> {
+    let path = dir.join(PROBE_FILE);
+    let written = (|| {
+        let mut file = File::create(&path)?;
+        file.write_all(&[0; PROBE_BYTES])?;
+        file.sync_data()
+    })();
+    let removed = std::fs::remove_file(&path);
+    written.and(removed)
 }
 
 fn lock_pace(pace: &Mutex<Pace>) -> std::sync::MutexGuard<'_, Pace> {

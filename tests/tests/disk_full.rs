@@ -1,7 +1,8 @@
 //! A full disk, as an unlucky operator meets it: the data directory's
 //! filesystem fills up under writes. Writes that cannot be made durable
-//! are answered as failed (never acknowledged), and once the operator
-//! frees space the same server takes writes again, without a restart.
+//! are answered as failed (never acknowledged) while reads go on, and once
+//! the operator frees space the same server takes writes again, without a
+//! restart.
 //! Nothing acknowledged is lost, also across a SIGKILL of every process
 //! afterwards.
 //!
@@ -91,6 +92,20 @@ async fn fill_and_free(storage: &str) {
         i += 1;
     }
     let full_at = i;
+    // Reads go on while the disk is full.
+    for (k, v) in &acknowledged {
+        let answer = client.get(&path(*k)).await.unwrap();
+        assert_eq!(
+            answer.status,
+            200,
+            "read {k} on a full disk: {}",
+            answer.text()
+        );
+        assert!(
+            answer.body == v.as_bytes(),
+            "read {k} on a full disk changed"
+        );
+    }
 
     // The operator frees space. The same server takes writes again, on
     // every shard: each store reopens after its failed writes at its own
