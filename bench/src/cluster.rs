@@ -8,7 +8,10 @@
 //! - 1 host with PostgreSQL;
 //! - 3 hosts with PostgreSQL, every request entering at a host that owns
 //!   its object (`owner`), then at a host that does not (`remote`: one
-//!   extra hop over odo's transport to the owner);
+//!   extra hop over odo's transport to the owner); then the same with TLS
+//!   (rustls, the test CA's certificates) between the hosts and to etcd and
+//!   PostgreSQL, as odo runs across machines (`tls`: the hosts share one
+//!   machine's loopback here, where plain text is allowed);
 //! - PostgreSQL alone: 32 clients, one transaction per increment
 //!   (`INSERT .. ON CONFLICT DO UPDATE .. RETURNING`), the baseline for
 //!   the backend's group commit.
@@ -145,6 +148,15 @@ pub(crate) mod linux {
                 rows.extend(runtime.block_on(workloads(&c, config, (entry, &placed), duration))?);
             }
             let costs = runtime.block_on(etcd_costs(&mut c, duration))?;
+            drop(c);
+            let (c, placed) =
+                runtime.block_on(placed_cluster_with(&binary, "postgres", 3, true))?;
+            for (config, entry) in [
+                ("pg, 3 hosts, tls, owner", Entry::Owner),
+                ("pg, 3 hosts, tls, remote", Entry::Remote),
+            ] {
+                rows.extend(runtime.block_on(workloads(&c, config, (entry, &placed), duration))?);
+            }
             report(&rows, &costs);
         }
         if runs.contains(&"failover") {
@@ -162,7 +174,21 @@ pub(crate) mod linux {
         storage: &str,
         hosts: usize,
     ) -> Result<(TestCluster, Placement)> {
-        let mut c = TestCluster::start(spec(binary, storage))?;
+        placed_cluster_with(binary, storage, hosts, false).await
+    }
+
+    /// [`placed_cluster`], with TLS everywhere (between the hosts, to etcd
+    /// and to PostgreSQL) when `tls`.
+    pub(crate) async fn placed_cluster_with(
+        binary: &Path,
+        storage: &str,
+        hosts: usize,
+        tls: bool,
+    ) -> Result<(TestCluster, Placement)> {
+        let mut c = TestCluster::start(ClusterSpec {
+            tls,
+            ..spec(binary, storage)
+        })?;
         for i in 0..hosts {
             c.start_host(i)?;
         }
@@ -599,7 +625,7 @@ pub(crate) mod linux {
 
     fn print_row(row: &Row) {
         println!(
-            "{:<20} {:<7} {:>9.0} {:>7.2} {:>7.2} {:>8} {:>7} {:>9} {}",
+            "{:<25} {:<7} {:>9.0} {:>7.2} {:>7.2} {:>8} {:>7} {:>9} {}",
             row.config,
             row.load,
             row.rps,
@@ -617,7 +643,7 @@ pub(crate) mod linux {
 
     fn report(rows: &[Row], costs: &[EtcdCost]) {
         println!(
-            "{:<20} {:<7} {:>9} {:>7} {:>7} {:>8} {:>7} {:>9} check",
+            "{:<25} {:<7} {:>9} {:>7} {:>7} {:>8} {:>7} {:>9} check",
             "config", "load", "req/s", "p50 ms", "p99 ms", "cpu us", "rss MB", "incr/xact"
         );
         for row in rows {
@@ -634,10 +660,15 @@ pub(crate) mod linux {
                 _ => "-".into(),
             };
             println!(
-                "{load:<7} p50 remote/owner {}  p50 remote/1 host {}  req/s remote/owner {}  \
+                "{load:<7} p50 remote/owner {}  with tls {}  p50 remote tls/plain {}  \
+                 p50 remote/1 host {}  req/s remote/owner {}  \
                  req/s pg 1 host/postgres alone {}  req/s pg 3 hosts owner/postgres alone {}  \
                  req/s pg/fjall (1 host) {}",
                 pair("pg, 3 hosts, remote", "pg, 3 hosts, owner", |r| r.p50_ms),
+                pair("pg, 3 hosts, tls, remote", "pg, 3 hosts, tls, owner", |r| r
+                    .p50_ms),
+                pair("pg, 3 hosts, tls, remote", "pg, 3 hosts, remote", |r| r
+                    .p50_ms),
                 pair("pg, 3 hosts, remote", "pg, 1 host", |r| r.p50_ms),
                 pair("pg, 3 hosts, remote", "pg, 3 hosts, owner", |r| r.rps),
                 pair("pg, 1 host", "postgres alone", |r| r.rps),
