@@ -110,38 +110,46 @@ impl FjallOptions {
 ///
 /// A write that fails (a full disk, a failed fsync) leaves fjall refusing
 /// every later write until it is opened again, as a crash would. The
-/// backend does that itself: once the directory takes a write again (a
-/// probe file of 64 KiB written, synced and removed), it closes fjall and
-/// opens it again from the same directory, which drops whatever the
-/// failed write left of itself at the journal's end. The first try comes
-/// with the next call after the failure; tries are paced (100 ms apart at
-/// first, doubling up to 5 s while writes keep failing; a commit that
-/// succeeds starts the pace again). Until then, writes are refused at
-/// once and reads go on; only while a reopening itself fails (its cause is
-/// in the error) do reads fail too. So once the disk has room again, the
-/// same process takes writes again.
+/// backend does that itself, at once, before the failure is reported: it
+/// closes fjall and opens it again from the same directory. Closing first
+/// settles the failed batch for good, whatever of it fjall still held
+/// (a small batch may sit whole in its journal buffer, which a later close
+/// with room on the disk would write out): recovery keeps it only if it
+/// reached the journal whole, and drops a torn tail. So every read after
+/// the failure, and every read after the disk has room again, sees the
+/// same outcome.
+///
+/// Writes are then refused before they reach fjall until the directory
+/// takes a write again: a probe file of 64 KiB written, synced and
+/// removed, tried with the next commit and then paced (100 ms apart at
+/// first, doubling up to 5 s while it fails; a commit that succeeds starts
+/// the pace again). Reads go on meanwhile. Should the reopening itself
+/// fail, every call fails (its cause in the error) until a paced try
+/// opens the store again. So once the disk has room again, the same
+/// process takes writes again.
 #[derive(Debug)]
 pub struct FjallBackend {
     dir: PathBuf,
     options: FjallOptions,
     inner: RwLock<State>,
-    /// A write failed since fjall was last opened: it refuses writes until
-    /// it is opened again.
-    broken: AtomicBool,
-    /// When the next reopening may happen, and the pause after it.
+    /// A write failed: writes are refused before fjall until the directory
+    /// takes one again.
+    refusing: AtomicBool,
+    /// When the next try (a probe, or opening a store that is down) may
+    /// come, and the pause after it.
     pace: Mutex<Pace>,
 }
 
-/// The first pause between two reopenings of fjall after failed writes.
-const REOPEN_FIRST_DELAY: Duration = Duration::from_millis(100);
-/// The longest pause between two reopenings of fjall after failed writes.
-const REOPEN_MAX_DELAY: Duration = Duration::from_secs(5);
+/// The first pause between two tries after a failed write.
+const RETRY_FIRST_DELAY: Duration = Duration::from_millis(100);
+/// The longest pause between two tries after a failed write.
+const RETRY_MAX_DELAY: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 enum State {
     Open(Open),
-    /// Reopening after a failed write failed too: why, in words (the
-    /// error itself went to the call that tried).
+    /// Opening fjall again after a failed write failed: why, in words
+    /// (the error itself went to the call that tried).
     Down(String),
     Closed,
 }
@@ -156,8 +164,20 @@ impl Default for Pace {
     fn default() -> Self {
         Self {
             not_before: None,
-            delay: REOPEN_FIRST_DELAY,
+            delay: RETRY_FIRST_DELAY,
         }
+    }
+}
+
+impl Pace {
+    /// Whether a try may come now; if so, the next one waits longer.
+    fn due(&mut self, now: Instant) -> bool {
+        if self.not_before.is_some_and(|t| now < t) {
+            return false;
+        }
+        self.not_before = Some(now + self.delay);
+        self.delay = (self.delay * 2).min(RETRY_MAX_DELAY);
+        true
     }
 }
 
@@ -230,7 +250,7 @@ impl FjallBackend {
             dir,
             options,
             inner: RwLock::new(State::Open(open)),
-            broken: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
             pace: Mutex::new(Pace::default()),
         })
     }
@@ -269,7 +289,15 @@ impl FjallBackend {
     }
 
     fn with<T>(&self, f: impl FnOnce(&Open) -> Result<T, StorageError>) -> Result<T, StorageError> {
-        self.reopen_if_due()?;
+        {
+            let guard = self.inner.read().map_err(|_| poisoned())?;
+            match &*guard {
+                State::Open(open) => return f(open),
+                State::Closed => return Err(StorageError::Closed),
+                State::Down(_) => {}
+            }
+        }
+        self.reopen_if_down()?;
         let guard = self.inner.read().map_err(|_| poisoned())?;
         match &*guard {
             State::Open(open) => f(open),
@@ -278,52 +306,63 @@ impl FjallBackend {
         }
     }
 
-    /// After a failed write, closes fjall and opens it again, if the pace
-    /// allows and the directory takes writes again (see [`FjallBackend`]).
-    fn reopen_if_due(&self) -> Result<(), StorageError> {
-        if !self.broken.load(Ordering::Acquire) {
-            return Ok(());
+    /// Closes fjall, which a write just failed in, and opens it again (see
+    /// [`FjallBackend`]): before the failure is reported, and before any
+    /// other call reads.
+    fn settle_failed_write(&self) {
+        let Ok(mut state) = self.inner.write() else {
+            return;
+        };
+        if !matches!(*state, State::Open(_)) {
+            return;
         }
-        {
-            let mut pace = lock_pace(&self.pace);
-            let now = Instant::now();
-            if pace.not_before.is_some_and(|t| now < t) {
-                return Ok(());
-            }
-            let delay = pace.delay;
-            pace.not_before = Some(now + delay);
-            pace.delay = (delay * 2).min(REOPEN_MAX_DELAY);
-        }
-        // While the directory takes no writes (the disk is still full),
-        // fjall stays open for reads: reopening it would only replay its
-        // journal to fail the next write again.
-        if let Err(error) = probe_writes(&self.dir) {
-            tracing::debug!(dir = %self.dir.display(), %error, "the store's directory takes no writes yet");
+        // fjall writes out what its journal buffer still holds as it
+        // closes: now, with the disk as full as when the write failed.
+        let failed = std::mem::replace(&mut *state, State::Closed);
+        drop(failed);
+        *state = self.open_again();
+    }
+
+    /// A store that could not be opened again after a failed write: try
+    /// again, if the pace allows.
+    fn reopen_if_down(&self) -> Result<(), StorageError> {
+        if !lock_pace(&self.pace).due(Instant::now()) {
             return Ok(());
         }
         let mut state = self.inner.write().map_err(|_| poisoned())?;
-        // Another call may have reopened it meanwhile.
-        if !self.broken.load(Ordering::Acquire) || matches!(*state, State::Closed) {
-            return Ok(());
+        if matches!(*state, State::Down(_)) {
+            *state = self.open_again();
         }
-        // fjall lets go of the directory (its journal, its lock) before it
-        // is opened again.
-        let previous = std::mem::replace(&mut *state, State::Closed);
-        drop(previous);
+        Ok(())
+    }
+
+    fn open_again(&self) -> State {
         match Open::in_dir(&self.dir, &self.options) {
             Ok(open) => {
-                *state = State::Open(open);
-                self.broken.store(false, Ordering::Release);
-                tracing::warn!(dir = %self.dir.display(), "store reopened after a failed write");
-                Ok(())
+                tracing::warn!(dir = %self.dir.display(), "store opened again after a failed write");
+                State::Open(open)
             }
             Err(error) => {
-                tracing::error!(dir = %self.dir.display(), %error, "reopening the store after a failed write failed");
-                *state = State::Down(error.to_string());
-                Err(StorageError::backend(
-                    "reopening the store after a failed write",
-                    error,
-                ))
+                tracing::error!(dir = %self.dir.display(), %error, "opening the store again after a failed write failed");
+                State::Down(error.to_string())
+            }
+        }
+    }
+
+    /// After a failed write: whether the directory takes writes again (a
+    /// probe, when the pace allows).
+    fn takes_writes_again(&self) -> bool {
+        if !lock_pace(&self.pace).due(Instant::now()) {
+            return false;
+        }
+        match probe_writes(&self.dir) {
+            Ok(()) => {
+                self.refusing.store(false, Ordering::Release);
+                true
+            }
+            Err(error) => {
+                tracing::debug!(dir = %self.dir.display(), %error, "the store's directory takes no writes yet");
+                false
             }
         }
     }
@@ -617,15 +656,13 @@ impl Backend for FjallBackend {
     }
 
     fn commit(&self, writes: &[(ObjectId, Arc<ObjectBatch>)]) -> Result<(), StorageError> {
-        self.with(|open| {
-            if self.broken.load(Ordering::Acquire) {
-                // fjall would refuse it: it has not been opened again since
-                // a write failed (the pace holds it back for now).
-                return Err(StorageError::backend(
-                    "committing a batch",
-                    "refused: a write failed, and the store has not been reopened since",
-                ));
-            }
+        if self.refusing.load(Ordering::Acquire) && !self.takes_writes_again() {
+            return Err(StorageError::backend(
+                "committing a batch",
+                "refused before it was written: a write failed, and the store's directory takes no writes yet",
+            ));
+        }
+        let written = self.with(|open| {
             let mut batch = open
                 .db
                 .batch()
@@ -682,23 +719,25 @@ impl Backend for FjallBackend {
                     None => batch.remove(&open.alarm_of, object.as_bytes().as_slice()),
                 }
             }
-            match batch.commit() {
-                Ok(()) => {
-                    let mut pace = lock_pace(&self.pace);
-                    if pace.not_before.is_some() {
-                        *pace = Pace::default();
-                    }
-                    Ok(())
+            Ok(batch.commit())
+        })?;
+        match written {
+            Ok(()) => {
+                let mut pace = lock_pace(&self.pace);
+                if pace.not_before.is_some() {
+                    *pace = Pace::default();
                 }
-                Err(error) => {
-                    // Whatever failed (the journal's write or its sync),
-                    // fjall refuses writes from now on until it is
-                    // opened again.
-                    self.broken.store(true, Ordering::Release);
-                    Err(engine_error("committing a batch", error))
-                }
+                Ok(())
             }
-        })
+            Err(error) => {
+                // Whatever failed (the journal's write or its sync), fjall
+                // refuses writes from now on, and may still hold part of
+                // this batch: settled here, before the failure is told.
+                self.refusing.store(true, Ordering::Release);
+                self.settle_failed_write();
+                Err(engine_error("committing a batch", error))
+            }
+        }
     }
 
     fn objects(

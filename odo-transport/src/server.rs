@@ -303,11 +303,14 @@ impl Listener {
     /// files removed it, or its directory) or another file took its path:
     /// a new listener there replaces this one. Connections accepted
     /// before stay. A no-op for TCP (and named pipes).
-    async fn keep_socket_file(&mut self, endpoint: &Endpoint, logs: &LogLimiter) {
+    ///
+    /// Returns whether the socket file is in place: a path another live
+    /// server took is not taken back, and the caller checks less often.
+    async fn keep_socket_file(&mut self, endpoint: &Endpoint, logs: &LogLimiter) -> bool {
         #[cfg(unix)]
         if let Listener::Unix { listener, file } = self {
             if file.in_place() {
-                return;
+                return true;
             }
             let path = file.path().to_owned();
             match crate::unix::bind(endpoint, &path).await {
@@ -322,11 +325,13 @@ impl Listener {
                     if let Some(held_back) = logs.allow() {
                         warn!(%endpoint, %error, held_back, "the socket file was removed under this server, and making it again failed");
                     }
+                    return false;
                 }
             }
         }
         #[cfg(not(unix))]
         let _ = (endpoint, logs);
+        true
     }
 
     /// Accepts one connection, with a description of the peer for logs; a
@@ -481,12 +486,25 @@ impl Server {
         let mut connections = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
         let rebind_logs = LogLimiter::new(DROP_LOG_INTERVAL);
-        let mut check = tokio::time::interval(config.socket_file_check);
+        let mut check =
+            tokio::time::interval(config.socket_file_check.max(Duration::from_millis(1)));
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // After a failed try at making the socket again (another server
+        // took the path), checks skipped, doubling up to 64.
+        let (mut skip, mut backoff) = (0_u32, 0_u32);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = check.tick() => listener.keep_socket_file(&endpoint, &rebind_logs).await,
+                _ = check.tick() => {
+                    if skip > 0 {
+                        skip -= 1;
+                    } else if listener.keep_socket_file(&endpoint, &rebind_logs).await {
+                        backoff = 0;
+                    } else {
+                        backoff = (backoff * 2).clamp(1, 64);
+                        skip = backoff;
+                    }
+                }
                 Some(done) = connections.join_next(), if !connections.is_empty() => {
                     if let Err(e) = done
                         && e.is_panic()
