@@ -147,11 +147,7 @@ pub fn available_or_skip(test: &str) -> bool {
         "{test}: skipped: {} not installed; cargo xtask test-cluster installs them",
         missing.join(" and ")
     );
-    if std::env::var_os(REQUIRE_ENV).is_some() {
-        panic!("{why}, but {REQUIRE_ENV} is set");
-    }
-    eprintln!("{why}");
-    false
+    crate::skip::unless_required(&why, REQUIRE_ENV)
 }
 
 /// A free TCP port on `ip`.

@@ -19,6 +19,7 @@ pub mod netns;
 #[cfg(unix)]
 pub mod postgres;
 pub mod scenarios;
+pub mod skip;
 #[cfg(target_os = "linux")]
 pub mod small_disk;
 pub mod soak;

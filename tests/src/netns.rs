@@ -69,12 +69,7 @@ pub fn available_or_skip(test: &str) -> bool {
     let Some(why) = unavailable() else {
         return true;
     };
-    let why = format!("{test}: skipped: {why}");
-    if std::env::var_os(REQUIRE_ENV).is_some() {
-        panic!("{why}, but {REQUIRE_ENV} is set");
-    }
-    eprintln!("{why}");
-    false
+    crate::skip::unless_required(&format!("{test}: skipped: {why}"), REQUIRE_ENV)
 }
 
 /// Whether tests that can also run on loopback get namespaces: `true`
@@ -85,12 +80,10 @@ pub fn available_or_loopback(test: &str) -> bool {
     let Some(why) = unavailable() else {
         return true;
     };
-    let why = format!("{test}: no network namespaces ({why})");
-    if std::env::var_os(REQUIRE_ENV).is_some() {
-        panic!("{why}, but {REQUIRE_ENV} is set");
-    }
-    eprintln!("{why}: on loopback addresses instead");
-    false
+    crate::skip::unless_required(
+        &format!("{test}: no network namespaces ({why}): on loopback addresses instead"),
+        REQUIRE_ENV,
+    )
 }
 
 /// Runs `ip args...`, failing with its stderr.

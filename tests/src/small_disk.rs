@@ -36,12 +36,7 @@ pub fn available_or_skip(test: &str) -> bool {
     let Some(why) = unavailable() else {
         return true;
     };
-    let why = format!("{test}: skipped: {why}");
-    if std::env::var_os(REQUIRE_ENV).is_some() {
-        panic!("{why}, but {REQUIRE_ENV} is set");
-    }
-    eprintln!("{why}");
-    false
+    crate::skip::unless_required(&format!("{test}: skipped: {why}"), REQUIRE_ENV)
 }
 
 /// A mounted tmpfs; unmounted (and its directory removed) on drop.
