@@ -268,14 +268,19 @@ pub fn signal(pid: u32, sig: Signal) -> Result<()> {
 }
 
 /// Whether a process with this pid exists (and, on Linux, is not a
-/// zombie).
+/// zombie whose threads all exited).
 #[cfg(unix)]
 pub fn process_alive(pid: u32) -> bool {
     if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        return !stat
+        let zombie = stat
             .rsplit(')')
             .next()
             .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+        // The main thread of a killed process may be a zombie while its
+        // other threads still exit, with the process's sockets open: a
+        // peer may still write to them. Dead once it alone is left.
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count);
+        return !zombie || threads > 1;
     }
     if cfg!(target_os = "linux") {
         return false;
