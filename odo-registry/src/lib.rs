@@ -382,6 +382,8 @@ pub struct Registry {
     shared: Arc<Shared>,
     control_stop: Option<oneshot::Sender<()>>,
     control_task: Option<tokio::task::JoinHandle<()>>,
+    /// Writes the runtime directory's marker again when it went missing.
+    marker_task: Option<tokio::task::JoinHandle<()>>,
     /// The task running the placement machine (and, through it, every
     /// worker process's task).
     driver: Option<tokio::task::JoinHandle<()>>,
@@ -584,10 +586,12 @@ impl Registry {
             let _ = stopped.await;
         }));
         let driver = tokio::spawn(supervisor::drive(shared.clone(), machine, inputs, received));
+        let marker_task = tokio::spawn(runtime_dir::keep_marker(runtime_dir.clone()));
         Ok(Registry {
             shared,
             control_stop: Some(control_stop),
             control_task: Some(control_task),
+            marker_task: Some(marker_task),
             driver: Some(driver),
             runtime_dir: Some(runtime),
         })
@@ -800,6 +804,9 @@ impl Registry {
         if let Some(task) = self.control_task.take() {
             let _ = task.await;
         }
+        if let Some(task) = self.marker_task.take() {
+            task.abort();
+        }
         if let Some(dir) = self.runtime_dir.take() {
             dir.remove();
         }
@@ -824,6 +831,9 @@ impl Drop for Registry {
         // when the driver (which owns their tasks) is aborted.
         if let Some(driver) = self.driver.take() {
             driver.abort();
+        }
+        if let Some(task) = self.marker_task.take() {
+            task.abort();
         }
         if let Some(dir) = self.runtime_dir.take() {
             dir.remove();

@@ -97,6 +97,33 @@ impl RuntimeDir {
     }
 }
 
+/// How often [`keep_marker`] looks.
+const MARKER_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Writes the marker of the runtime directory at `path` again whenever a
+/// cleaner of temporary files removed it (the servers there make their
+/// sockets, and so the directory, again: odo-transport), so that a later
+/// odo can still tell the directory is odo's and clean it up after a
+/// crash. Runs until aborted.
+pub(crate) async fn keep_marker(path: PathBuf) {
+    let mut ticks = tokio::time::interval(MARKER_CHECK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let marker = path.join(MARKER);
+        if path.is_dir() && !marker.exists() {
+            match std::fs::write(&marker, format!("{}\n", std::process::id())) {
+                Ok(()) => {
+                    tracing::warn!(dir = %path.display(), "the runtime directory's marker was removed: written again")
+                }
+                Err(e) => {
+                    tracing::debug!(dir = %path.display(), error = %e, "cannot write the runtime directory's marker")
+                }
+            }
+        }
+    }
+}
+
 /// Removes the runtime directories in `parent` that registries killed
 /// without a shutdown left behind: see the [module](self) documentation.
 /// Whether a pid runs is read from `/proc`, so this does nothing outside

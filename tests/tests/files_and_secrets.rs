@@ -310,9 +310,12 @@ async fn sockets_a_cleaner_removed_are_made_again() {
     // The cleaner: the runtime directory (`odo-<pid>-<random>` inside
     // the `--runtime-dir` the test gave), sockets and all.
     let run = dir.path().join("run");
+    let mut removed = Vec::new();
     for entry in std::fs::read_dir(&run).unwrap().flatten() {
         std::fs::remove_dir_all(entry.path()).unwrap();
+        removed.push(entry.path());
     }
+    assert_eq!(removed.len(), 1, "one runtime directory: {removed:?}");
     let victim = client.owner_pid("counter/clean-0").await.unwrap();
     odo_tests::topology::signal(victim, odo_tests::topology::Signal::Kill).unwrap();
     let killed = Instant::now();
@@ -381,5 +384,16 @@ async fn sockets_a_cleaner_removed_are_made_again() {
     // And every object answers again, wherever its shard is now (the
     // router and the door reach the replacement's socket).
     increment_all("3").await;
+    // The directory is odo's again, to a later odo too: its marker names
+    // the server (so a later server can clean it up after a crash).
+    let marker = removed[0].join(".odo-runtime");
+    let started = Instant::now();
+    while std::fs::read_to_string(&marker).ok().as_deref() != Some(&format!("{}\n", server.pid)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the runtime directory's marker was not written again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop(server);
 }
