@@ -104,23 +104,59 @@ const MARKER_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 /// cleaner of temporary files removed it (the servers there make their
 /// sockets, and so the directory, again: odo-transport), so that a later
 /// odo can still tell the directory is odo's and clean it up after a
-/// crash. Runs until aborted.
+/// crash. Runs until aborted. See [`restore_marker`].
 pub(crate) async fn keep_marker(path: PathBuf) {
     let mut ticks = tokio::time::interval(MARKER_CHECK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let marker = path.join(MARKER);
-        if path.is_dir() && !marker.exists() {
-            match std::fs::write(&marker, format!("{}\n", std::process::id())) {
-                Ok(()) => {
-                    tracing::warn!(dir = %path.display(), "the runtime directory's marker was removed: written again")
-                }
-                Err(e) => {
-                    tracing::debug!(dir = %path.display(), error = %e, "cannot write the runtime directory's marker")
-                }
+        match restore_marker(&path) {
+            Ok(true) => {
+                tracing::warn!(dir = %path.display(), "the runtime directory's marker was removed: written again")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(dir = %path.display(), error = %e, "cannot write the runtime directory's marker")
             }
         }
+    }
+}
+
+/// Writes the marker in `dir` if it is missing and `dir` is still this
+/// user's private directory: a real directory (not a link), ours, that no
+/// one else may enter (as odo-transport makes it again). Anything else is
+/// left alone: in a shared parent (`/tmp`) someone else may have taken the
+/// name after a cleaner removed it. The marker is created, never opened:
+/// no link in its place is followed, and no file is truncated. Whether it
+/// wrote the marker.
+pub(crate) fn restore_marker(dir: &Path) -> std::io::Result<bool> {
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_dir() {
+        return Ok(false);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if meta.uid() != rustix::process::geteuid().as_raw() || meta.mode() & 0o077 != 0 {
+            return Ok(false);
+        }
+    }
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dir.join(MARKER));
+    match created {
+        Ok(mut file) => {
+            use std::io::Write as _;
+            file.write_all(format!("{}\n", std::process::id()).as_bytes())?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -195,4 +231,71 @@ fn marker_pid(marker: &Path) -> Option<u32> {
         .read_to_string(&mut text)
         .ok()?;
     text.trim().parse().ok()
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn private(dir: &Path) {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+
+    #[test]
+    fn a_missing_marker_is_written_again_in_our_private_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("odo-1-abc");
+        private(&dir);
+        assert!(restore_marker(&dir).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(dir.join(MARKER)).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        // There already: left as it is.
+        std::fs::write(dir.join(MARKER), "7\n").unwrap();
+        assert!(!restore_marker(&dir).unwrap());
+        assert_eq!(std::fs::read_to_string(dir.join(MARKER)).unwrap(), "7\n");
+        // Gone: nothing to do.
+        assert!(!restore_marker(&root.path().join("gone")).unwrap());
+    }
+
+    /// Someone took the name in a shared parent after a cleaner removed
+    /// the directory: a link in the marker's place is not followed (its
+    /// target is neither made nor truncated), and a directory others may
+    /// enter, or a link in the directory's place, gets no marker.
+    #[test]
+    fn a_marker_is_never_written_through_a_link_nor_into_a_directory_not_ours_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("victim");
+        std::fs::write(&target, "precious").unwrap();
+        let dangling = root.path().join("made-by-a-link");
+
+        let dir = root.path().join("odo-1-link");
+        private(&dir);
+        std::os::unix::fs::symlink(&target, dir.join(MARKER)).unwrap();
+        assert!(!restore_marker(&dir).unwrap());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
+
+        let dir = root.path().join("odo-1-dangling");
+        private(&dir);
+        std::os::unix::fs::symlink(&dangling, dir.join(MARKER)).unwrap();
+        assert!(!restore_marker(&dir).unwrap());
+        assert!(!dangling.exists(), "a link's target was made");
+
+        let open = root.path().join("odo-1-open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(!restore_marker(&open).unwrap());
+        assert!(!open.join(MARKER).exists());
+
+        let linked = root.path().join("odo-1-linked");
+        let elsewhere = root.path().join("elsewhere");
+        private(&elsewhere);
+        std::os::unix::fs::symlink(&elsewhere, &linked).unwrap();
+        assert!(!restore_marker(&linked).unwrap());
+        assert!(!elsewhere.join(MARKER).exists());
+    }
 }
