@@ -16,6 +16,11 @@
 //!
 //! I/O-free: [`Arriving::feed`] takes the bytes in the order tungstenite
 //! reads them, in pieces of any size.
+//!
+//! Hand-written rather than tungstenite's `FrameHeader::parse`: that wants
+//! a frame's whole header in one buffer and says nothing until it has it,
+//! while this must follow a header that arrives a byte at a time and stop
+//! at its end, before the payload, without a buffer of its own per socket.
 
 /// Where the reader stands in a client's stream of frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
