@@ -14,14 +14,12 @@
 //! So one object's data is one contiguous range ordered by the UTF-8 bytes
 //! of its keys, and the alarm index is ordered by time.
 
-use std::collections::HashSet;
-use std::fs::{File, OpenOptions, TryLockError};
-use std::io::Write;
+use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -31,19 +29,14 @@ use crate::backend::{Backend, ScanLimit};
 use crate::batch::{AlarmChange, KeyRange, ObjectBatch, bytes_successor};
 use crate::error::StorageError;
 
+mod claim;
+mod pace;
+
+use claim::{DirClaim, lock_dir};
+use pace::{Pace, lock_pace, probe_writes};
+
 const ID_LEN: usize = 32;
-const LOCK_FILE: &str = "odo.lock";
-/// How long an open waits for a lock that this process itself still holds
-/// although none of its backends has the directory open: a child process
-/// forked at the moment the last backend closed shares that lock until it
-/// `exec`s (see [`lock_dir`]).
-const STALE_OWN_LOCK_WAIT: Duration = Duration::from_secs(5);
 const DB_DIR: &str = "fjall";
-/// The file that tells whether the directory takes writes again after a
-/// failed one (written, synced, removed).
-const PROBE_FILE: &str = "odo.probe";
-/// What the probe writes.
-const PROBE_BYTES: usize = 64 * 1024;
 
 /// How far a commit goes before it is acknowledged. See `DURABILITY.md`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -140,11 +133,6 @@ pub struct FjallBackend {
     pace: Mutex<Pace>,
 }
 
-/// The first pause between two tries after a failed write.
-const RETRY_FIRST_DELAY: Duration = Duration::from_millis(100);
-/// The longest pause between two tries after a failed write.
-const RETRY_MAX_DELAY: Duration = Duration::from_secs(5);
-
 #[derive(Debug)]
 enum State {
     Open(Open),
@@ -152,33 +140,6 @@ enum State {
     /// (the error itself went to the call that tried).
     Down(String),
     Closed,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Pace {
-    not_before: Option<Instant>,
-    delay: Duration,
-}
-
-impl Default for Pace {
-    fn default() -> Self {
-        Self {
-            not_before: None,
-            delay: RETRY_FIRST_DELAY,
-        }
-    }
-}
-
-impl Pace {
-    /// Whether a try may come now; if so, the next one waits longer.
-    fn due(&mut self, now: Instant) -> bool {
-        if self.not_before.is_some_and(|t| now < t) {
-            return false;
-        }
-        self.not_before = Some(now + self.delay);
-        self.delay = (self.delay * 2).min(RETRY_MAX_DELAY);
-        true
-    }
 }
 
 // Field order matters: fjall is dropped (and so closed) before the lock file
@@ -190,41 +151,6 @@ struct Open {
     db: Database,
     _lock: File,
     _claim: DirClaim,
-}
-
-/// This process's claim on a store directory, held as long as a backend has
-/// it open (or is opening it).
-///
-/// The lock file tells processes apart; the claims tell this process's own
-/// backends apart, so that a second open here fails at once while a lock
-/// left behind by a closed backend (see [`lock_dir`]) is waited out.
-struct DirClaim(PathBuf);
-
-impl DirClaim {
-    fn claimed() -> &'static Mutex<HashSet<PathBuf>> {
-        static CLAIMED: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
-        CLAIMED.get_or_init(Mutex::default)
-    }
-
-    /// Claims `dir` (canonical), or `None` if a backend of this process
-    /// has it.
-    fn take(dir: PathBuf) -> Option<DirClaim> {
-        let newly = Self::claimed()
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(dir.clone());
-        // Built only when claimed: a claim dropped here would unclaim `dir`.
-        newly.then(|| DirClaim(dir))
-    }
-}
-
-impl Drop for DirClaim {
-    fn drop(&mut self) {
-        Self::claimed()
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.0);
-    }
 }
 
 impl std::fmt::Debug for Open {
@@ -398,23 +324,6 @@ impl Open {
     }
 }
 
-/// Whether `dir` takes a write again: [`PROBE_BYTES`] written to a file
-/// of its own there, synced, and removed.
-fn probe_writes(dir: &Path) -> std::io::Result<()> {
-    let path = dir.join(PROBE_FILE);
-    let written = (|| {
-        let mut file = File::create(&path)?;
-        file.write_all(&[0; PROBE_BYTES])?;
-        file.sync_data()
-    })();
-    let removed = std::fs::remove_file(&path);
-    written.and(removed)
-}
-
-fn lock_pace(pace: &Mutex<Pace>) -> std::sync::MutexGuard<'_, Pace> {
-    pace.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// The error of a call while fjall, which a failed write left refusing
 /// writes, could not be opened again.
 fn down(cause: &str) -> StorageError {
@@ -426,56 +335,6 @@ fn down(cause: &str) -> StorageError {
 
 fn poisoned() -> StorageError {
     StorageError::backend("locking the fjall backend", "lock poisoned by a panic")
-}
-
-/// Locks the store directory for this process (the caller holds its
-/// [`DirClaim`], so no backend of this process has it open).
-///
-/// A lock held under this process's own pid is then a leftover: a lock
-/// belongs to the open file, and a child forked while a backend was open
-/// shares that file until it `exec`s, so the lock can outlive the backend
-/// that closed by as long as the child takes to get there (on a loaded
-/// machine, milliseconds). Such a lock is waited for, up to
-/// [`STALE_OWN_LOCK_WAIT`]; another process's lock fails at once.
-fn lock_dir(dir: &Path) -> Result<File, StorageError> {
-    let path = dir.join(LOCK_FILE);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| StorageError::io(format!("opening lock file {}", path.display()), e))?;
-    let give_up = Instant::now() + STALE_OWN_LOCK_WAIT;
-    loop {
-        match file.try_lock() {
-            Ok(()) => {
-                let pid = std::process::id().to_string();
-                file.set_len(0)
-                    .and_then(|()| file.write_all(pid.as_bytes()))
-                    .map_err(|e| StorageError::io(format!("writing {}", path.display()), e))?;
-                return Ok(file);
-            }
-            Err(TryLockError::WouldBlock) => {
-                // Best effort: the holder may be between truncating and
-                // writing, and on some platforms a locked file cannot be read.
-                let holder_pid = std::fs::read_to_string(&path)
-                    .ok()
-                    .and_then(|text| text.trim().parse().ok());
-                if holder_pid == Some(std::process::id()) && Instant::now() < give_up {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                }
-                return Err(StorageError::Locked {
-                    dir: dir.to_path_buf(),
-                    holder_pid,
-                });
-            }
-            Err(TryLockError::Error(e)) => {
-                return Err(StorageError::io(format!("locking {}", path.display()), e));
-            }
-        }
-    }
 }
 
 fn engine_error(context: impl Into<String>, error: fjall::Error) -> StorageError {
