@@ -215,19 +215,13 @@ impl FjallBackend {
     }
 
     fn with<T>(&self, f: impl FnOnce(&Open) -> Result<T, StorageError>) -> Result<T, StorageError> {
-        {
-            let guard = self.inner.read().map_err(|_| poisoned())?;
-            match &*guard {
-                State::Open(open) => return f(open),
-                State::Closed => return Err(StorageError::Closed),
-                State::Down(_) => {}
-            }
+        let down = matches!(*self.inner.read().map_err(|_| poisoned())?, State::Down(_));
+        if down {
+            self.reopen_if_down()?;
         }
-        self.reopen_if_down()?;
-        let guard = self.inner.read().map_err(|_| poisoned())?;
-        match &*guard {
+        match &*self.inner.read().map_err(|_| poisoned())? {
             State::Open(open) => f(open),
-            State::Down(cause) => Err(down(cause)),
+            State::Down(cause) => Err(down_error(cause)),
             State::Closed => Err(StorageError::Closed),
         }
     }
@@ -326,7 +320,7 @@ impl Open {
 
 /// The error of a call while fjall, which a failed write left refusing
 /// writes, could not be opened again.
-fn down(cause: &str) -> StorageError {
+fn down_error(cause: &str) -> StorageError {
     StorageError::backend(
         "using the store",
         format!("it is closed after a failed write, and reopening it failed: {cause}"),
@@ -515,7 +509,10 @@ impl Backend for FjallBackend {
     }
 
     fn commit(&self, writes: &[(ObjectId, Arc<ObjectBatch>)]) -> Result<(), StorageError> {
-        if self.refusing.load(Ordering::Acquire) && !self.takes_writes_again() {
+        // Only after a failed write is the pace looked at: the usual
+        // commit takes no lock for it.
+        let after_failure = self.refusing.load(Ordering::Acquire);
+        if after_failure && !self.takes_writes_again() {
             return Err(StorageError::backend(
                 "committing a batch",
                 "refused before it was written: a write failed, and the store's directory takes no writes yet",
@@ -582,9 +579,8 @@ impl Backend for FjallBackend {
         })?;
         match written {
             Ok(()) => {
-                let mut pace = lock_pace(&self.pace);
-                if pace.not_before.is_some() {
-                    *pace = Pace::default();
+                if after_failure {
+                    *lock_pace(&self.pace) = Pace::default();
                 }
                 Ok(())
             }

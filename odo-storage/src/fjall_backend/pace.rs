@@ -21,7 +21,7 @@ const RETRY_MAX_DELAY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Pace {
-    pub(super) not_before: Option<Instant>,
+    not_before: Option<Instant>,
     delay: Duration,
 }
 
