@@ -299,6 +299,16 @@ enum Listener {
 }
 
 impl Listener {
+    /// Whether it listens on a socket file (which
+    /// [`Listener::keep_socket_file`] keeps): TCP and named pipes have none.
+    fn has_socket_file(&self) -> bool {
+        #[cfg(unix)]
+        if let Listener::Unix { .. } = self {
+            return true;
+        }
+        false
+    }
+
     /// Makes the socket file again if it is gone (a cleaner of temporary
     /// files removed it, or its directory) or another file took its path:
     /// a new listener there replaces this one. Connections accepted
@@ -495,7 +505,7 @@ impl Server {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = check.tick() => {
+                _ = check.tick(), if listener.has_socket_file() => {
                     if skip > 0 {
                         skip -= 1;
                     } else if listener.keep_socket_file(&endpoint, &rebind_logs).await {

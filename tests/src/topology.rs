@@ -279,8 +279,8 @@ pub fn process_alive(pid: u32) -> bool {
         // The main thread of a killed process may be a zombie while its
         // other threads still exit, with the process's sockets open: a
         // peer may still write to them. Dead once it alone is left.
-        let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count);
-        return !zombie || threads > 1;
+        return !zombie
+            || std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|t| t.count() > 1);
     }
     if cfg!(target_os = "linux") {
         return false;
