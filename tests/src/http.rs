@@ -71,6 +71,19 @@ impl HttpClient {
             .ok_or_else(|| anyhow::anyhow!("unassigned: {}", answer.text()))
     }
 
+    /// The pids of the running workers, from `/_odo/workers`.
+    pub async fn running_worker_pids(&self) -> Result<Vec<u32>> {
+        let answer = self.get("/_odo/workers").await?;
+        let workers: serde_json::Value = serde_json::from_slice(&answer.body)?;
+        Ok(workers
+            .as_array()
+            .ok_or_else(|| anyhow::anyhow!("/_odo/workers is not a list: {}", answer.text()))?
+            .iter()
+            .filter(|w| w["state"] == "running")
+            .filter_map(|w| w["pid"].as_u64().map(|p| p as u32))
+            .collect())
+    }
+
     /// Sends a request with headers and body; fails only on transport
     /// errors or after 30 s.
     pub async fn send(

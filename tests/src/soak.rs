@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use tokio::sync::Mutex;
 
 use crate::http::HttpClient;
@@ -98,19 +98,6 @@ impl Rng {
 
 fn counter(i: u32) -> String {
     format!("soak{i}")
-}
-
-/// The running workers' pids.
-async fn worker_pids(client: &HttpClient) -> Result<Vec<u32>> {
-    let answer = client.get("/_odo/workers").await?;
-    let workers: serde_json::Value = serde_json::from_slice(&answer.body)?;
-    Ok(workers
-        .as_array()
-        .ok_or_else(|| anyhow!("/_odo/workers is not a list"))?
-        .iter()
-        .filter(|w| w["state"] == "running")
-        .filter_map(|w| w["pid"].as_u64().map(|p| p as u32))
-        .collect())
 }
 
 async fn owner_pid(client: &HttpClient, name: &str) -> Result<Option<u32>> {
@@ -217,7 +204,7 @@ pub async fn soak(client: &HttpClient, plan: &SoakPlan) -> Result<SoakReport> {
     let mut recoveries = Vec::new();
     for _ in 0..plan.kills {
         tokio::time::sleep(plan.interval).await;
-        let pids = worker_pids(client).await?;
+        let pids = client.running_worker_pids().await?;
         if pids.is_empty() {
             continue;
         }

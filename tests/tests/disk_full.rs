@@ -110,15 +110,6 @@ fn a_failed_small_batch_does_not_come_back_once_the_disk_has_room() {
     store.close().unwrap();
 }
 
-async fn worker_pids(client: &HttpClient) -> Vec<u32> {
-    let body = client.get("/_odo/workers").await.unwrap().body;
-    let workers: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
-    workers
-        .iter()
-        .filter_map(|w| w["pid"].as_u64().map(|p| p as u32))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_and_the_server_takes_them_again_once_space_is_freed() {
     fill_and_free("fjall", LARGE).await;
@@ -255,7 +246,7 @@ async fn fill_and_free(storage: &str, size: usize) {
     );
 
     // Every acknowledged write survives a SIGKILL of every process.
-    let workers = worker_pids(&client).await;
+    let workers = client.running_worker_pids().await.unwrap();
     tokio::task::spawn_blocking(move || server.kill())
         .await
         .unwrap()

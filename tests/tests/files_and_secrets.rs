@@ -360,19 +360,10 @@ async fn sockets_a_cleaner_removed_are_made_again() {
     };
     increment_all("2").await;
     // A replacement runs.
-    let running = async || -> Vec<u64> {
-        let body = client.get("/_odo/workers").await.unwrap().body;
-        let workers: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
-        workers
-            .iter()
-            .filter(|w| w["state"] == "running")
-            .filter_map(|w| w["pid"].as_u64())
-            .collect()
-    };
     let started = Instant::now();
     loop {
-        let now = running().await;
-        if now.len() == 2 && !now.contains(&u64::from(victim)) {
+        let now = client.running_worker_pids().await.unwrap();
+        if now.len() == 2 && !now.contains(&victim) {
             break;
         }
         assert!(
