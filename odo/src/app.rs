@@ -288,8 +288,19 @@ impl App {
     /// Runs the binary: the worker role when a registry started this
     /// process as a worker, otherwise the command line (`serve`). Logs go to
     /// stderr, filtered by `RUST_LOG` (default `info`).
+    ///
+    /// On Linux it first turns transparent huge pages off for this process
+    /// and the workers it starts (which inherit the setting): an allocator
+    /// given 2 MiB pages keeps whole pages resident where it touched a few
+    /// KiB, and a fresh worker took 21 MB instead of 10 MB.
     pub fn main(self) -> ExitCode {
+        #[cfg(target_os = "linux")]
+        let huge_pages = rustix::thread::disable_transparent_huge_pages(true);
         crate::signals::init_logging();
+        #[cfg(target_os = "linux")]
+        if let Err(e) = huge_pages {
+            tracing::debug!("transparent huge pages stay as the system sets them: {e}");
+        }
         let runtime = match tokio::runtime::Runtime::new() {
             Ok(runtime) => runtime,
             Err(e) => {
