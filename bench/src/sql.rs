@@ -12,6 +12,10 @@
 //!   read per turn and one 100-row range scan per turn, as turns/s, beside
 //!   raw rusqlite doing the same statements on a WAL database.
 //!
+//! - Waking an evicted object: the time from asking for it to its first
+//!   durable turn, right after its eviction and a moment later, fjall-backed
+//!   and SQLite-backed.
+//!
 //! Goal: the SQLite-backed counter at least 0.5x the fjall-backed one.
 //! (The comparison with workerd's SQLite-backed counter is the e2e
 //! benchmark's, over HTTP.)
@@ -82,7 +86,61 @@ pub(crate) fn run() -> anyhow::Result<()> {
         );
     }
     println!("goal: SQLite-backed counter >= 0.50x the fjall-backed one");
+    println!(
+        "waking an evicted object: asked for -> its first turn durable, {WAKES} objects, p50/p99 us"
+    );
+    for counter in [Counter::FjallKv, Counter::SqliteKv] {
+        let (mut at_once, mut settled) = runtime.block_on(reactivation(counter))?;
+        println!(
+            "  {:<32} right after its eviction {}/{}; {} ms after it {}/{}",
+            counter.name(),
+            us(at_once.percentile(50.0)),
+            us(at_once.percentile(99.0)),
+            SETTLE.as_millis(),
+            us(settled.percentile(50.0)),
+            us(settled.percentile(99.0)),
+        );
+    }
     runtime.block_on(queries())
+}
+
+const WAKES: usize = 200;
+/// Long enough for an evicted view's last work (a SQLite-backed object's
+/// synced marker) to be done.
+const SETTLE: Duration = Duration::from_millis(30);
+
+/// The time from asking for an object just evicted (its view dropped) to
+/// its first increment being durable: right after the eviction, and
+/// [`SETTLE`] after it. A SQLite-backed object's evicted view holds the
+/// object until its synced marker is submitted (DURABILITY.md), so a wake
+/// right after the eviction waits for that.
+async fn reactivation(counter: Counter) -> anyhow::Result<(Latencies, Latencies)> {
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let store = store(dir.path())?;
+    let open = |n| match counter {
+        Counter::FjallKv => Ok(store.object(id(n))),
+        _ => store.sql_object(id(n)),
+    };
+    let mut at_once = Latencies::with_capacity(WAKES);
+    let mut settled = Latencies::with_capacity(WAKES);
+    for n in 0..WAKES {
+        let mut turns = open(n)?;
+        if let Some(durable) = increment(&mut turns, counter).await? {
+            durable.await?;
+        }
+        for (latencies, pause) in [(&mut at_once, Duration::ZERO), (&mut settled, SETTLE)] {
+            drop(turns);
+            tokio::time::sleep(pause).await;
+            let asked = Instant::now();
+            turns = open(n)?;
+            if let Some(durable) = increment(&mut turns, counter).await? {
+                durable.await?;
+            }
+            latencies.push(asked.elapsed());
+        }
+    }
+    store.close().await?;
+    Ok((at_once, settled))
 }
 
 fn id(n: usize) -> ObjectId {
