@@ -37,6 +37,9 @@ pub(crate) trait AlarmHost: Send + Sync + 'static {
 /// Why an alarm is waiting to run again.
 #[derive(Debug, Clone, Copy, Default)]
 struct AlarmRetryState {
+    /// The alarm's scheduled time these tries were for: an alarm set again
+    /// (or deleted) is a new alarm, and this state no longer applies.
+    at: u64,
     /// Runs of the handler that failed; the backoff and `retry_count`
     /// follow this.
     failures: u32,
@@ -86,11 +89,28 @@ pub(crate) async fn alarm_loop(host: Weak<dyn AlarmHost>, shard: Arc<ShardState>
             }
         };
         let mut next_wake = now + 1_000;
+        // The retries still owed: those of alarms found as they were when
+        // they failed. One whose alarm was set again or deleted is not
+        // (the index read whole, or its alarm found at another time).
+        let whole_index = pending.len() < skip + 64;
+        let mut owed: HashSet<ObjectId> = HashSet::with_capacity(retries.len());
+        let mut stale: Vec<ObjectId> = Vec::new();
         for (id, at) in pending {
+            match retries.get(&id) {
+                Some(retry) if retry.at == at => {
+                    owed.insert(id);
+                }
+                Some(_) => stale.push(id),
+                None => {}
+            }
             if running.contains(&id) || foreign.contains(&id) {
                 continue;
             }
-            let retry = retries.get(&id).copied().unwrap_or_default();
+            let retry = retries
+                .get(&id)
+                .copied()
+                .filter(|retry| retry.at == at)
+                .unwrap_or_default();
             let due = at.max(retry.not_before);
             if due > now {
                 next_wake = next_wake.min(due);
@@ -115,8 +135,16 @@ pub(crate) async fn alarm_loop(host: Weak<dyn AlarmHost>, shard: Arc<ShardState>
             let delivery = rt.deliver(target, EventKind::Alarm(info), scope);
             tasks.spawn(async move { (id, at, delivery.await) });
         }
-        for retry in retries.values() {
-            next_wake = next_wake.min(retry.not_before);
+        // A retry kept for an alarm deleted or set again since it failed
+        // must not hold its place (nor, as it once did, wake this loop at
+        // its past time on every tick, for nothing).
+        for id in stale {
+            if !running.contains(&id) {
+                retries.remove(&id);
+            }
+        }
+        if whole_index {
+            retries.retain(|id, _| owed.contains(id) || running.contains(id));
         }
         drop(rt);
         let sleep = Duration::from_millis(next_wake.saturating_sub(now_ms()));
@@ -134,16 +162,24 @@ pub(crate) async fn alarm_loop(host: Weak<dyn AlarmHost>, shard: Arc<ShardState>
                     Err(WireError::Moved { .. }) => return,
                     Err(WireError::Overloaded) => {
                         let retry = retries.entry(id).or_default();
+                        if retry.at != at {
+                            *retry = AlarmRetryState { at, ..AlarmRetryState::default() };
+                        }
                         retry.overloaded += 1;
                         retry.not_before = now_ms() + overload_delay(retry.overloaded);
                         debug!(%id, times = retry.overloaded, "alarm refused by a full queue; rescheduled");
                     }
                     Err(error) => {
-                        let failures = retries.get(&id).map_or(0, |r| r.failures) + 1;
+                        let failures = retries
+                            .get(&id)
+                            .filter(|r| r.at == at)
+                            .map_or(0, |r| r.failures)
+                            + 1;
                         match rt.config().alarm_retry.delay_after(failures) {
                             Some(delay) => {
                                 warn!(%id, failures, ?delay, %error, "alarm failed; retrying");
                                 retries.insert(id, AlarmRetryState {
+                                    at,
                                     failures,
                                     overloaded: 0,
                                     not_before: now_ms() + delay.as_millis() as u64,
