@@ -409,6 +409,18 @@ pub enum WireError {
         /// The chain, outermost first, ending with the object called again.
         chain: Vec<ObjectId>,
     },
+    /// The call would make a chain of more than `max` objects, each waiting
+    /// on the next (as Cloudflare refuses a request that recursed through
+    /// too many Workers). Refused before delivery.
+    #[error(
+        "call chain too deep: the call would be the {depth}th object waiting on the next, at most {max}"
+    )]
+    CallTooDeep {
+        /// The objects the chain would hold with this call's target.
+        depth: u32,
+        /// The most it may hold.
+        max: u32,
+    },
     /// The request reached the object, but its outcome is unknown: the
     /// object stopped before answering, or a commit its answer waited for
     /// failed. It may or may not have taken effect: do not retry blindly.

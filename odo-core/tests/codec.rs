@@ -89,6 +89,7 @@ fn wire_error() -> impl Strategy<Value = WireError> {
         ".{0,20}".prop_map(|message| WireError::BadRequest { message }),
         ".{0,20}".prop_map(|message| WireError::Internal { message }),
         proptest::collection::vec(id(), 0..4).prop_map(|chain| WireError::CallCycle { chain }),
+        (any::<u32>(), any::<u32>()).prop_map(|(depth, max)| WireError::CallTooDeep { depth, max }),
         ".{0,20}".prop_map(|reason| WireError::OutcomeUnknown { reason }),
         Just(WireError::DeadlineExceeded),
     ]

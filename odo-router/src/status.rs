@@ -76,6 +76,9 @@ fn classify(error: &ForwardError) -> (StatusCode, &'static str, String) {
                 "request deadline exceeded".into(),
             ),
             WireError::CallCycle { .. } => (StatusCode::LOOP_DETECTED, "call-cycle", e.to_string()),
+            WireError::CallTooDeep { .. } => {
+                (StatusCode::LOOP_DETECTED, "call-too-deep", e.to_string())
+            }
             WireError::UnknownSocket => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

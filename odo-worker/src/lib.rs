@@ -36,7 +36,7 @@ mod types;
 pub mod wire;
 
 pub use activation::now_ms;
-pub use call::{CallError, CallScope, Cluster, DEFAULT_CALL_DEADLINE};
+pub use call::{CallError, CallScope, Cluster, DEFAULT_CALL_DEADLINE, MAX_CALL_DEPTH};
 pub use class::{ClassError, Classes};
 pub use cluster::ObjectRouter;
 pub use config::{AlarmRetry, RuntimeConfig};

@@ -18,6 +18,24 @@ fn start(dir: &std::path::Path) -> (RunningServer, HttpClient) {
     (server, client)
 }
 
+/// Waits until the server's log says alarms failed `times` times (and
+/// are to be retried).
+async fn alarm_failures(dir: &std::path::Path, times: usize) {
+    let log = dir.join("server.log");
+    let waiting = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.matches("alarm failed; retrying").count() >= times {
+            return;
+        }
+        assert!(
+            waiting.elapsed() < Duration::from_secs(10),
+            "alarms did not fail {times} times within 10 s; the log:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// User and system CPU time of `pid` so far, in clock ticks.
 #[cfg(target_os = "linux")]
 fn cpu_ticks(pid: u32) -> u64 {
@@ -64,19 +82,7 @@ async fn a_failed_alarm_deleted_before_its_retry_leaves_the_worker_idle() {
     assert_eq!(set.status, 200, "{}", set.text());
     // Its first run failed: from now on a retry is always pending (50 ms,
     // 100 ms, ... after each failure) but for the moments it runs.
-    let log = dir.path().join("server.log");
-    let waiting = std::time::Instant::now();
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("alarm failed; retrying")
-    {
-        assert!(
-            waiting.elapsed() < Duration::from_secs(10),
-            "the alarm's first run did not fail within 10 s; the log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    alarm_failures(dir.path(), 1).await;
     let deleted = c
         .send("DELETE", "/probe/stale-retry/alarm", &[], Bytes::new())
         .await
@@ -90,5 +96,93 @@ async fn a_failed_alarm_deleted_before_its_retry_leaves_the_worker_idle() {
         after < baseline + 3.0,
         "worker {owner} stays busy with no alarm pending: {after:.1}% of a core \
          ({baseline:.1}% before the alarm was set and deleted)"
+    );
+}
+
+/// A new alarm set after a failing one was deleted ran first with the
+/// deleted alarm's retry count (4 instead of 0), and so would have been
+/// dropped after fewer retries than the policy gives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_alarm_does_not_inherit_the_retries_of_a_deleted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, c) = start(dir.path());
+    let set = c
+        .send(
+            "POST",
+            "/probe/inherit/alarm?in_ms=0&fail=100",
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(set.status, 200, "{}", set.text());
+    alarm_failures(dir.path(), 2).await;
+    let deleted = c
+        .send("DELETE", "/probe/inherit/alarm", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    // A new alarm, whose handler succeeds at once.
+    let set = c
+        .send(
+            "POST",
+            "/probe/inherit/alarm?in_ms=0&fail=0",
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(set.status, 200, "{}", set.text());
+    let waiting = std::time::Instant::now();
+    loop {
+        let state = c.get("/probe/inherit/alarm").await.unwrap().text();
+        if state.contains("fired=1") {
+            assert!(
+                state.ends_with("last_retry=0"),
+                "the new alarm's first run was told it is a retry: {state}"
+            );
+            return;
+        }
+        assert!(
+            waiting.elapsed() < Duration::from_secs(10),
+            "the new alarm never ran: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `relay/a/b/...` makes each object fetch the next: one request of 3,000
+/// names (17 KB) held 3,000 objects waiting on each other, each hop
+/// carrying the whole chain, and took 350 MB in each worker. A chain holds
+/// at most `MAX_CALL_DEPTH` objects (16, as Cloudflare's subrequest
+/// depth); the call that would make it longer fails at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_calls_holds_at_most_sixteen_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, c) = start(dir.path());
+    let chain = |objects: usize| {
+        let mut path = String::from("/probe/deep1/relay");
+        for i in 2..=objects {
+            path.push_str(&format!("/deep{i}"));
+        }
+        path
+    };
+    let whole = c.post(&chain(16)).await.unwrap();
+    assert_eq!(whole.status, 200, "{}", whole.text());
+    assert!(
+        whole.text().starts_with("end at deep16 with "),
+        "{}",
+        whole.text()
+    );
+
+    let deeper = c.post(&chain(3000)).await.unwrap();
+    assert_eq!(deeper.status, 200, "{}", deeper.text());
+    assert!(
+        deeper.text().starts_with("call failed: ")
+            && deeper
+                .text()
+                .contains("call chain too deep: the call would be the 17th object"),
+        "{}",
+        deeper.text()
     );
 }
