@@ -72,7 +72,7 @@ pub(crate) async fn alarm_loop(host: Weak<dyn AlarmHost>, shard: Arc<ShardState>
     // Objects of no registered class: their alarms stay stored (the class
     // may come back in a later build) but are never delivered here.
     let mut foreign: HashSet<ObjectId> = HashSet::new();
-    let mut tasks: JoinSet<(ObjectId, u64, Result<Outcome, WireError>)> = JoinSet::new();
+    let mut tasks: Deliveries = JoinSet::new();
     let mut alarm_changes = shard.store.alarm_changes();
     loop {
         let Some(rt) = host.upgrade() else { return };
@@ -152,55 +152,106 @@ pub(crate) async fn alarm_loop(host: Weak<dyn AlarmHost>, shard: Arc<ShardState>
             () = tokio::time::sleep(sleep) => {}
             _ = alarm_changes.changed() => {}
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                let Ok((id, at, result)) = done else { continue };
-                running.remove(&id);
-                let Some(rt) = host.upgrade() else { return };
-                match result {
-                    Ok(_) => {
-                        retries.remove(&id);
+                // Every delivery already done, before the index is read
+                // again: taken one per read, a burst of N alarms cost N
+                // reads of N entries (a 4,000-alarm burst kept each worker
+                // busy for half a minute after the last one ran).
+                let mut next = Some(done);
+                while let Some(done) = next {
+                    let Ok((id, at, result)) = done else {
+                        next = tasks.try_join_next();
+                        continue;
+                    };
+                    running.remove(&id);
+                    let Some(rt) = host.upgrade() else { return };
+                    if let Settled::Moved = settle(&*rt, &mut retries, &mut running, &mut tasks, id, at, result) {
+                        return;
                     }
-                    Err(WireError::Moved { .. }) => return,
-                    Err(WireError::Overloaded) => {
-                        let retry = retries.entry(id).or_default();
-                        if retry.at != at {
-                            *retry = AlarmRetryState { at, ..AlarmRetryState::default() };
-                        }
-                        retry.overloaded += 1;
-                        retry.not_before = now_ms() + overload_delay(retry.overloaded);
-                        debug!(%id, times = retry.overloaded, "alarm refused by a full queue; rescheduled");
-                    }
-                    Err(error) => {
-                        let failures = retries
-                            .get(&id)
-                            .filter(|r| r.at == at)
-                            .map_or(0, |r| r.failures)
-                            + 1;
-                        match rt.config().alarm_retry.delay_after(failures) {
-                            Some(delay) => {
-                                warn!(%id, failures, ?delay, %error, "alarm failed; retrying");
-                                retries.insert(id, AlarmRetryState {
-                                    at,
-                                    failures,
-                                    overloaded: 0,
-                                    not_before: now_ms() + delay.as_millis() as u64,
-                                });
-                            }
-                            None => {
-                                warn!(%id, failures, %error, "alarm failed too many times; dropped");
-                                retries.remove(&id);
-                                let Some(class) = rt.classes().by_tag(id.namespace_tag()) else { continue };
-                                let target = ObjectAddress { class: class.name.clone(), id, name: None };
-                                running.insert(id);
-                                let scope = CallScope::outside(rt.config().call_timeout);
-                                let delivery = rt.deliver(target, EventKind::ClearAlarm(at), scope);
-                                tasks.spawn(async move {
-                                    (id, at, delivery.await.map(|_| Outcome::AlarmStale))
-                                });
-                            }
-                        }
-                    }
+                    next = tasks.try_join_next();
                 }
             }
         }
     }
+}
+
+/// What a finished delivery means for the scheduler.
+enum Settled {
+    /// Go on.
+    Go,
+    /// The shard moved away: this scheduler ends.
+    Moved,
+}
+
+type Deliveries = JoinSet<(ObjectId, u64, Result<Outcome, WireError>)>;
+
+/// Takes note of how the delivery of `id`'s alarm at `at` ended: done,
+/// refused by a full queue (rescheduled), or failed (retried with backoff,
+/// then dropped).
+fn settle(
+    rt: &dyn AlarmHost,
+    retries: &mut HashMap<ObjectId, AlarmRetryState>,
+    running: &mut HashSet<ObjectId>,
+    tasks: &mut Deliveries,
+    id: ObjectId,
+    at: u64,
+    result: Result<Outcome, WireError>,
+) -> Settled {
+    match result {
+        Ok(_) => {
+            retries.remove(&id);
+        }
+        Err(WireError::Moved { .. }) => return Settled::Moved,
+        Err(WireError::Overloaded) => {
+            let retry = retries.entry(id).or_default();
+            if retry.at != at {
+                *retry = AlarmRetryState {
+                    at,
+                    ..AlarmRetryState::default()
+                };
+            }
+            retry.overloaded += 1;
+            retry.not_before = now_ms() + overload_delay(retry.overloaded);
+            debug!(%id, times = retry.overloaded, "alarm refused by a full queue; rescheduled");
+        }
+        Err(error) => {
+            let failures = retries
+                .get(&id)
+                .filter(|r| r.at == at)
+                .map_or(0, |r| r.failures)
+                + 1;
+            match rt.config().alarm_retry.delay_after(failures) {
+                Some(delay) => {
+                    warn!(%id, failures, ?delay, %error, "alarm failed; retrying");
+                    retries.insert(
+                        id,
+                        AlarmRetryState {
+                            at,
+                            failures,
+                            overloaded: 0,
+                            not_before: now_ms() + delay.as_millis() as u64,
+                        },
+                    );
+                }
+                None => {
+                    warn!(%id, failures, %error, "alarm failed too many times; dropped");
+                    retries.remove(&id);
+                    let Some(class) = rt.classes().by_tag(id.namespace_tag()) else {
+                        return Settled::Go;
+                    };
+                    let target = ObjectAddress {
+                        class: class.name.clone(),
+                        id,
+                        name: None,
+                    };
+                    running.insert(id);
+                    let scope = CallScope::outside(rt.config().call_timeout);
+                    let delivery = rt.deliver(target, EventKind::ClearAlarm(at), scope);
+                    tasks.spawn(
+                        async move { (id, at, delivery.await.map(|_| Outcome::AlarmStale)) },
+                    );
+                }
+            }
+        }
+    }
+    Settled::Go
 }

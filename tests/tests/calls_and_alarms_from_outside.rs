@@ -186,3 +186,68 @@ async fn a_chain_of_calls_holds_at_most_sixteen_objects() {
         deeper.text()
     );
 }
+
+/// The sum of the workers' `commit_turns`.
+async fn commit_turns(c: &HttpClient) -> u64 {
+    let workers: serde_json::Value =
+        serde_json::from_slice(&c.get("/_odo/workers").await.unwrap().body).unwrap();
+    workers
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w["commit_turns"].as_u64())
+        .sum()
+}
+
+/// Alarms falling due together were taken back one per read of the alarm
+/// index, each read passing every alarm still running: N alarms cost N
+/// reads of N entries, and a burst of 2,000 kept each worker at a full
+/// core for seconds after the last alarm had run.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_alarms_leaves_the_workers_idle_once_they_ran() {
+    const ALARMS: usize = 2000;
+    const SETTERS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, c) = start(dir.path());
+    let workers = c.running_worker_pids().await.unwrap();
+    // Every alarm at the same instant, far enough ahead to set them all.
+    let at = odo_worker::now_ms() + 8_000;
+    let mut setters = Vec::new();
+    for first in 0..SETTERS {
+        let c = c.clone();
+        setters.push(tokio::spawn(async move {
+            for i in (first..ALARMS).step_by(SETTERS) {
+                let in_ms = at.saturating_sub(odo_worker::now_ms());
+                let path = format!("/counter/burst{i}/alarm?in_ms={in_ms}");
+                let answer = c.send("POST", &path, &[], Bytes::new()).await.unwrap();
+                assert_eq!(answer.status, 200, "{}", answer.text());
+            }
+        }));
+    }
+    for setter in setters {
+        setter.await.unwrap();
+    }
+    assert!(
+        odo_worker::now_ms() < at,
+        "setting the alarms took more than 8 s"
+    );
+    let before = commit_turns(&c).await;
+    let waiting = std::time::Instant::now();
+    while commit_turns(&c).await < before + ALARMS as u64 {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(60),
+            "the alarms did not all run"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(c.get("/counter/burst0/alarms").await.unwrap().text(), "1");
+
+    for pid in workers {
+        let busy = cpu_percent(pid, Duration::from_secs(2)).await;
+        assert!(
+            busy < 20.0,
+            "worker {pid} is at {busy:.0}% of a core with every alarm run"
+        );
+    }
+}
