@@ -89,7 +89,7 @@ pub(crate) struct ServeFlags {
     #[arg(long, default_value_t = 1024 * 1024)]
     max_body_bytes: usize,
     /// The request deadline, in milliseconds (slower answers 504).
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     request_timeout_ms: u64,
     /// How long a client has to send a whole request head, in milliseconds
     /// (from accept, or from the first byte on a kept-alive connection);
@@ -296,5 +296,8 @@ mod tests {
         assert_eq!(router.max_connections, 7);
         assert!(serve_options(&["--header-read-timeout-ms", "0"]).is_err());
         assert!(serve_options(&["--idle-timeout-ms", "0"]).is_err());
+        // Every request would time out before reaching its object, and
+        // answer 504 "outcome unknown" though nothing happened.
+        assert!(serve_options(&["--request-timeout-ms", "0"]).is_err());
     }
 }
