@@ -262,6 +262,7 @@ pub(crate) async fn run<T: DurableObject>(start: ActorStart, factory: Factory<T>
         scope: CallScope::outside(config.call_timeout),
         background: OnceLock::new(),
         deferred: Vec::new(),
+        waits: control.clone(),
     };
     let mut instance: Option<T> = None;
     let mut gate = Gate {

@@ -111,6 +111,39 @@ impl CallScope {
     }
 }
 
+/// Where an object's turn notes the calls it waits on: the object table,
+/// which refuses a call that would queue behind the very turn waiting on it
+/// (two requests whose calls cross).
+pub(crate) trait Waits: Send + Sync + std::fmt::Debug {
+    /// The running turn of object `id` waits on `target` from now.
+    fn begin(&self, id: ObjectId, target: ObjectId);
+    /// It no longer does.
+    fn end(&self, target: ObjectId);
+}
+
+/// A call the running turn of an object waits on, noted until it drops.
+#[derive(Debug)]
+pub(crate) struct WaitGuard {
+    waits: Arc<dyn Waits>,
+    target: ObjectId,
+}
+
+impl WaitGuard {
+    pub(crate) fn new(waits: &Arc<dyn Waits>, id: ObjectId, target: ObjectId) -> Self {
+        waits.begin(id, target);
+        Self {
+            waits: waits.clone(),
+            target,
+        }
+    }
+}
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        self.waits.end(self.target);
+    }
+}
+
 /// Delivers calls to objects. The runtime implements it for objects it
 /// hosts; a worker process implements it by forwarding to the owning worker.
 pub trait Cluster: Send + Sync + 'static {

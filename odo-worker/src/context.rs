@@ -16,7 +16,7 @@ use crate::error::ObjectError;
 use crate::types::{Request, Response};
 use odo_core::ObjectAddress;
 
-use crate::call::{CallScope, Cluster};
+use crate::call::{CallScope, Cluster, WaitGuard, Waits};
 use crate::socket::{SocketKey, SocketView, WebSocket, WebSocketError};
 use crate::stub::{NamespaceHandle, Stub};
 use odo_core::socket::ACCEPT_TAGS_HEADER;
@@ -44,6 +44,8 @@ pub struct Context {
     /// The socket the fetch being handled would accept: set while a
     /// front door's upgrade request is handled, taken by the accept.
     pub(crate) upgrade: Option<SocketKey>,
+    /// Where the calls its turn waits on are noted (the object table).
+    pub(crate) waits: Arc<dyn Waits>,
 }
 
 /// A `wait_until` task waiting for its turn to end, holding the object
@@ -150,6 +152,7 @@ impl Context {
             .check_cycle(&stub.target().id)
             .map_err(crate::call::CallError::from)?;
         self.flush().await?;
+        let _waiting = WaitGuard::new(&self.waits, self.target.id, stub.target().id);
         Ok(stub.fetch_unchecked(request, self.scope.clone()).await?)
     }
 
@@ -166,6 +169,7 @@ impl Context {
             .check_cycle(&stub.target().id)
             .map_err(crate::call::CallError::from)?;
         self.flush().await?;
+        let _waiting = WaitGuard::new(&self.waits, self.target.id, stub.target().id);
         Ok(stub.call_encoded(method, args, self.scope.clone()).await?)
     }
 

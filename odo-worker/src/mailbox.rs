@@ -109,6 +109,25 @@ impl Mailbox {
         drop(self.take_all());
     }
 
+    /// Takes out the queued events `refuse` gives an error for, and
+    /// answers each with it.
+    pub(crate) fn refuse_where(&self, mut refuse: impl FnMut(&Event) -> Option<WireError>) {
+        let mut refused = Vec::new();
+        self.queue().retain_mut(|event| match refuse(event) {
+            Some(error) => {
+                refused.push((
+                    std::mem::replace(&mut event.reply, oneshot::channel().0),
+                    error,
+                ));
+                false
+            }
+            None => true,
+        });
+        for (reply, error) in refused {
+            let _ = reply.send(Err(error));
+        }
+    }
+
     /// Takes every queued event, to answer them without running them.
     pub(crate) fn take_all(&self) -> VecDeque<Event> {
         std::mem::take(&mut *self.queue())

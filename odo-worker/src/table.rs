@@ -15,6 +15,7 @@ use odo_core::{ObjectId, WireError};
 use odo_storage::Store;
 use tokio::sync::{Notify, watch};
 
+use crate::call::Waits;
 use crate::mailbox::{Event, Mailbox};
 use crate::socket::SocketBook;
 
@@ -37,12 +38,69 @@ pub(crate) struct ActorControl {
     last_used: AtomicU64,
     pub(crate) evict: Notify,
     pub(crate) mailbox: Mailbox,
+    /// The objects the running turn waits on through calls it made
+    /// (usually none, or one).
+    waiting_on: std::sync::Mutex<Vec<ObjectId>>,
 }
 
 impl ActorControl {
     pub(crate) fn touch(&self, tick: u64) {
         self.last_used.store(tick, Ordering::Relaxed);
     }
+
+    fn waiting_on(&self) -> std::sync::MutexGuard<'_, Vec<ObjectId>> {
+        self.waiting_on
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues `event` for object `id` (`false`: the queue is full), unless
+    /// it closes a cycle of calls across requests: two requests whose
+    /// calls cross (`a` calls `b` while `b`, in a turn of another request,
+    /// calls `a`) would each queue behind the turn waiting on it, and both
+    /// waited out their whole deadline. One of the two calls (the one to
+    /// the object with the smaller id) is refused at once instead
+    /// ([`WireError::CallCycle`]), and the other goes on.
+    fn push(&self, id: ObjectId, event: Event) -> Result<bool, WireError> {
+        // Held while the event is queued: a turn starting to wait checks
+        // the queue under it too, so no call slips between the two.
+        let waiting = self.waiting_on();
+        if let Some(&waited) = waiting.iter().find(|&&w| refuses(id, w, &event)) {
+            return Err(crossed(&event, id, waited));
+        }
+        Ok(self.mailbox.push(event))
+    }
+}
+
+impl Waits for ActorControl {
+    /// Also refuses the queued calls that this wait would never let run.
+    fn begin(&self, id: ObjectId, target: ObjectId) {
+        let mut waiting = self.waiting_on();
+        waiting.push(target);
+        self.mailbox
+            .refuse_where(|event| refuses(id, target, event).then(|| crossed(event, id, target)));
+    }
+
+    fn end(&self, target: ObjectId) {
+        let mut waiting = self.waiting_on();
+        if let Some(at) = waiting.iter().position(|t| *t == target) {
+            waiting.swap_remove(at);
+        }
+    }
+}
+
+/// Whether object `id`, whose running turn waits on `waited`, refuses
+/// `event`: a call made, directly or not, by that very turn of `waited`,
+/// which would wait behind the turn that waits on it. Both objects find
+/// the cycle; only the smaller id refuses, so the other call goes on.
+fn refuses(id: ObjectId, waited: ObjectId, event: &Event) -> bool {
+    id < waited && event.scope.chain.contains(&waited)
+}
+
+fn crossed(event: &Event, id: ObjectId, waited: ObjectId) -> WireError {
+    let mut chain = event.scope.chain.to_vec();
+    chain.extend([id, waited]);
+    WireError::CallCycle { chain }
 }
 
 /// One shard this process serves.
@@ -146,7 +204,7 @@ impl ObjectTable {
     ) -> Result<Option<Arc<ActorControl>>, WireError> {
         let mut part = lock(self.part(&id));
         if let Some(slot) = part.get(&id) {
-            return if slot.control.mailbox.push(event) {
+            return if slot.control.push(id, event)? {
                 Ok(None)
             } else {
                 Err(WireError::Overloaded)
@@ -156,6 +214,7 @@ impl ObjectTable {
             last_used: AtomicU64::new(0),
             evict: Notify::new(),
             mailbox: Mailbox::new(queue_depth),
+            waiting_on: std::sync::Mutex::default(),
         });
         if !control.mailbox.push(event) {
             return Err(WireError::Internal {

@@ -251,3 +251,60 @@ async fn a_burst_of_alarms_leaves_the_workers_idle_once_they_ran() {
         );
     }
 }
+
+/// Two requests whose calls cross: `xa` calls `xb` while `xb`, in a turn
+/// of another request, calls `xa`. Each call queued behind the turn that
+/// waited on it, and both requests waited out their whole deadline (504,
+/// outcome unknown), the two objects stuck behind each other. The second
+/// call to be made now closes a known cycle and is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_requests_whose_calls_cross_do_not_wait_out_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = ServerSpec::new(env!("CARGO_BIN_EXE_odo-test-server"), 2);
+    spec.extra_args = vec!["--request-timeout-ms".into(), "10000".into()];
+    let server = spec
+        .start(&dir.path().join("data"))
+        .expect("the server starts");
+    let c = HttpClient::new(&server.base);
+    // Each first object waits before its call, so that both turns run
+    // when the calls are made: at once, or one call queued well before
+    // the other object's turn starts to wait.
+    for (round, (pause_a, pause_b)) in [(300, 300), (100, 400), (400, 100)].into_iter().enumerate()
+    {
+        let (a, b) = (format!("xa{round}"), format!("xb{round}"));
+        let (to_b, to_a) = (
+            format!("/probe/{a}/relay/{b}?pause_ms={pause_a}"),
+            format!("/probe/{b}/relay/{a}?pause_ms={pause_b}"),
+        );
+        let one = c.send("POST", &to_b, &[], Bytes::new());
+        let two = c.send("POST", &to_a, &[], Bytes::new());
+        let started = std::time::Instant::now();
+        let (one, two) = tokio::join!(one, two);
+        let took = started.elapsed();
+        let (one, two) = (one.unwrap(), two.unwrap());
+        let texts = [one.text(), two.text()];
+        assert!(
+            took < Duration::from_secs(5),
+            "round {round}: the crossed calls took {took:?} ({} {:?}, {} {:?})",
+            one.status,
+            texts[0],
+            two.status,
+            texts[1]
+        );
+        assert_eq!((one.status, two.status), (200, 200), "{texts:?}");
+        // One call closed the cycle and was refused; the other went through.
+        assert_eq!(
+            texts
+                .iter()
+                .filter(|t| t.starts_with("call failed: call cycle"))
+                .count(),
+            1,
+            "{texts:?}"
+        );
+        assert_eq!(
+            texts.iter().filter(|t| t.starts_with("end at ")).count(),
+            1,
+            "{texts:?}"
+        );
+    }
+}

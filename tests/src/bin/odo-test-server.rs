@@ -190,7 +190,8 @@ impl DurableObject for Probe {
             }
             // `relay/a/b/...`: fetch `/probe/a/relay/b/...`; an empty rest
             // answers where the chain ended and the deadline left there,
-            // `hang` never answers. A failed call is answered as text.
+            // `hang` never answers. A failed call is answered as text. With
+            // `?pause_ms=N` the first object waits N ms before its call.
             (_, ["relay", rest @ ..]) => match rest
                 .iter()
                 .copied()
@@ -208,6 +209,7 @@ impl DurableObject for Probe {
                 )),
                 ["hang"] => std::future::pending().await,
                 [next, more @ ..] => {
+                    tokio::time::sleep(Duration::from_millis(number(&request, "pause_ms"))).await;
                     let stub = ctx.namespace("PROBE").get_by_name(next);
                     let uri = format!("/probe/{next}/relay/{}", more.join("/"));
                     let request = http::Request::builder()
