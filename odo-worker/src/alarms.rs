@@ -81,18 +81,18 @@ pub(crate) async fn alarm_loop(host: Weak<dyn AlarmHost>, shard: Arc<ShardState>
         // Every alarm this loop holds back is among the earliest: read past
         // them so that 64 others are always considered.
         let skip = running.len() + retries.len() + foreign.len();
-        let pending = match shard.store.due_alarms(u64::MAX, skip + 64) {
-            Ok(pending) => pending,
+        let (pending, read) = match shard.store.due_alarms(u64::MAX, skip + 64) {
+            Ok(pending) => (pending, true),
             Err(e) => {
                 warn!(shard = shard.shard, error = %e, "reading the alarm index failed; retrying in 1 s");
-                Vec::new()
+                (Vec::new(), false)
             }
         };
         let mut next_wake = now + 1_000;
         // The retries still owed: those of alarms found as they were when
         // they failed. One whose alarm was set again or deleted is not
         // (the index read whole, or its alarm found at another time).
-        let whole_index = pending.len() < skip + 64;
+        let whole_index = read && pending.len() < skip + 64;
         let mut owed: HashSet<ObjectId> = HashSet::with_capacity(retries.len());
         let mut stale: Vec<ObjectId> = Vec::new();
         for (id, at) in pending {

@@ -77,8 +77,13 @@ impl Waits for ActorControl {
     fn begin(&self, id: ObjectId, target: ObjectId) {
         let mut waiting = self.waiting_on();
         waiting.push(target);
-        self.mailbox
-            .refuse_where(|event| refuses(id, target, event).then(|| crossed(event, id, target)));
+        // Only the smaller id of the two refuses: the other has nothing
+        // to look for.
+        if id < target {
+            self.mailbox.refuse_where(|event| {
+                refuses(id, target, event).then(|| crossed(event, id, target))
+            });
+        }
     }
 
     fn end(&self, target: ObjectId) {
