@@ -62,6 +62,11 @@ impl ActorControl {
     /// the object with the smaller id) is refused at once instead
     /// ([`WireError::CallCycle`]), and the other goes on.
     fn push(&self, id: ObjectId, event: Event) -> Result<bool, WireError> {
+        if event.scope.chain.is_empty() {
+            // Not a call from an object (a request from outside, an
+            // alarm): it waits on no turn, and is never refused.
+            return Ok(self.mailbox.push(event));
+        }
         // Held while the event is queued: a turn starting to wait checks
         // the queue under it too, so no call slips between the two.
         let waiting = self.waiting_on();
