@@ -11,7 +11,6 @@ use odo_core::socket::SocketOutput;
 use odo_router::Door;
 use odo_transport::{Endpoint, Server, ServerConfig};
 use odo_worker::WebSocketDoors;
-use tracing::{info, warn};
 
 use crate::OdoError;
 
@@ -87,6 +86,7 @@ pub(crate) fn raise_fd_limit() {
     #[cfg(unix)]
     {
         use rustix::process::{Resource, getrlimit, setrlimit};
+        use tracing::{info, warn};
         let limit = getrlimit(Resource::Nofile);
         if limit.current == limit.maximum {
             return;

@@ -188,6 +188,7 @@ async fn a_chain_of_calls_holds_at_most_sixteen_objects() {
 }
 
 /// The sum of the workers' `commit_turns`.
+#[cfg(target_os = "linux")]
 async fn commit_turns(c: &HttpClient) -> u64 {
     let workers: serde_json::Value =
         serde_json::from_slice(&c.get("/_odo/workers").await.unwrap().body).unwrap();
