@@ -36,6 +36,34 @@ async fn alarm_failures(dir: &std::path::Path, times: usize) {
     }
 }
 
+/// Sets probe `name` an alarm due now whose handler fails its first 100
+/// runs, waits until it failed `failures` times (from then on a retry is
+/// always pending, 50 ms, 100 ms, ... after each failure, but for the
+/// moments it runs), and deletes it.
+async fn delete_a_failing_alarm(
+    c: &HttpClient,
+    dir: &std::path::Path,
+    name: &str,
+    failures: usize,
+) {
+    let path = format!("/probe/{name}/alarm");
+    let set = c
+        .send(
+            "POST",
+            &format!("{path}?in_ms=0&fail=100"),
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(set.status, 200, "{}", set.text());
+    alarm_failures(dir, failures).await;
+    let deleted = c.send("DELETE", &path, &[], Bytes::new()).await.unwrap();
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    let state = c.get(&path).await.unwrap().text();
+    assert!(state.starts_with("pending=false"), "{state}");
+}
+
 /// User and system CPU time of `pid` so far, in clock ticks.
 #[cfg(target_os = "linux")]
 fn cpu_ticks(pid: u32) -> u64 {
@@ -69,27 +97,7 @@ async fn a_failed_alarm_deleted_before_its_retry_leaves_the_worker_idle() {
     let owner = c.owner_pid("probe/stale-retry").await.unwrap();
     let baseline = cpu_percent(owner, Duration::from_secs(2)).await;
 
-    // Due now, failing its first 100 runs (retried 50 ms later, then 100).
-    let set = c
-        .send(
-            "POST",
-            "/probe/stale-retry/alarm?in_ms=0&fail=100",
-            &[],
-            Bytes::new(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(set.status, 200, "{}", set.text());
-    // Its first run failed: from now on a retry is always pending (50 ms,
-    // 100 ms, ... after each failure) but for the moments it runs.
-    alarm_failures(dir.path(), 1).await;
-    let deleted = c
-        .send("DELETE", "/probe/stale-retry/alarm", &[], Bytes::new())
-        .await
-        .unwrap();
-    assert_eq!(deleted.status, 200, "{}", deleted.text());
-    let state = c.get("/probe/stale-retry/alarm").await.unwrap().text();
-    assert!(state.starts_with("pending=false"), "{state}");
+    delete_a_failing_alarm(&c, dir.path(), "stale-retry", 1).await;
 
     let after = cpu_percent(owner, Duration::from_secs(3)).await;
     assert!(
@@ -106,22 +114,7 @@ async fn a_failed_alarm_deleted_before_its_retry_leaves_the_worker_idle() {
 async fn a_new_alarm_does_not_inherit_the_retries_of_a_deleted_one() {
     let dir = tempfile::tempdir().unwrap();
     let (_server, c) = start(dir.path());
-    let set = c
-        .send(
-            "POST",
-            "/probe/inherit/alarm?in_ms=0&fail=100",
-            &[],
-            Bytes::new(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(set.status, 200, "{}", set.text());
-    alarm_failures(dir.path(), 2).await;
-    let deleted = c
-        .send("DELETE", "/probe/inherit/alarm", &[], Bytes::new())
-        .await
-        .unwrap();
-    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    delete_a_failing_alarm(&c, dir.path(), "inherit", 2).await;
     // A new alarm, whose handler succeeds at once.
     let set = c
         .send(
