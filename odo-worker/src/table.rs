@@ -82,13 +82,8 @@ impl Waits for ActorControl {
     fn begin(&self, id: ObjectId, target: ObjectId) {
         let mut waiting = self.waiting_on();
         waiting.push(target);
-        // Only the smaller id of the two refuses: the other has nothing
-        // to look for.
-        if id < target {
-            self.mailbox.refuse_where(|event| {
-                refuses(id, target, event).then(|| crossed(event, id, target))
-            });
-        }
+        self.mailbox
+            .refuse_where(|event| refuses(id, target, event).then(|| crossed(event, id, target)));
     }
 
     fn end(&self, target: ObjectId) {
@@ -101,10 +96,21 @@ impl Waits for ActorControl {
 
 /// Whether object `id`, whose running turn waits on `waited`, refuses
 /// `event`: a call made, directly or not, by that very turn of `waited`,
-/// which would wait behind the turn that waits on it. Both objects find
-/// the cycle; only the smaller id refuses, so the other call goes on.
+/// which would wait behind the turn that waits on it.
+///
+/// When `waited` made the call itself, it waits on `id` and finds the
+/// same cycle from its side (the call of `id` queued behind it): only the
+/// smaller id of the two refuses, so exactly one of the two calls fails.
+/// When the call came through other objects, only `id` can see the cycle,
+/// and it refuses whatever the ids.
+///
+/// A chain says which turns wait. A handler that gave up on a call (a
+/// timeout of its own around it) and went on with its turn no longer
+/// waits, though the chain of that call still names it: a call made
+/// through it may then be refused with no cycle left.
 fn refuses(id: ObjectId, waited: ObjectId, event: &Event) -> bool {
-    id < waited && event.scope.chain.contains(&waited)
+    let chain = &event.scope.chain;
+    chain.contains(&waited) && (chain.last() != Some(&waited) || id < waited)
 }
 
 fn crossed(event: &Event, id: ObjectId, waited: ObjectId) -> WireError {

@@ -302,3 +302,53 @@ async fn two_requests_whose_calls_cross_do_not_wait_out_the_deadline() {
         );
     }
 }
+
+/// The same across three objects: `a` calls `b`, which calls `c`, while
+/// `c`, in a turn of another request, calls `a`. Only `c` can see that
+/// cycle (the call queued behind its turn came from `b`, which waits on
+/// `a`, which `c` waits on), so `c` refuses it whatever the order of the
+/// ids; a tie-break between the two sides left this case to wait out the
+/// deadline when `c`'s id was the larger (found by a review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crossed_calls_through_a_third_object_do_not_wait_out_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = ServerSpec::new(env!("CARGO_BIN_EXE_odo-test-server"), 2);
+    spec.extra_args = vec!["--request-timeout-ms".into(), "10000".into()];
+    let server = spec
+        .start(&dir.path().join("data"))
+        .expect("the server starts");
+    let c = HttpClient::new(&server.base);
+    let id = |name: &str| odo_core::Namespace::new("PROBE").id_from_name(name);
+    // Both orders of the two ends' ids.
+    for (round, (mut first, mut last)) in [("ya", "yc"), ("za", "zc")].into_iter().enumerate() {
+        if (round == 0) == (id(first) > id(last)) {
+            std::mem::swap(&mut first, &mut last);
+        }
+        let middle = format!("{first}-b");
+        // `first` calls `middle` at once, which calls `last` while `last`
+        // pauses in its own turn, before it calls `first`.
+        let (through, back) = (
+            format!("/probe/{first}/relay/{middle}/{last}"),
+            format!("/probe/{last}/relay/{first}?pause_ms=300"),
+        );
+        let started = std::time::Instant::now();
+        let (one, two) = tokio::join!(
+            c.send("POST", &through, &[], Bytes::new()),
+            c.send("POST", &back, &[], Bytes::new())
+        );
+        let took = started.elapsed();
+        let texts = [one.unwrap().text(), two.unwrap().text()];
+        assert!(
+            took < Duration::from_secs(5),
+            "round {round}: the crossed calls took {took:?}: {texts:?}"
+        );
+        assert_eq!(
+            texts
+                .iter()
+                .filter(|t| t.starts_with("call failed: call cycle"))
+                .count(),
+            1,
+            "round {round}: {texts:?}"
+        );
+    }
+}
