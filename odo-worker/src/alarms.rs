@@ -89,28 +89,27 @@ pub(crate) async fn alarm_loop(host: Weak<dyn AlarmHost>, shard: Arc<ShardState>
             }
         };
         let mut next_wake = now + 1_000;
-        // The retries still owed: those of alarms found as they were when
-        // they failed. One whose alarm was set again or deleted is not
-        // (the index read whole, or its alarm found at another time).
+        // Which alarms with a retry the read found, and of those, which
+        // were found as they were when they failed (their retries owed).
         let whole_index = read && pending.len() < skip + 64;
+        let mut found: HashSet<ObjectId> = HashSet::with_capacity(retries.len());
         let mut owed: HashSet<ObjectId> = HashSet::with_capacity(retries.len());
-        let mut stale: Vec<ObjectId> = Vec::new();
         for (id, at) in pending {
-            match retries.get(&id) {
-                Some(retry) if retry.at == at => {
-                    owed.insert(id);
+            let retry = match retries.get(&id) {
+                Some(retry) => {
+                    found.insert(id);
+                    if retry.at == at {
+                        owed.insert(id);
+                        *retry
+                    } else {
+                        AlarmRetryState::default()
+                    }
                 }
-                Some(_) => stale.push(id),
-                None => {}
-            }
+                None => AlarmRetryState::default(),
+            };
             if running.contains(&id) || foreign.contains(&id) {
                 continue;
             }
-            let retry = retries
-                .get(&id)
-                .copied()
-                .filter(|retry| retry.at == at)
-                .unwrap_or_default();
             let due = at.max(retry.not_before);
             if due > now {
                 next_wake = next_wake.min(due);
@@ -135,17 +134,14 @@ pub(crate) async fn alarm_loop(host: Weak<dyn AlarmHost>, shard: Arc<ShardState>
             let delivery = rt.deliver(target, EventKind::Alarm(info), scope);
             tasks.spawn(async move { (id, at, delivery.await) });
         }
-        // A retry kept for an alarm deleted or set again since it failed
-        // must not hold its place (nor, as it once did, wake this loop at
-        // its past time on every tick, for nothing).
-        for id in stale {
-            if !running.contains(&id) {
-                retries.remove(&id);
-            }
-        }
-        if whole_index {
-            retries.retain(|id, _| owed.contains(id) || running.contains(id));
-        }
+        // A retry is kept while its delivery runs, while its alarm is as
+        // it failed, and while its alarm was not read (past the part of
+        // the index read). One for an alarm deleted or set again since it
+        // failed must not hold its place (nor, as it once did, wake this
+        // loop at its past time on every tick, for nothing).
+        retries.retain(|id, _| {
+            running.contains(id) || owed.contains(id) || (!whole_index && !found.contains(id))
+        });
         drop(rt);
         let sleep = Duration::from_millis(next_wake.saturating_sub(now_ms()));
         tokio::select! {
