@@ -10,7 +10,13 @@ use odo_tests::topology::{RunningServer, ServerSpec};
 
 /// A server with two workers; its log goes to `dir/server.log`.
 fn start(dir: &std::path::Path) -> (RunningServer, HttpClient) {
+    start_with(dir, &[])
+}
+
+/// [`start`] with more arguments for `serve`.
+fn start_with(dir: &std::path::Path, args: &[&str]) -> (RunningServer, HttpClient) {
     let mut spec = ServerSpec::new(env!("CARGO_BIN_EXE_odo-test-server"), 2);
+    spec.extra_args = args.iter().map(|a| a.to_string()).collect();
     spec.stderr = Some(dir.join("server.log"));
     spec.env.push(("RUST_LOG".into(), "warn".into()));
     let server = spec.start(&dir.join("data")).expect("the server starts");
@@ -246,55 +252,70 @@ async fn a_burst_of_alarms_leaves_the_workers_idle_once_they_ran() {
     }
 }
 
+/// A server whose requests have 10 s, for the crossed calls below.
+fn start_with_a_deadline(dir: &std::path::Path) -> (RunningServer, HttpClient) {
+    start_with(dir, &["--request-timeout-ms", "10000"])
+}
+
+/// Sends `one` and `two` (POSTs whose calls cross) at once: both are
+/// answered well within the 10 s deadline, and exactly one call of the two
+/// was refused as closing a cycle. Their answers.
+async fn crossed(c: &HttpClient, round: usize, one: &str, two: &str) -> [String; 2] {
+    let started = std::time::Instant::now();
+    let (one, two) = tokio::join!(
+        c.send("POST", one, &[], Bytes::new()),
+        c.send("POST", two, &[], Bytes::new())
+    );
+    let took = started.elapsed();
+    let (one, two) = (one.unwrap(), two.unwrap());
+    let texts = [one.text(), two.text()];
+    assert!(
+        took < Duration::from_secs(5),
+        "round {round}: the crossed calls took {took:?} ({} {:?}, {} {:?})",
+        one.status,
+        texts[0],
+        two.status,
+        texts[1]
+    );
+    assert_eq!(
+        (one.status, two.status),
+        (200, 200),
+        "round {round}: {texts:?}"
+    );
+    assert_eq!(
+        texts
+            .iter()
+            .filter(|t| t.starts_with("call failed: call cycle"))
+            .count(),
+        1,
+        "round {round}: {texts:?}"
+    );
+    texts
+}
+
 /// Two requests whose calls cross: `xa` calls `xb` while `xb`, in a turn
 /// of another request, calls `xa`. Each call queued behind the turn that
 /// waited on it, and both requests waited out their whole deadline (504,
-/// outcome unknown), the two objects stuck behind each other. The second
-/// call to be made now closes a known cycle and is refused at once.
+/// outcome unknown), the two objects stuck behind each other. One of the
+/// two calls now closes a known cycle and is refused at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_requests_whose_calls_cross_do_not_wait_out_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = ServerSpec::new(env!("CARGO_BIN_EXE_odo-test-server"), 2);
-    spec.extra_args = vec!["--request-timeout-ms".into(), "10000".into()];
-    let server = spec
-        .start(&dir.path().join("data"))
-        .expect("the server starts");
-    let c = HttpClient::new(&server.base);
+    let (_server, c) = start_with_a_deadline(dir.path());
     // Each first object waits before its call, so that both turns run
     // when the calls are made: at once, or one call queued well before
     // the other object's turn starts to wait.
     for (round, (pause_a, pause_b)) in [(300, 300), (100, 400), (400, 100)].into_iter().enumerate()
     {
         let (a, b) = (format!("xa{round}"), format!("xb{round}"));
-        let (to_b, to_a) = (
-            format!("/probe/{a}/relay/{b}?pause_ms={pause_a}"),
-            format!("/probe/{b}/relay/{a}?pause_ms={pause_b}"),
-        );
-        let one = c.send("POST", &to_b, &[], Bytes::new());
-        let two = c.send("POST", &to_a, &[], Bytes::new());
-        let started = std::time::Instant::now();
-        let (one, two) = tokio::join!(one, two);
-        let took = started.elapsed();
-        let (one, two) = (one.unwrap(), two.unwrap());
-        let texts = [one.text(), two.text()];
-        assert!(
-            took < Duration::from_secs(5),
-            "round {round}: the crossed calls took {took:?} ({} {:?}, {} {:?})",
-            one.status,
-            texts[0],
-            two.status,
-            texts[1]
-        );
-        assert_eq!((one.status, two.status), (200, 200), "{texts:?}");
-        // One call closed the cycle and was refused; the other went through.
-        assert_eq!(
-            texts
-                .iter()
-                .filter(|t| t.starts_with("call failed: call cycle"))
-                .count(),
-            1,
-            "{texts:?}"
-        );
+        let texts = crossed(
+            &c,
+            round,
+            &format!("/probe/{a}/relay/{b}?pause_ms={pause_a}"),
+            &format!("/probe/{b}/relay/{a}?pause_ms={pause_b}"),
+        )
+        .await;
+        // The other call went through.
         assert_eq!(
             texts.iter().filter(|t| t.starts_with("end at ")).count(),
             1,
@@ -312,12 +333,7 @@ async fn two_requests_whose_calls_cross_do_not_wait_out_the_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crossed_calls_through_a_third_object_do_not_wait_out_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = ServerSpec::new(env!("CARGO_BIN_EXE_odo-test-server"), 2);
-    spec.extra_args = vec!["--request-timeout-ms".into(), "10000".into()];
-    let server = spec
-        .start(&dir.path().join("data"))
-        .expect("the server starts");
-    let c = HttpClient::new(&server.base);
+    let (_server, c) = start_with_a_deadline(dir.path());
     let id = |name: &str| odo_core::Namespace::new("PROBE").id_from_name(name);
     // Both orders of the two ends' ids.
     for (round, (mut first, mut last)) in [("ya", "yc"), ("za", "zc")].into_iter().enumerate() {
@@ -327,28 +343,12 @@ async fn crossed_calls_through_a_third_object_do_not_wait_out_the_deadline() {
         let middle = format!("{first}-b");
         // `first` calls `middle` at once, which calls `last` while `last`
         // pauses in its own turn, before it calls `first`.
-        let (through, back) = (
-            format!("/probe/{first}/relay/{middle}/{last}"),
-            format!("/probe/{last}/relay/{first}?pause_ms=300"),
-        );
-        let started = std::time::Instant::now();
-        let (one, two) = tokio::join!(
-            c.send("POST", &through, &[], Bytes::new()),
-            c.send("POST", &back, &[], Bytes::new())
-        );
-        let took = started.elapsed();
-        let texts = [one.unwrap().text(), two.unwrap().text()];
-        assert!(
-            took < Duration::from_secs(5),
-            "round {round}: the crossed calls took {took:?}: {texts:?}"
-        );
-        assert_eq!(
-            texts
-                .iter()
-                .filter(|t| t.starts_with("call failed: call cycle"))
-                .count(),
-            1,
-            "round {round}: {texts:?}"
-        );
+        crossed(
+            &c,
+            round,
+            &format!("/probe/{first}/relay/{middle}/{last}"),
+            &format!("/probe/{last}/relay/{first}?pause_ms=300"),
+        )
+        .await;
     }
 }
