@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -87,9 +86,8 @@ pub(crate) fn run(options: Options) -> Result<()> {
     if options.backends.iter().any(|b| b == "postgres") {
         crate::system::ensure(&[crate::system::POSTGRES])?;
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     println!("xtask: building the scenario runner and the test server once");
-    let status = Command::new(&cargo)
+    let status = crate::cargo_command()
         .args([
             "test",
             "-p",
@@ -124,7 +122,7 @@ pub(crate) fn run(options: Options) -> Result<()> {
             }
             let out = out_root.join(format!("{backend}-{transport}"));
             println!("xtask: [{cell}] starting a topology and running the scenarios");
-            let mut command = Command::new(&cargo);
+            let mut command = crate::cargo_command();
             command.args([
                 "test",
                 "-q",

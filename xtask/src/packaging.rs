@@ -13,11 +13,9 @@
 //! `cargo check` rather than `cargo build`: features decide what compiles,
 //! code generation adds nothing here but time.
 
-use std::process::Command;
-
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, cargo_program};
+use crate::{cargo, cargo_command};
 
 /// The workspace's crates, from `cargo metadata`.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -52,7 +50,7 @@ pub(crate) fn check() -> Result<()> {
 }
 
 fn workspace_crates() -> Result<Crates> {
-    let out = Command::new(cargo_program())
+    let out = cargo_command()
         .args(["metadata", "--no-deps", "--format-version", "1"])
         .output()
         .context("running cargo metadata")?;
