@@ -192,14 +192,22 @@ impl Gate {
 ///
 /// Every poll of the object's code is watched ([`crate::stall`]), so a
 /// poll that never returns shows in the worker's heartbeats.
-async fn drive<F: Future>(fut: F, gate: &mut Gate) -> F::Output {
+///
+/// `cut`: when the turn is given up. `None` if `fut` is still pending
+/// then: it is dropped (a handler that waits forever must not hold its
+/// object for good). Its timer starts only if the first poll of `fut`
+/// does not finish it.
+async fn drive<F: Future>(fut: F, gate: &mut Gate, cut: Option<Instant>) -> Option<F::Output> {
     let mut fut = pin!(fut);
     let mut fut = std::future::poll_fn(move |cx| crate::stall::poll_watched(fut.as_mut(), cx));
+    let timer = sleep_until(cut.unwrap_or_else(Instant::now));
+    let mut timer = pin!(timer);
     loop {
         tokio::select! {
             biased;
-            out = &mut fut => return out,
+            out = &mut fut => return Some(out),
             () = gate.release(), if !gate.is_empty() => {}
+            () = &mut timer, if cut.is_some() => return None,
         }
     }
 }
@@ -419,17 +427,23 @@ enum Ran {
     Failed(String),
 }
 
+/// What [`drive`] brought back from a handler: `None` if it was cut at the
+/// turn's deadline.
 fn classify<O>(
-    result: std::thread::Result<Result<O, ObjectError>>,
+    result: Option<std::thread::Result<Result<O, ObjectError>>>,
     wrap: impl FnOnce(O) -> Outcome,
 ) -> Ran {
     match result {
-        Ok(Ok(out)) => Ran::Ok(wrap(out)),
-        Ok(Err(e)) if !e.resets() => Ran::Refused(WireError::BadRequest {
+        Some(Ok(Ok(out))) => Ran::Ok(wrap(out)),
+        Some(Ok(Err(e))) if !e.resets() => Ran::Refused(WireError::BadRequest {
             message: e.to_string(),
         }),
-        Ok(Err(e)) => Ran::Failed(e.to_string()),
-        Err(panic) => Ran::Failed(panic_message(&*panic)),
+        Some(Ok(Err(e))) => Ran::Failed(e.to_string()),
+        Some(Err(panic)) => Ran::Failed(panic_message(&*panic)),
+        None => Ran::Failed(
+            "the turn ran past its deadline, where its caller stopped waiting; it was cut there"
+                .into(),
+        ),
     }
 }
 
@@ -444,6 +458,11 @@ async fn turn<T: DurableObject>(
 ) {
     let Event { kind, reply, scope } = event;
     ctx.scope = scope.entered(ctx.target.id);
+    // A turn whose caller waits is cut at the caller's deadline: past it,
+    // its answer reaches no one, and a handler that never returns would
+    // hold the object (and every event queued behind it) for good. Alarms
+    // run to completion.
+    let cut = kind.has_caller().then_some(ctx.scope.deadline);
     // A SQLite-backed object's database opens (recovering from the shard's
     // log) or catches up here, off the async threads.
     if let Err(e) = ctx.storage.prepare().await {
@@ -459,7 +478,8 @@ async fn turn<T: DurableObject>(
             let created = std::panic::catch_unwind(AssertUnwindSafe(|| factory(ctx)));
             let ran = match created {
                 Ok(mut obj) => {
-                    let result = drive(AssertUnwindSafe(obj.init(ctx)).catch_unwind(), gate).await;
+                    let result =
+                        drive(AssertUnwindSafe(obj.init(ctx)).catch_unwind(), gate, cut).await;
                     match classify(result, |()| Outcome::Done) {
                         Ran::Ok(_) => Ok(obj),
                         Ran::Refused(e) => Err(e.to_string()),
@@ -487,6 +507,7 @@ async fn turn<T: DurableObject>(
             let result = drive(
                 AssertUnwindSafe(obj.fetch(ctx, request)).catch_unwind(),
                 gate,
+                cut,
             )
             .await;
             ctx.upgrade = None;
@@ -499,6 +520,7 @@ async fn turn<T: DurableObject>(
                     drive(
                         AssertUnwindSafe(obj.websocket_message(ctx, ws, message)).catch_unwind(),
                         gate,
+                        cut,
                     )
                     .await
                 }
@@ -511,6 +533,7 @@ async fn turn<T: DurableObject>(
                         AssertUnwindSafe(obj.websocket_close(ctx, ws, code, reason, was_clean))
                             .catch_unwind(),
                         gate,
+                        cut,
                     )
                     .await
                 }
@@ -518,6 +541,7 @@ async fn turn<T: DurableObject>(
                     drive(
                         AssertUnwindSafe(obj.websocket_error(ctx, ws, error)).catch_unwind(),
                         gate,
+                        cut,
                     )
                     .await
                 }
@@ -530,8 +554,12 @@ async fn turn<T: DurableObject>(
                     message: format!("{:?} is a reserved method name", call.method),
                 })
             } else {
-                let result =
-                    drive(AssertUnwindSafe(obj.call(ctx, call)).catch_unwind(), gate).await;
+                let result = drive(
+                    AssertUnwindSafe(obj.call(ctx, call)).catch_unwind(),
+                    gate,
+                    cut,
+                )
+                .await;
                 classify(result, |r| Outcome::Call(r.into_bytes()))
             }
         }
@@ -597,7 +625,12 @@ async fn run_alarm<T: DurableObject>(
         Ok(_) => return Ran::Ok(Outcome::AlarmStale),
         Err(e) => return Ran::Failed(e.to_string()),
     }
-    let result = drive(AssertUnwindSafe(obj.alarm(ctx, info)).catch_unwind(), gate).await;
+    let result = drive(
+        AssertUnwindSafe(obj.alarm(ctx, info)).catch_unwind(),
+        gate,
+        None,
+    )
+    .await;
     match classify(result, |()| Outcome::AlarmRan) {
         Ran::Ok(outcome) => match ctx.storage.get_alarm().await {
             Ok(Some(at)) if at == info.scheduled_ms => match ctx.storage.delete_alarm().await {

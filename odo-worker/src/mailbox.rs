@@ -33,6 +33,15 @@ pub(crate) enum EventKind {
     Socket(SocketKey, SocketIn),
 }
 
+impl EventKind {
+    /// Whether a caller waits for this event's answer until its deadline
+    /// (requests, calls, socket events), and stops waiting there; alarms
+    /// run to completion.
+    pub(crate) fn has_caller(&self) -> bool {
+        matches!(self, Self::Fetch(_) | Self::Call(_) | Self::Socket(..))
+    }
+}
+
 /// What happened on a socket, as the object's handlers take it.
 #[derive(Debug)]
 pub(crate) enum SocketIn {

@@ -24,7 +24,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 /// `/incr` reads `n`, writes `n + 1` and answers it; `/fail` writes and
-/// fails; `/panic` writes and panics; `/get` answers `n`; `/alarm` sets
+/// fails; `/panic` writes and panics; `/hang` writes and never returns;
+/// `/get` answers `n`; `/alarm` sets
 /// the alarm to fire at once, and the alarm handler writes and fails.
 struct Counter {
     env: Arc<Env>,
@@ -68,6 +69,10 @@ impl DurableObject for Counter {
                 ctx.storage().put_typed("n", &2_000_000u64).await?;
                 panic!("panicking on purpose");
             }
+            "/hang" => {
+                ctx.storage().put_typed("n", &4_000_000u64).await?;
+                std::future::pending().await
+            }
             "/alarm" => {
                 ctx.storage().set_alarm(0).await?;
                 Ok(text("set"))
@@ -91,6 +96,11 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
+        Self::with_call_timeout(RuntimeConfig::default().call_timeout)
+    }
+
+    /// A harness whose requests have `call_timeout` as their deadline.
+    fn with_call_timeout(call_timeout: Duration) -> Self {
         let valve = CommitValve::new();
         let store = Store::open(valve.backend(MemoryBackend::new()), StoreOptions::default())
             .expect("store");
@@ -109,6 +119,7 @@ impl Harness {
                 max_delay: Duration::from_secs(3600),
                 max_retries: 1,
             },
+            call_timeout,
             ..RuntimeConfig::default()
         };
         let runtime = Runtime::new(classes, config, 1);
@@ -375,4 +386,24 @@ proptest! {
             .expect("runtime");
         runtime.block_on(check(steps))?;
     }
+}
+
+/// A handler that never returns is cut at its request's deadline: the
+/// object is reset, the writes of its turn are dropped, and the requests
+/// queued behind it run (they waited out their own deadlines behind it).
+#[tokio::test]
+async fn a_turn_that_never_ends_is_cut_at_its_deadline_and_rolled_back() {
+    let h = Harness::with_call_timeout(Duration::from_millis(300));
+    h.valve.open();
+    assert_eq!(answer(h.send("a", "/incr")).await.expect("incr"), "1");
+    let hung = h.send("a", "/hang");
+    // Queued behind the hung turn, with a deadline later than its.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let next = h.send("a", "/incr");
+    assert!(matches!(
+        answer(hung).await,
+        Err(WireError::DeadlineExceeded)
+    ));
+    assert_eq!(answer(next).await.expect("the next increment"), "2");
+    assert_eq!(answer(h.send("a", "/get")).await.expect("get"), "2");
 }

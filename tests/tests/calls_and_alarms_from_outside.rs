@@ -352,3 +352,36 @@ async fn crossed_calls_through_a_third_object_do_not_wait_out_the_deadline() {
         .await;
     }
 }
+
+/// A handler that never returns (`relay/.../hang`, reached through a call
+/// from another object): its request is answered 504 at its deadline, and
+/// the turn is cut there. Both objects of the chain answer the next
+/// request; they stayed stuck for good, every later request waiting out
+/// its deadline behind the turn that would never end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_that_never_ends_is_cut_at_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, c) = start_with(dir.path(), &["--request-timeout-ms", "1000"]);
+    let hung = c
+        .send("POST", "/probe/ha/relay/hb/hang", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(hung.status, 504, "{}", hung.text());
+    for name in ["ha", "hb"] {
+        let next = c
+            .send("POST", &format!("/probe/{name}/relay"), &[], Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                next.status,
+                next.text().starts_with(&format!("end at {name} "))
+            ),
+            (200, true),
+            "{name}: {}",
+            next.text()
+        );
+    }
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    assert!(log.contains("ran past its deadline"), "{log}");
+}

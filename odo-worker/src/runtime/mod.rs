@@ -545,10 +545,7 @@ impl Inner {
         kind: EventKind,
         scope: CallScope,
     ) -> Result<impl Future<Output = Result<Outcome, WireError>> + use<>, WireError> {
-        let is_call = matches!(
-            kind,
-            EventKind::Fetch(_) | EventKind::Call(_) | EventKind::Socket(..)
-        );
+        let is_call = kind.has_caller();
         if is_call {
             scope.check_cycle(&target.id)?;
             if scope.deadline <= tokio::time::Instant::now() {
