@@ -12,6 +12,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use odo_core::{ObjectAddress, WireError};
@@ -293,7 +294,7 @@ pub(crate) async fn run<T: DurableObject>(start: ActorStart, factory: Factory<T>
                 control.touch(objects.tick());
                 // Boxed so that an idle object's task does not carry the
                 // largest turn's state inline.
-                let turn = Box::pin(turn(&mut ctx, &mut instance, &mut gate, &shard, &factory, event));
+                let turn = Box::pin(turn(&mut ctx, &mut instance, &mut gate, &shard, &factory, event, config.alarm_time_limit));
                 tokio::select! {
                     biased;
                     () = turn => {}
@@ -441,7 +442,7 @@ fn classify<O>(
         Some(Ok(Err(e))) => Ran::Failed(e.to_string()),
         Some(Err(panic)) => Ran::Failed(panic_message(&*panic)),
         None => Ran::Failed(
-            "the turn ran past its deadline, where its caller stopped waiting; it was cut there"
+            "the turn ran past its deadline (its caller's, or an alarm's time limit); it was cut there"
                 .into(),
         ),
     }
@@ -455,14 +456,19 @@ async fn turn<T: DurableObject>(
     shard: &ShardState,
     factory: &Factory<T>,
     event: Event,
+    alarm_time_limit: Duration,
 ) {
     let Event { kind, reply, scope } = event;
     ctx.scope = scope.entered(ctx.target.id);
     // A turn whose caller waits is cut at the caller's deadline: past it,
     // its answer reaches no one, and a handler that never returns would
-    // hold the object (and every event queued behind it) for good. Alarms
-    // run to completion.
-    let cut = kind.has_caller().then_some(ctx.scope.deadline);
+    // hold the object (and every event queued behind it) for good. An
+    // alarm's has its own limit.
+    let cut = match &kind {
+        kind if kind.has_caller() => Some(ctx.scope.deadline),
+        EventKind::Alarm(_) => Some(Instant::now() + alarm_time_limit),
+        _ => None,
+    };
     // A SQLite-backed object's database opens (recovering from the shard's
     // log) or catches up here, off the async threads.
     if let Err(e) = ctx.storage.prepare().await {
@@ -563,7 +569,7 @@ async fn turn<T: DurableObject>(
                 classify(result, |r| Outcome::Call(r.into_bytes()))
             }
         }
-        EventKind::Alarm(info) => run_alarm(obj, ctx, gate, info).await,
+        EventKind::Alarm(info) => run_alarm(obj, ctx, gate, info, cut).await,
         EventKind::ClearAlarm(scheduled_ms) => match ctx.storage.get_alarm().await {
             Ok(Some(at)) if at == scheduled_ms => match ctx.storage.delete_alarm().await {
                 Ok(()) => Ran::Ok(Outcome::Done),
@@ -619,6 +625,7 @@ async fn run_alarm<T: DurableObject>(
     ctx: &mut Context,
     gate: &mut Gate,
     info: AlarmInfo,
+    cut: Option<Instant>,
 ) -> Ran {
     match ctx.storage.get_alarm().await {
         Ok(Some(at)) if at == info.scheduled_ms => {}
@@ -628,7 +635,7 @@ async fn run_alarm<T: DurableObject>(
     let result = drive(
         AssertUnwindSafe(obj.alarm(ctx, info)).catch_unwind(),
         gate,
-        None,
+        cut,
     )
     .await;
     match classify(result, |()| Outcome::AlarmRan) {

@@ -23,6 +23,11 @@ pub struct RuntimeConfig {
     /// calls from a program holding the runtime): how long calls they make
     /// to other objects may take in all. Default 30 s.
     pub call_timeout: Duration,
+    /// How long an alarm handler may run. One still running then is cut
+    /// (its object reset, its turn's writes dropped) and counts as a
+    /// failure, retried as [`alarm_retry`](Self::alarm_retry) says.
+    /// Default 15 minutes (Cloudflare's limit on an alarm's wall time).
+    pub alarm_time_limit: Duration,
     /// How long releasing a shard (a move, a drain, shutdown) waits for its
     /// objects to finish their events; then the objects still running are
     /// stopped, their events answered `OutcomeUnknown`. Default 10 s.
@@ -53,6 +58,7 @@ impl Default for RuntimeConfig {
             max_live_objects: 100_000,
             alarm_retry: AlarmRetry::default(),
             call_timeout: crate::call::DEFAULT_CALL_DEADLINE,
+            alarm_time_limit: Duration::from_secs(15 * 60),
             release_grace: Duration::from_secs(10),
             websocket_max_message_bytes: 32 * 1024 * 1024,
             websocket_max_sockets_per_object: 32_768,

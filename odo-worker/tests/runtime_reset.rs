@@ -26,7 +26,8 @@ use tokio::task::JoinHandle;
 /// `/incr` reads `n`, writes `n + 1` and answers it; `/fail` writes and
 /// fails; `/panic` writes and panics; `/hang` writes and never returns;
 /// `/get` answers `n`; `/alarm` sets
-/// the alarm to fire at once, and the alarm handler writes and fails.
+/// the alarm to fire at once, and the alarm handler writes and fails
+/// (`/alarm-hang`: it writes and never returns).
 struct Counter {
     env: Arc<Env>,
 }
@@ -73,6 +74,11 @@ impl DurableObject for Counter {
                 ctx.storage().put_typed("n", &4_000_000u64).await?;
                 std::future::pending().await
             }
+            "/alarm-hang" => {
+                ctx.storage().put_typed("hang", &true).await?;
+                ctx.storage().set_alarm(0).await?;
+                Ok(text("set"))
+            }
             "/alarm" => {
                 ctx.storage().set_alarm(0).await?;
                 Ok(text("set"))
@@ -82,6 +88,11 @@ impl DurableObject for Counter {
     }
 
     async fn alarm(&mut self, ctx: &mut Context, _: AlarmInfo) -> Result<(), ObjectError> {
+        if ctx.storage().get_typed::<bool>("hang").await?.is_some() {
+            ctx.storage().put_typed("n", &5_000_000u64).await?;
+            self.env.alarm_ran.notify_one();
+            return std::future::pending().await;
+        }
         ctx.storage().put_typed("n", &3_000_000u64).await?;
         self.env.alarm_ran.notify_one();
         Err(ObjectError::msg("alarm fails on purpose"))
@@ -96,11 +107,15 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
-        Self::with_call_timeout(RuntimeConfig::default().call_timeout)
+        Self::with_limits(
+            RuntimeConfig::default().call_timeout,
+            Duration::from_secs(60),
+        )
     }
 
-    /// A harness whose requests have `call_timeout` as their deadline.
-    fn with_call_timeout(call_timeout: Duration) -> Self {
+    /// A harness whose requests have `call_timeout` as their deadline, and
+    /// whose alarms have `alarm_time_limit`.
+    fn with_limits(call_timeout: Duration, alarm_time_limit: Duration) -> Self {
         let valve = CommitValve::new();
         let store = Store::open(valve.backend(MemoryBackend::new()), StoreOptions::default())
             .expect("store");
@@ -120,6 +135,7 @@ impl Harness {
                 max_retries: 1,
             },
             call_timeout,
+            alarm_time_limit,
             ..RuntimeConfig::default()
         };
         let runtime = Runtime::new(classes, config, 1);
@@ -393,7 +409,7 @@ proptest! {
 /// queued behind it run (they waited out their own deadlines behind it).
 #[tokio::test]
 async fn a_turn_that_never_ends_is_cut_at_its_deadline_and_rolled_back() {
-    let h = Harness::with_call_timeout(Duration::from_millis(300));
+    let h = Harness::with_limits(Duration::from_millis(300), Duration::from_secs(60));
     h.valve.open();
     assert_eq!(answer(h.send("a", "/incr")).await.expect("incr"), "1");
     let hung = h.send("a", "/hang");
@@ -406,4 +422,23 @@ async fn a_turn_that_never_ends_is_cut_at_its_deadline_and_rolled_back() {
     ));
     assert_eq!(answer(next).await.expect("the next increment"), "2");
     assert_eq!(answer(h.send("a", "/get")).await.expect("get"), "2");
+}
+
+/// An alarm handler that never returns is cut at the alarm time limit:
+/// its writes are dropped, and the requests queued behind it run.
+#[tokio::test]
+async fn an_alarm_that_never_ends_is_cut_at_its_time_limit() {
+    let h = Harness::with_limits(Duration::from_secs(2), Duration::from_millis(300));
+    h.valve.open();
+    assert_eq!(answer(h.send("a", "/incr")).await.expect("incr"), "1");
+    assert_eq!(
+        answer(h.send("a", "/alarm-hang")).await.expect("alarm"),
+        "set"
+    );
+    tokio::time::timeout(Duration::from_secs(20), h.env.alarm_ran.notified())
+        .await
+        .expect("the alarm ran");
+    // Queued behind the hung alarm: answered once it is cut, within this
+    // request's 2 s.
+    assert_eq!(answer(h.send("a", "/get")).await.expect("get"), "1");
 }
