@@ -477,6 +477,17 @@ async fn turn<T: DurableObject>(
         gate.hold(None, reply, Err(error));
         return;
     }
+    // Deleting an alarm that failed its last retry runs no object code:
+    // an object whose initialisation fails must not fail it (it once
+    // started the alarm's retries over, for good).
+    if let EventKind::ClearAlarm(scheduled_ms) = kind {
+        let ran = match clear_alarm(ctx, scheduled_ms).await {
+            Ok(()) => Ran::Ok(Outcome::Done),
+            Err(e) => Ran::Failed(e.to_string()),
+        };
+        end_turn(ctx, instance, gate, shard, reply, ran).await;
+        return;
+    }
     let obj = match instance {
         Some(obj) => obj,
         None => {
@@ -570,15 +581,32 @@ async fn turn<T: DurableObject>(
             }
         }
         EventKind::Alarm(info) => run_alarm(obj, ctx, gate, info, cut).await,
-        EventKind::ClearAlarm(scheduled_ms) => match ctx.storage.get_alarm().await {
-            Ok(Some(at)) if at == scheduled_ms => match ctx.storage.delete_alarm().await {
-                Ok(()) => Ran::Ok(Outcome::Done),
-                Err(e) => Ran::Failed(e.to_string()),
-            },
-            Ok(_) => Ran::Ok(Outcome::Done),
-            Err(e) => Ran::Failed(e.to_string()),
-        },
+        EventKind::ClearAlarm(_) => unreachable!("cleared above, without the object"),
     };
+    end_turn(ctx, instance, gate, shard, reply, ran).await;
+}
+
+/// Deletes the alarm if it is still set for `scheduled_ms`.
+async fn clear_alarm(
+    ctx: &mut Context,
+    scheduled_ms: u64,
+) -> Result<(), odo_storage::StorageError> {
+    match ctx.storage.get_alarm().await? {
+        Some(at) if at == scheduled_ms => ctx.storage.delete_alarm().await,
+        _ => Ok(()),
+    }
+}
+
+/// The end of a turn that `ran`: its writes committed and its answer held
+/// until they are durable, or rolled back.
+async fn end_turn<T>(
+    ctx: &mut Context,
+    instance: &mut Option<T>,
+    gate: &mut Gate,
+    shard: &ShardState,
+    reply: Reply,
+    ran: Ran,
+) {
     let deferred = std::mem::take(&mut ctx.deferred);
     // A turn whose SQL transaction SQLite rolled back (a full database)
     // cannot commit, whatever its handler answered: it failed, and nothing

@@ -49,6 +49,9 @@ struct AlarmRetryState {
     overloaded: u32,
     /// The earliest next try, in ms since the Unix epoch.
     not_before: u64,
+    /// The alarm failed its last retry and is being deleted: the next try
+    /// clears it, never runs its handler again.
+    clearing: bool,
 }
 
 /// The delay before delivering again an alarm refused `times` times in a
@@ -125,14 +128,16 @@ pub(crate) async fn alarm_loop(host: Weak<dyn AlarmHost>, shard: Arc<ShardState>
                 id,
                 name: None,
             };
-            let info = AlarmInfo {
-                scheduled_ms: at,
-                retry_count: retry.failures,
+            let attempt = if retry.clearing {
+                Attempt::Clear
+            } else {
+                Attempt::Run(AlarmInfo {
+                    scheduled_ms: at,
+                    retry_count: retry.failures,
+                })
             };
             running.insert(id);
-            let scope = CallScope::outside(rt.config().call_timeout);
-            let delivery = rt.deliver(target, EventKind::Alarm(info), scope);
-            tasks.spawn(async move { (id, at, delivery.await) });
+            deliver(&*rt, &mut tasks, target, at, attempt);
         }
         // A retry is kept while its delivery runs, while its alarm is as
         // it failed, and while its alarm was not read (past the part of
@@ -154,13 +159,13 @@ pub(crate) async fn alarm_loop(host: Weak<dyn AlarmHost>, shard: Arc<ShardState>
                 // at 63% of a core after the last one had run).
                 let mut next = Some(done);
                 while let Some(done) = next {
-                    let Ok((id, at, result)) = done else {
+                    let Ok(done) = done else {
                         next = tasks.try_join_next();
                         continue;
                     };
-                    running.remove(&id);
+                    running.remove(&done.id);
                     let Some(rt) = host.upgrade() else { return };
-                    if let Settled::Moved = settle(&*rt, &mut retries, &mut running, &mut tasks, id, at, result) {
+                    if let Settled::Moved = settle(&*rt, &mut retries, &mut running, &mut tasks, done) {
                         return;
                     }
                     next = tasks.try_join_next();
@@ -178,20 +183,67 @@ enum Settled {
     Moved,
 }
 
-type Deliveries = JoinSet<(ObjectId, u64, Result<Outcome, WireError>)>;
+/// What a delivery of an alarm does.
+#[derive(Debug, Clone, Copy)]
+enum Attempt {
+    /// Runs its handler.
+    Run(AlarmInfo),
+    /// Deletes it, still set for its time, after its last retry failed.
+    Clear,
+}
 
-/// Takes note of how the delivery of `id`'s alarm at `at` ended: done,
-/// refused by a full queue (rescheduled), or failed (retried with backoff,
-/// then dropped).
+/// A delivery that ended: of `id`'s alarm at `at`.
+struct Done {
+    id: ObjectId,
+    at: u64,
+    attempt: Attempt,
+    result: Result<Outcome, WireError>,
+}
+
+type Deliveries = JoinSet<Done>;
+
+/// Starts delivering `attempt` of `target`'s alarm at `at`.
+fn deliver(
+    rt: &dyn AlarmHost,
+    tasks: &mut Deliveries,
+    target: ObjectAddress,
+    at: u64,
+    attempt: Attempt,
+) {
+    let id = target.id;
+    let kind = match attempt {
+        Attempt::Run(info) => EventKind::Alarm(info),
+        Attempt::Clear => EventKind::ClearAlarm(at),
+    };
+    let scope = CallScope::outside(rt.config().call_timeout);
+    let delivery = rt.deliver(target, kind, scope);
+    tasks.spawn(async move {
+        Done {
+            id,
+            at,
+            attempt,
+            result: delivery.await,
+        }
+    });
+}
+
+/// Takes note of how a delivery ended: done, refused by a full queue
+/// (rescheduled), or failed (retried with backoff, then dropped: cleared,
+/// which is tried until it succeeds).
 fn settle(
     rt: &dyn AlarmHost,
     retries: &mut HashMap<ObjectId, AlarmRetryState>,
     running: &mut HashSet<ObjectId>,
     tasks: &mut Deliveries,
-    id: ObjectId,
-    at: u64,
-    result: Result<Outcome, WireError>,
+    done: Done,
 ) -> Settled {
+    let Done {
+        id,
+        at,
+        attempt,
+        result,
+    } = done;
+    let clearing = matches!(attempt, Attempt::Clear);
     match result {
         Ok(_) => {
             retries.remove(&id);
@@ -205,9 +257,25 @@ fn settle(
                     ..AlarmRetryState::default()
                 };
             }
+            retry.clearing = clearing;
             retry.overloaded += 1;
             retry.not_before = now_ms() + overload_delay(retry.overloaded);
             debug!(%id, times = retry.overloaded, "alarm refused by a full queue; rescheduled");
+        }
+        // Clearing failed: tried again after the longest backoff. Counted
+        // as the handler's failure, it started the handler's retries over.
+        Err(error) if clearing => {
+            let delay = rt.config().alarm_retry.max_delay;
+            warn!(%id, ?delay, %error, "deleting an alarm that failed too many times failed; trying again");
+            retries.insert(
+                id,
+                AlarmRetryState {
+                    at,
+                    clearing: true,
+                    not_before: now_ms() + delay.as_millis() as u64,
+                    ..AlarmRetryState::default()
+                },
+            );
         }
         Err(error) => {
             let failures = retries
@@ -225,6 +293,7 @@ fn settle(
                             failures,
                             overloaded: 0,
                             not_before: now_ms() + delay.as_millis() as u64,
+                            clearing: false,
                         },
                     );
                 }
@@ -240,11 +309,7 @@ fn settle(
                         name: None,
                     };
                     running.insert(id);
-                    let scope = CallScope::outside(rt.config().call_timeout);
-                    let delivery = rt.deliver(target, EventKind::ClearAlarm(at), scope);
-                    tasks.spawn(
-                        async move { (id, at, delivery.await.map(|_| Outcome::AlarmStale)) },
-                    );
+                    deliver(rt, tasks, target, at, Attempt::Clear);
                 }
             }
         }

@@ -38,6 +38,8 @@ struct Env {
     alarm_ran: Notify,
     /// `/incr` turns that reached their end.
     increments: AtomicUsize,
+    /// Runs of the alarm handler.
+    alarm_runs: AtomicUsize,
 }
 
 async fn n(ctx: &mut Context) -> Result<u64, ObjectError> {
@@ -88,6 +90,7 @@ impl DurableObject for Counter {
     }
 
     async fn alarm(&mut self, ctx: &mut Context, _: AlarmInfo) -> Result<(), ObjectError> {
+        self.env.alarm_runs.fetch_add(1, Ordering::SeqCst);
         if ctx.storage().get_typed::<bool>("hang").await?.is_some() {
             ctx.storage().put_typed("n", &5_000_000u64).await?;
             self.env.alarm_ran.notify_one();
@@ -107,15 +110,11 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
-        Self::with_limits(
-            RuntimeConfig::default().call_timeout,
-            Duration::from_secs(60),
-        )
+        Self::with(|_| {})
     }
 
-    /// A harness whose requests have `call_timeout` as their deadline, and
-    /// whose alarms have `alarm_time_limit`.
-    fn with_limits(call_timeout: Duration, alarm_time_limit: Duration) -> Self {
+    /// A harness whose runtime's configuration `edit` changed.
+    fn with(edit: impl FnOnce(&mut RuntimeConfig)) -> Self {
         let valve = CommitValve::new();
         let store = Store::open(valve.backend(MemoryBackend::new()), StoreOptions::default())
             .expect("store");
@@ -127,17 +126,17 @@ impl Harness {
                 env: shared.clone(),
             })
             .expect("class");
-        let config = RuntimeConfig {
+        let mut config = RuntimeConfig {
             // A failed alarm is retried only after the test is over.
             alarm_retry: AlarmRetry {
                 first_delay: Duration::from_secs(3600),
                 max_delay: Duration::from_secs(3600),
                 max_retries: 1,
             },
-            call_timeout,
-            alarm_time_limit,
+            alarm_time_limit: Duration::from_secs(60),
             ..RuntimeConfig::default()
         };
+        edit(&mut config);
         let runtime = Runtime::new(classes, config, 1);
         runtime.open_shard(0, 1, store).expect("shard");
         Self {
@@ -409,7 +408,7 @@ proptest! {
 /// queued behind it run (they waited out their own deadlines behind it).
 #[tokio::test]
 async fn a_turn_that_never_ends_is_cut_at_its_deadline_and_rolled_back() {
-    let h = Harness::with_limits(Duration::from_millis(300), Duration::from_secs(60));
+    let h = Harness::with(|c| c.call_timeout = Duration::from_millis(300));
     h.valve.open();
     assert_eq!(answer(h.send("a", "/incr")).await.expect("incr"), "1");
     let hung = h.send("a", "/hang");
@@ -428,7 +427,10 @@ async fn a_turn_that_never_ends_is_cut_at_its_deadline_and_rolled_back() {
 /// its writes are dropped, and the requests queued behind it run.
 #[tokio::test]
 async fn an_alarm_that_never_ends_is_cut_at_its_time_limit() {
-    let h = Harness::with_limits(Duration::from_secs(2), Duration::from_millis(300));
+    let h = Harness::with(|c| {
+        c.call_timeout = Duration::from_secs(2);
+        c.alarm_time_limit = Duration::from_millis(300);
+    });
     h.valve.open();
     assert_eq!(answer(h.send("a", "/incr")).await.expect("incr"), "1");
     assert_eq!(
@@ -441,4 +443,41 @@ async fn an_alarm_that_never_ends_is_cut_at_its_time_limit() {
     // Queued behind the hung alarm: answered once it is cut, within this
     // request's 2 s.
     assert_eq!(answer(h.send("a", "/get")).await.expect("get"), "1");
+}
+
+/// An alarm that failed its last retry is deleted. If that deletion's
+/// commit fails, it is tried again: the handler does not run again (a
+/// failed deletion once started the alarm's retries over).
+#[tokio::test]
+async fn a_failed_deletion_of_a_dropped_alarm_does_not_run_it_again() {
+    let h = Harness::with(|c| {
+        c.alarm_retry = AlarmRetry {
+            first_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(50),
+            max_retries: 1,
+        };
+    });
+    let _open = h.valve.open_on_drop();
+    let set = h.send("a", "/alarm");
+    h.valve.allow(true);
+    assert_eq!(answer(set).await.expect("alarm set"), "set");
+    // The first run and its one retry fail (their writes are rolled back,
+    // so nothing reaches the valve); then the deletion's commit does.
+    held(&h.valve, 1).await;
+    assert_eq!(h.env.alarm_runs.load(Ordering::SeqCst), 2);
+    h.valve.allow(false);
+    // The deletion again, after the longest backoff: this one commits.
+    held(&h.valve, 1).await;
+    h.valve.allow(true);
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
+    while h.valve.passed() < 3 {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "the deletion did not pass"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Long past every backoff: the handler never ran again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.env.alarm_runs.load(Ordering::SeqCst), 2);
 }
