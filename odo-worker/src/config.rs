@@ -21,7 +21,9 @@ pub struct RuntimeConfig {
     pub alarm_retry: AlarmRetry,
     /// The deadline of events that do not bring their caller's (alarms,
     /// calls from a program holding the runtime): how long calls they make
-    /// to other objects may take in all. Default 30 s.
+    /// to other objects may take in all. Default 30 s. A request's or a
+    /// call's turn still running at its deadline is cut there (the object
+    /// reset); an alarm's is cut at [`alarm_time_limit`](Self::alarm_time_limit).
     pub call_timeout: Duration,
     /// How long an alarm handler may run. One still running then is cut
     /// (its object reset, its turn's writes dropped) and counts as a

@@ -35,8 +35,8 @@ pub(crate) enum EventKind {
 
 impl EventKind {
     /// Whether a caller waits for this event's answer until its deadline
-    /// (requests, calls, socket events), and stops waiting there; alarms
-    /// run to completion.
+    /// (requests, calls, socket events), and stops waiting there; the
+    /// alarm scheduler waits for an alarm until it ends.
     pub(crate) fn has_caller(&self) -> bool {
         matches!(self, Self::Fetch(_) | Self::Call(_) | Self::Socket(..))
     }

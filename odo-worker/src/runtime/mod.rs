@@ -524,7 +524,8 @@ impl Inner {
     /// Delivers one event to its object and waits for the outcome. Calls
     /// (fetch, RPC) are refused before delivery if they would close a cycle
     /// or their deadline has passed, and given up at their deadline;
-    /// alarms run to completion.
+    /// alarms are waited for until they end (their own time limit cuts
+    /// them).
     pub(crate) async fn deliver(
         &self,
         target: ObjectAddress,
