@@ -225,6 +225,9 @@ pub(crate) struct FrameSink {
     /// Lock order: `socket` before `queue`.
     socket: Mutex<Socket>,
     wake: Notify,
+    /// Notified when the writer task has written (or the sink closed):
+    /// for one waiter on [`FrameSink::room`].
+    written: Notify,
 }
 
 struct Queue {
@@ -268,6 +271,27 @@ impl FrameSink {
                 chunk: BytesMut::new(),
             }),
             wake: Notify::new(),
+            written: Notify::new(),
+        }
+    }
+
+    /// Bytes queued and not yet written: what the peer has not taken.
+    pub(crate) fn unsent(&self) -> usize {
+        self.queue().bytes.len()
+    }
+
+    /// Resolves once at most `bound` bytes are unsent (or the sink
+    /// closed). One waiter at a time.
+    pub(crate) async fn room(&self, bound: usize) {
+        loop {
+            let notified = self.written.notified();
+            {
+                let queue = self.queue();
+                if queue.bytes.len() <= bound || queue.closed.is_some() {
+                    return;
+                }
+            }
+            notified.await;
         }
     }
 
@@ -432,6 +456,7 @@ impl FrameSink {
         queue.bytes = BytesMut::new();
         drop(queue);
         self.wake.notify_one();
+        self.written.notify_one();
     }
 
     /// Writes queued bytes while the socket takes them.
@@ -523,6 +548,7 @@ impl FrameSink {
         drop(queue);
         drop(socket);
         self.wake.notify_one();
+        self.written.notify_one();
     }
 
     /// The writer task: waits for room whenever the socket is full, until
@@ -564,6 +590,8 @@ impl FrameSink {
                 // Blocks only behind a sender's non-waiting write.
                 let mut socket = self.socket();
                 self.write_queued(&mut socket);
+                drop(socket);
+                self.written.notify_one();
                 continue;
             }
             if !idle && !corked {

@@ -119,6 +119,14 @@ pub struct ServerConfig {
     /// How long a new connection may take to complete the handshake before
     /// it is dropped. Default 5 s.
     pub handshake_timeout: Duration,
+    /// A frame begun whose bytes stop coming for about this long (between
+    /// one and two of it) drops its connection. Idle connections between
+    /// frames are not concerned. Default 5 s.
+    pub frame_stall_timeout: Duration,
+    /// Answers a peer has not read yet, in bytes, past which its next
+    /// requests are not read until it reads (the answer that crosses it is
+    /// still queued whole). Default 8 MiB.
+    pub max_unsent_bytes: usize,
     /// How many authenticated peers may be connected at once. A connection
     /// takes one of these places only once its handshake succeeded; a peer
     /// that finds them all taken is closed right after its handshake (it
@@ -169,6 +177,8 @@ impl ServerConfig {
             peer_name: "server".into(),
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             handshake_timeout: Duration::from_secs(5),
+            frame_stall_timeout: Duration::from_secs(5),
+            max_unsent_bytes: 8 * 1024 * 1024,
             max_connections: 1024,
             max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
             shutdown_grace: Duration::from_secs(10),
@@ -187,6 +197,8 @@ impl fmt::Debug for ServerConfig {
             .field("peer_name", &self.peer_name)
             .field("max_frame_len", &self.max_frame_len)
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("frame_stall_timeout", &self.frame_stall_timeout)
+            .field("max_unsent_bytes", &self.max_unsent_bytes)
             .field("max_connections", &self.max_connections)
             .field("max_unauthenticated", &self.max_unauthenticated)
             .field("shutdown_grace", &self.shutdown_grace)
@@ -431,6 +443,11 @@ impl Server {
                 reason: "max_connections must be at least 1",
             });
         }
+        if config.frame_stall_timeout.is_zero() {
+            return Err(BindError::Config {
+                reason: "frame_stall_timeout must be more than zero",
+            });
+        }
         if config.max_unauthenticated == 0 {
             return Err(BindError::Config {
                 reason: "max_unauthenticated must be at least 1",
@@ -496,6 +513,7 @@ impl Server {
         let mut connections = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
         let rebind_logs = LogLimiter::new(DROP_LOG_INTERVAL);
+        let accept_logs = LogLimiter::new(DROP_LOG_INTERVAL);
         let mut check =
             tokio::time::interval(config.socket_file_check.max(Duration::from_millis(1)));
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -541,7 +559,13 @@ impl Server {
                         connections.spawn(conn.upgrade_and_run(stream, pending));
                     }
                     Err(e) => {
-                        warn!(%endpoint, error = %e, "accept failed");
+                        // Out of descriptors, this lasts: one line per
+                        // interval (it was 20 a second), saying how many
+                        // went unlogged.
+                        match accept_logs.allow() {
+                            Some(unlogged) => warn!(%endpoint, error = %e, unlogged, "accept failed"),
+                            None => debug!(%endpoint, error = %e, "accept failed"),
+                        }
                         // Out of file descriptors and the like: give the
                         // system a moment instead of spinning.
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -646,8 +670,20 @@ impl<H: Handler> Connection<H> {
     async fn upgrade_and_run(self, stream: Stream, pending: Pending) {
         let stream = match (self.config.upgrade.clone(), stream) {
             (Some(upgrade), Stream::Tcp(tcp)) => {
-                let upgraded =
-                    tokio::time::timeout(self.config.handshake_timeout, upgrade.accept(tcp)).await;
+                // Held to the unauthenticated cap and to shutdown from the
+                // first byte: a stranger stalled in its TLS handshake once
+                // ignored both until its timeout (5,000 of them took the
+                // server to 4,131 descriptors).
+                let evicted = pending.evicted();
+                let upgraded = tokio::select! {
+                    biased;
+                    _ = self.draining.cancelled() => {
+                        debug!(peer = %self.peer, "dropping connection: shutting down during its upgrade");
+                        return;
+                    }
+                    _ = evicted.cancelled() => return self.evicted(),
+                    upgraded = tokio::time::timeout(self.config.handshake_timeout, upgrade.accept(tcp)) => upgraded,
+                };
                 match upgraded {
                     Ok(Ok(io)) => match crate::upgrade::bridge(io) {
                         Ok(stream) => stream,
@@ -684,13 +720,7 @@ impl<H: Handler> Connection<H> {
                 debug!(peer = %self.peer, "dropping connection: shutting down during its handshake");
                 return;
             }
-            _ = evicted.cancelled() => {
-                self.stranger_dropped(
-                    "too many unauthenticated connections, closing the oldest",
-                    format_args!("the limit is {}", self.config.max_unauthenticated),
-                );
-                return;
-            }
+            _ = evicted.cancelled() => return self.evicted(),
             established = self.handshake(&mut frames, &write, pending) => established,
         };
         let Some((client, _permit)) = established else {
@@ -718,6 +748,16 @@ impl<H: Handler> Connection<H> {
         let mut requests = JoinSet::new();
         let mut in_flight: HashMap<u64, AbortHandle> = HashMap::new();
         let mut draining = false;
+        // A frame begun must go on arriving: checked once per stall
+        // timeout, by frames read and bytes buffered since the last check
+        // (a peer that stopped 4 KiB short of a 16 MiB frame held those
+        // 16 MiB for good).
+        let mut stall_check = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.config.frame_stall_timeout,
+            self.config.frame_stall_timeout,
+        );
+        stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut frames_read, mut checked) = (0_u64, (0_u64, 0_usize));
         // Pinned once: a fresh `cancelled()` future per frame would register
         // with the token again each time.
         let mut shutdown = std::pin::pin!(self.draining.cancelled());
@@ -727,6 +767,7 @@ impl<H: Handler> Connection<H> {
             if draining && requests.is_empty() {
                 break None;
             }
+            let backlogged = sink.unsent() > self.config.max_unsent_bytes;
             tokio::select! {
                 biased;
                 Some(done) = requests.join_next(), if !requests.is_empty() => {
@@ -743,7 +784,24 @@ impl<H: Handler> Connection<H> {
                     kind: io::ErrorKind::BrokenPipe,
                     message: "writing to the peer failed".into(),
                 }),
-                next = frames.next() => {
+                _ = stall_check.tick() => {
+                    let now = (frames_read, frames.read_buffer().len());
+                    if now.1 > 0 && now == checked {
+                        break Some(CloseReason::Protocol {
+                            reason: format!(
+                                "a frame stalled: {} bytes of it and nothing more for {:?}",
+                                now.1, self.config.frame_stall_timeout
+                            ),
+                        });
+                    }
+                    checked = now;
+                }
+                // Answers the peer has not read past the bound: its next
+                // requests wait in the socket until it reads (they were
+                // taken, and their answers queued, without end).
+                () = sink.room(self.config.max_unsent_bytes), if backlogged => {}
+                next = frames.next(), if !backlogged => {
+                    frames_read += 1;
                     let bytes = match next {
                         None => break Some(CloseReason::PeerClosed),
                         Some(Err(e)) => break Some(CloseReason::from_read_error(e, self.config.max_frame_len)),
@@ -862,6 +920,15 @@ impl<H: Handler> Connection<H> {
                 None
             }
         }
+    }
+
+    /// Drops a connection still in its handshake to make room for a newer
+    /// one (the unauthenticated cap is full).
+    fn evicted(&self) {
+        self.stranger_dropped(
+            "too many unauthenticated connections, closing the oldest",
+            format_args!("the limit is {}", self.config.max_unauthenticated),
+        );
     }
 
     /// Logs that a connection is dropped before its handshake completed: a
