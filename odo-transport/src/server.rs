@@ -768,6 +768,12 @@ impl<H: Handler> Connection<H> {
                 break None;
             }
             let backlogged = sink.unsent() > self.config.max_unsent_bytes;
+            if backlogged {
+                // Answers held back while a burst of requests was read
+                // would never go out: only reading the next frame uncorks
+                // (a review found every call of such a burst lost).
+                sink.uncork();
+            }
             tokio::select! {
                 biased;
                 Some(done) = requests.join_next(), if !requests.is_empty() => {
@@ -786,6 +792,13 @@ impl<H: Handler> Connection<H> {
                 }),
                 _ = stall_check.tick() => {
                     let now = (frames_read, frames.read_buffer().len());
+                    // Not while this side holds the reading back (an honest
+                    // peer slow to read its answers is not a stalled one):
+                    // the next check starts over.
+                    if backlogged {
+                        checked = (u64::MAX, 0);
+                        continue;
+                    }
                     if now.1 > 0 && now == checked {
                         break Some(CloseReason::Protocol {
                             reason: format!(

@@ -213,6 +213,9 @@ async fn drive<F: Future>(fut: F, gate: &mut Gate, cut: Option<Instant>) -> Opti
     }
 }
 
+/// How long after its caller's deadline a turn is cut.
+const CUT_GRACE: Duration = Duration::from_millis(5);
+
 /// The life of one object.
 pub(crate) async fn run<T: DurableObject>(start: ActorStart, factory: Factory<T>) {
     let ActorStart {
@@ -465,10 +468,21 @@ async fn turn<T: DurableObject>(
     // hold the object (and every event queued behind it) for good. An
     // alarm's has its own limit.
     let cut = match &kind {
-        kind if kind.has_caller() => Some(ctx.scope.deadline),
+        // Just after the deadline, so that a caller in this process times
+        // out first, and learns 504 rather than the reset (the two timers
+        // would fire in the same tick in either order).
+        kind if kind.has_caller() => Some(ctx.scope.deadline + CUT_GRACE),
         EventKind::Alarm(_) => Some(Instant::now() + alarm_time_limit),
         _ => None,
     };
+    // An event whose caller stopped waiting while it was queued (behind a
+    // long turn) does not run: nothing of it happens, and an object under
+    // a backlog is not reset for each late event cut at its first wait.
+    if kind.has_caller() && ctx.scope.deadline <= Instant::now() {
+        debug!(id = %ctx.target.id, "an event whose deadline passed in the queue is dropped unrun");
+        gate.hold(None, reply, Err(WireError::DeadlineExceeded));
+        return;
+    }
     // A SQLite-backed object's database opens (recovering from the shard's
     // log) or catches up here, off the async threads.
     if let Err(e) = ctx.storage.prepare().await {

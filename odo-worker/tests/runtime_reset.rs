@@ -481,3 +481,40 @@ async fn a_failed_deletion_of_a_dropped_alarm_does_not_run_it_again() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(h.env.alarm_runs.load(Ordering::SeqCst), 2);
 }
+
+/// An event whose caller gave up while it waited in the queue (behind an
+/// alarm, whose limit is longer than a request's deadline) does not run
+/// once its turn comes: its increment is not made.
+#[tokio::test]
+async fn an_event_whose_deadline_passed_in_the_queue_does_not_run() {
+    let h = Harness::with(|c| {
+        c.call_timeout = Duration::from_millis(300);
+        c.alarm_time_limit = Duration::from_secs(1);
+    });
+    h.valve.open();
+    assert_eq!(answer(h.send("a", "/incr")).await.expect("incr"), "1");
+    assert_eq!(
+        answer(h.send("a", "/alarm-hang")).await.expect("alarm"),
+        "set"
+    );
+    tokio::time::timeout(Duration::from_secs(20), h.env.alarm_ran.notified())
+        .await
+        .expect("the alarm ran");
+    assert!(matches!(
+        answer(h.send("a", "/incr")).await,
+        Err(WireError::DeadlineExceeded)
+    ));
+    // Once the alarm is cut, the object answers again.
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
+    let n = loop {
+        match answer(h.send("a", "/get")).await {
+            Ok(n) => break n,
+            Err(WireError::DeadlineExceeded) => {
+                assert!(tokio::time::Instant::now() < give_up, "no answer");
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(n, "1");
+    assert_eq!(h.env.increments.load(Ordering::SeqCst), 1);
+}

@@ -354,8 +354,8 @@ async fn crossed_calls_through_a_third_object_do_not_wait_out_the_deadline() {
 }
 
 /// A handler that never returns (`relay/.../hang`, reached through a call
-/// from another object): its request is answered 504 at its deadline, and
-/// the turn is cut there. Both objects of the chain answer the next
+/// from another object): its request is answered at its deadline, and the
+/// turn is cut there. Both objects of the chain answer the next
 /// request; they stayed stuck for good, every later request waiting out
 /// its deadline behind the turn that would never end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,7 +366,14 @@ async fn a_turn_that_never_ends_is_cut_at_its_deadline() {
         .send("POST", "/probe/ha/relay/hb/hang", &[], Bytes::new())
         .await
         .unwrap();
-    assert_eq!(hung.status, 504, "{}", hung.text());
+    // `hb`'s deadline is `ha`'s rounded down, so `ha` may still answer in
+    // time that its call failed.
+    let text = hung.text();
+    assert!(
+        hung.status == 504 || (hung.status == 200 && text.starts_with("call failed:")),
+        "{} {text}",
+        hung.status
+    );
     for name in ["ha", "hb"] {
         let next = c
             .send("POST", &format!("/probe/{name}/relay"), &[], Bytes::new())

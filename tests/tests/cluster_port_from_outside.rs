@@ -498,20 +498,21 @@ fn answers_a_peer_does_not_read_are_bounded() {
             // open (its window opens now and then), the answers pile up.
             let slow_reader = tokio::spawn(async move {
                 let mut buf = vec![0u8; 128 * 1024];
-                let mut read = 0usize;
+                let (mut read, mut closed) = (0usize, false);
                 while tokio::time::Instant::now() < end {
-                    if let Ok(Ok(n)) =
-                        tokio::time::timeout(Duration::from_millis(100), reader.read(&mut buf))
-                            .await
+                    match tokio::time::timeout(Duration::from_millis(100), reader.read(&mut buf))
+                        .await
                     {
-                        if n == 0 {
+                        Ok(Ok(0)) | Ok(Err(_)) => {
+                            closed = true;
                             break;
                         }
-                        read += n;
+                        Ok(Ok(n)) => read += n,
+                        Err(_) => {}
                     }
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                read
+                (read, closed)
             });
             let sender = tokio::spawn(async move {
                 let mut id = 1u64;
@@ -534,7 +535,7 @@ fn answers_a_peer_does_not_read_are_bounded() {
                 peak = peak.max(proc_memory(pid, "VmRSS").unwrap_or(0));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            let read = slow_reader.await?;
+            let (read, closed) = slow_reader.await?;
             let (sent, writer) = sender.await?;
             drop(writer);
             let grew = peak.saturating_sub(rss_before);
@@ -544,6 +545,13 @@ fn answers_a_peer_does_not_read_are_bounded() {
                 rss_before >> 20,
                 peak >> 20,
                 grew >> 20
+            );
+            // Served all along (not dropped, which would pass the bound
+            // too): answers came, and the connection is still open.
+            ensure!(read > 0, "the peer read no answers ({sent} requests taken)");
+            ensure!(
+                !closed,
+                "h0 closed the connection of a peer that reads slowly"
             );
             ensure!(
                 grew < 64 << 20,
@@ -589,6 +597,11 @@ fn accept_failures_are_logged_at_a_sane_rate() {
                 watched.as_secs()
             );
             drop(strangers);
+            ensure!(
+                accept_failed >= 1,
+                "no accept failed: the test did not take h0's descriptors ({} log lines)",
+                lines.len()
+            );
             ensure!(
                 accept_failed <= 2,
                 "h0 logged \"accept failed\" {accept_failed} times in {} s while out of descriptors",

@@ -1,0 +1,282 @@
+//! The server's bound on answers a peer has not read, and its check on
+//! frames that stop arriving (`Connection::run`): what they stop, and the
+//! honest traffic they must not break (a review found the first versions
+//! losing every call of a burst).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use odo_core::Frame;
+use odo_core::wire::{Message, Response};
+use odo_transport::handler_fn;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Answers a request whose body is `big` with `size` bytes at once (no
+/// waiting: the server polls it in place, inside its corked window), any
+/// other request with its own body.
+fn big_answers(size: usize) -> impl odo_transport::Handler {
+    let big = Bytes::from(vec![7u8; size]);
+    handler_fn(move |_request, body: Bytes| {
+        let big = big.clone();
+        async move {
+            if body.as_ref() == b"big" {
+                (Response::Rpc, big)
+            } else {
+                (Response::Rpc, body)
+            }
+        }
+    })
+}
+
+async fn handshake(stream: &mut Box<dyn RawStream>) {
+    stream.write_all(&good_hello()).await.expect("hello");
+    let welcome = read_frame(stream).await.expect("welcome");
+    assert!(
+        matches!(welcome.message, Message::Welcome(_)),
+        "{welcome:?}"
+    );
+}
+
+/// Three pipelined requests in one write (what a Channel does with
+/// concurrent calls): two whose answers are 5 MiB each, then a small one.
+/// The server corks while whole requests remain buffered; after the
+/// second answer 10 MiB are queued, corked, past the 8 MiB bound; it stops
+/// reading (the only thing that would uncork the sink) and waits for the
+/// writer, which does not write while corked. Nothing is ever sent; the
+/// stall check then drops the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_whose_answers_cross_the_bound_are_answered() {
+    let mut config = server_config();
+    config.frame_stall_timeout = Duration::from_secs(1);
+    let server = start(Kind::Unix, config, big_answers(5 * 1024 * 1024)).await;
+    let mut stream = raw(&server.endpoint).await;
+    handshake(&mut stream).await;
+    let mut burst = Vec::new();
+    burst.extend_from_slice(&request_frame(1, b"big"));
+    burst.extend_from_slice(&request_frame(2, b"big"));
+    burst.extend_from_slice(&request_frame(3, b"small"));
+    stream.write_all(&burst).await.expect("requests");
+    let began = Instant::now();
+    let mut answered = Vec::new();
+    while answered.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(10), read_frame(&mut stream)).await {
+            Ok(Some(frame)) => answered.push(frame.request_id),
+            Ok(None) => break,
+            Err(_) => break,
+        }
+    }
+    assert_eq!(
+        answered.len(),
+        3,
+        "answers {answered:?}; the connection ended (or went silent) after {:?}",
+        began.elapsed()
+    );
+}
+
+/// The same through an ordinary `Channel`: concurrent calls whose answers
+/// add up past the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_with_large_answers_through_a_channel() {
+    let mut config = server_config();
+    config.frame_stall_timeout = Duration::from_secs(1);
+    let server = start(Kind::Unix, config, big_answers(1024 * 1024)).await;
+    let channel = connect(&server.endpoint).await;
+    let calls = (0..32).map(|i| {
+        let channel = channel.clone();
+        async move {
+            channel
+                .call(
+                    request(i),
+                    Bytes::from_static(b"big"),
+                    Duration::from_secs(10),
+                )
+                .await
+        }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 32 calls failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+}
+
+/// An honest peer on a slow link: it asks for a 2 MiB answer, then sends
+/// its next request (a 64 KiB body) whole, and reads at about 1.3 MB/s.
+/// The server stops reading while more than 1 MiB is unsent; the part of
+/// the next request it had already read sits in its buffer, unchanged, and
+/// the stall check (which does not know the server itself stopped
+/// reading) drops the connection as "a frame stalled".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_is_not_taken_for_a_stalled_frame() {
+    let mut config = server_config();
+    config.frame_stall_timeout = Duration::from_millis(300);
+    config.max_unsent_bytes = 1024 * 1024;
+    let server = start(Kind::Unix, config, big_answers(2 * 1024 * 1024)).await;
+    let mut stream = raw(&server.endpoint).await;
+    handshake(&mut stream).await;
+    let second = encoded(&Frame {
+        request_id: 2,
+        message: Message::Request(request(2)),
+        body: Bytes::from(vec![1u8; 64 * 1024]),
+    });
+    // The first request and the start of the second in one write, the rest
+    // of the second right after: everything is sent.
+    let mut first = request_frame(1, b"big").to_vec();
+    first.extend_from_slice(&second[..100]);
+    stream.write_all(&first).await.expect("first");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    stream.write_all(&second[100..]).await.expect("second");
+    let began = Instant::now();
+    // Reads 64 KiB every 50 ms.
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut closed = false;
+    while began.elapsed() < Duration::from_secs(30) {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        // Two whole answers read?
+        let mut at = 0;
+        let mut frames = 0;
+        while got.len() >= at + 4 {
+            let len = u32::from_be_bytes(got[at..at + 4].try_into().unwrap()) as usize;
+            if got.len() < at + 4 + len {
+                break;
+            }
+            at += 4 + len;
+            frames += 1;
+        }
+        if frames == 2 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "closed: {closed}; read {} KiB in {:?}, not both answers",
+        got.len() / 1024,
+        began.elapsed()
+    );
+}
+
+/// As the worker's handler does (its first poll queues the event and
+/// waits): every answer comes from a spawned task, on another thread.
+/// Answers that land while the server is still corked over a burst of
+/// buffered requests can cross the bound just the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_answered_by_tasks_through_a_channel() {
+    let mut config = server_config();
+    config.frame_stall_timeout = Duration::from_secs(1);
+    let big = Bytes::from(vec![7u8; 64 * 1024]);
+    let handler = handler_fn(move |_request, _body: Bytes| {
+        let big = big.clone();
+        async move {
+            tokio::task::yield_now().await;
+            (Response::Rpc, big)
+        }
+    });
+    let server = start(Kind::Unix, config, handler).await;
+    let channel = connect(&server.endpoint).await;
+    for round in 0..20 {
+        let calls = (0..400).map(|i| {
+            let channel = channel.clone();
+            async move {
+                channel
+                    .call(request(i), Bytes::from_static(b"x"), Duration::from_secs(8))
+                    .await
+            }
+        });
+        let began = Instant::now();
+        let results = futures_util::future::join_all(calls).await;
+        let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert!(
+            failed.is_empty(),
+            "round {round}: {} of 400 calls failed after {:?}: {:?}",
+            failed.len(),
+            began.elapsed(),
+            failed.first()
+        );
+    }
+}
+
+/// A peer that stops in the middle of a frame (its head says 1 MiB, 1 KiB
+/// came) is dropped once the frame makes no progress for the stall
+/// timeout; it held the buffer for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_that_stops_arriving_drops_its_connection() {
+    let mut config = server_config();
+    config.frame_stall_timeout = Duration::from_millis(200);
+    let server = start(Kind::Unix, config, echo()).await;
+    let mut stream = raw(&server.endpoint).await;
+    handshake(&mut stream).await;
+    stream
+        .write_all(&(1024u32 * 1024).to_be_bytes())
+        .await
+        .expect("head");
+    stream.write_all(&[0u8; 1024]).await.expect("some of it");
+    let began = Instant::now();
+    assert_closed_by_server(stream).await;
+    assert!(began.elapsed() < LONG, "{:?}", began.elapsed());
+}
+
+/// A peer that sends requests and never reads the answers: the server
+/// stops reading its requests once more than the bound is unsent, so it
+/// runs a handful of them, not all of those waiting in its socket (each
+/// answer 1 MiB: it queued every one, without end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_does_not_read_is_not_served_past_the_bound() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let mut config = server_config();
+    config.max_unsent_bytes = 4 * 1024 * 1024;
+    let ran = Arc::new(AtomicUsize::new(0));
+    let counted = ran.clone();
+    let big = Bytes::from(vec![7u8; 1024 * 1024]);
+    let handler = handler_fn(move |_request, _body: Bytes| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        let big = big.clone();
+        async move { (Response::Rpc, big) }
+    });
+    let server = start(Kind::Unix, config, handler).await;
+    let mut stream = raw(&server.endpoint).await;
+    handshake(&mut stream).await;
+    let mut burst = Vec::new();
+    for id in 1..=200 {
+        burst.extend_from_slice(&request_frame(id, b"x"));
+    }
+    stream.write_all(&burst).await.expect("requests");
+    // Until the count stops moving (the server waits for room).
+    let mut last = usize::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = ran.load(Ordering::SeqCst);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    // The bound (4 MiB) and what the two sockets' buffers took.
+    assert!(
+        last < 50,
+        "{last} of 200 requests run for a peer that reads nothing"
+    );
+    // It reads now: every request is answered.
+    let mut answered = 0;
+    while answered < 200 {
+        tokio::time::timeout(LONG, read_frame(&mut stream))
+            .await
+            .expect("in time")
+            .expect("an answer");
+        answered += 1;
+    }
+}
