@@ -674,15 +674,13 @@ impl<H: Handler> Connection<H> {
                 // first byte: a stranger stalled in its TLS handshake once
                 // ignored both until its timeout (5,000 of them took the
                 // server to 4,131 descriptors).
-                let evicted = pending.evicted();
-                let upgraded = tokio::select! {
-                    biased;
-                    _ = self.draining.cancelled() => {
-                        debug!(peer = %self.peer, "dropping connection: shutting down during its upgrade");
-                        return;
-                    }
-                    _ = evicted.cancelled() => return self.evicted(),
-                    upgraded = tokio::time::timeout(self.config.handshake_timeout, upgrade.accept(tcp)) => upgraded,
+                let upgrade =
+                    tokio::time::timeout(self.config.handshake_timeout, upgrade.accept(tcp));
+                let Some(upgraded) = self
+                    .unless_dropped(pending.evicted(), "upgrade", upgrade)
+                    .await
+                else {
+                    return;
                 };
                 match upgraded {
                     Ok(Ok(io)) => match crate::upgrade::bridge(io) {
@@ -714,14 +712,9 @@ impl<H: Handler> Connection<H> {
         // and the buffer about as big.
         let mut frames = handshake_reader(read);
         let evicted = pending.evicted();
-        let established = tokio::select! {
-            biased;
-            _ = self.draining.cancelled() => {
-                debug!(peer = %self.peer, "dropping connection: shutting down during its handshake");
-                return;
-            }
-            _ = evicted.cancelled() => return self.evicted(),
-            established = self.handshake(&mut frames, &write, pending) => established,
+        let handshake = self.handshake(&mut frames, &write, pending);
+        let Some(established) = self.unless_dropped(evicted, "handshake", handshake).await else {
+            return;
         };
         let Some((client, _permit)) = established else {
             return;
@@ -935,13 +928,30 @@ impl<H: Handler> Connection<H> {
         }
     }
 
-    /// Drops a connection still in its handshake to make room for a newer
-    /// one (the unauthenticated cap is full).
-    fn evicted(&self) {
-        self.stranger_dropped(
-            "too many unauthenticated connections, closing the oldest",
-            format_args!("the limit is {}", self.config.max_unauthenticated),
-        );
+    /// Runs `work`, a `step` of a connection not yet authenticated, unless
+    /// the server shuts down or `evicted` fires first (the unauthenticated
+    /// cap is full and this connection is the oldest): `None` then, logged.
+    async fn unless_dropped<T>(
+        &self,
+        evicted: CancellationToken,
+        step: &str,
+        work: impl Future<Output = T>,
+    ) -> Option<T> {
+        tokio::select! {
+            biased;
+            _ = self.draining.cancelled() => {
+                debug!(peer = %self.peer, "dropping connection: shutting down during its {step}");
+                None
+            }
+            _ = evicted.cancelled() => {
+                self.stranger_dropped(
+                    "too many unauthenticated connections, closing the oldest",
+                    format_args!("the limit is {}", self.config.max_unauthenticated),
+                );
+                None
+            }
+            done = work => Some(done),
+        }
     }
 
     /// Logs that a connection is dropped before its handshake completed: a

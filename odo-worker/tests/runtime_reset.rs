@@ -423,14 +423,9 @@ async fn a_turn_that_never_ends_is_cut_at_its_deadline_and_rolled_back() {
     assert_eq!(answer(h.send("a", "/get")).await.expect("get"), "2");
 }
 
-/// An alarm handler that never returns is cut at the alarm time limit:
-/// its writes are dropped, and the requests queued behind it run.
-#[tokio::test]
-async fn an_alarm_that_never_ends_is_cut_at_its_time_limit() {
-    let h = Harness::with(|c| {
-        c.call_timeout = Duration::from_secs(2);
-        c.alarm_time_limit = Duration::from_millis(300);
-    });
+/// Increments `a` to 1, then sets it an alarm that hangs, and waits until
+/// it runs.
+async fn increment_then_hang_an_alarm(h: &Harness) {
     h.valve.open();
     assert_eq!(answer(h.send("a", "/incr")).await.expect("incr"), "1");
     assert_eq!(
@@ -440,6 +435,17 @@ async fn an_alarm_that_never_ends_is_cut_at_its_time_limit() {
     tokio::time::timeout(Duration::from_secs(20), h.env.alarm_ran.notified())
         .await
         .expect("the alarm ran");
+}
+
+/// An alarm handler that never returns is cut at the alarm time limit:
+/// its writes are dropped, and the requests queued behind it run.
+#[tokio::test]
+async fn an_alarm_that_never_ends_is_cut_at_its_time_limit() {
+    let h = Harness::with(|c| {
+        c.call_timeout = Duration::from_secs(2);
+        c.alarm_time_limit = Duration::from_millis(300);
+    });
+    increment_then_hang_an_alarm(&h).await;
     // Queued behind the hung alarm: answered once it is cut, within this
     // request's 2 s.
     assert_eq!(answer(h.send("a", "/get")).await.expect("get"), "1");
@@ -491,15 +497,7 @@ async fn an_event_whose_deadline_passed_in_the_queue_does_not_run() {
         c.call_timeout = Duration::from_millis(300);
         c.alarm_time_limit = Duration::from_secs(1);
     });
-    h.valve.open();
-    assert_eq!(answer(h.send("a", "/incr")).await.expect("incr"), "1");
-    assert_eq!(
-        answer(h.send("a", "/alarm-hang")).await.expect("alarm"),
-        "set"
-    );
-    tokio::time::timeout(Duration::from_secs(20), h.env.alarm_ran.notified())
-        .await
-        .expect("the alarm ran");
+    increment_then_hang_an_alarm(&h).await;
     assert!(matches!(
         answer(h.send("a", "/incr")).await,
         Err(WireError::DeadlineExceeded)
