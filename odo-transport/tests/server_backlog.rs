@@ -3,6 +3,8 @@
 //! honest traffic they must not break (a review found the first versions
 //! losing every call of a burst).
 
+#![cfg(unix)]
+
 mod common;
 
 use std::time::{Duration, Instant};
