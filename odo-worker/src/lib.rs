@@ -23,6 +23,7 @@ mod config;
 mod context;
 mod doors;
 mod error;
+mod gate;
 mod mailbox;
 mod object;
 mod process;
@@ -76,6 +77,7 @@ mod layering {
         ("object", include_str!("object.rs")),
         ("mailbox", include_str!("mailbox.rs")),
         ("table", include_str!("table.rs")),
+        ("gate", include_str!("gate.rs")),
         ("actor", include_str!("actor.rs")),
         ("class", include_str!("class.rs")),
         ("alarms", include_str!("alarms.rs")),
