@@ -381,6 +381,11 @@ scenario!(ws_limits, |w, t| {
             "300",
             "--websocket-object-buffer",
             &OBJECT_BUFFER.to_string(),
+            // The worker SIGSTOPped below is not to be taken for a stuck
+            // one on a busy machine (it was killed within the default 2 s
+            // once, and its SIGCONT found no process).
+            "--heartbeat-timeout-ms",
+            "20000",
         ]
         .map(str::to_owned),
     );
