@@ -75,7 +75,7 @@ pub(crate) async fn alarm_loop(host: Weak<dyn AlarmHost>, shard: Arc<ShardState>
     // Objects of no registered class: their alarms stay stored (the class
     // may come back in a later build) but are never delivered here.
     let mut foreign: HashSet<ObjectId> = HashSet::new();
-    let mut tasks: Deliveries = JoinSet::new();
+    let mut tasks = Deliveries::default();
     let mut alarm_changes = shard.store.alarm_changes();
     loop {
         let Some(rt) = host.upgrade() else { return };
@@ -152,23 +152,19 @@ pub(crate) async fn alarm_loop(host: Weak<dyn AlarmHost>, shard: Arc<ShardState>
         tokio::select! {
             () = tokio::time::sleep(sleep) => {}
             _ = alarm_changes.changed() => {}
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+            Some(done) = tasks.next(), if !tasks.is_empty() => {
                 // Every delivery already done, before the index is read
                 // again: taken one per read, a burst of N alarms cost N
                 // reads of N entries (2,000 alarms due at once left a worker
                 // at 63% of a core after the last one had run).
                 let mut next = Some(done);
                 while let Some(done) = next {
-                    let Ok(done) = done else {
-                        next = tasks.try_join_next();
-                        continue;
-                    };
                     running.remove(&done.id);
                     let Some(rt) = host.upgrade() else { return };
                     if let Settled::Moved = settle(&*rt, &mut retries, &mut running, &mut tasks, done) {
                         return;
                     }
-                    next = tasks.try_join_next();
+                    next = tasks.try_next();
                 }
             }
         }
@@ -200,7 +196,74 @@ struct Done {
     result: Result<Outcome, WireError>,
 }
 
-type Deliveries = JoinSet<Done>;
+/// The deliveries running, each a task. One that panicked ends as a
+/// failed delivery of its alarm, retried like any: its alarm stayed
+/// marked running, and was never delivered again.
+#[derive(Default)]
+struct Deliveries {
+    tasks: JoinSet<Done>,
+    of: HashMap<tokio::task::Id, (ObjectId, u64, Attempt)>,
+}
+
+impl Deliveries {
+    fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    fn spawn(
+        &mut self,
+        delivery: impl Future<Output = Done> + Send + 'static,
+        of: (ObjectId, u64, Attempt),
+    ) {
+        let task = self.tasks.spawn(delivery);
+        self.of.insert(task.id(), of);
+    }
+
+    /// The next delivery to end.
+    async fn next(&mut self) -> Option<Done> {
+        loop {
+            let ended = self.tasks.join_next_with_id().await?;
+            if let Some(done) = self.ended(ended) {
+                return Some(done);
+            }
+        }
+    }
+
+    /// A delivery that has ended, if any.
+    fn try_next(&mut self) -> Option<Done> {
+        loop {
+            let ended = self.tasks.try_join_next_with_id()?;
+            if let Some(done) = self.ended(ended) {
+                return Some(done);
+            }
+        }
+    }
+
+    fn ended(
+        &mut self,
+        ended: Result<(tokio::task::Id, Done), tokio::task::JoinError>,
+    ) -> Option<Done> {
+        match ended {
+            Ok((task, done)) => {
+                self.of.remove(&task);
+                Some(done)
+            }
+            Err(error) => {
+                // Every task is noted when spawned.
+                let (id, at, attempt) = self.of.remove(&error.id())?;
+                warn!(%id, %error, "an alarm's delivery panicked");
+                Some(Done {
+                    id,
+                    at,
+                    attempt,
+                    result: Err(WireError::Internal {
+                        message: format!("the alarm's delivery panicked: {error}"),
+                    }),
+                })
+            }
+        }
+    }
+}
 
 /// Starts delivering `attempt` of `target`'s alarm at `at`.
 fn deliver(
@@ -217,14 +280,17 @@ fn deliver(
     };
     let scope = CallScope::outside(rt.config().call_timeout);
     let delivery = rt.deliver(target, kind, scope);
-    tasks.spawn(async move {
-        Done {
-            id,
-            at,
-            attempt,
-            result: delivery.await,
-        }
-    });
+    tasks.spawn(
+        async move {
+            Done {
+                id,
+                at,
+                attempt,
+                result: delivery.await,
+            }
+        },
+        (id, at, attempt),
+    );
 }
 
 /// Takes note of how a delivery ended: done, refused by a full queue
@@ -315,4 +381,115 @@ fn settle(
         }
     }
     Settled::Go
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use odo_core::Namespace;
+    use odo_storage::{AlarmChange, Backend, MemoryBackend, ObjectBatch, Store, StoreOptions};
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::config::AlarmRetry;
+    use crate::context::Context;
+    use crate::object::DurableObject;
+
+    struct Nothing;
+
+    impl DurableObject for Nothing {
+        fn create(_: &Context) -> Self {
+            Nothing
+        }
+
+        async fn fetch(
+            &mut self,
+            _: &mut Context,
+            _: crate::types::Request,
+        ) -> Result<crate::types::Response, crate::error::ObjectError> {
+            Err(crate::error::ObjectError::msg("nothing here"))
+        }
+    }
+
+    /// A host whose first delivery panics; later ones succeed.
+    struct Host {
+        classes: Classes,
+        config: RuntimeConfig,
+        deliveries: AtomicUsize,
+        delivered: Notify,
+        kinds: Mutex<Vec<String>>,
+    }
+
+    impl AlarmHost for Host {
+        fn classes(&self) -> &Classes {
+            &self.classes
+        }
+
+        fn config(&self) -> &RuntimeConfig {
+            &self.config
+        }
+
+        fn deliver(
+            &self,
+            _: ObjectAddress,
+            kind: EventKind,
+            _: CallScope,
+        ) -> BoxFuture<'static, Result<Outcome, WireError>> {
+            let n = self.deliveries.fetch_add(1, Ordering::SeqCst);
+            self.kinds.lock().unwrap().push(format!("{kind:?}"));
+            self.delivered.notify_one();
+            Box::pin(async move {
+                assert!(n > 0, "the first delivery panics");
+                Ok(Outcome::AlarmRan)
+            })
+        }
+    }
+
+    /// A delivery task that panics is a failed delivery, retried: its
+    /// alarm stayed marked running, never delivered again.
+    #[tokio::test]
+    async fn a_delivery_that_panics_is_retried() {
+        let id = Namespace::new("NOTHING").id_from_name("a");
+        let backend = MemoryBackend::new();
+        let batch = ObjectBatch {
+            alarm: AlarmChange::Set(1),
+            ..ObjectBatch::default()
+        };
+        backend.commit(&[(id, Arc::new(batch))]).unwrap();
+        let store = Store::open(backend, StoreOptions::default()).unwrap();
+        let shard = Arc::new(ShardState::new(0, 1, store));
+        let mut classes = Classes::default();
+        classes.register::<Nothing>("NOTHING").unwrap();
+        let host: Arc<Host> = Arc::new(Host {
+            classes,
+            config: RuntimeConfig {
+                alarm_retry: AlarmRetry {
+                    first_delay: Duration::from_millis(10),
+                    max_delay: Duration::from_millis(10),
+                    max_retries: 3,
+                },
+                ..RuntimeConfig::default()
+            },
+            deliveries: AtomicUsize::new(0),
+            delivered: Notify::new(),
+            kinds: Mutex::new(Vec::new()),
+        });
+        let dyn_host: Arc<dyn AlarmHost> = host.clone();
+        let scheduler = tokio::spawn(alarm_loop(Arc::downgrade(&dyn_host), shard));
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
+        while host.deliveries.load(Ordering::SeqCst) < 2 {
+            let wait = tokio::time::timeout_at(give_up, host.delivered.notified()).await;
+            assert!(
+                wait.is_ok(),
+                "delivered {} times: {:?}",
+                host.deliveries.load(Ordering::SeqCst),
+                host.kinds.lock().unwrap()
+            );
+        }
+        let kinds = host.kinds.lock().unwrap().clone();
+        assert!(kinds[1].contains("retry_count: 1"), "{kinds:?}");
+        scheduler.abort();
+    }
 }
