@@ -54,6 +54,18 @@ struct AlarmRetryState {
     clearing: bool,
 }
 
+impl AlarmRetryState {
+    /// The alarm at `at` is to be deleted, `after` from now.
+    fn clearing(at: u64, after: Duration) -> Self {
+        Self {
+            at,
+            clearing: true,
+            not_before: now_ms() + after.as_millis() as u64,
+            ..Self::default()
+        }
+    }
+}
+
 /// The delay before delivering again an alarm refused `times` times in a
 /// row by a full queue: 10 ms doubling, capped at 1 s.
 fn overload_delay(times: u32) -> u64 {
@@ -71,7 +83,6 @@ fn overload_delay(times: u32) -> u64 {
 /// the alarm index.
 pub(crate) async fn alarm_loop(host: Weak<dyn AlarmHost>, shard: Arc<ShardState>) {
     let mut retries: HashMap<ObjectId, AlarmRetryState> = HashMap::new();
-    let mut running: HashSet<ObjectId> = HashSet::new();
     // Objects of no registered class: their alarms stay stored (the class
     // may come back in a later build) but are never delivered here.
     let mut foreign: HashSet<ObjectId> = HashSet::new();
@@ -83,7 +94,7 @@ pub(crate) async fn alarm_loop(host: Weak<dyn AlarmHost>, shard: Arc<ShardState>
         let now = now_ms();
         // Every alarm this loop holds back is among the earliest: read past
         // them so that 64 others are always considered.
-        let skip = running.len() + retries.len() + foreign.len();
+        let skip = tasks.len() + retries.len() + foreign.len();
         let (pending, read) = match shard.store.due_alarms(u64::MAX, skip + 64) {
             Ok(pending) => (pending, true),
             Err(e) => {
@@ -110,7 +121,7 @@ pub(crate) async fn alarm_loop(host: Weak<dyn AlarmHost>, shard: Arc<ShardState>
                 }
                 None => AlarmRetryState::default(),
             };
-            if running.contains(&id) || foreign.contains(&id) {
+            if tasks.runs(&id) || foreign.contains(&id) {
                 continue;
             }
             let due = at.max(retry.not_before);
@@ -136,7 +147,6 @@ pub(crate) async fn alarm_loop(host: Weak<dyn AlarmHost>, shard: Arc<ShardState>
                     retry_count: retry.failures,
                 })
             };
-            running.insert(id);
             deliver(&*rt, &mut tasks, target, at, attempt);
         }
         // A retry is kept while its delivery runs, while its alarm is as
@@ -145,7 +155,7 @@ pub(crate) async fn alarm_loop(host: Weak<dyn AlarmHost>, shard: Arc<ShardState>
         // failed must not hold its place (nor, as it once did, wake this
         // loop at its past time on every tick, for nothing).
         retries.retain(|id, _| {
-            running.contains(id) || owed.contains(id) || (!whole_index && !found.contains(id))
+            tasks.runs(id) || owed.contains(id) || (!whole_index && !found.contains(id))
         });
         drop(rt);
         let sleep = Duration::from_millis(next_wake.saturating_sub(now_ms()));
@@ -159,9 +169,8 @@ pub(crate) async fn alarm_loop(host: Weak<dyn AlarmHost>, shard: Arc<ShardState>
                 // at 63% of a core after the last one had run).
                 let mut next = Some(done);
                 while let Some(done) = next {
-                    running.remove(&done.id);
                     let Some(rt) = host.upgrade() else { return };
-                    if let Settled::Moved = settle(&*rt, &mut retries, &mut running, &mut tasks, done) {
+                    if let Settled::Moved = settle(&*rt, &mut retries, done) {
                         return;
                     }
                     next = tasks.try_next();
@@ -196,18 +205,29 @@ struct Done {
     result: Result<Outcome, WireError>,
 }
 
-/// The deliveries running, each a task. One that panicked ends as a
-/// failed delivery of its alarm, retried like any: its alarm stayed
-/// marked running, and was never delivered again.
+/// The deliveries running, each a task, and whose alarm each carries (at
+/// most one per object). One that panicked ends as a failed delivery of
+/// its alarm, retried like any: its alarm stayed marked running, and was
+/// never delivered again.
 #[derive(Default)]
 struct Deliveries {
     tasks: JoinSet<Done>,
     of: HashMap<tokio::task::Id, (ObjectId, u64, Attempt)>,
+    running: HashSet<ObjectId>,
 }
 
 impl Deliveries {
     fn is_empty(&self) -> bool {
         self.tasks.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Whether a delivery of `id`'s alarm runs.
+    fn runs(&self, id: &ObjectId) -> bool {
+        self.running.contains(id)
     }
 
     fn spawn(
@@ -216,6 +236,7 @@ impl Deliveries {
         of: (ObjectId, u64, Attempt),
     ) {
         let task = self.tasks.spawn(delivery);
+        self.running.insert(of.0);
         self.of.insert(task.id(), of);
     }
 
@@ -246,11 +267,13 @@ impl Deliveries {
         match ended {
             Ok((task, done)) => {
                 self.of.remove(&task);
+                self.running.remove(&done.id);
                 Some(done)
             }
             Err(error) => {
                 // Every task is noted when spawned.
                 let (id, at, attempt) = self.of.remove(&error.id())?;
+                self.running.remove(&id);
                 warn!(%id, %error, "an alarm's delivery panicked");
                 Some(Done {
                     id,
@@ -294,13 +317,11 @@ fn deliver(
 }
 
 /// Takes note of how a delivery ended: done, refused by a full queue
-/// (rescheduled), or failed (retried with backoff, then dropped: cleared,
-/// which is tried until it succeeds).
+/// (rescheduled), or failed (retried with backoff, then dropped: cleared
+/// at the next read of the index, which is tried until it succeeds).
 fn settle(
     rt: &dyn AlarmHost,
     retries: &mut HashMap<ObjectId, AlarmRetryState>,
-    running: &mut HashSet<ObjectId>,
-    tasks: &mut Deliveries,
     done: Done,
 ) -> Settled {
     let Done {
@@ -333,15 +354,7 @@ fn settle(
         Err(error) if clearing => {
             let delay = rt.config().alarm_retry.max_delay;
             warn!(%id, ?delay, %error, "deleting an alarm that failed too many times failed; trying again");
-            retries.insert(
-                id,
-                AlarmRetryState {
-                    at,
-                    clearing: true,
-                    not_before: now_ms() + delay.as_millis() as u64,
-                    ..AlarmRetryState::default()
-                },
-            );
+            retries.insert(id, AlarmRetryState::clearing(at, delay));
         }
         Err(error) => {
             let failures = retries
@@ -365,17 +378,7 @@ fn settle(
                 }
                 None => {
                     warn!(%id, failures, %error, "alarm failed too many times; dropped");
-                    retries.remove(&id);
-                    let Some(class) = rt.classes().by_tag(id.namespace_tag()) else {
-                        return Settled::Go;
-                    };
-                    let target = ObjectAddress {
-                        class: class.name.clone(),
-                        id,
-                        name: None,
-                    };
-                    running.insert(id);
-                    deliver(rt, tasks, target, at, Attempt::Clear);
+                    retries.insert(id, AlarmRetryState::clearing(at, Duration::ZERO));
                 }
             }
         }

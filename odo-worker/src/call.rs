@@ -96,23 +96,19 @@ impl CallScope {
     /// (the error then names the cycle), or make the chain longer than
     /// [`MAX_CALL_DEPTH`].
     pub fn check_cycle(&self, target: &ObjectId) -> Result<(), WireError> {
-        let too_deep = || WireError::CallTooDeep {
-            depth: u32::try_from(self.chain.len() + 1).unwrap_or(u32::MAX),
-            max: MAX_CALL_DEPTH as u32,
-        };
-        // Only a forged chain (from a peer) is longer than the bound: it is
-        // refused without being echoed back (400,000 ids came back as a
-        // 12.8 MB cycle error).
-        if self.chain.len() > MAX_CALL_DEPTH {
-            return Err(too_deep());
+        // Checked first: a chain longer than the bound can only be forged
+        // (by a peer), and is refused without being echoed back (400,000
+        // ids came back as a 12.8 MB cycle error).
+        if self.chain.len() >= MAX_CALL_DEPTH {
+            return Err(WireError::CallTooDeep {
+                depth: u32::try_from(self.chain.len() + 1).unwrap_or(u32::MAX),
+                max: MAX_CALL_DEPTH as u32,
+            });
         }
         if self.chain.contains(target) {
             let mut chain = self.chain.to_vec();
             chain.push(*target);
             return Err(WireError::CallCycle { chain });
-        }
-        if self.chain.len() >= MAX_CALL_DEPTH {
-            return Err(too_deep());
         }
         Ok(())
     }
