@@ -292,7 +292,7 @@ impl App {
     /// On Linux it first turns transparent huge pages off for this process
     /// and the workers it starts (which inherit the setting): an allocator
     /// given 2 MiB pages keeps whole pages resident where it touched a few
-    /// KiB, and a fresh worker took 21 MB instead of 10 MB.
+    /// KiB, and a fresh worker took 21 MB instead of 11.5 MB.
     pub fn main(self) -> ExitCode {
         #[cfg(target_os = "linux")]
         let huge_pages = rustix::thread::disable_transparent_huge_pages(true);

@@ -553,8 +553,8 @@ async fn bad_input_gets_clear_answers() {
 }
 
 /// Transparent huge pages gave each process's allocator 2 MiB pages where
-/// it had touched a few KiB: a fresh worker was resident at 21 MB with
-/// THP and 10 MB without. Every process of a server runs with them off
+/// it had touched a few KiB: a fresh worker was resident at 21.1 MB with
+/// THP and 11.5 MB without. Every process of a server runs with them off
 /// (`THP_enabled` in `/proc/PID/status`, Linux 5.0 and later).
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
