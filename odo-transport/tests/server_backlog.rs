@@ -33,6 +33,28 @@ fn big_answers(size: usize) -> impl odo_transport::Handler {
     })
 }
 
+/// Makes `n` calls at once on `channel`, each with `body` and `timeout`:
+/// every one must be answered.
+async fn all_answered(
+    channel: &odo_transport::Channel,
+    n: u64,
+    body: &'static [u8],
+    timeout: Duration,
+    context: &str,
+) {
+    let calls = (0..n).map(|i| channel.call(request(i), Bytes::from_static(body), timeout));
+    let began = Instant::now();
+    let results = futures_util::future::join_all(calls).await;
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{context}{} of {n} calls failed after {:?}: {:?}",
+        failed.len(),
+        began.elapsed(),
+        failed.first()
+    );
+}
+
 async fn handshake(stream: &mut Box<dyn RawStream>) {
     stream.write_all(&good_hello()).await.expect("hello");
     let welcome = read_frame(stream).await.expect("welcome");
@@ -86,26 +108,7 @@ async fn concurrent_calls_with_large_answers_through_a_channel() {
     config.frame_stall_timeout = Duration::from_secs(1);
     let server = start(Kind::Unix, config, big_answers(1024 * 1024)).await;
     let channel = connect(&server.endpoint).await;
-    let calls = (0..32).map(|i| {
-        let channel = channel.clone();
-        async move {
-            channel
-                .call(
-                    request(i),
-                    Bytes::from_static(b"big"),
-                    Duration::from_secs(10),
-                )
-                .await
-        }
-    });
-    let results = futures_util::future::join_all(calls).await;
-    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert!(
-        failed.is_empty(),
-        "{} of 32 calls failed: {:?}",
-        failed.len(),
-        failed.first()
-    );
+    all_answered(&channel, 32, b"big", Duration::from_secs(10), "").await;
 }
 
 /// An honest peer on a slow link: it asks for a 2 MiB answer, then sends
@@ -189,24 +192,14 @@ async fn concurrent_calls_answered_by_tasks_through_a_channel() {
     let server = start(Kind::Unix, config, handler).await;
     let channel = connect(&server.endpoint).await;
     for round in 0..20 {
-        let calls = (0..400).map(|i| {
-            let channel = channel.clone();
-            async move {
-                channel
-                    .call(request(i), Bytes::from_static(b"x"), Duration::from_secs(8))
-                    .await
-            }
-        });
-        let began = Instant::now();
-        let results = futures_util::future::join_all(calls).await;
-        let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-        assert!(
-            failed.is_empty(),
-            "round {round}: {} of 400 calls failed after {:?}: {:?}",
-            failed.len(),
-            began.elapsed(),
-            failed.first()
-        );
+        all_answered(
+            &channel,
+            400,
+            b"x",
+            Duration::from_secs(8),
+            &format!("round {round}: "),
+        )
+        .await;
     }
 }
 

@@ -134,7 +134,7 @@ impl<H: Handler> Connection<H> {
             self.config.frame_stall_timeout,
         );
         stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (mut frames_read, mut checked) = (0_u64, (0_u64, 0_usize));
+        let (mut frames_read, mut checked) = (0_u64, None);
         // Pinned once: a fresh `cancelled()` future per frame would register
         // with the token again each time.
         let mut shutdown = std::pin::pin!(self.draining.cancelled());
@@ -168,19 +168,18 @@ impl<H: Handler> Connection<H> {
                     message: "writing to the peer failed".into(),
                 }),
                 _ = stall_check.tick() => {
-                    let now = (frames_read, frames.read_buffer().len());
                     // Not while this side holds the reading back (an honest
                     // peer slow to read its answers is not a stalled one):
                     // the next check starts over.
-                    if backlogged {
-                        checked = (u64::MAX, 0);
-                        continue;
-                    }
-                    if now.1 > 0 && now == checked {
+                    let now = (!backlogged).then(|| (frames_read, frames.read_buffer().len()));
+                    if let Some((_, buffered)) = now
+                        && buffered > 0
+                        && now == checked
+                    {
                         break Some(CloseReason::Protocol {
                             reason: format!(
-                                "a frame stalled: {} bytes of it and nothing more for {:?}",
-                                now.1, self.config.frame_stall_timeout
+                                "a frame stalled: {buffered} bytes of it and nothing more for {:?}",
+                                self.config.frame_stall_timeout
                             ),
                         });
                     }
