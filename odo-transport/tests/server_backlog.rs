@@ -67,10 +67,10 @@ async fn handshake(stream: &mut Box<dyn RawStream>) {
 /// Three pipelined requests in one write (what a Channel does with
 /// concurrent calls): two whose answers are 5 MiB each, then a small one.
 /// The server corks while whole requests remain buffered; after the
-/// second answer 10 MiB are queued, corked, past the 8 MiB bound; it stops
-/// reading (the only thing that would uncork the sink) and waits for the
-/// writer, which does not write while corked. Nothing is ever sent; the
-/// stall check then drops the connection.
+/// second answer 10 MiB are queued, corked, past the 8 MiB bound. It once
+/// stopped reading there (the only thing that uncorked the sink) and
+/// waited for the writer, which does not write while corked: nothing was
+/// ever sent, and the stall check then dropped the connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_whose_answers_cross_the_bound_are_answered() {
     let mut config = server_config();
@@ -115,8 +115,8 @@ async fn concurrent_calls_with_large_answers_through_a_channel() {
 /// its next request (a 64 KiB body) whole, and reads at about 1.3 MB/s.
 /// The server stops reading while more than 1 MiB is unsent; the part of
 /// the next request it had already read sits in its buffer, unchanged, and
-/// the stall check (which does not know the server itself stopped
-/// reading) drops the connection as "a frame stalled".
+/// the stall check once took that for a stalled frame and dropped the
+/// connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_is_not_taken_for_a_stalled_frame() {
     let mut config = server_config();

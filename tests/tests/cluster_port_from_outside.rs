@@ -179,6 +179,28 @@ async fn tls_connect(tls: &HostTls, addr: SocketAddr) -> Result<Upgraded> {
     Ok(tls.connect(tcp, &addr.ip().to_string()).await?)
 }
 
+/// Reads each of `streams` to its end (the host closed it), until
+/// `give_up`: how many ended.
+async fn read_to_end_by(streams: &mut [Upgraded], give_up: tokio::time::Instant) -> usize {
+    let mut ended = 0;
+    for io in streams {
+        let mut buf = [0u8; 256];
+        let end = tokio::time::timeout_at(give_up, async {
+            loop {
+                match io.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        if end.is_ok() {
+            ended += 1;
+        }
+    }
+    ended
+}
+
 /// `frame` with its length prefix, as on the wire.
 fn framed(frame: &Frame) -> Vec<u8> {
     let bytes = codec::encode(frame).expect("encode");
@@ -280,9 +302,9 @@ fn closed_by_peer(tcp: &TcpStream) -> bool {
 /// Strangers that open a TCP connection to the transport port and stall
 /// inside their TLS ClientHello (slowloris) must be held to the cap on
 /// connections in their handshake, as strangers after TLS are: a new one
-/// closes the oldest. Today the cap is checked only once TLS is done, so
-/// each of them holds a socket (and a task) for the whole handshake
-/// timeout (5 s), however many come.
+/// closes the oldest. The cap was once checked only after TLS, so each
+/// of them held a socket (and a task) for the whole handshake timeout
+/// (5 s), however many came.
 #[test]
 fn strangers_stalled_in_tls_are_held_to_the_unauthenticated_cap() {
     run(
@@ -336,9 +358,9 @@ fn strangers_stalled_in_tls_are_held_to_the_unauthenticated_cap() {
 /// service by default (odo does not raise its soft limit) and 1,100
 /// strangers that connect and say nothing. A real peer (the cluster's
 /// certificate and token) must still get in and be answered: the cap on
-/// strangers exists so that they "can never keep a real peer out". Today
-/// the host runs out of descriptors (its log fills with "accept failed")
-/// and the real peer is not even accepted.
+/// strangers exists so that they "can never keep a real peer out". Once
+/// the host ran out of descriptors (its log filled with "accept failed")
+/// and the real peer was not even accepted.
 #[test]
 fn silent_strangers_do_not_lock_a_real_peer_out() {
     run(
@@ -406,10 +428,10 @@ fn silent_strangers_do_not_lock_a_real_peer_out() {
 /// refused at the odo handshake (a wrong token) or dropped at the
 /// handshake timeout (nothing sent). Once the host has closed such a
 /// connection it must hold nothing of it, whether or not the peer ever
-/// closes its end. Today the TLS bridge's task (`upgrade::bridge`, a
-/// `copy_bidirectional`) keeps waiting to read from the peer after the
-/// connection is gone, holding its TCP socket and the bridge's end of
-/// the socket pair for as long as the peer stays silent: forever.
+/// closes its end. The TLS bridge's task (`upgrade::bridge`, then a
+/// `copy_bidirectional`) once kept waiting to read from the peer after the
+/// connection was gone, holding its TCP socket and the bridge's end of
+/// the socket pair for as long as the peer stayed silent: forever.
 #[test]
 fn peers_the_host_dropped_after_tls_hold_no_descriptors() {
     run(
@@ -434,22 +456,7 @@ fn peers_the_host_dropped_after_tls_hold_no_descriptors() {
             // handshake timeout (5 s). Read each to its end; keep them
             // open on this side.
             let give_up = tokio::time::Instant::now() + Duration::from_secs(9);
-            let mut ended = 0;
-            for io in &mut held {
-                let mut buf = [0u8; 256];
-                let end = tokio::time::timeout_at(give_up, async {
-                    loop {
-                        match io.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(_) => {}
-                        }
-                    }
-                })
-                .await;
-                if end.is_ok() {
-                    ended += 1;
-                }
-            }
+            let ended = read_to_end_by(&mut held, give_up).await;
             ensure!(
                 ended == PEERS,
                 "only {ended} of {PEERS} connections were closed by h0"
@@ -476,10 +483,10 @@ fn peers_the_host_dropped_after_tls_hold_no_descriptors() {
 /// An authenticated peer (the cluster's certificate and token, both in
 /// every host's hands) that sends requests and reads the answers slowly:
 /// the host must stop reading its requests once it holds more than some
-/// bounded amount of unsent answers for it. Today the connection's frame
-/// sink queues every answer (`FrameSink`'s queue has no bound and the
-/// read loop never waits for it), so the host's memory grows as fast as
-/// the peer can send.
+/// bounded amount of unsent answers for it. The connection's frame sink
+/// once queued every answer (its queue had no bound and the read loop
+/// never waited for it), so the host's memory grew as fast as the peer
+/// could send.
 #[test]
 fn answers_a_peer_does_not_read_are_bounded() {
     run(
@@ -644,22 +651,7 @@ fn a_frame_cut_in_the_middle_is_not_held_forever() {
             let rss_stalled = proc_memory(pid, "VmRSS")?;
             // Each connection should be dropped within 10 s of its stall.
             let give_up = tokio::time::Instant::now() + Duration::from_secs(12);
-            let mut dropped = 0;
-            for io in &mut cut {
-                let mut buf = [0u8; 64];
-                let closed = tokio::time::timeout_at(give_up, async {
-                    loop {
-                        match io.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(_) => {}
-                        }
-                    }
-                })
-                .await;
-                if closed.is_ok() {
-                    dropped += 1;
-                }
-            }
+            let dropped = read_to_end_by(&mut cut, give_up).await;
             let rss_after = proc_memory(pid, "VmRSS")?;
             println!(
                 "{PEERS} authenticated peers stalled 4 KiB short of a 16 MiB frame: h0's RSS {} -> {} MiB; {} ms later {dropped} dropped, RSS {} MiB",
