@@ -1,5 +1,6 @@
-//! The server's bound on answers a peer has not read, and its check on
-//! frames that stop arriving (`Connection::run`): what they stop, and the
+//! The server's bound on answers a peer has not read, its bound on requests
+//! running at once, and its check on frames that stop arriving
+//! (`Connection::run`): what they stop, and the
 //! honest traffic they must not break (a review found the first versions
 //! losing every call of a burst).
 
@@ -274,4 +275,100 @@ async fn a_peer_that_does_not_read_is_not_served_past_the_bound() {
             .expect("an answer");
         answered += 1;
     }
+}
+
+/// A peer that sends requests faster than they end: 100 requests whose
+/// handlers wait until the test lets them go, one at a time, then one that
+/// answers at once. With `max_requests_in_flight` 8 the server runs 8 at
+/// most and reads the next frames only as they end, so the quick one is
+/// read (and answered) only after 93 of the others. Without the bound it
+/// started all 100 waiting handlers at once, a task and a body each, and
+/// answered the quick one before any of them ended: an authenticated peer
+/// made the server hold as many as it liked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_bound_on_running_ones_wait_unread() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::sync::Semaphore;
+
+    const BOUND: usize = 8;
+    const WAITING: u64 = 100;
+    let gate = Arc::new(Semaphore::new(0));
+    let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let handler = {
+        let (gate, running, most) = (gate.clone(), running.clone(), most.clone());
+        handler_fn(move |_request, body: Bytes| {
+            let (gate, running, most) = (gate.clone(), running.clone(), most.clone());
+            async move {
+                if body.as_ref() == b"wait" {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    gate.acquire().await.expect("the gate").forget();
+                    running.fetch_sub(1, Ordering::SeqCst);
+                }
+                (Response::Rpc, body)
+            }
+        })
+    };
+    let mut config = server_config();
+    config.max_requests_in_flight = BOUND;
+    // The frames held unread (part of them in the server's read buffer)
+    // must not be taken for a stalled one while the handlers hold.
+    config.frame_stall_timeout = Duration::from_millis(100);
+    let server = start(Kind::Unix, config, handler).await;
+    let mut stream = raw(&server.endpoint).await;
+    handshake(&mut stream).await;
+    let mut burst = Vec::new();
+    for id in 1..=WAITING {
+        burst.extend_from_slice(&request_frame(id, b"wait"));
+    }
+    burst.extend_from_slice(&request_frame(WAITING + 1, b"now"));
+    stream.write_all(&burst).await.expect("requests");
+    let began = Instant::now();
+    while running.load(Ordering::SeqCst) < BOUND {
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "the handlers never started"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Held at the bound for several stall checks.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+
+    let mut answered = Vec::new();
+    while answered.len() as u64 <= WAITING {
+        gate.add_permits(1);
+        let frame = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut stream))
+            .await
+            .unwrap_or_else(|_| panic!("no answer after {answered:?}"))
+            .unwrap_or_else(|| panic!("the connection ended after {answered:?}"));
+        answered.push(frame.request_id);
+    }
+    let quick = answered.iter().position(|&id| id == WAITING + 1);
+    assert!(
+        quick.is_some_and(|at| at as u64 >= WAITING - BOUND as u64),
+        "the quick request was answered {quick:?}th; answers {answered:?}"
+    );
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        BOUND,
+        "requests running at once"
+    );
+    server.stop().await;
+}
+
+/// The bound must be at least 1.
+#[tokio::test]
+async fn a_bound_of_zero_requests_in_flight_is_refused() {
+    let mut config = server_config();
+    config.max_requests_in_flight = 0;
+    let (endpoint, _dir) = endpoint_for(Kind::Unix);
+    let refused = odo_transport::Server::bind(&endpoint, config).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("max_requests_in_flight")),
+        "{:?}",
+        refused.err()
+    );
 }

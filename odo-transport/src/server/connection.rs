@@ -145,7 +145,10 @@ impl<H: Handler> Connection<H> {
                 break None;
             }
             let backlogged = sink.unsent() > self.config.max_unsent_bytes;
-            if backlogged {
+            // Requests past the bound wait in the socket until one ends.
+            let full = requests.len() >= self.config.max_requests_in_flight;
+            let held = backlogged || full;
+            if held {
                 // Answers held back while a burst of requests was read
                 // would never go out: only reading the next frame uncorks
                 // (a review found every call of such a burst lost).
@@ -169,9 +172,10 @@ impl<H: Handler> Connection<H> {
                 }),
                 _ = stall_check.tick() => {
                     // Not while this side holds the reading back (an honest
-                    // peer slow to read its answers is not a stalled one):
-                    // the next check starts over.
-                    let now = (!backlogged).then(|| (frames_read, frames.read_buffer().len()));
+                    // peer slow to read its answers, or with many requests
+                    // running, is not a stalled one): the next check
+                    // starts over.
+                    let now = (!held).then(|| (frames_read, frames.read_buffer().len()));
                     if let Some((_, buffered)) = now
                         && buffered > 0
                         && now == checked
@@ -189,7 +193,7 @@ impl<H: Handler> Connection<H> {
                 // requests wait in the socket until it reads (they were
                 // taken, and their answers queued, without end).
                 () = sink.room(self.config.max_unsent_bytes), if backlogged => {}
-                next = frames.next(), if !backlogged => {
+                next = frames.next(), if !held => {
                     frames_read += 1;
                     let bytes = match next {
                         None => break Some(CloseReason::PeerClosed),

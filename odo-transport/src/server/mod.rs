@@ -121,6 +121,15 @@ pub struct ServerConfig {
     /// requests are not read until it reads (the answer that crosses it is
     /// still queued whole). Default 8 MiB.
     pub max_unsent_bytes: usize,
+    /// Requests one connection may have running at once (those whose
+    /// handler did not answer at its first poll). At the bound, the
+    /// connection's next frames wait unread in the socket until one of
+    /// them ends, so a peer that sends requests faster than they end
+    /// cannot make the server hold a task and a body for each without
+    /// end. Must be at least 1. Default 16,384: above the front door's
+    /// default cap on HTTP connections (10,000), so one router's channel
+    /// is not held back before its own clients are.
+    pub max_requests_in_flight: usize,
     /// How many authenticated peers may be connected at once. A connection
     /// takes one of these places only once its handshake succeeded; a peer
     /// that finds them all taken is closed right after its handshake (it
@@ -173,6 +182,7 @@ impl ServerConfig {
             handshake_timeout: Duration::from_secs(5),
             frame_stall_timeout: Duration::from_secs(5),
             max_unsent_bytes: 8 * 1024 * 1024,
+            max_requests_in_flight: 16_384,
             max_connections: 1024,
             max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
             shutdown_grace: Duration::from_secs(10),
@@ -193,6 +203,7 @@ impl fmt::Debug for ServerConfig {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("frame_stall_timeout", &self.frame_stall_timeout)
             .field("max_unsent_bytes", &self.max_unsent_bytes)
+            .field("max_requests_in_flight", &self.max_requests_in_flight)
             .field("max_connections", &self.max_connections)
             .field("max_unauthenticated", &self.max_unauthenticated)
             .field("shutdown_grace", &self.shutdown_grace)
@@ -435,6 +446,11 @@ impl Server {
         if config.max_connections == 0 {
             return Err(BindError::Config {
                 reason: "max_connections must be at least 1",
+            });
+        }
+        if config.max_requests_in_flight == 0 {
+            return Err(BindError::Config {
+                reason: "max_requests_in_flight must be at least 1",
             });
         }
         if config.frame_stall_timeout.is_zero() {
