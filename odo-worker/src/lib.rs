@@ -68,7 +68,14 @@ mod layering {
         ("types", include_str!("types.rs")),
         ("call", include_str!("call.rs")),
         ("config", include_str!("config.rs")),
-        ("socket", include_str!("socket.rs")),
+        (
+            "socket",
+            concat!(
+                include_str!("socket/mod.rs"),
+                include_str!("socket/book.rs"),
+                include_str!("socket/view.rs")
+            ),
+        ),
         ("error", include_str!("error.rs")),
         ("rpc", include_str!("rpc.rs")),
         ("stub", include_str!("stub.rs")),
