@@ -35,7 +35,9 @@
 //! ```
 
 mod classes;
+mod config;
 mod datadir;
+mod error;
 mod placement;
 mod record;
 mod runtime_dir;
@@ -44,16 +46,17 @@ mod supervisor;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use bytes::Bytes;
 use odo_core::WireError;
 use odo_core::wire::{Control, ControlReply, Request, Response};
-use odo_transport::{BindError, ClientConfig, Endpoint, Server, ServerConfig, handler_fn};
+use odo_transport::{ClientConfig, Endpoint, Server, ServerConfig, handler_fn};
 use tokio::sync::{oneshot, watch};
 use tracing::info;
 
+pub use config::{RegistryConfig, TransportKind, WorkerCommand};
 pub use datadir::{DATA_DIR_LOCK_FILE, DataDirLock};
+pub use error::RegistryError;
 pub use odo_core::placement::SlotPhase as WorkerState;
 pub use placement::{Owner, PlacementTable, ShardEntry, TablePlacement};
 pub use split::{ShardAt, ShardSplitter, SplitDone, SplitError, SplitFuture};
@@ -61,308 +64,6 @@ pub use supervisor::WorkerStatus;
 
 use runtime_dir::RuntimeDir;
 use supervisor::{Hellos, Input, View};
-
-/// Which transport workers listen on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TransportKind {
-    /// Unix domain sockets in the private runtime directory (Unix only).
-    Uds,
-    /// TCP on the loopback address, ports chosen by the system.
-    Tcp,
-}
-
-impl TransportKind {
-    /// The transports this platform has, the default first.
-    pub fn available() -> &'static [TransportKind] {
-        if cfg!(unix) {
-            &[TransportKind::Uds, TransportKind::Tcp]
-        } else {
-            &[TransportKind::Tcp]
-        }
-    }
-}
-
-/// The program a registry runs as a worker, and the arguments that come
-/// before the worker command line.
-#[derive(Debug, Clone)]
-pub struct WorkerCommand {
-    /// The executable.
-    pub program: PathBuf,
-    /// Arguments placed before the worker command line.
-    pub args: Vec<String>,
-}
-
-impl WorkerCommand {
-    /// This process's own executable: the usual case, since one binary
-    /// plays both roles.
-    pub fn current_exe() -> Result<Self, RegistryError> {
-        let program =
-            std::env::current_exe().map_err(|source| RegistryError::CurrentExe { source })?;
-        Ok(Self {
-            program,
-            args: Vec::new(),
-        })
-    }
-}
-
-/// How the registry runs its workers. [`RegistryConfig::new`] gives the
-/// defaults.
-#[derive(Debug, Clone)]
-pub struct RegistryConfig {
-    /// What to execute as a worker.
-    pub command: WorkerCommand,
-    /// Worker processes. Default: the available cores.
-    pub workers: u32,
-    /// Virtual shards, used only when the data directory is new. Default:
-    /// the worker count.
-    pub shards: Option<u32>,
-    /// Splits the data directory's shards at startup when they are fewer
-    /// than the workers (see [`ShardSplitter`]); without one, extra workers
-    /// hold no shard (logged). Default: none; odo's facade gives the
-    /// storage backend's.
-    pub splitter: Option<Arc<dyn ShardSplitter>>,
-    /// The classes the workers serve, each with its kind of storage
-    /// (`key-value`, `sqlite`): checked against the data directory's
-    /// record before any worker starts, and recorded (see
-    /// [`DataDirLock::record_class_storage`]). Default: none.
-    pub class_storage: Vec<(String, String)>,
-    /// Where the cluster record and shard data live. Locked for the
-    /// registry's whole life ([`DataDirLock`]).
-    pub data_dir: PathBuf,
-    /// Where the registry creates its private directory for sockets: a new
-    /// `odo-<pid>-<random>` directory (mode 0700) inside this one, which is
-    /// created if missing and otherwise left as it is; only the private
-    /// directory is removed at shutdown. Default: the system's temporary
-    /// directory.
-    pub runtime_dir: Option<PathBuf>,
-    /// How workers are reached.
-    pub transport: TransportKind,
-    /// The name of the storage backend workers use, as the worker binary
-    /// registered it (odo-storage's `Backends`); the registry passes it on
-    /// and gives it no meaning, so check it before starting (a worker
-    /// refuses a name it does not know). Default `fjall`.
-    pub storage: String,
-    /// The cluster token: printable ASCII without spaces, at most
-    /// [`odo_core::launch::TOKEN_MAX_BYTES`] bytes. Workers get it on their
-    /// standard input, never in their environment. Default: 32 random
-    /// bytes, hex.
-    pub token: String,
-    /// How often each worker is heartbeaten. Default 250 ms.
-    pub heartbeat_interval: Duration,
-    /// How long a worker has to answer a heartbeat; one that does not is
-    /// killed (SIGKILL) as hung. Only one heartbeat is in flight at a time,
-    /// so a busy worker that answers late is not punished twice. Default
-    /// 2 s.
-    pub heartbeat_timeout: Duration,
-    /// How long one poll of object code may run without returning (an
-    /// endless loop, a blocking call) before the worker is killed as stuck,
-    /// even if its other threads still answer heartbeats. Default 10 s.
-    pub stall_limit: Duration,
-    /// How long a new worker may take to say hello. Default 10 s.
-    pub startup_timeout: Duration,
-    /// First restart delay; doubles per consecutive failure. Default 50 ms.
-    pub restart_backoff: Duration,
-    /// The cap on the restart delay. Default 5 s.
-    pub max_restart_backoff: Duration,
-    /// Consecutive quick failures after which a slot is reported as crash
-    /// looping (it keeps being retried at the capped delay). Default 5.
-    pub crash_loop_limit: u32,
-    /// How long a worker must have been ready for its death not to count as
-    /// a quick failure (its slot's backoff then starts again from
-    /// `restart_backoff`). A worker killed from outside after serving for
-    /// a while comes back at once. Default 1 s.
-    pub stable_after: Duration,
-    /// How long a restarted worker must have been ready before the shards
-    /// that moved away from it (to keep them served) move back, each
-    /// released by its temporary holder first. Default 500 ms.
-    pub move_back_after: Duration,
-    /// How long a worker may take to exit after `Shutdown`. Default 10 s.
-    pub shutdown_grace: Duration,
-    /// Environment variables set for every worker besides the ones it
-    /// inherits from this process: a storage backend's settings (a
-    /// database's address), never the cluster token. Default: none.
-    pub worker_env: Vec<(String, String)>,
-    /// How long [`Registry::workers_fresh`] waits for each worker's
-    /// figures before it falls back to the last ones. Default 250 ms.
-    pub stats_timeout: Duration,
-    /// The largest WebSocket message, in bytes, passed to every worker
-    /// (the front door's limit: the workers' objects receive every message
-    /// the door lets through, and may send as large). Default 32 MiB.
-    pub websocket_max_message_bytes: usize,
-}
-
-impl RegistryConfig {
-    /// The defaults, for `command` and `data_dir`.
-    pub fn new(command: WorkerCommand, data_dir: PathBuf) -> Self {
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-        Self {
-            command,
-            workers,
-            shards: None,
-            splitter: None,
-            class_storage: Vec::new(),
-            data_dir,
-            runtime_dir: None,
-            transport: TransportKind::available()[0],
-            storage: "fjall".to_owned(),
-            token: random_token(),
-            heartbeat_interval: Duration::from_millis(250),
-            heartbeat_timeout: Duration::from_secs(2),
-            stall_limit: Duration::from_secs(10),
-            startup_timeout: Duration::from_secs(10),
-            restart_backoff: Duration::from_millis(50),
-            max_restart_backoff: Duration::from_secs(5),
-            crash_loop_limit: 5,
-            stable_after: Duration::from_secs(1),
-            move_back_after: Duration::from_millis(500),
-            shutdown_grace: Duration::from_secs(10),
-            worker_env: Vec::new(),
-            stats_timeout: Duration::from_millis(250),
-            websocket_max_message_bytes: 32 * 1024 * 1024,
-        }
-    }
-}
-
-/// 32 random bytes as hex.
-fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    // Without an OS generator, fall back to time and pid: still unique per
-    // cluster, merely guessable, and logged as such.
-    if getrandom::fill(&mut bytes).is_err() {
-        tracing::warn!("no OS random generator: the cluster token is guessable");
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos()
-            ^ u128::from(std::process::id());
-        bytes[..16].copy_from_slice(&seed.to_le_bytes());
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Why the registry cannot start or run.
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    /// Another server (or another holder in this process) has the data
-    /// directory.
-    #[error(
-        "data directory {dir} is in use by another odo server ({}; lock file {lock_file})",
-        holder(.holder_pid)
-    )]
-    DataDirLocked {
-        /// The data directory.
-        dir: PathBuf,
-        /// Its lock file.
-        lock_file: PathBuf,
-        /// The holder's pid, as its lock file says.
-        holder_pid: Option<u32>,
-    },
-    /// A class is registered with another kind of storage than the one
-    /// the data directory recorded for it.
-    #[error(
-        "class {class} was served from this data directory {recorded}-backed and is now registered {registered}-backed; a class's kind of storage cannot change (register it {recorded}-backed again, or serve it from a new data directory; record: {record})"
-    )]
-    ClassStorageChanged {
-        /// The class.
-        class: String,
-        /// Its kind in the record.
-        recorded: String,
-        /// Its kind as registered now.
-        registered: String,
-        /// The record's path.
-        record: PathBuf,
-    },
-    /// The data directory is unusable.
-    #[error("data directory {path}: {reason}")]
-    DataDir {
-        /// The offending path.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The runtime directory cannot be created.
-    #[error("runtime directory {path}: {source}")]
-    RuntimeDir {
-        /// The offending path.
-        path: PathBuf,
-        /// What failed.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The control endpoint cannot be bound.
-    #[error("cannot listen for workers: {0}")]
-    Bind(#[from] BindError),
-    /// A worker cannot be started.
-    #[error("worker {slot}: {reason}")]
-    Spawn {
-        /// The slot.
-        slot: u32,
-        /// What failed.
-        reason: String,
-    },
-    /// A configuration value is unusable.
-    #[error("bad configuration: {0}")]
-    Config(String),
-    /// Splitting the data directory's shards failed; it goes on at the
-    /// next start.
-    #[error(
-        "splitting the shards from {from} to {to} failed (the split goes on at the next start): {source}"
-    )]
-    Split {
-        /// The shard count before the split.
-        from: u32,
-        /// The shard count after it.
-        to: u32,
-        /// What failed.
-        #[source]
-        source: SplitError,
-    },
-    /// Some workers never became ready.
-    #[error("workers not ready: {0}")]
-    NotReady(String),
-    /// A file or directory of the data directory cannot be created, read,
-    /// written or locked.
-    #[error("data directory {path}: {what}: {source}")]
-    DataDirIo {
-        /// The offending path.
-        path: PathBuf,
-        /// What odo was doing.
-        what: String,
-        /// What failed.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The cluster record is not the JSON odo writes.
-    #[error("cluster record {path} is unreadable: {source}")]
-    ClusterRecord {
-        /// The record's path.
-        path: PathBuf,
-        /// What is wrong with it.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// The class record (`odo-classes.json`) is not the JSON odo writes.
-    #[error("class record {path} is unreadable: {source}")]
-    ClassRecord {
-        /// The record's path.
-        path: PathBuf,
-        /// What is wrong with it.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// The program to run as a worker cannot be found.
-    #[error("cannot find the current executable to run as a worker: {source}")]
-    CurrentExe {
-        /// What failed.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// "pid N", or that it is unknown.
-fn holder(pid: &Option<u32>) -> String {
-    pid.map_or_else(|| "pid unknown".to_owned(), |pid| format!("pid {pid}"))
-}
 
 /// The number of shards, S, of the data directory `data_dir`: read from its
 /// cluster record, or recorded as `default` if the directory is new. S

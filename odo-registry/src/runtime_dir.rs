@@ -48,7 +48,7 @@ impl RuntimeDir {
         let pid = std::process::id();
         let mut attempts = 0;
         let path = loop {
-            let path = parent.join(format!("odo-{pid}-{}", &crate::random_token()[..8]));
+            let path = parent.join(format!("odo-{pid}-{}", &crate::config::random_token()[..8]));
             let mut builder = std::fs::DirBuilder::new();
             // Not recursive: a directory already there is not ours.
             builder.recursive(false);
