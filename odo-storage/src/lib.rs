@@ -96,8 +96,9 @@ pub use factory::{
 };
 #[cfg(feature = "fjall")]
 pub use fjall_backend::{Durability, FjallBackend, FjallOptions};
+pub use listing::ListOptions;
 pub use memory::MemoryBackend;
-pub use object::{ListOptions, ObjectStorage, Transaction};
+pub use object::{ObjectStorage, Transaction};
 #[cfg(feature = "sql")]
 pub use sql::{
     Cursor, MAX_SQL_COLUMNS, MAX_SQL_PARAMETERS, MAX_SQL_RESULT_BYTES, MAX_SQL_ROW_BYTES,

@@ -1,6 +1,7 @@
-//! Listings: the backend's keys merged with the object's writes that are
-//! not in the backend yet, read in bounded pages off the async threads, and
-//! refused as soon as the answer would cross its bound.
+//! Listings: what an object asks for ([`ListOptions`]), and the backend's
+//! keys merged with the object's writes that are not in the backend yet,
+//! read in bounded pages off the async threads, and refused as soon as the
+//! answer would cross its bound.
 
 use std::collections::VecDeque;
 use std::ops::Bound;
@@ -10,8 +11,84 @@ use bytes::Bytes;
 use odo_core::ObjectId;
 
 use crate::backend::{Backend, ScanLimit};
-use crate::batch::KeyRange;
+use crate::batch::{KeyRange, prefix_successor};
 use crate::error::StorageError;
+
+/// The options of [`ObjectStorage::list`](crate::ObjectStorage::list). Keys are compared by their UTF-8
+/// bytes.
+///
+/// `start` (inclusive) or `start_after` (exclusive) is the lower bound and
+/// `end` (exclusive) the upper bound, whatever the direction; `reverse`
+/// walks the same range from the top; `limit` counts from the walking end;
+/// `prefix` is a literal, case-sensitive byte prefix. Giving both `start`
+/// and `start_after`, or a `limit` of 0, is
+/// [`StorageError::InvalidListOptions`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListOptions {
+    /// The first key to include.
+    pub start: Option<String>,
+    /// Include only keys after this one.
+    pub start_after: Option<String>,
+    /// Include only keys before this one.
+    pub end: Option<String>,
+    /// Include only keys starting with this.
+    pub prefix: Option<String>,
+    /// Walk from the highest key down.
+    pub reverse: bool,
+    /// The most keys to return.
+    pub limit: Option<usize>,
+}
+
+impl ListOptions {
+    /// Checks the options and folds them into one range of keys.
+    pub fn key_range(&self) -> Result<KeyRange, StorageError> {
+        if self.start.is_some() && self.start_after.is_some() {
+            return Err(StorageError::InvalidListOptions(
+                "give `start` or `start_after`, not both",
+            ));
+        }
+        if self.limit == Some(0) {
+            return Err(StorageError::InvalidListOptions(
+                "`limit` must be at least 1",
+            ));
+        }
+        let mut lower = match (&self.start, &self.start_after) {
+            (Some(start), _) => Bound::Included(start.clone()),
+            (None, Some(after)) => Bound::Excluded(after.clone()),
+            (None, None) => Bound::Unbounded,
+        };
+        let mut upper = match &self.end {
+            Some(end) => Bound::Excluded(end.clone()),
+            None => Bound::Unbounded,
+        };
+        if let Some(prefix) = &self.prefix {
+            lower = tighter(lower, Bound::Included(prefix.clone()), true);
+            if let Some(next) = prefix_successor(prefix) {
+                upper = tighter(upper, Bound::Excluded(next), false);
+            }
+        }
+        Ok(KeyRange { lower, upper })
+    }
+}
+
+/// The tighter of two lower bounds (`lower`) or two upper bounds.
+fn tighter(a: Bound<String>, b: Bound<String>, lower: bool) -> Bound<String> {
+    let (ka, kb) = match (&a, &b) {
+        (Bound::Unbounded, _) => return b,
+        (_, Bound::Unbounded) => return a,
+        (Bound::Included(ka) | Bound::Excluded(ka), Bound::Included(kb) | Bound::Excluded(kb)) => {
+            (ka, kb)
+        }
+    };
+    if ka == kb {
+        return if matches!(a, Bound::Excluded(_)) {
+            a
+        } else {
+            b
+        };
+    }
+    if (ka > kb) == lower { a } else { b }
+}
 
 /// One backend page: at most this many entries...
 const PAGE_ENTRIES: usize = 1024;

@@ -1,7 +1,6 @@
 //! One object's view of its store: the API an object sees.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::ops::Bound;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -10,87 +9,18 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
-use crate::batch::{AlarmChange, KeyRange, ObjectBatch, prefix_successor};
+use crate::batch::{AlarmChange, ObjectBatch};
 use crate::error::StorageError;
+use crate::listing::ListOptions;
 use crate::listing::{self, AnswerBound};
 use crate::store::{CommitState, CommitWait, ObjectFailure, StoreInner, Submission};
 use crate::{MAX_KEY_BYTES, MAX_KEYS_PER_CALL, MAX_VALUE_BYTES};
 
-/// The options of [`ObjectStorage::list`]. Keys are compared by their UTF-8
-/// bytes.
-///
-/// `start` (inclusive) or `start_after` (exclusive) is the lower bound and
-/// `end` (exclusive) the upper bound, whatever the direction; `reverse`
-/// walks the same range from the top; `limit` counts from the walking end;
-/// `prefix` is a literal, case-sensitive byte prefix. Giving both `start`
-/// and `start_after`, or a `limit` of 0, is
-/// [`StorageError::InvalidListOptions`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ListOptions {
-    /// The first key to include.
-    pub start: Option<String>,
-    /// Include only keys after this one.
-    pub start_after: Option<String>,
-    /// Include only keys before this one.
-    pub end: Option<String>,
-    /// Include only keys starting with this.
-    pub prefix: Option<String>,
-    /// Walk from the highest key down.
-    pub reverse: bool,
-    /// The most keys to return.
-    pub limit: Option<usize>,
-}
+mod cache;
+mod transaction;
 
-impl ListOptions {
-    /// Checks the options and folds them into one range of keys.
-    pub fn key_range(&self) -> Result<KeyRange, StorageError> {
-        if self.start.is_some() && self.start_after.is_some() {
-            return Err(StorageError::InvalidListOptions(
-                "give `start` or `start_after`, not both",
-            ));
-        }
-        if self.limit == Some(0) {
-            return Err(StorageError::InvalidListOptions(
-                "`limit` must be at least 1",
-            ));
-        }
-        let mut lower = match (&self.start, &self.start_after) {
-            (Some(start), _) => Bound::Included(start.clone()),
-            (None, Some(after)) => Bound::Excluded(after.clone()),
-            (None, None) => Bound::Unbounded,
-        };
-        let mut upper = match &self.end {
-            Some(end) => Bound::Excluded(end.clone()),
-            None => Bound::Unbounded,
-        };
-        if let Some(prefix) = &self.prefix {
-            lower = tighter(lower, Bound::Included(prefix.clone()), true);
-            if let Some(next) = prefix_successor(prefix) {
-                upper = tighter(upper, Bound::Excluded(next), false);
-            }
-        }
-        Ok(KeyRange { lower, upper })
-    }
-}
-
-/// The tighter of two lower bounds (`lower`) or two upper bounds.
-fn tighter(a: Bound<String>, b: Bound<String>, lower: bool) -> Bound<String> {
-    let (ka, kb) = match (&a, &b) {
-        (Bound::Unbounded, _) => return b,
-        (_, Bound::Unbounded) => return a,
-        (Bound::Included(ka) | Bound::Excluded(ka), Bound::Included(kb) | Bound::Excluded(kb)) => {
-            (ka, kb)
-        }
-    };
-    if ka == kb {
-        return if matches!(a, Bound::Excluded(_)) {
-            a
-        } else {
-            b
-        };
-    }
-    if (ka > kb) == lower { a } else { b }
-}
+use cache::ReadCache;
+pub use transaction::Transaction;
 
 fn check_key(key: &str) -> Result<(), StorageError> {
     if key.len() > MAX_KEY_BYTES {
@@ -130,66 +60,6 @@ pub(crate) struct InFlight {
     done: watch::Receiver<CommitState>,
 }
 
-/// A bounded cache of what the backend holds for this object. Correct
-/// because only this object's storage writes its keys (single activation),
-/// and it learns every write of its own once that write is committed.
-#[derive(Debug, Default)]
-struct ReadCache {
-    values: BTreeMap<String, Option<Bytes>>,
-    bytes: usize,
-    max_bytes: usize,
-    alarm: Option<Option<u64>>,
-}
-
-impl ReadCache {
-    const ENTRY_OVERHEAD: usize = 64;
-
-    fn cost(key: &str, value: &Option<Bytes>) -> usize {
-        key.len() + value.as_ref().map_or(0, Bytes::len) + Self::ENTRY_OVERHEAD
-    }
-
-    fn get(&self, key: &str) -> Option<Option<Bytes>> {
-        self.values.get(key).cloned()
-    }
-
-    fn insert(&mut self, key: &str, value: Option<Bytes>) {
-        let cost = Self::cost(key, &value);
-        if let Some(old) = self.values.remove(key) {
-            self.bytes -= Self::cost(key, &old);
-        }
-        if cost > self.max_bytes {
-            return;
-        }
-        while self.bytes + cost > self.max_bytes {
-            match self.values.pop_first() {
-                Some((k, v)) => self.bytes -= Self::cost(&k, &v),
-                None => break,
-            }
-        }
-        self.bytes += cost;
-        self.values.insert(key.to_string(), value);
-    }
-
-    /// Records that `batch` is now in the backend.
-    fn apply(&mut self, batch: &ObjectBatch) {
-        if self.max_bytes == 0 {
-            return;
-        }
-        if batch.clear {
-            self.values.clear();
-            self.bytes = 0;
-        }
-        for (key, value) in &batch.entries {
-            self.insert(key, value.clone());
-        }
-        match batch.alarm {
-            AlarmChange::Keep => {}
-            AlarmChange::Set(time) => self.alarm = Some(Some(time)),
-            AlarmChange::Delete => self.alarm = Some(None),
-        }
-    }
-}
-
 /// The storage of one object, as its code sees it: data, listings,
 /// transactions and the alarm, and no way to commit, roll back or inspect
 /// the turn (that is the runtime's, through [`ObjectTurns`](crate::ObjectTurns)).
@@ -218,10 +88,7 @@ pub struct ObjectStorage {
 
 impl ObjectStorage {
     pub(crate) fn new(id: ObjectId, store: Arc<StoreInner>) -> Self {
-        let cache = ReadCache {
-            max_bytes: store.options.object_cache_bytes,
-            ..ReadCache::default()
-        };
+        let cache = ReadCache::new(store.options.object_cache_bytes);
         Self {
             id,
             store,
@@ -693,131 +560,6 @@ impl ObjectStorage {
         let value = self.store.backend.get(&self.id, key)?;
         self.cache.insert(key, value.clone());
         Ok(value)
-    }
-}
-
-/// An open transaction (see [`ObjectStorage::transaction`]): the same
-/// operations, on a buffer that joins the turn only if the transaction
-/// succeeds.
-#[derive(Debug)]
-pub struct Transaction<'a> {
-    storage: &'a mut ObjectStorage,
-    depth: usize,
-    committed: bool,
-    /// The savepoint of a SQLite-backed object's transaction.
-    #[cfg(feature = "sql")]
-    savepoint: Option<String>,
-}
-
-impl Transaction<'_> {
-    fn commit(&mut self) {
-        self.storage.layers.truncate(self.depth + 1);
-        if let Some(layer) = self.storage.layers.pop() {
-            let below = self.storage.top();
-            below.merge(layer);
-        }
-        #[cfg(feature = "sql")]
-        if let Some(name) = self.savepoint.take() {
-            self.storage.sql_release(&name, true);
-        }
-        self.committed = true;
-    }
-
-    /// See [`ObjectStorage::get`].
-    pub async fn get(&mut self, key: &str) -> Result<Option<Bytes>, StorageError> {
-        self.storage.get(key).await
-    }
-
-    /// See [`ObjectStorage::get_many`].
-    pub async fn get_many<K: AsRef<str>>(
-        &mut self,
-        keys: &[K],
-    ) -> Result<Vec<(String, Bytes)>, StorageError> {
-        self.storage.get_many(keys).await
-    }
-
-    /// See [`ObjectStorage::get_typed`].
-    pub async fn get_typed<T: DeserializeOwned>(
-        &mut self,
-        key: &str,
-    ) -> Result<Option<T>, StorageError> {
-        self.storage.get_typed(key).await
-    }
-
-    /// See [`ObjectStorage::put`].
-    pub async fn put(&mut self, key: &str, value: impl Into<Bytes>) -> Result<(), StorageError> {
-        self.storage.put(key, value).await
-    }
-
-    /// See [`ObjectStorage::put_typed`].
-    pub async fn put_typed<T: Serialize + ?Sized>(
-        &mut self,
-        key: &str,
-        value: &T,
-    ) -> Result<(), StorageError> {
-        self.storage.put_typed(key, value).await
-    }
-
-    /// See [`ObjectStorage::put_many`].
-    pub async fn put_many<K, V>(
-        &mut self,
-        entries: impl IntoIterator<Item = (K, V)>,
-    ) -> Result<(), StorageError>
-    where
-        K: Into<String>,
-        V: Into<Bytes>,
-    {
-        self.storage.put_many(entries).await
-    }
-
-    /// See [`ObjectStorage::delete`].
-    pub async fn delete(&mut self, key: &str) -> Result<bool, StorageError> {
-        self.storage.delete(key).await
-    }
-
-    /// See [`ObjectStorage::delete_many`].
-    pub async fn delete_many<K: AsRef<str>>(&mut self, keys: &[K]) -> Result<usize, StorageError> {
-        self.storage.delete_many(keys).await
-    }
-
-    /// See [`ObjectStorage::delete_all`].
-    pub async fn delete_all(&mut self) -> Result<(), StorageError> {
-        self.storage.delete_all().await
-    }
-
-    /// See [`ObjectStorage::list`].
-    pub async fn list(
-        &mut self,
-        options: &ListOptions,
-    ) -> Result<Vec<(String, Bytes)>, StorageError> {
-        self.storage.list(options).await
-    }
-
-    /// See [`ObjectStorage::get_alarm`].
-    pub async fn get_alarm(&mut self) -> Result<Option<u64>, StorageError> {
-        self.storage.get_alarm().await
-    }
-
-    /// See [`ObjectStorage::set_alarm`].
-    pub async fn set_alarm(&mut self, time_ms: u64) -> Result<(), StorageError> {
-        self.storage.set_alarm(time_ms).await
-    }
-
-    /// See [`ObjectStorage::delete_alarm`].
-    pub async fn delete_alarm(&mut self) -> Result<(), StorageError> {
-        self.storage.delete_alarm().await
-    }
-}
-
-impl Drop for Transaction<'_> {
-    fn drop(&mut self) {
-        if !self.committed {
-            self.storage.layers.truncate(self.depth);
-            #[cfg(feature = "sql")]
-            if let Some(name) = self.savepoint.take() {
-                self.storage.sql_release(&name, false);
-            }
-        }
     }
 }
 
