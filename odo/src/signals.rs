@@ -7,8 +7,11 @@ use odo_registry::Registry;
 use tracing::info;
 
 /// The log filter when `RUST_LOG` is not set: odo at `info`, the storage
-/// engine's own per-file chatter (fjall, lsm-tree) only from `warn`.
-const DEFAULT_LOG_FILTER: &str = "info,fjall=warn,lsm_tree=warn";
+/// engine's own per-file chatter (fjall, lsm-tree) only from `warn`, and
+/// the HTTP/2 layer (h2) only from `error`: it warns about what clients do
+/// wrong (a stream reset flood closes the connection with a warning), one
+/// line per hostile connection, which any client could repeat without end.
+const DEFAULT_LOG_FILTER: &str = "info,fjall=warn,lsm_tree=warn,h2=error";
 
 pub(crate) fn init_logging() {
     use std::io::IsTerminal;

@@ -1,8 +1,10 @@
-//! The server's log, written to a pipe, carries no terminal escape codes
+//! The server's log: written to a pipe, it carries no terminal escape codes
 //! (colors are for terminals only; `NO_COLOR` is honoured there, see the
-//! unit test of `log_color` in `odo::app`).
+//! unit test of `log_color` in `odo::app`); and hostile clients cannot fill
+//! it at the default level.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -11,63 +13,89 @@ use std::time::{Duration, Instant};
 const GUARD: Duration = Duration::from_secs(30);
 
 /// The server, killed and reaped however the test ends.
-struct Server(Child);
+struct Server {
+    child: Child,
+    port: u16,
+    log: mpsc::Receiver<Vec<u8>>,
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Starts the test server with `log_filter` as `RUST_LOG` (none: the
+    /// server's default) and waits for its ready line.
+    fn start(dir: &std::path::Path, log_filter: Option<&str>) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_odo-test-server"));
+        command
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--workers", "1"])
+            .args(["--storage", "memory"])
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--runtime-dir")
+            .arg(dir.join("run"))
+            .arg("--exit-on-stdin-eof")
+            .env_remove("NO_COLOR")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(filter) = log_filter {
+            command.env("RUST_LOG", filter);
+        }
+        let mut child = command.spawn().expect("spawn the test server");
+        let stdout = child.stdout.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(at) = line.strip_prefix("odo listening on http://127.0.0.1:") {
+                    let _ = ready_tx.send(at.trim().parse::<u16>().ok());
+                }
+            }
+        });
+        let (log_tx, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut log = Vec::new();
+            let _ = stderr.read_to_end(&mut log);
+            let _ = log_tx.send(log);
+        });
+        let mut server = Server {
+            child,
+            port: 0,
+            log,
+        };
+        server.port = ready_rx
+            .recv_timeout(GUARD)
+            .expect("the server's ready line")
+            .expect("a port in the ready line");
+        server
+    }
+
+    /// Shuts the server down (closing its standard input) and returns its
+    /// whole log.
+    fn stop(mut self) -> Vec<u8> {
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + GUARD;
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the server did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.log.recv_timeout(GUARD).expect("the server's log")
     }
 }
 
 #[test]
 fn a_log_written_to_a_pipe_has_no_color_codes() {
     let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_odo-test-server"))
-        .arg("serve")
-        .args(["--listen", "127.0.0.1:0", "--workers", "1"])
-        .args(["--storage", "memory"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .arg("--runtime-dir")
-        .arg(dir.path().join("run"))
-        .arg("--exit-on-stdin-eof")
-        .env("RUST_LOG", "info")
-        .env_remove("NO_COLOR")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the test server");
-    let mut server = Server(child);
-    let stdout = server.0.stdout.take().unwrap();
-    let mut stderr = server.0.stderr.take().unwrap();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if line.starts_with("odo listening on ") {
-                let _ = ready_tx.send(());
-            }
-        }
-    });
-    let (log_tx, log_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut log = Vec::new();
-        let _ = stderr.read_to_end(&mut log);
-        let _ = log_tx.send(log);
-    });
-    ready_rx
-        .recv_timeout(GUARD)
-        .expect("the server's ready line");
-    // Closing standard input shuts the server down; its log ends with it.
-    drop(server.0.stdin.take());
-    let deadline = Instant::now() + GUARD;
-    while server.0.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the server did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let log = log_rx.recv_timeout(GUARD).expect("the server's log");
+    let server = Server::start(dir.path(), Some("info"));
+    let log = server.stop();
     let text = String::from_utf8_lossy(&log);
     assert!(
         text.contains("odo serving"),
@@ -75,4 +103,55 @@ fn a_log_written_to_a_pipe_has_no_color_codes() {
     );
     let escapes = log.iter().filter(|&&b| b == 0x1b).count();
     assert_eq!(escapes, 0, "escape codes in a piped log:\n{text:?}");
+}
+
+/// One HTTP/2 frame: its 9-byte header, then `payload`.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Rapid reset (CVE-2023-44487): streams opened and cancelled at once, 30
+/// on each of 20 connections. hyper's HTTP/2 layer closes each such
+/// connection, and once logged a warning for every one: about 900 KB of
+/// log in 10 s from one client at the default level.
+#[test]
+fn rapid_resets_leave_no_line_in_the_default_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    // GET / on http://t: indexed :method GET, :scheme http, :path /, and
+    // :authority "t" as a literal.
+    let head = [0x82, 0x86, 0x84, 0x41, 0x01, b't'];
+    for _ in 0..20 {
+        let mut stream = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+        stream.set_read_timeout(Some(GUARD)).unwrap();
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(frame(0x4, 0, 0, &[]));
+        for i in 0..30u32 {
+            let id = 2 * i + 1;
+            // HEADERS with END_STREAM and END_HEADERS, then RST_STREAM
+            // (CANCEL).
+            out.extend(frame(0x1, 0x5, id, &head));
+            out.extend(frame(0x3, 0, id, &8u32.to_be_bytes()));
+        }
+        stream.write_all(&out).expect("the burst");
+        // The server ends the connection (GOAWAY, then the close).
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink);
+    }
+    let log = server.stop();
+    let text = String::from_utf8_lossy(&log);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    assert!(
+        lines.is_empty(),
+        "{} warnings from 20 hostile connections, the first: {:?}",
+        lines.len(),
+        lines.first()
+    );
 }
