@@ -24,7 +24,7 @@
 //! | phase | ends it | when it runs out |
 //! | --- | --- | --- |
 //! | a handler runs | the handler (bounded by the request deadline) | - |
-//! | a response is being sent | the last byte | `idle_timeout` after the last write: closed |
+//! | a response is being sent | the last byte | `idle_timeout` after its body last made progress (hyper took a part of it to send; the door's own writes, such as acknowledging an HTTP/2 PING, do not count): closed |
 //! | a request head is awaited: a new connection, or bytes of the next head arrived | the whole head | `header_read_timeout` after accept or the first byte: closed |
 //! | nothing to do: kept alive between requests, or HTTP/2 with no request | a new request | `idle_timeout`: graceful close (`GOAWAY`) |
 //!
@@ -54,6 +54,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, info, warn};
 
+use crate::budget::Claim;
 use crate::http::{Router, RouterConfig};
 
 /// The first pause after an accept error.
@@ -297,8 +298,11 @@ struct State {
     head_started: Option<Instant>,
     /// When the connection last had nothing in progress.
     quiet_since: Instant,
-    /// The last write to the socket (or the start of a response).
-    last_write: Instant,
+    /// When a response body last gave hyper a part to send (or a response
+    /// started). Not the socket's writes: an HTTP/2 client makes the door
+    /// write whenever it likes (every PING and SETTINGS is acknowledged),
+    /// and those writes are no sign that an answer goes out.
+    last_progress: Instant,
     /// HTTP/2: bytes between requests are frames, not a request head.
     http2: bool,
     /// The connection's place under the cap, given back when its task
@@ -336,7 +340,7 @@ impl Activity {
             bodies: 0,
             head_started: Some(accepted),
             quiet_since: accepted,
-            last_write: accepted,
+            last_progress: accepted,
             http2: false,
             place,
         }))
@@ -361,8 +365,8 @@ impl Activity {
         }
     }
 
-    fn wrote(&self, now: Instant) {
-        self.state().last_write = now;
+    fn progressed(&self, now: Instant) {
+        self.state().last_progress = now;
     }
 
     fn handler_started(&self, version: http::Version) {
@@ -383,7 +387,7 @@ impl Activity {
     fn body_started(&self, now: Instant) {
         let mut state = self.state();
         state.bodies += 1;
-        state.last_write = now;
+        state.last_progress = now;
     }
 
     fn body_ended(&self, now: Instant) {
@@ -399,7 +403,7 @@ impl Activity {
         if state.handlers > 0 {
             Next::Busy
         } else if state.bodies > 0 {
-            Next::At(state.last_write + timers.idle, Expiry::Stalled)
+            Next::At(state.last_progress + timers.idle, Expiry::Stalled)
         } else if let Some(started) = state.head_started {
             Next::At(started + timers.header_read, Expiry::Head)
         } else {
@@ -426,10 +430,37 @@ impl Drop for Sending {
     }
 }
 
-/// A response body that reports when hyper is done with it.
+/// The largest part of a response body handed to hyper at once: hyper
+/// asks for the next part only once it has room to send it, so each part
+/// taken is progress of the answer (see [`State::last_progress`]).
+const PART_BYTES: usize = 64 * 1024;
+
+/// A response body that hands hyper its bytes in parts, reports each part
+/// taken as progress, and reports when hyper is done with it; it holds its
+/// bytes' place in the door's budget until then.
 struct Sent {
-    body: Full<Bytes>,
-    _sending: Sending,
+    rest: Bytes,
+    sending: Sending,
+    _claim: Option<Arc<Claim>>,
+}
+
+impl Sent {
+    fn new(body: Full<Bytes>, sending: Sending, claim: Option<Arc<Claim>>) -> Self {
+        // A `Full` is always ready and holds one frame of data at most:
+        // take it now (no waker needed).
+        let mut body = body;
+        let rest = match Pin::new(&mut body)
+            .poll_frame(&mut Context::from_waker(std::task::Waker::noop()))
+        {
+            Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+            _ => Bytes::new(),
+        };
+        Self {
+            rest,
+            sending,
+            _claim: claim,
+        }
+    }
 }
 
 impl Body for Sent {
@@ -438,21 +469,27 @@ impl Body for Sent {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        if self.rest.is_empty() {
+            return Poll::Ready(None);
+        }
+        let take = self.rest.len().min(PART_BYTES);
+        let part = self.rest.split_to(take);
+        self.sending.0.progressed(Instant::now());
+        Poll::Ready(Some(Ok(Frame::data(part))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.rest.is_empty()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        SizeHint::with_exact(self.rest.len() as u64)
     }
 }
 
-/// The socket, reporting reads and writes to the connection's [`Activity`]
+/// The socket, reporting reads to the connection's [`Activity`]
 /// while its task watches it. A connection upgraded to a WebSocket
 /// outlives its task: once nothing else holds the activity, the stream
 /// lets it go (an idle WebSocket keeps no timing record of HTTP).
@@ -504,13 +541,7 @@ impl AsyncWrite for Watched {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.let_go_if_unwatched();
-        let poll = Pin::new(&mut this.stream).poll_write(cx, buf);
-        if matches!(poll, Poll::Ready(Ok(n)) if n > 0)
-            && let Some(activity) = &this.activity
-        {
-            activity.wrote(Instant::now());
-        }
-        poll
+        Pin::new(&mut this.stream).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -520,13 +551,7 @@ impl AsyncWrite for Watched {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.let_go_if_unwatched();
-        let poll = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
-        if matches!(poll, Poll::Ready(Ok(n)) if n > 0)
-            && let Some(activity) = &this.activity
-        {
-            activity.wrote(Instant::now());
-        }
-        poll
+        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -580,10 +605,9 @@ impl Connection {
                 let sending = Sending(handling.0.clone());
                 sending.0.body_started(Instant::now());
                 drop(handling);
-                Ok::<_, Infallible>(response.map(|body| Sent {
-                    body,
-                    _sending: sending,
-                }))
+                let mut response = response;
+                let claim = response.extensions_mut().remove::<Arc<Claim>>();
+                Ok::<_, Infallible>(response.map(|body| Sent::new(body, sending, claim)))
             }
         });
         let conn = builder
@@ -744,7 +768,7 @@ mod tests {
         activity.body_started(at(7));
         activity.handler_ended(at(7));
         assert_eq!(activity.next(timers), Next::At(at(67), Expiry::Stalled));
-        activity.wrote(at(8));
+        activity.progressed(at(8));
         assert_eq!(activity.next(timers), Next::At(at(68), Expiry::Stalled));
         // Kept alive: idle until the first byte of the next head.
         activity.body_ended(at(8));

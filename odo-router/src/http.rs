@@ -15,11 +15,12 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
+use crate::budget::{BodyBudget, Claim, SMALL_ANSWER_BYTES};
 use crate::headers::is_hop_by_hop;
 use crate::metrics::Metrics;
 use crate::routes::{IdExtractor, PlainRoutes, RouteError};
 use crate::service::{ForwardError, ObjectService};
-use crate::status::error_response;
+use crate::status::{busy_response, error_response};
 use crate::ws::{Door, Upgrade, is_upgrade};
 
 /// Limits and timings of the front door. `Default` gives the documented
@@ -50,6 +51,13 @@ pub struct RouterConfig {
     /// request in progress, or a response the client does not read. Then it
     /// is closed (gracefully: HTTP/2 sends `GOAWAY`). Default 60 s.
     pub idle_timeout: Duration,
+    /// The body bytes the door may hold at once over every connection:
+    /// request bodies being read and answers not yet sent. Past it a new
+    /// request, or a body being read, is answered 503 (`x-odo-error:
+    /// busy`, safe to send again) before it reaches its object, and an
+    /// answer over 64 KiB is dropped (502, `outcome-unknown`: its object
+    /// ran). Answers up to 64 KiB are always taken. Default 256 MiB.
+    pub max_held_body_bytes: usize,
 }
 
 impl Default for RouterConfig {
@@ -62,6 +70,7 @@ impl Default for RouterConfig {
             shutdown_grace: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            max_held_body_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -89,6 +98,7 @@ pub struct Router {
     door: Option<Door>,
     config: RouterConfig,
     metrics: Metrics,
+    budget: Arc<BodyBudget>,
 }
 
 impl fmt::Debug for Router {
@@ -106,6 +116,30 @@ fn text(status: StatusCode, body: impl Into<String>) -> http::Response<Body> {
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    response
+}
+
+/// [`answer`], its body's bytes taken from the door's budget into `claim`
+/// (which held the request's body; those bytes are given back): the claim
+/// travels in the response's extensions until hyper has taken the whole
+/// body to send (`accept.rs`). A large answer the budget cannot hold is
+/// dropped: 502, its outcome unknown to the client.
+fn hold_answer(response: http::Response<Bytes>, mut claim: Claim) -> http::Response<Body> {
+    claim.shrink_to(0);
+    let len = response.body().len();
+    if len <= SMALL_ANSWER_BYTES {
+        claim.grow(len);
+    } else if !claim.try_grow(len) {
+        tracing::warn!(
+            bytes = len,
+            "an answer dropped: the door holds too many body bytes (max_held_body_bytes)"
+        );
+        return error_response(&ForwardError::Lost(
+            "the answer was dropped: the server holds too many unsent answers".into(),
+        ));
+    }
+    let mut response = answer(response);
+    response.extensions_mut().insert(Arc::new(claim));
     response
 }
 
@@ -160,6 +194,7 @@ impl Router {
             service,
             admin: None,
             door: None,
+            budget: BodyBudget::new(config.max_held_body_bytes),
             config,
             metrics: Metrics::default(),
         }
@@ -218,10 +253,15 @@ impl Router {
         let deadline = started + self.config.request_deadline;
         if let Some(handler) = self.plain.get(&parts.method, &path) {
             let handler = handler.clone();
-            return match self.read_body(&parts, body, deadline).await {
+            if self.budget.is_spent() {
+                return ("-".into(), busy_response());
+            }
+            let mut claim = self.budget.claim();
+            return match self.read_body(&parts, body, deadline, &mut claim).await {
                 Ok(body) => {
                     let request = http::Request::from_parts(parts, body);
-                    ("-".into(), answer(handler(request).await))
+                    let response = handler(request).await;
+                    ("-".into(), hold_answer(response, claim))
                 }
                 Err(response) => ("-".into(), response),
             };
@@ -263,7 +303,11 @@ impl Router {
             };
             return (class, response);
         }
-        let body = match self.read_body(&parts, body, deadline).await {
+        if self.budget.is_spent() {
+            return (class, busy_response());
+        }
+        let mut claim = self.budget.claim();
+        let body = match self.read_body(&parts, body, deadline, &mut claim).await {
             Ok(body) => body,
             Err(response) => return (class, response),
         };
@@ -279,7 +323,7 @@ impl Router {
         let forwarded =
             tokio::time::timeout_at(deadline, self.service.fetch(object, request, deadline)).await;
         let response = match forwarded {
-            Ok(Ok(response)) => answer(response),
+            Ok(Ok(response)) => hold_answer(response, claim),
             Ok(Err(error)) => error_response(&error),
             // The service gave up at the same deadline it was given; this
             // is its backstop, and the call may have been sent.
@@ -288,15 +332,18 @@ impl Router {
         (class, response)
     }
 
-    /// Reads the request body up to the limit and the deadline; the answer
-    /// to give instead when it cannot. A body over the limit is answered
-    /// 413 at once and the rest of it is read and discarded in the
-    /// background ([`linger`]), so the connection's close is orderly.
+    /// Reads the request body up to the limit and the deadline, its bytes
+    /// taken from the door's budget into `claim`; the answer to give
+    /// instead when it cannot. A body over the limit is answered 413 at
+    /// once (one the budget cannot hold, 503) and the rest of it is read
+    /// and discarded in the background ([`linger`]), so the connection's
+    /// close is orderly.
     async fn read_body(
         &self,
         parts: &http::request::Parts,
         mut body: Incoming,
         deadline: Instant,
+        claim: &mut Claim,
     ) -> Result<Bytes, http::Response<Body>> {
         let max = self.config.max_body_bytes;
         let too_large = |body: Incoming, declared: Option<u64>| {
@@ -338,6 +385,14 @@ impl Router {
                 if collected.len() + data.len() > max {
                     return Err(too_large(body, None));
                 }
+                if !claim.try_grow(data.len()) {
+                    linger(body, declared);
+                    let mut response = busy_response();
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                    return Err(response);
+                }
                 collected.extend_from_slice(&data);
             }
         }
@@ -347,6 +402,14 @@ impl Router {
         if path == "metrics" {
             let mut out = String::new();
             self.metrics.render(&mut out);
+            out.push_str(
+                "# HELP odo_http_held_body_bytes Request and answer body bytes the front door holds (max_held_body_bytes bounds them).\n",
+            );
+            out.push_str("# TYPE odo_http_held_body_bytes gauge\n");
+            out.push_str(&format!(
+                "odo_http_held_body_bytes {}\n",
+                self.budget.held()
+            ));
             if let Some(door) = &self.door {
                 door.render_metrics(&mut out);
             }

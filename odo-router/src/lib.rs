@@ -43,6 +43,7 @@
 //! ```
 
 mod accept;
+mod budget;
 mod client;
 mod headers;
 mod http;

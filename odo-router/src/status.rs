@@ -6,6 +6,7 @@
 //! | failure | status | `x-odo-error` | `x-odo-retryable` |
 //! | --- | --- | --- | --- |
 //! | the object's queue is full | 503, `Retry-After: 1` | `overloaded` | `true` |
+//! | the door holds too many bodies (`max_held_body_bytes`), not sent | 503, `Retry-After: 1` | `busy` | `true` |
 //! | no worker could take it (restarting, moving) | 503, `Retry-After: 1` | `unavailable` | `true` |
 //! | the deadline passed before it was sent | 504 | `deadline` | `true` |
 //! | the object's handler failed (turn rolled back) | 500 | `object-error` | `false` |
@@ -127,6 +128,26 @@ pub(crate) fn error_response(error: &ForwardError) -> http::Response<Full<Bytes>
     if status == StatusCode::SERVICE_UNAVAILABLE {
         headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
+    response
+}
+
+/// The answer to a request the door refused before it reached its object
+/// because it holds too many body bytes already
+/// ([`RouterConfig::max_held_body_bytes`](crate::RouterConfig)): 503, safe
+/// to send again.
+pub(crate) fn busy_response() -> http::Response<Full<Bytes>> {
+    let mut response = http::Response::new(Full::new(Bytes::from_static(
+        b"server busy: it holds too many request and answer bodies: retry later\n",
+    )));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(ERROR_HEADER, HeaderValue::from_static("busy"));
+    headers.insert(RETRYABLE_HEADER, HeaderValue::from_static("true"));
+    headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
     response
 }
 

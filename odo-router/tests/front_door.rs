@@ -258,3 +258,60 @@ async fn a_body_over_the_limit_is_answered_and_drained_before_the_close() {
     }
     served.stop().await;
 }
+
+/// An HTTP/2 client that asks for two large answers, never reads them (it
+/// never opens its windows past the first 64 KiB), and pings the door
+/// every 50 ms: the answers are given up, and the connection closed, one
+/// idle timeout after they last made progress. Every ping makes the door
+/// write its acknowledgement, and the door once took those writes for an
+/// answer going out: a client could keep 200 unread answers per connection
+/// in the door's memory for as long as it liked (1.9 GB with one
+/// connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_http2_answers_are_given_up_though_the_client_pings() {
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+    let served = Served::start(timeouts(60_000, 300)).await;
+    let stream = connect(served.addr).await;
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .keep_alive_interval(Duration::from_millis(50))
+        .keep_alive_timeout(GUARD)
+        .keep_alive_while_idle(true);
+    let (sender, connection) = builder
+        .handshake(TokioIo::new(stream))
+        .await
+        .expect("an HTTP/2 handshake");
+    let mut connection = tokio::spawn(connection);
+    let big = bytes::Bytes::from(vec![b'x'; RouterConfig::default().max_body_bytes]);
+    let ask = |name: &str| {
+        let mut sender = sender.clone();
+        let request = http::Request::post(format!("http://{}/echo/{name}", served.addr))
+            .body(Full::new(big.clone()))
+            .unwrap();
+        async move { sender.send_request(request).await }
+    };
+    let (first, second) = tokio::time::timeout(GUARD, async { tokio::join!(ask("a"), ask("b")) })
+        .await
+        .expect("answers within the guard");
+    let (first, second) = (first.expect("an answer"), second.expect("an answer"));
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+    // The bodies are never read.
+    let started = Instant::now();
+    let ended = tokio::time::timeout(GUARD, &mut connection).await;
+    assert!(
+        ended.is_ok(),
+        "a connection whose answers were never read stayed open for {:?}",
+        started.elapsed()
+    );
+    drop((first, second));
+    connection.abort();
+    served.stop().await;
+}

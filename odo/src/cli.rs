@@ -104,6 +104,11 @@ pub(crate) struct ServeFlags {
     /// 503 at once and closed.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// The request and answer body bytes the front door holds at once over
+    /// every connection; past it new requests are answered 503 (safe to
+    /// send again) and answers over 64 KiB are dropped (502).
+    #[arg(long, default_value_t = 256 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    max_held_body_bytes: u64,
     /// How long a worker has to answer a heartbeat before it is killed as
     /// hung, in milliseconds.
     #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -184,6 +189,8 @@ impl ServeFlags {
                 header_read_timeout: std::time::Duration::from_millis(self.header_read_timeout_ms),
                 idle_timeout: std::time::Duration::from_millis(self.idle_timeout_ms),
                 max_connections: self.max_connections,
+                max_held_body_bytes: usize::try_from(self.max_held_body_bytes)
+                    .unwrap_or(usize::MAX),
                 ..RouterConfig::default()
             },
             websocket: WebSocketConfig {
@@ -281,6 +288,7 @@ mod tests {
         assert_eq!(defaults.header_read_timeout, Duration::from_secs(10));
         assert_eq!(defaults.idle_timeout, Duration::from_secs(60));
         assert_eq!(defaults.max_connections, 10_000);
+        assert_eq!(defaults.max_held_body_bytes, 256 * 1024 * 1024);
         let router = serve_options(&[
             "--header-read-timeout-ms",
             "250",
@@ -288,12 +296,16 @@ mod tests {
             "5000",
             "--max-connections",
             "7",
+            "--max-held-body-bytes",
+            "4096",
         ])
         .unwrap()
         .router;
         assert_eq!(router.header_read_timeout, Duration::from_millis(250));
         assert_eq!(router.idle_timeout, Duration::from_secs(5));
         assert_eq!(router.max_connections, 7);
+        assert_eq!(router.max_held_body_bytes, 4096);
+        assert!(serve_options(&["--max-held-body-bytes", "0"]).is_err());
         assert!(serve_options(&["--header-read-timeout-ms", "0"]).is_err());
         assert!(serve_options(&["--idle-timeout-ms", "0"]).is_err());
         // Every request would time out before reaching its object, and

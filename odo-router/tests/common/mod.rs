@@ -21,8 +21,8 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-/// Answers every fetch with 200 and the request's body; every call with its
-/// arguments.
+/// Answers every fetch with 200 and the request's body (repeated as many
+/// times as an `x-echo-times` header says); every call with its arguments.
 #[derive(Debug)]
 pub struct Echo;
 
@@ -33,7 +33,18 @@ impl ObjectService for Echo {
         request: http::Request<Bytes>,
         _deadline: Instant,
     ) -> BoxFuture<'static, Result<http::Response<Bytes>, ForwardError>> {
-        async move { Ok(http::Response::new(request.into_body())) }.boxed()
+        let times = request
+            .headers()
+            .get("x-echo-times")
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .unwrap_or(1);
+        let body = request.into_body();
+        let body = if times == 1 {
+            body
+        } else {
+            Bytes::from(body.repeat(times))
+        };
+        async move { Ok(http::Response::new(body)) }.boxed()
     }
 
     fn call(
