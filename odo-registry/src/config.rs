@@ -89,6 +89,11 @@ pub struct RegistryConfig {
     /// and gives it no meaning, so check it before starting (a worker
     /// refuses a name it does not know). Default `fjall`.
     pub storage: String,
+    /// Whether that backend keeps what it is given across restarts. A data
+    /// directory keeps the durable backend it was first served with (its
+    /// class record says which); one served with a backend that keeps
+    /// nothing may be taken over by another. Default true.
+    pub storage_durable: bool,
     /// The cluster token: printable ASCII without spaces, at most
     /// [`odo_core::launch::TOKEN_MAX_BYTES`] bytes. Workers get it on their
     /// standard input, never in their environment. Default: 32 random
@@ -152,6 +157,7 @@ impl RegistryConfig {
             runtime_dir: None,
             transport: TransportKind::available()[0],
             storage: "fjall".to_owned(),
+            storage_durable: true,
             token: random_token(),
             heartbeat_interval: Duration::from_millis(250),
             heartbeat_timeout: Duration::from_secs(2),

@@ -14,6 +14,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::RegistryError;
+use crate::classes::StorageBackend;
 use crate::record::ClusterFile;
 use crate::split::{self, ShardSplitter};
 
@@ -98,11 +99,17 @@ impl DataDirLock {
             lock_file: path.clone(),
             holder_pid: Some(std::process::id()),
         })?;
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        // A link put in the lock file's place is not followed: the file it
+        // names (anything the server may write) was truncated to hold the
+        // pid.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+        }
+        let mut file = options
             .open(&path)
             .map_err(|e| io(&format!("cannot open {}", path.display()), e))?;
         let give_up = Instant::now() + STALE_OWN_LOCK_WAIT;
@@ -146,20 +153,28 @@ impl DataDirLock {
         &self.dir
     }
 
-    /// Checks each class's kind of storage (`key-value`, `sqlite`, ...)
-    /// against the directory's class record, `odo-classes.json`, and
-    /// records the classes it does not hold yet: a class keeps its kind
-    /// for the life of the directory. Call it before anything serves the
-    /// shards.
+    /// Checks the storage backend and each class's kind of storage
+    /// (`key-value`, `sqlite`, ...) against the directory's class record,
+    /// `odo-classes.json`, and records what it does not hold yet: the
+    /// backend (unless the recorded one kept nothing, `memory`) and each
+    /// class keep theirs for the life of the directory. Call it before
+    /// anything serves the shards.
     ///
     /// # Errors
     ///
-    /// [`RegistryError::ClassStorageChanged`] when a class is registered
-    /// with another kind than the recorded one; [`RegistryError::ClassRecord`]
+    /// [`RegistryError::BackendChanged`] when the shards are kept with
+    /// another durable backend; [`RegistryError::ClassStorageChanged`] when
+    /// a class is registered with another kind than the recorded one;
+    /// [`RegistryError::DataDir`] when the directory holds shard data but
+    /// no record; [`RegistryError::ClassRecord`]
     /// when the record is unreadable, [`RegistryError::DataDirIo`] when it
     /// cannot be read or written.
-    pub fn record_class_storage(&self, classes: &[(String, String)]) -> Result<(), RegistryError> {
-        crate::classes::check_and_record(&self.dir, classes)
+    pub fn record_class_storage(
+        &self,
+        backend: StorageBackend<'_>,
+        classes: &[(String, String)],
+    ) -> Result<(), RegistryError> {
+        crate::classes::check_and_record(&self.dir, backend, classes)
     }
 
     /// The number of shards, S, of the directory: read from its cluster
@@ -205,5 +220,25 @@ impl DataDirLock {
         Ok(split::prepare(&self.dir, default, workers, splitter)
             .await?
             .shard_count)
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    /// A link in the lock file's place was followed, and the file it named
+    /// truncated to hold the pid.
+    #[test]
+    fn a_link_in_the_lock_files_place_is_refused_and_its_target_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let precious = dir.path().join("precious.txt");
+        std::fs::write(&precious, b"precious content").unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::os::unix::fs::symlink(&precious, data.join(DATA_DIR_LOCK_FILE)).unwrap();
+        let refused = DataDirLock::acquire(&data);
+        assert!(refused.is_err(), "a linked lock file was taken");
+        assert_eq!(std::fs::read(&precious).unwrap(), b"precious content");
     }
 }

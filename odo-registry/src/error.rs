@@ -38,6 +38,19 @@ pub enum RegistryError {
         /// The record's path.
         record: PathBuf,
     },
+    /// The data directory's shards are kept with another storage backend
+    /// than the one given.
+    #[error(
+        "the data directory's shards are kept with storage backend `{recorded}` (recorded in {record}); `{registered}` would not see their data, and splitting the shards with it would destroy it: serve the directory with `--storage {recorded}`, or use another data directory"
+    )]
+    BackendChanged {
+        /// The backend in the record.
+        recorded: String,
+        /// The backend given now.
+        registered: String,
+        /// The record's path.
+        record: PathBuf,
+    },
     /// The data directory is unusable.
     #[error("data directory {path}: {reason}")]
     DataDir {

@@ -54,6 +54,7 @@ use odo_transport::{ClientConfig, Endpoint, Server, ServerConfig, handler_fn};
 use tokio::sync::{oneshot, watch};
 use tracing::info;
 
+pub use classes::StorageBackend;
 pub use config::{RegistryConfig, TransportKind, WorkerCommand};
 pub use datadir::{DATA_DIR_LOCK_FILE, DataDirLock};
 pub use error::RegistryError;
@@ -177,7 +178,13 @@ impl Registry {
             return Err(RegistryError::Config(e.to_string()));
         }
         let data_lock = DataDirLock::acquire(&config.data_dir)?;
-        data_lock.record_class_storage(&config.class_storage)?;
+        data_lock.record_class_storage(
+            StorageBackend {
+                name: &config.storage,
+                durable: config.storage_durable,
+            },
+            &config.class_storage,
+        )?;
         let record = split::prepare(
             data_lock.dir(),
             config.shards.unwrap_or(config.workers),

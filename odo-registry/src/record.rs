@@ -80,6 +80,20 @@ impl ClusterFile {
                 Ok(file)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // The shard count decides which shard holds which object:
+                // a record made afresh beside shard data would look for
+                // objects in the wrong shards (and a split would then
+                // destroy them).
+                if crate::classes::holds_shards(data_dir) {
+                    return Err(RegistryError::DataDir {
+                        path: data_dir.to_path_buf(),
+                        reason: format!(
+                            "it holds shard data (shards/) but no cluster record ({CLUSTER_FILE}): \
+                             the record was removed or lost, and without it the shard count is \
+                             unknown; put the record back, or move the shards away to start afresh"
+                        ),
+                    });
+                }
                 let file = ClusterFile::new(shard_count.max(1));
                 file.save(data_dir)?;
                 Ok(file)
@@ -273,6 +287,27 @@ mod tests {
         assert!(
             text.contains("\"format\": 1") && !text.contains("split"),
             "{text}"
+        );
+    }
+
+    /// A record removed beside shard data was once made afresh with S =
+    /// the new worker count: 12 of 30 counters read 0, and the next split
+    /// destroyed them.
+    #[test]
+    fn shard_data_without_a_record_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("shards/3")).unwrap();
+        let error = ClusterFile::load_or_create(dir.path(), 2).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("no cluster record"), "{message}");
+        assert!(!dir.path().join(CLUSTER_FILE).exists());
+        // An empty shards/ is no data.
+        std::fs::remove_dir(dir.path().join("shards/3")).unwrap();
+        assert_eq!(
+            ClusterFile::load_or_create(dir.path(), 2)
+                .unwrap()
+                .shard_count,
+            2
         );
     }
 }

@@ -472,6 +472,7 @@ impl App {
         );
         config.workers = options.workers;
         config.storage = options.storage.clone();
+        config.storage_durable = backend.durable();
         config.transport = options.transport;
         config.runtime_dir = options.runtime_dir.clone();
         config.heartbeat_timeout = options.heartbeat_timeout;

@@ -40,7 +40,13 @@ impl LocalService {
         options: &ServeOptions,
     ) -> Result<Self, OdoError> {
         let data_lock = odo_registry::DataDirLock::acquire(&options.data_dir)?;
-        data_lock.record_class_storage(&class_storage(&classes))?;
+        data_lock.record_class_storage(
+            odo_registry::StorageBackend {
+                name: &options.storage,
+                durable: backend.durable(),
+            },
+            &class_storage(&classes),
+        )?;
         // One process holds every shard: nothing to split, but a split a
         // crash left unfinished is finished before anything is served.
         let splitter = crate::StorageSplitter::new(backend.clone());

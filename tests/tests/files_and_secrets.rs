@@ -79,6 +79,40 @@ fn an_in_process_server_locks_its_data_dir_too() {
     drop(first);
 }
 
+/// An operator's slips that once lost acknowledged data for good, each now
+/// refused with what to do: serving a directory of fjall shards with
+/// `--storage memory` (its split rewrote the shard count under the fjall
+/// data: 14 of 30 counters read 0 afterwards, and a later split destroyed
+/// them), and starting on shard data whose cluster record was removed (a
+/// fresh record with another shard count: 12 of 30 read 0).
+#[test]
+fn a_data_dir_keeps_its_backend_and_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = spec(1).start(dir.path()).expect("the first server starts");
+    let status = first.terminate().unwrap();
+    assert!(status.success(), "{status}");
+    let before = cluster_record(dir.path());
+    let mut memory = spec(2);
+    memory.storage = "memory".into();
+    let (status, stderr) = memory
+        .run_to_exit(dir.path(), Duration::from_secs(60))
+        .unwrap();
+    assert!(
+        !status.success(),
+        "memory over fjall shards must fail: {stderr}"
+    );
+    assert!(stderr.contains("--storage fjall"), "{stderr}");
+    assert_eq!(before, cluster_record(dir.path()), "the record changed");
+
+    std::fs::remove_file(dir.path().join("odo-cluster.json")).unwrap();
+    let (status, stderr) = spec(2)
+        .run_to_exit(dir.path(), Duration::from_secs(60))
+        .unwrap();
+    assert!(!status.success(), "a lost record must be refused: {stderr}");
+    assert!(stderr.contains("no cluster record"), "{stderr}");
+    assert!(!dir.path().join("odo-cluster.json").exists());
+}
+
 /// A pid that no process has now: a child that exited and was reaped.
 #[cfg(target_os = "linux")]
 fn dead_pid() -> u32 {
