@@ -296,7 +296,7 @@ impl App {
     pub fn main(self) -> ExitCode {
         #[cfg(target_os = "linux")]
         let huge_pages = rustix::thread::disable_transparent_huge_pages(true);
-        crate::signals::init_logging();
+        let _log = crate::signals::init_logging();
         #[cfg(target_os = "linux")]
         if let Err(e) = huge_pages {
             tracing::debug!("transparent huge pages stay as the system sets them: {e}");
@@ -304,7 +304,7 @@ impl App {
         let runtime = match tokio::runtime::Runtime::new() {
             Ok(runtime) => runtime,
             Err(e) => {
-                eprintln!("odo: cannot start the async runtime: {e}");
+                crate::signals::complain(format_args!("odo: cannot start the async runtime: {e}"));
                 return ExitCode::FAILURE;
             }
         };
@@ -321,7 +321,7 @@ impl App {
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("odo: {e}");
+                crate::signals::complain(format_args!("odo: {e}"));
                 ExitCode::FAILURE
             }
         }
@@ -458,7 +458,7 @@ impl App {
                 .with_websockets(door.clone()),
             );
             info!(listen = %local, "odo serving in-process (0 workers)");
-            println!("odo listening on http://{local}");
+            crate::signals::say(format_args!("odo listening on http://{local}"));
             router.serve(listener, shutdown).await;
             door.shutdown().await;
             local_service.runtime.shutdown().await;
@@ -509,7 +509,7 @@ impl App {
                 .with_websockets(door.clone()),
         );
         info!(listen = %local, workers = options.workers, "odo serving");
-        println!("odo listening on http://{local}");
+        crate::signals::say(format_args!("odo listening on http://{local}"));
         let rolling = tokio::spawn(crate::signals::restart_on_hangup(registry.clone()));
         router.serve(listener, shutdown).await;
         rolling.abort();

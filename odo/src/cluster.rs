@@ -290,7 +290,7 @@ pub(crate) async fn serve(
             .with_websockets(door.clone()),
     );
     tracing::info!(listen = %local, host = %host.status().host, "odo serving as a cluster host");
-    println!("odo listening on http://{local}");
+    crate::signals::say(format_args!("odo listening on http://{local}"));
     front.serve(listener, shutdown).await;
     // Every socket closes (1001) and its object hears of it while this
     // host still serves; then the door and the runtime let go of each

@@ -13,7 +13,17 @@ use tracing::info;
 /// line per hostile connection, which any client could repeat without end.
 const DEFAULT_LOG_FILTER: &str = "info,fjall=warn,lsm_tree=warn,h2=error";
 
-pub(crate) fn init_logging() {
+/// Log lines waiting for standard error at most; past it, lines are
+/// dropped (and counted by the writer) rather than wait.
+const LOG_LINES_BUFFERED: usize = 16 * 1024;
+
+/// Sends the process's log to standard error through a thread of its own:
+/// a standard error that nobody reads (a pipe whose reader stopped) once
+/// blocked the thread that logged, and with it the server: after 64 KiB of
+/// log no request was answered, and SIGTERM did nothing. Now lines past
+/// [`LOG_LINES_BUFFERED`] are dropped instead. The guard writes out what
+/// is buffered when dropped, for a second at most.
+pub(crate) fn init_logging() -> Option<tracing_appender::non_blocking::WorkerGuard> {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
@@ -21,11 +31,34 @@ pub(crate) fn init_logging() {
         std::io::stderr().is_terminal(),
         std::env::var_os("NO_COLOR").as_deref(),
     );
-    let _ = tracing_subscriber::fmt()
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_LINES_BUFFERED)
+        .thread_name("odo-log")
+        .finish(std::io::stderr());
+    tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(color)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(writer)
+        .try_init()
+        .ok()
+        .map(|()| guard)
+}
+
+/// Writes a line to standard output, whatever becomes of it: a closed pipe
+/// (`odo serve | true`) made `println!` panic before the server served.
+pub(crate) fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_fmt(line).and_then(|()| out.write_all(b"\n"));
+    let _ = out.flush();
+}
+
+/// Writes a line to standard error, whatever becomes of it (see [`say`]).
+pub(crate) fn complain(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(line).and_then(|()| err.write_all(b"\n"));
 }
 
 /// Whether logs are colored: only on a terminal, and not when `NO_COLOR`

@@ -1,7 +1,8 @@
 //! The server's log: written to a pipe, it carries no terminal escape codes
 //! (colors are for terminals only; `NO_COLOR` is honoured there, see the
-//! unit test of `log_color` in `odo::app`); and hostile clients cannot fill
-//! it at the default level.
+//! unit test of `log_color` in `odo::app`); hostile clients cannot fill it
+//! at the default level; and a standard error nobody reads, or a standard
+//! output closed at once, do not stop the server.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -154,4 +155,158 @@ fn rapid_resets_leave_no_line_in_the_default_log() {
         lines.len(),
         lines.first()
     );
+}
+
+/// `GET /hello` on a fresh connection: whether it was answered 200.
+fn hello(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(GUARD));
+    if stream
+        .write_all(b"GET /hello HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    answer.starts_with(b"HTTP/1.1 200 ")
+}
+
+/// Waits until `child` exits; whether it did within the guard.
+fn exits(child: &mut Child) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + GUARD;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// A pipe whose reader has stopped: its write end, already full, and its
+/// read end, to hold (never read) while the write end is in use.
+fn full_pipe() -> (std::io::PipeReader, std::io::PipeWriter) {
+    use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};
+    let (reader, mut writer) = std::io::pipe().expect("a pipe");
+    let blocking = fcntl_getfl(&writer).unwrap();
+    fcntl_setfl(&writer, blocking | OFlags::NONBLOCK).unwrap();
+    let chunk = [b'.'; 4096];
+    loop {
+        match writer.write(&chunk) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("filling the pipe: {e}"),
+        }
+    }
+    // The flag belongs to the open pipe, which the server shares: its
+    // writes must block, as they do on a pipe whose reader stopped.
+    fcntl_setfl(&writer, blocking).unwrap();
+    (reader, writer)
+}
+
+/// A standard error that nobody reads (a pipe whose reader stopped, full
+/// from the start): the server blocked on its first log line. It never
+/// became ready; one whose pipe filled later (64 KiB of log) stopped
+/// answering, SIGTERM included. Now the lines that do not fit are dropped.
+#[test]
+fn a_standard_error_nobody_reads_does_not_stop_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_unread, full) = full_pipe();
+    let child = Command::new(env!("CARGO_BIN_EXE_odo-test-server"))
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--workers", "1"])
+        .args(["--storage", "memory"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--runtime-dir")
+        .arg(dir.path().join("run"))
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(full))
+        .spawn()
+        .expect("spawn the test server");
+    let mut server = Server {
+        child,
+        port: 0,
+        log: mpsc::channel().1,
+    };
+    let stdout = server.child.stdout.take().unwrap();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(at) = line.strip_prefix("odo listening on http://127.0.0.1:") {
+                let _ = ready_tx.send(at.trim().parse::<u16>().ok());
+            }
+        }
+    });
+    server.port = ready_rx
+        .recv_timeout(GUARD)
+        .expect("the server's ready line, with its log unread")
+        .expect("a port");
+    for i in 0..200 {
+        assert!(hello(server.port), "request {i} unanswered, its log unread");
+    }
+    let pid = rustix::process::Pid::from_raw(server.child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = exits(&mut server.child).expect("SIGTERM stops it, its log unread");
+    assert!(status.success(), "{status}");
+}
+
+/// A standard output closed at once (`odo serve | true`): the ready line
+/// made `println!` panic, and the server exited 101 before it served.
+#[test]
+fn a_closed_standard_output_does_not_stop_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_odo-test-server"))
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--workers", "1"])
+        .args(["--storage", "memory"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--runtime-dir")
+        .arg(dir.path().join("run"))
+        .arg("--exit-on-stdin-eof")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the test server");
+    drop(child.stdout.take());
+    let stderr = child.stderr.take().unwrap();
+    let mut server = Server {
+        child,
+        port: 0,
+        log: mpsc::channel().1,
+    };
+    // The port from the log's serving line.
+    let (ready_tx, ready_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("odo serving")
+                && let Some(at) = line.split("listen=127.0.0.1:").nth(1)
+            {
+                let port: String = at.chars().take_while(char::is_ascii_digit).collect();
+                let _ = ready_tx.send(port.parse::<u16>().ok());
+            }
+        }
+    });
+    let port = ready_rx
+        .recv_timeout(GUARD)
+        .expect("the serving line")
+        .expect("a port");
+    assert!(hello(port), "not served with its standard output closed");
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the server exited"
+    );
+    drop(server.child.stdin.take());
+    let status = exits(&mut server.child).expect("it stops at its stdin's end");
+    assert!(status.success(), "{status}");
 }
