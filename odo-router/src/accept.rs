@@ -100,7 +100,11 @@ pub(crate) async fn serve(
         header_read: config.header_read_timeout,
         idle: config.idle_timeout,
     };
-    let permits = Arc::new(Semaphore::new(config.max_connections));
+    // A semaphore counts up to `MAX_PERMITS` (and panics past it): a cap
+    // that large is no cap anyway.
+    let permits = Arc::new(Semaphore::new(
+        config.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let (stop, stopping) = watch::channel(false);
     let mut backoff = Backoff::default();

@@ -50,7 +50,9 @@ impl Admission {
     pub(crate) fn new(max_unauthenticated: usize, max_connections: usize) -> Arc<Admission> {
         Arc::new(Admission {
             max_unauthenticated,
-            authenticated: Arc::new(Semaphore::new(max_connections)),
+            // Past `MAX_PERMITS` a semaphore panics; a cap that large is
+            // no cap anyway.
+            authenticated: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
             unauthenticated: Mutex::new(Unauthenticated {
                 next_id: 0,
                 by_age: BTreeMap::new(),

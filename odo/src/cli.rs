@@ -102,8 +102,8 @@ pub(crate) struct ServeFlags {
     idle_timeout_ms: u64,
     /// The most HTTP connections open at once; a client over it is answered
     /// 503 at once and closed.
-    #[arg(long, default_value_t = 10_000)]
-    max_connections: usize,
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=MAX_COUNT))]
+    max_connections: u64,
     /// The request and answer body bytes the front door holds at once over
     /// every connection; past it new requests are answered 503 (safe to
     /// send again) and answers over 64 KiB are dropped (502).
@@ -120,8 +120,8 @@ pub(crate) struct ServeFlags {
     stall_limit_ms: u64,
     /// The most WebSockets open at once (their own cap, apart from
     /// --max-connections); an upgrade over it is answered 503.
-    #[arg(long, default_value_t = 100_000)]
-    max_websockets: usize,
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(0..=MAX_COUNT))]
+    max_websockets: u64,
     /// The largest WebSocket message, in bytes: a client's larger message
     /// closes its socket with 1009; objects (in every worker) receive and
     /// may send up to it.
@@ -188,13 +188,13 @@ impl ServeFlags {
                 request_deadline: std::time::Duration::from_millis(self.request_timeout_ms),
                 header_read_timeout: std::time::Duration::from_millis(self.header_read_timeout_ms),
                 idle_timeout: std::time::Duration::from_millis(self.idle_timeout_ms),
-                max_connections: self.max_connections,
+                max_connections: self.max_connections as usize,
                 max_held_body_bytes: usize::try_from(self.max_held_body_bytes)
                     .unwrap_or(usize::MAX),
                 ..RouterConfig::default()
             },
             websocket: WebSocketConfig {
-                max_sockets: self.max_websockets,
+                max_sockets: self.max_websockets as usize,
                 max_message_bytes: self.websocket_max_message_bytes as usize,
                 send_buffer_bytes: self.websocket_send_buffer_bytes,
                 idle_timeout: std::time::Duration::from_millis(self.websocket_idle_timeout_ms),
@@ -218,6 +218,11 @@ impl ServeFlags {
 
 /// What `odo serve --cluster` says in a build without cluster support.
 #[cfg(not(feature = "cluster"))]
+/// The largest count a cap on connections or sockets may be given: far past
+/// any descriptor limit, and within what a semaphore can count on every
+/// platform (a larger one made the server panic once it listened).
+const MAX_COUNT: u64 = 1 << 28;
+
 const NO_CLUSTER: &str = "this odo was built without cluster support: build it with the `cluster` feature (`cargo build --release -p odo --features cluster`; the etcd client needs protoc at build time: `apt-get install protobuf-compiler`)";
 
 #[cfg(test)]
@@ -306,6 +311,11 @@ mod tests {
         assert_eq!(router.max_connections, 7);
         assert_eq!(router.max_held_body_bytes, 4096);
         assert!(serve_options(&["--max-held-body-bytes", "0"]).is_err());
+        // A semaphore cannot count that far: the server panicked once it
+        // listened. Nor is a cap of no connection a server.
+        assert!(serve_options(&["--max-connections", "18446744073709551615"]).is_err());
+        assert!(serve_options(&["--max-connections", "0"]).is_err());
+        assert!(serve_options(&["--max-websockets", "18446744073709551615"]).is_err());
         assert!(serve_options(&["--header-read-timeout-ms", "0"]).is_err());
         assert!(serve_options(&["--idle-timeout-ms", "0"]).is_err());
         // Every request would time out before reaching its object, and
