@@ -216,13 +216,13 @@ impl ServeFlags {
     }
 }
 
-/// What `odo serve --cluster` says in a build without cluster support.
-#[cfg(not(feature = "cluster"))]
 /// The largest count a cap on connections or sockets may be given: far past
 /// any descriptor limit, and within what a semaphore can count on every
 /// platform (a larger one made the server panic once it listened).
 const MAX_COUNT: u64 = 1 << 28;
 
+/// What `odo serve --cluster` says in a build without cluster support.
+#[cfg(not(feature = "cluster"))]
 const NO_CLUSTER: &str = "this odo was built without cluster support: build it with the `cluster` feature (`cargo build --release -p odo --features cluster`; the etcd client needs protoc at build time: `apt-get install protobuf-compiler`)";
 
 #[cfg(test)]
