@@ -370,9 +370,10 @@ impl App {
                 let stdin_eof = flags.exit_on_stdin_eof;
                 let mut options = flags.into_options()?;
                 options.runtime = self.runtime.clone();
+                let signalled = crate::signals::shutdown_signal();
                 let shutdown = async move {
                     tokio::select! {
-                        () = crate::signals::shutdown_signal() => {}
+                        () = signalled => {}
                         () = crate::signals::stdin_closed(), if stdin_eof => info!("standard input closed: shutting down"),
                     }
                 };

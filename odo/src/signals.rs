@@ -91,15 +91,29 @@ pub(crate) async fn restart_on_hangup(registry: Arc<Registry>) {
     std::future::pending::<()>().await;
 }
 
-/// Resolves on SIGINT or SIGTERM (Ctrl-C elsewhere).
-pub(crate) async fn shutdown_signal() {
+/// Watches for SIGINT and SIGTERM (Ctrl-C elsewhere) from now on, and for
+/// SIGHUP: the future resolves on the first SIGINT or SIGTERM, even one
+/// that came before it was first polled. Called as the server starts: the
+/// handlers used to be installed only once it listened, so a signal during
+/// a long start (a split of the shards, workers slow to come up) killed it
+/// with the default action. A SIGHUP before the workers run is ignored
+/// (there is nothing to restart yet; [`restart_on_hangup`] takes them
+/// after).
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
+    let signals = {
         use tokio::signal::unix::{SignalKind, signal};
-        if let (Ok(mut term), Ok(mut int)) = (
+        // Registered for the life of the process once made, whether the
+        // stream is kept or not.
+        let _ = signal(SignalKind::hangup());
+        (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) {
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        if let (Ok(mut term), Ok(mut int)) = signals {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
@@ -107,9 +121,9 @@ pub(crate) async fn shutdown_signal() {
             info!("signal received: shutting down");
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
+        info!("Ctrl-C received: shutting down");
     }
-    let _ = tokio::signal::ctrl_c().await;
-    info!("Ctrl-C received: shutting down");
 }
 
 /// Resolves when standard input reaches end of file (or fails).

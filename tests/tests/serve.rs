@@ -334,6 +334,63 @@ fn worker_pids_of(server_pid: u32) -> Vec<u32> {
     pids
 }
 
+/// SIGTERM while the server starts (its registry up, its workers not yet):
+/// the signal's default action killed it (exit by signal 15), since its
+/// handler was only installed once the server listened. Now it finishes
+/// starting and stops cleanly, its workers with it.
+#[cfg(target_os = "linux")]
+#[test]
+fn sigterm_during_the_start_stops_the_server_cleanly() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_odo-test-server"))
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--workers", "2"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--runtime-dir")
+        .arg(dir.path().join("run"))
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the server");
+    let pid = child.id();
+    let stderr = child.stderr.take().unwrap();
+    let (starting_tx, starting) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("registry starting") {
+                let _ = starting_tx.send(());
+            }
+        }
+    });
+    let guard = Duration::from_secs(30);
+    starting
+        .recv_timeout(guard)
+        .expect("the registry's first line");
+    signal(pid, Signal::Term).unwrap();
+    let deadline = Instant::now() + guard;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server did not stop within {guard:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        worker_pids_of(pid).is_empty(),
+        "a worker outlived the server"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_cleanly_and_sigkill_takes_the_workers_along() {
     let dir = tempfile::tempdir().unwrap();
