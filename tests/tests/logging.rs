@@ -188,6 +188,7 @@ fn exits(child: &mut Child) -> Option<std::process::ExitStatus> {
 
 /// A pipe whose reader has stopped: its write end, already full, and its
 /// read end, to hold (never read) while the write end is in use.
+#[cfg(unix)]
 fn full_pipe() -> (std::io::PipeReader, std::io::PipeWriter) {
     use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};
     let (reader, mut writer) = std::io::pipe().expect("a pipe");
@@ -211,6 +212,7 @@ fn full_pipe() -> (std::io::PipeReader, std::io::PipeWriter) {
 /// from the start): the server blocked on its first log line. It never
 /// became ready; one whose pipe filled later (64 KiB of log) stopped
 /// answering, SIGTERM included. Now the lines that do not fit are dropped.
+#[cfg(unix)]
 #[test]
 fn a_standard_error_nobody_reads_does_not_stop_the_server() {
     let dir = tempfile::tempdir().unwrap();
