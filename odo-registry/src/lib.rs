@@ -66,6 +66,18 @@ pub use supervisor::WorkerStatus;
 use runtime_dir::RuntimeDir;
 use supervisor::{Hellos, Input, View};
 
+/// Shard numbers for a message: all of them up to eight, else the first
+/// eight and how many more (1,000 numbers made a 5 KB error line).
+fn shard_list(shards: &[u32]) -> String {
+    const SHOWN: usize = 8;
+    let shown: Vec<String> = shards.iter().take(SHOWN).map(u32::to_string).collect();
+    let mut list = format!("shards {}", shown.join(", "));
+    if shards.len() > SHOWN {
+        list.push_str(&format!(" and {} more", shards.len() - SHOWN));
+    }
+    list
+}
+
 /// The number of shards, S, of the data directory `data_dir`: read from its
 /// cluster record, or recorded as `default` if the directory is new. S
 /// changes only when a server with more workers splits the shards at
@@ -323,9 +335,13 @@ impl Registry {
             match tokio::time::timeout_at(deadline, placement.changed()).await {
                 Ok(Ok(())) => {}
                 _ => {
+                    let count = placement.borrow().shard_count();
                     return Err(RegistryError::NotReady(format!(
-                        "shards {missing:?} unassigned after {:?}; see the workers' logs",
-                        self.shared.config.startup_timeout
+                        "{} of {count} shards unassigned after {:?} ({}); the log above says why \
+                         (the registry's lines, such as a record it cannot write, and the workers')",
+                        missing.len(),
+                        self.shared.config.startup_timeout,
+                        shard_list(&missing),
                     )));
                 }
             }
@@ -547,5 +563,18 @@ impl Drop for Registry {
             dir.remove();
         }
         self.release_data_dir();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_long_list_of_shards_is_cut_short() {
+        assert_eq!(super::shard_list(&[3]), "shards 3");
+        let all: Vec<u32> = (0..1000).collect();
+        assert_eq!(
+            super::shard_list(&all),
+            "shards 0, 1, 2, 3, 4, 5, 6, 7 and 992 more"
+        );
     }
 }

@@ -509,22 +509,27 @@ async fn run_process(
     inputs: mpsc::UnboundedSender<Input>,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
-    let outcome = process_life(process, &shared, &inputs, &mut commands).await;
-    if shared.is_stopping() {
+    let (outcome, as_asked) = process_life(process, &shared, &inputs, &mut commands).await;
+    if as_asked {
         info!(%process, %outcome, "worker stopped");
     } else {
+        // Also at shutdown: a worker killed after its grace period, or one
+        // that failed, is news.
         warn!(%process, %outcome, "worker ended");
     }
     let _ = inputs.send(Input::Event(Event::Exited { process }));
 }
 
-/// The life of one process; returns, with the process reaped, how it ended.
+/// The life of one process; returns, with the process reaped, how it ended
+/// and whether that was as asked (it exited cleanly once told to stop, or
+/// while the registry shuts down): a rolling restart's clean exits are no
+/// warning.
 async fn process_life(
     process: Process,
     shared: &Shared,
     inputs: &mpsc::UnboundedSender<Input>,
     commands: &mut mpsc::UnboundedReceiver<Command>,
-) -> String {
+) -> (String, bool) {
     let config = &shared.config;
     let slot = process.slot;
     let listen = match config.transport {
@@ -551,7 +556,7 @@ async fn process_life(
     // its environment or command line (see odo_core::launch).
     let token_line = match odo_core::launch::encode_token(&config.token) {
         Ok(line) => line,
-        Err(e) => return format!("cannot hand over the token: {e}"),
+        Err(e) => return (format!("cannot hand over the token: {e}"), false),
     };
     let mut command = tokio::process::Command::new(&config.command.program);
     command
@@ -567,10 +572,15 @@ async fn process_life(
         let mut hellos = lock(&shared.hellos.0);
         let mut child = match command.spawn() {
             Ok(child) => child,
-            Err(e) => return format!("cannot spawn {}: {e}", config.command.program.display()),
+            Err(e) => {
+                return (
+                    format!("cannot spawn {}: {e}", config.command.program.display()),
+                    false,
+                );
+            }
         };
         let Some(pid) = child.id() else {
-            return "the worker exited at once".into();
+            return ("the worker exited at once".into(), false);
         };
         let stdin = child.stdin.take();
         hellos.insert((slot, pid), hello_tx);
@@ -588,39 +598,48 @@ async fn process_life(
     };
     if let Err(e) = handed {
         lock(&shared.hellos.0).remove(&(slot, pid));
-        return format!(
-            "cannot hand over the token: {e}; killed: {}",
-            kill(&mut child).await
+        return (
+            format!(
+                "cannot hand over the token: {e}; killed: {}",
+                kill(&mut child).await
+            ),
+            false,
         );
     }
     let endpoint = tokio::select! {
         endpoint = hello => match endpoint {
             Ok(endpoint) => endpoint,
-            Err(_) => return format!("hello lost; killed: {}", kill(&mut child).await),
+            Err(_) => return (format!("hello lost; killed: {}", kill(&mut child).await), false),
         },
         status = child.wait() => {
             lock(&shared.hellos.0).remove(&(slot, pid));
-            return format!("exited before its hello: {}", describe(status));
+            return (format!("exited before its hello: {}", describe(status)), false);
         }
         command = commands.recv() => {
             lock(&shared.hellos.0).remove(&(slot, pid));
-            return format!("{command:?} while starting; killed: {}", kill(&mut child).await);
+            return (format!("{command:?} while starting; killed: {}", kill(&mut child).await), false);
         }
     };
     let channel = match endpoint.parse::<Endpoint>() {
         Ok(parsed) => match Channel::connect(&parsed, shared.client_config()).await {
             Ok(channel) => channel,
             Err(e) => {
-                return format!(
-                    "cannot connect to {endpoint}: {e}; killed: {}",
-                    kill(&mut child).await
+                return (
+                    format!(
+                        "cannot connect to {endpoint}: {e}; killed: {}",
+                        kill(&mut child).await
+                    ),
+                    false,
                 );
             }
         },
         Err(e) => {
-            return format!(
-                "bad endpoint {endpoint:?}: {e}; killed: {}",
-                kill(&mut child).await
+            return (
+                format!(
+                    "bad endpoint {endpoint:?}: {e}; killed: {}",
+                    kill(&mut child).await
+                ),
+                false,
             );
         }
     };
@@ -642,7 +661,11 @@ async fn process_life(
     let mut stopping = false;
     loop {
         tokio::select! {
-            status = child.wait() => return format!("exited: {}", describe(status)),
+            status = child.wait() => {
+                let clean = status.as_ref().is_ok_and(|s| s.success());
+                let as_asked = clean && (stopping || shared.is_stopping());
+                return (format!("exited: {}", describe(status)), as_asked);
+            }
             command = commands.recv() => match command {
                 Some(Command::Stop) => {
                     stopping = true;
@@ -655,7 +678,7 @@ async fn process_life(
                     });
                 }
                 Some(Command::Kill) | None => {
-                    return format!("killed: {}", kill(&mut child).await);
+                    return (format!("killed: {}", kill(&mut child).await), false);
                 }
             },
             _ = ticks.tick(), if !reported && !stopping => {

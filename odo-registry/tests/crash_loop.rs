@@ -23,7 +23,9 @@ async fn a_worker_that_always_dies_is_reported_as_crash_looping() {
     config.startup_timeout = Duration::from_millis(300);
     let registry = Registry::start(config).await.unwrap();
     match registry.ready().await {
-        Err(RegistryError::NotReady(message)) => assert!(message.contains("[0]"), "{message}"),
+        Err(RegistryError::NotReady(message)) => {
+            assert!(message.contains("(shards 0)"), "{message}")
+        }
         other => panic!("expected NotReady, got {other:?}"),
     }
     let started = Instant::now();
