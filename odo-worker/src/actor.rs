@@ -313,6 +313,15 @@ async fn turn<T: DurableObject>(
         gate.hold(None, reply, Err(WireError::DeadlineExceeded));
         return;
     }
+    // So does one whose caller is gone (an HTTP client that reset its
+    // request or closed its connection, a call cancelled): no one waits
+    // for its answer. A client that reset its requests once queued a
+    // thousand turns from one connection, and the object's other clients
+    // waited behind them.
+    if kind.has_caller() && reply.is_closed() {
+        debug!(id = %ctx.target.id, "an event whose caller left while it was queued is dropped unrun");
+        return;
+    }
     // A SQLite-backed object's database opens (recovering from the shard's
     // log) or catches up here, off the async threads.
     if let Err(e) = ctx.storage.prepare().await {

@@ -135,3 +135,43 @@ async fn large_listings_under_load_are_refused_or_paged_and_kill_no_one() {
         );
     }
 }
+
+/// Requests whose clients left while they waited in their object's queue
+/// (behind a slow turn) do not run: nothing of them happens, and the
+/// clients still waiting behind them are not held up by them. A client
+/// that reset its requests once queued a thousand turns from one
+/// connection; another client of the same object then waited 29.9 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_whose_clients_left_while_queued_do_not_run() {
+    use tokio::io::AsyncWriteExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = start(&[], dir.path());
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move { client.post("/probe/left/slow?ms=2000").await })
+    };
+    // The slow turn starts; then twenty more requests queue behind it and
+    // their clients leave well before it ends (the margins are the slow
+    // turn's two seconds, not a measurement).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let mut left = Vec::new();
+    for _ in 0..20 {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        stream
+            .write_all(
+                b"POST /probe/left/slow?ms=1 HTTP/1.1\r\nhost: t\r\ncontent-length: 0\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        left.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(left);
+    let first = slow.await.unwrap().unwrap();
+    assert_eq!((first.status, first.text()), (200, "1".to_owned()));
+    let after = client.get("/probe/left/slow").await.unwrap();
+    assert_eq!(after.text(), "1", "turns ran for clients that had left");
+    drop(server);
+}
