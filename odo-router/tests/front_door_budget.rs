@@ -9,9 +9,9 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::{GUARD, connect, read_to_close};
+use common::{GUARD, answer_head, connect, read_to_close};
 use odo_router::RouterConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -65,21 +65,6 @@ async fn partial_post(addr: SocketAddr, name: &str, declared: usize, sent: usize
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(&vec![b'x'; sent]).await.unwrap();
     stream
-}
-
-/// Reads an answer's head (up to the blank line).
-async fn answer_head(stream: &mut TcpStream) -> String {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(GUARD, stream.read(&mut buf))
-            .await
-            .expect("an answer within the guard")
-            .expect("an answer");
-        assert!(n > 0, "closed before the answer: {got:?}");
-        got.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&got).to_lowercase()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

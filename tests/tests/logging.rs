@@ -27,40 +27,53 @@ impl Drop for Server {
     }
 }
 
+/// The test server's command line: one worker, memory storage, in `dir`,
+/// with no `RUST_LOG` or `NO_COLOR` of the test's own.
+fn serve_command(dir: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_odo-test-server"));
+    command
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--workers", "1"])
+        .args(["--storage", "memory"])
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--runtime-dir")
+        .arg(dir.join("run"))
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped());
+    command
+}
+
+/// The port of the server's ready line on `stdout`, once it comes.
+fn ready_port(stdout: std::process::ChildStdout) -> mpsc::Receiver<Option<u16>> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(at) = line.strip_prefix("odo listening on http://127.0.0.1:") {
+                let _ = ready_tx.send(at.trim().parse::<u16>().ok());
+            }
+        }
+    });
+    ready_rx
+}
+
 impl Server {
     /// Starts the test server with `log_filter` as `RUST_LOG` (none: the
     /// server's default) and waits for its ready line.
     fn start(dir: &std::path::Path, log_filter: Option<&str>) -> Server {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_odo-test-server"));
+        let mut command = serve_command(dir);
         command
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--workers", "1"])
-            .args(["--storage", "memory"])
-            .arg("--data-dir")
-            .arg(dir)
-            .arg("--runtime-dir")
-            .arg(dir.join("run"))
             .arg("--exit-on-stdin-eof")
-            .env_remove("NO_COLOR")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(filter) = log_filter {
             command.env("RUST_LOG", filter);
         }
         let mut child = command.spawn().expect("spawn the test server");
-        let stdout = child.stdout.take().unwrap();
+        let ready = ready_port(child.stdout.take().unwrap());
         let mut stderr = child.stderr.take().unwrap();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(at) = line.strip_prefix("odo listening on http://127.0.0.1:") {
-                    let _ = ready_tx.send(at.trim().parse::<u16>().ok());
-                }
-            }
-        });
         let (log_tx, log) = mpsc::channel();
         std::thread::spawn(move || {
             let mut log = Vec::new();
@@ -72,7 +85,7 @@ impl Server {
             port: 0,
             log,
         };
-        server.port = ready_rx
+        server.port = ready
             .recv_timeout(GUARD)
             .expect("the server's ready line")
             .expect("a port in the ready line");
@@ -217,36 +230,19 @@ fn full_pipe() -> (std::io::PipeReader, std::io::PipeWriter) {
 fn a_standard_error_nobody_reads_does_not_stop_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let (_unread, full) = full_pipe();
-    let child = Command::new(env!("CARGO_BIN_EXE_odo-test-server"))
-        .arg("serve")
-        .args(["--listen", "127.0.0.1:0", "--workers", "1"])
-        .args(["--storage", "memory"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .arg("--runtime-dir")
-        .arg(dir.path().join("run"))
+    let mut child = serve_command(dir.path())
         .env("RUST_LOG", "debug")
-        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(full))
         .spawn()
         .expect("spawn the test server");
+    let ready = ready_port(child.stdout.take().unwrap());
     let mut server = Server {
         child,
         port: 0,
         log: mpsc::channel().1,
     };
-    let stdout = server.child.stdout.take().unwrap();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(at) = line.strip_prefix("odo listening on http://127.0.0.1:") {
-                let _ = ready_tx.send(at.trim().parse::<u16>().ok());
-            }
-        }
-    });
-    server.port = ready_rx
+    server.port = ready
         .recv_timeout(GUARD)
         .expect("the server's ready line, with its log unread")
         .expect("a port");
@@ -264,17 +260,9 @@ fn a_standard_error_nobody_reads_does_not_stop_the_server() {
 #[test]
 fn a_closed_standard_output_does_not_stop_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_odo-test-server"))
-        .arg("serve")
-        .args(["--listen", "127.0.0.1:0", "--workers", "1"])
-        .args(["--storage", "memory"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .arg("--runtime-dir")
-        .arg(dir.path().join("run"))
+    let mut child = serve_command(dir.path())
         .arg("--exit-on-stdin-eof")
         .env("RUST_LOG", "info")
-        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

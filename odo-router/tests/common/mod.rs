@@ -193,3 +193,19 @@ pub async fn connect(addr: SocketAddr) -> TcpStream {
         .expect("connect within the guard")
         .expect("connect")
 }
+
+/// Reads an answer's head (up to the blank line), lowercased; the reads
+/// may take part of the body too.
+pub async fn answer_head(stream: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(GUARD, stream.read(&mut buf))
+            .await
+            .expect("an answer within the guard")
+            .expect("the answer, not a reset");
+        assert!(n > 0, "closed before the answer: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).to_lowercase()
+}
