@@ -66,6 +66,21 @@ pub use supervisor::WorkerStatus;
 use runtime_dir::RuntimeDir;
 use supervisor::{Hellos, Input, View};
 
+/// The control server's settings: its caps on connections grow with the
+/// workers, which all connect at once as they start. Past 64 handshakes at
+/// once the oldest was closed to make room (strangers must not keep a
+/// peer out): 646 of 1,000 workers started together failed their hello.
+fn control_server_config(config: &RegistryConfig) -> ServerConfig {
+    let workers = config.workers as usize;
+    let defaults = ServerConfig::new(config.token.clone());
+    ServerConfig {
+        peer_name: "registry".into(),
+        max_unauthenticated: defaults.max_unauthenticated.max(workers.saturating_mul(2)),
+        max_connections: defaults.max_connections.max(workers.saturating_mul(4)),
+        ..defaults
+    }
+}
+
 /// Shard numbers for a message: all of them up to eight, else the first
 /// eight and how many more (1,000 numbers made a 5 KB error line).
 fn shard_list(shards: &[u32]) -> String {
@@ -216,14 +231,7 @@ impl Registry {
             .parse()
             .map_err(|e| RegistryError::Config(format!("control endpoint: {e}")))?;
             Ok::<_, RegistryError>(
-                Server::bind(
-                    &control_endpoint,
-                    ServerConfig {
-                        peer_name: "registry".into(),
-                        ..ServerConfig::new(config.token.clone())
-                    },
-                )
-                .await?,
+                Server::bind(&control_endpoint, control_server_config(&config)).await?,
             )
         }
         .await;
@@ -568,6 +576,23 @@ impl Drop for Registry {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_control_servers_caps_grow_with_the_workers() {
+        let mut config = super::RegistryConfig::new(
+            super::WorkerCommand {
+                program: "true".into(),
+                args: Vec::new(),
+            },
+            "unused".into(),
+        );
+        config.workers = 2;
+        let few = super::control_server_config(&config);
+        assert_eq!((few.max_unauthenticated, few.max_connections), (64, 1024));
+        config.workers = 1000;
+        let many = super::control_server_config(&config);
+        assert!(many.max_unauthenticated >= 1000 && many.max_connections >= 2000);
+    }
+
     #[test]
     fn a_long_list_of_shards_is_cut_short() {
         assert_eq!(super::shard_list(&[3]), "shards 3");
