@@ -30,10 +30,16 @@ impl Drop for Server {
 /// The test server's command line: one worker, memory storage, in `dir`,
 /// with no `RUST_LOG` or `NO_COLOR` of the test's own.
 fn serve_command(dir: &std::path::Path) -> Command {
+    serve_command_with(dir, 1)
+}
+
+/// [`serve_command`] with `workers` workers.
+fn serve_command_with(dir: &std::path::Path, workers: u32) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_odo-test-server"));
     command
         .arg("serve")
-        .args(["--listen", "127.0.0.1:0", "--workers", "1"])
+        .args(["--listen", "127.0.0.1:0", "--workers"])
+        .arg(workers.to_string())
         .args(["--storage", "memory"])
         .arg("--data-dir")
         .arg(dir)
@@ -117,6 +123,68 @@ fn a_log_written_to_a_pipe_has_no_color_codes() {
     );
     let escapes = log.iter().filter(|&&b| b == 0x1b).count();
     assert_eq!(escapes, 0, "escape codes in a piped log:\n{text:?}");
+}
+
+/// A server started, asked one thing, its workers restarted one after
+/// another (SIGHUP) and stopped logs no warning: an operator learns to
+/// read warnings only if they mean something. Each worker's clean exit in
+/// the rolling restart was a warning, and so, now and then, was the reset
+/// of the door's channel to it.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_rolling_restart_and_a_stop_log_no_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = serve_command_with(dir.path(), 2)
+        .arg("--exit-on-stdin-eof")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the test server");
+    let ready = ready_port(child.stdout.take().unwrap());
+    let stderr = child.stderr.take().unwrap();
+    let (line_tx, lines) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut server = Server {
+        child,
+        port: 0,
+        log: mpsc::channel().1,
+    };
+    server.port = ready
+        .recv_timeout(GUARD)
+        .expect("the ready line")
+        .expect("a port");
+    assert!(hello(server.port), "/hello not answered");
+    let mut log = Vec::new();
+    let pid = rustix::process::Pid::from_raw(server.child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    loop {
+        let line = lines
+            .recv_timeout(GUARD)
+            .unwrap_or_else(|_| panic!("no end of the rolling restart in:\n{}", log.join("\n")));
+        let done = line.contains("every worker restarted");
+        log.push(line);
+        if done {
+            break;
+        }
+    }
+    assert!(hello(server.port), "/hello not answered after the restart");
+    drop(server.child.stdin.take());
+    let status = exits(&mut server.child).expect("it stops at its stdin's end");
+    assert!(status.success(), "{status}");
+    log.extend(lines.iter());
+    let warnings: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    assert!(warnings.is_empty(), "warnings: {warnings:#?}");
 }
 
 /// One HTTP/2 frame: its 9-byte header, then `payload`.

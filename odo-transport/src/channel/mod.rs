@@ -580,7 +580,14 @@ async fn read_loop(shared: Arc<Shared>, mut frames: FrameReader) {
         }
     };
     match &reason {
-        CloseReason::PeerClosed => debug!(endpoint = %shared.endpoint, "server closed the channel"),
+        // A server that ends (a worker replaced, stopped or killed; its
+        // supervisor says so) closes or resets its connections: no news
+        // here, and it came at every worker replacement and every stop.
+        CloseReason::PeerClosed
+        | CloseReason::Io {
+            kind: std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe,
+            ..
+        } => debug!(endpoint = %shared.endpoint, reason = %reason, "the server ended the channel"),
         other => warn!(endpoint = %shared.endpoint, reason = %other, "dropping channel"),
     }
     shared.close(reason);
