@@ -21,6 +21,9 @@ enum Op {
     Carry(usize),
     /// Carry out a pending action, failing it.
     Fail(usize),
+    /// A live worker refuses a pending assign: its store would not open,
+    /// and it holds nothing of the shard.
+    Refuse(usize),
     /// A live process dies (not yet reaped: the registry does not know).
     Crash(usize),
     /// A dead process is reaped: the registry reports it exited.
@@ -55,6 +58,7 @@ struct Seen {
     move_backs: u64,
     kills: u64,
     drains_stopped: u64,
+    refusals: u64,
 }
 
 /// A simulated registry around the machine, with the invariant checks.
@@ -319,7 +323,11 @@ impl World {
                         | ShardPhase::Releasing { .. }
                         | ShardPhase::Assigning { .. }
                 );
-                self.check(held || waiting_home, || {
+                // Refused by a worker that could not open it: it waits out
+                // its backoff, and no worker was killed for it.
+                let refused =
+                    status.phase == ShardPhase::Unassigned && status.refused_until.is_some();
+                self.check(held || waiting_home || refused, || {
                     format!("settled with a running slot, yet {status:?}")
                 });
             }
@@ -336,6 +344,48 @@ impl World {
             .filter(|(_, q)| f(q))
             .map(|(p, _)| *p)
             .collect()
+    }
+
+    fn refuse(&mut self, i: usize) {
+        let assigns: Vec<usize> = (0..self.pending.len())
+            .filter(|&k| matches!(self.pending[k], Action::Assign { .. }))
+            .collect();
+        let Some(index) = Self::pick(&assigns, i) else {
+            return;
+        };
+        let Action::Assign {
+            shard,
+            epoch,
+            process,
+        } = self.pending.remove(index)
+        else {
+            unreachable!("picked among the assigns");
+        };
+        let q = &self.procs[&process];
+        if !q.alive || q.hung {
+            self.event(Event::AssignFailed {
+                shard,
+                epoch,
+                process,
+            });
+            return;
+        }
+        let kills = self.seen.kills;
+        self.event(Event::AssignRefused {
+            shard,
+            epoch,
+            process,
+        });
+        // A refusal kills no one: the worker holds nothing of the shard.
+        self.check(self.seen.kills == kills, || {
+            format!("{process} was killed for refusing s{shard}")
+        });
+        if self.machine.shards()[shard as usize]
+            .refused_until
+            .is_some()
+        {
+            self.seen.refusals += 1;
+        }
     }
 
     fn carry(&mut self, i: usize, fail: bool) {
@@ -429,6 +479,7 @@ impl World {
         match *op {
             Op::Carry(i) => self.carry(i, false),
             Op::Fail(i) => self.carry(i, true),
+            Op::Refuse(i) => self.refuse(i),
             Op::Crash(i) => {
                 if let Some(p) = Self::pick(&self.procs_where(|q| q.alive), i) {
                     self.procs.get_mut(&p).unwrap().alive = false;
@@ -550,6 +601,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         10 => any::<usize>().prop_map(Op::Carry),
         2 => any::<usize>().prop_map(Op::Fail),
+        1 => any::<usize>().prop_map(Op::Refuse),
         2 => any::<usize>().prop_map(Op::Crash),
         3 => any::<usize>().prop_map(Op::Reap),
         1 => any::<usize>().prop_map(Op::Hang),
@@ -620,7 +672,7 @@ fn random_runs_take_every_interesting_path() {
         let ops: Vec<Op> = (0..120)
             .map(|_| {
                 let i = rng.next() as usize;
-                match rng.next() % 28 {
+                match rng.next() % 29 {
                     0..=9 => Op::Carry(i),
                     10..=11 => Op::Fail(i),
                     12..=13 => Op::Crash(i),
@@ -630,6 +682,7 @@ fn random_runs_take_every_interesting_path() {
                     19..=23 => Op::Hello(i),
                     24..=25 => Op::Advance(rng.next() % 100),
                     26 => Op::Advance(rng.next() % 3_000),
+                    27 => Op::Refuse(i),
                     _ => Op::Drain(i as u32),
                 }
             })
@@ -639,9 +692,11 @@ fn random_runs_take_every_interesting_path() {
         total.move_backs += seen.move_backs;
         total.kills += seen.kills;
         total.drains_stopped += seen.drains_stopped;
+        total.refusals += seen.refusals;
     }
     assert!(total.away_from_home > 0, "{total:?}");
     assert!(total.move_backs > 0, "{total:?}");
     assert!(total.kills > 0, "{total:?}");
     assert!(total.drains_stopped > 0, "{total:?}");
+    assert!(total.refusals > 0, "{total:?}");
 }

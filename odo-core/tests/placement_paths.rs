@@ -471,6 +471,69 @@ fn a_failed_assign_kills_the_worker_and_the_shard_waits_for_its_reaping() {
     assert_eq!(s.epochs(), [2, 1]);
 }
 
+/// A worker that answers that it cannot open a shard (a corrupt store)
+/// holds nothing of it: it is not killed, and keeps its other shards. The
+/// shard waits out its backoff (doubling with each refusal), then goes
+/// out again. Killed for it, as a failed assign is, every worker took the
+/// shard in turn and died of it: 4 workers crash looping within 8 s, and
+/// the healthy shards unavailable with them.
+#[test]
+fn a_refused_assign_kills_no_one_and_the_shard_is_tried_again_after_a_backoff() {
+    let mut s = Script::new(Config::new(2), vec![0; 2]);
+    s.send(Event::Tick);
+    s.send(Event::Ready { process: p(0, 0) });
+    s.send(Event::Ready { process: p(1, 0) });
+    let Some(Action::Persist { record }) = s.pending.last().cloned() else {
+        panic!("{:?}", s.pending);
+    };
+    s.pending.clear();
+    s.send(Event::Persisted { seq: record.seq });
+    assert_eq!(s.assigns(), [(0, p(0, 0)), (1, p(1, 0))]);
+    s.pending.clear();
+    s.send(Event::Assigned {
+        shard: 1,
+        epoch: 1,
+        process: p(1, 0),
+    });
+    let backoff = Config::new(2).restart_backoff;
+    for (refusal, epoch) in [(1u32, 1u64), (2, 2)] {
+        let actions = s.send(Event::AssignRefused {
+            shard: 0,
+            epoch,
+            process: p(0, 0),
+        });
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::Kill { .. })),
+            "{actions:?}"
+        );
+        let wait = backoff * (1 << (refusal - 1));
+        let until = s.machine.shards()[0].refused_until.expect("waiting");
+        assert_eq!(until, s.now + wait);
+        assert_eq!(s.machine.poll_timeout(), Some(until));
+        // Nothing goes out before the backoff.
+        s.send(Event::Tick);
+        assert!(s.assigns().is_empty());
+        s.at(until.as_millis() as u64);
+        s.send(Event::Tick);
+        // Its new epoch is written, then it goes out.
+        let Some(Action::Persist { record }) = s.pending.last().cloned() else {
+            panic!("refusal {refusal}: {:?}", s.pending);
+        };
+        s.pending.clear();
+        s.send(Event::Persisted { seq: record.seq });
+        assert_eq!(s.assigns(), [(0, p(0, 0))], "refusal {refusal}");
+        s.pending.clear();
+    }
+    // Taken at last: the count of refusals starts over.
+    s.send(Event::Assigned {
+        shard: 0,
+        epoch: 3,
+        process: p(0, 0),
+    });
+    assert_eq!(s.holders(), [Some(p(0, 0)), Some(p(1, 0))]);
+    assert_eq!(s.machine.shards()[0].refused_until, None);
+}
+
 #[test]
 fn a_failed_release_kills_the_holder_and_the_shard_waits_for_its_reaping() {
     let mut s = Script::running();

@@ -330,6 +330,14 @@ impl Driver {
                             epoch,
                             process,
                         },
+                        Ok((Response::Error(error), _)) if error.is_shard_refusal(shard) => {
+                            warn!(shard, epoch, %process, %error, "the worker cannot open its shard; it is tried again after a pause, and the worker keeps its other shards");
+                            Event::AssignRefused {
+                                shard,
+                                epoch,
+                                process,
+                            }
+                        }
                         answer => {
                             warn!(shard, epoch, %process, ?answer, "the worker did not take its shard");
                             Event::AssignFailed {

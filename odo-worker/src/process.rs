@@ -247,7 +247,6 @@ impl WorkerHandler {
     }
 
     async fn control(&self, control: Control) -> Result<ControlReply, WireError> {
-        let internal = |message: String| WireError::Internal { message };
         match control {
             Control::AssignShard { shard, epoch } => {
                 if let Some(held) = self.runtime.shard_epoch(shard) {
@@ -256,13 +255,16 @@ impl WorkerHandler {
                     }
                     self.runtime.release_shard(shard).await;
                 }
+                // Either failure leaves nothing of the shard here: say so,
+                // and the registry tries again later instead of killing
+                // this worker (with every other shard it serves).
                 let store = self
                     .open_store(shard, epoch)
                     .await
-                    .map_err(|e| internal(format!("shard {shard}: {e}")))?;
+                    .map_err(|e| WireError::shard_refusal(shard, e))?;
                 self.runtime
                     .open_shard(shard, epoch, store)
-                    .map_err(|e| internal(e.to_string()))?;
+                    .map_err(|e| WireError::shard_refusal(shard, e))?;
                 Ok(ControlReply::Ack)
             }
             Control::ReleaseShard { shard, .. } => {

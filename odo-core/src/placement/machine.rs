@@ -38,6 +38,11 @@ pub(super) struct Shard {
     pub(super) state: State,
     /// Assigned at least once since the machine started.
     pub(super) ever_assigned: bool,
+    /// Refusals in a row (a worker could not open its store); 0 once a
+    /// worker took it.
+    pub(super) refusals: u32,
+    /// Not placed again before this time, after a refusal.
+    pub(super) refused_until: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +100,8 @@ impl Machine {
                 sent_epoch: epoch,
                 state: State::Unassigned,
                 ever_assigned: false,
+                refusals: 0,
+                refused_until: None,
             })
             .collect();
         let routes = RouteTable {
@@ -156,6 +163,25 @@ impl Machine {
                     && s.state == (State::Assigning { to: process })
                 {
                     s.state = State::Held { by: process };
+                    s.refusals = 0;
+                    s.refused_until = None;
+                }
+            }
+            Event::AssignRefused {
+                shard,
+                epoch,
+                process,
+            } => {
+                let now = self.now;
+                let (first, most) = (self.config.restart_backoff, self.config.max_restart_backoff);
+                if let Some(s) = self.shard_at(shard, epoch)
+                    && s.state == (State::Assigning { to: process })
+                {
+                    // It holds nothing: the shard is free, and waits.
+                    s.state = State::Unassigned;
+                    s.refusals = s.refusals.saturating_add(1);
+                    let doubled = first.saturating_mul(1u32 << (s.refusals - 1).min(16));
+                    s.refused_until = Some(now.saturating_add(doubled.min(most)));
                 }
             }
             Event::AssignFailed {
@@ -242,6 +268,15 @@ impl Machine {
                     if !self.shutting_down && self.has_shards_away(index) {
                         consider(ready.saturating_add(c.move_back_after));
                     }
+                }
+            }
+        }
+        if !self.shutting_down {
+            for shard in &self.shards {
+                if shard.state == State::Unassigned
+                    && let Some(until) = shard.refused_until
+                {
+                    consider(until);
                 }
             }
         }
@@ -488,7 +523,10 @@ impl Machine {
             }
         }
         for index in 0..self.shards.len() {
-            if self.shards[index].state != State::Unassigned {
+            let shard = &self.shards[index];
+            if shard.state != State::Unassigned
+                || shard.refused_until.is_some_and(|until| until > self.now)
+            {
                 continue;
             }
             let Some(slot) = self.target(index, &load) else {

@@ -57,6 +57,7 @@
 //! | `Persisting{to}` | `to` no longer running (or not current) | | `Unassigned` |
 //! | `Assigning{to}` | `Assigned` | `Publish` | `Held{by: to}` |
 //! | `Assigning{to}` | `AssignFailed` | `Kill` of `to` | `Held{by: to}` until reaped |
+//! | `Assigning{to}` | `AssignRefused` | | `Unassigned`, placed again after its refusal backoff |
 //! | `Held{by}` | `by` drains, or the home slot takes it back | `Release` | `Releasing{by}` |
 //! | `Releasing{by}` | `Released` | | `Unassigned` |
 //! | `Releasing{by}` | `ReleaseFailed` | `Kill` of `by` | `Releasing{by}` until reaped |
@@ -271,10 +272,25 @@ pub enum Event {
         /// The process.
         process: Process,
     },
-    /// [`Action::Assign`] failed (an error answer, a lost channel, a
-    /// timeout): the process may or may not hold the shard, so it is killed
-    /// and the shard moves once it is reaped.
+    /// [`Action::Assign`] failed (a lost channel, a timeout): the process
+    /// may or may not hold the shard, so it is killed and the shard moves
+    /// once it is reaped.
     AssignFailed {
+        /// The shard.
+        shard: u32,
+        /// The epoch of the assign.
+        epoch: u64,
+        /// The process.
+        process: Process,
+    },
+    /// The process answered [`Action::Assign`] with a refusal (its store
+    /// would not open: corrupt, locked, unreadable): it holds nothing of
+    /// the shard and is not at fault, so it is not killed. The shard waits
+    /// (its refusal backoff: [`Config::restart_backoff`] doubling up to
+    /// [`Config::max_restart_backoff`]), then is placed again. A process
+    /// killed for a shard it cannot open would take every other shard down
+    /// with it, worker after worker.
+    AssignRefused {
         /// The shard.
         shard: u32,
         /// The epoch of the assign.
@@ -492,6 +508,10 @@ pub struct ShardStatus {
     pub epoch: u64,
     /// Where it is.
     pub phase: ShardPhase,
+    /// Refused by a worker (its store would not open): not placed again
+    /// before this time (since the driver's origin).
+    #[serde(default)]
+    pub refused_until: Option<Duration>,
 }
 
 impl fmt::Display for Event {
@@ -511,6 +531,11 @@ impl fmt::Display for Event {
                 epoch,
                 process,
             } => write!(f, "assign-failed s{shard}@{epoch} {process}"),
+            Event::AssignRefused {
+                shard,
+                epoch,
+                process,
+            } => write!(f, "assign-refused s{shard}@{epoch} {process}"),
             Event::Released {
                 shard,
                 epoch,

@@ -76,6 +76,7 @@ impl Machine {
                     State::Held { by } => ShardPhase::Held { by },
                     State::Releasing { by } => ShardPhase::Releasing { by },
                 },
+                refused_until: s.refused_until.filter(|&until| until > self.now),
             })
             .collect()
     }
