@@ -437,8 +437,9 @@ fn a_worker_that_never_says_hello_is_killed_and_its_shards_go_elsewhere() {
     assert_eq!(s.phase(0), SlotPhase::Killing);
 }
 
-#[test]
-fn a_failed_assign_kills_the_worker_and_the_shard_waits_for_its_reaping() {
+/// Two workers started, their first record durable, shard 1 taken by
+/// its worker and the assign of shard 0 (epoch 1) to w0 in flight.
+fn assigning_shard_0() -> Script {
     let mut s = Script::new(Config::new(2), vec![0; 2]);
     s.send(Event::Tick);
     s.send(Event::Ready { process: p(0, 0) });
@@ -456,6 +457,12 @@ fn a_failed_assign_kills_the_worker_and_the_shard_waits_for_its_reaping() {
         epoch: 1,
         process: p(1, 0),
     });
+    s
+}
+
+#[test]
+fn a_failed_assign_kills_the_worker_and_the_shard_waits_for_its_reaping() {
+    let mut s = assigning_shard_0();
     let actions = s.send(Event::AssignFailed {
         shard: 0,
         epoch: 1,
@@ -479,22 +486,7 @@ fn a_failed_assign_kills_the_worker_and_the_shard_waits_for_its_reaping() {
 /// the healthy shards unavailable with them.
 #[test]
 fn a_refused_assign_kills_no_one_and_the_shard_is_tried_again_after_a_backoff() {
-    let mut s = Script::new(Config::new(2), vec![0; 2]);
-    s.send(Event::Tick);
-    s.send(Event::Ready { process: p(0, 0) });
-    s.send(Event::Ready { process: p(1, 0) });
-    let Some(Action::Persist { record }) = s.pending.last().cloned() else {
-        panic!("{:?}", s.pending);
-    };
-    s.pending.clear();
-    s.send(Event::Persisted { seq: record.seq });
-    assert_eq!(s.assigns(), [(0, p(0, 0)), (1, p(1, 0))]);
-    s.pending.clear();
-    s.send(Event::Assigned {
-        shard: 1,
-        epoch: 1,
-        process: p(1, 0),
-    });
+    let mut s = assigning_shard_0();
     let backoff = Config::new(2).restart_backoff;
     for (refusal, epoch) in [(1u32, 1u64), (2, 2)] {
         let actions = s.send(Event::AssignRefused {

@@ -66,6 +66,23 @@ fn ready_port(stdout: std::process::ChildStdout) -> mpsc::Receiver<Option<u16>> 
 }
 
 impl Server {
+    /// A server spawned by the test (its stdout piped, its log taken care
+    /// of by the caller), once its ready line came: killed and reaped
+    /// however the test ends.
+    fn ready(mut child: Child, what: &str) -> Server {
+        let ready = ready_port(child.stdout.take().unwrap());
+        let mut server = Server {
+            child,
+            port: 0,
+            log: mpsc::channel().1,
+        };
+        server.port = ready
+            .recv_timeout(GUARD)
+            .unwrap_or_else(|_| panic!("no ready line {what}"))
+            .expect("a port in the ready line");
+        server
+    }
+
     /// Starts the test server with `log_filter` as `RUST_LOG` (none: the
     /// server's default) and waits for its ready line.
     fn start(dir: &std::path::Path, log_filter: Option<&str>) -> Server {
@@ -78,7 +95,6 @@ impl Server {
             command.env("RUST_LOG", filter);
         }
         let mut child = command.spawn().expect("spawn the test server");
-        let ready = ready_port(child.stdout.take().unwrap());
         let mut stderr = child.stderr.take().unwrap();
         let (log_tx, log) = mpsc::channel();
         std::thread::spawn(move || {
@@ -86,15 +102,8 @@ impl Server {
             let _ = stderr.read_to_end(&mut log);
             let _ = log_tx.send(log);
         });
-        let mut server = Server {
-            child,
-            port: 0,
-            log,
-        };
-        server.port = ready
-            .recv_timeout(GUARD)
-            .expect("the server's ready line")
-            .expect("a port in the ready line");
+        let mut server = Server::ready(child, "");
+        server.log = log;
         server
     }
 
@@ -141,7 +150,6 @@ fn a_rolling_restart_and_a_stop_log_no_warning() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn the test server");
-    let ready = ready_port(child.stdout.take().unwrap());
     let stderr = child.stderr.take().unwrap();
     let (line_tx, lines) = mpsc::channel::<String>();
     std::thread::spawn(move || {
@@ -152,15 +160,7 @@ fn a_rolling_restart_and_a_stop_log_no_warning() {
             }
         }
     });
-    let mut server = Server {
-        child,
-        port: 0,
-        log: mpsc::channel().1,
-    };
-    server.port = ready
-        .recv_timeout(GUARD)
-        .expect("the ready line")
-        .expect("a port");
+    let mut server = Server::ready(child, "");
     assert!(hello(server.port), "/hello not answered");
     let mut log = Vec::new();
     let pid = rustix::process::Pid::from_raw(server.child.id() as i32).unwrap();
@@ -298,22 +298,13 @@ fn full_pipe() -> (std::io::PipeReader, std::io::PipeWriter) {
 fn a_standard_error_nobody_reads_does_not_stop_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let (_unread, full) = full_pipe();
-    let mut child = serve_command(dir.path())
+    let child = serve_command(dir.path())
         .env("RUST_LOG", "debug")
         .stdout(Stdio::piped())
         .stderr(Stdio::from(full))
         .spawn()
         .expect("spawn the test server");
-    let ready = ready_port(child.stdout.take().unwrap());
-    let mut server = Server {
-        child,
-        port: 0,
-        log: mpsc::channel().1,
-    };
-    server.port = ready
-        .recv_timeout(GUARD)
-        .expect("the server's ready line, with its log unread")
-        .expect("a port");
+    let mut server = Server::ready(child, "with its log unread");
     for i in 0..200 {
         assert!(hello(server.port), "request {i} unanswered, its log unread");
     }
