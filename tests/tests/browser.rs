@@ -73,6 +73,10 @@ impl Browser {
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
+            // Chromium makes its singleton socket's directory in the temp
+            // directory, and leaves it there when killed: in the profile,
+            // it goes with it (one was left in /tmp at every run).
+            .env("TMPDIR", profile.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -201,6 +205,7 @@ async fn two_pages_chat_in_one_room() -> Result<()> {
         );
         return Ok(());
     };
+    let before = chromium_leftovers();
     let dir = tempfile::tempdir()?;
     let server = ServerSpec::new(env!("CARGO_BIN_EXE_odo-test-server"), 2).start(dir.path())?;
     let browser = Browser::launch(&binary)?;
@@ -241,5 +246,25 @@ async fn two_pages_chat_in_one_room() -> Result<()> {
         .await?
         .text();
     assert_eq!(history, r#"[[1,"hello from a browser"]]"#);
+    drop(cdp);
+    drop(browser);
+    let left: Vec<_> = chromium_leftovers().difference(&before).cloned().collect();
+    assert!(
+        left.is_empty(),
+        "the browser left {left:?} in the temp directory"
+    );
     Ok(())
+}
+
+/// Chromium's directories in the system's temp directory.
+fn chromium_leftovers() -> std::collections::HashSet<std::ffi::OsString> {
+    std::fs::read_dir(std::env::temp_dir())
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name())
+                .filter(|name| name.to_string_lossy().starts_with("org.chromium.Chromium."))
+                .collect()
+        })
+        .unwrap_or_default()
 }
