@@ -57,3 +57,8 @@ pub mod wire;
 pub use address::ObjectAddress;
 pub use id::{IdError, Namespace, NamespaceTag, ObjectId};
 pub use wire::{Frame, WireError};
+
+/// The directory of a data directory that holds the shards' stores, one
+/// per shard: `<data>/shards/<shard>`. The storage backends keep their
+/// files there; the registry looks there for shard data.
+pub const SHARDS_DIR: &str = "shards";

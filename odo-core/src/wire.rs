@@ -11,7 +11,6 @@
 //! tests show it.
 
 use serde::{Deserialize, Serialize};
-use std::fmt;
 
 use crate::address::ObjectAddress;
 use crate::id::ObjectId;
@@ -364,9 +363,6 @@ pub struct WorkerStats {
     pub stalled_ms: u64,
 }
 
-/// How a [`WireError::shard_refusal`] begins.
-const SHARD_REFUSAL: &str = "cannot open shard";
-
 /// Errors that cross processes, with variants a caller acts on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum WireError {
@@ -456,6 +452,18 @@ pub enum WireError {
         /// Why the others were not delivered.
         rest: Box<WireError>,
     },
+    /// A worker's answer to [`Control::AssignShard`] when it could not open
+    /// the shard's store (corrupt, locked, unreadable): it holds nothing of
+    /// the shard. Its supervisor does not kill it for that (it would take
+    /// the worker's other shards down with it), and tries the shard again
+    /// later.
+    #[error("cannot open shard {shard}: {reason}")]
+    ShardRefused {
+        /// The shard.
+        shard: u32,
+        /// Why its store would not open.
+        reason: String,
+    },
 }
 
 fn cycle_text(chain: &[ObjectId]) -> String {
@@ -467,24 +475,6 @@ fn cycle_text(chain: &[ObjectId]) -> String {
 }
 
 impl WireError {
-    /// A worker's answer to [`Control::AssignShard`] when it could not open
-    /// the shard's store (corrupt, locked, unreadable): it holds nothing of
-    /// the shard. Its supervisor tells it from other failures with
-    /// [`WireError::is_shard_refusal`] and does not kill the worker for it.
-    pub fn shard_refusal(shard: u32, reason: impl fmt::Display) -> WireError {
-        WireError::Internal {
-            message: format!("{SHARD_REFUSAL} {shard}: {reason}"),
-        }
-    }
-
-    /// Whether this is a worker's [`WireError::shard_refusal`] of `shard`.
-    pub fn is_shard_refusal(&self, shard: u32) -> bool {
-        matches!(self, WireError::Internal { message }
-            if message.strip_prefix(SHARD_REFUSAL)
-                .and_then(|rest| rest.strip_prefix(&format!(" {shard}: ")))
-                .is_some())
-    }
-
     /// Whether the request was never delivered to the object and may be
     /// sent again as it is, later or elsewhere: `Moved` (ask the placement
     /// again) and `Overloaded` (the queue was full).

@@ -92,6 +92,8 @@ fn wire_error() -> impl Strategy<Value = WireError> {
         (any::<u32>(), any::<u32>()).prop_map(|(depth, max)| WireError::CallTooDeep { depth, max }),
         ".{0,20}".prop_map(|reason| WireError::OutcomeUnknown { reason }),
         Just(WireError::DeadlineExceeded),
+        (any::<u32>(), ".{0,20}")
+            .prop_map(|(shard, reason)| WireError::ShardRefused { shard, reason }),
     ]
 }
 

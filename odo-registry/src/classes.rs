@@ -48,7 +48,8 @@ pub struct StorageBackend<'a> {
 
 /// Whether `data_dir` holds shard data (a non-empty `shards/`).
 pub(crate) fn holds_shards(data_dir: &Path) -> bool {
-    std::fs::read_dir(data_dir.join("shards")).is_ok_and(|mut entries| entries.next().is_some())
+    std::fs::read_dir(data_dir.join(odo_core::SHARDS_DIR))
+        .is_ok_and(|mut entries| entries.next().is_some())
 }
 
 /// Checks `backend` and `classes` (name, kind of storage) against the

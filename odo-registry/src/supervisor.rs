@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
+use odo_core::WireError;
 use odo_core::launch::WorkerLaunch;
 use odo_core::placement::{
     Action, Event, Machine, Process, Record, RouteTable, SlotPhase, SlotStatus,
@@ -330,7 +331,7 @@ impl Driver {
                             epoch,
                             process,
                         },
-                        Ok((Response::Error(error), _)) if error.is_shard_refusal(shard) => {
+                        Ok((Response::Error(error @ WireError::ShardRefused { .. }), _)) => {
                             warn!(shard, epoch, %process, %error, "the worker cannot open its shard; it is tried again after a pause, and the worker keeps its other shards");
                             Event::AssignRefused {
                                 shard,

@@ -80,7 +80,9 @@ fn classify(error: &ForwardError) -> (StatusCode, &'static str, String) {
             WireError::CallTooDeep { .. } => {
                 (StatusCode::LOOP_DETECTED, "call-too-deep", e.to_string())
             }
-            WireError::UnknownSocket => (
+            // A worker's answer to the registry, never to a request; as
+            // a shard no one serves, if it ever came here.
+            WireError::UnknownSocket | WireError::ShardRefused { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 e.to_string(),

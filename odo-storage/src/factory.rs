@@ -59,7 +59,7 @@ impl ShardSpec {
 
 /// `<data_dir>/shards/<shard>`.
 fn shard_dir(data_dir: &Path, shard: u32) -> PathBuf {
-    data_dir.join("shards").join(shard.to_string())
+    data_dir.join(odo_core::SHARDS_DIR).join(shard.to_string())
 }
 
 /// What [`BackendFactory::open`] returns: the opening, to be awaited.

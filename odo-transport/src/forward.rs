@@ -70,7 +70,8 @@ impl Outcome {
             | WireError::UnknownClass { .. }
             | WireError::CallCycle { .. }
             | WireError::CallTooDeep { .. }
-            | WireError::UnknownSocket => Outcome::NotDelivered,
+            | WireError::UnknownSocket
+            | WireError::ShardRefused { .. } => Outcome::NotDelivered,
             WireError::ObjectReset { .. } | WireError::BadRequest { .. } => Outcome::Failed,
             WireError::OutcomeUnknown { .. }
             | WireError::PartlyDelivered { .. }

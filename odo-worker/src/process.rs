@@ -258,13 +258,19 @@ impl WorkerHandler {
                 // Either failure leaves nothing of the shard here: say so,
                 // and the registry tries again later instead of killing
                 // this worker (with every other shard it serves).
-                let store = self
-                    .open_store(shard, epoch)
-                    .await
-                    .map_err(|e| WireError::shard_refusal(shard, e))?;
-                self.runtime
-                    .open_shard(shard, epoch, store)
-                    .map_err(|e| WireError::shard_refusal(shard, e))?;
+                let store =
+                    self.open_store(shard, epoch)
+                        .await
+                        .map_err(|e| WireError::ShardRefused {
+                            shard,
+                            reason: e.to_string(),
+                        })?;
+                self.runtime.open_shard(shard, epoch, store).map_err(|e| {
+                    WireError::ShardRefused {
+                        shard,
+                        reason: e.to_string(),
+                    }
+                })?;
                 Ok(ControlReply::Ack)
             }
             Control::ReleaseShard { shard, .. } => {
