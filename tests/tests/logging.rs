@@ -28,7 +28,8 @@ impl Drop for Server {
 }
 
 /// The test server's command line: one worker, memory storage, in `dir`,
-/// with no `RUST_LOG` or `NO_COLOR` of the test's own.
+/// with no `RUST_LOG` or `NO_COLOR` of the test's own, its standard streams
+/// piped, stopping when its standard input ends.
 fn serve_command(dir: &std::path::Path) -> Command {
     serve_command_with(dir, 1)
 }
@@ -45,9 +46,12 @@ fn serve_command_with(dir: &std::path::Path, workers: u32) -> Command {
         .arg(dir)
         .arg("--runtime-dir")
         .arg(dir.join("run"))
+        .arg("--exit-on-stdin-eof")
         .env_remove("NO_COLOR")
         .env_remove("RUST_LOG")
-        .stdin(Stdio::piped());
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     command
 }
 
@@ -87,10 +91,6 @@ impl Server {
     /// server's default) and waits for its ready line.
     fn start(dir: &std::path::Path, log_filter: Option<&str>) -> Server {
         let mut command = serve_command(dir);
-        command
-            .arg("--exit-on-stdin-eof")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
         if let Some(filter) = log_filter {
             command.env("RUST_LOG", filter);
         }
@@ -144,10 +144,7 @@ fn a_log_written_to_a_pipe_has_no_color_codes() {
 fn a_rolling_restart_and_a_stop_log_no_warning() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = serve_command_with(dir.path(), 2)
-        .arg("--exit-on-stdin-eof")
         .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn the test server");
     let stderr = child.stderr.take().unwrap();
@@ -300,7 +297,6 @@ fn a_standard_error_nobody_reads_does_not_stop_the_server() {
     let (_unread, full) = full_pipe();
     let child = serve_command(dir.path())
         .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
         .stderr(Stdio::from(full))
         .spawn()
         .expect("spawn the test server");
@@ -320,10 +316,7 @@ fn a_standard_error_nobody_reads_does_not_stop_the_server() {
 fn a_closed_standard_output_does_not_stop_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = serve_command(dir.path())
-        .arg("--exit-on-stdin-eof")
         .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn the test server");
     drop(child.stdout.take());
